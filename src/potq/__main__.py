@@ -1,0 +1,3 @@
+from potq.cli import main
+
+raise SystemExit(main())

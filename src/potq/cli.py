@@ -1,0 +1,90 @@
+"""The `potq` command. Each subcommand parses its arguments and calls one module's function.
+
+User mistakes raise UserError; main() prints them as one line on stderr and returns 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from potq.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, as for every other user mistake
+        raise UserError(f"{self.prog}: {message}")
+
+
+def cmd_summary(a: argparse.Namespace) -> None:
+    from potq.models import build_model, parse_shape
+    from potq.summary import format_summary, summarize
+
+    shape = parse_shape(a.input)
+    s = summarize(build_model(a.model, shape, a.classes), shape)
+    print(json.dumps(s.to_dict(), indent=2) if a.json else format_summary(s))
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from potq.train import CHECKPOINT, TrainConfig, train
+
+    cfg = TrainConfig(model=a.model, data=a.data, recipe=a.recipe, epochs=a.epochs, seed=a.seed,
+                      train_limit=a.train_limit, val_size=a.val_size, batch_size=a.batch_size)
+    resume = None
+    if a.resume is not None:
+        resume = Path(a.resume) if a.resume else a.out / CHECKPOINT
+    metrics = train(cfg, a.out, a.cache, resume)
+    if metrics:
+        print(f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
+              f"model size {metrics['model_size_mb']:.2f} MB  -> {a.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from potq.models import ZOO
+    from potq.train import RECIPES
+
+    p = _Parser(prog="potq", description="Compact CNNs from design to integer hardware.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("summary", help="layer table, parameters and sizes of a zoo model")
+    s.add_argument("--model", default="seed", help=f"one of {', '.join(ZOO)}")
+    s.add_argument("--input", default="3,32,32", help="input shape C,H,W")
+    s.add_argument("--classes", type=int, default=10)
+    s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    s.set_defaults(func=cmd_summary)
+
+    t = sub.add_parser("train", help="train a zoo model and write history, curves, metrics and weights")
+    t.add_argument("--model", default="seed", help=f"one of {', '.join(ZOO)}")
+    t.add_argument("--data", default="cifar10", help="cifar10, or a path to an archive or folder")
+    t.add_argument("--out", type=Path, required=True, help="run folder")
+    t.add_argument("--recipe", default="seed", help=f"one of {', '.join(RECIPES)}")
+    t.add_argument("--epochs", type=int, help="default: the recipe's (50 for seed)")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--train-limit", type=int, help="train on the first N training images only")
+    t.add_argument("--val-size", type=int, default=5000, help="validation images held out of the training set")
+    t.add_argument("--resume", nargs="?", const="", default=None,
+                   help="continue from OUT/checkpoint.pt, or from the checkpoint given")
+    t.add_argument("--cache", type=Path, help="cache folder for downloads and decoded data")
+    t.set_defaults(func=cmd_train)
+
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        args.func(args)
+    except UserError as e:
+        print(f"potq: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("potq: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""The data path: CIFAR-10 (official archive), image folders (plain or .tar.gz), Fashion-MNIST IDX.
+
+Every source is decoded once into uint8 arrays (N, C, H, W) and cached as .npy files, so a second
+load is a memory map away. Augmentation (random crop with padding, horizontal flip) runs on whole
+batches as tensor operations.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from potq.errors import UserError
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_DIR = "cifar-10-batches-py"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+FMNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+FMNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+CACHE_VERSION = "1"
+
+
+@dataclass
+class Dataset:
+    train_x: np.ndarray  # uint8 (N, C, H, W)
+    train_y: np.ndarray  # int64 (N,)
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: list[str]
+    source: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("POTQ_CACHE", Path.home() / ".cache" / "potq"))
+
+
+def load_dataset(spec: str, cache_dir: Path | None = None) -> Dataset:
+    """`spec` is 'cifar10', or a path to a CIFAR-10 archive or folder, an image folder (or its .tar.gz),
+    or a folder of Fashion-MNIST IDX files."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if spec == "cifar10":
+        path = download(CIFAR10_URL, cache_dir / "cifar-10-python.tar.gz", CIFAR10_MD5)
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise UserError(f"--data {spec}: no such file or directory")
+    path = path.resolve()
+    key = _cache_key(path)
+    cached = _read_cache(cache_dir / key)
+    if cached is not None:
+        return cached
+    data = _decode(path)
+    _write_cache(cache_dir / key, data)
+    return data
+
+
+# ---- download -------------------------------------------------------------------------------
+
+
+def md5sum(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, md5: str) -> Path:
+    """Fetch `url` into `dest` unless a file with the right MD5 is already there."""
+    if dest.exists() and md5sum(dest) == md5:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            while block := response.read(1 << 20):
+                f.write(block)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not download {url}: {e}; pass --data PATH to a local copy") from None
+    got = md5sum(tmp)
+    if got != md5:
+        tmp.unlink()
+        raise UserError(f"{url}: MD5 mismatch (got {got}, expected {md5}); the download is corrupt")
+    os.replace(tmp, dest)
+    return dest
+
+
+# ---- decoding -------------------------------------------------------------------------------
+
+
+def _decode(path: Path) -> Dataset:
+    try:
+        if path.is_dir():
+            return _decode_dir(path)
+        if tarfile.is_tarfile(path):
+            with tarfile.open(path) as tar:
+                return _decode_tar(tar, path)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise UserError(f"--data {path}: corrupt or truncated archive ({e})") from None
+    raise UserError(f"--data {path}: not a folder or a .tar.gz archive")
+
+
+def _decode_dir(path: Path) -> Dataset:
+    if (path / CIFAR10_DIR).is_dir():
+        path = path / CIFAR10_DIR
+    if (path / "data_batch_1").exists():
+        return _cifar_from_files({p.name: p.read_bytes for p in path.iterdir() if p.is_file()}, path)
+    if any((path / f).exists() or (path / (f + ".gz")).exists() for f in FMNIST_FILES.values()):
+        return _fashion_mnist(path)
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        files = {
+            split: [(p.parent.name, p.read_bytes, str(p)) for p in sorted((path / split).glob("*/*"))]
+            for split in ("train", "test")
+        }
+        return _image_folder(files, path)
+    raise UserError(
+        f"--data {path}: not a CIFAR-10 folder, an image folder with train/ and test/, or Fashion-MNIST IDX files"
+    )
+
+
+def _decode_tar(tar: tarfile.TarFile, path: Path) -> Dataset:
+    members = [m for m in tar.getmembers() if m.isfile()]
+    names = {m.name: m for m in members}
+    batches = {Path(n).name: m for n, m in names.items() if Path(n).parent.name == CIFAR10_DIR}
+    if "data_batch_1" in batches:
+        return _cifar_from_files({k: (lambda m=m: tar.extractfile(m).read()) for k, m in batches.items()}, path)
+    files: dict[str, list] = {"train": [], "test": []}
+    for m in sorted(members, key=lambda m: m.name):
+        parts = Path(m.name).parts
+        if len(parts) >= 3 and parts[-3] in files:
+            files[parts[-3]].append((parts[-2], lambda m=m: tar.extractfile(m).read(), f"{path}:{m.name}"))
+    if not files["train"] or not files["test"]:
+        raise UserError(f"--data {path}: archive holds neither CIFAR-10 batches nor train/<class>/ and test/<class>/")
+    return _image_folder(files, path)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Accepts only what CIFAR-10 batches hold: dicts, lists, bytes, numbers and numpy arrays."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain arrays are allowed")
+        if name == "_reconstruct":
+            return np._core.multiarray._reconstruct
+        return getattr(np, name)
+
+
+def safe_unpickle(raw: bytes) -> dict:
+    try:
+        obj = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as e:
+        raise UserError(f"bad CIFAR-10 batch: {e}") from None
+    if not isinstance(obj, dict):
+        raise UserError("bad CIFAR-10 batch: not a dict")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _cifar_from_files(read: dict, path: Path) -> Dataset:
+    def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name not in read:
+            raise UserError(f"--data {path}: CIFAR-10 batch {name} is missing")
+        try:
+            d = safe_unpickle(read[name]())
+        except UserError as e:
+            raise UserError(f"--data {path}: {name}: {e}") from None
+        x = np.asarray(d.get("data"), dtype=np.uint8)
+        y = np.asarray(d.get("labels"), dtype=np.int64)
+        if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
+            raise UserError(f"--data {path}: {name} does not hold 3x32x32 images with labels")
+        return x.reshape(-1, 3, 32, 32), y
+
+    train = [batch(f"data_batch_{i}") for i in range(1, 6)]
+    test_x, test_y = batch("test_batch")
+    classes = [str(i) for i in range(10)]
+    if "batches.meta" in read:
+        meta = safe_unpickle(read["batches.meta"]())
+        names = meta.get("label_names", [])
+        classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names] or classes
+    return Dataset(
+        np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), test_x, test_y, classes,
+        str(path),
+    )
+
+
+def _image_folder(files: dict[str, list], path: Path) -> Dataset:
+    classes = sorted({c for c, _, _ in files["train"]})
+    if not classes:
+        raise UserError(f"--data {path}: train/ holds no class folders with images")
+    unknown = sorted({c for c, _, _ in files["test"]} - set(classes))
+    if unknown:
+        raise UserError(f"--data {path}: test/ has classes not in train/: {', '.join(unknown)}")
+    index = {c: i for i, c in enumerate(classes)}
+    out = []
+    for split in ("train", "test"):
+        images, labels = [], []
+        for cls, read, name in files[split]:
+            if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                img = Image.open(io.BytesIO(read()))
+                img.load()
+            except (UnidentifiedImageError, OSError) as e:
+                raise UserError(f"unreadable image {name}: {e}") from None
+            arr = np.asarray(img.convert("RGB" if img.mode not in ("L", "1") else "L"))
+            images.append(arr if arr.ndim == 3 else arr[:, :, None])
+            labels.append(index[cls])
+        if not images:
+            raise UserError(f"--data {path}: {split}/ holds no images")
+        shapes = {a.shape for a in images}
+        if len(shapes) > 1:
+            raise UserError(f"--data {path}: {split}/ images differ in size: {sorted(shapes)[:3]}")
+        out.append((np.stack(images).transpose(0, 3, 1, 2).copy(), np.array(labels, dtype=np.int64)))
+    (train_x, train_y), (test_x, test_y) = out
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise UserError(f"--data {path}: train and test images differ in shape")
+    return Dataset(train_x, train_y, test_x, test_y, classes, str(path))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    gz = path.with_name(path.name + ".gz")
+    if not path.exists() and not gz.exists():
+        raise UserError(f"--data {path.parent}: missing Fashion-MNIST file {path.name}[.gz]")
+    raw = gzip.open(gz).read() if gz.exists() else path.read_bytes()
+    if len(raw) < 8 or raw[:2] != b"\0\0" or raw[2] != 8:
+        raise UserError(f"{path}: not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise UserError(f"{path}: truncated IDX file ({body.size} of {int(np.prod(dims))} values)")
+    return body.reshape(dims)
+
+
+def _fashion_mnist(path: Path) -> Dataset:
+    arrays = {k: _read_idx(path / f) for k, f in FMNIST_FILES.items()}
+    return Dataset(
+        arrays["train_x"][:, None].copy(), arrays["train_y"].astype(np.int64),
+        arrays["test_x"][:, None].copy(), arrays["test_y"].astype(np.int64),
+        FMNIST_CLASSES, str(path),
+    )
+
+
+# ---- cache ----------------------------------------------------------------------------------
+
+
+def _cache_key(path: Path) -> str:
+    st = path.stat()
+    ident = f"{CACHE_VERSION}:{path}:{st.st_size}:{st.st_mtime_ns}"
+    return hashlib.sha1(ident.encode()).hexdigest()[:16]
+
+
+def _read_cache(folder: Path) -> Dataset | None:
+    done = folder / "classes.txt"
+    if not done.exists():
+        return None
+    try:
+        arrays = {k: np.load(folder / f"{k}.npy", mmap_mode="r") for k in ("train_x", "train_y", "test_x", "test_y")}
+    except (OSError, ValueError):
+        return None
+    lines = done.read_text().splitlines()
+    return Dataset(**arrays, classes=lines[1:], source=lines[0])
+
+
+def _write_cache(folder: Path, data: Dataset) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in ("train_x", "train_y", "test_x", "test_y"):
+            np.save(folder / f"{k}.npy", getattr(data, k))
+        # written last: its presence marks a complete cache entry
+        tmp = folder / "classes.txt.tmp"
+        tmp.write_text("\n".join([data.source, *data.classes]))
+        os.replace(tmp, folder / "classes.txt")
+    except OSError:
+        pass  # a read-only cache only costs speed
+
+
+# ---- splits and batches ---------------------------------------------------------------------
+
+
+def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed random split of range(n): (train indices, validation indices), both in shuffled order,
+    so that the first N training images (--train-limit) hold every class."""
+    if not 0 <= val_size < n:
+        raise UserError(f"--val-size must be in [0, {n - 1}], got {val_size}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return perm[val_size:], perm[:val_size]
+
+
+def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, on the 0..1 scale."""
+    flat = x.transpose(1, 0, 2, 3).reshape(x.shape[1], -1).astype(np.float64) / 255
+    return flat.mean(1).tolist(), flat.std(1).tolist()
+
+
+def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32, zero mean and unit variance per channel."""
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x.float() / 255 - m) / s
+
+
+def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, on a whole batch at once."""
+    n, _, h, w = x.shape
+    if pad == 0 and not flip:
+        return x
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # n,1,h,1
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # n,1,1,w
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    out = padded[batch, chans, rows, cols]
+    if not flip:
+        return out
+    flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    return torch.where(flips[:, None, None, None], out.flip(3), out)

@@ -1,0 +1,306 @@
+"""The trainer: recipes, the epoch loop, per-epoch checkpoints, resume, and DistributedDataParallel.
+
+Each epoch draws its shuffle and augmentation from a generator seeded by (seed, epoch, rank), so a
+run resumed from the checkpoint of epoch k continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from potq.data import Dataset, augment, channel_stats, load_dataset, normalize, split_train_val
+from potq.errors import UserError
+from potq.files import save_json, save_text, save_torch
+from potq.models import ConvNet, build_model
+from potq.plots import plot_curves
+
+CHECKPOINT = "checkpoint.pt"
+WEIGHTS = "weights.pt"
+CONFIG = "config.json"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    eta_min: float = 1e-6
+    label_smoothing: float = 0.0
+    crop_pad: int = 4
+    flip: bool = True
+
+
+RECIPES: dict[str, Recipe] = {
+    # the reference report: SGD(0.1, 0.9, 5e-4), CosineAnnealingLR(T_max=epochs, eta_min=1e-6), 50 epochs
+    "seed": Recipe(),
+    # the same optimizer with Nesterov momentum and label smoothing, for shorter runs
+    "seed-ls": Recipe(nesterov=True, label_smoothing=0.1),
+}
+
+
+@dataclass
+class TrainConfig:
+    model: str = "seed"
+    data: str = "cifar10"
+    recipe: str = "seed"
+    epochs: int | None = None  # None: the recipe's
+    seed: int = 0
+    train_limit: int | None = None
+    val_size: int = 5000
+    batch_size: int | None = None
+    # filled in from the data
+    in_shape: list[int] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+    def recipe_values(self) -> Recipe:
+        base = RECIPES[self.recipe]
+        return Recipe(**{**asdict(base), "epochs": self.epochs or base.epochs,
+                         "batch_size": self.batch_size or base.batch_size})
+
+
+def check_config(cfg: TrainConfig) -> None:
+    if cfg.recipe not in RECIPES:
+        raise UserError(f"unknown recipe {cfg.recipe!r}; choose from {', '.join(RECIPES)}")
+    if cfg.epochs is not None and cfg.epochs < 1:
+        raise UserError(f"--epochs must be a positive integer, got {cfg.epochs}")
+    if cfg.train_limit is not None and cfg.train_limit < 1:
+        raise UserError(f"--train-limit must be a positive integer, got {cfg.train_limit}")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {cfg.batch_size}")
+    build_model(cfg.model)  # raises on an unknown model
+
+
+# ---- distributed helpers -----------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_dist() -> Dist:
+    """Single process, or torchrun's environment (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+        if not cuda:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    return Dist(dist.get_rank() if world > 1 else 0, world, device)
+
+
+def _sum_across(values: list[float], d: Dist) -> list[float]:
+    if d.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, batch: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of `model` on uint8 images x."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, len(x), batch):
+        logits = model(normalize(x[i : i + batch], mean, std))
+        target = y[i : i + batch]
+        loss += nn.functional.cross_entropy(logits, target, reduction="sum").item()
+        correct += (logits.argmax(1) == target).sum().item()
+    return loss / max(1, len(x)), correct / max(1, len(x))
+
+
+def _epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + rank)
+
+
+def train_epoch(model, opt, loss_fn, x, y, cfg: TrainConfig, recipe: Recipe, epoch: int, d: Dist) -> tuple[float, float]:
+    model.train()
+    g = _epoch_generator(cfg.seed, epoch, 0)
+    perm = torch.randperm(len(x), generator=g)
+    g_rank = _epoch_generator(cfg.seed, epoch, d.rank + 1)
+    bs = recipe.batch_size
+    steps = math.ceil(len(x) / bs)
+    loss_sum, correct, count = 0.0, 0, 0
+    bar = tqdm(range(steps), desc=f"epoch {epoch}/{recipe.epochs}", unit="batch", disable=not d.main,
+               leave=False, dynamic_ncols=True, mininterval=1.0)
+    t0 = time.perf_counter()
+    for step in bar:
+        idx = perm[step * bs : (step + 1) * bs][d.rank :: d.world].to(d.device)
+        if len(idx) == 0:
+            continue
+        xb = normalize(x[idx], cfg.mean, cfg.std)
+        xb = augment(xb, recipe.crop_pad, recipe.flip, g_rank)
+        yb = y[idx]
+        logits = model(xb)
+        loss = loss_fn(logits, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.item() * len(idx)
+        correct += (logits.argmax(1) == yb).sum().item()
+        count += len(idx)
+        bar.set_postfix(loss=f"{loss_sum / count:.3f}", img_s=f"{count * d.world / (time.perf_counter() - t0):.0f}")
+    loss_sum, correct, count = _sum_across([loss_sum, correct, count], d)
+    return loss_sum / count, correct / count
+
+
+def prepare_data(cfg: TrainConfig, data: Dataset) -> dict[str, np.ndarray]:
+    """Split the training set into train and validation, apply --train-limit, fill cfg from the data."""
+    train_idx, val_idx = split_train_val(len(data.train_x), cfg.val_size, cfg.seed)
+    if cfg.train_limit:
+        train_idx = train_idx[: cfg.train_limit]
+    cfg.in_shape = list(data.shape)
+    cfg.classes = list(data.classes)
+    if not cfg.mean:
+        cfg.mean, cfg.std = channel_stats(data.train_x[train_idx])
+    return {
+        "train_x": data.train_x[train_idx], "train_y": data.train_y[train_idx],
+        "val_x": data.train_x[val_idx], "val_y": data.train_y[val_idx],
+        "test_x": np.array(data.test_x), "test_y": np.array(data.test_y),
+    }
+
+
+def new_model(cfg: TrainConfig) -> ConvNet:
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, tuple(cfg.in_shape), len(cfg.classes))
+
+
+def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"--resume: no checkpoint at {path}") from None
+    except Exception as e:  # torch raises many types for a corrupt file
+        raise UserError(f"--resume: {path} is not a readable checkpoint ({type(e).__name__})") from None
+    saved = ckpt.get("config", {}) if isinstance(ckpt, dict) else {}
+    for key in ("model", "in_shape", "classes", "recipe", "seed"):
+        if saved.get(key) != getattr(cfg, key):
+            raise UserError(f"--resume: {path} is from another run ({key} {saved.get(key)!r}, this run {getattr(cfg, key)!r})")
+    return ckpt
+
+
+def train(cfg: TrainConfig, out: Path, data_cache: Path | None = None, resume: Path | None = None) -> dict:
+    """Train and write history.csv, curves.png, metrics.json, weights and checkpoints into `out`."""
+    check_config(cfg)
+    d = setup_dist()
+    data = load_dataset(cfg.data, data_cache)
+    arrays = prepare_data(cfg, data)
+    recipe = cfg.recipe_values()
+    ckpt = load_checkpoint(resume, cfg) if resume else None
+    if ckpt is None and (out / CHECKPOINT).exists():
+        raise UserError(f"--out {out} already holds a run; pass --resume to continue it or choose another folder")
+
+    t = {k: torch.from_numpy(v).to(d.device) for k, v in arrays.items()}
+    model = new_model(cfg).to(d.device)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                          weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs, eta_min=recipe.eta_min)
+    history: list[dict] = []
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        history = ckpt["history"]
+    net = nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_json(asdict(cfg), out / CONFIG)
+    start = time.perf_counter() - sum(h["seconds"] for h in history)
+    for epoch in range(len(history) + 1, recipe.epochs + 1):
+        t0 = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        train_loss, train_acc = train_epoch(net, opt, loss_fn, t["train_x"], t["train_y"], cfg, recipe, epoch, d)
+        sched.step()
+        val_loss, val_acc = evaluate(model, t["val_x"], t["val_y"], cfg.mean, cfg.std) if len(t["val_x"]) else (
+            float("nan"), float("nan"))
+        row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
+                   val_acc=val_acc, seconds=time.perf_counter() - t0)
+        history.append(row)
+        if d.main:
+            tqdm.write(f"epoch {epoch}/{recipe.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
+                       f"val loss {val_loss:.4f} acc {val_acc:.4f}  {row['seconds']:.1f}s")
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "history": history, "config": asdict(cfg)}
+            save_torch(state, out / CHECKPOINT)
+            write_history(history, out)
+    metrics: dict = {}
+    if d.main:
+        test_loss, test_acc = evaluate(model, t["test_x"], t["test_y"], cfg.mean, cfg.std)
+        save_torch(model.state_dict(), out / WEIGHTS)
+        plot_curves(history, out / "curves.png")
+        metrics = {
+            "model": cfg.model, "params": sum(p.numel() for p in model.parameters()),
+            "test_loss": test_loss, "test_accuracy": test_acc,
+            "model_size_mb": (out / WEIGHTS).stat().st_size / 1e6,
+            "epochs": recipe.epochs, "seconds": time.perf_counter() - start,
+            "train_images": len(t["train_x"]), "val_images": len(t["val_x"]), "test_images": len(t["test_x"]),
+            "world_size": d.world, "device": str(d.device), "machine": machine_name(d.device),
+            "recipe": asdict(recipe),
+        }
+        save_json(metrics, out / "metrics.json")
+    if d.world > 1:
+        dist.barrier()
+    return metrics
+
+
+def write_history(history: list[dict], out: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    save_text(buf.getvalue(), out / "history.csv")
+
+
+def machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+
+
+def load_trained(run: Path) -> tuple[ConvNet, TrainConfig]:
+    """The FP32 model and config of a finished training run."""
+    run = Path(run)
+    if not (run / CONFIG).exists() or not (run / WEIGHTS).exists():
+        raise UserError(f"--run {run}: no trained weights there (expected {CONFIG} and {WEIGHTS})")
+    import json
+
+    cfg = TrainConfig(**json.loads((run / CONFIG).read_text()))
+    model = build_model(cfg.model, tuple(cfg.in_shape), len(cfg.classes))
+    try:
+        model.load_state_dict(torch.load(run / WEIGHTS, map_location="cpu", weights_only=True))
+    except Exception as e:
+        raise UserError(f"--run {run}: {WEIGHTS} does not fit model {cfg.model} ({type(e).__name__})") from None
+    return model.eval(), cfg
