@@ -30,7 +30,8 @@ def cmd_summary(a: argparse.Namespace) -> None:
 def cmd_train(a: argparse.Namespace) -> None:
     from potq.train import CHECKPOINT, TrainConfig, train
 
-    cfg = TrainConfig(model=a.model, data=a.data, recipe=a.recipe, epochs=a.epochs, seed=a.seed,
+    data = a.data if a.data == "cifar10" else str(Path(a.data).resolve())
+    cfg = TrainConfig(model=a.model, data=data, recipe=a.recipe, epochs=a.epochs, seed=a.seed,
                       train_limit=a.train_limit, val_size=a.val_size, batch_size=a.batch_size)
     resume = None
     if a.resume is not None:
@@ -41,8 +42,25 @@ def cmd_train(a: argparse.Namespace) -> None:
               f"model size {metrics['model_size_mb']:.2f} MB  -> {a.out}")
 
 
+def cmd_quantize(a: argparse.Namespace) -> None:
+    from potq.quant.pipeline import quantize_run
+    from potq.quant.qnet import QuantSettings
+
+    settings = QuantSettings(a.scheme, a.exponent, a.rounding, a.max_shift)
+    r = quantize_run(a.run, settings, a.calib, a.qat, a.data, a.cache)
+    print(f"{r['label']}: test accuracy {r['test_accuracy']:.4f} (FP32 {r['fp32_test_accuracy']:.4f}, "
+          f"drop {r['accuracy_drop']:+.2f} points)  size {r['model_size_mb']:.6f} MB  -> {a.run}/quant_{r['label']}.json")
+
+
+def cmd_compare(a: argparse.Namespace) -> None:
+    from potq.quant.pipeline import compare
+
+    print(compare(a.run))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from potq.models import ZOO
+    from potq.quant.qnet import SCHEMES
     from potq.train import RECIPES
 
     p = _Parser(prog="potq", description="Compact CNNs from design to integer hardware.")
@@ -70,6 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cache", type=Path, help="cache folder for downloads and decoded data")
     t.set_defaults(func=cmd_train)
 
+    q = sub.add_parser("quantize", help="INT8 quantization of a trained run (PTQ, or QAT with --qat)")
+    q.add_argument("--run", type=Path, required=True, help="run folder written by potq train")
+    q.add_argument("--scheme", default="pot-channel", help=f"one of {', '.join(SCHEMES)}")
+    q.add_argument("--calib", type=int, default=1000, help="calibration images from the training split")
+    q.add_argument("--qat", type=int, default=0, metavar="EPOCHS", help="quantization-aware fine-tuning epochs")
+    q.add_argument("--exponent", default="mse", help="power-of-two exponent rule: ceil, round or mse")
+    q.add_argument("--rounding", default="half-up", help="half-up, half-even or floor")
+    q.add_argument("--max-shift", type=int, help="longest right shift the hardware allows")
+    q.add_argument("--data", help="dataset path, if it moved since training")
+    q.add_argument("--cache", type=Path)
+    q.set_defaults(func=cmd_quantize)
+
+    c = sub.add_parser("compare", help="table and chart of every quantized model of a run")
+    c.add_argument("--run", type=Path, required=True)
+    c.set_defaults(func=cmd_compare)
     return p
 
 

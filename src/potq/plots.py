@@ -34,7 +34,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 
 def plot_bars(labels: list[str], series: dict[str, list[float]], ylabel: str, title: str, path: Path,
-              log: bool = False) -> None:
+              log: bool = False, ylim: tuple[float, float] | None = None) -> None:
     """Grouped bars, one group per label, one bar per series."""
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels) * len(series)), 4))
     width = 0.8 / len(series)
@@ -44,6 +44,8 @@ def plot_bars(labels: list[str], series: dict[str, list[float]], ylabel: str, ti
     ax.set(ylabel=ylabel, title=title)
     if log:
         ax.set_yscale("log")
+    if ylim:
+        ax.set_ylim(*ylim)
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
     save_figure(fig, path)

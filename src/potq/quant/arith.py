@@ -1,0 +1,153 @@
+"""The quantization arithmetic, in one place: rounding rules, power-of-two exponents, shifts.
+
+A power-of-two scale is stored as its exponent e (scale = 2**e). Requantizing an accumulator
+whose unit is 2**(e_in + e_w) to an output of scale 2**e_out is a right shift by
+e_out - e_in - e_w, rounded by one of three rules:
+
+- half-up:   (acc + 2**(s-1)) >> s, ties towards +inf; the cheapest rounding shifter.
+- half-even: ties to even, as torch.round and torch's fake quantization do.
+- floor:     acc >> s, the reference lab's plain arithmetic shift (truncates towards -inf).
+
+`round_float` applies a rule to float tensors (with a straight-through gradient, for QAT) and
+`shift_round` to integer tensors; for values on the 2**-s grid both give the same integers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+ROUNDING = ("half-up", "half-even", "floor")
+EXPONENT_RULES = ("ceil", "round", "mse")
+INT32_MAX = 2**31 - 1
+
+
+def check_rounding(rule: str) -> None:
+    from potq.errors import UserError
+
+    if rule not in ROUNDING:
+        raise UserError(f"unknown rounding {rule!r}; choose from {', '.join(ROUNDING)}")
+
+
+def _round_values(x: torch.Tensor, rule: str) -> torch.Tensor:
+    if rule == "half-up":
+        return torch.floor(x + 0.5)
+    if rule == "half-even":
+        return torch.round(x)
+    if rule == "floor":
+        return torch.floor(x)
+    raise ValueError(f"unknown rounding rule {rule!r}")
+
+
+def round_float(x: torch.Tensor, rule: str) -> torch.Tensor:
+    """Round by `rule`; the gradient passes straight through (STE)."""
+    r = _round_values(x.detach(), rule)
+    return x + (r - x).detach() if x.requires_grad else r
+
+
+def shift_round(acc: torch.Tensor, shift: torch.Tensor | int, rule: str) -> torch.Tensor:
+    """Integer acc * 2**-shift, rounded by `rule`; a negative shift is an exact left shift.
+
+    acc is an int64 tensor; shift an int or an int64 tensor broadcastable to acc.
+    """
+    shift = torch.as_tensor(shift, dtype=torch.int64, device=acc.device)
+    right = shift.clamp(min=0)
+    left = (-shift).clamp(min=0)
+    acc = acc << left
+    if rule == "floor":
+        return acc >> right
+    half = torch.where(right > 0, torch.ones_like(right) << (right - 1).clamp(min=0), torch.zeros_like(right))
+    if rule == "half-up":
+        return (acc + half) >> right
+    if rule == "half-even":
+        q = acc >> right
+        rem = acc - (q << right)
+        up = (rem > half) | ((rem == half) & (half > 0) & (q & 1 == 1))
+        return q + up.to(acc.dtype)
+    raise ValueError(f"unknown rounding rule {rule!r}")
+
+
+def saturate(q: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    return q.clamp(lo, hi)
+
+
+# ---- choosing power-of-two exponents ------------------------------------------------------------
+
+
+def pot_exponent(max_abs: float, qmax: float, mode: str) -> int:
+    """The exponent e such that 2**e is the scale mapping max_abs onto qmax.
+
+    ceil never clips (qmax * 2**e >= max_abs); round takes the nearest power of two in log space,
+    and may clip. A zero range gets scale 1 (e = 0), as the reference report sets; the caller
+    handles inf and NaN (see `finite_max`).
+    """
+    if not max_abs > 0:
+        return 0
+    ideal = math.log2(max_abs / qmax)
+    if mode == "ceil":
+        e = math.ceil(ideal)
+        # guard against log2 rounding error at exact powers of two
+        return e - 1 if qmax * 2.0 ** (e - 1) >= max_abs else e
+    if mode == "round":
+        return round(ideal)
+    raise ValueError(f"unknown exponent mode {mode!r}")
+
+
+def seed_exponent(min_val: float, max_val: float, qmax: float) -> int:
+    """The reference lab's rule: scale = 2**round(log2(2 * max|x| / qmax)).
+
+    As in its observer: an infinite range gets scale 1.0, and so does a zero range (its
+    Overflow section: 'scale = 1.0, zero_point = 0' when min == max).
+    """
+    max_abs = max(abs(min_val), abs(max_val))
+    if max_abs == 0 or math.isinf(max_abs) or min_val == max_val:
+        return 0
+    return round(math.log2(2 * max_abs / qmax))
+
+
+def finite_max(x: torch.Tensor, what: str) -> float:
+    """max |x| over finite values; NaN is an error naming `what`, inf saturates (ignored here)."""
+    from potq.errors import UserError
+
+    if torch.isnan(x).any():
+        raise UserError(f"{what}: NaN values, can't quantize")
+    finite = x[torch.isfinite(x)]
+    return float(finite.abs().max()) if finite.numel() else 0.0
+
+
+def quant_error(x: torch.Tensor, e: int, lo: int, hi: int, zp: int, rule: str) -> float:
+    """Mean squared error of quantizing x with scale 2**e."""
+    s = 2.0**e
+    q = (_round_values(x / s, rule) + zp).clamp(lo, hi)
+    return float(((q - zp) * s - x).pow(2).mean())
+
+
+def mse_exponent(x: torch.Tensor, max_abs: float, lo: int, hi: int, zp: int, rule: str) -> int:
+    """The exponent among ceil and the two below it with the least quantization MSE on x.
+
+    Power-of-two scales leave only a handful of sensible choices: one step coarser than ceil
+    only wastes resolution, while finer ones clip more and more of the range.
+    """
+    qmax = hi - zp
+    top = pot_exponent(max_abs, qmax, "ceil")
+    x = x[torch.isfinite(x)].double()
+    if x.numel() == 0:
+        return top
+    errors = {e: quant_error(x, e, lo, hi, zp, rule) for e in (top, top - 1, top - 2)}
+    return min(errors, key=lambda e: (errors[e], -e))
+
+
+def choose_exponent(x: torch.Tensor, lo: int, hi: int, zp: int, mode: str, rule: str, what: str,
+                    max_abs: float | None = None) -> int:
+    """One scale rule for every tensor: weights, per-channel slices, calibration samples."""
+    if max_abs is None:
+        max_abs = finite_max(x, what)
+    if mode == "mse":
+        return mse_exponent(x, max_abs, lo, hi, zp, rule)
+    return pot_exponent(max_abs, hi - zp, mode)
+
+
+def float_bits_needed(bound: float) -> int:
+    return int(np.ceil(np.log2(bound + 1))) if bound > 0 else 0
