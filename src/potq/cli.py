@@ -31,15 +31,25 @@ def cmd_train(a: argparse.Namespace) -> None:
     from potq.train import CHECKPOINT, TrainConfig, train
 
     data = a.data if a.data == "cifar10" else str(Path(a.data).resolve())
-    cfg = TrainConfig(model=a.model, data=data, recipe=a.recipe, epochs=a.epochs, seed=a.seed,
-                      train_limit=a.train_limit, val_size=a.val_size, batch_size=a.batch_size)
+    cfg = TrainConfig(
+        model=a.model,
+        data=data,
+        recipe=a.recipe,
+        epochs=a.epochs,
+        seed=a.seed,
+        train_limit=a.train_limit,
+        val_size=a.val_size,
+        batch_size=a.batch_size,
+    )
     resume = None
     if a.resume is not None:
         resume = Path(a.resume) if a.resume else a.out / CHECKPOINT
     metrics = train(cfg, a.out, a.cache, resume)
     if metrics:
-        print(f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
-              f"model size {metrics['model_size_mb']:.2f} MB  -> {a.out}")
+        print(
+            f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
+            f"model size {metrics['model_size_mb']:.2f} MB  -> {a.out}"
+        )
 
 
 def cmd_quantize(a: argparse.Namespace) -> None:
@@ -48,8 +58,10 @@ def cmd_quantize(a: argparse.Namespace) -> None:
 
     settings = QuantSettings(a.scheme, a.exponent, a.rounding, a.max_shift)
     r = quantize_run(a.run, settings, a.calib, a.qat, a.data, a.cache)
-    print(f"{r['label']}: test accuracy {r['test_accuracy']:.4f} (FP32 {r['fp32_test_accuracy']:.4f}, "
-          f"drop {r['accuracy_drop']:+.2f} points)  size {r['model_size_mb']:.6f} MB  -> {a.run}/quant_{r['label']}.json")
+    print(
+        f"{r['label']}: test accuracy {r['test_accuracy']:.4f} (FP32 {r['fp32_test_accuracy']:.4f}, "
+        f"drop {r['accuracy_drop']:+.2f} points)  size {r['model_size_mb']:.6f} MB  -> {a.run}/quant_{r['label']}.json"
+    )
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
@@ -83,8 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--train-limit", type=int, help="train on the first N training images only")
     t.add_argument("--val-size", type=int, default=5000, help="validation images held out of the training set")
-    t.add_argument("--resume", nargs="?", const="", default=None,
-                   help="continue from OUT/checkpoint.pt, or from the checkpoint given")
+    t.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        help="continue from OUT/checkpoint.pt, or from the checkpoint given",
+    )
     t.add_argument("--cache", type=Path, help="cache folder for downloads and decoded data")
     t.set_defaults(func=cmd_train)
 

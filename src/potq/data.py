@@ -207,7 +207,11 @@ def _cifar_from_files(read: dict, path: Path) -> Dataset:
         names = meta.get("label_names", [])
         classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names] or classes
     return Dataset(
-        np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), test_x, test_y, classes,
+        np.concatenate([x for x, _ in train]),
+        np.concatenate([y for _, y in train]),
+        test_x,
+        test_y,
+        classes,
         str(path),
     )
 
@@ -264,9 +268,12 @@ def _read_idx(path: Path) -> np.ndarray:
 def _fashion_mnist(path: Path) -> Dataset:
     arrays = {k: _read_idx(path / f) for k, f in FMNIST_FILES.items()}
     return Dataset(
-        arrays["train_x"][:, None].copy(), arrays["train_y"].astype(np.int64),
-        arrays["test_x"][:, None].copy(), arrays["test_y"].astype(np.int64),
-        FMNIST_CLASSES, str(path),
+        arrays["train_x"][:, None].copy(),
+        arrays["train_y"].astype(np.int64),
+        arrays["test_x"][:, None].copy(),
+        arrays["test_y"].astype(np.int64),
+        FMNIST_CLASSES,
+        str(path),
     )
 
 

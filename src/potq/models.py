@@ -25,15 +25,21 @@ class Design:
 
 ZOO: dict[str, Design] = {
     "seed": Design(
-        (32, 64, 128, 128, 128), (0, 1, 4), (128, 64),
+        (32, 64, 128, 128, 128),
+        (0, 1, 4),
+        (128, 64),
         "the reference lab's net: 5 conv blocks, FC 2048-128-64-10, 660,554 params on CIFAR-10",
     ),
     "seed-wide": Design(
-        (64, 128, 256, 256, 256), (0, 1, 4), (256,),
+        (64, 128, 256, 256, 256),
+        (0, 1, 4),
+        (256,),
         "seed with doubled channels and one hidden FC layer: more accuracy for about 4x the params",
     ),
     "seed-slim": Design(
-        (16, 32, 64, 64, 64), (0, 1, 4), (64,),
+        (16, 32, 64, 64, 64),
+        (0, 1, 4),
+        (64,),
         "seed at half width: about a quarter of the params, for small accelerators",
     ),
     "tiny": Design((8, 16), (0, 1), (16,), "a two-block net for tests and smoke runs"),

@@ -33,8 +33,15 @@ def plot_curves(history: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_bars(labels: list[str], series: dict[str, list[float]], ylabel: str, title: str, path: Path,
-              log: bool = False, ylim: tuple[float, float] | None = None) -> None:
+def plot_bars(
+    labels: list[str],
+    series: dict[str, list[float]],
+    ylabel: str,
+    title: str,
+    path: Path,
+    log: bool = False,
+    ylim: tuple[float, float] | None = None,
+) -> None:
     """Grouped bars, one group per label, one bar per series."""
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels) * len(series)), 4))
     width = 0.8 / len(series)

@@ -72,8 +72,9 @@ class TrainConfig:
 
     def recipe_values(self) -> Recipe:
         base = RECIPES[self.recipe]
-        return Recipe(**{**asdict(base), "epochs": self.epochs or base.epochs,
-                         "batch_size": self.batch_size or base.batch_size})
+        return Recipe(
+            **{**asdict(base), "epochs": self.epochs or base.epochs, "batch_size": self.batch_size or base.batch_size}
+        )
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -145,7 +146,9 @@ def _epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + rank)
 
 
-def train_epoch(model, opt, loss_fn, x, y, cfg: TrainConfig, recipe: Recipe, epoch: int, d: Dist) -> tuple[float, float]:
+def train_epoch(
+    model, opt, loss_fn, x, y, cfg: TrainConfig, recipe: Recipe, epoch: int, d: Dist
+) -> tuple[float, float]:
     model.train()
     g = _epoch_generator(cfg.seed, epoch, 0)
     perm = torch.randperm(len(x), generator=g)
@@ -153,8 +156,15 @@ def train_epoch(model, opt, loss_fn, x, y, cfg: TrainConfig, recipe: Recipe, epo
     bs = recipe.batch_size
     steps = math.ceil(len(x) / bs)
     loss_sum, correct, count = 0.0, 0, 0
-    bar = tqdm(range(steps), desc=f"epoch {epoch}/{recipe.epochs}", unit="batch", disable=not d.main,
-               leave=False, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(
+        range(steps),
+        desc=f"epoch {epoch}/{recipe.epochs}",
+        unit="batch",
+        disable=not d.main,
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     t0 = time.perf_counter()
     for step in bar:
         idx = perm[step * bs : (step + 1) * bs][d.rank :: d.world].to(d.device)
@@ -186,9 +196,12 @@ def prepare_data(cfg: TrainConfig, data: Dataset) -> dict[str, np.ndarray]:
     if not cfg.mean:
         cfg.mean, cfg.std = channel_stats(data.train_x[train_idx])
     return {
-        "train_x": data.train_x[train_idx], "train_y": data.train_y[train_idx],
-        "val_x": data.train_x[val_idx], "val_y": data.train_y[val_idx],
-        "test_x": np.array(data.test_x), "test_y": np.array(data.test_y),
+        "train_x": data.train_x[train_idx],
+        "train_y": data.train_y[train_idx],
+        "val_x": data.train_x[val_idx],
+        "val_y": data.train_y[val_idx],
+        "test_x": np.array(data.test_x),
+        "test_y": np.array(data.test_y),
     }
 
 
@@ -207,7 +220,9 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
     saved = ckpt.get("config", {}) if isinstance(ckpt, dict) else {}
     for key in ("model", "in_shape", "classes", "recipe", "seed"):
         if saved.get(key) != getattr(cfg, key):
-            raise UserError(f"--resume: {path} is from another run ({key} {saved.get(key)!r}, this run {getattr(cfg, key)!r})")
+            raise UserError(
+                f"--resume: {path} is from another run ({key} {saved.get(key)!r}, this run {getattr(cfg, key)!r})"
+            )
     return ckpt
 
 
@@ -224,8 +239,13 @@ def train(cfg: TrainConfig, out: Path, data_cache: Path | None = None, resume: P
 
     t = {k: torch.from_numpy(v).to(d.device) for k, v in arrays.items()}
     model = new_model(cfg).to(d.device)
-    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                          weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        nesterov=recipe.nesterov,
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs, eta_min=recipe.eta_min)
     history: list[dict] = []
     if ckpt:
@@ -244,16 +264,33 @@ def train(cfg: TrainConfig, out: Path, data_cache: Path | None = None, resume: P
         lr = opt.param_groups[0]["lr"]
         train_loss, train_acc = train_epoch(net, opt, loss_fn, t["train_x"], t["train_y"], cfg, recipe, epoch, d)
         sched.step()
-        val_loss, val_acc = evaluate(model, t["val_x"], t["val_y"], cfg.mean, cfg.std) if len(t["val_x"]) else (
-            float("nan"), float("nan"))
-        row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
-                   val_acc=val_acc, seconds=time.perf_counter() - t0)
+        val_loss, val_acc = (
+            evaluate(model, t["val_x"], t["val_y"], cfg.mean, cfg.std)
+            if len(t["val_x"])
+            else (float("nan"), float("nan"))
+        )
+        row = dict(
+            epoch=epoch,
+            lr=lr,
+            train_loss=train_loss,
+            train_acc=train_acc,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            seconds=time.perf_counter() - t0,
+        )
         history.append(row)
         if d.main:
-            tqdm.write(f"epoch {epoch}/{recipe.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
-                       f"val loss {val_loss:.4f} acc {val_acc:.4f}  {row['seconds']:.1f}s")
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "history": history, "config": asdict(cfg)}
+            tqdm.write(
+                f"epoch {epoch}/{recipe.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
+                f"val loss {val_loss:.4f} acc {val_acc:.4f}  {row['seconds']:.1f}s"
+            )
+            state = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "history": history,
+                "config": asdict(cfg),
+            }
             save_torch(state, out / CHECKPOINT)
             write_history(history, out)
     metrics: dict = {}
@@ -262,12 +299,19 @@ def train(cfg: TrainConfig, out: Path, data_cache: Path | None = None, resume: P
         save_torch(model.state_dict(), out / WEIGHTS)
         plot_curves(history, out / "curves.png")
         metrics = {
-            "model": cfg.model, "params": sum(p.numel() for p in model.parameters()),
-            "test_loss": test_loss, "test_accuracy": test_acc,
+            "model": cfg.model,
+            "params": sum(p.numel() for p in model.parameters()),
+            "test_loss": test_loss,
+            "test_accuracy": test_acc,
             "model_size_mb": (out / WEIGHTS).stat().st_size / 1e6,
-            "epochs": recipe.epochs, "seconds": time.perf_counter() - start,
-            "train_images": len(t["train_x"]), "val_images": len(t["val_x"]), "test_images": len(t["test_x"]),
-            "world_size": d.world, "device": str(d.device), "machine": machine_name(d.device),
+            "epochs": recipe.epochs,
+            "seconds": time.perf_counter() - start,
+            "train_images": len(t["train_x"]),
+            "val_images": len(t["val_x"]),
+            "test_images": len(t["test_x"]),
+            "world_size": d.world,
+            "device": str(d.device),
+            "machine": machine_name(d.device),
             "recipe": asdict(recipe),
         }
         save_json(metrics, out / "metrics.json")

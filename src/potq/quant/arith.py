@@ -139,8 +139,9 @@ def mse_exponent(x: torch.Tensor, max_abs: float, lo: int, hi: int, zp: int, rul
     return min(errors, key=lambda e: (errors[e], -e))
 
 
-def choose_exponent(x: torch.Tensor, lo: int, hi: int, zp: int, mode: str, rule: str, what: str,
-                    max_abs: float | None = None) -> int:
+def choose_exponent(
+    x: torch.Tensor, lo: int, hi: int, zp: int, mode: str, rule: str, what: str, max_abs: float | None = None
+) -> int:
     """One scale rule for every tensor: weights, per-channel slices, calibration samples."""
     if max_abs is None:
         max_abs = finite_max(x, what)

@@ -31,8 +31,13 @@ def qat(net: QuantNet, arrays: dict, cfg: TrainConfig, epochs: int) -> None:
     d = setup_dist()
     recipe = Recipe(**{**asdict(QAT_RECIPE), "epochs": epochs})
     x, y = torch.from_numpy(arrays["train_x"]), torch.from_numpy(arrays["train_y"])
-    opt = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                          weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+    opt = torch.optim.SGD(
+        net.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        nesterov=recipe.nesterov,
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=recipe.eta_min)
     for layer in net.layers:
         layer.track_weights = net.settings
@@ -61,16 +66,23 @@ def layer_table(net: QuantNet) -> list[dict]:
         in_e, out_e = exponent(float(layer.in_scale)), exponent(float(layer.out_scale))
         pot = None not in w_exps and in_e is not None and out_e is not None
         shifts = [out_e - in_e - we for we in w_exps] if pot and not layer.last else None
-        rows.append({
-            "name": layer.name, "type": layer.kind, "relu": layer.relu,
-            "weight_scale": [float(s) for s in layer.w_scale] if not pot else None,
-            "weight_exponent": w_exps if pot else None,
-            "input_exponent": in_e, "input_zero_point": layer.in_zp,
-            "output_exponent": None if layer.last else out_e,
-            "output_zero_point": None if layer.last else layer.out_zp,
-            "shift": shifts, "shift_min": min(shifts) if shifts else None, "shift_max": max(shifts) if shifts else None,
-            "output": "int32 logits" if layer.last else f"uint8, clamp [{layer.out_lo}, {layer.out_hi}]",
-        })
+        rows.append(
+            {
+                "name": layer.name,
+                "type": layer.kind,
+                "relu": layer.relu,
+                "weight_scale": [float(s) for s in layer.w_scale] if not pot else None,
+                "weight_exponent": w_exps if pot else None,
+                "input_exponent": in_e,
+                "input_zero_point": layer.in_zp,
+                "output_exponent": None if layer.last else out_e,
+                "output_zero_point": None if layer.last else layer.out_zp,
+                "shift": shifts,
+                "shift_min": min(shifts) if shifts else None,
+                "shift_max": max(shifts) if shifts else None,
+                "output": "int32 logits" if layer.last else f"uint8, clamp [{layer.out_lo}, {layer.out_hi}]",
+            }
+        )
     return rows
 
 
@@ -89,8 +101,14 @@ def load_quantized(run: Path, name: str) -> tuple[QuantNet, TrainConfig]:
         raise UserError(f"{path}: not a potq quantized model ({type(e).__name__})") from None
 
 
-def quantize_run(run: Path, settings: QuantSettings, calib: int = 1000, qat_epochs: int = 0,
-                 data: str | None = None, cache: Path | None = None) -> dict:
+def quantize_run(
+    run: Path,
+    settings: QuantSettings,
+    calib: int = 1000,
+    qat_epochs: int = 0,
+    data: str | None = None,
+    cache: Path | None = None,
+) -> dict:
     """Quantize the trained model in `run` and write quant_<label>.pt and quant_<label>.json."""
     settings.check()
     if calib < 1:
@@ -114,13 +132,23 @@ def quantize_run(run: Path, settings: QuantSettings, calib: int = 1000, qat_epoc
     model_path, json_path = quant_paths(run, name)
     save_torch({"config": asdict(cfg), "state": export_state(net)}, model_path)
     result = {
-        "scheme": settings.scheme, "label": name, "exponent": settings.exponent, "rounding": settings.rounding,
-        "max_shift": settings.max_shift, "calib_images": calib, "qat_epochs": qat_epochs,
-        "test_accuracy": q_acc, "test_loss": q_loss, "fp32_test_accuracy": fp_acc, "fp32_test_loss": fp_loss,
+        "scheme": settings.scheme,
+        "label": name,
+        "exponent": settings.exponent,
+        "rounding": settings.rounding,
+        "max_shift": settings.max_shift,
+        "calib_images": calib,
+        "qat_epochs": qat_epochs,
+        "test_accuracy": q_acc,
+        "test_loss": q_loss,
+        "fp32_test_accuracy": fp_acc,
+        "fp32_test_loss": fp_loss,
         "accuracy_drop": 100 * (fp_acc - q_acc),
         "model_size_mb": model_path.stat().st_size / 1e6,
-        "input_exponent": exponent(float(net.in_scale)), "input_zero_point": net.in_zp,
-        "layers": layer_table(net), "seconds": time.perf_counter() - t0,
+        "input_exponent": exponent(float(net.in_scale)),
+        "input_zero_point": net.in_zp,
+        "layers": layer_table(net),
+        "seconds": time.perf_counter() - t0,
     }
     save_json(result, json_path)
     return result
@@ -141,12 +169,19 @@ def compare(run: Path) -> str:
         f"| FP32 | {fp['test_accuracy']:.4f} | - | {fp['test_loss']:.4f} | {fp['model_size_mb']:.6f} | - | - |",
     ]
     for r in results:
-        lines.append(f"| {r['label']} | {r['test_accuracy']:.4f} | {r['accuracy_drop']:+.2f} | {r['test_loss']:.4f} | "
-                     f"{r['model_size_mb']:.6f} | {r['rounding']} | {r['exponent']} |")
+        lines.append(
+            f"| {r['label']} | {r['test_accuracy']:.4f} | {r['accuracy_drop']:+.2f} | {r['test_loss']:.4f} | "
+            f"{r['model_size_mb']:.6f} | {r['rounding']} | {r['exponent']} |"
+        )
     table = "\n".join(lines)
     save_text(table + "\n", run / "compare.md")
     accs = [100 * fp["test_accuracy"]] + [100 * r["test_accuracy"] for r in results]
-    plot_bars(["FP32"] + [r["label"] for r in results], {"test accuracy (%)": accs}, "test accuracy (%)",
-              "FP32 against INT8 schemes", run / "compare.png", ylim=(max(0, min(accs) - 3), min(100, max(accs) + 1)))
+    plot_bars(
+        ["FP32"] + [r["label"] for r in results],
+        {"test accuracy (%)": accs},
+        "test accuracy (%)",
+        "FP32 against INT8 schemes",
+        run / "compare.png",
+        ylim=(max(0, min(accs) - 3), min(100, max(accs) + 1)),
+    )
     return table
-

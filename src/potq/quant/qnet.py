@@ -81,8 +81,17 @@ def codes(x: torch.Tensor, scale: torch.Tensor, zp: int) -> torch.Tensor:
 class QLayer(nn.Module):
     """Conv2d or Linear with folded BatchNorm, fused ReLU, and fake quantization."""
 
-    def __init__(self, kind: str, weight: torch.Tensor, bias: torch.Tensor, relu: bool, last: bool,
-                 stride: int = 1, padding: int = 0, name: str = ""):
+    def __init__(
+        self,
+        kind: str,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        relu: bool,
+        last: bool,
+        stride: int = 1,
+        padding: int = 0,
+        name: str = "",
+    ):
         super().__init__()
         self.kind, self.relu, self.last, self.stride, self.padding, self.name = kind, relu, last, stride, padding, name
         # float64 storage: int32 biases times their scale are exact only there
@@ -272,14 +281,16 @@ def act_params(settings: QuantSettings, signed: bool) -> tuple[int, int]:
     return 0, A_MIN
 
 
-def act_scale(sample: torch.Tensor, max_abs: float, min_val: float, max_val: float, zp: int,
-              settings: QuantSettings) -> float:
+def act_scale(
+    sample: torch.Tensor, max_abs: float, min_val: float, max_val: float, zp: int, settings: QuantSettings
+) -> float:
     spec = settings.spec
     if spec.seed:
         return 2.0 ** seed_exponent(min_val, max_val, A_MAX)
     if spec.pot:
-        return 2.0 ** choose_exponent(sample, A_MIN, A_MAX, zp, settings.exponent, settings.rounding, "",
-                                      max_abs=max_abs)
+        return 2.0 ** choose_exponent(
+            sample, A_MIN, A_MAX, zp, settings.exponent, settings.rounding, "", max_abs=max_abs
+        )
     return max_abs / (A_MAX - zp) if max_abs > 0 else 1.0
 
 
@@ -350,12 +361,25 @@ def export_state(net: QuantNet) -> dict:
     rule = net.settings.rounding
     for op in net.ops:
         if isinstance(op, QLayer):
-            ops.append({
-                "type": op.kind, "name": op.name, "weight": op.int_weight(rule), "bias": op.int_bias(rule),
-                "w_scale": op.w_scale.clone(), "in_scale": float(op.in_scale), "in_zp": op.in_zp,
-                "out_scale": float(op.out_scale), "out_zp": op.out_zp, "out_lo": op.out_lo, "out_hi": op.out_hi,
-                "relu": op.relu, "last": op.last, "stride": op.stride, "padding": op.padding,
-            })
+            ops.append(
+                {
+                    "type": op.kind,
+                    "name": op.name,
+                    "weight": op.int_weight(rule),
+                    "bias": op.int_bias(rule),
+                    "w_scale": op.w_scale.clone(),
+                    "in_scale": float(op.in_scale),
+                    "in_zp": op.in_zp,
+                    "out_scale": float(op.out_scale),
+                    "out_zp": op.out_zp,
+                    "out_lo": op.out_lo,
+                    "out_hi": op.out_hi,
+                    "relu": op.relu,
+                    "last": op.last,
+                    "stride": op.stride,
+                    "padding": op.padding,
+                }
+            )
         elif isinstance(op, MaxPool):
             ops.append({"type": "maxpool", "kernel": op.k})
         else:
