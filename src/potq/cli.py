@@ -70,6 +70,24 @@ def cmd_compare(a: argparse.Namespace) -> None:
     print(compare(a.run))
 
 
+def cmd_verify(a: argparse.Namespace) -> None:
+    from potq.golden import verify_run
+
+    r = verify_run(a.run, a.scheme, a.data, a.cache)
+    print("| Layer | Worst-case accumulator | Bits | int32 headroom (bits) | Exact GEMM |\n|---|---:|---:|---:|---|")
+    for b in r["accumulators"]:
+        print(
+            f"| {b['layer']} | {b['worst_case_accumulator']:,} | {b['bits']} | {b['int32_headroom_bits']} | {b['gemm']} |"
+        )
+    print(
+        f"{r['label']}: {r['mismatches']} mismatching values of {r['compared_values']:,} "
+        f"({r['images']} images, every layer); golden accuracy {r['golden_accuracy']:.4f}, "
+        f"simulated {r['simulated_accuracy']:.4f}"
+    )
+    if r["mismatches"]:
+        raise SystemExit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from potq.models import ZOO
     from potq.quant.qnet import SCHEMES
@@ -116,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", help="dataset path, if it moved since training")
     q.add_argument("--cache", type=Path)
     q.set_defaults(func=cmd_quantize)
+
+    v = sub.add_parser("verify", help="integer golden model against the simulated model, bit for bit")
+    v.add_argument("--run", type=Path, required=True)
+    v.add_argument("--scheme", default="pot-channel", help="the quantized model's label, e.g. pot-channel-qat")
+    v.add_argument("--data", help="dataset path, if it moved since training")
+    v.add_argument("--cache", type=Path)
+    v.set_defaults(func=cmd_verify)
 
     c = sub.add_parser("compare", help="table and chart of every quantized model of a run")
     c.add_argument("--run", type=Path, required=True)

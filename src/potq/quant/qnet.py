@@ -256,7 +256,8 @@ def set_weight_scale(layer: QLayer, settings: QuantSettings) -> None:
     """The weight scale(s) of `layer` by the scheme's rule, then the --max-shift limit."""
     spec = settings.spec
     w = layer.weight.detach().double()
-    rows = w.flatten(1) if spec.per_channel else w.flatten()[None]
+    # the logits share one scale, so that the integer argmax compares like with like
+    rows = w.flatten(1) if spec.per_channel and not layer.last else w.flatten()[None]
     what = f"weights of {layer.name}"
     if spec.seed:
         e = seed_exponent(float(w.min()), float(w.max()), W_MAX)

@@ -1,0 +1,223 @@
+"""The integer-only golden model: the quantized net as integers, shifts and clamps alone.
+
+The data path: uint8 image -> input lookup table (normalization and quantization folded into 256
+entries per channel) -> per layer: subtract the input zero point, multiply-accumulate with int8
+weights, add the int32 bias, shift right with rounding, add the output zero point, clamp (ReLU
+is the lower clamp) -> ... -> int32 logits -> argmax.
+
+Multiply-accumulates run through float GEMM, which is exact for integers as long as every partial
+sum stays below 2**24 (float32) or 2**53 (float64). Each layer's worst case, from its integer
+weights and its input range, picks the narrowest exact type and proves the int32 accumulator holds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from potq.data import normalize
+from potq.errors import UserError
+from potq.quant.arith import INT32_MAX, shift_round
+from potq.quant.pipeline import exponent
+from potq.quant.qnet import A_MAX, A_MIN, import_state
+
+FLOAT32_EXACT = 2**24
+FLOAT64_EXACT = 2**53
+
+
+@dataclass
+class IntOp:
+    type: str  # conv | linear | maxpool | flatten
+    name: str = ""
+    weight: torch.Tensor | None = None  # int8
+    bias: torch.Tensor | None = None  # int32
+    shift: torch.Tensor | None = None  # int64, one per output channel
+    in_zp: int = 0
+    out_zp: int = 0
+    lo: int = A_MIN
+    hi: int = A_MAX
+    in_lo: int = A_MIN
+    in_hi: int = A_MAX
+    stride: int = 1
+    padding: int = 0
+    kernel: int = 2
+    last: bool = False
+    # filled by the bound analysis
+    acc_bound: int = 0
+    gemm_dtype: torch.dtype = torch.float64
+
+    @property
+    def headroom_bits(self) -> float:
+        return 31 - math.log2(self.acc_bound) if self.acc_bound > 0 else 31.0
+
+
+def analyse_bounds(op: IntOp) -> None:
+    """Worst-case |accumulator| of a MAC layer; refuse what int32 can't hold."""
+    x_max = max(abs(op.in_lo - op.in_zp), abs(op.in_hi - op.in_zp))
+    l1 = op.weight.to(torch.int64).abs().flatten(1).sum(1)  # per output channel
+    mac = int(x_max * l1.max())
+    op.acc_bound = mac + int(op.bias.to(torch.int64).abs().max())
+    if op.acc_bound > INT32_MAX:
+        raise UserError(
+            f"layer {op.name}: worst-case accumulator {op.acc_bound} overflows int32 "
+            f"({math.log2(op.acc_bound):.1f} bits); use coarser weight scales or fewer inputs per output"
+        )
+    # partial sums of the GEMM are sums of subsets of the products, so |partial| <= mac
+    op.gemm_dtype = torch.float32 if mac < FLOAT32_EXACT else torch.float64
+
+
+class IntegerModel:
+    def __init__(self, lut: torch.Tensor, ops: list[IntOp], rounding: str):
+        self.lut, self.ops, self.rounding = lut, ops, rounding
+
+    @classmethod
+    def from_state(cls, state: dict, mean: list[float], std: list[float]) -> IntegerModel:
+        """Lower a saved quantized model (potq.quant.qnet.export_state) to an integer program."""
+        exps = [exponent(state["in_scale"])]
+        for d in state["ops"]:
+            if d["type"] in ("conv", "linear"):
+                exps += [exponent(d["in_scale"]), exponent(d["out_scale"])] + [exponent(float(s)) for s in d["w_scale"]]
+        if None in exps:
+            raise UserError(
+                f"scheme {state['settings']['scheme']} has scales that are not powers of two: "
+                "the integer model requantizes with shifts alone"
+            )
+        # the input lookup table: normalization and quantization of each pixel value, per channel
+        net = import_state(state)
+        channels = len(mean)
+        pixels = torch.arange(256, dtype=torch.uint8).view(1, 1, 256, 1).expand(1, channels, 256, 1)
+        x = net.quantize_input(normalize(pixels, mean, std).double())
+        lut = (torch.round(x / net.in_scale) + net.in_zp).to(torch.int64).view(channels, 256)
+        ops: list[IntOp] = []
+        lo, hi, zp = A_MIN, A_MAX, state["in_zp"]
+        for d in state["ops"]:
+            if d["type"] in ("maxpool", "flatten"):
+                ops.append(IntOp(d["type"], kernel=d.get("kernel", 2)))
+                continue
+            w_exp = torch.tensor([exponent(float(s)) for s in d["w_scale"]], dtype=torch.int64)
+            shift = exponent(d["out_scale"]) - exponent(d["in_scale"]) - w_exp
+            op = IntOp(
+                d["type"],
+                d["name"],
+                d["weight"],
+                d["bias"],
+                shift,
+                d["in_zp"],
+                d["out_zp"],
+                d["out_lo"],
+                d["out_hi"],
+                lo,
+                hi,
+                d["stride"],
+                d["padding"],
+                last=d["last"],
+            )
+            analyse_bounds(op)
+            ops.append(op)
+            lo, hi, zp = op.lo, op.hi, op.out_zp
+        return cls(lut, ops, state["settings"]["rounding"])
+
+    def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
+        channels = torch.arange(self.lut.shape[0]).view(1, -1, 1, 1)
+        return self.lut[channels, images.to(torch.int64)]
+
+    def _mac(self, op: IntOp, x: torch.Tensor) -> torch.Tensor:
+        """Exact integer multiply-accumulate (see analyse_bounds), then the int32 bias."""
+        xf, wf = (x - op.in_zp).to(op.gemm_dtype), op.weight.to(op.gemm_dtype)
+        if op.type == "conv":
+            acc = nn.functional.conv2d(xf, wf, None, op.stride, op.padding)
+            bias = op.bias.view(1, -1, 1, 1)
+        else:
+            acc = nn.functional.linear(xf, wf)
+            bias = op.bias.view(1, -1)
+        return acc.to(torch.int64) + bias.to(torch.int64)
+
+    def run(self, images: torch.Tensor, record: list | None = None) -> torch.Tensor:
+        """uint8 images (N, C, H, W) -> int32 logits; `record` gets every op's integer output."""
+        x = self.quantize_input(images)
+        if record is not None:
+            record.append(x)
+        for op in self.ops:
+            if op.type == "maxpool":
+                n, c, h, w = x.shape
+                k = op.kernel
+                x = x[:, :, : h // k * k, : w // k * k].reshape(n, c, h // k, k, w // k, k).amax(dim=(3, 5))
+            elif op.type == "flatten":
+                x = x.flatten(1)
+            else:
+                acc = self._mac(op, x)
+                if op.last:
+                    x = acc
+                else:
+                    shift = op.shift.view(1, -1, *([1] * (acc.dim() - 2)))
+                    x = (shift_round(acc, shift, self.rounding) + op.out_zp).clamp(op.lo, op.hi)
+            if record is not None:
+                record.append(x)
+        return x
+
+    def bounds_table(self) -> list[dict]:
+        return [
+            {
+                "layer": op.name,
+                "worst_case_accumulator": op.acc_bound,
+                "bits": math.ceil(math.log2(op.acc_bound + 1)) + 1 if op.acc_bound else 1,
+                "int32_headroom_bits": round(op.headroom_bits, 2),
+                "gemm": str(op.gemm_dtype).replace("torch.", ""),
+            }
+            for op in self.ops
+            if op.type in ("conv", "linear")
+        ]
+
+
+def verify_run(run, name: str, data: str | None = None, cache=None, batch: int = 500) -> dict:
+    """Run the golden model and the simulated model on the whole test set; compare every layer's integers."""
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from potq.data import load_dataset
+    from potq.files import save_json
+    from potq.quant.pipeline import load_quantized, quant_paths
+
+    run = Path(run)
+    sim, cfg = load_quantized(run, name)
+    state = torch.load(quant_paths(run, name)[0], map_location="cpu", weights_only=True)["state"]
+    golden = IntegerModel.from_state(state, cfg.mean, cfg.std)
+    ds = load_dataset(data or cfg.data, cache)
+    images, labels = torch.from_numpy(np.array(ds.test_x)), torch.from_numpy(np.array(ds.test_y))
+    mismatches, values, golden_correct, sim_correct = 0, 0, 0, 0
+    t_golden = t_sim = 0.0
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x, y = images[i : i + batch], labels[i : i + batch]
+            t0 = time.perf_counter()
+            g_rec: list = []
+            g_logits = golden.run(x, g_rec)
+            t1 = time.perf_counter()
+            s_rec: list = []
+            s_logits = sim(normalize(x, cfg.mean, cfg.std), s_rec)
+            t_sim += time.perf_counter() - t1
+            t_golden += t1 - t0
+            for g, s in zip(g_rec, s_rec, strict=True):
+                mismatches += int((g != s).sum())
+                values += g.numel()
+            golden_correct += int((g_logits.argmax(1) == y).sum())
+            sim_correct += int((s_logits.argmax(1) == y).sum())
+    result = {
+        "label": name,
+        "images": len(images),
+        "compared_values": values,
+        "mismatches": mismatches,
+        "golden_accuracy": golden_correct / len(images),
+        "simulated_accuracy": sim_correct / len(images),
+        "golden_seconds": t_golden,
+        "simulated_seconds": t_sim,
+        "rounding": golden.rounding,
+        "accumulators": golden.bounds_table(),
+    }
+    save_json(result, run / f"verify_{name}.json")
+    return result
