@@ -40,6 +40,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         train_limit=a.train_limit,
         val_size=a.val_size,
         batch_size=a.batch_size,
+        lr=a.lr,
     )
     resume = None
     if a.resume is not None:
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--recipe", default="seed", help=f"one of {', '.join(RECIPES)}")
     t.add_argument("--epochs", type=int, help="default: the recipe's (50 for seed)")
     t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--train-limit", type=int, help="train on the first N training images only")
     t.add_argument("--val-size", type=int, default=5000, help="validation images held out of the training set")

@@ -7,6 +7,7 @@ batches as tensor operations.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
@@ -165,6 +166,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 spell bytes
     }
 
     def find_class(self, module: str, name: str):
@@ -172,6 +174,8 @@ class _ArrayUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain arrays are allowed")
         if name == "_reconstruct":
             return np._core.multiarray._reconstruct
+        if name == "encode":
+            return codecs.encode
         return getattr(np, name)
 
 

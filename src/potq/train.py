@@ -64,6 +64,7 @@ class TrainConfig:
     train_limit: int | None = None
     val_size: int = 5000
     batch_size: int | None = None
+    lr: float | None = None  # None: the recipe's
     # filled in from the data
     in_shape: list[int] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
@@ -72,9 +73,8 @@ class TrainConfig:
 
     def recipe_values(self) -> Recipe:
         base = RECIPES[self.recipe]
-        return Recipe(
-            **{**asdict(base), "epochs": self.epochs or base.epochs, "batch_size": self.batch_size or base.batch_size}
-        )
+        overrides = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        return Recipe(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -84,6 +84,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--epochs must be a positive integer, got {cfg.epochs}")
     if cfg.train_limit is not None and cfg.train_limit < 1:
         raise UserError(f"--train-limit must be a positive integer, got {cfg.train_limit}")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise UserError(f"--lr must be positive, got {cfg.lr}")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {cfg.batch_size}")
     build_model(cfg.model)  # raises on an unknown model

@@ -1,0 +1,189 @@
+import gzip
+import hashlib
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from potq import data as potq_data
+from potq.cli import main
+from potq.data import augment, download, load_dataset, safe_unpickle, split_train_val
+from potq.errors import UserError
+from tests.conftest import cifar_batch, tar_folder, write_cifar_folder, write_image_folder
+
+
+def test_cifar_archive_and_extracted_folder_load_the_same(tmp_path):
+    folder = write_cifar_folder(tmp_path / "src", per_batch=20)
+    archive = tar_folder(folder, tmp_path / "cifar-10-python.tar.gz")
+    a = load_dataset(str(archive), tmp_path / "c1")
+    b = load_dataset(str(folder.parent), tmp_path / "c2")
+    assert a.train_x.shape == (100, 3, 32, 32) and a.test_x.shape == (20, 3, 32, 32)
+    assert a.classes == [f"class{i}" for i in range(10)]
+    np.testing.assert_array_equal(a.train_x, b.train_x)
+    expected = cifar_batch(20, 1)
+    np.testing.assert_array_equal(a.train_x[:20].reshape(20, -1), expected[b"data"])
+    np.testing.assert_array_equal(a.train_y[:20], expected[b"labels"])
+
+
+def test_unpickler_refuses_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    raw = pickle.dumps({b"data": Evil(), b"labels": [1]}, protocol=2)
+    with pytest.raises(UserError, match="refusing to load"):
+        safe_unpickle(raw)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_crafted_batch_in_archive_is_a_clean_error(tmp_path, capsys):
+    folder = write_cifar_folder(tmp_path / "src")
+    (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": print, b"labels": []}))
+    assert main(["train", "--data", str(folder.parent), "--out", str(tmp_path / "out"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "data_batch_3" in err and "refusing" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_download_checks_md5_and_never_needs_network(tmp_path):
+    archive = tar_folder(write_cifar_folder(tmp_path / "src"), tmp_path / "served.tar.gz")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    dest = download(archive.as_uri(), tmp_path / "cache" / "cifar-10-python.tar.gz", md5)
+    assert dest.read_bytes() == archive.read_bytes()
+    with pytest.raises(UserError, match="MD5 mismatch"):
+        download(archive.as_uri(), tmp_path / "cache2" / "x.tar.gz", "0" * 32)
+    assert not (tmp_path / "cache2" / "x.tar.gz").exists()
+    assert list((tmp_path / "cache2").iterdir()) == []  # no partial file left behind
+
+
+def test_official_url_and_checksum_are_the_published_ones():
+    assert potq_data.CIFAR10_URL == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert potq_data.CIFAR10_MD5 == "c58f30108f718f92721af3b95e74349a"
+
+
+def test_cifar10_name_downloads_into_the_cache(tmp_path, monkeypatch):
+    archive = tar_folder(write_cifar_folder(tmp_path / "src"), tmp_path / "served.tar.gz")
+    monkeypatch.setattr(potq_data, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(potq_data, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    ds = load_dataset("cifar10", tmp_path / "cache")
+    assert (tmp_path / "cache" / "cifar-10-python.tar.gz").exists()
+    assert len(ds.train_x) == 100
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_image_folder_plain_and_tar_gz(tmp_path, packed):
+    root = write_image_folder(tmp_path / "imgs", per_class=4)
+    spec = root
+    if packed:
+        spec = tmp_path / "imgs.tar.gz"
+        with tarfile.open(spec, "w:gz") as tar:
+            tar.add(root, arcname="imgs")
+    ds = load_dataset(str(spec), tmp_path / "cache")
+    assert ds.classes == ["cat", "dog", "frog"]
+    assert ds.train_x.shape == (12, 3, 32, 32) and ds.test_x.shape == (6, 3, 32, 32)
+    assert sorted(np.bincount(ds.train_y).tolist()) == [4, 4, 4]
+    # class k has mean colour 60k + 40
+    assert abs(ds.train_x[ds.train_y == 2].mean() - 160) < 5
+
+
+def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
+    root = write_image_folder(tmp_path / "imgs", per_class=2)
+    first = load_dataset(str(root), tmp_path / "cache")
+
+    def boom(path):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(potq_data, "_decode", boom)
+    second = load_dataset(str(root), tmp_path / "cache")
+    np.testing.assert_array_equal(first.train_x, second.train_x)
+    assert second.classes == first.classes
+
+
+def _idx(arr: np.ndarray) -> bytes:
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    return header + arr.astype(np.uint8).tobytes()
+
+
+def test_fashion_mnist_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, arr in {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (30, 28, 28)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, 30),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (10, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, 10),
+    }.items():
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress(_idx(arr)))
+    ds = load_dataset(str(tmp_path), tmp_path / "cache")
+    assert ds.train_x.shape == (30, 1, 28, 28) and ds.test_y.shape == (10,)
+    assert len(ds.classes) == 10
+
+
+def test_truncated_idx_file_is_an_error(tmp_path):
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(_idx(np.zeros((5, 28, 28)))[:-10])
+    with pytest.raises(UserError, match="truncated"):
+        load_dataset(str(tmp_path), tmp_path / "cache")
+
+
+def _bad_inputs(tmp_path):
+    truncated = tar_folder(write_cifar_folder(tmp_path / "t"), tmp_path / "t.tar.gz")
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    (empty / "test").mkdir()
+    unreadable = write_image_folder(tmp_path / "unreadable", per_class=2)
+    (unreadable / "train" / "cat" / "0000.png").write_bytes(b"not an image")
+    notdata = tmp_path / "notdata.txt"
+    notdata.write_text("hello")
+    return {
+        "missing": (tmp_path / "nope", "no such file"),
+        "truncated": (truncated, "corrupt or truncated"),
+        "empty": (empty, "no class folders"),
+        "unreadable": (unreadable, "unreadable image"),
+        "notdata": (notdata, "not a folder or a .tar.gz"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "empty", "unreadable", "notdata"])
+def test_bad_data_is_one_line_exit_2_and_writes_nothing(tmp_path, case, capsys):
+    path, message = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(path), "--out", str(out), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_split_is_fixed_by_seed_and_disjoint():
+    tr, va = split_train_val(100, 10, seed=3)
+    tr2, va2 = split_train_val(100, 10, seed=3)
+    assert (tr == tr2).all() and (va == va2).all()
+    assert len(set(tr) | set(va)) == 100 and not set(tr) & set(va)
+    assert not (split_train_val(100, 10, seed=4)[1] == va).all()
+
+
+def test_augment_crops_and_flips_whole_batches():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    out = augment(x, 1, True, g)
+    assert out.shape == x.shape
+    # every output is a shifted (and maybe mirrored) window of its own zero-padded input
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    for i in range(2):
+        windows = [padded[i, :, dy : dy + 4, dx : dx + 4] for dy in range(3) for dx in range(3)]
+        windows += [w.flip(2) for w in windows]
+        assert any(torch.equal(out[i], w) for w in windows)
+    same = augment(x, 1, True, torch.Generator().manual_seed(0))
+    assert torch.equal(out, same)
+    assert torch.equal(augment(x, 0, False, g), x)
+
+
+def test_augment_flips_about_half():
+    x = torch.arange(8, dtype=torch.float32).view(1, 1, 1, 8).repeat(1000, 1, 1, 1)
+    out = augment(x, 0, True, torch.Generator().manual_seed(1))
+    flipped = (out[:, 0, 0, 0] == 7).float().mean()
+    assert 0.4 < flipped < 0.6

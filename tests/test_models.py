@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from potq.cli import main
+from potq.errors import UserError
+from potq.models import ZOO, build_model
+from potq.summary import summarize
+
+REFERENCE_ROWS = [
+    ("Conv2d", [-1, 32, 32, 32], 896), ("BatchNorm2d", [-1, 32, 32, 32], 64), ("ReLU", [-1, 32, 32, 32], 0),
+    ("MaxPool2d", [-1, 32, 16, 16], 0), ("Conv2d", [-1, 64, 16, 16], 18496), ("BatchNorm2d", [-1, 64, 16, 16], 128),
+    ("ReLU", [-1, 64, 16, 16], 0), ("MaxPool2d", [-1, 64, 8, 8], 0), ("Conv2d", [-1, 128, 8, 8], 73856),
+    ("BatchNorm2d", [-1, 128, 8, 8], 256), ("ReLU", [-1, 128, 8, 8], 0), ("Conv2d", [-1, 128, 8, 8], 147584),
+    ("BatchNorm2d", [-1, 128, 8, 8], 256), ("ReLU", [-1, 128, 8, 8], 0), ("Conv2d", [-1, 128, 8, 8], 147584),
+    ("BatchNorm2d", [-1, 128, 8, 8], 256), ("ReLU", [-1, 128, 8, 8], 0), ("MaxPool2d", [-1, 128, 4, 4], 0),
+    ("Linear", [-1, 128], 262272), ("ReLU", [-1, 128], 0), ("Linear", [-1, 64], 8256), ("ReLU", [-1, 64], 0),
+    ("Linear", [-1, 10], 650),
+]
+
+
+def test_seed_summary_matches_reference_report():
+    s = summarize(build_model("seed"), (3, 32, 32))
+    assert [(r.name, r.output_shape, r.params) for r in s.rows] == REFERENCE_ROWS
+    assert (s.total_params, s.trainable_params, s.non_trainable_params) == (660554, 660554, 0)
+    sizes = [f"{v:.2f}" for v in (s.input_mb, s.forward_backward_mb, s.params_mb, s.total_mb)]
+    assert sizes == ["0.01", "1.80", "2.52", "4.33"]
+
+
+def test_summary_command_prints_reference_table(capsys):
+    assert main(["summary", "--model", "seed"]) == 0
+    out = capsys.readouterr().out
+    assert "| Linear | [-1, 128] | 262,272 |" in out
+    assert "| Estimated Total Size | 4.33 MB |" in out
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_runs_on_cifar_and_fashion_mnist_shapes(name):
+    for shape, classes in (((3, 32, 32), 10), ((1, 28, 28), 7)):
+        model = build_model(name, shape, classes).eval()
+        assert model(torch.zeros(2, *shape)).shape == (2, classes)
+
+
+def test_input_and_classes_change_the_model(capsys):
+    assert main(["summary", "--model", "seed", "--input", "1,28,28", "--classes", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "| Conv2d | [-1, 32, 28, 28] | 320 |" in out  # 1*9*32 + 32
+    assert "| Linear | [-1, 5] | 325 |" in out
+    assert "| Linear | [-1, 128] | 147,584 |" in out  # 128*3*3*128 + 128
+
+
+@pytest.mark.parametrize("args", [["--model", "nope"], ["--input", "3,32"], ["--input", "0,32,32"], ["--classes", "1"]])
+def test_summary_bad_input_is_one_line_exit_2(args, capsys):
+    assert main(["summary", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("potq: error:")
+
+
+def test_unknown_model_raises_user_error():
+    with pytest.raises(UserError, match="unknown model"):
+        build_model("resnet1000")

@@ -1,0 +1,139 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from potq import train as potq_train
+from potq.cli import main
+from potq.train import TrainConfig, load_trained, train
+
+
+def _history(path):
+    with open(path / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_train_writes_every_artifact(tiny_run):
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {"history.csv", "curves.png", "metrics.json", "weights.pt", "checkpoint.pt", "config.json"} <= names
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    assert {"params", "test_loss", "test_accuracy", "model_size_mb", "epochs", "seconds"} <= set(m)
+    assert 0 <= m["test_accuracy"] <= 1 and m["epochs"] == 2
+    assert m["model_size_mb"] == pytest.approx((tiny_run / "weights.pt").stat().st_size / 1e6)
+    rows = _history(tiny_run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"]
+    assert (tiny_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tiny_model_learns_the_colour_classes(tiny_run):
+    # the three classes differ by mean colour: a working trainer separates them
+    assert json.loads((tiny_run / "metrics.json").read_text())["test_accuracy"] > 0.9
+
+
+def test_reference_recipe_values():
+    r = potq_train.RECIPES["seed"]
+    assert (r.epochs, r.lr, r.momentum, r.weight_decay, r.eta_min, r.crop_pad, r.flip) == (
+        50, 0.1, 0.9, 5e-4, 1e-6, 4, True)
+
+
+def test_saved_weights_reload_for_quantization(tiny_run):
+    model, cfg = load_trained(tiny_run)
+    assert cfg.model == "tiny" and cfg.classes == ["cat", "dog", "frog"]
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_resume_after_a_kill_mid_epoch_matches_an_uninterrupted_run(tmp_path, learnable_data, monkeypatch):
+    cfg = dict(model="tiny", data=str(learnable_data), epochs=3, val_size=60, batch_size=64, seed=5)
+    train(TrainConfig(**cfg), tmp_path / "straight")
+
+    real_epoch = potq_train.train_epoch
+    calls = {"n": 0}
+
+    def dying_epoch(model, opt, loss_fn, x, *args):
+        calls["n"] += 1
+        if calls["n"] == 3:  # die part-way through the third epoch, after some optimizer steps
+            real_epoch(model, opt, loss_fn, x[:64], *args)
+            raise KeyboardInterrupt
+        return real_epoch(model, opt, loss_fn, x, *args)
+
+    monkeypatch.setattr(potq_train, "train_epoch", dying_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**cfg), tmp_path / "killed")
+    assert len(_history(tmp_path / "killed")) == 2
+    monkeypatch.setattr(potq_train, "train_epoch", real_epoch)
+    train(TrainConfig(**cfg), tmp_path / "killed", resume=tmp_path / "killed" / "checkpoint.pt")
+    assert _history(tmp_path / "killed") == _history(tmp_path / "straight")
+    a = torch.load(tmp_path / "killed" / "weights.pt", weights_only=True)
+    b = torch.load(tmp_path / "straight" / "weights.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    from potq.files import save_torch
+
+    target = tmp_path / "checkpoint.pt"
+    save_torch({"a": torch.ones(3)}, target)
+
+    def broken_save(obj, f):
+        open(f, "wb").write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_torch({"a": torch.zeros(3)}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def _cli_error(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--epochs", "-1"], "--epochs must be a positive integer"),
+    (["--recipe", "adam-magic"], "unknown recipe"),
+    (["--model", "vgg99"], "unknown model"),
+    (["--train-limit", "0"], "--train-limit"),
+])
+def test_bad_arguments_exit_2_and_write_nothing(tmp_path, learnable_data, extra, message, capsys):
+    out = tmp_path / "out"
+    code, err = _cli_error(["train", "--data", str(learnable_data), "--out", str(out), *extra], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_resume_with_another_models_checkpoint_is_refused(tmp_path, tiny_run, learnable_data, capsys):
+    out = tmp_path / "other"
+    code, err = _cli_error(["train", "--model", "seed-slim", "--data", str(learnable_data), "--out", str(out),
+                            "--val-size", "60", "--resume", str(tiny_run / "checkpoint.pt")], capsys)
+    assert code == 2 and "from another run" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_existing_run_is_not_overwritten_without_resume(tiny_run, learnable_data, capsys):
+    before = (tiny_run / "checkpoint.pt").read_bytes()
+    code, err = _cli_error(["train", "--model", "tiny", "--data", str(learnable_data), "--out", str(tiny_run),
+                            "--val-size", "60"], capsys)
+    assert code == 2 and "already holds a run" in err
+    assert (tiny_run / "checkpoint.pt").read_bytes() == before
+
+
+def test_two_process_torchrun(tmp_path, learnable_data):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "potq",
+           "train", "--model", "tiny", "--data", str(learnable_data), "--out", str(out), "--epochs", "1",
+           "--val-size", "60", "--batch-size", "32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["train_images"] == 300
+    assert len(_history(out)) == 1
