@@ -24,7 +24,10 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 def cifar_batch(n: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [int(v) for v in rng.integers(0, 10, n)]}
+    return {
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"labels": [int(v) for v in rng.integers(0, 10, n)],
+    }
 
 
 def write_cifar_folder(root: Path, per_batch: int = 20) -> Path:
@@ -45,8 +48,9 @@ def tar_folder(folder: Path, archive: Path) -> Path:
     return archive
 
 
-def write_image_folder(root: Path, per_class: int = 6, classes=("cat", "dog", "frog"), size: int = 32,
-                       suffix: str = ".png") -> Path:
+def write_image_folder(
+    root: Path, per_class: int = 6, classes=("cat", "dog", "frog"), size: int = 32, suffix: str = ".png"
+) -> Path:
     """{train,test}/<class>/*.png where each class has its own mean colour, so a net can learn it."""
     rng = np.random.default_rng(0)
     for split, n in (("train", per_class), ("test", max(2, per_class // 2))):

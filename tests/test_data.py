@@ -122,8 +122,12 @@ def test_fashion_mnist_idx_files(tmp_path):
 
 
 def test_truncated_idx_file_is_an_error(tmp_path):
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (tmp_path / name).write_bytes(_idx(np.zeros((5, 28, 28)))[:-10])
     with pytest.raises(UserError, match="truncated"):
         load_dataset(str(tmp_path), tmp_path / "cache")

@@ -39,7 +39,14 @@ def test_tiny_model_learns_the_colour_classes(tiny_run):
 def test_reference_recipe_values():
     r = potq_train.RECIPES["seed"]
     assert (r.epochs, r.lr, r.momentum, r.weight_decay, r.eta_min, r.crop_pad, r.flip) == (
-        50, 0.1, 0.9, 5e-4, 1e-6, 4, True)
+        50,
+        0.1,
+        0.9,
+        5e-4,
+        1e-6,
+        4,
+        True,
+    )
 
 
 def test_saved_weights_reload_for_quantization(tiny_run):
@@ -97,12 +104,15 @@ def _cli_error(args, capsys):
     return code, err
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--epochs", "-1"], "--epochs must be a positive integer"),
-    (["--recipe", "adam-magic"], "unknown recipe"),
-    (["--model", "vgg99"], "unknown model"),
-    (["--train-limit", "0"], "--train-limit"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--epochs", "-1"], "--epochs must be a positive integer"),
+        (["--recipe", "adam-magic"], "unknown recipe"),
+        (["--model", "vgg99"], "unknown model"),
+        (["--train-limit", "0"], "--train-limit"),
+    ],
+)
 def test_bad_arguments_exit_2_and_write_nothing(tmp_path, learnable_data, extra, message, capsys):
     out = tmp_path / "out"
     code, err = _cli_error(["train", "--data", str(learnable_data), "--out", str(out), *extra], capsys)
@@ -112,16 +122,31 @@ def test_bad_arguments_exit_2_and_write_nothing(tmp_path, learnable_data, extra,
 
 def test_resume_with_another_models_checkpoint_is_refused(tmp_path, tiny_run, learnable_data, capsys):
     out = tmp_path / "other"
-    code, err = _cli_error(["train", "--model", "seed-slim", "--data", str(learnable_data), "--out", str(out),
-                            "--val-size", "60", "--resume", str(tiny_run / "checkpoint.pt")], capsys)
+    code, err = _cli_error(
+        [
+            "train",
+            "--model",
+            "seed-slim",
+            "--data",
+            str(learnable_data),
+            "--out",
+            str(out),
+            "--val-size",
+            "60",
+            "--resume",
+            str(tiny_run / "checkpoint.pt"),
+        ],
+        capsys,
+    )
     assert code == 2 and "from another run" in err and err.count("\n") == 1
     assert not out.exists()
 
 
 def test_existing_run_is_not_overwritten_without_resume(tiny_run, learnable_data, capsys):
     before = (tiny_run / "checkpoint.pt").read_bytes()
-    code, err = _cli_error(["train", "--model", "tiny", "--data", str(learnable_data), "--out", str(tiny_run),
-                            "--val-size", "60"], capsys)
+    code, err = _cli_error(
+        ["train", "--model", "tiny", "--data", str(learnable_data), "--out", str(tiny_run), "--val-size", "60"], capsys
+    )
     assert code == 2 and "already holds a run" in err
     assert (tiny_run / "checkpoint.pt").read_bytes() == before
 
@@ -129,9 +154,29 @@ def test_existing_run_is_not_overwritten_without_resume(tiny_run, learnable_data
 def test_two_process_torchrun(tmp_path, learnable_data):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "potq",
-           "train", "--model", "tiny", "--data", str(learnable_data), "--out", str(out), "--epochs", "1",
-           "--val-size", "60", "--batch-size", "32"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "potq",
+        "train",
+        "--model",
+        "tiny",
+        "--data",
+        str(learnable_data),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--val-size",
+        "60",
+        "--batch-size",
+        "32",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads((out / "metrics.json").read_text())

@@ -1,0 +1,60 @@
+"""`PowerOfTwoObserver`: potq's scale rule as a torch.ao.quantization observer.
+
+A thin adapter for people on torch's eager QConfig API (deprecated in recent torch, hence kept out
+of potq's own path): it records what it sees, then hands torch the scale that potq's rule gives.
+
+    QConfig(activation=PowerOfTwoObserver.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_symmetric),
+            weight=PowerOfTwoObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric))
+
+Weights: int8 in [-127, 127], zero point 0. Activations: uint8, zero point 0 when everything seen
+is non-negative (after ReLU), else 128. `rule` picks the exponent: "mse" (potq's default), "ceil",
+"round", or "seed" (the reference report's 2**round(log2(2*max/qmax)) with zero point 128).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.ao.quantization.observer import MinMaxObserver
+
+from potq.quant.arith import choose_exponent, seed_exponent
+from potq.quant.qnet import _Stats
+
+
+class PowerOfTwoObserver(MinMaxObserver):
+    def __init__(
+        self,
+        dtype=torch.quint8,
+        qscheme=torch.per_tensor_symmetric,
+        rule: str = "mse",
+        rounding: str = "half-up",
+        **kwargs,
+    ):
+        if dtype == torch.qint8:
+            kwargs.setdefault("quant_min", -127)  # symmetric: never -128
+            kwargs.setdefault("quant_max", 127)
+        super().__init__(dtype=dtype, qscheme=qscheme, **kwargs)
+        self.rule, self.rounding = rule, rounding
+        self._stats = _Stats()
+        self._g = torch.Generator().manual_seed(0)
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        if x_orig.numel():
+            self._stats.add(x_orig.detach().double(), "PowerOfTwoObserver input", self._g)
+        return super().forward(x_orig)
+
+    def qparams(self) -> tuple[float, int]:
+        """(scale, zero point) by potq's rule for everything observed so far."""
+        st = self._stats
+        weight = self.dtype == torch.qint8
+        lo, hi = (-127, 127) if weight else (0, 255)
+        if self.rule == "seed":
+            zp = 0 if weight else 128
+            return 2.0 ** seed_exponent(st.min if st.parts else 0.0, st.max if st.parts else 0.0, hi), zp
+        zp = 0 if weight or st.min >= 0 else 128
+        e = choose_exponent(st.sample(), lo, hi, zp, self.rule, self.rounding, "observed tensor", max_abs=st.max_abs)
+        return 2.0**e, zp
+
+    @torch.jit.export
+    def calculate_qparams(self):
+        scale, zp = self.qparams()
+        return torch.tensor([scale], dtype=torch.float32), torch.tensor([zp], dtype=torch.int32)

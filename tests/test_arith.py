@@ -1,0 +1,153 @@
+"""Property and hand-computed tests of the quantization arithmetic."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from potq.errors import UserError
+from potq.quant.arith import (
+    choose_exponent,
+    finite_max,
+    pot_exponent,
+    round_float,
+    seed_exponent,
+    shift_round,
+)
+from potq.quant.qnet import fake_quant
+
+positive = st.floats(min_value=1e-30, max_value=1e30, allow_nan=False, allow_infinity=False)
+values = st.lists(st.floats(min_value=-1e4, max_value=1e4, allow_nan=False), min_size=1, max_size=64)
+
+
+@given(positive, st.sampled_from([127, 255]), st.sampled_from(["ceil", "round"]))
+def test_scale_is_a_power_of_two(max_abs, qmax, mode):
+    scale = 2.0 ** pot_exponent(max_abs, qmax, mode)
+    mantissa, _ = math.frexp(scale)
+    assert mantissa == 0.5
+
+
+@given(positive, st.sampled_from([127, 255]))
+def test_ceil_never_clips_and_is_tight(max_abs, qmax):
+    e = pot_exponent(max_abs, qmax, "ceil")
+    assert qmax * 2.0**e >= max_abs
+    assert qmax * 2.0 ** (e - 1) < max_abs  # one step finer would clip
+
+
+@given(values, st.sampled_from(["half-up", "half-even", "floor"]))
+def test_ceil_scale_keeps_every_calibration_value_in_range(xs, rule):
+    x = torch.tensor(xs, dtype=torch.float64)
+    e = choose_exponent(x, -127, 127, 0, "ceil", rule, "t")
+    q = round_float(x / 2.0**e, "half-even")
+    assert q.abs().max() <= 127
+
+
+@given(values, st.sampled_from(["half-up", "half-even"]), st.sampled_from(["ceil", "round", "mse"]))
+def test_dequantize_quantize_within_half_a_step(xs, rule, mode):
+    x = torch.tensor(xs, dtype=torch.float64)
+    e = choose_exponent(x, -127, 127, 0, mode, rule, "t")
+    s = torch.tensor(2.0**e, dtype=torch.float64)
+    y = fake_quant(x, s, 0, -127, 127, rule)
+    inside = x.abs() <= 127 * 2.0**e  # values that do not clip
+    assert ((y - x).abs()[inside] <= s / 2).all()
+
+
+@given(values)
+def test_symmetric_weights_never_hit_minus_128(xs):
+    x = torch.tensor(xs, dtype=torch.float64) * 1000  # force clipping too
+    for mode in ("ceil", "round", "mse"):
+        e = choose_exponent(x / 1000, -127, 127, 0, mode, "half-up", "w")  # scale chosen on the unscaled tensor
+        q = torch.clamp(round_float(x / 2.0**e, "half-up"), -127, 127)
+        assert q.min() >= -127
+
+
+@given(st.integers(-(2**40), 2**40), st.integers(-6, 20), st.sampled_from(["half-up", "half-even", "floor"]))
+def test_integer_shift_matches_float_rounding(acc, shift, rule):
+    """The golden model's shifter and the simulated model's rounding agree on every accumulator."""
+    integer = shift_round(torch.tensor([acc]), shift, rule).item()
+    real = round_float(torch.tensor([acc * 2.0**-shift], dtype=torch.float64), rule).item()
+    assert integer == real
+
+
+@pytest.mark.parametrize(
+    "acc, shift, rule, expected",
+    [
+        (5, 1, "half-up", 3),
+        (5, 1, "half-even", 2),
+        (5, 1, "floor", 2),  # 2.5
+        (7, 1, "half-up", 4),
+        (7, 1, "half-even", 4),
+        (7, 1, "floor", 3),  # 3.5
+        (-5, 1, "half-up", -2),
+        (-5, 1, "half-even", -2),
+        (-5, 1, "floor", -3),  # -2.5
+        (-7, 1, "half-up", -3),
+        (-7, 1, "half-even", -4),
+        (-7, 1, "floor", -4),  # -3.5
+        (6, 2, "half-up", 2),
+        (6, 2, "half-even", 2),
+        (6, 2, "floor", 1),  # 1.5
+        (-6, 2, "half-up", -1),
+        (-6, 2, "half-even", -2),
+        (-6, 2, "floor", -2),  # -1.5
+        (9, 3, "half-up", 1),
+        (11, 3, "half-even", 1),
+        (13, 3, "half-up", 2),  # 1.125, 1.375, 1.625
+        (3, 0, "half-up", 3),
+        (3, -2, "floor", 12),  # no shift, left shift
+    ],
+)
+def test_shift_by_hand(acc, shift, rule, expected):
+    assert shift_round(torch.tensor([acc]), shift, rule).item() == expected
+
+
+@pytest.mark.parametrize("rule", ["half-up", "half-even", "floor"])
+def test_saturation_beyond_uint8(rule):
+    acc = torch.tensor([-100_000, -3, 0, 255 * 16 + 7, 100_000])
+    q = (shift_round(acc, 4, rule) + 0).clamp(0, 255)
+    assert q.tolist() == [0, 0, 0, 255, 255]
+
+
+def test_straight_through_gradient():
+    x = torch.tensor([0.3, 1.7, -2.5], requires_grad=True)
+    round_float(x, "half-up").sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_degenerate_tensors_get_defined_scales():
+    zeros = torch.zeros(10)
+    assert choose_exponent(zeros, -127, 127, 0, "mse", "half-up", "w") == 0  # scale 1, no division by zero
+    assert choose_exponent(torch.full((5,), 3.0), -127, 127, 0, "ceil", "half-up", "w") == pot_exponent(3, 127, "ceil")
+    with_inf = torch.tensor([1.0, float("inf"), -2.0])
+    assert finite_max(with_inf, "x") == 2.0  # inf saturates; the scale follows the finite values
+    e = choose_exponent(with_inf, -127, 127, 0, "mse", "half-up", "x")
+    assert math.isfinite(2.0**e)
+    q = fake_quant(with_inf, torch.tensor(2.0**e), 0, -127, 127, "half-up")
+    assert torch.isfinite(q).all() and q[1] == 127 * 2.0**e
+
+
+def test_nan_is_an_error_naming_the_tensor():
+    with pytest.raises(UserError, match="conv3"):
+        finite_max(torch.tensor([1.0, float("nan")]), "weights of conv3")
+
+
+def test_reference_rule():
+    # scale = 2**round(log2(2 * max|x| / qmax)); zero and infinite ranges give scale 1
+    assert seed_exponent(-0.5, 0.25, 127) == round(math.log2(1 / 127))
+    assert seed_exponent(0.0, 6.0, 255) == round(math.log2(12 / 255))
+    assert seed_exponent(0.0, 0.0, 255) == 0
+    assert seed_exponent(2.0, 2.0, 255) == 0
+    assert seed_exponent(0.0, float("inf"), 255) == 0
+
+
+@settings(max_examples=50)
+@given(st.lists(st.floats(min_value=-10, max_value=10, allow_nan=False), min_size=8, max_size=64))
+def test_mse_never_worse_than_ceil(xs):
+    x = torch.tensor(xs, dtype=torch.float64)
+    from potq.quant.arith import quant_error
+
+    e_mse = choose_exponent(x, -127, 127, 0, "mse", "half-up", "t")
+    e_ceil = choose_exponent(x, -127, 127, 0, "ceil", "half-up", "t")
+    assert quant_error(x, e_mse, -127, 127, 0, "half-up") <= quant_error(x, e_ceil, -127, 127, 0, "half-up")
