@@ -78,7 +78,8 @@ def cmd_verify(a: argparse.Namespace) -> None:
     print("| Layer | Worst-case accumulator | Bits | int32 headroom (bits) | Exact GEMM |\n|---|---:|---:|---:|---|")
     for b in r["accumulators"]:
         print(
-            f"| {b['layer']} | {b['worst_case_accumulator']:,} | {b['bits']} | {b['int32_headroom_bits']} | {b['gemm']} |"
+            f"| {b['layer']} | {b['worst_case_accumulator']:,} | {b['bits']} | "
+            f"{b['int32_headroom_bits']} | {b['gemm']} |"
         )
     print(
         f"{r['label']}: {r['mismatches']} mismatching values of {r['compared_values']:,} "

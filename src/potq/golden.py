@@ -92,7 +92,7 @@ class IntegerModel:
         x = net.quantize_input(normalize(pixels, mean, std).double())
         lut = (torch.round(x / net.in_scale) + net.in_zp).to(torch.int64).view(channels, 256)
         ops: list[IntOp] = []
-        lo, hi, zp = A_MIN, A_MAX, state["in_zp"]
+        lo, hi = A_MIN, A_MAX
         for d in state["ops"]:
             if d["type"] in ("maxpool", "flatten"):
                 ops.append(IntOp(d["type"], kernel=d.get("kernel", 2)))
@@ -117,7 +117,7 @@ class IntegerModel:
             )
             analyse_bounds(op)
             ops.append(op)
-            lo, hi, zp = op.lo, op.hi, op.out_zp
+            lo, hi = op.lo, op.hi
         return cls(lut, ops, state["settings"]["rounding"])
 
     def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
