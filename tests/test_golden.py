@@ -76,8 +76,10 @@ def test_accumulator_overflow_is_refused_naming_the_layer():
 
 
 def test_verify_command(tiny_run, capsys):
-    assert main(["quantize", "--run", str(tiny_run), "--scheme", "pot-tensor", "--calib", "50",
-                 "--rounding", "half-even"]) == 0
+    assert (
+        main(["quantize", "--run", str(tiny_run), "--scheme", "pot-tensor", "--calib", "50", "--rounding", "half-even"])
+        == 0
+    )
     capsys.readouterr()
     assert main(["verify", "--run", str(tiny_run), "--scheme", "pot-tensor"]) == 0
     out = capsys.readouterr().out

@@ -90,6 +90,13 @@ def cmd_verify(a: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def cmd_export(a: argparse.Namespace) -> None:
+    from potq.export import export_run
+
+    r = export_run(a.run, a.scheme, a.out, a.vectors, a.data, a.cache)
+    print(f"exported {r['layers']} layers, {r['tensors']} tensors and {r['vectors']} test vectors -> {r['out']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from potq.models import ZOO
     from potq.quant.qnet import SCHEMES
@@ -144,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", help="dataset path, if it moved since training")
     v.add_argument("--cache", type=Path)
     v.set_defaults(func=cmd_verify)
+
+    e = sub.add_parser("export", help="integer weights, shifts, C header, hex files and test vectors")
+    e.add_argument("--run", type=Path, required=True)
+    e.add_argument("--scheme", default="pot-channel", help="the quantized model's label, e.g. pot-channel-qat")
+    e.add_argument("--out", type=Path, required=True, help="export folder (replaced whole)")
+    e.add_argument("--vectors", type=int, default=10, help="test images with every layer's integer output")
+    e.add_argument("--data", help="dataset path, if it moved since training")
+    e.add_argument("--cache", type=Path)
+    e.set_defaults(func=cmd_export)
 
     c = sub.add_parser("compare", help="table and chart of every quantized model of a run")
     c.add_argument("--run", type=Path, required=True)
