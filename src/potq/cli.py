@@ -97,6 +97,31 @@ def cmd_export(a: argparse.Namespace) -> None:
     print(f"exported {r['layers']} layers, {r['tensors']} tensors and {r['vectors']} test vectors -> {r['out']}")
 
 
+def cmd_energy(a: argparse.Namespace) -> None:
+    from potq import energy
+    from potq.models import build_model, parse_shape
+
+    table = energy.load_table(a.table)
+    if a.linear:
+        zps = [a.act_zero_point] if a.act_zero_point is not None else [128, 0]
+        results = {}
+        for zp in zps:
+            cost = energy.linear_cost(a.linear[0], a.linear[1], zp)
+            print(f"Linear {a.linear[0]} -> {a.linear[1]}, activation zero point {zp}:")
+            for model in energy.MODELS:
+                print("  " + energy.worked_example(cost, table, model))
+            results[f"zero_point_{zp}"] = {m: cost.compute_pj(m, table) for m in energy.MODELS}
+        if a.json:
+            print(json.dumps(results, indent=2))
+        return
+    shape = parse_shape(a.input)
+    costs = energy.network_costs(build_model(a.model, shape, a.classes), shape, a.act_zero_point)
+    r = energy.report(costs, table, a.memory)
+    print(json.dumps(r, indent=2) if a.json else energy.format_report(r))
+    if a.out:
+        energy.plot_report(r, a.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from potq.models import ZOO
     from potq.quant.qnet import SCHEMES
@@ -160,6 +185,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="dataset path, if it moved since training")
     e.add_argument("--cache", type=Path)
     e.set_defaults(func=cmd_export)
+
+    en = sub.add_parser("energy", help="op counts and energy per layer, FP32 against INT8")
+    en.add_argument("--model", default="seed", help=f"one of {', '.join(ZOO)}")
+    en.add_argument("--input", default="3,32,32", help="input shape C,H,W")
+    en.add_argument("--classes", type=int, default=10)
+    en.add_argument("--linear", type=int, nargs=2, metavar=("IN", "OUT"), help="one Linear layer instead")
+    en.add_argument(
+        "--act-zero-point",
+        type=int,
+        choices=[0, 128],
+        help="128: the reference convention everywhere; default: potq's (0 after ReLU)",
+    )
+    en.add_argument("--table", type=Path, help="energy table JSON (default: 45 nm, Horowitz 2014)")
+    en.add_argument("--memory", default="dram", help="memory level for weights and activations")
+    en.add_argument("--out", type=Path, help="per-layer bar chart (PNG)")
+    en.add_argument("--json", action="store_true")
+    en.set_defaults(func=cmd_energy)
 
     c = sub.add_parser("compare", help="table and chart of every quantized model of a run")
     c.add_argument("--run", type=Path, required=True)
