@@ -122,6 +122,33 @@ def cmd_energy(a: argparse.Namespace) -> None:
         energy.plot_report(r, a.out)
 
 
+def cmd_run(a: argparse.Namespace) -> None:
+    from potq.workflow import RunOptions, StepFailed, run_all
+
+    opts = RunOptions(
+        data=a.data,
+        out=a.out,
+        model=a.model,
+        epochs=a.epochs,
+        recipe=a.recipe,
+        qat=a.qat,
+        qat_scheme=a.qat_scheme,
+        train_limit=a.train_limit,
+        val_size=a.val_size,
+        seed=a.seed,
+        calib=a.calib,
+        vectors=a.vectors,
+        memory=a.memory,
+        force=a.force,
+        cache=a.cache,
+    )
+    try:
+        run_all(opts)
+    except StepFailed as e:
+        print(f"potq: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from potq.models import ZOO
     from potq.quant.qnet import SCHEMES
@@ -129,6 +156,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="potq", description="Compact CNNs from design to integer hardware.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser(
+        "run", help="the whole path: summary, training, quantization, golden check, energy, export and report"
+    )
+    r.add_argument("--data", default="cifar10", help="cifar10, or a path to an archive or folder")
+    r.add_argument("--out", type=Path, required=True, help="run folder (a second call resumes it)")
+    r.add_argument("--model", default="seed", help=f"one of {', '.join(ZOO)}")
+    r.add_argument("--epochs", type=int, help="default: the recipe's (50 for seed)")
+    r.add_argument("--recipe", default="seed", help=f"one of {', '.join(RECIPES)}")
+    r.add_argument("--qat", type=int, default=0, metavar="EPOCHS", help="also fine-tune with QAT")
+    r.add_argument("--qat-scheme", default="pot-channel")
+    r.add_argument("--train-limit", type=int, help="train on the first N training images only")
+    r.add_argument("--val-size", type=int, default=5000)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--calib", type=int, default=1000)
+    r.add_argument("--vectors", type=int, default=10)
+    r.add_argument("--memory", default="dram", help="memory level for the energy model")
+    r.add_argument("--force", action="store_true", help="redo every step")
+    r.add_argument("--cache", type=Path)
+    r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("summary", help="layer table, parameters and sizes of a zoo model")
     s.add_argument("--model", default="seed", help=f"one of {', '.join(ZOO)}")

@@ -1,0 +1,292 @@
+"""report.md and report.html from a run folder: the reference lab report's sections, and more.
+
+Every number comes from the folder's own artifacts (summary.json, history.csv, metrics.json,
+quant_*.json, verify_*.json, energy.json, steps.json); the text around them is computed from the
+numbers, never boilerplate.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+from pathlib import Path
+
+import markdown
+
+from potq.energy import MODELS, fmt
+from potq.files import save_text
+from potq.summary import LayerRow, Summary, format_summary
+
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222;
+       line-height: 1.45; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; }
+th { background: #f0f0f0; }
+td { text-align: right; } td:first-child { text-align: left; }
+img { max-width: 100%; }
+code { background: #f5f5f5; padding: 0 0.2rem; }
+h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; margin-top: 2.5rem; }
+@media print { body { max-width: none; margin: 0; } h2 { page-break-before: auto; } table, img { page-break-inside: avoid; } }
+"""
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def overfitting(history: list[dict]) -> str:
+    """Where validation loss bottoms out and how far train and validation drift apart."""
+    if len(history) < 2:
+        return "One epoch only: no trend to analyse."
+    val = [h["val_loss"] for h in history]
+    best = min(range(len(val)), key=val.__getitem__)
+    last = history[-1]
+    gap_acc = 100 * (last["train_acc"] - last["val_acc"])
+    gap_loss = last["val_loss"] - last["train_loss"]
+    lines = [
+        f"- Validation loss is lowest at epoch {history[best]['epoch']} ({val[best]:.4f}); "
+        f"at the last epoch ({last['epoch']}) it is {val[-1]:.4f}"
+        + (f", {100 * (val[-1] / val[best] - 1):.1f}% above its minimum." if val[-1] > val[best] else ", its minimum."),
+        f"- Training loss falls from {history[0]['train_loss']:.4f} to {last['train_loss']:.4f}; "
+        f"the validation-minus-training loss gap ends at {gap_loss:+.4f}.",
+        f"- Training accuracy ends at {100 * last['train_acc']:.2f}%, validation at {100 * last['val_acc']:.2f}%: "
+        f"a gap of {gap_acc:.2f} points.",
+    ]
+    best_acc = max(range(len(history)), key=lambda i: history[i]["val_acc"])
+    lines.append(
+        f"- Validation accuracy peaks at epoch {history[best_acc]['epoch']} "
+        f"({100 * history[best_acc]['val_acc']:.2f}%)."
+    )
+    if gap_acc > 5 and val[-1] > 1.05 * val[best]:
+        verdict = (
+            "**Overfitting**: the model keeps fitting the training set after the validation loss stopped "
+            "improving; more augmentation, weight decay or fewer epochs would help."
+        )
+    elif gap_acc > 5:
+        verdict = (
+            "**Mild overfitting**: a clear train/validation gap, but the validation loss did not turn "
+            "upwards: the cosine schedule ends near its best point."
+        )
+    else:
+        verdict = "**No clear overfitting**: training and validation stay close."
+    return "\n".join(lines + ["", verdict])
+
+
+def _history(run: Path) -> list[dict]:
+    with open(run / "history.csv") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _summary_md(s: dict) -> str:
+    rows = [LayerRow(**r) for r in s["layers"]]
+    return format_summary(
+        Summary(rows, s["total_params"], s["trainable_params"], s["input_mb"], s["forward_backward_mb"], s["params_mb"])
+    )
+
+
+def _layer_exponents(q: dict) -> str:
+    lines = [
+        "| Layer | Type | Input exp. (zp) | Weight exp. | Output exp. (zp) | Right shift | Output |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in q["layers"]:
+        w = r["weight_exponent"] or []
+        w_text = f"{min(w)}..{max(w)}" if w and min(w) != max(w) else (str(w[0]) if w else "-")
+        shift = (
+            "-"
+            if r["shift"] is None
+            else (f"{r['shift_min']}..{r['shift_max']}" if r["shift_min"] != r["shift_max"] else str(r["shift_min"]))
+        )
+        out = "-" if r["output_exponent"] is None else f"{r['output_exponent']} ({r['output_zero_point']})"
+        lines.append(
+            f"| {r['name']} | {r['type']} | {r['input_exponent']} ({r['input_zero_point']}) | {w_text} | "
+            f"{out} | {shift} | {r['output']} |"
+        )
+    return "\n".join(lines)
+
+
+def build_markdown(run: Path) -> str:
+    summary, metrics = _read(run / "summary.json"), _read(run / "metrics.json")
+    config, steps = _read(run / "config.json") or {}, _read(run / "steps.json") or {}
+    quants = {p.stem.removeprefix("quant_"): json.loads(p.read_text()) for p in sorted(run.glob("quant_*.json"))}
+    verifies = {p.stem.removeprefix("verify_"): json.loads(p.read_text()) for p in sorted(run.glob("verify_*.json"))}
+    energy = _read(run / "energy.json")
+    pot = {k: v for k, v in quants.items() if k.startswith("pot-")}
+    best = max(pot, key=lambda k: pot[k]["test_accuracy"]) if pot else None
+    jpeg = "jpeg" in str(config.get("data", "")).lower()
+    data_note = " (measured on the JPEG copy of CIFAR-10)" if jpeg else ""
+
+    out = [f"# potq report: `{config.get('model', '?')}` on {Path(str(config.get('data', '?'))).name}{data_note}", ""]
+    # headline
+    if metrics:
+        head = [
+            "| | Value |",
+            "|---|---:|",
+            f"| FP32 test accuracy | {100 * metrics['test_accuracy']:.2f}% |",
+            f"| FP32 model size | {metrics['model_size_mb']:.2f} MB |",
+        ]
+        if best:
+            q = pot[best]
+            head += [
+                f"| Best INT8 power-of-two ({best}) test accuracy | {100 * q['test_accuracy']:.2f}% |",
+                f"| Accuracy drop | {q['accuracy_drop']:+.2f} points |",
+                f"| INT8 model size | {q['model_size_mb']:.6f} MB |",
+            ]
+        if energy:
+            head.append(
+                f"| Compute energy FP32 / INT8 power-of-two | {energy['ratios']['compute_fp32_over_int8_pot']:.1f}x |"
+            )
+            head.append(
+                f"| Total energy with memory ({energy['memory_level']}) | "
+                f"{energy['ratios']['total_fp32_over_int8_pot']:.1f}x |"
+            )
+        for name, v in verifies.items():
+            head.append(f"| Golden model ({name}) | {v['mismatches']} mismatches in {v['compared_values']:,} values |")
+        out += head + [""]
+    if steps:
+        out += ["| Step | Wall time |", "|---|---:|"]
+        out += [f"| {name} | {s['seconds']:.1f} s |" for name, s in steps.items()] + [""]
+
+    out += ["## 1. Model architecture", ""]
+    out += [_summary_md(summary), ""] if summary else ["(no summary yet)", ""]
+
+    out += ["## 2. Training", ""]
+    if metrics:
+        out += [
+            "![Loss and accuracy curves](curves.png)",
+            "",
+            "| Metric | Value |",
+            "|---|---:|",
+            f"| Test loss | {metrics['test_loss']:.4f} |",
+            f"| Test accuracy | {metrics['test_accuracy']:.4f} |",
+            f"| Model size (saved FP32 weights) | {metrics['model_size_mb']:.2f} MB |",
+            "",
+            "### Overfitting",
+            "",
+            overfitting(_history(run)),
+            "",
+        ]
+    else:
+        out += ["(not trained yet)", ""]
+
+    out += ["## 3. Training configuration", ""]
+    if metrics:
+        r = metrics["recipe"]
+        aug = (
+            ", ".join(
+                a
+                for a in (
+                    f"random crop (padding {r['crop_pad']})" if r["crop_pad"] else "",
+                    "horizontal flip" if r["flip"] else "",
+                )
+                if a
+            )
+            or "none"
+        )
+        loss = "CrossEntropyLoss()" + (f" with label smoothing {r['label_smoothing']}" if r["label_smoothing"] else "")
+        out += [
+            "| Hyperparameter | Value |",
+            "|---|---|",
+            f"| Loss function | `{loss}` |",
+            f"| Optimizer | `SGD(lr={r['lr']}, momentum={r['momentum']}, weight_decay={r['weight_decay']}"
+            f"{', nesterov=True' if r['nesterov'] else ''})` |",
+            f"| Scheduler | `CosineAnnealingLR(T_max={r['epochs']}, eta_min={r['eta_min']})` |",
+            f"| Weight decay / momentum | {r['weight_decay']} / {r['momentum']} |",
+            f"| Epochs | {r['epochs']} |",
+            f"| Batch size | {r['batch_size']} |",
+            f"| Augmentation | {aug} |",
+            f"| Seed | {config.get('seed')} |",
+            f"| Data | {config.get('data')}: {metrics['train_images']:,} training, {metrics['val_images']:,} "
+            f"validation, {metrics['test_images']:,} test images |",
+            f"| Training time | {metrics['seconds'] / 60:.1f} min |",
+            f"| Machine | {metrics['machine']} ({metrics['world_size']} process(es), {metrics['device']}) |",
+            "",
+        ]
+
+    out += ["## 4. Power-of-two quantization", ""]
+    out += [
+        "Weights are int8, symmetric in [-127, 127] with zero point 0; activations are uint8. Every scale is a "
+        "power of two, s = 2^e, so requantizing an int32 accumulator (unit 2^(e_in + e_w)) to the next layer's "
+        "scale 2^e_out is a right shift by e_out - e_in - e_w with rounding, then a clamp; ReLU is the clamp's "
+        "lower bound and BatchNorm is folded into the convolution. The bias is int32 at scale s_in * s_w.",
+        "",
+        "- `pot-seed` is the reference report's rule: zero point 128 everywhere, e = round(log2(2 max|x| / q_max)).",
+        "- `pot-tensor` / `pot-channel` use zero point 0 after ReLU (double resolution, no zero-point "
+        "subtraction), 128 for the signed input, and pick e among ceil(log2(max|x| / q_max)) and the two finer "
+        "exponents by least squared error on the calibration data (`--exponent mse`).",
+        "- `float-*` are the baselines with ordinary float scales (a multiplier per output in hardware).",
+        "",
+    ]
+    if quants:
+        compare_md = (run / "compare.md").read_text() if (run / "compare.md").exists() else ""
+        out += ["### Scheme comparison", "", compare_md, "", "![Scheme comparison](compare.png)", ""]
+    if best:
+        q = pot[best]
+        out += [
+            f"### Exponents and shifts of `{best}` (input exponent {q['input_exponent']}, zero point "
+            f"{q['input_zero_point']}, rounding {q['rounding']})",
+            "",
+            _layer_exponents(q),
+            "",
+        ]
+    if verifies:
+        out += [
+            "### Integer golden model",
+            "",
+            "| Model | Images | Values compared | Mismatches | Golden accuracy | Simulated accuracy | "
+            "Least int32 headroom |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, v in verifies.items():
+            headroom = min(a["int32_headroom_bits"] for a in v["accumulators"])
+            out.append(
+                f"| {name} | {v['images']:,} | {v['compared_values']:,} | {v['mismatches']} | "
+                f"{v['golden_accuracy']:.4f} | {v['simulated_accuracy']:.4f} | {headroom} bits |"
+            )
+        out.append("")
+
+    out += ["## 5. Energy", ""]
+    if energy:
+        out += [f"Energy table: {energy['table']}.", "", "### Worked example: Linear 128 -> 10", ""]
+        for zp, ex in energy["linear_example"].items():
+            out += [f"Activation zero point {zp}:", ""] + [f"- {t}" for t in ex["terms"]] + [""]
+        ex128 = energy["linear_example"]["128"]["pj"]
+        out += [
+            "| | Before quantization (FP32) | After quantization (INT8 power-of-two) |",
+            "|---|---:|---:|",
+            f"| Energy consumption (pJ) | {fmt(ex128['fp32'])} | {fmt(ex128['int8-pot'])} |",
+            "",
+            f"### Whole network, per image (memory: {energy['memory_level']})",
+            "",
+            energy["markdown"],
+            "",
+            "![Energy per layer](energy.png)",
+            "",
+            f"Columns: {', '.join(MODELS.values())}. ReLU and max pooling are not counted, as in the "
+            "reference report; memory reads every weight and input and writes every output once.",
+            "",
+        ]
+    return "\n".join(out)
+
+
+def _embed_images(html: str, run: Path) -> str:
+    for name in ("curves.png", "compare.png", "energy.png"):
+        path = run / name
+        if path.exists():
+            data = base64.b64encode(path.read_bytes()).decode()
+            html = html.replace(f'src="{name}"', f'src="data:image/png;base64,{data}"')
+    return html
+
+
+def write_report(run: Path) -> None:
+    md = build_markdown(run)
+    save_text(md, run / "report.md")
+    body = markdown.markdown(md, extensions=["tables"])
+    title = md.splitlines()[0].lstrip("# ").replace("`", "")
+    html = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{CSS}</style></head><body>\n{_embed_images(body, run)}\n</body></html>\n"
+    )
+    save_text(html, run / "report.html")

@@ -1,0 +1,242 @@
+"""`potq run`: data to report in one command, step by step, resuming what a folder already holds.
+
+Each step writes its own artifacts into the run folder and is skipped when they are there (unless
+--force); training resumes from its last checkpoint. steps.json records what ran and how long.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from potq.errors import UserError
+from potq.files import save_json
+
+PTQ_SCHEMES = ("float-tensor", "float-channel", "pot-seed", "pot-tensor", "pot-channel")
+
+
+class StepFailed(Exception):
+    """A step broke for a reason other than a user mistake; the message names the step."""
+
+
+@dataclass
+class RunOptions:
+    data: str
+    out: Path
+    model: str = "seed"
+    epochs: int | None = None
+    recipe: str = "seed"
+    qat: int = 0
+    qat_scheme: str = "pot-channel"
+    train_limit: int | None = None
+    val_size: int = 5000
+    seed: int = 0
+    calib: int = 1000
+    vectors: int = 10
+    memory: str = "dram"
+    force: bool = False
+    cache: Path | None = None
+    schemes: tuple[str, ...] = field(default=PTQ_SCHEMES)
+
+    @property
+    def headline(self) -> str:
+        """The quantized model that the report, verify and export lead with."""
+        return f"{self.qat_scheme}-qat" if self.qat else "pot-channel"
+
+
+def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], None]]]:
+    """(name, is it done?, do it) for every step, in order."""
+    out = o.out
+
+    def summary():
+        from potq.data import load_dataset
+        from potq.models import build_model
+        from potq.summary import format_summary, summarize
+        from potq.train import TrainConfig, prepare_data
+
+        cfg = TrainConfig(model=o.model, data=o.data, val_size=o.val_size, seed=o.seed)
+        prepare_data(cfg, load_dataset(o.data, o.cache))  # fills in the input shape and classes
+        s = summarize(build_model(o.model, tuple(cfg.in_shape), len(cfg.classes)), tuple(cfg.in_shape))
+        print(format_summary(s))
+        save_json({**s.to_dict(), "model": o.model, "input_shape": cfg.in_shape}, out / "summary.json")
+
+    def train():
+        from potq.train import CHECKPOINT, TrainConfig
+        from potq.train import train as run_training
+
+        cfg = TrainConfig(
+            model=o.model,
+            data=o.data,
+            recipe=o.recipe,
+            epochs=o.epochs,
+            seed=o.seed,
+            train_limit=o.train_limit,
+            val_size=o.val_size,
+        )
+        resume = out / CHECKPOINT if (out / CHECKPOINT).exists() else None
+        m = run_training(cfg, out, o.cache, resume)
+        print(f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f}")
+
+    def quantize():
+        from potq.quant.pipeline import compare, quantize_run
+        from potq.quant.qnet import QuantSettings
+
+        for scheme in o.schemes:
+            if not (out / f"quant_{scheme}.json").exists():
+                r = quantize_run(out, QuantSettings(scheme), o.calib, 0, None, o.cache)
+                print(f"{scheme}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
+        if o.qat and not (out / f"quant_{o.headline}.json").exists():
+            r = quantize_run(out, QuantSettings(o.qat_scheme), o.calib, o.qat, None, o.cache)
+            print(f"{o.headline}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
+        print(compare(out))
+
+    def verify():
+        from potq.golden import verify_run
+
+        for name in _pot_labels(o):
+            r = verify_run(out, name, None, o.cache)
+            print(
+                f"{name}: {r['mismatches']} mismatching values of {r['compared_values']:,}; "
+                f"golden accuracy {r['golden_accuracy']:.4f}"
+            )
+            if r["mismatches"]:
+                raise StepFailed(f"verify: golden and simulated {name} differ in {r['mismatches']} values")
+
+    def energy():
+        from potq import energy as en
+        from potq.models import build_model
+
+        cfg = json.loads((out / "config.json").read_text())
+        table = en.load_table()
+        shape = tuple(cfg["in_shape"])
+        costs = en.network_costs(build_model(o.model, shape, len(cfg["classes"])), shape)
+        r = en.report(costs, table, o.memory)
+        linear = {}
+        for zp in (128, 0):
+            cost = en.linear_cost(128, 10, zp)
+            linear[str(zp)] = {
+                "terms": [en.worked_example(cost, table, m) for m in en.MODELS],
+                "pj": {m: cost.compute_pj(m, table) for m in en.MODELS},
+            }
+        r["linear_example"] = linear
+        r["markdown"] = en.format_report(r)
+        en.plot_report(r, out / "energy.png")
+        save_json(r, out / "energy.json")
+        print(r["markdown"])
+
+    def export():
+        from potq.export import export_run
+
+        r = export_run(out, o.headline, out / "export", o.vectors, None, o.cache)
+        print(f"exported {r['layers']} layers and {r['vectors']} test vectors -> {r['out']}")
+
+    def report():
+        from potq.report import write_report
+
+        write_report(out)
+        print(f"report -> {out / 'report.md'}, {out / 'report.html'}")
+
+    return [
+        ("summary", lambda: (out / "summary.json").exists(), summary),
+        ("train", lambda: (out / "metrics.json").exists(), train),
+        ("quantize", lambda: all((out / f"quant_{s}.json").exists() for s in _all_labels(o)), quantize),
+        ("verify", lambda: all((out / f"verify_{s}.json").exists() for s in _pot_labels(o)), verify),
+        ("energy", lambda: (out / "energy.json").exists(), energy),
+        ("export", lambda: (out / "export" / "model.json").exists(), export),
+        ("report", lambda: False, report),
+    ]
+
+
+def _all_labels(o: RunOptions) -> list[str]:
+    return list(o.schemes) + ([o.headline] if o.qat else [])
+
+
+def _pot_labels(o: RunOptions) -> list[str]:
+    return [s for s in _all_labels(o) if s.startswith("pot-")]
+
+
+def check_options(o: RunOptions) -> None:
+    from potq.models import build_model
+    from potq.quant.qnet import SCHEMES
+    from potq.train import TrainConfig, check_config
+
+    check_config(
+        TrainConfig(
+            model=o.model, data=o.data, recipe=o.recipe, epochs=o.epochs, train_limit=o.train_limit, val_size=o.val_size
+        )
+    )
+    build_model(o.model)
+    if o.qat < 0:
+        raise UserError(f"--qat must be >= 0, got {o.qat}")
+    if o.qat_scheme not in SCHEMES or not o.qat_scheme.startswith("pot-"):
+        raise UserError(f"--qat-scheme must be a power-of-two scheme, got {o.qat_scheme!r}")
+    if o.calib < 1 or o.vectors < 1:
+        raise UserError("--calib and --vectors must be at least 1")
+    if o.data != "cifar10" and not Path(o.data).exists():
+        raise UserError(f"--data {o.data}: no such file or directory")
+    config = o.out / "config.json"
+    if config.exists() and not o.force:
+        saved = json.loads(config.read_text())
+        if saved.get("model") != o.model:
+            raise UserError(f"--out {o.out} holds a run of model {saved.get('model')!r}; use --force or another folder")
+
+
+POTQ_FILES = (
+    "summary.json",
+    "config.json",
+    "checkpoint.pt",
+    "weights.pt",
+    "history.csv",
+    "curves.png",
+    "metrics.json",
+    "compare.md",
+    "compare.png",
+    "energy.json",
+    "energy.png",
+    "report.md",
+    "report.html",
+    "steps.json",
+)
+
+
+def clear(out: Path) -> None:
+    """--force: remove what earlier runs of potq wrote (and nothing else)."""
+    for name in POTQ_FILES:
+        (out / name).unlink(missing_ok=True)
+    for pattern in ("quant_*", "verify_*"):
+        for p in out.glob(pattern):
+            p.unlink()
+    shutil.rmtree(out / "export", ignore_errors=True)
+
+
+def run_all(o: RunOptions) -> dict:
+    if o.data != "cifar10":
+        o.data = str(Path(o.data).resolve())
+    check_options(o)
+    if o.force:
+        clear(o.out)
+    o.out.mkdir(parents=True, exist_ok=True)
+    steps_path = o.out / "steps.json"
+    times = json.loads(steps_path.read_text()) if steps_path.exists() else {}
+    steps = _steps(o)
+    for k, (name, done, do) in enumerate(steps, 1):
+        if done():
+            print(f"[{k}/{len(steps)}] {name}: already done")
+            continue
+        print(f"[{k}/{len(steps)}] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            do()
+        except UserError as e:
+            raise UserError(f"step {name} failed: {e}") from None
+        except StepFailed:
+            raise
+        except Exception as e:  # a bug or a broken environment: still one line, naming the step
+            raise StepFailed(f"step {name} failed: {type(e).__name__}: {e}") from e
+        times[name] = {"seconds": time.perf_counter() - t0, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        save_json(times, steps_path)
+    return times
