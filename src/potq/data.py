@@ -329,8 +329,15 @@ def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.nd
 
 def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images, on the 0..1 scale."""
-    flat = x.transpose(1, 0, 2, 3).reshape(x.shape[1], -1).astype(np.float64) / 255
-    return flat.mean(1).tolist(), flat.std(1).tolist()
+    total = np.zeros(x.shape[1])
+    squares = np.zeros(x.shape[1])
+    for i in range(0, len(x), 4096):  # in chunks: a float copy of 50,000 images is over a gigabyte
+        chunk = np.asarray(x[i : i + 4096], dtype=np.float64) / 255
+        total += chunk.sum(axis=(0, 2, 3))
+        squares += np.square(chunk).sum(axis=(0, 2, 3))
+    n = len(x) * x.shape[2] * x.shape[3]
+    mean = total / n
+    return mean.tolist(), np.sqrt(np.maximum(squares / n - mean**2, 0)).tolist()
 
 
 def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:

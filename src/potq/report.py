@@ -28,7 +28,7 @@ td { text-align: right; } td:first-child { text-align: left; }
 img { max-width: 100%; }
 code { background: #f5f5f5; padding: 0 0.2rem; }
 h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; margin-top: 2.5rem; }
-@media print { body { max-width: none; margin: 0; } h2 { page-break-before: auto; } table, img { page-break-inside: avoid; } }
+@media print { body { max-width: none; margin: 0; } table, img { page-break-inside: avoid; } }
 """
 
 

@@ -56,13 +56,11 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
         from potq.data import load_dataset
         from potq.models import build_model
         from potq.summary import format_summary, summarize
-        from potq.train import TrainConfig, prepare_data
 
-        cfg = TrainConfig(model=o.model, data=o.data, val_size=o.val_size, seed=o.seed)
-        prepare_data(cfg, load_dataset(o.data, o.cache))  # fills in the input shape and classes
-        s = summarize(build_model(o.model, tuple(cfg.in_shape), len(cfg.classes)), tuple(cfg.in_shape))
+        ds = load_dataset(o.data, o.cache)
+        s = summarize(build_model(o.model, ds.shape, len(ds.classes)), ds.shape)
         print(format_summary(s))
-        save_json({**s.to_dict(), "model": o.model, "input_shape": cfg.in_shape}, out / "summary.json")
+        save_json({**s.to_dict(), "model": o.model, "input_shape": list(ds.shape)}, out / "summary.json")
 
     def train():
         from potq.train import CHECKPOINT, TrainConfig

@@ -1,0 +1,112 @@
+"""`potq run` end to end on real images, resume after an interruption, and step failures."""
+
+import json
+import re
+
+import pytest
+
+from potq import workflow
+from potq.cli import main
+
+SECTIONS = ["## 1. Model architecture", "## 2. Training", "### Overfitting", "## 3. Training configuration",
+            "## 4. Power-of-two quantization", "### Scheme comparison", "### Integer golden model",
+            "## 5. Energy", "### Worked example: Linear 128 -> 10"]
+
+
+@pytest.fixture(scope="module")
+def full_run(real_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("potq-run") / "run"
+    args = ["run", "--data", str(real_data), "--out", str(out), "--model", "tiny", "--epochs", "2",
+            "--train-limit", "3000", "--val-size", "1000", "--qat", "1", "--calib", "200", "--vectors", "3"]
+    assert main(args) == 0
+    return out, args
+
+
+def test_every_artifact_is_there(full_run):
+    out, _ = full_run
+    for name in ["summary.json", "history.csv", "curves.png", "metrics.json", "weights.pt", "compare.md",
+                 "compare.png", "energy.json", "energy.png", "report.md", "report.html", "steps.json",
+                 "export/model.json", "export/model.h", "export/weights.npz", "export/vectors.npz"]:
+        assert (out / name).exists(), name
+    for scheme in workflow.PTQ_SCHEMES + ("pot-channel-qat",):
+        assert (out / f"quant_{scheme}.json").exists()
+    for scheme in ("pot-seed", "pot-tensor", "pot-channel", "pot-channel-qat"):
+        v = json.loads((out / f"verify_{scheme}.json").read_text())
+        assert v["mismatches"] == 0 and v["images"] == 10000
+        assert v["golden_accuracy"] == v["simulated_accuracy"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["train_images"] == 3000 and m["test_images"] == 10000
+    assert m["test_accuracy"] > 0.2  # real CIFAR-10 images: well above chance after two short epochs
+
+
+def test_report_has_every_section_with_numbers(full_run):
+    out, _ = full_run
+    md = (out / "report.md").read_text()
+    for section in SECTIONS:
+        assert section in md, section
+    assert "measured on the JPEG copy" in md
+    assert "= 5,888 pJ" in md and "= 422.8 pJ" in md
+    assert re.search(r"Validation loss is lowest at epoch \d", md)
+    assert "| pot-channel-qat |" in md and "| FP32 |" in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "<table>" in html and "@media print" in html
+    assert 'src="curves.png"' not in html  # self-contained
+
+
+def test_second_call_redoes_nothing(full_run, capsys):
+    out, args = full_run
+    before = (out / "weights.pt").stat().st_mtime_ns
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    for step in ("summary", "train", "quantize", "verify", "energy", "export"):
+        assert f"{step}: already done" in text
+    assert (out / "weights.pt").stat().st_mtime_ns == before
+
+
+def test_interrupted_run_resumes(learnable_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = ["run", "--data", str(learnable_data), "--out", str(out), "--model", "tiny", "--epochs", "1",
+            "--val-size", "60", "--calib", "30", "--vectors", "2"]
+    from potq.quant import pipeline
+
+    real = pipeline.quantize_run
+    calls = {"n": 0}
+
+    def dies_on_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "quantize_run", dies_on_third)
+    assert main(args) == 130
+    assert (out / "metrics.json").exists() and len(list(out.glob("quant_*.json"))) == 2
+    monkeypatch.setattr(pipeline, "quantize_run", real)
+    capsys.readouterr()
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "train: already done" in text and "[3/7] quantize ..." in text
+    assert len(list(out.glob("quant_*.json"))) == 5 and (out / "report.html").exists()
+
+
+def test_failing_step_names_itself_and_keeps_earlier_work(learnable_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = ["run", "--data", str(learnable_data), "--out", str(out), "--model", "tiny", "--epochs", "1",
+            "--val-size", "60", "--calib", "30"]
+    from potq import energy
+
+    def broken(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(energy, "network_costs", broken)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.endswith("potq: step energy failed: RuntimeError: disk on fire\n")
+    assert (out / "metrics.json").exists() and (out / "verify_pot-channel.json").exists()
+    assert not (out / "report.md").exists()
+
+
+def test_run_bad_input(tmp_path, capsys):
+    assert main(["run", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and err.count("\n") == 1 and not (tmp_path / "o").exists()
