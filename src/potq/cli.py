@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from potq.errors import UserError
+from potq.errors import StepFailed, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,7 +87,7 @@ def cmd_verify(a: argparse.Namespace) -> None:
         f"simulated {r['simulated_accuracy']:.4f}"
     )
     if r["mismatches"]:
-        raise SystemExit(1)
+        raise StepFailed(f"verify: the golden and simulated models differ in {r['mismatches']} values")
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -123,7 +123,7 @@ def cmd_energy(a: argparse.Namespace) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> None:
-    from potq.workflow import RunOptions, StepFailed, run_all
+    from potq.workflow import RunOptions, run_all
 
     opts = RunOptions(
         data=a.data,
@@ -142,11 +142,7 @@ def cmd_run(a: argparse.Namespace) -> None:
         force=a.force,
         cache=a.cache,
     )
-    try:
-        run_all(opts)
-    except StepFailed as e:
-        print(f"potq: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    run_all(opts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"potq: error: {e}", file=sys.stderr)
         return 2
+    except StepFailed as e:
+        print(f"potq: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("potq: interrupted", file=sys.stderr)
         return 130

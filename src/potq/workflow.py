@@ -13,14 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from potq.errors import UserError
+from potq.errors import StepFailed, UserError
 from potq.files import save_json
 
 PTQ_SCHEMES = ("float-tensor", "float-channel", "pot-seed", "pot-tensor", "pot-channel")
-
-
-class StepFailed(Exception):
-    """A step broke for a reason other than a user mistake; the message names the step."""
 
 
 @dataclass
