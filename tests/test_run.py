@@ -8,25 +8,67 @@ import pytest
 from potq import workflow
 from potq.cli import main
 
-SECTIONS = ["## 1. Model architecture", "## 2. Training", "### Overfitting", "## 3. Training configuration",
-            "## 4. Power-of-two quantization", "### Scheme comparison", "### Integer golden model",
-            "## 5. Energy", "### Worked example: Linear 128 -> 10"]
+SECTIONS = [
+    "## 1. Model architecture",
+    "## 2. Training",
+    "### Overfitting",
+    "## 3. Training configuration",
+    "## 4. Power-of-two quantization",
+    "### Scheme comparison",
+    "### Integer golden model",
+    "## 5. Energy",
+    "### Worked example: Linear 128 -> 10",
+]
 
 
 @pytest.fixture(scope="module")
 def full_run(real_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("potq-run") / "run"
-    args = ["run", "--data", str(real_data), "--out", str(out), "--model", "tiny", "--epochs", "2",
-            "--train-limit", "3000", "--val-size", "1000", "--qat", "1", "--calib", "200", "--vectors", "3"]
+    args = [
+        "run",
+        "--data",
+        str(real_data),
+        "--out",
+        str(out),
+        "--model",
+        "tiny",
+        "--epochs",
+        "2",
+        "--train-limit",
+        "3000",
+        "--val-size",
+        "1000",
+        "--qat",
+        "1",
+        "--calib",
+        "200",
+        "--vectors",
+        "3",
+    ]
     assert main(args) == 0
     return out, args
 
 
 def test_every_artifact_is_there(full_run):
     out, _ = full_run
-    for name in ["summary.json", "history.csv", "curves.png", "metrics.json", "weights.pt", "compare.md",
-                 "compare.png", "energy.json", "energy.png", "report.md", "report.html", "steps.json",
-                 "export/model.json", "export/model.h", "export/weights.npz", "export/vectors.npz"]:
+    for name in [
+        "summary.json",
+        "history.csv",
+        "curves.png",
+        "metrics.json",
+        "weights.pt",
+        "compare.md",
+        "compare.png",
+        "energy.json",
+        "energy.png",
+        "report.md",
+        "report.html",
+        "steps.json",
+        "export/model.json",
+        "export/model.h",
+        "export/weights.npz",
+        "export/vectors.npz",
+    ]:
         assert (out / name).exists(), name
     for scheme in workflow.PTQ_SCHEMES + ("pot-channel-qat",):
         assert (out / f"quant_{scheme}.json").exists()
@@ -65,8 +107,23 @@ def test_second_call_redoes_nothing(full_run, capsys):
 
 def test_interrupted_run_resumes(learnable_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    args = ["run", "--data", str(learnable_data), "--out", str(out), "--model", "tiny", "--epochs", "1",
-            "--val-size", "60", "--calib", "30", "--vectors", "2"]
+    args = [
+        "run",
+        "--data",
+        str(learnable_data),
+        "--out",
+        str(out),
+        "--model",
+        "tiny",
+        "--epochs",
+        "1",
+        "--val-size",
+        "60",
+        "--calib",
+        "30",
+        "--vectors",
+        "2",
+    ]
     from potq.quant import pipeline
 
     real = pipeline.quantize_run
@@ -91,8 +148,21 @@ def test_interrupted_run_resumes(learnable_data, tmp_path, monkeypatch, capsys):
 
 def test_failing_step_names_itself_and_keeps_earlier_work(learnable_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    args = ["run", "--data", str(learnable_data), "--out", str(out), "--model", "tiny", "--epochs", "1",
-            "--val-size", "60", "--calib", "30"]
+    args = [
+        "run",
+        "--data",
+        str(learnable_data),
+        "--out",
+        str(out),
+        "--model",
+        "tiny",
+        "--epochs",
+        "1",
+        "--val-size",
+        "60",
+        "--calib",
+        "30",
+    ]
     from potq import energy
 
     def broken(*a, **k):

@@ -22,6 +22,8 @@ import torch
 ROUNDING = ("half-up", "half-even", "floor")
 EXPONENT_RULES = ("ceil", "round", "mse")
 INT32_MAX = 2**31 - 1
+# exponents stay where float32 holds 2**e exactly; a tensor below 2**-100 is as good as zero
+E_MIN, E_MAX = -100, 100
 
 
 def check_rounding(rule: str) -> None:
@@ -85,14 +87,16 @@ def pot_exponent(max_abs: float, qmax: float, mode: str) -> int:
     """
     if not max_abs > 0:
         return 0
-    ideal = math.log2(max_abs / qmax)
+    ideal = math.log2(max_abs) - math.log2(qmax)
     if mode == "ceil":
         e = math.ceil(ideal)
         # guard against log2 rounding error at exact powers of two
-        return e - 1 if qmax * 2.0 ** (e - 1) >= max_abs else e
-    if mode == "round":
-        return round(ideal)
-    raise ValueError(f"unknown exponent mode {mode!r}")
+        e = e - 1 if qmax * 2.0 ** (e - 1) >= max_abs else e
+    elif mode == "round":
+        e = round(ideal)
+    else:
+        raise ValueError(f"unknown exponent mode {mode!r}")
+    return min(max(e, E_MIN), E_MAX)
 
 
 def seed_exponent(min_val: float, max_val: float, qmax: float) -> int:
@@ -104,7 +108,7 @@ def seed_exponent(min_val: float, max_val: float, qmax: float) -> int:
     max_abs = max(abs(min_val), abs(max_val))
     if max_abs == 0 or math.isinf(max_abs) or min_val == max_val:
         return 0
-    return round(math.log2(2 * max_abs / qmax))
+    return min(max(round(math.log2(2 * max_abs) - math.log2(qmax)), E_MIN), E_MAX)
 
 
 def finite_max(x: torch.Tensor, what: str) -> float:
@@ -135,7 +139,7 @@ def mse_exponent(x: torch.Tensor, max_abs: float, lo: int, hi: int, zp: int, rul
     x = x[torch.isfinite(x)].double()
     if x.numel() == 0:
         return top
-    errors = {e: quant_error(x, e, lo, hi, zp, rule) for e in (top, top - 1, top - 2)}
+    errors = {e: quant_error(x, e, lo, hi, zp, rule) for e in (top, top - 1, top - 2) if e >= E_MIN}
     return min(errors, key=lambda e: (errors[e], -e))
 
 
