@@ -65,7 +65,23 @@ def test_accumulator_bound_and_exact_gemm_choice():
     assert op.gemm_dtype == torch.float32
     big = IntOp("linear", "fc", torch.full((1, 1000), 127, dtype=torch.int8), torch.zeros(1, dtype=torch.int32))
     analyse_bounds(big)
-    assert 255 * 127 * 1000 >= FLOAT32_EXACT and big.gemm_dtype == torch.float64
+    assert 255 * 127 * 1000 >= FLOAT32_EXACT
+    assert big.gemm_dtype == torch.float32 and len(big.slices) == 2  # two exact float32 halves
+
+
+def test_split_gemm_is_exact_where_one_float32_gemm_is_not():
+    torch.manual_seed(0)
+    w = torch.randint(100, 128, (4, 256, 3, 3), dtype=torch.int8)  # 255 * 127 * 2304 >> 2**24
+    op = IntOp("conv", "c", w, torch.zeros(4, dtype=torch.int32), shift=torch.zeros(4, dtype=torch.int64),
+               in_zp=0, in_lo=0, in_hi=255, padding=1, last=True)
+    analyse_bounds(op)
+    assert len(op.slices) > 1 and op.gemm_dtype == torch.float32
+    x = torch.randint(200, 256, (2, 256, 5, 5), dtype=torch.int32)
+    model = IntegerModel(torch.zeros(1, 256, dtype=torch.int64), [op], "half-up")
+    exact = torch.nn.functional.conv2d(x.double(), w.double(), padding=1).to(torch.int64)
+    assert torch.equal(model._mac(op, x).to(torch.int64), exact)
+    one_gemm = torch.nn.functional.conv2d(x.float(), w.float(), padding=1).to(torch.int64)
+    assert not torch.equal(one_gemm, exact)  # the split is needed
 
 
 def test_accumulator_overflow_is_refused_naming_the_layer():

@@ -13,7 +13,7 @@ weights and its input range, picks the narrowest exact type and proves the int32
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -48,6 +48,7 @@ class IntOp:
     # filled by the bound analysis
     acc_bound: int = 0
     gemm_dtype: torch.dtype = torch.float64
+    slices: list[tuple[int, int]] = field(default_factory=list)  # input-channel ranges, one GEMM each
 
     @property
     def headroom_bits(self) -> float:
@@ -60,13 +61,26 @@ def analyse_bounds(op: IntOp) -> None:
     l1 = op.weight.to(torch.int64).abs().flatten(1).sum(1)  # per output channel
     mac = int(x_max * l1.max())
     op.acc_bound = mac + int(op.bias.to(torch.int64).abs().max())
+    if op.shift is not None and not op.last:  # the rounding shifter adds up to 2**(shift-1)
+        op.acc_bound += int(1 << int(op.shift.max()) >> 1)
     if op.acc_bound > INT32_MAX:
         raise UserError(
             f"layer {op.name}: worst-case accumulator {op.acc_bound} overflows int32 "
             f"({math.log2(op.acc_bound):.1f} bits); use coarser weight scales or fewer inputs per output"
         )
-    # partial sums of the GEMM are sums of subsets of the products, so |partial| <= mac
-    op.gemm_dtype = torch.float32 if mac < FLOAT32_EXACT else torch.float64
+    # Partial sums of a GEMM are sums of subsets of its products, so |partial| <= x_max * L1 of the
+    # weights it sees. Split the input channels into as few equal slices as keep that below 2**24,
+    # so that every slice runs exactly in float32; the slices' results are summed in int32.
+    per_input = op.weight.to(torch.int64).abs().flatten(2).sum(2) if op.type == "conv" else op.weight.abs()
+    per_input = per_input.to(torch.int64)  # (out, in): |w| summed over the kernel
+    n_in = per_input.shape[1]
+    for n in range(1, n_in + 1):
+        edges = [round(i * n_in / n) for i in range(n + 1)]
+        slices = list(zip(edges[:-1], edges[1:], strict=True))
+        if all(x_max * int(per_input[:, a:b].sum(1).max()) < FLOAT32_EXACT for a, b in slices):
+            op.slices, op.gemm_dtype = slices, torch.float32
+            return
+    op.slices, op.gemm_dtype = [(0, n_in)], torch.float64  # mac < 2**31 < 2**53: exact in float64
 
 
 class IntegerModel:
@@ -121,19 +135,22 @@ class IntegerModel:
         return cls(lut, ops, state["settings"]["rounding"])
 
     def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
-        channels = torch.arange(self.lut.shape[0]).view(1, -1, 1, 1)
-        return self.lut[channels, images.to(torch.int64)]
+        """One table lookup per pixel: lut[channel, value]."""
+        c = self.lut.shape[0]
+        flat = images.to(torch.int64) + 256 * torch.arange(c).view(1, -1, 1, 1)
+        return self.lut.reshape(-1)[flat].to(torch.int32)
 
     def _mac(self, op: IntOp, x: torch.Tensor) -> torch.Tensor:
         """Exact integer multiply-accumulate (see analyse_bounds), then the int32 bias."""
         xf, wf = (x - op.in_zp).to(op.gemm_dtype), op.weight.to(op.gemm_dtype)
-        if op.type == "conv":
-            acc = nn.functional.conv2d(xf, wf, None, op.stride, op.padding)
-            bias = op.bias.view(1, -1, 1, 1)
-        else:
-            acc = nn.functional.linear(xf, wf)
-            bias = op.bias.view(1, -1)
-        return acc.to(torch.int64) + bias.to(torch.int64)
+        acc = op.bias.view(1, -1, *([1] * (x.dim() - 2)))
+        for a, b in op.slices:
+            if op.type == "conv":
+                part = nn.functional.conv2d(xf[:, a:b], wf[:, a:b], None, op.stride, op.padding)
+            else:
+                part = nn.functional.linear(xf[:, a:b], wf[:, a:b])
+            acc = acc + part.to(torch.int32)  # exact, and int32 holds the sum: see analyse_bounds
+        return acc
 
     def run(self, images: torch.Tensor, record: list | None = None) -> torch.Tensor:
         """uint8 images (N, C, H, W) -> int32 logits; `record` gets every op's integer output."""
@@ -152,8 +169,8 @@ class IntegerModel:
                 if op.last:
                     x = acc
                 else:
-                    shift = op.shift.view(1, -1, *([1] * (acc.dim() - 2)))
-                    x = (shift_round(acc, shift, self.rounding) + op.out_zp).clamp(op.lo, op.hi)
+                    shift = op.shift.to(torch.int32).view(1, -1, *([1] * (acc.dim() - 2)))
+                    x = (shift_round(acc, shift, self.rounding) + op.out_zp).clamp_(op.lo, op.hi)
             if record is not None:
                 record.append(x)
         return x

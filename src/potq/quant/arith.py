@@ -52,20 +52,20 @@ def round_float(x: torch.Tensor, rule: str) -> torch.Tensor:
 def shift_round(acc: torch.Tensor, shift: torch.Tensor | int, rule: str) -> torch.Tensor:
     """Integer acc * 2**-shift, rounded by `rule`; a negative shift is an exact left shift.
 
-    acc is an int64 tensor; shift an int or an int64 tensor broadcastable to acc.
+    acc is an integer tensor; shift an int or an integer tensor broadcastable to acc.
     """
-    shift = torch.as_tensor(shift, dtype=torch.int64, device=acc.device)
-    right = shift.clamp(min=0)
-    left = (-shift).clamp(min=0)
-    acc = acc << left
+    shift = torch.as_tensor(shift, dtype=acc.dtype, device=acc.device)
+    if bool((shift < 0).any()):
+        acc = acc << (-shift).clamp(min=0)
+        shift = shift.clamp(min=0)
     if rule == "floor":
-        return acc >> right
-    half = torch.where(right > 0, torch.ones_like(right) << (right - 1).clamp(min=0), torch.zeros_like(right))
+        return acc >> shift
+    half = (torch.ones_like(shift) << shift) >> 1  # 2**(s-1), and 0 for s = 0
     if rule == "half-up":
-        return (acc + half) >> right
+        return (acc + half) >> shift
     if rule == "half-even":
-        q = acc >> right
-        rem = acc - (q << right)
+        q = acc >> shift
+        rem = acc - (q << shift)
         up = (rem > half) | ((rem == half) & (half > 0) & (q & 1 == 1))
         return q + up.to(acc.dtype)
     raise ValueError(f"unknown rounding rule {rule!r}")

@@ -1,0 +1,51 @@
+"""Speed of the integer golden model against the FP32 PyTorch model, on the same test images.
+
+python benchmarks/golden_speed.py --run runs/seed --scheme pot-channel
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from potq.data import load_dataset, normalize
+from potq.golden import IntegerModel
+from potq.quant.pipeline import quant_paths
+from potq.train import load_trained
+
+
+def timed(fn, images: torch.Tensor, batch: int) -> tuple[float, torch.Tensor]:
+    fn(images[:batch])  # warm-up
+    start = time.perf_counter()
+    preds = torch.cat([fn(images[i : i + batch]).argmax(1) for i in range(0, len(images), batch)])
+    return time.perf_counter() - start, preds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True)
+    p.add_argument("--scheme", default="pot-channel")
+    p.add_argument("--batch", type=int, default=500)
+    a = p.parse_args()
+    run = Path(a.run)
+    model, cfg = load_trained(run)
+    state = torch.load(quant_paths(run, a.scheme)[0], weights_only=True)["state"]
+    golden = IntegerModel.from_state(state, cfg.mean, cfg.std)
+    ds = load_dataset(cfg.data)
+    images, labels = torch.from_numpy(np.array(ds.test_x)), torch.from_numpy(np.array(ds.test_y))
+    with torch.no_grad():
+        t_fp32, p_fp32 = timed(lambda x: model(normalize(x, cfg.mean, cfg.std)), images, a.batch)
+        t_int, p_int = timed(golden.run, images, a.batch)
+    print(f"{len(images)} test images, batch {a.batch}, torch threads {torch.get_num_threads()}")
+    print(f"FP32 PyTorch model: {t_fp32:.2f} s, accuracy {(p_fp32 == labels).float().mean():.4f}")
+    print(f"integer golden model ({a.scheme}): {t_int:.2f} s, accuracy {(p_int == labels).float().mean():.4f}")
+    print("exact GEMM per layer: " + ", ".join(f"{op.name} {str(op.gemm_dtype)[6:]}" for op in golden.ops if op.name))
+    print(f"ratio golden / FP32: {t_int / t_fp32:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
