@@ -182,7 +182,8 @@ class IntegerModel:
                 "worst_case_accumulator": op.acc_bound,
                 "bits": math.ceil(math.log2(op.acc_bound + 1)) + 1 if op.acc_bound else 1,
                 "int32_headroom_bits": round(op.headroom_bits, 2),
-                "gemm": str(op.gemm_dtype).replace("torch.", ""),
+                "gemm": str(op.gemm_dtype).replace("torch.", "")
+                + (f" x {len(op.slices)} slices" if len(op.slices) > 1 else ""),
             }
             for op in self.ops
             if op.type in ("conv", "linear")
