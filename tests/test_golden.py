@@ -72,8 +72,18 @@ def test_accumulator_bound_and_exact_gemm_choice():
 def test_split_gemm_is_exact_where_one_float32_gemm_is_not():
     torch.manual_seed(0)
     w = torch.randint(100, 128, (4, 256, 3, 3), dtype=torch.int8)  # 255 * 127 * 2304 >> 2**24
-    op = IntOp("conv", "c", w, torch.zeros(4, dtype=torch.int32), shift=torch.zeros(4, dtype=torch.int64),
-               in_zp=0, in_lo=0, in_hi=255, padding=1, last=True)
+    op = IntOp(
+        "conv",
+        "c",
+        w,
+        torch.zeros(4, dtype=torch.int32),
+        shift=torch.zeros(4, dtype=torch.int64),
+        in_zp=0,
+        in_lo=0,
+        in_hi=255,
+        padding=1,
+        last=True,
+    )
     analyse_bounds(op)
     assert len(op.slices) > 1 and op.gemm_dtype == torch.float32
     x = torch.randint(200, 256, (2, 256, 5, 5), dtype=torch.int32)

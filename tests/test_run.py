@@ -105,12 +105,11 @@ def test_second_call_redoes_nothing(full_run, capsys):
     assert (out / "weights.pt").stat().st_mtime_ns == before
 
 
-def test_interrupted_run_resumes(learnable_data, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "run"
-    args = [
+def small_run_args(data, out, *extra: str) -> list[str]:
+    return [
         "run",
         "--data",
-        str(learnable_data),
+        str(data),
         "--out",
         str(out),
         "--model",
@@ -121,9 +120,13 @@ def test_interrupted_run_resumes(learnable_data, tmp_path, monkeypatch, capsys):
         "60",
         "--calib",
         "30",
-        "--vectors",
-        "2",
+        *extra,
     ]
+
+
+def test_interrupted_run_resumes(learnable_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = small_run_args(learnable_data, out, "--vectors", "2")
     from potq.quant import pipeline
 
     real = pipeline.quantize_run
@@ -148,21 +151,7 @@ def test_interrupted_run_resumes(learnable_data, tmp_path, monkeypatch, capsys):
 
 def test_failing_step_names_itself_and_keeps_earlier_work(learnable_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    args = [
-        "run",
-        "--data",
-        str(learnable_data),
-        "--out",
-        str(out),
-        "--model",
-        "tiny",
-        "--epochs",
-        "1",
-        "--val-size",
-        "60",
-        "--calib",
-        "30",
-    ]
+    args = small_run_args(learnable_data, out)
     from potq import energy
 
     def broken(*a, **k):

@@ -145,6 +145,13 @@ def cmd_run(a: argparse.Namespace) -> None:
     run_all(opts)
 
 
+def _quantized_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", type=Path, required=True, help="run folder")
+    p.add_argument("--scheme", default="pot-channel", help="the quantized model's label, e.g. pot-channel-qat")
+    p.add_argument("--data", help="dataset path, if it moved since training")
+    p.add_argument("--cache", type=Path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from potq.models import ZOO
     from potq.quant.qnet import SCHEMES
@@ -214,19 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_quantize)
 
     v = sub.add_parser("verify", help="integer golden model against the simulated model, bit for bit")
-    v.add_argument("--run", type=Path, required=True)
-    v.add_argument("--scheme", default="pot-channel", help="the quantized model's label, e.g. pot-channel-qat")
-    v.add_argument("--data", help="dataset path, if it moved since training")
-    v.add_argument("--cache", type=Path)
+    _quantized_model_args(v)
     v.set_defaults(func=cmd_verify)
 
     e = sub.add_parser("export", help="integer weights, shifts, C header, hex files and test vectors")
-    e.add_argument("--run", type=Path, required=True)
-    e.add_argument("--scheme", default="pot-channel", help="the quantized model's label, e.g. pot-channel-qat")
+    _quantized_model_args(e)
     e.add_argument("--out", type=Path, required=True, help="export folder (replaced whole)")
     e.add_argument("--vectors", type=int, default=10, help="test images with every layer's integer output")
-    e.add_argument("--data", help="dataset path, if it moved since training")
-    e.add_argument("--cache", type=Path)
     e.set_defaults(func=cmd_export)
 
     en = sub.add_parser("energy", help="op counts and energy per layer, FP32 against INT8")

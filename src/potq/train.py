@@ -188,6 +188,14 @@ def train_epoch(
     return loss_sum / count, correct / count
 
 
+def make_optimizer(params, recipe: Recipe):
+    """SGD with momentum and weight decay, cosine-annealed over the recipe's epochs."""
+    opt = torch.optim.SGD(
+        params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, nesterov=recipe.nesterov
+    )
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs, eta_min=recipe.eta_min)
+
+
 def prepare_data(cfg: TrainConfig, data: Dataset) -> dict[str, np.ndarray]:
     """Split the training set into train and validation, apply --train-limit, fill cfg from the data."""
     train_idx, val_idx = split_train_val(len(data.train_x), cfg.val_size, cfg.seed)
@@ -241,14 +249,7 @@ def train(cfg: TrainConfig, out: Path, data_cache: Path | None = None, resume: P
 
     t = {k: torch.from_numpy(v).to(d.device) for k, v in arrays.items()}
     model = new_model(cfg).to(d.device)
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        weight_decay=recipe.weight_decay,
-        nesterov=recipe.nesterov,
-    )
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs, eta_min=recipe.eta_min)
+    opt, sched = make_optimizer(model.parameters(), recipe)
     history: list[dict] = []
     if ckpt:
         model.load_state_dict(ckpt["model"])

@@ -16,7 +16,16 @@ from potq.errors import UserError
 from potq.files import save_json, save_text, save_torch
 from potq.plots import plot_bars
 from potq.quant.qnet import QuantNet, QuantSettings, build_quantnet, calibrate, export_state, import_state
-from potq.train import Recipe, TrainConfig, evaluate, load_trained, prepare_data, setup_dist, train_epoch
+from potq.train import (
+    Recipe,
+    TrainConfig,
+    evaluate,
+    load_trained,
+    make_optimizer,
+    prepare_data,
+    setup_dist,
+    train_epoch,
+)
 
 QAT_RECIPE = Recipe(lr=0.005, weight_decay=5e-4, nesterov=True, eta_min=1e-6)
 
@@ -31,14 +40,7 @@ def qat(net: QuantNet, arrays: dict, cfg: TrainConfig, epochs: int) -> None:
     d = setup_dist()
     recipe = Recipe(**{**asdict(QAT_RECIPE), "epochs": epochs})
     x, y = torch.from_numpy(arrays["train_x"]), torch.from_numpy(arrays["train_y"])
-    opt = torch.optim.SGD(
-        net.parameters(),
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        weight_decay=recipe.weight_decay,
-        nesterov=recipe.nesterov,
-    )
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=recipe.eta_min)
+    opt, sched = make_optimizer(net.parameters(), recipe)
     for layer in net.layers:
         layer.track_weights = net.settings
     qcfg = TrainConfig(**{**asdict(cfg), "seed": cfg.seed + 7919})  # fresh shuffles, same data
