@@ -24,6 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from potq.errors import UserError
+from potq.files import atomic_write, save_text
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -302,15 +303,18 @@ def _read_cache(folder: Path) -> Dataset | None:
     return Dataset(**arrays, classes=lines[1:], source=lines[0])
 
 
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would add .npy to a temporary name
+        np.save(f, array)
+
+
 def _write_cache(folder: Path, data: Dataset) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        for k in ("train_x", "train_y", "test_x", "test_y"):
-            np.save(folder / f"{k}.npy", getattr(data, k))
+        for k in ("train_x", "train_y", "test_x", "test_y"):  # atomic: torchrun's ranks may race here
+            atomic_write(folder / f"{k}.npy", lambda tmp, k=k: _save_npy(tmp, getattr(data, k)))
         # written last: its presence marks a complete cache entry
-        tmp = folder / "classes.txt.tmp"
-        tmp.write_text("\n".join([data.source, *data.classes]))
-        os.replace(tmp, folder / "classes.txt")
+        save_text("\n".join([data.source, *data.classes]), folder / "classes.txt")
     except OSError:
         pass  # a read-only cache only costs speed
 
