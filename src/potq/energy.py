@@ -277,5 +277,9 @@ def plot_report(r: dict, path: Path) -> None:
     from potq.plots import plot_bars
 
     labels = [lay["layer"] for lay in r["layers"]]
-    series = {MODELS[m]: [lay["compute_pj"][m] for lay in r["layers"]] for m in MODELS}
-    plot_bars(labels, series, "compute energy per image (pJ, log scale)", "Energy per layer", path, log=True)
+    series = {f"{MODELS[m]}, compute": [lay["compute_pj"][m] for lay in r["layers"]] for m in MODELS}
+    for m in ("fp32", "int8-pot"):
+        series[f"{MODELS[m]}, memory ({r['memory_level']})"] = [lay["memory_pj"][m] for lay in r["layers"]]
+    plot_bars(
+        labels, series, "energy per image (pJ, log scale)", "Energy per layer: compute and memory", path, log=True
+    )

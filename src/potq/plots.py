@@ -43,7 +43,7 @@ def plot_bars(
     ylim: tuple[float, float] | None = None,
 ) -> None:
     """Grouped bars, one group per label, one bar per series."""
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels) * len(series)), 4))
+    fig, ax = plt.subplots(figsize=(min(12, max(6, 0.35 * len(labels) * len(series))), 4.5))
     width = 0.8 / len(series)
     for i, (name, values) in enumerate(series.items()):
         ax.bar([x + i * width for x in range(len(labels))], values, width, label=name)
