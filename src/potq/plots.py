@@ -54,5 +54,6 @@ def plot_bars(
     if ylim:
         ax.set_ylim(*ylim)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend()
+    if len(series) > 1:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=8, frameon=False)
     save_figure(fig, path)
