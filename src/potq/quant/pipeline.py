@@ -39,7 +39,8 @@ def qat(net: QuantNet, arrays: dict, cfg: TrainConfig, epochs: int) -> None:
     activation scales fixed from calibration. BatchNorm is already folded, so nothing to freeze."""
     d = setup_dist()
     recipe = Recipe(**{**asdict(QAT_RECIPE), "epochs": epochs})
-    x, y = torch.from_numpy(arrays["train_x"]), torch.from_numpy(arrays["train_y"])
+    x, y = torch.from_numpy(arrays["train_x"]).to(d.device), torch.from_numpy(arrays["train_y"]).to(d.device)
+    net.to(d.device)
     opt, sched = make_optimizer(net.parameters(), recipe)
     for layer in net.layers:
         layer.track_weights = net.settings
@@ -52,7 +53,7 @@ def qat(net: QuantNet, arrays: dict, cfg: TrainConfig, epochs: int) -> None:
         net(normalize(x[:2], cfg.mean, cfg.std))  # settle the final weight scales
     for layer in net.layers:
         layer.track_weights = None
-    net.eval()
+    net.cpu().eval()
 
 
 def exponent(scale: float) -> int | None:
