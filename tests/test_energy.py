@@ -91,3 +91,9 @@ def test_table_missing_an_operation(tmp_path, capsys):
     path.write_text(json.dumps({"compute": {"fp32_mult": 3.7}}))
     assert main(["energy", "--table", str(path)]) == 2
     assert "missing operation fp32_add" in capsys.readouterr().err
+
+
+def test_chart_into_a_missing_folder(tmp_path, capsys):
+    assert main(["energy", "--out", str(tmp_path / "nope" / "e.png")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and err.count("\n") == 1

@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     except StepFailed as e:
         print(f"potq: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a path the user gave can't be written or read: still one line
+        print(f"potq: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("potq: interrupted", file=sys.stderr)
         return 130

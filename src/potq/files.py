@@ -11,10 +11,14 @@ from typing import Any
 
 import torch
 
+from potq.errors import UserError
+
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """Call write(tmp) on a temporary file beside `path`, then rename it into place."""
     path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"{path}: folder {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
