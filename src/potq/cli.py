@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--scheme", default="pot-channel", help=f"one of {', '.join(SCHEMES)}")
     q.add_argument("--calib", type=int, default=1000, help="calibration images from the training split")
     q.add_argument("--qat", type=int, default=0, metavar="EPOCHS", help="quantization-aware fine-tuning epochs")
-    q.add_argument("--exponent", default="mse", help="power-of-two exponent rule: ceil, round or mse")
+    q.add_argument("--exponent", default="ceil", help="power-of-two exponent rule: ceil, round or mse")
     q.add_argument("--rounding", default="half-up", help="half-up, half-even or floor")
     q.add_argument("--max-shift", type=int, help="longest right shift the hardware allows")
     q.add_argument("--data", help="dataset path, if it moved since training")

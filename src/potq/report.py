@@ -214,8 +214,9 @@ def build_markdown(run: Path) -> str:
         "",
         "- `pot-seed` is the reference report's rule: zero point 128 everywhere, e = round(log2(2 max|x| / q_max)).",
         "- `pot-tensor` / `pot-channel` use zero point 0 after ReLU (double resolution, no zero-point "
-        "subtraction), 128 for the signed input, and pick e among ceil(log2(max|x| / q_max)) and the two finer "
-        "exponents by least squared error on the calibration data (`--exponent mse`).",
+        "subtraction) and 128 for the signed input; the exponent is e = ceil(log2(max|x| / q_max)) by default, "
+        "which never clips (`--exponent round` and `--exponent mse`, least squared error over ceil and the two "
+        "finer exponents, are the alternatives).",
         "- `float-*` are the baselines with ordinary float scales (a multiplier per output in hardware).",
         "",
     ]

@@ -7,7 +7,7 @@ of potq's own path): it records what it sees, then hands torch the scale that po
             weight=PowerOfTwoObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric))
 
 Weights: int8 in [-127, 127], zero point 0. Activations: uint8, zero point 0 when everything seen
-is non-negative (after ReLU), else 128. `rule` picks the exponent: "mse" (potq's default), "ceil",
+is non-negative (after ReLU), else 128. `rule` picks the exponent: "ceil" (potq's default), "mse",
 "round", or "seed" (the reference report's 2**round(log2(2*max/qmax)) with zero point 128).
 """
 
@@ -25,7 +25,7 @@ class PowerOfTwoObserver(MinMaxObserver):
         self,
         dtype=torch.quint8,
         qscheme=torch.per_tensor_symmetric,
-        rule: str = "mse",
+        rule: str = "ceil",
         rounding: str = "half-up",
         **kwargs,
     ):

@@ -49,7 +49,7 @@ SCHEMES: dict[str, Scheme] = {
 @dataclass(frozen=True)
 class QuantSettings:
     scheme: str = "pot-channel"
-    exponent: str = "mse"  # ceil | round | mse (power-of-two schemes other than pot-seed)
+    exponent: str = "ceil"  # ceil | round | mse; ceil measured best (benchmarks/RESULTS.md)
     rounding: str = "half-up"
     max_shift: int | None = None
 
