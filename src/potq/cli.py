@@ -58,7 +58,7 @@ def cmd_quantize(a: argparse.Namespace) -> None:
     from potq.quant.qnet import QuantSettings
 
     settings = QuantSettings(a.scheme, a.exponent, a.rounding, a.max_shift)
-    r = quantize_run(a.run, settings, a.calib, a.qat, a.data, a.cache)
+    r = quantize_run(a.run, settings, a.calib, a.qat, a.qat_lr, a.data, a.cache)
     print(
         f"{r['label']}: test accuracy {r['test_accuracy']:.4f} (FP32 {r['fp32_test_accuracy']:.4f}, "
         f"drop {r['accuracy_drop']:+.2f} points)  size {r['model_size_mb']:.6f} MB  -> {a.run}/quant_{r['label']}.json"
@@ -133,6 +133,7 @@ def cmd_run(a: argparse.Namespace) -> None:
         recipe=a.recipe,
         qat=a.qat,
         qat_scheme=a.qat_scheme,
+        qat_lr=a.qat_lr,
         train_limit=a.train_limit,
         val_size=a.val_size,
         seed=a.seed,
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--recipe", default="seed", help=f"one of {', '.join(RECIPES)}")
     r.add_argument("--qat", type=int, default=0, metavar="EPOCHS", help="also fine-tune with QAT")
     r.add_argument("--qat-scheme", default="pot-channel")
+    r.add_argument("--qat-lr", type=float, help="QAT peak learning rate (default 5e-4)")
     r.add_argument("--train-limit", type=int, help="train on the first N training images only")
     r.add_argument("--val-size", type=int, default=5000)
     r.add_argument("--seed", type=int, default=0)
@@ -213,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--scheme", default="pot-channel", help=f"one of {', '.join(SCHEMES)}")
     q.add_argument("--calib", type=int, default=1000, help="calibration images from the training split")
     q.add_argument("--qat", type=int, default=0, metavar="EPOCHS", help="quantization-aware fine-tuning epochs")
+    q.add_argument("--qat-lr", type=float, help="QAT peak learning rate (default 5e-4)")
     q.add_argument("--exponent", default="ceil", help="power-of-two exponent rule: ceil, round or mse")
     q.add_argument("--rounding", default="half-up", help="half-up, half-even or floor")
     q.add_argument("--max-shift", type=int, help="longest right shift the hardware allows")

@@ -28,6 +28,7 @@ class RunOptions:
     recipe: str = "seed"
     qat: int = 0
     qat_scheme: str = "pot-channel"
+    qat_lr: float | None = None
     train_limit: int | None = None
     val_size: int = 5000
     seed: int = 0
@@ -81,10 +82,10 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
 
         for scheme in o.schemes:
             if not (out / f"quant_{scheme}.json").exists():
-                r = quantize_run(out, QuantSettings(scheme), o.calib, 0, None, o.cache)
+                r = quantize_run(out, QuantSettings(scheme), o.calib, cache=o.cache)
                 print(f"{scheme}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
         if o.qat and not (out / f"quant_{o.headline}.json").exists():
-            r = quantize_run(out, QuantSettings(o.qat_scheme), o.calib, o.qat, None, o.cache)
+            r = quantize_run(out, QuantSettings(o.qat_scheme), o.calib, o.qat, o.qat_lr, cache=o.cache)
             print(f"{o.headline}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
         print(compare(out))
 
