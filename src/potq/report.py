@@ -76,7 +76,7 @@ def overfitting(history: list[dict]) -> str:
 
 def _history(run: Path) -> list[dict]:
     with open(run / "history.csv") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _summary_md(s: dict) -> str:
@@ -145,6 +145,8 @@ def build_markdown(run: Path) -> str:
         for name, v in verifies.items():
             head.append(f"| Golden model ({name}) | {v['mismatches']} mismatches in {v['compared_values']:,} values |")
         out += head + [""]
+    if metrics and "train" not in steps:  # trained before `potq run` took over the folder
+        steps = {"summary": steps.pop("summary", {"seconds": 0.0}), "train": {"seconds": metrics["seconds"]}, **steps}
     if steps:
         out += ["| Step | Wall time |", "|---|---:|"]
         out += [f"| {name} | {s['seconds']:.1f} s |" for name, s in steps.items()] + [""]
