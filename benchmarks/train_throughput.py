@@ -20,7 +20,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from potq.data import channel_stats, load_dataset
 from potq.models import build_model
-from potq.train import Dist, Recipe, TrainConfig, train_epoch
+from potq.train import Dist, Recipe, TrainConfig, place, train_epoch
 
 
 class PerSampleDataset(TorchDataset):
@@ -94,7 +94,7 @@ def main() -> None:
     torch.manual_seed(0)
     base = baseline(build_model(a.model), x, y, mean, std, a.steps, a.batch, a.workers)
     torch.manual_seed(0)
-    ours = potq_trainer(build_model(a.model), x, y, mean, std, a.steps, a.batch)
+    ours = potq_trainer(place(build_model(a.model), torch.device("cpu")), x, y, mean, std, a.steps, a.batch)
     print(f"model {a.model}, batch {a.batch}, {a.steps} steps, torch threads {torch.get_num_threads()}")
     print(f"baseline (per-sample PIL + DataLoader, {a.workers} workers): {base:.0f} images/s")
     print(f"potq trainer (batched tensor augmentation):            {ours:.0f} images/s")
