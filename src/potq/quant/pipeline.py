@@ -15,7 +15,7 @@ from potq.data import load_dataset, normalize
 from potq.errors import UserError
 from potq.files import save_json, save_text, save_torch
 from potq.plots import plot_bars
-from potq.quant.qnet import QuantNet, QuantSettings, build_quantnet, calibrate, export_state, import_state
+from potq.quant.qnet import SCHEMES, QuantNet, QuantSettings, build_quantnet, calibrate, export_state, import_state
 from potq.train import (
     Recipe,
     TrainConfig,
@@ -162,6 +162,13 @@ def quantize_run(
     return result
 
 
+def _exponent_rule(result: dict) -> str:
+    spec = SCHEMES.get(result["scheme"])
+    if spec is None or not spec.pot:
+        return "float scale"
+    return "seed rule" if spec.seed else result["exponent"]
+
+
 def compare(run: Path) -> str:
     """The table of every quantized model in `run` against FP32; writes compare.md and compare.png."""
     metrics_path = run / "metrics.json"
@@ -179,7 +186,7 @@ def compare(run: Path) -> str:
     for r in results:
         lines.append(
             f"| {r['label']} | {r['test_accuracy']:.4f} | {r['accuracy_drop']:+.2f} | {r['test_loss']:.4f} | "
-            f"{r['model_size_mb']:.6f} | {r['rounding']} | {r['exponent']} |"
+            f"{r['model_size_mb']:.6f} | {r['rounding']} | {_exponent_rule(r)} |"
         )
     table = "\n".join(lines)
     save_text(table + "\n", run / "compare.md")
