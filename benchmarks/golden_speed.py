@@ -14,7 +14,7 @@ import torch
 
 from potq.data import load_dataset, normalize
 from potq.golden import IntegerModel
-from potq.quant.pipeline import quant_paths
+from potq.quant.pipeline import load_quantized
 from potq.train import load_trained
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     a = p.parse_args()
     run = Path(a.run)
     model, cfg = load_trained(run)
-    state = torch.load(quant_paths(run, a.scheme)[0], weights_only=True)["state"]
+    state, _ = load_quantized(run, a.scheme)
     golden = IntegerModel.from_state(state, cfg.mean, cfg.std)
     ds = load_dataset(cfg.data)
     images, labels = torch.from_numpy(np.array(ds.test_x)), torch.from_numpy(np.array(ds.test_y))

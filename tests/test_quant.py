@@ -116,8 +116,8 @@ def test_quantize_command_end_to_end(tiny_run, capsys):
     assert r["model_size_mb"] == pytest.approx((tiny_run / "quant_pot-channel.pt").stat().st_size / 1e6)
     assert all(isinstance(e, int) for e in r["layers"][0]["weight_exponent"])
     assert r["layers"][0]["shift"] is not None
-    net, cfg = load_quantized(tiny_run, "pot-channel")
-    assert cfg.model == "tiny" and len(net.layers) == 4
+    state, cfg = load_quantized(tiny_run, "pot-channel")
+    assert cfg.model == "tiny" and len(import_state(state).layers) == 4
 
 
 def test_qat_and_compare(tiny_run, capsys):

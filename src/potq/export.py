@@ -19,7 +19,7 @@ from potq.data import load_dataset
 from potq.errors import UserError
 from potq.files import save_json
 from potq.golden import IntegerModel
-from potq.quant.pipeline import load_quantized, quant_paths
+from potq.quant.pipeline import load_quantized
 
 FORMAT = "potq-int8/1"
 
@@ -130,8 +130,7 @@ def export_run(run: Path, name: str, out: Path, vectors: int = 10, data: str | N
     """Write the export folder; built in a temporary folder, then moved into place whole."""
     if vectors < 1:
         raise UserError(f"--vectors must be at least 1, got {vectors}")
-    _, cfg = load_quantized(run, name)
-    state = torch.load(quant_paths(run, name)[0], map_location="cpu", weights_only=True)["state"]
+    state, cfg = load_quantized(run, name)
     golden = IntegerModel.from_state(state, cfg.mean, cfg.std)
     ds = load_dataset(data or cfg.data, cache)
     if vectors > len(ds.test_x):

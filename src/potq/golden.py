@@ -199,11 +199,11 @@ def verify_run(run, name: str, data: str | None = None, cache=None, batch: int =
 
     from potq.data import load_dataset
     from potq.files import save_json
-    from potq.quant.pipeline import load_quantized, quant_paths
+    from potq.quant.pipeline import load_quantized
 
     run = Path(run)
-    sim, cfg = load_quantized(run, name)
-    state = torch.load(quant_paths(run, name)[0], map_location="cpu", weights_only=True)["state"]
+    state, cfg = load_quantized(run, name)
+    sim = import_state(state)
     golden = IntegerModel.from_state(state, cfg.mean, cfg.std)
     ds = load_dataset(data or cfg.data, cache)
     images, labels = torch.from_numpy(np.array(ds.test_x)), torch.from_numpy(np.array(ds.test_y))

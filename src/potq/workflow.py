@@ -157,7 +157,6 @@ def _pot_labels(o: RunOptions) -> list[str]:
 
 
 def check_options(o: RunOptions) -> None:
-    from potq.models import build_model
     from potq.quant.qnet import SCHEMES
     from potq.train import TrainConfig, check_config
 
@@ -166,7 +165,6 @@ def check_options(o: RunOptions) -> None:
             model=o.model, data=o.data, recipe=o.recipe, epochs=o.epochs, train_limit=o.train_limit, val_size=o.val_size
         )
     )
-    build_model(o.model)
     if o.qat < 0:
         raise UserError(f"--qat must be >= 0, got {o.qat}")
     if o.qat_scheme not in SCHEMES or not o.qat_scheme.startswith("pot-"):

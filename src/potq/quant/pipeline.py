@@ -94,13 +94,16 @@ def quant_paths(run: Path, name: str) -> tuple[Path, Path]:
     return run / f"quant_{name}.pt", run / f"quant_{name}.json"
 
 
-def load_quantized(run: Path, name: str) -> tuple[QuantNet, TrainConfig]:
-    path, _ = quant_paths(run, name)
+def load_quantized(run: Path, name: str) -> tuple[dict, TrainConfig]:
+    """The saved integer state (see qnet.export_state) and the training config of a quantized model;
+    `import_state` turns the state into the simulated model, `IntegerModel.from_state` into the golden one."""
+    path, _ = quant_paths(Path(run), name)
     if not path.exists():
         raise UserError(f"--run {run}: no quantized model {path.name}; run `potq quantize --scheme {name}` first")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        return import_state(saved["state"]), TrainConfig(**saved["config"])
+        import_state(saved["state"])  # a file that does not rebuild is not a potq model
+        return saved["state"], TrainConfig(**saved["config"])
     except Exception as e:
         raise UserError(f"{path}: not a potq quantized model ({type(e).__name__})") from None
 
