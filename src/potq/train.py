@@ -156,7 +156,9 @@ def train_epoch(
     perm = torch.randperm(len(x), generator=g)
     g_rank = _epoch_generator(cfg.seed, epoch, d.rank + 1)
     bs = recipe.batch_size
-    steps = math.ceil(len(x) / bs)
+    # under DDP every rank must step every batch (or the gradient all-reduce hangs): drop a last
+    # batch too small to give each rank a sample
+    steps = math.ceil(len(x) / bs) if d.world == 1 or len(x) % bs >= d.world else len(x) // bs
     loss_sum, correct, count = 0.0, 0, 0
     bar = tqdm(
         range(steps),
