@@ -152,3 +152,19 @@ def test_mse_never_worse_than_ceil(xs):
     e_mse = choose_exponent(x, -127, 127, 0, "mse", "half-up", "t")
     e_ceil = choose_exponent(x, -127, 127, 0, "ceil", "half-up", "t")
     assert quant_error(x, e_mse, -127, 127, 0, "half-up") <= quant_error(x, e_ceil, -127, 127, 0, "half-up")
+
+
+@given(
+    st.lists(
+        st.lists(st.floats(min_value=-1e3, max_value=1e3, allow_nan=False), min_size=3, max_size=3),
+        min_size=1,
+        max_size=8,
+    ),
+    st.sampled_from(["ceil", "round"]),
+)
+def test_vectorized_exponents_equal_the_scalar_rule(rows, mode):
+    from potq.quant.arith import pot_exponents
+
+    x = torch.tensor(rows, dtype=torch.float64)
+    vector = pot_exponents(x.abs().amax(1), 127, mode).tolist()
+    assert vector == [choose_exponent(r, -127, 127, 0, mode, "half-up", "w") for r in x]

@@ -78,25 +78,31 @@ def saturate(q: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
 # ---- choosing power-of-two exponents ------------------------------------------------------------
 
 
-def pot_exponent(max_abs: float, qmax: float, mode: str) -> int:
-    """The exponent e such that 2**e is the scale mapping max_abs onto qmax.
+def pot_exponents(max_abs: torch.Tensor, qmax: float, mode: str) -> torch.Tensor:
+    """Per element, the exponent e such that 2**e is the scale mapping max_abs onto qmax.
 
     ceil never clips (qmax * 2**e >= max_abs); round takes the nearest power of two in log space,
     and may clip. A zero range gets scale 1 (e = 0), as the reference report sets; the caller
     handles inf and NaN (see `finite_max`).
     """
-    if not max_abs > 0:
-        return 0
-    ideal = math.log2(max_abs) - math.log2(qmax)
-    if mode == "ceil":
-        e = math.ceil(ideal)
-        # guard against log2 rounding error at exact powers of two
-        e = e - 1 if qmax * 2.0 ** (e - 1) >= max_abs else e
-    elif mode == "round":
-        e = round(ideal)
-    else:
+    if mode not in ("ceil", "round"):
         raise ValueError(f"unknown exponent mode {mode!r}")
-    return min(max(e, E_MIN), E_MAX)
+    max_abs = max_abs.double()
+    safe = torch.where(max_abs > 0, max_abs, torch.ones_like(max_abs))
+    ideal = torch.log2(safe) - math.log2(qmax)
+    if mode == "ceil":
+        e = torch.ceil(ideal)
+        # guard against log2 rounding error at exact powers of two
+        e = torch.where(qmax * torch.exp2(e - 1) >= safe, e - 1, e)
+    else:
+        e = torch.round(ideal)
+    e = torch.where(max_abs > 0, e, torch.zeros_like(e))
+    return e.clamp(E_MIN, E_MAX).to(torch.int64)
+
+
+def pot_exponent(max_abs: float, qmax: float, mode: str) -> int:
+    """`pot_exponents` for one value."""
+    return int(pot_exponents(torch.tensor([float(max_abs)], dtype=torch.float64), qmax, mode)[0])
 
 
 def seed_exponent(min_val: float, max_val: float, qmax: float) -> int:

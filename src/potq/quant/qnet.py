@@ -21,6 +21,7 @@ from potq.quant.arith import (
     check_rounding,
     choose_exponent,
     finite_max,
+    pot_exponents,
     round_float,
     seed_exponent,
 )
@@ -262,6 +263,8 @@ def set_weight_scale(layer: QLayer, settings: QuantSettings) -> None:
     if spec.seed:
         e = seed_exponent(float(w.min()), float(w.max()), W_MAX)
         scales = torch.full((1,), 2.0**e, dtype=torch.float64)
+    elif spec.pot and settings.exponent != "mse":  # one vectorized call: QAT runs this every step
+        scales = torch.exp2(pot_exponents(row_max_abs(rows, what), W_MAX, settings.exponent).double())
     elif spec.pot:
         exps = [choose_exponent(r, W_MIN, W_MAX, 0, settings.exponent, settings.rounding, what) for r in rows]
         scales = torch.tensor([2.0**e for e in exps], dtype=torch.float64)
@@ -273,6 +276,13 @@ def set_weight_scale(layer: QLayer, settings: QuantSettings) -> None:
         floor = layer.out_scale / layer.in_scale / 2.0**settings.max_shift
         scales = torch.maximum(scales, floor)
     layer.w_scale.copy_(scales.expand_as(layer.w_scale))
+
+
+def row_max_abs(rows: torch.Tensor, what: str) -> torch.Tensor:
+    """max |x| of each row over finite values; NaN is an error naming `what` (as `finite_max`)."""
+    if torch.isnan(rows).any():
+        raise UserError(f"{what}: NaN values, can't quantize")
+    return torch.where(torch.isfinite(rows), rows.abs(), torch.zeros_like(rows)).amax(1)
 
 
 def act_params(settings: QuantSettings, signed: bool) -> tuple[int, int]:
