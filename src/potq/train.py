@@ -185,7 +185,9 @@ def train_epoch(
         loss_sum += loss.item() * len(idx)
         correct += (logits.argmax(1) == yb).sum().item()
         count += len(idx)
-        bar.set_postfix(loss=f"{loss_sum / count:.3f}", img_s=f"{count * d.world / (time.perf_counter() - t0):.0f}")
+        bar.set_postfix(
+            loss=f"{loss_sum / count:.3f}", img_s=f"{count * d.world / (time.perf_counter() - t0):.0f}", refresh=False
+        )
     loss_sum, correct, count = _sum_across([loss_sum, correct, count], d)
     return loss_sum / count, correct / count
 
