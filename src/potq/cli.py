@@ -106,11 +106,10 @@ def cmd_energy(a: argparse.Namespace) -> None:
         zps = [a.act_zero_point] if a.act_zero_point is not None else [128, 0]
         results = {}
         for zp in zps:
-            cost = energy.linear_cost(a.linear[0], a.linear[1], zp)
+            example = energy.linear_example(a.linear[0], a.linear[1], zp, table)
             print(f"Linear {a.linear[0]} -> {a.linear[1]}, activation zero point {zp}:")
-            for model in energy.MODELS:
-                print("  " + energy.worked_example(cost, table, model))
-            results[f"zero_point_{zp}"] = {m: cost.compute_pj(m, table) for m in energy.MODELS}
+            print("\n".join("  " + term for term in example["terms"]))
+            results[f"zero_point_{zp}"] = example["pj"]
         if a.json:
             print(json.dumps(results, indent=2))
         return

@@ -201,6 +201,15 @@ def worked_example(cost: LayerCost, table: Table, model: str) -> str:
     )
 
 
+def linear_example(n_in: int, n_out: int, act_zero_point: int, table: Table) -> dict:
+    """The worked example of one Linear layer: every model's sum, term by term, and its energy."""
+    cost = linear_cost(n_in, n_out, act_zero_point)
+    return {
+        "terms": [worked_example(cost, table, m) for m in MODELS],
+        "pj": {m: cost.compute_pj(m, table) for m in MODELS},
+    }
+
+
 def report(costs: list[LayerCost], table: Table, memory: str) -> dict:
     if memory not in table.memory:
         raise UserError(f"--memory {memory!r} is not in the table; choose from {', '.join(table.memory)}")

@@ -20,8 +20,7 @@ from torch import nn
 
 from potq.data import normalize
 from potq.errors import UserError
-from potq.quant.arith import INT32_MAX, shift_round
-from potq.quant.pipeline import exponent
+from potq.quant.arith import INT32_MAX, exponent, shift_round
 from potq.quant.qnet import A_MAX, A_MIN, import_state
 
 FLOAT32_EXACT = 2**24

@@ -112,14 +112,7 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
         shape = tuple(cfg["in_shape"])
         costs = en.network_costs(build_model(o.model, shape, len(cfg["classes"])), shape)
         r = en.report(costs, table, o.memory)
-        linear = {}
-        for zp in (128, 0):
-            cost = en.linear_cost(128, 10, zp)
-            linear[str(zp)] = {
-                "terms": [en.worked_example(cost, table, m) for m in en.MODELS],
-                "pj": {m: cost.compute_pj(m, table) for m in en.MODELS},
-            }
-        r["linear_example"] = linear
+        r["linear_example"] = {str(zp): en.linear_example(128, 10, zp, table) for zp in (128, 0)}
         r["markdown"] = en.format_report(r)
         en.plot_report(r, out / "energy.png")
         save_json(r, out / "energy.json")

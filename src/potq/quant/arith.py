@@ -105,6 +105,12 @@ def pot_exponent(max_abs: float, qmax: float, mode: str) -> int:
     return int(pot_exponents(torch.tensor([float(max_abs)], dtype=torch.float64), qmax, mode)[0])
 
 
+def exponent(scale: float) -> int | None:
+    """log2 of a power-of-two scale, else None."""
+    m, e = math.frexp(scale)
+    return e - 1 if m == 0.5 else None
+
+
 def seed_exponent(min_val: float, max_val: float, qmax: float) -> int:
     """The reference lab's rule: scale = 2**round(log2(2 * max|x| / qmax)).
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +14,7 @@ from potq.data import load_dataset, normalize
 from potq.errors import UserError
 from potq.files import save_json, save_text, save_torch
 from potq.plots import plot_bars
+from potq.quant.arith import exponent
 from potq.quant.qnet import SCHEMES, QuantNet, QuantSettings, build_quantnet, calibrate, export_state, import_state
 from potq.train import (
     Recipe,
@@ -55,12 +55,6 @@ def qat(net: QuantNet, arrays: dict, cfg: TrainConfig, epochs: int, lr: float | 
     for layer in net.layers:
         layer.track_weights = None
     net.cpu().eval()
-
-
-def exponent(scale: float) -> int | None:
-    """log2 of a power-of-two scale, else None."""
-    m, e = math.frexp(scale)
-    return e - 1 if m == 0.5 else None
 
 
 def layer_table(net: QuantNet) -> list[dict]:
