@@ -71,5 +71,5 @@ def test_summary_bad_input_is_one_line_exit_2(args, capsys):
 
 
 def test_unknown_model_raises_user_error():
-    with pytest.raises(UserError, match="unknown model"):
+    with pytest.raises(UserError, match="not a zoo model"):
         build_model("resnet1000")

@@ -1,18 +1,54 @@
-"""The model zoo: plain sequential CNNs that potq can quantize and run on integers.
+"""The model zoo (a registry, one entry per model) and the loader of users' own models.
 
-Every model is a `ConvNet`: `features` (Conv2d, BatchNorm2d, ReLU, MaxPool2d) then a flatten in
-`forward` (no Flatten module, so the layer table matches the reference report) then `classifier`
-(Linear and ReLU). That shape is what the quantizer, the golden model and the energy model walk.
+`build_model(spec, in_shape, classes)` takes a zoo name or the user's own model:
+- `path/to/file.py:factory` or `package.module:factory`, where `factory(in_shape, classes)` gets the
+  input shape (C, H, W) and the number of classes, or `factory()` takes no arguments (then the model
+  must already fit the data). It returns an `nn.Module`.
+
+The zoo: the reference lab's sequential `seed` family (layer table of the reference report exactly),
+the CIFAR ResNets of He et al. 2016 (option B: 1x1 projection shortcuts where the shape changes)
+and a MobileNet-style depthwise-separable net. Every one is captured into potq's integer graph
+(potq.ir.capture), so any stage takes any of them, and any user model built from the same ops.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from potq.errors import UserError
+
+Shape = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    factory: Callable[[Shape, int], nn.Module]
+    note: str
+
+
+ZOO: dict[str, ZooEntry] = {}
+
+
+def register(name: str, note: str):
+    """Decorator: add a factory(in_shape, classes) to the zoo under `name`."""
+
+    def add(factory: Callable[[Shape, int], nn.Module]):
+        ZOO[name] = ZooEntry(factory, note)
+        return factory
+
+    return add
+
+
+# ---- the seed family: Conv-BN-ReLU(-MaxPool) blocks, flatten, Linear layers ---------------------
 
 
 @dataclass(frozen=True)
@@ -20,34 +56,13 @@ class Design:
     channels: tuple[int, ...]  # output channels of each conv block
     pools: tuple[int, ...]  # indices of the conv blocks followed by a 2x2 max pool
     hidden: tuple[int, ...]  # hidden widths of the classifier
-    note: str
-
-
-ZOO: dict[str, Design] = {
-    "seed": Design(
-        (32, 64, 128, 128, 128),
-        (0, 1, 4),
-        (128, 64),
-        "the reference lab's net: 5 conv blocks, FC 2048-128-64-10, 660,554 params on CIFAR-10",
-    ),
-    "seed-wide": Design(
-        (64, 128, 256, 256, 256),
-        (0, 1, 4),
-        (256,),
-        "seed with doubled channels and one hidden FC layer: more accuracy for about 4x the params",
-    ),
-    "seed-slim": Design(
-        (16, 32, 64, 64, 64),
-        (0, 1, 4),
-        (64,),
-        "seed at half width: about a quarter of the params, for small accelerators",
-    ),
-    "tiny": Design((8, 16), (0, 1), (16,), "a two-block net for tests and smoke runs"),
-}
 
 
 class ConvNet(nn.Module):
-    def __init__(self, design: Design, in_shape: tuple[int, int, int] = (3, 32, 32), classes: int = 10):
+    """`features` then a flatten in `forward` (no Flatten module, so the layer table matches the
+    reference report) then `classifier`."""
+
+    def __init__(self, design: Design, in_shape: Shape = (3, 32, 32), classes: int = 10):
         super().__init__()
         c, h, w = in_shape
         layers: list[nn.Module] = []
@@ -72,15 +87,167 @@ class ConvNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def build_model(name: str, in_shape: tuple[int, int, int] = (3, 32, 32), classes: int = 10) -> ConvNet:
-    if name not in ZOO:
-        raise UserError(f"unknown model {name!r}; choose from {', '.join(ZOO)}")
+SEED_FAMILY = {
+    "seed": (
+        Design((32, 64, 128, 128, 128), (0, 1, 4), (128, 64)),
+        "the reference lab's net: 5 conv blocks, FC 2048-128-64-10, 660,554 params on CIFAR-10",
+    ),
+    "seed-wide": (
+        Design((64, 128, 256, 256, 256), (0, 1, 4), (256,)),
+        "seed with doubled channels and one hidden FC layer: more accuracy for about 4x the params",
+    ),
+    "seed-slim": (
+        Design((16, 32, 64, 64, 64), (0, 1, 4), (64,)),
+        "seed at half width: about a quarter of the params, for small accelerators",
+    ),
+    "tiny": (Design((8, 16), (0, 1), (16,)), "a two-block net for tests and smoke runs"),
+}
+for _name, (_design, _note) in SEED_FAMILY.items():
+    register(_name, _note)(lambda in_shape, classes, d=_design: ConvNet(d, in_shape, classes))
+
+
+# ---- CIFAR ResNets (He et al. 2016, section 4.2) -------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:  # option B: a 1x1 projection where the shape changes
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """6n+2 layers: a 3x3 stem, 3 stages of n blocks (16, 32, 64 channels, stride 2 between stages),
+    global average pooling, one Linear layer."""
+
+    def __init__(self, n: int, in_shape: Shape = (3, 32, 32), classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_shape[0], 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        stages, c = [], 16
+        for width, stride in ((16, 1), (32, 2), (64, 2)):
+            stages.append(nn.Sequential(*[BasicBlock(c if i == 0 else width, width, stride if i == 0 else 1)
+                                          for i in range(n)]))
+            c = width
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+for _n, _depth, _params in ((3, 20, "0.27M"), (5, 32, "0.46M"), (7, 44, "0.66M")):
+    register(f"resnet{_depth}", f"CIFAR ResNet-{_depth} (He et al. 2016), about {_params} params")(
+        lambda in_shape, classes, n=_n: CifarResNet(n, in_shape, classes)
+    )
+
+
+# ---- a MobileNet-style net -------------------------------------------------------------------------
+
+
+def _conv_bn_relu(c_in: int, c_out: int, k: int, stride: int, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()
+    )
+
+
+class MobileNetCifar(nn.Module):
+    """A 3x3 stem, then depthwise 3x3 + pointwise 1x1 blocks (stride-2 depthwise where it downsamples,
+    32 -> 16 -> 8), global average pooling over 8x8 = 2^6 values, one Linear layer."""
+
+    BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (256, 1), (256, 1), (512, 1))
+
+    def __init__(self, in_shape: Shape = (3, 32, 32), classes: int = 10):
+        super().__init__()
+        layers, c = [_conv_bn_relu(in_shape[0], 32, 3, 1)], 32
+        for width, stride in self.BLOCKS:
+            layers += [_conv_bn_relu(c, c, 3, stride, groups=c), _conv_bn_relu(c, width, 1, 1)]
+            c = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+register("mobilenet-cifar", "depthwise-separable blocks, global average pooling, about 0.4M params")(MobileNetCifar)
+
+
+# ---- building: zoo names and users' factories ------------------------------------------------------
+
+
+def build_model(spec: str, in_shape: Shape = (3, 32, 32), classes: int = 10) -> nn.Module:
+    """A zoo model by name, or the user's `file.py:factory` / `package.module:factory`."""
     if classes < 2:
         raise UserError(f"--classes must be at least 2, got {classes}")
-    return ConvNet(ZOO[name], in_shape, classes)
+    if spec in ZOO:
+        return ZOO[spec].factory(tuple(in_shape), classes)
+    if ":" not in spec:
+        raise UserError(
+            f"--model {spec}: not a zoo model ({', '.join(ZOO)}) nor file.py:factory or package.module:factory"
+        )
+    factory = load_factory(spec)
+    try:
+        params = [p for p in inspect.signature(factory).parameters.values() if p.default is inspect.Parameter.empty]
+        model = factory(tuple(in_shape), classes) if params else factory()
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"--model {spec}: the factory failed: {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"--model {spec}: the factory returned a {type(model).__name__}, not an nn.Module")
+    return model
 
 
-def parse_shape(text: str) -> tuple[int, int, int]:
+def load_factory(spec: str) -> Callable:
+    where, _, name = spec.rpartition(":")
+    if where.endswith(".py") or Path(where).is_file():
+        path = Path(where)
+        if not path.is_file():
+            raise UserError(f"--model {spec}: no such file {where}")
+        module_name = f"potq_user_model_{abs(hash(str(path.resolve())))}"
+        loader = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(loader)  # type: ignore[arg-type]
+        sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
+        try:
+            loader.loader.exec_module(module)  # type: ignore[union-attr]
+        except Exception as e:
+            sys.modules.pop(module_name, None)
+            raise UserError(f"--model {spec}: importing {where} failed: {type(e).__name__}: {e}") from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as e:
+            raise UserError(f"--model {spec}: can't import {where}: {type(e).__name__}: {e}") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise UserError(f"--model {spec}: {where} has no function {name!r}")
+    return factory
+
+
+def model_spec(spec: str) -> str:
+    """What a run folder records: a zoo name as it is, a user's file as an absolute path."""
+    where, sep, name = spec.rpartition(":")
+    if spec in ZOO or not sep or not (where.endswith(".py") or Path(where).is_file()):
+        return spec
+    return f"{Path(where).resolve()}:{name}"
+
+
+def parse_shape(text: str) -> Shape:
     """'3,32,32' -> (3, 32, 32), for --input."""
     try:
         shape = tuple(int(v) for v in text.split(","))

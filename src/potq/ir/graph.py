@@ -1,0 +1,187 @@
+"""potq's one representation of a network: a typed DAG of operations that every stage interprets.
+
+Capture (potq.ir.capture) makes a float graph from a model: BatchNorm folded, ReLU/ReLU6 fused as
+each node's `act` clamp. Lowering (potq.quant.lower) gives every value a QType and turns the float
+tensors into integers once: int8 weights, int32 biases, per-channel right shifts, the alignment
+shifts of additions, pooling shifts, the input lookup table. The simulator, the golden model, the
+energy model and the exporter are interpreters of this graph, keyed by value name; each holds one
+kernel per OpType (tests/test_graph.py checks that none is missing).
+
+`Graph.check()` is the written statement of what a valid graph is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+
+from potq.errors import UserError
+
+
+class OpType(Enum):
+    INPUT = "input"  # uint8 image -> quantized input: normalization and quantization in one table
+    CONV = "conv"  # any kernel, stride, zero padding, groups (depthwise included)
+    LINEAR = "linear"
+    ADD = "add"  # residual addition: both inputs aligned to the finer scale by left shifts
+    MAXPOOL = "maxpool"  # on codes: input and output share a QType
+    AVGPOOL = "avgpool"  # a sum, then the division by the power-of-two window folded into the shift
+    CONCAT = "concat"  # channels; the inputs share one QType
+    FLATTEN = "flatten"  # (N, C, H, W) -> (N, C*H*W)
+
+
+MAC_OPS = (OpType.CONV, OpType.LINEAR)
+# nodes whose output is a fresh quantization (a rounding shift); the others move codes unchanged
+REQUANT_OPS = (OpType.INPUT, OpType.CONV, OpType.LINEAR, OpType.ADD, OpType.AVGPOOL)
+
+
+@dataclass
+class QType:
+    """How a value is stored: code = clamp(round(x / scale) + zero_point, lo, hi)."""
+
+    zero_point: int
+    lo: int
+    hi: int
+    scale: float  # 2.0**exponent in power-of-two schemes
+    exponent: int | None = None  # None: a float scale (the float-* baselines)
+    bits: int = 8  # 8: an activation code (uint8); 32: an int32 accumulator (the logits)
+
+
+@dataclass
+class Node:
+    name: str  # where it is in the model: a module path such as layer3.1.conv2, or the traced op
+    op: OpType
+    inputs: list[str]  # value names
+    output: str  # value name
+    attrs: dict = field(default_factory=dict)  # kernel, stride, padding, groups, act, mean, std
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # weight, bias, shift, align, lut, w_exp, w_scale
+
+    @property
+    def act(self) -> tuple[float, float] | None:
+        """The fused activation as a float clamp (ReLU: (0, inf), ReLU6: (0, 6)), or None."""
+        a = self.attrs.get("act")
+        return (float(a[0]), float(a[1])) if a is not None else None
+
+    @property
+    def requant(self) -> bool:
+        """False for a MAC node whose int32 accumulator is the graph's output (the logits)."""
+        return self.attrs.get("requant", True)
+
+
+@dataclass
+class Graph:
+    nodes: list[Node]  # in topological order
+    shapes: dict[str, tuple[int, ...]]  # value name -> shape without the batch dimension
+    input: str  # the image value: uint8 (C, H, W)
+    output: str
+    q: dict[str, QType] = field(default_factory=dict)  # empty in a float graph
+    rounding: str | None = None  # the rounding rule of every shift (None in a float graph)
+    scheme: str | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.q)
+
+    def producer(self, value: str) -> Node:
+        return next(n for n in self.nodes if n.output == value)
+
+    def consumers(self, value: str) -> list[Node]:
+        return [n for n in self.nodes if value in n.inputs]
+
+    def mac_nodes(self) -> list[Node]:
+        return [n for n in self.nodes if n.op in MAC_OPS]
+
+    def check(self) -> None:
+        """Raise ValueError naming the node unless the graph is valid:
+        - topological: every input is the image or an earlier node's output; every value made once;
+        - arity and shapes: each node's output shape is what its op makes of its inputs' shapes;
+        - a quantized graph: every value has a QType; MAC weights are int8 in [-127, 127], biases int32;
+          power-of-two requantizing nodes carry their shifts; MAXPOOL/FLATTEN keep their input's QType
+          and CONCAT's inputs share the output's; only the output of the last MAC node is int32."""
+        made = {self.input}
+        for n in self.nodes:
+            where = f"node {n.name} ({n.op.value})"
+            for v in n.inputs:
+                if v not in made:
+                    raise ValueError(f"{where}: input {v} is not made before it")
+            if n.output in made:
+                raise ValueError(f"{where}: value {n.output} is made twice")
+            made.add(n.output)
+            arity = {OpType.ADD: 2}.get(n.op, 1)
+            if (n.op is OpType.CONCAT and len(n.inputs) < 2) or (n.op is not OpType.CONCAT and len(n.inputs) != arity):
+                raise ValueError(f"{where}: {len(n.inputs)} inputs")
+            expect = out_shape(n, [self.shapes[v] for v in n.inputs])
+            if tuple(self.shapes[n.output]) != expect:
+                raise ValueError(f"{where}: output shape {self.shapes[n.output]}, its op makes {expect}")
+        if self.output not in made:
+            raise ValueError(f"the output {self.output} is never made")
+        if self.quantized:
+            self._check_quantized()
+
+    def _check_quantized(self) -> None:
+        for n in self.nodes:
+            where = f"node {n.name} ({n.op.value})"
+            q_out = self.q[n.output]
+            if n.op in MAC_OPS:
+                w, b = n.tensors["weight"], n.tensors["bias"]
+                if w.dtype != torch.int8 or int(w.min()) < -127 or b.dtype != torch.int32:
+                    raise ValueError(f"{where}: weights must be int8 in [-127, 127] and biases int32")
+            if (q_out.bits == 32) != (n.op in MAC_OPS and not n.requant):
+                raise ValueError(f"{where}: only a MAC node's unrequantized output is int32")
+            if n.op in REQUANT_OPS and n.requant and q_out.exponent is not None and n.op is not OpType.INPUT:
+                if "shift" not in n.tensors:
+                    raise ValueError(f"{where}: no shift")
+            if n.op in (OpType.MAXPOOL, OpType.FLATTEN, OpType.CONCAT):
+                for v in n.inputs:
+                    q_in = self.q[v]
+                    if (q_in.zero_point, q_in.scale) != (q_out.zero_point, q_out.scale):
+                        raise ValueError(f"{where}: input {v} and output must share one scale and zero point")
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def out_shape(n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """The output shape (without batch) that node n makes of its inputs' shapes."""
+    a = n.attrs
+    if n.op is OpType.INPUT:
+        return tuple(ins[0])
+    if n.op in (OpType.CONV, OpType.MAXPOOL, OpType.AVGPOOL):
+        c, h, w = ins[0]
+        (kh, kw), (sh, sw), (ph, pw) = _pair(a["kernel"]), _pair(a["stride"]), _pair(a["padding"])
+        if n.op is OpType.CONV:
+            c = n.tensors["weight"].shape[0]
+        return (c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+    if n.op is OpType.LINEAR:
+        return (n.tensors["weight"].shape[0],)
+    if n.op is OpType.ADD:
+        if tuple(ins[0]) != tuple(ins[1]):
+            raise ValueError(f"node {n.name} (add): input shapes {ins[0]} and {ins[1]} differ")
+        return tuple(ins[0])
+    if n.op is OpType.CONCAT:
+        if any(tuple(s[1:]) != tuple(ins[0][1:]) for s in ins):
+            raise ValueError(f"node {n.name} (concat): inputs {ins} differ beyond the channels")
+        return (sum(s[0] for s in ins), *ins[0][1:])
+    if n.op is OpType.FLATTEN:
+        return (math.prod(ins[0]),)
+    raise ValueError(f"node {n.name}: unknown op {n.op}")
+
+
+def window(n: Node) -> int:
+    """Values summed by one output of an AVGPOOL node."""
+    kh, kw = _pair(n.attrs["kernel"])
+    return kh * kw
+
+
+def pool_shift_bits(n: Node) -> int:
+    """log2 of an AVGPOOL window: its division is a shift only when the window is a power of two."""
+    k = window(n)
+    if k & (k - 1):
+        raise UserError(
+            f"{n.name}: average pooling over {k} values; potq divides by shifts only, so the window must "
+            "hold a power-of-two count of values (2x2, 4x4, 8x8, 2x4, ...)"
+        )
+    return k.bit_length() - 1
