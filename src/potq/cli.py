@@ -55,7 +55,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 def cmd_quantize(a: argparse.Namespace) -> None:
     from potq.quant.pipeline import quantize_run
-    from potq.quant.qnet import QuantSettings
+    from potq.quant.scheme import QuantSettings
 
     settings = QuantSettings(a.scheme, a.exponent, a.rounding, a.max_shift)
     r = quantize_run(a.run, settings, a.calib, a.qat, a.qat_lr, a.data, a.cache)
@@ -94,7 +94,7 @@ def cmd_export(a: argparse.Namespace) -> None:
     from potq.export import export_run
 
     r = export_run(a.run, a.scheme, a.out, a.vectors, a.data, a.cache)
-    print(f"exported {r['layers']} layers, {r['tensors']} tensors and {r['vectors']} test vectors -> {r['out']}")
+    print(f"exported {r['nodes']} nodes, {r['tensors']} tensors and {r['vectors']} test vectors -> {r['out']}")
 
 
 def cmd_energy(a: argparse.Namespace) -> None:
@@ -154,7 +154,7 @@ def _quantized_model_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from potq.models import ZOO
-    from potq.quant.qnet import SCHEMES
+    from potq.quant.scheme import SCHEMES
     from potq.train import RECIPES
 
     p = _Parser(prog="potq", description="Compact CNNs from design to integer hardware.")

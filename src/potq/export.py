@@ -1,13 +1,15 @@
-"""Hardware export: the integer model as JSON + npz, a C header, $readmemh hex files and test vectors.
+"""Hardware export: the integer graph as model.json + weights.npz, a C header, $readmemh hex files and
+test vectors keyed by value name.
 
-Everything another program needs to rebuild the golden model without potq: per layer the int8
-weights, int32 bias, per-channel right shifts, zero points and clamp bounds, plus the input lookup
-table that turns uint8 pixels into quantized inputs. Hex files hold one value per line in two's
-complement (2 digits for 8-bit, 8 for 32-bit tensors).
+model.json is the graph's own format (potq.ir.io; every field in docs/graph-format.md) with each tensor
+named by its files, and the integer rule of every op written out, so that another program rebuilds
+the golden model without potq (tests/test_export.py does, with numpy alone, for every op). Hex files
+hold one value per line in two's complement (2 digits for 8-bit, 8 for 32-bit tensors).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,11 +19,41 @@ import torch
 
 from potq.data import load_dataset
 from potq.errors import UserError
-from potq.files import save_json
+from potq.files import check_output_dir, replace_dir, save_json
 from potq.golden import IntegerModel
+from potq.ir import io
+from potq.ir.graph import Graph, OpType
+from potq.quant.arith import Rounding
 from potq.quant.pipeline import load_quantized
 
-FORMAT = "potq-int8/1"
+EXPORT_KIND = "potq-export/2"
+
+# The exporter's kernel per op: its integer rule, written into model.json for the implementer.
+OP_RULES: dict[OpType, str] = {
+    OpType.INPUT: "y[c,h,w] = lut[c][image[c,h,w]] (normalization and input quantization in one table)",
+    OpType.CONV: (
+        "acc[o] = bias[o] + sum over the group's input channels i and the kernel of (x[i] - zp_in) * weight[o,i]; "
+        "padding adds zeros to x - zp_in (it pads with zp_in in code space); y = clamp(round_shift(acc, shift[o]) "
+        "+ zp_out, lo, hi), or y = acc when requant is false (the int32 logits)"
+    ),
+    OpType.LINEAR: "acc[o] = bias[o] + sum_i (x[i] - zp_in) * weight[o,i]; then as conv",
+    OpType.ADD: (
+        "acc = ((a - zp_a) << align[0]) + ((b - zp_b) << align[1]); y = clamp(round_shift(acc, shift[0]) + zp_out, "
+        "lo, hi)"
+    ),
+    OpType.MAXPOOL: "y = max over the window of x (codes; padding never wins); y shares x's scale and zero point",
+    OpType.AVGPOOL: (
+        "acc = sum over the window of (x - zp_in) (padding adds zeros); y = clamp(round_shift(acc, shift[0]) + "
+        "zp_out, lo, hi): the division by the window's 2^n values is part of the shift"
+    ),
+    OpType.CONCAT: "y = the inputs' codes stacked along channels; all share one scale and zero point",
+    OpType.FLATTEN: "y = x reshaped (C, H, W) -> (C*H*W), in C, H, W order",
+}
+ROUND_SHIFT = (
+    "round_shift(acc, s) for s > 0: half-up (acc + 2^(s-1)) >> s; half-even: to nearest, ties to even; floor: "
+    "acc >> s (arithmetic). For s <= 0: acc << -s. Every accumulator fits int32 (worst cases under "
+    "'worst_case_accumulator')."
+)
 
 
 def hex_lines(values: np.ndarray, bits: int) -> str:
@@ -41,87 +73,65 @@ def _bits(array: np.ndarray) -> int:
     return 8 if array.dtype in (np.int8, np.uint8) else 32
 
 
+def _as_array(t: torch.Tensor) -> np.ndarray:
+    """int8 and uint8 stay; every other integer tensor is exported as int32."""
+    a = t.numpy()
+    return a if a.dtype in (np.int8, np.uint8) else a.astype(np.int32)
+
+
+def c_name(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_]", "_", name)
+
+
 def _c_array(name: str, array: np.ndarray) -> str:
     ctype = {np.dtype(np.int8): "int8_t", np.dtype(np.uint8): "uint8_t"}.get(array.dtype, "int32_t")
     flat = ", ".join(str(int(v)) for v in array.reshape(-1))
     dims = "x".join(str(d) for d in array.shape)
-    return f"/* {dims} */\nstatic const {ctype} {name}[{array.size}] = {{{flat}}};\n"
+    return f"/* {dims} */\nstatic const {ctype} potq_{c_name(name)}[{array.size}] = {{{flat}}};\n"
 
 
-def build_export(golden: IntegerModel, in_shape: list[int], classes: list[str], vectors: np.ndarray) -> dict:
-    """Tensors and the model description; `vectors` are uint8 test images."""
-    tensors: dict[str, np.ndarray] = {"input_lut": golden.lut.numpy().astype(np.uint8)}
-    record: list[torch.Tensor] = []
-    golden.run(torch.from_numpy(vectors[:1]), record)
-    shapes = [list(t.shape[1:]) for t in record]
-    layers = []
-    for i, op in enumerate(golden.ops):
-        entry = {"index": i, "type": op.type, "input_shape": shapes[i], "output_shape": shapes[i + 1]}
-        if op.type == "maxpool":
-            entry["kernel"] = op.kernel
-        elif op.type in ("conv", "linear"):
-            key = f"L{i}"
-            tensors[f"{key}_weight"] = op.weight.numpy().astype(np.int8)
-            tensors[f"{key}_bias"] = op.bias.numpy().astype(np.int32)
-            entry.update(
-                name=op.name,
-                weight=f"{key}_weight",
-                bias=f"{key}_bias",
-                weight_shape=list(op.weight.shape),
-                input_zero_point=op.in_zp,
-                stride=op.stride,
-                padding=op.padding,
-                last=op.last,
-                worst_case_accumulator=op.acc_bound,
-            )
-            if not op.last:
-                tensors[f"{key}_shift"] = op.shift.numpy().astype(np.int32)
-                entry.update(shift=f"{key}_shift", output_zero_point=op.out_zp, clamp=[op.lo, op.hi])
-        layers.append(entry)
-    model = {
-        "format": FORMAT,
-        "rounding": golden.rounding,
-        "input_shape": in_shape,
-        "classes": classes,
-        "input": {
-            "lut": "input_lut",
-            "lut_shape": list(tensors["input_lut"].shape),
-            "note": "quantized input = input_lut[channel][pixel]",
+def build_model_json(graph: Graph, golden: IntegerModel, in_shape, classes) -> tuple[dict, dict[str, np.ndarray]]:
+    desc, tensors = io.to_dict(graph)
+    arrays = {name: _as_array(t) for name, t in tensors.items()}
+    bounds = golden.bounds
+    for node in desc["nodes"]:
+        node["rule"] = OP_RULES[OpType(node["op"])]
+        if node["name"] in bounds:
+            node["worst_case_accumulator"] = bounds[node["name"]]
+    desc.update(
+        input_shape=list(in_shape),
+        classes=list(classes),
+        round_shift=ROUND_SHIFT,
+        rounding_codes={r.label: int(r) for r in Rounding},
+        tensor_files={
+            k: {"dtype": str(v.dtype), "shape": list(v.shape), "npz": "weights.npz", "hex": f"hex/{k}.hex"}
+            for k, v in arrays.items()
         },
-        "layers": layers,
-        "arithmetic": (
-            "acc = bias + sum((x - input_zero_point) * weight); y = clamp(round_shift(acc, shift) + "
-            "output_zero_point, clamp); round_shift is the rounding rule: half-up (acc + 2^(s-1)) >> s, "
-            "half-even, or floor (acc >> s); a negative shift is a left shift. The last layer outputs acc."
-        ),
-        "tensors": {
-            k: {"dtype": str(v.dtype), "shape": list(v.shape), "hex": f"hex/{k}.hex"} for k, v in tensors.items()
-        },
-    }
-    return {"model": model, "tensors": tensors, "shapes": shapes}
+    )
+    return desc, arrays
 
 
-def c_header(model: dict, tensors: dict[str, np.ndarray]) -> str:
+def c_header(desc: dict, arrays: dict[str, np.ndarray]) -> str:
     out = [
-        "/* potq integer model: generated by `potq export`. */",
+        "/* potq integer model: generated by `potq export`; the graph is in model.json. */",
         "#ifndef POTQ_MODEL_H",
         "#define POTQ_MODEL_H",
         "#include <stdint.h>",
         "",
-        f'#define POTQ_ROUNDING "{model["rounding"]}"',
-        f"#define POTQ_NUM_LAYERS {len(model['layers'])}",
+        f"#define POTQ_ROUNDING {desc['rounding_code']} /* {desc['rounding']}: "
+        + ", ".join(f"{k} = {v}" for k, v in desc["rounding_codes"].items())
+        + " */",
+        f"#define POTQ_NUM_NODES {len(desc['nodes'])}",
         "",
     ]
-    for layer in model["layers"]:
-        if layer["type"] in ("conv", "linear"):
-            key = layer["weight"].removesuffix("_weight").upper()
-            out.append(f"#define POTQ_{key}_IN_ZP {layer['input_zero_point']}")
-            if "shift" in layer:
-                out.append(f"#define POTQ_{key}_OUT_ZP {layer['output_zero_point']}")
-                out.append(f"#define POTQ_{key}_CLAMP_LO {layer['clamp'][0]}")
-                out.append(f"#define POTQ_{key}_CLAMP_HI {layer['clamp'][1]}")
+    for v, d in desc["values"].items():
+        if "q" in d:
+            key = c_name(v).upper()
+            q = d["q"]
+            out += [f"#define POTQ_{key}_ZP {q['zero_point']}", f"#define POTQ_{key}_LO {q['lo']}",
+                    f"#define POTQ_{key}_HI {q['hi']}"]
     out.append("")
-    out += [_c_array(f"potq_{name}", array) for name, array in tensors.items()]
+    out += [_c_array(name, array) for name, array in arrays.items()]
     out += ["#endif"]
     return "\n".join(out) + "\n"
 
@@ -130,45 +140,43 @@ def export_run(run: Path, name: str, out: Path, vectors: int = 10, data: str | N
     """Write the export folder; built in a temporary folder, then moved into place whole."""
     if vectors < 1:
         raise UserError(f"--vectors must be at least 1, got {vectors}")
-    state, cfg = load_quantized(run, name)
-    golden = IntegerModel.from_state(state, cfg.mean, cfg.std)
+    out, run = Path(out), Path(run)
+    check_output_dir(out, EXPORT_KIND, protect=(run,))
+    graph, cfg = load_quantized(run, name)
+    golden = IntegerModel(graph)
     ds = load_dataset(data or cfg.data, cache)
     if vectors > len(ds.test_x):
         raise UserError(f"--vectors {vectors} is more than the {len(ds.test_x)} test images")
     images = np.array(ds.test_x[:vectors])
-    built = build_export(golden, cfg.in_shape, cfg.classes, images)
-    model, tensors = built["model"], built["tensors"]
-    out = Path(out)
+    desc, arrays = build_model_json(graph, golden, cfg.in_shape, cfg.classes)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / "hex").mkdir()
         (tmp / "vectors").mkdir()
-        for k, v in tensors.items():
+        for k, v in arrays.items():
             (tmp / "hex" / f"{k}.hex").write_text(hex_lines(v, _bits(v)))
-        np.savez(tmp / "weights.npz", **tensors)
-        (tmp / "model.h").write_text(c_header(model, tensors))
-        record: list[torch.Tensor] = []
+        np.savez(tmp / "weights.npz", **arrays)
+        (tmp / "model.h").write_text(c_header(desc, arrays))
+        record: dict[str, torch.Tensor] = {}
         logits = golden.run(torch.from_numpy(images), record)
-        vec = {"input": images, "labels": np.array(ds.test_y[:vectors]), "logits": logits.numpy().astype(np.int32)}
-        vec.update({f"out{i}": t.numpy().astype(np.int32) for i, t in enumerate(record)})
+        vec = {graph.input: images, "labels": np.array(ds.test_y[:vectors]), "logits": logits.numpy().astype(np.int32)}
+        vec.update({v: t.numpy().astype(np.int32) for v, t in record.items()})
         np.savez(tmp / "vectors.npz", **vec)
         for k in range(vectors):
-            (tmp / "vectors" / f"img{k}_input.hex").write_text(hex_lines(images[k], 8))
-            for i, t in enumerate(record):
-                bits = 32 if i == len(record) - 1 else 8
-                (tmp / "vectors" / f"img{k}_out{i}.hex").write_text(hex_lines(t[k].numpy(), bits))
-        model["vectors"] = {
+            (tmp / "vectors" / f"img{k}_{graph.input}.hex").write_text(hex_lines(images[k], 8))
+            for v, t in record.items():
+                bits = graph.q[v].bits
+                (tmp / "vectors" / f"img{k}_{v}.hex").write_text(hex_lines(t[k].numpy(), bits))
+        desc["vectors"] = {
             "count": vectors,
             "npz": "vectors.npz",
-            "note": "out0 is the quantized input, outN the output of layer N-1; the last is the int32 logits",
-            "hex": "vectors/img{k}_input.hex (uint8 pixels, C,H,W order), vectors/img{k}_out{i}.hex",
+            "note": f"keys: {graph.input} (the uint8 images), labels, logits, and every value of the graph by name",
+            "hex": f"vectors/img{{k}}_{graph.input}.hex (uint8 pixels, C,H,W order), vectors/img{{k}}_{{value}}.hex",
         }
-        save_json(model, tmp / "model.json")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        save_json(desc, tmp / "model.json")
+        replace_dir(tmp, out, EXPORT_KIND, protect=(run,))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"out": str(out), "tensors": len(tensors), "vectors": vectors, "layers": len(model["layers"])}
+    return {"out": str(out), "tensors": len(arrays), "vectors": vectors, "nodes": len(graph.nodes)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -46,3 +47,54 @@ def save_text(text: str, path: Path) -> None:
 
 def save_json(obj: Any, path: Path) -> None:
     save_text(json.dumps(obj, indent=2) + "\n", path)
+
+
+# ---- folders that potq writes whole (export): replaced only when potq wrote them ------------------
+
+MANIFEST = ".potq-manifest.json"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_output_dir(out: Path, kind: str, protect: tuple[Path, ...] = ()) -> None:
+    """Refuse, before any work, an --out that potq may not replace: a file, the current folder or a
+    folder holding it or one of `protect` (the run being exported), or a non-empty folder with
+    anything potq did not write there (it lists what it wrote in its manifest)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder")
+    for p in (Path.cwd(), *protect):
+        if _inside(p, out):
+            raise UserError(f"--out {out}: holds {p}; potq replaces the --out folder whole, choose another path")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+        written = set(manifest["files"]) if manifest.get("tool") == "potq" and manifest.get("kind") == kind else None
+    except (OSError, ValueError, KeyError, TypeError):
+        written = None
+    if written is None:
+        raise UserError(f"--out {out}: a non-empty folder that potq did not write; choose another path or empty it")
+    for p in sorted(out.rglob("*")):
+        rel = p.relative_to(out).as_posix()
+        if p.is_file() and rel != MANIFEST and rel not in written or p.is_symlink():
+            raise UserError(f"--out {out}: holds {rel}, which potq did not write; move it or choose another path")
+
+
+def replace_dir(tmp: Path, out: Path, kind: str, protect: tuple[Path, ...] = ()) -> None:
+    """Move the finished folder `tmp` to `out`, after writing its manifest; an old `out` goes only
+    if check_output_dir allows it (checked again: the folder may have changed meanwhile)."""
+    files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+    (tmp / MANIFEST).write_text(json.dumps({"tool": "potq", "kind": kind, "files": files}, indent=1) + "\n")
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual permissions
+    check_output_dir(out, kind, protect)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old.{os.getpid()}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old)

@@ -78,7 +78,7 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
 
     def quantize():
         from potq.quant.pipeline import compare, quantize_run
-        from potq.quant.qnet import QuantSettings
+        from potq.quant.scheme import QuantSettings
 
         for scheme in o.schemes:
             if not (out / f"quant_{scheme}.json").exists():
@@ -122,7 +122,7 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
         from potq.export import export_run
 
         r = export_run(out, o.headline, out / "export", o.vectors, None, o.cache)
-        print(f"exported {r['layers']} layers and {r['vectors']} test vectors -> {r['out']}")
+        print(f"exported {r['nodes']} nodes and {r['vectors']} test vectors -> {r['out']}")
 
     def report():
         from potq.report import write_report
@@ -150,7 +150,7 @@ def _pot_labels(o: RunOptions) -> list[str]:
 
 
 def check_options(o: RunOptions) -> None:
-    from potq.quant.qnet import SCHEMES
+    from potq.quant.scheme import SCHEMES
     from potq.train import TrainConfig, check_config
 
     check_config(

@@ -1,8 +1,9 @@
-"""Power-of-two INT8 quantization: the scale rule, the simulated model, PTQ, QAT, the QConfig observer."""
+"""Power-of-two INT8 quantization: schemes and scale rules, calibration and lowering to the integer
+graph, the simulated model, PTQ, QAT, and the QConfig observer."""
 
-from potq.quant.qnet import SCHEMES, QuantNet, QuantSettings, build_quantnet, calibrate
+from potq.quant.scheme import SCHEMES, QuantSettings
 
-__all__ = ["SCHEMES", "PowerOfTwoObserver", "QuantNet", "QuantSettings", "build_quantnet", "calibrate"]
+__all__ = ["SCHEMES", "PowerOfTwoObserver", "QuantSettings"]
 
 
 def __getattr__(name: str):

@@ -15,64 +15,82 @@ e_out - e_in - e_w, rounded by one of three rules:
 from __future__ import annotations
 
 import math
+from enum import IntEnum
 
 import numpy as np
 import torch
 
-ROUNDING = ("half-up", "half-even", "floor")
-EXPONENT_RULES = ("ceil", "round", "mse")
+
+class Rounding(IntEnum):
+    """The rounding rule of every shift; its number is what the C header and model.json carry."""
+
+    HALF_UP = 0
+    HALF_EVEN = 1
+    FLOOR = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def of(cls, rule: Rounding | str) -> Rounding:
+        if isinstance(rule, Rounding):
+            return rule
+        for r in cls:
+            if r.label == rule:
+                return r
+        raise ValueError(f"unknown rounding rule {rule!r}")
+
+
+ROUNDING = tuple(r.label for r in Rounding)
+EXPONENT_ROUND_MODES = ("ceil", "round")  # closed-form rules; mse searches
+EXPONENT_RULES = (*EXPONENT_ROUND_MODES, "mse")
+# every shift amount at or beyond this rounds an int32 accumulator exactly as this one does
+SHIFT_CAP = 62
 INT32_MAX = 2**31 - 1
 # exponents stay where float32 holds 2**e exactly; a tensor below 2**-100 is as good as zero
 E_MIN, E_MAX = -100, 100
 
 
-def check_rounding(rule: str) -> None:
-    from potq.errors import UserError
-
-    if rule not in ROUNDING:
-        raise UserError(f"unknown rounding {rule!r}; choose from {', '.join(ROUNDING)}")
-
-
-def _round_values(x: torch.Tensor, rule: str) -> torch.Tensor:
-    if rule == "half-up":
+def round_values(x: torch.Tensor, rule: Rounding | str) -> torch.Tensor:
+    rule = Rounding.of(rule)
+    if rule is Rounding.HALF_UP:
         return torch.floor(x + 0.5)
-    if rule == "half-even":
+    if rule is Rounding.HALF_EVEN:
         return torch.round(x)
-    if rule == "floor":
-        return torch.floor(x)
-    raise ValueError(f"unknown rounding rule {rule!r}")
+    return torch.floor(x)
 
 
-def round_float(x: torch.Tensor, rule: str) -> torch.Tensor:
+def round_float(x: torch.Tensor, rule: Rounding | str) -> torch.Tensor:
     """Round by `rule`; the gradient passes straight through (STE)."""
-    r = _round_values(x.detach(), rule)
+    r = round_values(x.detach(), rule)
     return x + (r - x).detach() if x.requires_grad else r
 
 
-def shift_round(acc: torch.Tensor, shift: torch.Tensor | int, rule: str) -> torch.Tensor:
-    """Integer acc * 2**-shift, rounded by `rule`; a negative shift is an exact left shift.
-
-    acc is an integer tensor; shift an int or an integer tensor broadcastable to acc.
-    """
-    shift = torch.as_tensor(shift, dtype=acc.dtype, device=acc.device)
+def shift_round(acc: torch.Tensor, shift: torch.Tensor | int, rule: Rounding | str) -> torch.Tensor:
+    """Integer acc * 2**-shift, rounded by `rule`, exactly for every shift amount; a negative shift is
+    an exact left shift (the caller's bound analysis proves it fits). Computed in int64: an int32
+    accumulator shifted by SHIFT_CAP or more rounds to the same result as by any larger amount."""
+    rule = Rounding.of(rule)
+    acc = acc.to(torch.int64)
+    shift = torch.as_tensor(shift, dtype=torch.int64, device=acc.device)
     if bool((shift < 0).any()):
         acc = acc << (-shift).clamp(min=0)
-        shift = shift.clamp(min=0)
-    if rule == "floor":
+    shift = shift.clamp(0, SHIFT_CAP)
+    if rule is Rounding.FLOOR:
         return acc >> shift
     half = (torch.ones_like(shift) << shift) >> 1  # 2**(s-1), and 0 for s = 0
-    if rule == "half-up":
+    if rule is Rounding.HALF_UP:
         return (acc + half) >> shift
-    if rule == "half-even":
-        q = acc >> shift
-        rem = acc - (q << shift)
-        up = (rem > half) | ((rem == half) & (half > 0) & (q & 1 == 1))
-        return q + up.to(acc.dtype)
-    raise ValueError(f"unknown rounding rule {rule!r}")
+    q = acc >> shift
+    rem = acc - (q << shift)
+    up = (rem > half) | ((rem == half) & (half > 0) & (q & 1 == 1))
+    return q + up.to(torch.int64)
 
 
-def saturate(q: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    return q.clamp(lo, hi)
+def quantize(x: torch.Tensor, scale, zp: int, lo: int, hi: int, rule: Rounding | str) -> torch.Tensor:
+    """The codes clamp(round(x / scale) + zp, lo, hi), as floats (straight-through gradient)."""
+    return torch.clamp(round_float(x / scale, rule) + zp, lo, hi)
 
 
 # ---- choosing power-of-two exponents ------------------------------------------------------------
@@ -136,7 +154,7 @@ def finite_max(x: torch.Tensor, what: str) -> float:
 def quant_error(x: torch.Tensor, e: int, lo: int, hi: int, zp: int, rule: str) -> float:
     """Mean squared error of quantizing x with scale 2**e."""
     s = 2.0**e
-    q = (_round_values(x / s, rule) + zp).clamp(lo, hi)
+    q = (round_values(x / s, rule) + zp).clamp(lo, hi)
     return float(((q - zp) * s - x).pow(2).mean())
 
 

@@ -17,7 +17,7 @@ import torch
 from torch.ao.quantization.observer import MinMaxObserver
 
 from potq.quant.arith import choose_exponent, seed_exponent
-from potq.quant.qnet import _Stats
+from potq.quant.lower import Stats
 
 
 class PowerOfTwoObserver(MinMaxObserver):
@@ -34,7 +34,7 @@ class PowerOfTwoObserver(MinMaxObserver):
             kwargs.setdefault("quant_max", 127)
         super().__init__(dtype=dtype, qscheme=qscheme, **kwargs)
         self.rule, self.rounding = rule, rounding
-        self._stats = _Stats()
+        self._stats = Stats()
         self._g = torch.Generator().manual_seed(0)
 
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:

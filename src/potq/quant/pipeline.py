@@ -1,4 +1,5 @@
-"""`potq quantize` and `potq compare`: calibrate (PTQ), optionally fine-tune (QAT), evaluate, record."""
+"""`potq quantize` and `potq compare`: capture, calibrate (PTQ), optionally fine-tune (QAT), lower,
+evaluate, record. The quantized model file is the integer graph (potq.ir.io)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ from torch import nn
 from potq.data import load_dataset, normalize
 from potq.errors import UserError
 from potq.files import save_json, save_text, save_torch
+from potq.ir import io
+from potq.ir.capture import capture
+from potq.ir.graph import Graph, OpType
 from potq.plots import plot_bars
-from potq.quant.arith import exponent
-from potq.quant.qnet import SCHEMES, QuantNet, QuantSettings, build_quantnet, calibrate, export_state, import_state
+from potq.quant.lower import calibrate, lower, min_weight_exponents, weight_scales_of
+from potq.quant.scheme import SCHEMES, QuantSettings
+from potq.quant.simulate import SimNet, simulated
 from potq.train import (
     Recipe,
     TrainConfig,
@@ -35,50 +40,63 @@ def label(settings: QuantSettings, qat_epochs: int) -> str:
     return settings.scheme + ("-qat" if qat_epochs else "")
 
 
-def qat(net: QuantNet, arrays: dict, cfg: TrainConfig, epochs: int, lr: float | None = None) -> None:
+def qat(fgraph: Graph, qgraph: Graph, settings: QuantSettings, arrays: dict, cfg: TrainConfig, epochs: int,
+        lr: float | None = None) -> Graph:
     """Fine-tune with fake quantization: straight-through rounding, weight scales tracked each step,
-    activation scales fixed from calibration. BatchNorm is already folded, so nothing to freeze."""
+    activation scales fixed from calibration, BatchNorm already folded. Returns the graph lowered again."""
     d = setup_dist()
     recipe = Recipe(**{**asdict(QAT_RECIPE), "epochs": epochs, "lr": lr or QAT_RECIPE.lr})
     x, y = torch.from_numpy(arrays["train_x"]).to(d.device), torch.from_numpy(arrays["train_y"]).to(d.device)
-    net.to(d.device)
+    net = SimNet(fgraph, settings, qgraph.q, weight_scales_of(qgraph)).to(d.device)
+    net.track_weights, net.min_exponent = True, min_weight_exponents(qgraph, settings)
     opt, sched = make_optimizer(net.parameters(), recipe)
-    for layer in net.layers:
-        layer.track_weights = net.settings
     qcfg = TrainConfig(**{**asdict(cfg), "seed": cfg.seed + 7919})  # fresh shuffles, same data
     for epoch in range(1, epochs + 1):
         loss, acc = train_epoch(net, opt, nn.CrossEntropyLoss(), x, y, qcfg, recipe, epoch, d)
         sched.step()
         print(f"qat epoch {epoch}/{epochs}  train loss {loss:.4f} acc {acc:.4f}")
-    with torch.no_grad():
-        net(normalize(x[:2], cfg.mean, cfg.std))  # settle the final weight scales
-    for layer in net.layers:
-        layer.track_weights = None
     net.cpu().eval()
+    activations = {v: q for v, q in qgraph.q.items() if q.bits == 8}
+    return lower(net.float_graph(), activations, settings)
 
 
-def layer_table(net: QuantNet) -> list[dict]:
+def quantize_graph(
+    model: nn.Module, in_shape, mean, std, calib_x: torch.Tensor, settings: QuantSettings
+) -> tuple[Graph, Graph]:
+    """(float graph, integer graph) of a model, calibrated on normalized images calib_x."""
+    fgraph = capture(model, tuple(in_shape), mean, std)
+    return fgraph, lower(fgraph, calibrate(fgraph, calib_x, settings), settings)
+
+
+def _range(values: list[int]) -> str | int | None:
+    if not values:
+        return None
+    return values[0] if min(values) == max(values) else f"{min(values)}..{max(values)}"
+
+
+def layer_table(graph: Graph) -> list[dict]:
+    """One row per node: its exponents, zero points, shifts and output clamp."""
     rows = []
-    for layer in net.layers:
-        w_exps = [exponent(float(s)) for s in layer.w_scale]
-        in_e, out_e = exponent(float(layer.in_scale)), exponent(float(layer.out_scale))
-        pot = None not in w_exps and in_e is not None and out_e is not None
-        shifts = [out_e - in_e - we for we in w_exps] if pot and not layer.last else None
+    for n in graph.nodes:
+        q_out = graph.q[n.output]
+        q_in = graph.q.get(n.inputs[0])
+        w_exp = n.tensors.get("w_exp")
+        shift = n.tensors.get("shift")
         rows.append(
             {
-                "name": layer.name,
-                "type": layer.kind,
-                "relu": layer.relu,
-                "weight_scale": [float(s) for s in layer.w_scale] if not pot else None,
-                "weight_exponent": w_exps if pot else None,
-                "input_exponent": in_e,
-                "input_zero_point": layer.in_zp,
-                "output_exponent": None if layer.last else out_e,
-                "output_zero_point": None if layer.last else layer.out_zp,
-                "shift": shifts,
-                "shift_min": min(shifts) if shifts else None,
-                "shift_max": max(shifts) if shifts else None,
-                "output": "int32 logits" if layer.last else f"uint8, clamp [{layer.out_lo}, {layer.out_hi}]",
+                "name": n.name,
+                "type": n.op.value,
+                "inputs": list(n.inputs),
+                "relu": n.act is not None,
+                "input_exponent": None if q_in is None else q_in.exponent,
+                "input_zero_point": None if q_in is None else q_in.zero_point,
+                "weight_exponent": None if w_exp is None else [int(e) for e in w_exp],
+                "output_exponent": q_out.exponent,
+                "output_zero_point": q_out.zero_point,
+                "shift": None if shift is None else [int(s) for s in shift],
+                "shift_range": None if shift is None else _range([int(s) for s in shift]),
+                "align": None if "align" not in n.tensors else [int(a) for a in n.tensors["align"]],
+                "output": "int32 logits" if q_out.bits == 32 else f"uint8, clamp [{q_out.lo}, {q_out.hi}]",
             }
         )
     return rows
@@ -88,18 +106,22 @@ def quant_paths(run: Path, name: str) -> tuple[Path, Path]:
     return run / f"quant_{name}.pt", run / f"quant_{name}.json"
 
 
-def load_quantized(run: Path, name: str) -> tuple[dict, TrainConfig]:
-    """The saved integer state (see qnet.export_state) and the training config of a quantized model;
-    `import_state` turns the state into the simulated model, `IntegerModel.from_state` into the golden one."""
+def save_quantized(graph: Graph, cfg: TrainConfig, path: Path) -> None:
+    desc, tensors = io.to_dict(graph)
+    save_torch({"graph": desc, "tensors": tensors, "config": asdict(cfg)}, path)
+
+
+def load_quantized(run: Path, name: str) -> tuple[Graph, TrainConfig]:
+    """The integer graph and the training config of a quantized model of a run."""
     path, _ = quant_paths(Path(run), name)
     if not path.exists():
         raise UserError(f"--run {run}: no quantized model {path.name}; run `potq quantize --scheme {name}` first")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        import_state(saved["state"])  # a file that does not rebuild is not a potq model
-        return saved["state"], TrainConfig(**saved["config"])
+        graph = io.from_dict(saved["graph"], saved["tensors"].__getitem__)
+        return graph, TrainConfig(**saved["config"])
     except Exception as e:
-        raise UserError(f"{path}: not a potq quantized model ({type(e).__name__})") from None
+        raise UserError(f"{path}: not a potq quantized model of this version ({type(e).__name__}: {e})") from None
 
 
 def quantize_run(
@@ -124,17 +146,17 @@ def quantize_run(
     arrays = prepare_data(cfg, load_dataset(data or cfg.data, cache))
     if calib > len(arrays["train_x"]):
         raise UserError(f"--calib {calib} is more than the {len(arrays['train_x'])} training images of this run")
-    net = build_quantnet(model, settings)
     calib_x = normalize(torch.from_numpy(arrays["train_x"][:calib]), cfg.mean, cfg.std)
-    calibrate(net, calib_x)
+    fgraph, graph = quantize_graph(model, cfg.in_shape, cfg.mean, cfg.std, calib_x, settings)
     if qat_epochs:
-        qat(net, arrays, cfg, qat_epochs, qat_lr)
+        graph = qat(fgraph, graph, settings, arrays, cfg, qat_epochs, qat_lr)
     test_x, test_y = torch.from_numpy(arrays["test_x"]), torch.from_numpy(arrays["test_y"])
     fp_loss, fp_acc = evaluate(model, test_x, test_y, cfg.mean, cfg.std)
-    q_loss, q_acc = evaluate(net, test_x, test_y, cfg.mean, cfg.std)
+    q_loss, q_acc = evaluate(simulated(graph), test_x, test_y, cfg.mean, cfg.std)
     name = label(settings, qat_epochs)
     model_path, json_path = quant_paths(run, name)
-    save_torch({"config": asdict(cfg), "state": export_state(net)}, model_path)
+    save_quantized(graph, cfg, model_path)
+    q_in = graph.q[graph.nodes[0].output]
     result = {
         "scheme": settings.scheme,
         "label": name,
@@ -150,9 +172,10 @@ def quantize_run(
         "fp32_test_loss": fp_loss,
         "accuracy_drop": 100 * (fp_acc - q_acc),
         "model_size_mb": model_path.stat().st_size / 1e6,
-        "input_exponent": exponent(float(net.in_scale)),
-        "input_zero_point": net.in_zp,
-        "layers": layer_table(net),
+        "input_exponent": q_in.exponent,
+        "input_zero_point": q_in.zero_point,
+        "nodes": len(graph.nodes),
+        "layers": layer_table(graph),
         "seconds": time.perf_counter() - t0,
     }
     save_json(result, json_path)

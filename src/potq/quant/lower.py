@@ -1,0 +1,203 @@
+"""Calibration and lowering: float graph -> integer graph, once.
+
+`calibrate` runs the float graph on calibration images and gives every value a QType by the scheme's
+rules (potq.quant.scheme). Values that must share one scale share it: a max pool or a flatten keeps its
+input's QType, a concatenation's inputs and output take one QType fitted to all of them.
+
+`lower` then computes every integer the hardware needs, each in one place:
+- the input lookup table: normalization and quantization of each pixel value, per channel;
+- int8 weights, int32 biases at scale s_in * s_w, and the shift e_out - e_in - e_w per output channel
+  (`--max-shift` coarsens the weight exponents until it fits);
+- an addition's alignment: e_m = min(e_a, e_b); inputs shifted left by e_a - e_m and e_b - e_m, the sum
+  shifted right by e_out - e_m;
+- average pooling over k = 2^n values: the sum shifted right by e_out - e_in + n;
+then proves every accumulator fits int32 (potq.ir.bounds) and checks the graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from potq.data import normalize
+from potq.errors import UserError
+from potq.ir.bounds import analyse
+from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType, pool_shift_bits
+from potq.quant.arith import INT32_MAX, quantize, round_float
+from potq.quant.scheme import A_MAX, A_MIN, W_MAX, W_MIN, QuantSettings, activation_qtype, weight_scales
+from potq.quant.simulate import SimNet, weight_scale
+
+SHARED_QTYPE_OPS = (OpType.MAXPOOL, OpType.FLATTEN, OpType.CONCAT)
+
+
+class Stats:
+    """Running min, max and a bounded random sample of one value."""
+
+    def __init__(self, keep: int = 1 << 16):
+        self.min, self.max, self.keep, self.parts = float("inf"), float("-inf"), keep, []
+
+    def add(self, x: torch.Tensor, what: str, g: torch.Generator) -> None:
+        if torch.isnan(x).any():
+            raise UserError(f"{what}: NaN in the calibration activations")
+        finite = x[torch.isfinite(x)].flatten()
+        if finite.numel():
+            self.min, self.max = min(self.min, float(finite.min())), max(self.max, float(finite.max()))
+            idx = torch.randint(0, finite.numel(), (min(self.keep, finite.numel()),), generator=g)
+            self.parts.append(finite[idx].double())
+
+    def merge(self, other: Stats) -> None:
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+        self.parts += other.parts
+
+    def sample(self) -> torch.Tensor:
+        return torch.cat(self.parts) if self.parts else torch.zeros(1, dtype=torch.float64)
+
+    @property
+    def max_abs(self) -> float:
+        return max(abs(self.min), abs(self.max)) if self.parts else 0.0
+
+
+def shared_groups(graph: Graph) -> dict[str, str]:
+    """value -> the representative of the values that must share its scale and zero point."""
+    parent = {v: v for v in graph.shapes}
+
+    def find(v: str) -> str:
+        while parent[v] != v:
+            v = parent[v]
+        return v
+
+    for n in graph.nodes:
+        if n.op in SHARED_QTYPE_OPS:
+            for v in n.inputs:
+                parent[find(v)] = find(n.output)
+    return {v: find(v) for v in graph.shapes}
+
+
+def nonnegative(graph: Graph) -> dict[str, bool]:
+    """Values that can't be negative: a ReLU's output, and what pooling, flattening or concatenating
+    only such values makes. The zero-point policy keys on it."""
+    nonneg = {graph.input: False}
+    for n in graph.nodes:
+        if n.op in (OpType.MAXPOOL, OpType.AVGPOOL, OpType.FLATTEN, OpType.CONCAT):
+            nonneg[n.output] = all(nonneg[v] for v in n.inputs)
+        else:
+            nonneg[n.output] = n.act is not None and n.act[0] >= 0
+    return nonneg
+
+
+@torch.no_grad()
+def calibrate(graph: Graph, x: torch.Tensor, settings: QuantSettings, batch: int = 250) -> dict[str, QType]:
+    """QTypes of every value (except the int32 logits: see `lower`) from the float graph's values on
+    x (normalized images)."""
+    settings.check()
+    net = SimNet(graph).eval()
+    g = torch.Generator().manual_seed(0)
+    stats = {n.output: Stats() for n in graph.nodes}
+    for i in range(0, len(x), batch):
+        record: dict[str, torch.Tensor] = {}
+        net(x[i : i + batch], record)
+        for v, t in record.items():
+            stats[v].add(t, f"output of {graph.producer(v).name}", g)
+    group = shared_groups(graph)
+    merged: dict[str, Stats] = {}
+    for v, st in stats.items():
+        merged.setdefault(group[v], Stats()).merge(st)
+    nonneg = nonnegative(graph)
+    signed = {r: not all(nonneg[v] for v in stats if group[v] == r) for r in merged}
+    q: dict[str, QType] = {}
+    for n in graph.nodes:
+        v = n.output
+        if n.op in SHARED_QTYPE_OPS:
+            ins = [q[u] for u in n.inputs]
+            base = activation_qtype(merged[group[v]], signed[group[v]], None, settings)
+            q[v] = QType(base.zero_point, min(i.lo for i in ins), max(i.hi for i in ins), base.scale, base.exponent)
+        else:
+            q[v] = activation_qtype(merged[group[v]], signed[group[v]], n.act, settings)
+    return q
+
+
+def input_lut(mean: list[float], std: list[float], q: QType, rounding: str) -> torch.Tensor:
+    """(C, 256) uint8 codes: the quantized normalized value of every pixel value in every channel;
+    the simulator's input node computes the same numbers (same normalize, same rounding)."""
+    c = len(mean)
+    pixels = torch.arange(256, dtype=torch.uint8).view(1, 1, 256, 1).expand(1, c, 256, 1)
+    codes = quantize(normalize(pixels, mean, std).double(), q.scale, q.zero_point, q.lo, q.hi, rounding)
+    return codes.view(c, 256).to(torch.uint8)
+
+
+def is_logits(graph: Graph, n: Node) -> bool:
+    """A MAC node that makes the graph's output without a clamp emits its int32 accumulators."""
+    return n.op in MAC_OPS and n.output == graph.output and n.act is None
+
+
+def lower(fgraph: Graph, q: dict[str, QType], settings: QuantSettings) -> Graph:
+    """The integer graph of a float graph whose values have QTypes."""
+    settings.check()
+    pot = settings.spec.pot
+    q = dict(q)
+    nodes = []
+    for n in fgraph.nodes:
+        attrs, t = dict(n.attrs), {}
+        q_out = q.get(n.output)
+        if n.op is OpType.INPUT:
+            t["lut"] = input_lut(n.attrs["mean"], n.attrs["std"], q_out, settings.rounding)
+        elif n.op in MAC_OPS:
+            last = is_logits(fgraph, n)
+            attrs["requant"] = not last
+            q_in = q[n.inputs[0]]
+            floor = None
+            if pot and settings.max_shift is not None and not last:
+                floor = torch.full((n.tensors["weight"].shape[0],), q_out.exponent - q_in.exponent - settings.max_shift)
+            ws, we = weight_scales(n.tensors["weight"], settings, not last, f"weights of {n.name}", floor)
+            w, b = n.tensors["weight"].double(), n.tensors["bias"].double()
+            view = ws.view(-1, *([1] * (w.dim() - 1)))
+            t["weight"] = torch.clamp(round_float(w / view, settings.rounding), W_MIN, W_MAX).to(torch.int8)
+            t["bias"] = torch.clamp(
+                round_float(b / (q_in.scale * ws), settings.rounding), -INT32_MAX, INT32_MAX
+            ).to(torch.int32)
+            if we is None:
+                t["w_scale"] = ws
+            else:
+                t["w_exp"] = we
+            if last:
+                e = q_in.exponent + int(we[0]) if we is not None else None
+                q[n.output] = QType(0, -INT32_MAX, INT32_MAX, q_in.scale * float(ws[0]), e, bits=32)
+            elif pot:
+                t["shift"] = q_out.exponent - q_in.exponent - we
+        elif n.op is OpType.ADD and pot:
+            ea, eb = (q[v].exponent for v in n.inputs)
+            em = min(ea, eb)
+            t["align"] = torch.tensor([ea - em, eb - em], dtype=torch.int64)
+            t["shift"] = torch.tensor([q_out.exponent - em], dtype=torch.int64)
+        elif n.op is OpType.AVGPOOL and pot:
+            t["shift"] = torch.tensor([q_out.exponent - q[n.inputs[0]].exponent + pool_shift_bits(n)])
+        if pot and settings.max_shift is not None and "shift" in t and n.op not in MAC_OPS:
+            if int(t["shift"].max()) > settings.max_shift:
+                raise UserError(
+                    f"{n.name}: its {n.op.value} needs a right shift of {int(t['shift'].max())}, more than "
+                    f"--max-shift {settings.max_shift}"
+                )
+        nodes.append(Node(n.name, n.op, list(n.inputs), n.output, attrs, t))
+    graph = Graph(nodes, dict(fgraph.shapes), fgraph.input, fgraph.output, q, settings.rounding, settings.scheme)
+    if pot:
+        analyse(graph)  # refuses what int32 can't hold, naming the node
+    graph.check()
+    return graph
+
+
+def min_weight_exponents(qgraph: Graph, settings: QuantSettings) -> dict[str, torch.Tensor]:
+    """Per MAC node, the finest weight exponent that keeps its shift within --max-shift (for QAT)."""
+    if not settings.spec.pot or settings.max_shift is None:
+        return {}
+    out = {}
+    for n in qgraph.mac_nodes():
+        if n.requant:
+            e_in, e_out = qgraph.q[n.inputs[0]].exponent, qgraph.q[n.output].exponent
+            out[n.name] = torch.full((n.tensors["weight"].shape[0],), e_out - e_in - settings.max_shift)
+    return out
+
+
+def weight_scales_of(qgraph: Graph) -> dict[str, torch.Tensor]:
+    return {n.name: weight_scale(n) for n in qgraph.mac_nodes()}
+
+
+__all__ = ["A_MAX", "A_MIN", "Stats", "calibrate", "input_lut", "lower"]

@@ -1,0 +1,147 @@
+"""Quantization schemes and the rules that pick every scale and zero point, each defined once.
+
+- Weights: int8 in [-127, 127] (never -128, so products are symmetric), zero point 0, a scale per
+  tensor or per output channel; the node that makes the logits always has one weight scale, so the
+  integer argmax compares like with like.
+- Activations: uint8 codes. The zero-point policy (`zero_point`): 0 for a value that a ReLU clamps
+  at 0, 128 for a signed one, 128 everywhere in `pot-seed` (the reference report's rule).
+- Power-of-two exponents: `--exponent ceil` (never clips; the default), `round` or `mse`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from potq.errors import UserError
+from potq.ir.graph import QType
+from potq.quant.arith import (
+    EXPONENT_ROUND_MODES,
+    EXPONENT_RULES,
+    ROUNDING,
+    choose_exponent,
+    finite_max,
+    pot_exponents,
+    round_values,
+    seed_exponent,
+)
+
+W_MIN, W_MAX = -127, 127
+A_MIN, A_MAX = 0, 255
+SIGNED_ZERO_POINT = 128
+
+
+@dataclass(frozen=True)
+class Scheme:
+    pot: bool  # power-of-two scales
+    per_channel: bool  # a weight scale per output channel
+    seed: bool  # the reference lab's rule: zero point 128 everywhere, scale 2**round(log2(2*max/qmax))
+    note: str
+
+
+SCHEMES: dict[str, Scheme] = {
+    "float-tensor": Scheme(False, False, False, "float scales, per tensor (needs a multiplier per output)"),
+    "float-channel": Scheme(False, True, False, "float scales, per output channel"),
+    "pot-seed": Scheme(True, False, True, "the reference report's power-of-two rule, zero point 128"),
+    "pot-tensor": Scheme(True, False, False, "power-of-two, per tensor, zero point 0 after ReLU"),
+    "pot-channel": Scheme(True, True, False, "power-of-two, per output channel, zero point 0 after ReLU"),
+}
+POT_SCHEMES = tuple(name for name, s in SCHEMES.items() if s.pot)
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    scheme: str = "pot-channel"
+    exponent: str = "ceil"  # ceil | round | mse; ceil measured best (benchmarks/RESULTS.md)
+    rounding: str = "half-up"
+    max_shift: int | None = None
+
+    @property
+    def spec(self) -> Scheme:
+        return SCHEMES[self.scheme]
+
+    def check(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise UserError(f"unknown scheme {self.scheme!r}; choose from {', '.join(SCHEMES)}")
+        if self.exponent not in EXPONENT_RULES:
+            raise UserError(f"unknown exponent rule {self.exponent!r}; choose from {', '.join(EXPONENT_RULES)}")
+        if self.rounding not in ROUNDING:
+            raise UserError(f"unknown rounding {self.rounding!r}; choose from {', '.join(ROUNDING)}")
+        if self.max_shift is not None and self.max_shift < 0:
+            raise UserError(f"--max-shift must be >= 0, got {self.max_shift}")
+
+
+def zero_point(settings: QuantSettings, signed: bool) -> int:
+    """The zero-point policy, for every activation: 128 where values can be negative (and everywhere
+    in pot-seed), else 0 (ReLU's output: double the resolution, no zero-point subtraction)."""
+    return SIGNED_ZERO_POINT if settings.spec.seed or signed else 0
+
+
+def activation_scale(stats, zp: int, settings: QuantSettings) -> tuple[float, int | None]:
+    """(scale, exponent or None) of an activation from its calibration statistics."""
+    spec = settings.spec
+    if spec.seed:
+        e = seed_exponent(stats.min, stats.max, A_MAX)
+        return 2.0**e, e
+    if spec.pot:
+        e = choose_exponent(
+            stats.sample(), A_MIN, A_MAX, zp, settings.exponent, settings.rounding, "", max_abs=stats.max_abs
+        )
+        return 2.0**e, e
+    return (stats.max_abs / (A_MAX - zp) if stats.max_abs > 0 else 1.0), None
+
+
+def clamp_codes(zp: int, scale: float, act: tuple[float, float] | None, rounding: str) -> tuple[int, int]:
+    """A fused activation clamp in code space. round(clamp(y, lo, hi) / s) = clamp(round(y / s),
+    round(lo / s), round(hi / s)) for any monotone rounding, so the clamp moves onto the codes."""
+    if act is None:
+        return A_MIN, A_MAX
+    lo = A_MIN if math.isinf(act[0]) else zp + int(round_values(torch.tensor(act[0] / scale), rounding))
+    hi = A_MAX if math.isinf(act[1]) else zp + int(round_values(torch.tensor(act[1] / scale), rounding))
+    return max(A_MIN, lo), min(A_MAX, hi)
+
+
+def activation_qtype(stats, signed: bool, act, settings: QuantSettings) -> QType:
+    zp = zero_point(settings, signed)
+    scale, e = activation_scale(stats, zp, settings)
+    lo, hi = clamp_codes(zp, scale, act, settings.rounding)
+    return QType(zp, lo, hi, scale, e)
+
+
+def row_max_abs(rows: torch.Tensor, what: str) -> torch.Tensor:
+    """max |x| of each row over finite values; NaN is an error naming `what` (as `finite_max`)."""
+    if torch.isnan(rows).any():
+        raise UserError(f"{what}: NaN values, can't quantize")
+    return torch.where(torch.isfinite(rows), rows.abs(), torch.zeros_like(rows)).amax(1)
+
+
+def weight_scales(
+    w: torch.Tensor, settings: QuantSettings, per_channel: bool, what: str, min_exponent: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(scale per output channel, exponent per output channel or None) of a weight tensor.
+
+    `min_exponent` (power-of-two schemes, --max-shift): the finest exponent each channel may take so
+    that its requantization shift fits the shifter; coarser weights are the only freedom there."""
+    spec = settings.spec
+    w = w.detach().double()
+    out = w.shape[0]
+    rows = w.flatten(1) if per_channel and spec.per_channel else w.flatten()[None]
+    if spec.seed:
+        exps = torch.tensor([seed_exponent(float(w.min()), float(w.max()), W_MAX)], dtype=torch.int64)
+    elif spec.pot and settings.exponent in EXPONENT_ROUND_MODES:  # vectorized: QAT runs this every step
+        exps = pot_exponents(row_max_abs(rows, what), W_MAX, settings.exponent)
+    elif spec.pot:
+        exps = torch.tensor(
+            [choose_exponent(r, W_MIN, W_MAX, 0, settings.exponent, settings.rounding, what) for r in rows],
+            dtype=torch.int64,
+        )
+    else:
+        maxes = torch.tensor([finite_max(r, what) for r in rows], dtype=torch.float64)
+        scales = torch.where(maxes > 0, maxes / W_MAX, torch.ones_like(maxes))
+        return scales.expand(out).clone(), None
+    exps = exps.expand(out).clone()
+    if min_exponent is not None:
+        exps = torch.maximum(exps, min_exponent)
+    return torch.exp2(exps.double()), exps

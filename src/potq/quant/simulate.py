@@ -1,0 +1,192 @@
+"""The simulated model: an interpreter of the graph in torch, float or fake-quantized.
+
+`SimNet` runs a float graph (its FP32 reference and calibration) or, given the QTypes of its values and
+the weight scales, the fake-quantized model: every value quantized to its QType, weights to int8,
+biases to int32 at scale s_in * s_w. In eval mode it runs in float64, where sums of integers times
+powers of two are exact, so it computes the integer golden model's numbers; in train mode (QAT) in
+float32 with straight-through rounding, and with `track_weights` it re-derives the weight scales from
+the weights at every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType
+from potq.quant.arith import INT32_MAX, quantize
+from potq.quant.scheme import W_MAX, W_MIN, QuantSettings, weight_scales
+
+
+def fake_quant(x: torch.Tensor, scale, zp: int, lo: int, hi: int, rule: str) -> torch.Tensor:
+    """Quantize then dequantize: (clamp(round(x / s) + zp, lo, hi) - zp) * s."""
+    return (quantize(x, scale, zp, lo, hi, rule) - zp) * scale
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "/")  # parameter names can't hold dots
+
+
+class SimNet(nn.Module):
+    def __init__(
+        self,
+        graph: Graph,
+        settings: QuantSettings | None = None,
+        q: dict[str, QType] | None = None,
+        w_scales: dict[str, torch.Tensor] | None = None,
+    ):
+        """graph: a float graph (float weights). q and w_scales (per MAC node): the quantization to
+        simulate; without them the net is the float model."""
+        super().__init__()
+        self.graph, self.settings, self.q = graph, settings, dict(q or {})
+        self.weight, self.bias = nn.ParameterDict(), nn.ParameterDict()
+        self.w_scale: dict[str, torch.Tensor] = {}
+        for n in graph.mac_nodes():
+            # float64 storage: int32 biases times their scale are exact only there
+            self.weight[_key(n.name)] = nn.Parameter(n.tensors["weight"].detach().clone().double())
+            self.bias[_key(n.name)] = nn.Parameter(n.tensors["bias"].detach().clone().double())
+            if w_scales:
+                self.w_scale[n.name] = w_scales[n.name].double().clone()
+        self.quantize = bool(self.q)
+        self.track_weights = False  # QAT: re-derive weight scales every step
+        self.min_exponent: dict[str, torch.Tensor] = {}  # per MAC node, the --max-shift floor (QAT)
+
+    @property
+    def rule(self) -> str | None:
+        return self.settings.rounding if self.quantize else None
+
+    def params_of(self, n: Node) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.weight[_key(n.name)], self.bias[_key(n.name)]
+
+    def forward(self, x: torch.Tensor, record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits of normalized images x. With `record`: every value's integer codes (quantized net)
+        or float values (float net), keyed by value name."""
+        if not self.training:
+            x = x.double()  # exact: see the module docstring
+        env = {self.graph.input: x}
+        for n in self.graph.nodes:
+            y = SIM_KERNELS[n.op](self, n, [env[v] for v in n.inputs])
+            env[n.output] = y
+            if record is not None:
+                record[n.output] = self.codes(n.output, y) if self.quantize else y
+        return env[self.graph.output]
+
+    def codes(self, value: str, y: torch.Tensor) -> torch.Tensor:
+        """The integer codes of a fake-quantized value (exact: it lies on its grid)."""
+        q = self.q[value]
+        return torch.round(y.detach() / q.scale).to(torch.int64) + q.zero_point
+
+    def requantize(self, n: Node, y: torch.Tensor) -> torch.Tensor:
+        """A node's output: its fused clamp (float net) or its QType (quantized net)."""
+        if not self.quantize:
+            act = n.act
+            return y if act is None else y.clamp(act[0], act[1])
+        q = self.q[n.output]
+        return fake_quant(y, q.scale, q.zero_point, q.lo, q.hi, self.rule)
+
+    def float_graph(self) -> Graph:
+        """The float graph with this net's (trained) weights."""
+        nodes = []
+        for n in self.graph.nodes:
+            tensors = dict(n.tensors)
+            if n.op in MAC_OPS:
+                w, b = self.params_of(n)
+                tensors.update(weight=w.detach().cpu().double().clone(), bias=b.detach().cpu().double().clone())
+            nodes.append(Node(n.name, n.op, list(n.inputs), n.output, dict(n.attrs), tensors))
+        g = self.graph
+        return Graph(nodes, dict(g.shapes), g.input, g.output)
+
+
+# ---- kernels: one per op type ---------------------------------------------------------------------
+
+
+def _input(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+    return net.requantize(n, xs[0]) if net.quantize else xs[0]
+
+
+def _mac(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+    x = xs[0]
+    w, b = net.params_of(n)
+    w, b = w.to(x.dtype), b.to(x.dtype)
+    if net.quantize:
+        if net.track_weights:
+            per_channel = n.requant
+            net.w_scale[n.name] = weight_scales(w, net.settings, per_channel, n.name, net.min_exponent.get(n.name))[0]
+        ws = net.w_scale[n.name].to(x.device, x.dtype)
+        s_in = net.q[n.inputs[0]].scale
+        w = fake_quant(w, ws.view(-1, *([1] * (w.dim() - 1))), 0, W_MIN, W_MAX, net.rule)
+        b = fake_quant(b, s_in * ws, 0, -INT32_MAX, INT32_MAX, net.rule)
+    if n.op is OpType.CONV:
+        a = n.attrs
+        y = F.conv2d(x, w, b, tuple(a["stride"]), tuple(a["padding"]), 1, a["groups"])
+    else:
+        y = F.linear(x, w, b)
+    if not n.requant:
+        return y  # int32 logits at scale s_in * s_w: no requantization
+    return net.requantize(n, y)
+
+
+def _add(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+    return net.requantize(n, xs[0] + xs[1])  # exact in float64: both lie on power-of-two grids
+
+
+def _maxpool(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+    a = n.attrs
+    return F.max_pool2d(xs[0], tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]))
+
+
+def _avgpool(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+    a = n.attrs
+    y = F.avg_pool2d(xs[0], tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]), count_include_pad=True)
+    return net.requantize(n, y) if net.quantize else y
+
+
+def _concat(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(xs, 1)
+
+
+def _flatten(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+    return torch.flatten(xs[0], 1)
+
+
+SIM_KERNELS: dict[OpType, Callable[[SimNet, Node, list[torch.Tensor]], torch.Tensor]] = {
+    OpType.INPUT: _input,
+    OpType.CONV: _mac,
+    OpType.LINEAR: _mac,
+    OpType.ADD: _add,
+    OpType.MAXPOOL: _maxpool,
+    OpType.AVGPOOL: _avgpool,
+    OpType.CONCAT: _concat,
+    OpType.FLATTEN: _flatten,
+}
+
+
+def dequantize(qgraph: Graph) -> tuple[Graph, dict[str, torch.Tensor]]:
+    """(float graph with weights w_int * s_w and biases b_int * s_in * s_w, weight scales per node)
+    of a lowered graph: exactly the weights that the integer model multiplies."""
+    nodes, scales = [], {}
+    for n in qgraph.nodes:
+        tensors = {}
+        if n.op in MAC_OPS:
+            ws = weight_scale(n)
+            s_in = qgraph.q[n.inputs[0]].scale
+            w = n.tensors["weight"].double() * ws.view(-1, *([1] * (n.tensors["weight"].dim() - 1)))
+            tensors = {"weight": w, "bias": n.tensors["bias"].double() * s_in * ws}
+            scales[n.name] = ws
+        nodes.append(Node(n.name, n.op, list(n.inputs), n.output, dict(n.attrs), tensors))
+    return Graph(nodes, dict(qgraph.shapes), qgraph.input, qgraph.output), scales
+
+
+def weight_scale(n: Node) -> torch.Tensor:
+    """A lowered MAC node's weight scale per output channel: 2**w_exp, or the float scale."""
+    return torch.exp2(n.tensors["w_exp"].double()) if "w_exp" in n.tensors else n.tensors["w_scale"].double()
+
+
+def simulated(qgraph: Graph) -> SimNet:
+    """The fake-quantized model of a lowered graph, in eval mode."""
+    fgraph, scales = dequantize(qgraph)
+    settings = QuantSettings(qgraph.scheme or "pot-channel", rounding=qgraph.rounding or "half-up")
+    return SimNet(fgraph, settings, qgraph.q, scales).eval()
