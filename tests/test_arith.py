@@ -17,7 +17,7 @@ from potq.quant.arith import (
     seed_exponent,
     shift_round,
 )
-from potq.quant.qnet import fake_quant
+from potq.quant.simulate import fake_quant
 
 positive = st.floats(min_value=0, max_value=1e30, exclude_min=True, allow_nan=False, allow_infinity=False)
 values = st.lists(st.floats(min_value=-1e4, max_value=1e4, allow_nan=False), min_size=1, max_size=64)
@@ -168,3 +168,27 @@ def test_vectorized_exponents_equal_the_scalar_rule(rows, mode):
     x = torch.tensor(rows, dtype=torch.float64)
     vector = pot_exponents(x.abs().amax(1), 127, mode).tolist()
     assert vector == [choose_exponent(r, -127, 127, 0, mode, "half-up", "w") for r in x]
+
+
+def exact_round(acc: int, shift: int, rule: str) -> int:
+    """acc * 2**-shift rounded by rule, in Python's unbounded integers."""
+    if shift <= 0:
+        return acc << -shift
+    q, rem = acc >> shift, acc & ((1 << shift) - 1)  # floor and the non-negative remainder
+    half = 1 << (shift - 1)
+    if rule == "floor":
+        return q
+    if rule == "half-up":
+        return q + (rem >= half)
+    return q + (rem > half or (rem == half and q & 1 == 1))
+
+
+@given(st.integers(-(2**31) + 1, 2**31 - 1), st.integers(0, 200), st.sampled_from(["half-up", "half-even", "floor"]))
+def test_shift_round_is_exact_for_every_shift_amount(acc, shift, rule):
+    """Shifts at or beyond the accumulator's width (degenerate scales make them) round exactly too."""
+    assert shift_round(torch.tensor([acc], dtype=torch.int32), shift, rule).item() == exact_round(acc, shift, rule)
+
+
+@pytest.mark.parametrize("rule, expected", [("half-up", 0), ("half-even", 0), ("floor", -1)])
+def test_long_shift_of_a_negative_accumulator(rule, expected):
+    assert shift_round(torch.tensor([-5], dtype=torch.int32), 33, rule).item() == expected

@@ -41,7 +41,8 @@ def test_network_counts_for_seed():
     assert [c.type for c in costs] == ["Conv2d"] * 5 + ["Linear"] * 3
     assert costs[0].macs == 27 * 32 * 32 * 32 and costs[1].macs == 288 * 64 * 16 * 16
     assert sum(c.macs for c in costs) == 29_467_264
-    assert costs[0].in_zp and not any(c.in_zp for c in costs[1:])  # only the signed input has zero point 128
+    subtracts = [any(t.what == "subtract zero point" for t in c.terms["int8-pot"]) for c in costs]
+    assert subtracts == [True] + [False] * 7  # only the signed input has zero point 128
     assert not costs[-1].requant and all(c.requant for c in costs[:-1])
     r = energy.report(costs, energy.load_table(), "sram_1mb")
     table = energy.load_table()

@@ -4,8 +4,13 @@ import torch
 from potq.cli import main
 from potq.data import normalize
 from potq.errors import UserError
-from potq.golden import FLOAT32_EXACT, IntegerModel, IntOp, analyse_bounds
-from potq.quant.qnet import QuantSettings, build_quantnet, calibrate, export_state
+from potq.golden import FLOAT32_EXACT, IntegerModel, exact_gemm
+from potq.ir.bounds import analyse
+from potq.ir.capture import capture
+from potq.ir.graph import Graph, Node, OpType, QType
+from potq.quant.lower import calibrate, lower
+from potq.quant.scheme import QuantSettings
+from potq.quant.simulate import simulated
 from tests.test_quant import random_bn_model
 
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
@@ -14,91 +19,89 @@ MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 def quantized(scheme, rounding, max_shift=None, model="tiny", seed=0):
     torch.manual_seed(seed)
     images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8)
-    net = build_quantnet(random_bn_model(model, seed), QuantSettings(scheme, "mse", rounding, max_shift))
-    calibrate(net, normalize(images[:32], MEAN, STD))
-    return net, images
+    settings = QuantSettings(scheme, "mse", rounding, max_shift)
+    graph = capture(random_bn_model(model, seed), (3, 32, 32), MEAN, STD)
+    return lower(graph, calibrate(graph, normalize(images[:32], MEAN, STD), settings), settings), images
+
+
+def compare(graph, images):
+    g_rec, s_rec = {}, {}
+    g_logits = IntegerModel(graph).run(images, g_rec)
+    s_logits = simulated(graph)(normalize(images, MEAN, STD), s_rec)
+    assert g_rec.keys() == s_rec.keys() == {n.output for n in graph.nodes}
+    for v in g_rec:
+        assert torch.equal(g_rec[v].long(), s_rec[v]), v
+    assert torch.equal(g_logits.argmax(1), s_logits.argmax(1))
+    return g_rec
 
 
 @pytest.mark.parametrize("scheme", ["pot-seed", "pot-tensor", "pot-channel"])
 @pytest.mark.parametrize("rounding", ["half-up", "half-even", "floor"])
 def test_golden_equals_simulated_bit_for_bit(scheme, rounding):
-    net, images = quantized(scheme, rounding)
-    golden = IntegerModel.from_state(export_state(net), MEAN, STD)
-    g_rec, s_rec = [], []
-    g_logits = golden.run(images, g_rec)
-    s_logits = net(normalize(images, MEAN, STD), s_rec)
-    assert len(g_rec) == len(s_rec) == len(net.ops) + 1
-    for g, s in zip(g_rec, s_rec, strict=True):
-        assert torch.equal(g, s)
-    assert g_rec[0].min() >= 0 and g_rec[0].max() <= 255 and g_rec[1].max() <= 255
-    assert torch.equal(g_logits.argmax(1), s_logits.argmax(1))
+    graph, images = quantized(scheme, rounding)
+    rec = compare(graph, images)
+    assert rec["input"].min() >= 0 and rec["input"].max() <= 255
 
 
 def test_golden_data_path_is_integer():
-    net, images = quantized("pot-channel", "half-up")
-    rec = []
-    IntegerModel.from_state(export_state(net), MEAN, STD).run(images, rec)
-    assert all(not t.is_floating_point() for t in rec)
+    graph, images = quantized("pot-channel", "half-up")
+    rec = {}
+    IntegerModel(graph).run(images, rec)
+    assert all(not t.is_floating_point() for t in rec.values())
 
 
 def test_max_shift_is_honoured_by_the_golden_model():
-    net, images = quantized("pot-channel", "half-up", max_shift=5)
-    golden = IntegerModel.from_state(export_state(net), MEAN, STD)
-    assert max(int(op.shift.max()) for op in golden.ops if op.shift is not None and not op.last) <= 5
-    g_rec, s_rec = [], []
-    golden.run(images, g_rec)
-    net(normalize(images, MEAN, STD), s_rec)
-    assert all(torch.equal(g, s) for g, s in zip(g_rec, s_rec, strict=True))
+    graph, images = quantized("pot-channel", "half-up", max_shift=5)
+    assert max(int(n.tensors["shift"].max()) for n in graph.nodes if "shift" in n.tensors) <= 5
+    compare(graph, images)
 
 
 def test_float_scales_are_refused():
-    net, _ = quantized("float-channel", "half-up")
+    graph, _ = quantized("float-channel", "half-up")
     with pytest.raises(UserError, match="not powers of two"):
-        IntegerModel.from_state(export_state(net), MEAN, STD)
+        IntegerModel(graph)
+
+
+def linear_graph(weight: torch.Tensor, bias: torch.Tensor, in_zp: int = 0) -> Graph:
+    """x (uint8, zero point in_zp) -> Linear -> int32 logits, by hand."""
+    n_out, n_in = weight.shape
+    node = Node("fc", OpType.LINEAR, ["x"], "fc", {"requant": False},
+                {"weight": weight, "bias": bias, "w_exp": torch.zeros(n_out, dtype=torch.int64)})
+    q = {"x": QType(in_zp, 0, 255, 1.0, 0), "fc": QType(0, -(2**31) + 1, 2**31 - 1, 1.0, 0, bits=32)}
+    return Graph([node], {"x": (n_in,), "fc": (n_out,)}, "x", "fc", q, "half-up", "pot-tensor")
 
 
 def test_accumulator_bound_and_exact_gemm_choice():
-    w = torch.full((2, 100), 127, dtype=torch.int8)
-    op = IntOp("linear", "fc", w, torch.tensor([5, -7], dtype=torch.int32), in_zp=0, in_lo=0, in_hi=255)
-    analyse_bounds(op)
-    assert op.acc_bound == 255 * 127 * 100 + 7
-    assert op.gemm_dtype == torch.float32
-    big = IntOp("linear", "fc", torch.full((1, 1000), 127, dtype=torch.int8), torch.zeros(1, dtype=torch.int32))
-    analyse_bounds(big)
+    graph = linear_graph(torch.full((2, 100), 127, dtype=torch.int8), torch.tensor([5, -7], dtype=torch.int32))
+    assert analyse(graph) == {"fc": 255 * 127 * 100 + 7}
+    assert exact_gemm(graph.nodes[0], 255).dtype == torch.float32
+    big = linear_graph(torch.full((1, 1000), 127, dtype=torch.int8), torch.zeros(1, dtype=torch.int32))
     assert 255 * 127 * 1000 >= FLOAT32_EXACT
-    assert big.gemm_dtype == torch.float32 and len(big.slices) == 2  # two exact float32 halves
+    g = exact_gemm(big.nodes[0], 255)
+    assert g.dtype == torch.float32 and len(g.slices) == 2  # two exact float32 halves
 
 
 def test_split_gemm_is_exact_where_one_float32_gemm_is_not():
     torch.manual_seed(0)
     w = torch.randint(100, 128, (4, 256, 3, 3), dtype=torch.int8)  # 255 * 127 * 2304 >> 2**24
-    op = IntOp(
-        "conv",
-        "c",
-        w,
-        torch.zeros(4, dtype=torch.int32),
-        shift=torch.zeros(4, dtype=torch.int64),
-        in_zp=0,
-        in_lo=0,
-        in_hi=255,
-        padding=1,
-        last=True,
-    )
-    analyse_bounds(op)
-    assert len(op.slices) > 1 and op.gemm_dtype == torch.float32
+    node = Node("c", OpType.CONV, ["x"], "c", {"kernel": [3, 3], "stride": [1, 1], "padding": [1, 1], "groups": 1,
+                                              "requant": False},
+                {"weight": w, "bias": torch.zeros(4, dtype=torch.int32), "w_exp": torch.zeros(4, dtype=torch.int64)})
+    q = {"x": QType(0, 0, 255, 1.0, 0), "c": QType(0, -(2**31) + 1, 2**31 - 1, 1.0, 0, bits=32)}
+    graph = Graph([node], {"x": (256, 5, 5), "c": (4, 5, 5)}, "x", "c", q, "half-up", "pot-tensor")
+    model = IntegerModel(graph)
+    assert len(model.gemms["c"].slices) > 1 and model.gemms["c"].dtype == torch.float32
     x = torch.randint(200, 256, (2, 256, 5, 5), dtype=torch.int32)
-    model = IntegerModel(torch.zeros(1, 256, dtype=torch.int64), [op], "half-up")
     exact = torch.nn.functional.conv2d(x.double(), w.double(), padding=1).to(torch.int64)
-    assert torch.equal(model._mac(op, x).to(torch.int64), exact)
+    assert torch.equal(model.run(x).to(torch.int64), exact)
     one_gemm = torch.nn.functional.conv2d(x.float(), w.float(), padding=1).to(torch.int64)
     assert not torch.equal(one_gemm, exact)  # the split is needed
 
 
-def test_accumulator_overflow_is_refused_naming_the_layer():
-    w = torch.full((1, 70_000), 127, dtype=torch.int8)  # 255 * 127 * 70000 > 2**31
-    op = IntOp("linear", "classifier.0", w, torch.zeros(1, dtype=torch.int32))
-    with pytest.raises(UserError, match="classifier.0.*overflows int32"):
-        analyse_bounds(op)
+def test_accumulator_overflow_is_refused_naming_the_node():
+    graph = linear_graph(torch.full((1, 70_000), 127, dtype=torch.int8), torch.zeros(1, dtype=torch.int32))
+    with pytest.raises(UserError, match="fc: worst-case linear accumulator .* overflows int32"):
+        analyse(graph)
 
 
 def test_verify_command(tiny_run, capsys):

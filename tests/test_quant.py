@@ -6,17 +6,15 @@ from torch import nn
 
 from potq.cli import main
 from potq.errors import UserError
+from potq.ir.capture import capture
+from potq.ir.graph import OpType
 from potq.models import build_model
-from potq.quant.pipeline import compare, load_quantized, quantize_run
-from potq.quant.qnet import (
-    SCHEMES,
-    QuantSettings,
-    build_quantnet,
-    calibrate,
-    export_state,
-    fold_batchnorm,
-    import_state,
-)
+from potq.quant.lower import calibrate, lower
+from potq.quant.pipeline import compare, layer_table, load_quantized, quantize_run
+from potq.quant.scheme import SCHEMES, QuantSettings
+from potq.quant.simulate import SimNet, simulated
+
+MEAN, STD = [0.0] * 3, [1.0] * 3
 
 
 def random_bn_model(name="tiny", seed=0):
@@ -31,23 +29,27 @@ def random_bn_model(name="tiny", seed=0):
     return m
 
 
+def quantize(model, x, settings):
+    graph = capture(model, tuple(x.shape[1:]), MEAN, STD)
+    return lower(graph, calibrate(graph, x, settings), settings)
+
+
 def test_batchnorm_folding_keeps_outputs():
     conv, bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
     bn.running_mean.uniform_(-1, 1)
     bn.running_var.uniform_(0.5, 2)
     bn.weight.data.uniform_(0.5, 2)
-    bn.eval()
+    model = nn.Sequential(conv, bn).eval()
+    graph = capture(model, (3, 8, 8), MEAN, STD)
+    assert [n.op for n in graph.nodes] == [OpType.INPUT, OpType.CONV]  # BatchNorm folded away
     x = torch.randn(4, 3, 8, 8)
-    w, b = fold_batchnorm(conv, bn)
-    torch.testing.assert_close(nn.functional.conv2d(x, w.float(), b.float(), padding=1), bn(conv(x)))
+    torch.testing.assert_close(SimNet(graph).eval()(x).float(), model(x))
 
 
 def test_folded_float_net_equals_the_model():
     m = random_bn_model()
-    net = build_quantnet(m, QuantSettings())
-    net.eval()
-    net.quantize = False
     x = torch.randn(8, 3, 32, 32)
+    net = SimNet(capture(m, (3, 32, 32), MEAN, STD)).eval()
     torch.testing.assert_close(net(x).float(), m(x), rtol=1e-5, atol=1e-5)
 
 
@@ -55,56 +57,48 @@ def test_folded_float_net_equals_the_model():
 def test_every_scheme_stays_close_to_float(scheme):
     m = random_bn_model()
     x = torch.randn(64, 3, 32, 32)
-    net = build_quantnet(m, QuantSettings(scheme=scheme))
-    calibrate(net, x)
+    graph = quantize(m, x, QuantSettings(scheme=scheme))
     ref = m(x).double()
-    out = net(x)
+    out = simulated(graph)(x)
     assert (out - ref).abs().max() < 0.15 * ref.abs().max()
-    state = export_state(net)
     if SCHEMES[scheme].pot:
-        scales = [state["in_scale"]] + [float(s) for op in state["ops"] if "w_scale" in op for s in op["w_scale"]]
-        assert all(s == 2.0 ** round(torch.log2(torch.tensor(s)).item()) for s in scales)
-    for op in state["ops"]:
-        if "weight" in op:
-            assert op["weight"].dtype == torch.int8 and op["weight"].min() >= -127
-            assert op["bias"].dtype == torch.int32
-    assert torch.equal(import_state(state)(x), out)
+        assert all(q.scale == 2.0**q.exponent for q in graph.q.values())
+        assert all("w_exp" in n.tensors for n in graph.mac_nodes())
+    for n in graph.mac_nodes():
+        assert n.tensors["weight"].dtype == torch.int8 and n.tensors["weight"].min() >= -127
+        assert n.tensors["bias"].dtype == torch.int32
 
 
 def test_seed_scheme_uses_zero_point_128_and_relu_clamp():
-    net = build_quantnet(random_bn_model(), QuantSettings(scheme="pot-seed"))
-    calibrate(net, torch.randn(16, 3, 32, 32))
-    hidden = [layer for layer in net.layers if not layer.last]
-    assert all(layer.out_zp == 128 and layer.out_lo == 128 for layer in hidden)
-    default = build_quantnet(random_bn_model(), QuantSettings(scheme="pot-tensor"))
-    calibrate(default, torch.randn(16, 3, 32, 32))
-    assert all(layer.out_zp == 0 for layer in default.layers if not layer.last) and default.in_zp == 128
+    x = torch.randn(16, 3, 32, 32)
+    graph = quantize(random_bn_model(), x, QuantSettings(scheme="pot-seed"))
+    hidden = [n for n in graph.mac_nodes() if n.requant]
+    assert all(graph.q[n.output].zero_point == 128 and graph.q[n.output].lo == 128 for n in hidden)
+    default = quantize(random_bn_model(), x, QuantSettings(scheme="pot-tensor"))
+    assert all(default.q[n.output].zero_point == 0 for n in default.mac_nodes() if n.requant)
+    assert default.q["input"].zero_point == 128
 
 
 def test_max_shift_limits_every_shift():
-    net = build_quantnet(random_bn_model(), QuantSettings(scheme="pot-channel", max_shift=6))
-    calibrate(net, torch.randn(16, 3, 32, 32))
-    from potq.quant.pipeline import layer_table
-
-    for row in layer_table(net):
+    graph = quantize(random_bn_model(), torch.randn(16, 3, 32, 32), QuantSettings(scheme="pot-channel", max_shift=6))
+    for row in layer_table(graph):
         if row["shift"]:
             assert max(row["shift"]) <= 6
 
 
 def test_unquantizable_layer_is_named():
     m = build_model("tiny")
-    m.features[2] = nn.Dropout()
-    with pytest.raises(UserError, match=r"features\.2 \(Dropout\)"):
-        build_quantnet(m, QuantSettings())
+    m.features[2] = nn.GELU()
+    with pytest.raises(UserError, match=r"features\.2: module GELU is not supported"):
+        capture(m, (3, 32, 32), MEAN, STD)
 
 
 def test_nan_weights_name_the_layer():
     m = random_bn_model()
     with torch.no_grad():
         m.classifier[0].weight[0, 0] = float("nan")
-    net = build_quantnet(m, QuantSettings())
     with pytest.raises(UserError, match="classifier.0"):
-        calibrate(net, torch.randn(4, 3, 32, 32))
+        quantize(m, torch.randn(4, 3, 32, 32), QuantSettings())
 
 
 def test_quantize_command_end_to_end(tiny_run, capsys):
@@ -114,10 +108,10 @@ def test_quantize_command_end_to_end(tiny_run, capsys):
         assert key in r
     assert r["accuracy_drop"] == pytest.approx(100 * (r["fp32_test_accuracy"] - r["test_accuracy"]))
     assert r["model_size_mb"] == pytest.approx((tiny_run / "quant_pot-channel.pt").stat().st_size / 1e6)
-    assert all(isinstance(e, int) for e in r["layers"][0]["weight_exponent"])
-    assert r["layers"][0]["shift"] is not None
-    state, cfg = load_quantized(tiny_run, "pot-channel")
-    assert cfg.model == "tiny" and len(import_state(state).layers) == 4
+    conv = next(row for row in r["layers"] if row["type"] == "conv")
+    assert all(isinstance(e, int) for e in conv["weight_exponent"]) and conv["shift"] is not None
+    graph, cfg = load_quantized(tiny_run, "pot-channel")
+    assert cfg.model == "tiny" and len(graph.mac_nodes()) == 4
 
 
 def test_qat_and_compare(tiny_run, capsys):

@@ -31,8 +31,10 @@ def cmd_train(a: argparse.Namespace) -> None:
     from potq.train import CHECKPOINT, TrainConfig, train
 
     data = a.data if a.data == "cifar10" else str(Path(a.data).resolve())
+    from potq.models import model_spec
+
     cfg = TrainConfig(
-        model=a.model,
+        model=model_spec(a.model),
         data=data,
         recipe=a.recipe,
         epochs=a.epochs,
@@ -53,7 +55,23 @@ def cmd_train(a: argparse.Namespace) -> None:
         )
 
 
+def check_run_model(a: argparse.Namespace) -> None:
+    """--model on a command that reads a run: the run records its model; a different one is a mistake."""
+    if getattr(a, "model", None) is None:
+        return
+    from potq.models import model_spec
+
+    config = Path(a.run) / "config.json"
+    try:
+        saved = json.loads(config.read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        return  # the command itself reports a missing or broken run
+    if saved != model_spec(a.model):
+        raise UserError(f"--model {a.model}: the run {a.run} holds model {saved}; leave --model out")
+
+
 def cmd_quantize(a: argparse.Namespace) -> None:
+    check_run_model(a)
     from potq.quant.pipeline import quantize_run
     from potq.quant.scheme import QuantSettings
 
@@ -72,18 +90,20 @@ def cmd_compare(a: argparse.Namespace) -> None:
 
 
 def cmd_verify(a: argparse.Namespace) -> None:
+    check_run_model(a)
     from potq.golden import verify_run
 
     r = verify_run(a.run, a.scheme, a.data, a.cache)
-    print("| Layer | Worst-case accumulator | Bits | int32 headroom (bits) | Exact GEMM |\n|---|---:|---:|---:|---|")
+    print("| Node | Op | Worst-case accumulator | Bits | int32 headroom (bits) | Exact GEMM |")
+    print("|---|---|---:|---:|---:|---|")
     for b in r["accumulators"]:
         print(
-            f"| {b['layer']} | {b['worst_case_accumulator']:,} | {b['bits']} | "
+            f"| {b['layer']} | {b['op']} | {b['worst_case_accumulator']:,} | {b['bits']} | "
             f"{b['int32_headroom_bits']} | {b['gemm']} |"
         )
     print(
         f"{r['label']}: {r['mismatches']} mismatching values of {r['compared_values']:,} "
-        f"({r['images']} images, every layer); golden accuracy {r['golden_accuracy']:.4f}, "
+        f"({r['images']} images, every value of all {r['nodes']} nodes); golden accuracy {r['golden_accuracy']:.4f}, "
         f"simulated {r['simulated_accuracy']:.4f}"
     )
     if r["mismatches"]:
@@ -91,6 +111,7 @@ def cmd_verify(a: argparse.Namespace) -> None:
 
 
 def cmd_export(a: argparse.Namespace) -> None:
+    check_run_model(a)
     from potq.export import export_run
 
     r = export_run(a.run, a.scheme, a.out, a.vectors, a.data, a.cache)
@@ -113,8 +134,13 @@ def cmd_energy(a: argparse.Namespace) -> None:
         if a.json:
             print(json.dumps(results, indent=2))
         return
-    shape = parse_shape(a.input)
-    costs = energy.network_costs(build_model(a.model, shape, a.classes), shape, a.act_zero_point)
+    if a.run:  # the quantized graph itself, with its real zero points and shifts
+        from potq.quant.pipeline import load_quantized
+
+        costs = energy.graph_costs(load_quantized(a.run, a.scheme)[0], a.act_zero_point)
+    else:
+        shape = parse_shape(a.input)
+        costs = energy.network_costs(build_model(a.model, shape, a.classes), shape, a.act_zero_point)
     r = energy.report(costs, table, a.memory)
     print(json.dumps(r, indent=2) if a.json else energy.format_report(r))
     if a.out:
@@ -147,6 +173,7 @@ def cmd_run(a: argparse.Namespace) -> None:
 
 def _quantized_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", type=Path, required=True, help="run folder")
+    p.add_argument("--model", help="optional: the run records its model; if given, it must be the same")
     p.add_argument("--scheme", default="pot-channel", help="the quantized model's label, e.g. pot-channel-qat")
     p.add_argument("--data", help="dataset path, if it moved since training")
     p.add_argument("--cache", type=Path)
@@ -154,6 +181,8 @@ def _quantized_model_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from potq.models import ZOO
+
+    model_help = f"a zoo model ({', '.join(ZOO)}) or your own: file.py:factory or package.module:factory"
     from potq.quant.scheme import SCHEMES
     from potq.train import RECIPES
 
@@ -165,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--data", default="cifar10", help="cifar10, or a path to an archive or folder")
     r.add_argument("--out", type=Path, required=True, help="run folder (a second call resumes it)")
-    r.add_argument("--model", default="seed", help=f"one of {', '.join(ZOO)}")
+    r.add_argument("--model", default="seed", help=model_help)
     r.add_argument("--epochs", type=int, help="default: the recipe's (50 for seed)")
     r.add_argument("--recipe", default="seed", help=f"one of {', '.join(RECIPES)}")
     r.add_argument("--qat", type=int, default=0, metavar="EPOCHS", help="also fine-tune with QAT")
@@ -182,14 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("summary", help="layer table, parameters and sizes of a zoo model")
-    s.add_argument("--model", default="seed", help=f"one of {', '.join(ZOO)}")
+    s.add_argument("--model", default="seed", help=model_help)
     s.add_argument("--input", default="3,32,32", help="input shape C,H,W")
     s.add_argument("--classes", type=int, default=10)
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
     s.set_defaults(func=cmd_summary)
 
     t = sub.add_parser("train", help="train a zoo model and write history, curves, metrics and weights")
-    t.add_argument("--model", default="seed", help=f"one of {', '.join(ZOO)}")
+    t.add_argument("--model", default="seed", help=model_help)
     t.add_argument("--data", default="cifar10", help="cifar10, or a path to an archive or folder")
     t.add_argument("--out", type=Path, required=True, help="run folder")
     t.add_argument("--recipe", default="seed", help=f"one of {', '.join(RECIPES)}")
@@ -211,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quantize", help="INT8 quantization of a trained run (PTQ, or QAT with --qat)")
     q.add_argument("--run", type=Path, required=True, help="run folder written by potq train")
+    q.add_argument("--model", help="optional: the run records its model; if given, it must be the same")
     q.add_argument("--scheme", default="pot-channel", help=f"one of {', '.join(SCHEMES)}")
     q.add_argument("--calib", type=int, default=1000, help="calibration images from the training split")
     q.add_argument("--qat", type=int, default=0, metavar="EPOCHS", help="quantization-aware fine-tuning epochs")
@@ -233,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
 
     en = sub.add_parser("energy", help="op counts and energy per layer, FP32 against INT8")
-    en.add_argument("--model", default="seed", help=f"one of {', '.join(ZOO)}")
+    en.add_argument("--model", default="seed", help=model_help)
+    en.add_argument("--run", type=Path, help="cost this run's quantized model (see --scheme) instead of --model")
+    en.add_argument("--scheme", default="pot-channel", help="with --run: the quantized model's label")
     en.add_argument("--input", default="3,32,32", help="input shape C,H,W")
     en.add_argument("--classes", type=int, default=10)
     en.add_argument("--linear", type=int, nargs=2, metavar=("IN", "OUT"), help="one Linear layer instead")

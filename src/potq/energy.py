@@ -1,13 +1,19 @@
-"""The energy model: op counts and energy per layer, FP32 against INT8, from a table of costs.
+"""The energy model: op counts and energy per node, FP32 against INT8, from a table of costs.
 
-Each Conv2d/Linear output costs, per the reference report's section 5:
+It costs the graph itself (potq.ir): a quantized graph with its real zero points and shifts, or a
+captured float graph with potq's zero-point policy. Each Conv (grouped included: k = in_channels /
+groups x kernel area) and Linear output costs, per the reference report's section 5:
 - FP32: K multiplies, K-1 additions (summation), 1 addition (bias).
 - INT8: K zero-point subtractions (INT8 add, only where the input zero point is not 0), K INT8
   multiplies, K-1 INT32 additions, 1 INT32 addition (bias), then requantization: one bit shift
   (power-of-two scales) or one FP32 multiply (float scales), and one INT8 addition for a non-zero
   output zero point. The last layer emits its int32 accumulators: no requantization.
-BatchNorm is folded into the convolution; ReLU (a clamp) and max pooling (comparisons) are not
-counted, as in the reference report. Memory energy reads every weight and input activation and
+An Add output: FP32 one addition; INT8 a zero-point subtraction per input with a non-zero zero point,
+an alignment shift per input that needs one, one INT32 addition, then requantization as above. An
+AvgPool output over k values: FP32 k-1 additions and one multiply (by 1/k); INT8 k zero-point
+subtractions (non-zero zero point), k-1 INT32 additions, then requantization (the division is part of
+the shift). BatchNorm is folded into the convolution; ReLU (a clamp), max pooling (comparisons),
+concatenation and flattening are not counted, as in the reference report. Memory energy reads every weight and input activation and
 writes every output activation once, in 64-bit accesses, from one memory level.
 """
 
@@ -15,14 +21,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import torch
+from collections.abc import Callable
+
 from torch import nn
 
 from potq.errors import UserError
+from potq.ir.graph import Graph, Node, OpType, window
 
 OPS = ("fp32_mult", "fp32_add", "int32_mult", "int32_add", "int8_mult", "int8_add", "shift")
 OP_NAMES = {
@@ -71,6 +79,15 @@ class Term:
     count: int  # per output
 
 
+def requant_terms(model: str, out_zp: bool) -> list[Term]:
+    terms = [
+        Term("power-of-two scale shift", "shift", 1)
+        if model == "int8-pot"
+        else Term("float requantization", "fp32_mult", 1)
+    ]
+    return terms + ([Term("add zero point", "int8_add", 1)] if out_zp else [])
+
+
 def mac_terms(model: str, k: int, in_zp: bool, out_zp: bool, requant: bool) -> list[Term]:
     """The operations behind one output of a layer with k inputs per output."""
     if model == "fp32":
@@ -85,33 +102,41 @@ def mac_terms(model: str, k: int, in_zp: bool, out_zp: bool, requant: bool) -> l
         Term("summation", "int32_add", k - 1),
         Term("add bias", "int32_add", 1),
     ]
-    if requant:
-        terms.append(
-            Term("power-of-two scale shift", "shift", 1)
-            if model == "int8-pot"
-            else Term("float requantization", "fp32_mult", 1)
-        )
-        if out_zp:
-            terms.append(Term("add zero point", "int8_add", 1))
-    return terms
+    return terms + (requant_terms(model, out_zp) if requant else [])
+
+
+def add_terms(model: str, in_zps: int, aligned: int, out_zp: bool) -> list[Term]:
+    """One output of a residual addition; `aligned` inputs need a left shift to the common scale."""
+    if model == "fp32":
+        return [Term("add", "fp32_add", 1)]
+    terms = [Term("subtract zero point", "int8_add", in_zps)] if in_zps else []
+    if model == "int8-pot":
+        terms += [Term("align scales", "shift", aligned)] if aligned else []
+    else:
+        terms += [Term("rescale input", "fp32_mult", 2)]
+    return terms + [Term("add", "int32_add", 1)] + requant_terms(model, out_zp)
+
+
+def avgpool_terms(model: str, k: int, in_zp: bool, out_zp: bool) -> list[Term]:
+    if model == "fp32":
+        return [Term("summation", "fp32_add", k - 1), Term("times 1/k", "fp32_mult", 1)]
+    terms = [Term("subtract zero point", "int8_add", k)] if in_zp else []
+    return terms + [Term("summation", "int32_add", k - 1)] + requant_terms(model, out_zp)
 
 
 @dataclass
 class LayerCost:
+    """What one node costs per image: `terms` per model, for each of its `outputs`."""
+
     name: str
     type: str
-    k: int  # inputs per output
+    k: int  # inputs per output (MACs per output for Conv/Linear)
     outputs: int
     weights: int
     biases: int
     in_acts: int
-    in_zp: bool
-    out_zp: bool
-    requant: bool
-    terms: dict[str, list[Term]] = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.terms = {m: mac_terms(m, self.k, self.in_zp, self.out_zp, self.requant) for m in MODELS}
+    terms: dict[str, list[Term]]
+    requant: bool = True
 
     def count(self, model: str, kind: str) -> int:
         """Total operations of a kind ('mult', 'add', 'shift') for a model."""
@@ -131,52 +156,81 @@ class LayerCost:
 
     @property
     def macs(self) -> int:
-        return self.k * self.outputs
+        return self.k * self.outputs if self.type in ("Conv2d", "Linear") else 0
+
+
+def mac_cost(name: str, type_: str, k: int, outputs: int, weights: int, biases: int, in_acts: int,
+             in_zp: bool, out_zp: bool, requant: bool) -> LayerCost:
+    terms = {m: mac_terms(m, k, in_zp, out_zp, requant) for m in MODELS}
+    return LayerCost(name, type_, k, outputs, weights, biases, in_acts, terms, requant)
+
+
+# ---- kernels: one per op type (None: not counted, as in the reference report) --------------------
+
+
+def _mac(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
+    w = n.tensors["weight"]
+    requant = not g.emits_accumulators(n)
+    type_ = "Conv2d" if n.op is OpType.CONV else "Linear"
+    return mac_cost(n.name, type_, w[0].numel(), math.prod(g.shapes[n.output]), w.numel(), w.shape[0],
+                    math.prod(g.shapes[n.inputs[0]]), zp[n.inputs[0]] != 0, requant and zp[n.output] != 0, requant)
+
+
+def _add(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
+    align = n.tensors["align"].tolist() if "align" in n.tensors else [1, 0]  # a float graph: assume one
+    terms = {m: add_terms(m, sum(zp[v] != 0 for v in n.inputs), sum(a > 0 for a in align), zp[n.output] != 0)
+             for m in MODELS}
+    outputs = math.prod(g.shapes[n.output])
+    return LayerCost(n.name, "Add", 2, outputs, 0, 0, 2 * outputs, terms)
+
+
+def _avgpool(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
+    k = window(n)
+    terms = {m: avgpool_terms(m, k, zp[n.inputs[0]] != 0, zp[n.output] != 0) for m in MODELS}
+    return LayerCost(n.name, "AvgPool", k, math.prod(g.shapes[n.output]), 0, 0, math.prod(g.shapes[n.inputs[0]]),
+                     terms)
+
+
+def _free(g: Graph, n: Node, zp: dict[str, int]) -> None:
+    return None
+
+
+ENERGY_KERNELS: dict[OpType, Callable[[Graph, Node, dict[str, int]], LayerCost | None]] = {
+    OpType.INPUT: _free,  # a table lookup per pixel, outside the datapath the report counts
+    OpType.CONV: _mac,
+    OpType.LINEAR: _mac,
+    OpType.ADD: _add,
+    OpType.MAXPOOL: _free,
+    OpType.AVGPOOL: _avgpool,
+    OpType.CONCAT: _free,
+    OpType.FLATTEN: _free,
+}
+
+
+def graph_costs(graph: Graph, act_zero_point: int | None = None) -> list[LayerCost]:
+    """Costs of every counted node. A quantized graph is costed with its own zero points; a float graph
+    with potq's zero-point policy (act_zero_point=None: 0 after ReLU, 128 for signed values) or the
+    reference report's convention (128: everywhere)."""
+    if graph.quantized and act_zero_point is None:
+        zp = {v: q.zero_point for v, q in graph.q.items()}
+    else:
+        from potq.quant.lower import nonnegative
+        from potq.quant.scheme import QuantSettings, zero_point
+
+        settings = QuantSettings("pot-seed" if act_zero_point else "pot-channel")
+        zp = {v: zero_point(settings, not nn) for v, nn in nonnegative(graph).items()}
+    costs = [ENERGY_KERNELS[n.op](graph, n, zp) for n in graph.nodes]
+    return [c for c in costs if c is not None]
 
 
 def network_costs(
     model: nn.Module, in_shape: tuple[int, int, int], act_zero_point: int | None = None
 ) -> list[LayerCost]:
-    """Costs of every Conv2d/Linear of a zoo model. act_zero_point=None: potq's convention (zero
-    point 0 after ReLU, 128 for the signed input); 128: the reference report's, everywhere."""
-    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
-    shapes: dict[str, tuple] = {}
-    hooks = [
-        m.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, (i[0].shape, o.shape))) for n, m in leaves
-    ]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, *in_shape))
-    model.train(was_training)
-    for h in hooks:
-        h.remove()
-    macs = [(i, n, m) for i, (n, m) in enumerate(leaves) if isinstance(m, nn.Conv2d | nn.Linear)]
-    costs = []
-    for j, (i, name, m) in enumerate(macs):
-        in_shape_l, out_shape = shapes[name]
-        last = j == len(macs) - 1
-        relu_after = any(isinstance(mm, nn.ReLU) for _, mm in leaves[i + 1 : i + 3])
-        if act_zero_point is None:
-            in_zp, out_zp = j == 0, not relu_after
-        else:
-            in_zp = out_zp = act_zero_point != 0
-        k = m.in_channels * m.kernel_size[0] * m.kernel_size[1] if isinstance(m, nn.Conv2d) else m.in_features
-        costs.append(
-            LayerCost(
-                name,
-                type(m).__name__,
-                k,
-                math.prod(out_shape[1:]),
-                m.weight.numel(),
-                m.bias.numel() if m.bias is not None else 0,
-                math.prod(in_shape_l[1:]),
-                in_zp,
-                out_zp and not last,
-                requant=not last,
-            )
-        )
-    return costs
+    """Costs of a model, from its captured float graph."""
+    from potq.ir.capture import capture
+
+    graph = capture(model, in_shape, [0.0] * in_shape[0], [1.0] * in_shape[0])
+    return graph_costs(graph, act_zero_point)
 
 
 def linear_cost(n_in: int, n_out: int, act_zero_point: int) -> LayerCost:
@@ -184,7 +238,7 @@ def linear_cost(n_in: int, n_out: int, act_zero_point: int) -> LayerCost:
     if n_in < 1 or n_out < 1:
         raise UserError(f"--linear sizes must be positive, got {n_in} {n_out}")
     zp = act_zero_point != 0
-    return LayerCost("linear", "Linear", n_in, n_out, n_in * n_out, n_out, n_in, zp, zp, requant=True)
+    return mac_cost("linear", "Linear", n_in, n_out, n_in * n_out, n_out, n_in, zp, zp, requant=True)
 
 
 def fmt(x: float) -> str:

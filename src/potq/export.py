@@ -137,18 +137,28 @@ def c_header(desc: dict, arrays: dict[str, np.ndarray]) -> str:
 
 
 def export_run(run: Path, name: str, out: Path, vectors: int = 10, data: str | None = None, cache=None) -> dict:
-    """Write the export folder; built in a temporary folder, then moved into place whole."""
+    """Export a run's quantized model, with its first `vectors` test images as test vectors."""
     if vectors < 1:
         raise UserError(f"--vectors must be at least 1, got {vectors}")
     out, run = Path(out), Path(run)
     check_output_dir(out, EXPORT_KIND, protect=(run,))
     graph, cfg = load_quantized(run, name)
-    golden = IntegerModel(graph)
     ds = load_dataset(data or cfg.data, cache)
     if vectors > len(ds.test_x):
         raise UserError(f"--vectors {vectors} is more than the {len(ds.test_x)} test images")
-    images = np.array(ds.test_x[:vectors])
-    desc, arrays = build_model_json(graph, golden, cfg.in_shape, cfg.classes)
+    images, labels = np.array(ds.test_x[:vectors]), np.array(ds.test_y[:vectors])
+    return write_export(graph, out, images, labels, cfg.classes, protect=(run,))
+
+
+def write_export(
+    graph: Graph, out: Path, images: np.ndarray, labels: np.ndarray, classes: list[str], protect: tuple[Path, ...] = ()
+) -> dict:
+    """Write the export folder of a graph; built in a temporary folder, then moved into place whole.
+    images: uint8 (N, C, H, W) test vectors."""
+    out = Path(out)
+    check_output_dir(out, EXPORT_KIND, protect)
+    golden = IntegerModel(graph)
+    desc, arrays = build_model_json(graph, golden, graph.shapes[graph.input], classes)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -160,23 +170,22 @@ def export_run(run: Path, name: str, out: Path, vectors: int = 10, data: str | N
         (tmp / "model.h").write_text(c_header(desc, arrays))
         record: dict[str, torch.Tensor] = {}
         logits = golden.run(torch.from_numpy(images), record)
-        vec = {graph.input: images, "labels": np.array(ds.test_y[:vectors]), "logits": logits.numpy().astype(np.int32)}
+        vec = {graph.input: images, "labels": labels, "logits": logits.numpy().astype(np.int32)}
         vec.update({v: t.numpy().astype(np.int32) for v, t in record.items()})
         np.savez(tmp / "vectors.npz", **vec)
-        for k in range(vectors):
+        for k in range(len(images)):
             (tmp / "vectors" / f"img{k}_{graph.input}.hex").write_text(hex_lines(images[k], 8))
             for v, t in record.items():
-                bits = graph.q[v].bits
-                (tmp / "vectors" / f"img{k}_{v}.hex").write_text(hex_lines(t[k].numpy(), bits))
+                (tmp / "vectors" / f"img{k}_{v}.hex").write_text(hex_lines(t[k].numpy(), graph.q[v].bits))
         desc["vectors"] = {
-            "count": vectors,
+            "count": len(images),
             "npz": "vectors.npz",
             "note": f"keys: {graph.input} (the uint8 images), labels, logits, and every value of the graph by name",
             "hex": f"vectors/img{{k}}_{graph.input}.hex (uint8 pixels, C,H,W order), vectors/img{{k}}_{{value}}.hex",
         }
         save_json(desc, tmp / "model.json")
-        replace_dir(tmp, out, EXPORT_KIND, protect=(run,))
+        replace_dir(tmp, out, EXPORT_KIND, protect)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"out": str(out), "tensors": len(arrays), "vectors": vectors, "nodes": len(graph.nodes)}
+    return {"out": str(out), "tensors": len(arrays), "vectors": len(images), "nodes": len(graph.nodes)}

@@ -239,6 +239,14 @@ def load_factory(spec: str) -> Callable:
     return factory
 
 
+def check_model(spec: str) -> None:
+    """Fail early, with one line, on a model that can't be found (before data is loaded)."""
+    if spec not in ZOO:
+        if ":" not in spec:
+            build_model(spec)  # raises the message naming the zoo
+        load_factory(spec)
+
+
 def model_spec(spec: str) -> str:
     """What a run folder records: a zoo name as it is, a user's file as an absolute path."""
     where, sep, name = spec.rpartition(":")

@@ -88,22 +88,18 @@ def _summary_md(s: dict) -> str:
 
 def _layer_exponents(q: dict) -> str:
     lines = [
-        "| Layer | Type | Input exp. (zp) | Weight exp. | Output exp. (zp) | Right shift | Output |",
+        "| Node | Op | Input exp. (zp) | Weight exp. | Output exp. (zp) | Right shift | Output |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
     for r in q["layers"]:
         w = r["weight_exponent"] or []
         w_text = f"{min(w)}..{max(w)}" if w and min(w) != max(w) else (str(w[0]) if w else "-")
-        shift = (
-            "-"
-            if r["shift"] is None
-            else (f"{r['shift_min']}..{r['shift_max']}" if r["shift_min"] != r["shift_max"] else str(r["shift_min"]))
-        )
+        shift = "-" if r["shift_range"] is None else str(r["shift_range"])
+        if r.get("align") and any(r["align"]):
+            shift += f" (align {'/'.join(str(a) for a in r['align'])})"
+        inp = "-" if r["input_exponent"] is None else f"{r['input_exponent']} ({r['input_zero_point']})"
         out = "-" if r["output_exponent"] is None else f"{r['output_exponent']} ({r['output_zero_point']})"
-        lines.append(
-            f"| {r['name']} | {r['type']} | {r['input_exponent']} ({r['input_zero_point']}) | {w_text} | "
-            f"{out} | {shift} | {r['output']} |"
-        )
+        lines.append(f"| {r['name']} | {r['type']} | {inp} | {w_text} | {out} | {shift} | {r['output']} |")
     return "\n".join(lines)
 
 

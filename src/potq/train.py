@@ -24,7 +24,7 @@ from tqdm import tqdm
 from potq.data import Dataset, augment, channel_stats, load_dataset, normalize, split_train_val
 from potq.errors import UserError
 from potq.files import save_json, save_text, save_torch
-from potq.models import ConvNet, build_model
+from potq.models import build_model, check_model
 from potq.plots import plot_curves
 
 CHECKPOINT = "checkpoint.pt"
@@ -88,7 +88,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--lr must be positive, got {cfg.lr}")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {cfg.batch_size}")
-    build_model(cfg.model)  # raises on an unknown model
+    check_model(cfg.model)
 
 
 # ---- distributed helpers -----------------------------------------------------------------------
@@ -219,7 +219,7 @@ def prepare_data(cfg: TrainConfig, data: Dataset) -> dict[str, np.ndarray]:
     }
 
 
-def new_model(cfg: TrainConfig) -> ConvNet:
+def new_model(cfg: TrainConfig) -> nn.Module:
     torch.manual_seed(cfg.seed)
     return build_model(cfg.model, tuple(cfg.in_shape), len(cfg.classes))
 
@@ -346,7 +346,7 @@ def machine_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
 
 
-def load_trained(run: Path) -> tuple[ConvNet, TrainConfig]:
+def load_trained(run: Path) -> tuple[nn.Module, TrainConfig]:
     """The FP32 model and config of a finished training run."""
     run = Path(run)
     if not (run / CONFIG).exists() or not (run / WEIGHTS).exists():

@@ -105,13 +105,12 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
 
     def energy():
         from potq import energy as en
-        from potq.models import build_model
+        from potq.quant.pipeline import load_quantized
 
-        cfg = json.loads((out / "config.json").read_text())
         table = en.load_table()
-        shape = tuple(cfg["in_shape"])
-        costs = en.network_costs(build_model(o.model, shape, len(cfg["classes"])), shape)
-        r = en.report(costs, table, o.memory)
+        graph, _ = load_quantized(out, o.headline)
+        r = en.report(en.graph_costs(graph), table, o.memory)
+        r["scheme"] = o.headline
         r["linear_example"] = {str(zp): en.linear_example(128, 10, zp, table) for zp in (128, 0)}
         r["markdown"] = en.format_report(r)
         en.plot_report(r, out / "energy.png")
@@ -198,10 +197,18 @@ def clear(out: Path) -> None:
     for pattern in ("quant_*", "verify_*"):
         for p in out.glob(pattern):
             p.unlink()
-    shutil.rmtree(out / "export", ignore_errors=True)
+    if (out / "export").exists():
+        from potq.export import EXPORT_KIND
+        from potq.files import check_output_dir
+
+        check_output_dir(out / "export", EXPORT_KIND)  # refuses a folder holding files potq did not write
+        shutil.rmtree(out / "export")
 
 
 def run_all(o: RunOptions) -> dict:
+    from potq.models import model_spec
+
+    o.model = model_spec(o.model)
     if o.data != "cifar10":
         o.data = str(Path(o.data).resolve())
     check_options(o)

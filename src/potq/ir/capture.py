@@ -146,8 +146,6 @@ class _Builder:
             else:
                 self.method(node)
         graph = Graph(self.nodes, self.shapes, IMAGE, self.value[output])
-        if len(graph.shapes[graph.output]) != 1:
-            raise UserError(f"--model: the output has shape {graph.shapes[graph.output]}; potq needs (N, classes)")
         unused = [n.name for n in self.nodes if n.output != graph.output and not graph.consumers(n.output)]
         if unused:
             raise UserError(f"--model: the output of {unused[0]} is never used")

@@ -90,6 +90,11 @@ class Graph:
     def consumers(self, value: str) -> list[Node]:
         return [n for n in self.nodes if value in n.inputs]
 
+    def emits_accumulators(self, n: Node) -> bool:
+        """A MAC node that makes the graph's output without a clamp emits its int32 accumulators
+        (the logits): no requantization."""
+        return n.op in MAC_OPS and n.output == self.output and n.act is None
+
     def mac_nodes(self) -> list[Node]:
         return [n for n in self.nodes if n.op in MAC_OPS]
 

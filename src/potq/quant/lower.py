@@ -124,11 +124,6 @@ def input_lut(mean: list[float], std: list[float], q: QType, rounding: str) -> t
     return codes.view(c, 256).to(torch.uint8)
 
 
-def is_logits(graph: Graph, n: Node) -> bool:
-    """A MAC node that makes the graph's output without a clamp emits its int32 accumulators."""
-    return n.op in MAC_OPS and n.output == graph.output and n.act is None
-
-
 def lower(fgraph: Graph, q: dict[str, QType], settings: QuantSettings) -> Graph:
     """The integer graph of a float graph whose values have QTypes."""
     settings.check()
@@ -141,7 +136,7 @@ def lower(fgraph: Graph, q: dict[str, QType], settings: QuantSettings) -> Graph:
         if n.op is OpType.INPUT:
             t["lut"] = input_lut(n.attrs["mean"], n.attrs["std"], q_out, settings.rounding)
         elif n.op in MAC_OPS:
-            last = is_logits(fgraph, n)
+            last = fgraph.emits_accumulators(n)
             attrs["requant"] = not last
             q_in = q[n.inputs[0]]
             floor = None
@@ -199,5 +194,3 @@ def min_weight_exponents(qgraph: Graph, settings: QuantSettings) -> dict[str, to
 def weight_scales_of(qgraph: Graph) -> dict[str, torch.Tensor]:
     return {n.name: weight_scale(n) for n in qgraph.mac_nodes()}
 
-
-__all__ = ["A_MAX", "A_MIN", "Stats", "calibrate", "input_lut", "lower"]
