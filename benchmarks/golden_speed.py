@@ -33,8 +33,8 @@ def main() -> None:
     a = p.parse_args()
     run = Path(a.run)
     model, cfg = load_trained(run)
-    state, _ = load_quantized(run, a.scheme)
-    golden = IntegerModel.from_state(state, cfg.mean, cfg.std)
+    graph, _ = load_quantized(run, a.scheme)
+    golden = IntegerModel(graph)
     ds = load_dataset(cfg.data)
     images, labels = torch.from_numpy(np.array(ds.test_x)), torch.from_numpy(np.array(ds.test_y))
     with torch.no_grad():
@@ -43,7 +43,7 @@ def main() -> None:
     print(f"{len(images)} test images, batch {a.batch}, torch threads {torch.get_num_threads()}")
     print(f"FP32 PyTorch model: {t_fp32:.2f} s, accuracy {(p_fp32 == labels).float().mean():.4f}")
     print(f"integer golden model ({a.scheme}): {t_int:.2f} s, accuracy {(p_int == labels).float().mean():.4f}")
-    print("exact GEMM per layer: " + ", ".join(f"{op.name} {str(op.gemm_dtype)[6:]}" for op in golden.ops if op.name))
+    print("exact GEMM per node: " + ", ".join(f"{name} {str(g.dtype)[6:]}" for name, g in golden.gemms.items()))
     print(f"ratio golden / FP32: {t_int / t_fp32:.2f}x")
 
 

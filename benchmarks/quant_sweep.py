@@ -14,8 +14,9 @@ import time
 import torch
 
 from potq.data import load_dataset, normalize
-from potq.quant.pipeline import layer_table
-from potq.quant.qnet import QuantSettings, build_quantnet, calibrate
+from potq.quant.pipeline import layer_table, quantize_graph
+from potq.quant.scheme import QuantSettings
+from potq.quant.simulate import simulated
 from potq.train import evaluate, load_trained, prepare_data
 
 SETTINGS = [
@@ -41,10 +42,9 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|---|---:|")
     for s in SETTINGS:
         t0 = time.perf_counter()
-        net = build_quantnet(model, s)
-        calibrate(net, calib)
-        _, acc = evaluate(net, x, y, cfg.mean, cfg.std)
-        shifts = [v for r in layer_table(net) if r["shift"] for v in r["shift"]]
+        _, graph = quantize_graph(model, cfg.in_shape, cfg.mean, cfg.std, calib, s)
+        _, acc = evaluate(simulated(graph), x, y, cfg.mean, cfg.std)
+        shifts = [v for r in layer_table(graph) if r["shift"] for v in r["shift"]]
         exponent = s.exponent if s.scheme != "pot-seed" else "seed rule"
         print(
             f"| {s.scheme} | {exponent} | {s.rounding} | {s.max_shift or '-'} | {acc:.4f} | "

@@ -77,7 +77,7 @@ def test_custom_table(tmp_path, capsys):
     "args, message",
     [
         (["--linear", "-3", "10"], "must be positive"),
-        (["--model", "alexnet"], "unknown model"),
+        (["--model", "alexnet"], "not a zoo model"),
         (["--memory", "l7-cache"], "not in the table"),
     ],
 )

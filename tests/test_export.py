@@ -6,71 +6,92 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 
 from potq.cli import main
-from potq.export import hex_lines, read_hex
+from potq.data import normalize
+from potq.export import hex_lines, read_hex, write_export
+from potq.ir.capture import capture
+from potq.models import build_model
+from potq.quant.lower import calibrate, lower
+from potq.quant.scheme import QuantSettings
+from tests.test_graph import EXAMPLE, MEAN, STD, randomized
 
 
 def round_shift(acc: np.ndarray, shift: np.ndarray, rule: str) -> np.ndarray:
-    out = np.empty_like(acc)
-    for s in np.unique(shift):
-        sel = shift == s
-        a = acc[:, sel]
-        if s <= 0:
-            out[:, sel] = a << -s
-        elif rule == "floor":
-            out[:, sel] = a >> s
-        elif rule == "half-up":
-            out[:, sel] = (a + (1 << (s - 1))) >> s
-        else:  # half-even
-            q, rem, half = a >> s, a & ((1 << s) - 1), 1 << (s - 1)
-            out[:, sel] = q + ((rem > half) | ((rem == half) & (q & 1 == 1)))
-    return out
+    """acc * 2**-shift rounded by rule; shift has one entry per channel (axis 1) or one for all."""
+    s = shift.reshape(1, -1, *([1] * (acc.ndim - 2))) if shift.size > 1 else shift.reshape(())
+    s = np.broadcast_to(s, acc.shape).astype(np.int64)
+    acc = np.where(s < 0, acc << np.maximum(-s, 0), acc)
+    s = np.clip(s, 0, 62)
+    q = acc >> s
+    if rule == "floor":
+        return q
+    rem, half = acc - (q << s), np.where(s > 0, 1 << np.maximum(s - 1, 0), 0)
+    if rule == "half-up":
+        return q + ((s > 0) & (rem >= half))
+    return q + ((s > 0) & ((rem > half) | ((rem == half) & (q & 1 == 1))))
 
 
-def conv(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
-    n, c, h, wd = x.shape
-    o, _, kh, kw = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    oh, ow = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
-    acc = np.zeros((n, o, oh, ow), dtype=np.int64)
-    for i in range(kh):
-        for j in range(kw):
-            patch = xp[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride]
-            acc += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
-    return acc
+def windows(x: np.ndarray, kernel, stride, padding, fill) -> np.ndarray:
+    """(N, C, OH, OW, KH, KW) views of x padded with `fill`."""
+    (ph, pw), (sh, sw) = padding, stride
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    return np.lib.stride_tricks.sliding_window_view(xp, tuple(kernel), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
-def run_from_files(folder, images: np.ndarray) -> list[np.ndarray]:
+def conv(x: np.ndarray, w: np.ndarray, stride, padding, groups: int) -> np.ndarray:
+    """Grouped convolution of integers, zero padding."""
+    win = windows(x, w.shape[2:], stride, padding, 0)  # N, C, OH, OW, KH, KW
+    cin, cout = x.shape[1] // groups, w.shape[0] // groups
+    parts = [
+        np.einsum("nchwij,ocij->nohw", win[:, g * cin : (g + 1) * cin], w[g * cout : (g + 1) * cout])
+        for g in range(groups)
+    ]
+    return np.concatenate(parts, axis=1)
+
+
+def run_from_files(folder, images: np.ndarray) -> dict[str, np.ndarray]:
+    """The exported graph, interpreted from model.json and the hex files alone."""
     model = json.loads((folder / "model.json").read_text())
 
     def tensor(name):
-        meta = model["tensors"][name]
+        meta = model["tensor_files"][name]
         bits = 8 if meta["dtype"] in ("int8", "uint8") else 32
         return read_hex(folder / meta["hex"], bits, signed=meta["dtype"] != "uint8").reshape(meta["shape"])
 
-    lut = tensor(model["input"]["lut"])
-    x = lut[np.arange(lut.shape[0])[None, :, None, None], images.astype(np.int64)]
-    outs = [x]
-    for layer in model["layers"]:
-        if layer["type"] == "maxpool":
-            k = layer["kernel"]
-            n, c, h, w = x.shape
-            x = x[:, :, : h // k * k, : w // k * k].reshape(n, c, h // k, k, w // k, k).max(axis=(3, 5))
-        elif layer["type"] == "flatten":
-            x = x.reshape(len(x), -1)
-        else:
-            w, b = tensor(layer["weight"]), tensor(layer["bias"])
-            xs = x - layer["input_zero_point"]
-            acc = conv(xs, w, layer["stride"], layer["padding"]) if layer["type"] == "conv" else xs @ w.T
-            acc = acc + (b[None, :, None, None] if acc.ndim == 4 else b[None, :])
-            if layer["last"]:
-                x = acc
+    q = {v: d["q"] for v, d in model["values"].items() if "q" in d}
+    env = {model["input"]: images.astype(np.int64)}
+    for node in model["nodes"]:
+        op, a, t = node["op"], node["attrs"], {k: tensor(ref) for k, ref in node["tensors"].items()}
+        xs = [env[v] for v in node["inputs"]]
+        zps = [q[v]["zero_point"] for v in node["inputs"] if v in q]
+        out = q[node["output"]]
+        acc = None
+        if op == "input":
+            y = t["lut"][np.arange(t["lut"].shape[0])[None, :, None, None], xs[0]]
+        elif op in ("conv", "linear"):
+            x = xs[0] - zps[0]
+            if op == "conv":
+                acc = conv(x, t["weight"], a["stride"], a["padding"], a["groups"]) + t["bias"][None, :, None, None]
             else:
-                y = round_shift(acc, tensor(layer["shift"]), model["rounding"]) + layer["output_zero_point"]
-                x = np.clip(y, *layer["clamp"])
-        outs.append(x)
-    return outs
+                acc = x @ t["weight"].T + t["bias"][None, :]
+            if not a.get("requant", True):
+                y, acc = acc, None
+        elif op == "add":
+            acc = sum((x - zp) << int(al) for x, zp, al in zip(xs, zps, t["align"], strict=True))
+        elif op == "avgpool":
+            acc = windows(xs[0] - zps[0], a["kernel"], a["stride"], a["padding"], 0).sum(axis=(4, 5))
+        elif op == "maxpool":
+            y = windows(xs[0], a["kernel"], a["stride"], a["padding"], -(2**31)).max(axis=(4, 5))
+        elif op == "concat":
+            y = np.concatenate(xs, axis=1)
+        elif op == "flatten":
+            y = xs[0].reshape(len(xs[0]), -1)
+        if acc is not None:
+            y = np.clip(round_shift(acc, t["shift"], model["rounding"]) + out["zero_point"], out["lo"], out["hi"])
+        env[node["output"]] = y
+    return env
 
 
 def test_hex_round_trip():
@@ -79,6 +100,20 @@ def test_hex_round_trip():
     assert text.split() == ["80", "ff", "00", "01", "7f"]
     big = np.array([-(2**31), -5, 2**31 - 1], dtype=np.int32)
     assert hex_lines(big, 32).split() == ["80000000", "fffffffb", "7fffffff"]
+
+
+def check_export(out, count: int) -> None:
+    vectors = np.load(out / "vectors.npz")
+    model = json.loads((out / "model.json").read_text())
+    env = run_from_files(out, vectors[model["input"]])
+    for node in model["nodes"]:
+        v = node["output"]
+        np.testing.assert_array_equal(env[v], vectors[v], err_msg=v)
+        bits = model["values"][v]["q"]["bits"]
+        for k in range(count):
+            got = read_hex(out / "vectors" / f"img{k}_{v}.hex", bits, signed=bits == 32)
+            np.testing.assert_array_equal(got, env[v][k].reshape(-1), err_msg=v)
+    np.testing.assert_array_equal(env[model["output"]], vectors["logits"])
 
 
 def test_exported_files_reproduce_the_test_vectors(tiny_run, tmp_path, capsys):
@@ -90,21 +125,36 @@ def test_exported_files_reproduce_the_test_vectors(tiny_run, tmp_path, capsys):
     )
     out = tmp_path / "export"
     assert main(["export", "--run", str(tiny_run), "--scheme", "pot-channel", "--out", str(out), "--vectors", "4"]) == 0
-    assert {p.name for p in out.iterdir()} == {"model.json", "weights.npz", "model.h", "hex", "vectors", "vectors.npz"}
-    vectors = np.load(out / "vectors.npz")
-    outs = run_from_files(out, vectors["input"])
-    for i, got in enumerate(outs):
-        np.testing.assert_array_equal(got, vectors[f"out{i}"])
-        for k in range(4):
-            bits = 32 if i == len(outs) - 1 else 8
-            np.testing.assert_array_equal(
-                read_hex(out / "vectors" / f"img{k}_out{i}.hex", bits, signed=bits == 32), got[k].reshape(-1)
-            )
-    np.testing.assert_array_equal(outs[-1], vectors["logits"])
+    assert {p.name for p in out.iterdir()} == {
+        "model.json",
+        "weights.npz",
+        "model.h",
+        "hex",
+        "vectors",
+        "vectors.npz",
+        ".potq-manifest.json",
+    }
+    check_export(out, 4)
     npz = np.load(out / "weights.npz")
     model = json.loads((out / "model.json").read_text())
-    first = model["layers"][0]
-    assert npz[first["weight"]].dtype == np.int8 and npz[first["bias"]].dtype == np.int32
+    first = next(n for n in model["nodes"] if n["op"] == "conv")
+    assert npz[first["tensors"]["weight"]].dtype == np.int8 and npz[first["tensors"]["bias"]].dtype == np.int32
+    assert "pads with zp_in" in first["rule"]
+
+
+@pytest.mark.parametrize(
+    "name, rounding", [("resnet20", "half-up"), ("mobilenet-cifar", "floor"), (EXAMPLE, "half-even")]
+)
+def test_any_graph_rebuilds_from_its_files(name, rounding, tmp_path):
+    """Residual, depthwise and user graphs rebuilt by numpy from model.json and hex files alone."""
+    model = randomized(build_model(name))
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    settings = QuantSettings("pot-channel", rounding=rounding)
+    fgraph = capture(model, (3, 32, 32), MEAN, STD)
+    graph = lower(fgraph, calibrate(fgraph, normalize(images, MEAN, STD), settings), settings)
+    write_export(graph, tmp_path / "e", images.numpy(), np.zeros(6, dtype=np.int64), [str(i) for i in range(10)])
+    check_export(tmp_path / "e", 2)
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
@@ -115,13 +165,13 @@ def test_c_header_compiles(tiny_run, tmp_path):
     src = tmp_path / "main.c"
     src.write_text(
         '#include "model.h"\n#include <stdio.h>\n'
-        "int main(void){long s=0; for(unsigned i=0;i<sizeof potq_L0_weight;i++) s+=potq_L0_weight[i];"
-        ' printf("%ld %d\\n", s, POTQ_L0_IN_ZP); return 0;}\n'
+        "int main(void){long s=0; for(unsigned i=0;i<sizeof potq_features_0_weight;i++) s+=potq_features_0_weight[i];"
+        ' printf("%ld %d %d\\n", s, POTQ_INPUT_ZP, POTQ_ROUNDING); return 0;}\n'
     )
     subprocess.run(["cc", "-I", str(out), "-o", str(tmp_path / "m"), str(src)], check=True)
     got = subprocess.run([str(tmp_path / "m")], capture_output=True, text=True, check=True).stdout.split()
-    w = np.load(out / "weights.npz")["L0_weight"]
-    assert int(got[0]) == int(w.astype(np.int64).sum()) and int(got[1]) == 128
+    w = np.load(out / "weights.npz")["features.0.weight"]
+    assert int(got[0]) == int(w.astype(np.int64).sum()) and int(got[1]) == 128 and int(got[2]) == 0  # half-up
 
 
 def test_export_bad_input(tiny_run, tmp_path, capsys):
@@ -135,3 +185,34 @@ def test_export_bad_input(tiny_run, tmp_path, capsys):
         == 2
     )
     assert "--vectors" in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+def test_export_never_deletes_what_potq_did_not_write(tiny_run, tmp_path, capsys, monkeypatch):
+    assert main(["quantize", "--run", str(tiny_run), "--scheme", "pot-tensor", "--calib", "50"]) == 0
+    before = sorted(p.name for p in tiny_run.iterdir())
+    args = ["export", "--run", str(tiny_run), "--scheme", "pot-tensor", "--out"]
+    # the run folder itself, a folder above it, the current folder
+    for out in (tiny_run, tiny_run.parent):
+        assert main([*args, str(out)]) == 2
+        assert "choose another path" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "."]) == 2
+    capsys.readouterr()
+    assert sorted(p.name for p in tiny_run.iterdir()) == before
+    # a folder of the user's own files
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main([*args, str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "potq did not write" in err and err.count("\n") == 1
+    assert (mine / "notes.txt").read_text() == "keep me"
+    # a folder potq wrote is replaced; once the user adds a file to it, it is not
+    out = tmp_path / "export"
+    assert main([*args, str(out)]) == 0 and main([*args, str(out)]) == 0
+    (out / "hex" / "mine.hex").write_text("00\n")
+    assert main([*args, str(out)]) == 2
+    assert "hex/mine.hex" in capsys.readouterr().err and (out / "hex" / "mine.hex").exists()
+    # a file where the folder should be
+    (tmp_path / "file").write_text("x")
+    assert main([*args, str(tmp_path / "file")]) == 2 and (tmp_path / "file").read_text() == "x"

@@ -65,8 +65,14 @@ def test_float_scales_are_refused():
 def linear_graph(weight: torch.Tensor, bias: torch.Tensor, in_zp: int = 0) -> Graph:
     """x (uint8, zero point in_zp) -> Linear -> int32 logits, by hand."""
     n_out, n_in = weight.shape
-    node = Node("fc", OpType.LINEAR, ["x"], "fc", {"requant": False},
-                {"weight": weight, "bias": bias, "w_exp": torch.zeros(n_out, dtype=torch.int64)})
+    node = Node(
+        "fc",
+        OpType.LINEAR,
+        ["x"],
+        "fc",
+        {"requant": False},
+        {"weight": weight, "bias": bias, "w_exp": torch.zeros(n_out, dtype=torch.int64)},
+    )
     q = {"x": QType(in_zp, 0, 255, 1.0, 0), "fc": QType(0, -(2**31) + 1, 2**31 - 1, 1.0, 0, bits=32)}
     return Graph([node], {"x": (n_in,), "fc": (n_out,)}, "x", "fc", q, "half-up", "pot-tensor")
 
@@ -84,9 +90,14 @@ def test_accumulator_bound_and_exact_gemm_choice():
 def test_split_gemm_is_exact_where_one_float32_gemm_is_not():
     torch.manual_seed(0)
     w = torch.randint(100, 128, (4, 256, 3, 3), dtype=torch.int8)  # 255 * 127 * 2304 >> 2**24
-    node = Node("c", OpType.CONV, ["x"], "c", {"kernel": [3, 3], "stride": [1, 1], "padding": [1, 1], "groups": 1,
-                                              "requant": False},
-                {"weight": w, "bias": torch.zeros(4, dtype=torch.int32), "w_exp": torch.zeros(4, dtype=torch.int64)})
+    node = Node(
+        "c",
+        OpType.CONV,
+        ["x"],
+        "c",
+        {"kernel": [3, 3], "stride": [1, 1], "padding": [1, 1], "groups": 1, "requant": False},
+        {"weight": w, "bias": torch.zeros(4, dtype=torch.int32), "w_exp": torch.zeros(4, dtype=torch.int64)},
+    )
     q = {"x": QType(0, 0, 255, 1.0, 0), "c": QType(0, -(2**31) + 1, 2**31 - 1, 1.0, 0, bits=32)}
     graph = Graph([node], {"x": (256, 5, 5), "c": (4, 5, 5)}, "x", "c", q, "half-up", "pot-tensor")
     model = IntegerModel(graph)

@@ -45,8 +45,21 @@ def test_registry():
 def test_seed_graph_is_the_chain():
     g = capture(build_model("seed"), (3, 32, 32), MEAN, STD)
     ops = [n.op.value for n in g.nodes]
-    assert ops == ["input", "conv", "maxpool", "conv", "maxpool", "conv", "conv", "conv", "maxpool", "flatten",
-                   "linear", "linear", "linear"]
+    assert ops == [
+        "input",
+        "conv",
+        "maxpool",
+        "conv",
+        "maxpool",
+        "conv",
+        "conv",
+        "conv",
+        "maxpool",
+        "flatten",
+        "linear",
+        "linear",
+        "linear",
+    ]
     assert [n.act is not None for n in g.mac_nodes()] == [True] * 7 + [False]
 
 
@@ -141,8 +154,14 @@ def test_add_aligns_different_exponents():
 def test_average_pool_divides_by_a_shift():
     # window 2x2 of codes 1, 2, 3, 5 (zero point 0, 2^-2): sum 11; out 2^-2: shift = 0 + log2(4) = 2 -> 2.75 -> 3
     q = {"x": QType(0, 0, 255, 0.25, -2), "y": QType(0, 0, 255, 0.25, -2)}
-    node = Node("pool", OpType.AVGPOOL, ["x"], "y", {"kernel": [2, 2], "stride": [2, 2], "padding": [0, 0]},
-                {"shift": torch.tensor([2])})
+    node = Node(
+        "pool",
+        OpType.AVGPOOL,
+        ["x"],
+        "y",
+        {"kernel": [2, 2], "stride": [2, 2], "padding": [0, 0]},
+        {"shift": torch.tensor([2])},
+    )
     x = torch.tensor([[[[1, 2], [3, 5]]]], dtype=torch.int32)
     assert kernel(OpType.AVGPOOL, node, q, [x]).flatten().tolist() == [3]
     assert kernel(OpType.AVGPOOL, node, q, [x], "floor").flatten().tolist() == [2]
@@ -151,10 +170,18 @@ def test_average_pool_divides_by_a_shift():
 def test_depthwise_convolution_by_hand():
     # two channels, 1x1 depthwise weights 2 and -3, biases 1 and 0: acc 21 and -60; shift 1 -> 10.5 -> 11, -30 -> 0
     q = {"x": QType(0, 0, 255, 1.0, 0), "y": QType(0, 0, 255, 2.0, 1)}
-    node = Node("dw", OpType.CONV, ["x"], "y",
-                {"kernel": [1, 1], "stride": [1, 1], "padding": [0, 0], "groups": 2},
-                {"weight": torch.tensor([2, -3], dtype=torch.int8).view(2, 1, 1, 1),
-                 "bias": torch.tensor([1, 0], dtype=torch.int32), "shift": torch.tensor([1, 1])})
+    node = Node(
+        "dw",
+        OpType.CONV,
+        ["x"],
+        "y",
+        {"kernel": [1, 1], "stride": [1, 1], "padding": [0, 0], "groups": 2},
+        {
+            "weight": torch.tensor([2, -3], dtype=torch.int8).view(2, 1, 1, 1),
+            "bias": torch.tensor([1, 0], dtype=torch.int32),
+            "shift": torch.tensor([1, 1]),
+        },
+    )
     model = IntegerModel.__new__(IntegerModel)
     from potq.golden import exact_gemm
 
@@ -226,7 +253,29 @@ def test_user_model_commands(capsys, tmp_path):
     assert main(["energy", "--model", f"{bad}:build"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "module GELU is not supported" in err
-    for spec, message in ((f"{tmp_path}/none.py:build", "no such file"), (f"{bad}:nothing", "no function"),
-                          ("no_such_package_xyz:build", "can't import")):
+    for spec, message in (
+        (f"{tmp_path}/none.py:build", "no such file"),
+        (f"{bad}:nothing", "no function"),
+        ("no_such_package_xyz:build", "can't import"),
+    ):
         assert main(["summary", "--model", spec]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_python_api(tmp_path):
+    import potq
+
+    model = randomized(build_model(EXAMPLE))
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    q = potq.quantize(model, images, "pot-tensor", rounding="floor")
+    g_rec, s_rec = {}, {}
+    logits = q.golden().run(images, g_rec)
+    q.simulated()(q.normalize(images), s_rec)
+    assert logits.dtype == torch.int32 and all(torch.equal(g_rec[v].long(), s_rec[v]) for v in g_rec)
+    table = q.energy()
+    assert {row["type"] for row in table["layers"]} == {"Conv2d", "Linear", "Add", "AvgPool"}
+    r = q.export(tmp_path / "e", images[:2])
+    assert r["vectors"] == 2 and (tmp_path / "e" / "model.json").exists()
+    with pytest.raises(UserError, match="uint8"):
+        potq.quantize(model, images.float())

@@ -157,7 +157,7 @@ def test_failing_step_names_itself_and_keeps_earlier_work(learnable_data, tmp_pa
     def broken(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(energy, "network_costs", broken)
+    monkeypatch.setattr(energy, "graph_costs", broken)
     assert main(args) == 1
     err = capsys.readouterr().err
     assert err.endswith("potq: step energy failed: RuntimeError: disk on fire\n")

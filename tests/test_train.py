@@ -109,7 +109,7 @@ def _cli_error(args, capsys):
     [
         (["--epochs", "-1"], "--epochs must be a positive integer"),
         (["--recipe", "adam-magic"], "unknown recipe"),
-        (["--model", "vgg99"], "unknown model"),
+        (["--model", "vgg99"], "not a zoo model"),
         (["--train-limit", "0"], "--train-limit"),
     ],
 )

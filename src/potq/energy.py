@@ -13,19 +13,18 @@ an alignment shift per input that needs one, one INT32 addition, then requantiza
 AvgPool output over k values: FP32 k-1 additions and one multiply (by 1/k); INT8 k zero-point
 subtractions (non-zero zero point), k-1 INT32 additions, then requantization (the division is part of
 the shift). BatchNorm is folded into the convolution; ReLU (a clamp), max pooling (comparisons),
-concatenation and flattening are not counted, as in the reference report. Memory energy reads every weight and input activation and
-writes every output activation once, in 64-bit accesses, from one memory level.
+concatenation and flattening are not counted, as in the reference report. Memory energy reads every
+weight and input activation and writes every output activation once, in 64-bit accesses, from one memory level.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-
-from collections.abc import Callable
 
 from torch import nn
 
@@ -159,8 +158,18 @@ class LayerCost:
         return self.k * self.outputs if self.type in ("Conv2d", "Linear") else 0
 
 
-def mac_cost(name: str, type_: str, k: int, outputs: int, weights: int, biases: int, in_acts: int,
-             in_zp: bool, out_zp: bool, requant: bool) -> LayerCost:
+def mac_cost(
+    name: str,
+    type_: str,
+    k: int,
+    outputs: int,
+    weights: int,
+    biases: int,
+    in_acts: int,
+    in_zp: bool,
+    out_zp: bool,
+    requant: bool,
+) -> LayerCost:
     terms = {m: mac_terms(m, k, in_zp, out_zp, requant) for m in MODELS}
     return LayerCost(name, type_, k, outputs, weights, biases, in_acts, terms, requant)
 
@@ -172,14 +181,25 @@ def _mac(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
     w = n.tensors["weight"]
     requant = not g.emits_accumulators(n)
     type_ = "Conv2d" if n.op is OpType.CONV else "Linear"
-    return mac_cost(n.name, type_, w[0].numel(), math.prod(g.shapes[n.output]), w.numel(), w.shape[0],
-                    math.prod(g.shapes[n.inputs[0]]), zp[n.inputs[0]] != 0, requant and zp[n.output] != 0, requant)
+    return mac_cost(
+        n.name,
+        type_,
+        w[0].numel(),
+        math.prod(g.shapes[n.output]),
+        w.numel(),
+        w.shape[0],
+        math.prod(g.shapes[n.inputs[0]]),
+        zp[n.inputs[0]] != 0,
+        requant and zp[n.output] != 0,
+        requant,
+    )
 
 
 def _add(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
     align = n.tensors["align"].tolist() if "align" in n.tensors else [1, 0]  # a float graph: assume one
-    terms = {m: add_terms(m, sum(zp[v] != 0 for v in n.inputs), sum(a > 0 for a in align), zp[n.output] != 0)
-             for m in MODELS}
+    terms = {
+        m: add_terms(m, sum(zp[v] != 0 for v in n.inputs), sum(a > 0 for a in align), zp[n.output] != 0) for m in MODELS
+    }
     outputs = math.prod(g.shapes[n.output])
     return LayerCost(n.name, "Add", 2, outputs, 0, 0, 2 * outputs, terms)
 
@@ -187,8 +207,7 @@ def _add(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
 def _avgpool(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
     k = window(n)
     terms = {m: avgpool_terms(m, k, zp[n.inputs[0]] != 0, zp[n.output] != 0) for m in MODELS}
-    return LayerCost(n.name, "AvgPool", k, math.prod(g.shapes[n.output]), 0, 0, math.prod(g.shapes[n.inputs[0]]),
-                     terms)
+    return LayerCost(n.name, "AvgPool", k, math.prod(g.shapes[n.output]), 0, 0, math.prod(g.shapes[n.inputs[0]]), terms)
 
 
 def _free(g: Graph, n: Node, zp: dict[str, int]) -> None:

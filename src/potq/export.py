@@ -128,8 +128,11 @@ def c_header(desc: dict, arrays: dict[str, np.ndarray]) -> str:
         if "q" in d:
             key = c_name(v).upper()
             q = d["q"]
-            out += [f"#define POTQ_{key}_ZP {q['zero_point']}", f"#define POTQ_{key}_LO {q['lo']}",
-                    f"#define POTQ_{key}_HI {q['hi']}"]
+            out += [
+                f"#define POTQ_{key}_ZP {q['zero_point']}",
+                f"#define POTQ_{key}_LO {q['lo']}",
+                f"#define POTQ_{key}_HI {q['hi']}",
+            ]
     out.append("")
     out += [_c_array(name, array) for name, array in arrays.items()]
     out += ["#endif"]

@@ -105,7 +105,9 @@ class IntegerModel:
                     "worst_case_accumulator": acc,
                     "bits": math.ceil(math.log2(acc + 1)) + 1,
                     "int32_headroom_bits": round(headroom_bits(acc), 2),
-                    "gemm": "-" if gemm is None else str(gemm.dtype).replace("torch.", "")
+                    "gemm": "-"
+                    if gemm is None
+                    else str(gemm.dtype).replace("torch.", "")
                     + (f" x {len(gemm.slices)} slices" if len(gemm.slices) > 1 else ""),
                 }
             )

@@ -136,8 +136,9 @@ class CifarResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(16)
         stages, c = [], 16
         for width, stride in ((16, 1), (32, 2), (64, 2)):
-            stages.append(nn.Sequential(*[BasicBlock(c if i == 0 else width, width, stride if i == 0 else 1)
-                                          for i in range(n)]))
+            stages.append(
+                nn.Sequential(*[BasicBlock(c if i == 0 else width, width, stride if i == 0 else 1) for i in range(n)])
+            )
             c = width
         self.layer1, self.layer2, self.layer3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -89,7 +89,8 @@ def capture(model: nn.Module, in_shape: tuple[int, int, int], mean: list[float],
         with torch.no_grad():
             ShapeProp(gm).propagate(torch.zeros(2, *in_shape))
     except Exception as e:
-        raise UserError(f"--model: the model does not run on input {tuple(in_shape)}: {type(e).__name__}: {e}") from None
+        shape = tuple(in_shape)
+        raise UserError(f"--model: the model does not run on input {shape}: {type(e).__name__}: {e}") from None
     return _Builder(gm, in_shape, mean, std).build()
 
 
@@ -173,8 +174,7 @@ class _Builder:
         elif isinstance(m, nn.MaxPool2d):
             self.maxpool(node, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
         elif isinstance(m, nn.AvgPool2d):
-            self.avgpool(node, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
-                         m.divisor_override)
+            self.avgpool(node, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override)
         elif isinstance(m, nn.AdaptiveAvgPool2d):
             self.adaptive(node, m.output_size)
         elif isinstance(m, nn.Flatten):
@@ -197,8 +197,12 @@ class _Builder:
             padding = (kernel[0] // 2, kernel[1] // 2) if padding == "same" else (0, 0)
         w = m.weight.detach().double()
         b = m.bias.detach().double() if m.bias is not None else torch.zeros(m.out_channels, dtype=torch.float64)
-        attrs = {"kernel": list(kernel), "stride": list(_pair(m.stride)), "padding": list(_pair(padding)),
-                 "groups": m.groups}
+        attrs = {
+            "kernel": list(kernel),
+            "stride": list(_pair(m.stride)),
+            "padding": list(_pair(padding)),
+            "groups": m.groups,
+        }
         self.add(node, OpType.CONV, [node.args[0]], attrs, {"weight": w, "bias": b})
 
     def _sole_producer(self, node: fx.Node, ops: tuple[OpType, ...], what: str) -> Node:
@@ -208,8 +212,10 @@ class _Builder:
         if producer is None or producer.op not in ops or len(src.users) != 1:
             kind = producer.op.value if producer else "?"
             raise _unsupported(
-                node, what, f"potq fuses it into the {'/'.join(o.value for o in ops)} that feeds only it "
-                f"(here it follows a {kind} node)"
+                node,
+                what,
+                f"potq fuses it into the {'/'.join(o.value for o in ops)} that feeds only it "
+                f"(here it follows a {kind} node)",
             )
         return producer
 
@@ -237,18 +243,25 @@ class _Builder:
     def maxpool(self, node, kernel, stride, padding, dilation, ceil_mode) -> None:
         if ceil_mode or _pair(dilation) != (1, 1):
             raise _unsupported(node, "max pooling with ceil_mode or dilation")
-        attrs = {"kernel": list(_pair(kernel)), "stride": list(_pair(stride or kernel)),
-                 "padding": list(_pair(padding))}
+        attrs = {
+            "kernel": list(_pair(kernel)),
+            "stride": list(_pair(stride or kernel)),
+            "padding": list(_pair(padding)),
+        }
         self.add(node, OpType.MAXPOOL, [node.args[0]], attrs)
 
     def avgpool(self, node, kernel, stride, padding, ceil_mode, count_include_pad, divisor) -> None:
         if ceil_mode or divisor is not None or (not count_include_pad and _pair(padding) != (0, 0)):
             raise _unsupported(
-                node, "average pooling with ceil_mode, divisor_override or count_include_pad=False",
+                node,
+                "average pooling with ceil_mode, divisor_override or count_include_pad=False",
                 "potq divides every window by its full size",
             )
-        attrs = {"kernel": list(_pair(kernel)), "stride": list(_pair(stride or kernel)),
-                 "padding": list(_pair(padding))}
+        attrs = {
+            "kernel": list(_pair(kernel)),
+            "stride": list(_pair(stride or kernel)),
+            "padding": list(_pair(padding)),
+        }
         self.add(node, OpType.AVGPOOL, [node.args[0]], attrs)
 
     def adaptive(self, node, output_size) -> None:
@@ -299,8 +312,11 @@ class _Builder:
         elif f is F.relu6:
             self.fuse(node, 0.0, 6.0)
         elif f is F.hardtanh:
-            self.fuse(node, float(args[1] if len(args) > 1 else kw.get("min_val", -1.0)),
-                      float(args[2] if len(args) > 2 else kw.get("max_val", 1.0)))
+            self.fuse(
+                node,
+                float(args[1] if len(args) > 1 else kw.get("min_val", -1.0)),
+                float(args[2] if len(args) > 2 else kw.get("max_val", 1.0)),
+            )
         elif f in (torch.clamp, torch.clip, torch.clamp_min):
             self.clamp(node, args[1:], kw)
         elif f in FLATTEN_FUNCS:
@@ -311,12 +327,17 @@ class _Builder:
                 raise _unsupported(node, f"torch.cat on dim {dim}", "potq concatenates channels (dim 1)")
             self.add(node, OpType.CONCAT, list(tensors))
         elif f is F.max_pool2d:
-            p = _call_args(args[1:], kw, ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
-                           (None, None, 0, 1, False))
+            p = _call_args(
+                args[1:], kw, ("kernel_size", "stride", "padding", "dilation", "ceil_mode"), (None, None, 0, 1, False)
+            )
             self.maxpool(node, *p)
         elif f is F.avg_pool2d:
-            p = _call_args(args[1:], kw, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-                                          "divisor_override"), (None, None, 0, False, True, None))
+            p = _call_args(
+                args[1:],
+                kw,
+                ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+                (None, None, 0, False, True, None),
+            )
             self.avgpool(node, *p)
         elif f is F.adaptive_avg_pool2d:
             self.adaptive(node, args[1] if len(args) > 1 else kw["output_size"])

@@ -24,8 +24,14 @@ def tensor_name(node: Node, key: str) -> str:
 
 
 def _qtype(q: QType) -> dict:
-    return {"zero_point": q.zero_point, "lo": q.lo, "hi": q.hi, "scale": q.scale, "exponent": q.exponent,
-            "bits": q.bits}
+    return {
+        "zero_point": q.zero_point,
+        "lo": q.lo,
+        "hi": q.hi,
+        "scale": q.scale,
+        "exponent": q.exponent,
+        "bits": q.bits,
+    }
 
 
 def _attrs_out(attrs: dict) -> dict:
@@ -51,10 +57,19 @@ def to_dict(graph: Graph) -> tuple[dict, dict[str, torch.Tensor]]:
         for key, t in n.tensors.items():
             refs[key] = tensor_name(n, key)
             tensors[refs[key]] = t
-        nodes.append({"name": n.name, "op": n.op.value, "inputs": list(n.inputs), "output": n.output,
-                      "attrs": _attrs_out(n.attrs), "tensors": refs})
-    values = {v: {"shape": list(s), **({"q": _qtype(graph.q[v])} if v in graph.q else {})}
-              for v, s in graph.shapes.items()}
+        nodes.append(
+            {
+                "name": n.name,
+                "op": n.op.value,
+                "inputs": list(n.inputs),
+                "output": n.output,
+                "attrs": _attrs_out(n.attrs),
+                "tensors": refs,
+            }
+        )
+    values = {
+        v: {"shape": list(s), **({"q": _qtype(graph.q[v])} if v in graph.q else {})} for v, s in graph.shapes.items()
+    }
     desc = {
         "format": FORMAT,
         "version": VERSION,
@@ -75,8 +90,14 @@ def from_dict(desc: dict, tensor: Callable[[str], torch.Tensor]) -> Graph:
     if desc.get("format") != FORMAT or desc.get("version") != VERSION:
         raise ValueError(f"format {desc.get('format')!r} version {desc.get('version')!r}, expected {FORMAT} {VERSION}")
     nodes = [
-        Node(d["name"], OpType(d["op"]), list(d["inputs"]), d["output"], _attrs_in(d["attrs"]),
-             {key: tensor(ref) for key, ref in d["tensors"].items()})
+        Node(
+            d["name"],
+            OpType(d["op"]),
+            list(d["inputs"]),
+            d["output"],
+            _attrs_in(d["attrs"]),
+            {key: tensor(ref) for key, ref in d["tensors"].items()},
+        )
         for d in desc["nodes"]
     ]
     shapes = {v: tuple(int(x) for x in d["shape"]) for v, d in desc["values"].items()}

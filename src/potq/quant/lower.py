@@ -23,7 +23,7 @@ from potq.errors import UserError
 from potq.ir.bounds import analyse
 from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType, pool_shift_bits
 from potq.quant.arith import INT32_MAX, quantize, round_float
-from potq.quant.scheme import A_MAX, A_MIN, W_MAX, W_MIN, QuantSettings, activation_qtype, weight_scales
+from potq.quant.scheme import W_MAX, W_MIN, QuantSettings, activation_qtype, weight_scales
 from potq.quant.simulate import SimNet, weight_scale
 
 SHARED_QTYPE_OPS = (OpType.MAXPOOL, OpType.FLATTEN, OpType.CONCAT)
@@ -146,9 +146,9 @@ def lower(fgraph: Graph, q: dict[str, QType], settings: QuantSettings) -> Graph:
             w, b = n.tensors["weight"].double(), n.tensors["bias"].double()
             view = ws.view(-1, *([1] * (w.dim() - 1)))
             t["weight"] = torch.clamp(round_float(w / view, settings.rounding), W_MIN, W_MAX).to(torch.int8)
-            t["bias"] = torch.clamp(
-                round_float(b / (q_in.scale * ws), settings.rounding), -INT32_MAX, INT32_MAX
-            ).to(torch.int32)
+            t["bias"] = torch.clamp(round_float(b / (q_in.scale * ws), settings.rounding), -INT32_MAX, INT32_MAX).to(
+                torch.int32
+            )
             if we is None:
                 t["w_scale"] = ws
             else:
@@ -193,4 +193,3 @@ def min_weight_exponents(qgraph: Graph, settings: QuantSettings) -> dict[str, to
 
 def weight_scales_of(qgraph: Graph) -> dict[str, torch.Tensor]:
     return {n.name: weight_scale(n) for n in qgraph.mac_nodes()}
-

@@ -16,7 +16,7 @@ from potq.errors import UserError
 from potq.files import save_json, save_text, save_torch
 from potq.ir import io
 from potq.ir.capture import capture
-from potq.ir.graph import Graph, OpType
+from potq.ir.graph import Graph
 from potq.plots import plot_bars
 from potq.quant.lower import calibrate, lower, min_weight_exponents, weight_scales_of
 from potq.quant.scheme import SCHEMES, QuantSettings
@@ -40,8 +40,15 @@ def label(settings: QuantSettings, qat_epochs: int) -> str:
     return settings.scheme + ("-qat" if qat_epochs else "")
 
 
-def qat(fgraph: Graph, qgraph: Graph, settings: QuantSettings, arrays: dict, cfg: TrainConfig, epochs: int,
-        lr: float | None = None) -> Graph:
+def qat(
+    fgraph: Graph,
+    qgraph: Graph,
+    settings: QuantSettings,
+    arrays: dict,
+    cfg: TrainConfig,
+    epochs: int,
+    lr: float | None = None,
+) -> Graph:
     """Fine-tune with fake quantization: straight-through rounding, weight scales tracked each step,
     activation scales fixed from calibration, BatchNorm already folded. Returns the graph lowered again."""
     d = setup_dist()
