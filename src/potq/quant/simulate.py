@@ -23,7 +23,12 @@ from potq.quant.scheme import W_MAX, W_MIN, QuantSettings, weight_scales
 
 def fake_quant(x: torch.Tensor, scale, zp: int, lo: int, hi: int, rule: str) -> torch.Tensor:
     """Quantize then dequantize: (clamp(round(x / s) + zp, lo, hi) - zp) * s."""
-    return (quantize(x, scale, zp, lo, hi, rule) - zp) * scale
+    if x.requires_grad or not isinstance(scale, float):
+        return (quantize(x, scale, zp, lo, hi, rule) - zp) * scale
+    # the same operations in place, on one new tensor: evaluation is bound by memory traffic
+    t = x / scale
+    t = t.add_(0.5).floor_() if rule == "half-up" else (t.round_() if rule == "half-even" else t.floor_())
+    return t.clamp_(lo - zp, hi - zp).mul_(scale)
 
 
 def _key(name: str) -> str:
@@ -53,6 +58,7 @@ class SimNet(nn.Module):
         self.quantize = bool(self.q)
         self.track_weights = False  # QAT: re-derive weight scales every step
         self.min_exponent: dict[str, torch.Tensor] = {}  # per MAC node, the --max-shift floor (QAT)
+        self._exact: dict[str, bool] = {}  # per MAC node: float32 exact in eval (see float32_exact)
 
     @property
     def rule(self) -> str | None:
@@ -87,6 +93,28 @@ class SimNet(nn.Module):
         q = self.q[n.output]
         return fake_quant(y, q.scale, q.zero_point, q.lo, q.hi, self.rule)
 
+    def train(self, mode: bool = True) -> SimNet:
+        self._exact.clear()  # weights may change: prove exactness again
+        return super().train(mode)
+
+    def float32_exact(self, n: Node) -> bool:
+        """Whether node n's fake-quantized products and sums (bias aside) are exact in float32: power-of-two
+        scales, every partial sum of integer products below 2**24 (max |x - zp| times the largest L1 norm
+        of a channel's integer weights), and no exponent near float32's smallest normal number."""
+        if n.name not in self._exact:
+            q_in = self.q[n.inputs[0]]
+            ws = self.w_scale[n.name]
+            w_exp = torch.log2(ws)
+            exact = q_in.exponent is not None and bool((w_exp == torch.round(w_exp)).all())
+            if exact:
+                w = self.params_of(n)[0].detach().double()
+                w_int = torch.round(w / ws.view(-1, *([1] * (w.dim() - 1))))
+                x_max = max(abs(q_in.lo - q_in.zero_point), abs(q_in.hi - q_in.zero_point))
+                exact = x_max * float(w_int.abs().flatten(1).sum(1).max()) < 2**24
+                exact = exact and q_in.exponent + int(w_exp.min()) > -100
+            self._exact[n.name] = exact
+        return self._exact[n.name]
+
     def float_graph(self) -> Graph:
         """The float graph with this net's (trained) weights."""
         nodes = []
@@ -119,14 +147,25 @@ def _mac(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
         s_in = net.q[n.inputs[0]].scale
         w = fake_quant(w, ws.view(-1, *([1] * (w.dim() - 1))), 0, W_MIN, W_MAX, net.rule)
         b = fake_quant(b, s_in * ws, 0, -INT32_MAX, INT32_MAX, net.rule)
-    if n.op is OpType.CONV:
-        a = n.attrs
-        y = F.conv2d(x, w, b, tuple(a["stride"]), tuple(a["padding"]), 1, a["groups"])
+    if not net.training and net.quantize and net.float32_exact(n):
+        # the same numbers, faster: every partial sum is an integer below 2**24 times a power of two
+        y = _linear_op(n, x.float(), w.float(), None).double() + _channels(b, x.dim())
     else:
-        y = F.linear(x, w, b)
+        y = _linear_op(n, x, w, b)
     if not n.requant:
         return y  # int32 logits at scale s_in * s_w: no requantization
     return net.requantize(n, y)
+
+
+def _linear_op(n: Node, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    if n.op is OpType.CONV:
+        a = n.attrs
+        return F.conv2d(x, w, b, tuple(a["stride"]), tuple(a["padding"]), 1, a["groups"])
+    return F.linear(x, w, b)
+
+
+def _channels(t: torch.Tensor, dims: int) -> torch.Tensor:
+    return t.view(1, -1, *([1] * (dims - 2)))
 
 
 def _add(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
