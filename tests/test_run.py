@@ -169,3 +169,28 @@ def test_run_bad_input(tmp_path, capsys):
     assert main(["run", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "no such file" in err and err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+def test_run_of_a_user_residual_net(learnable_data, tmp_path, capsys):
+    """`potq run --model file.py:factory`: the whole path on a residual net with concat and average pooling;
+    later commands read the model from the run folder."""
+    from tests.test_graph import EXAMPLE
+
+    out = tmp_path / "run"
+    args = small_run_args(learnable_data, out, "--vectors", "2")
+    args[args.index("tiny")] = EXAMPLE
+    assert main(args) == 0
+    for scheme in ("pot-seed", "pot-tensor", "pot-channel"):
+        v = json.loads((out / f"verify_{scheme}.json").read_text())
+        assert v["mismatches"] == 0 and v["nodes"] == 14
+    md = (out / "report.md").read_text()
+    assert "user_resnet.py:build" in md and "| Add |" in md and "| AvgPool |" in md
+    assert "block2.add" in md  # the exponents table names the graph's nodes
+    model = json.loads((out / "export" / "model.json").read_text())
+    assert {n["op"] for n in model["nodes"]} >= {"add", "concat", "avgpool", "conv", "linear"}
+    capsys.readouterr()
+    assert main(["verify", "--run", str(out), "--scheme", "pot-tensor"]) == 0  # no --model needed
+    assert main(["quantize", "--run", str(out), "--model", "resnet20"]) == 2
+    assert "leave --model out" in capsys.readouterr().err
+    assert main(["energy", "--run", str(out), "--scheme", "pot-channel"]) == 0
+    assert "| block1.add |" in capsys.readouterr().out
