@@ -20,6 +20,7 @@ from potq.models import ZOO, build_model
 from potq.quant.lower import calibrate, lower
 from potq.quant.scheme import QuantSettings
 from potq.quant.simulate import SIM_KERNELS, simulated
+from tests.test_quant import randomized
 
 EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "user_resnet.py") + ":build"
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
@@ -192,17 +193,6 @@ def test_depthwise_convolution_by_hand():
 
 
 # ---- golden = simulated, every value, on every kind of net ------------------------------------------
-
-
-def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    for mod in model.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.5, 0.5)
-            mod.running_var.uniform_(0.3, 2.0)
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.2, 0.2)
-    return model.eval()
 
 
 def check_bit_exact(model: nn.Module, settings: QuantSettings, n: int = 24) -> Graph:

@@ -17,16 +17,22 @@ from potq.quant.simulate import SimNet, simulated
 MEAN, STD = [0.0] * 3, [1.0] * 3
 
 
-def random_bn_model(name="tiny", seed=0):
-    torch.manual_seed(seed)
-    m = build_model(name).eval()
-    for mod in m.modules():
+def randomized(model: nn.Module, seed: int | None = 0) -> nn.Module:
+    """BatchNorm statistics and affine parameters as training would leave them, in eval mode."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    for mod in model.modules():
         if isinstance(mod, nn.BatchNorm2d):
             mod.running_mean.uniform_(-0.5, 0.5)
             mod.running_var.uniform_(0.3, 2.0)
             mod.weight.data.uniform_(0.5, 1.5)
             mod.bias.data.uniform_(-0.2, 0.2)
-    return m
+    return model.eval()
+
+
+def random_bn_model(name="tiny", seed=0):
+    torch.manual_seed(seed)
+    return randomized(build_model(name), None)
 
 
 def quantize(model, x, settings):
