@@ -177,10 +177,10 @@ def test_run_of_a_user_residual_net(learnable_data, tmp_path, capsys):
     from tests.test_graph import EXAMPLE
 
     out = tmp_path / "run"
-    args = small_run_args(learnable_data, out, "--vectors", "2")
+    args = small_run_args(learnable_data, out, "--vectors", "2", "--qat", "1")
     args[args.index("tiny")] = EXAMPLE
     assert main(args) == 0
-    for scheme in ("pot-seed", "pot-tensor", "pot-channel"):
+    for scheme in ("pot-seed", "pot-tensor", "pot-channel", "pot-channel-qat"):
         v = json.loads((out / f"verify_{scheme}.json").read_text())
         assert v["mismatches"] == 0 and v["nodes"] == 14
     md = (out / "report.md").read_text()

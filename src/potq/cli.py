@@ -91,7 +91,7 @@ def cmd_compare(a: argparse.Namespace) -> None:
 
 def cmd_verify(a: argparse.Namespace) -> None:
     check_run_model(a)
-    from potq.golden import verify_run
+    from potq.verify import verify_run
 
     r = verify_run(a.run, a.scheme, a.data, a.cache)
     print("| Node | Op | Worst-case accumulator | Bits | int32 headroom (bits) | Exact GEMM |")

@@ -15,12 +15,9 @@ int32 accumulator holds). This module imports nothing of the float simulation.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -182,59 +179,3 @@ GOLDEN_KERNELS: dict[OpType, Callable[[IntegerModel, Node, list[torch.Tensor]], 
     OpType.CONCAT: _concat,
     OpType.FLATTEN: _flatten,
 }
-
-
-def verify_run(run, name: str, data: str | None = None, cache=None, batch: int = 500) -> dict:
-    """Run the golden model and the simulated model on the whole test set; compare every value of every
-    node, bit for bit."""
-    from potq.data import load_dataset, normalize
-    from potq.files import save_json
-    from potq.quant.pipeline import load_quantized
-    from potq.quant.simulate import simulated
-
-    run = Path(run)
-    graph, cfg = load_quantized(run, name)
-    golden = IntegerModel(graph)
-    sim = simulated(graph)
-    ds = load_dataset(data or cfg.data, cache)
-    images, labels = torch.from_numpy(np.array(ds.test_x)), torch.from_numpy(np.array(ds.test_y))
-    mismatches: dict[str, int] = {}
-    values, golden_correct, sim_correct = 0, 0, 0
-    t_golden = t_sim = 0.0
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            x, y = images[i : i + batch], labels[i : i + batch]
-            t0 = time.perf_counter()
-            g_rec: dict = {}
-            g_logits = golden.run(x, g_rec)
-            t1 = time.perf_counter()
-            s_rec: dict = {}
-            s_logits = sim(normalize(x, cfg.mean, cfg.std), s_rec)
-            t_sim += time.perf_counter() - t1
-            t_golden += t1 - t0
-            if g_rec.keys() != s_rec.keys():
-                raise UserError(f"verify: the golden and simulated models record different values ({name})")
-            for v, g in g_rec.items():
-                bad = int((g.to(torch.int64) != s_rec[v]).sum())
-                if bad:
-                    mismatches[v] = mismatches.get(v, 0) + bad
-                values += g.numel()
-            golden_correct += int((g_logits.argmax(1) == y).sum())
-            sim_correct += int((s_logits.argmax(1) == y).sum())
-    result = {
-        "label": name,
-        "images": len(images),
-        "compared_values": values,
-        "values_per_image": values // max(1, len(images)),
-        "nodes": len(graph.nodes),
-        "mismatches": sum(mismatches.values()),
-        "mismatches_by_value": mismatches,
-        "golden_accuracy": golden_correct / len(images),
-        "simulated_accuracy": sim_correct / len(images),
-        "golden_seconds": t_golden,
-        "simulated_seconds": t_sim,
-        "rounding": golden.rounding,
-        "accumulators": golden.bounds_table(),
-    }
-    save_json(result, run / f"verify_{name}.json")
-    return result

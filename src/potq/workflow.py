@@ -90,7 +90,7 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
         print(compare(out))
 
     def verify():
-        from potq.golden import verify_run
+        from potq.verify import verify_run
 
         for name in _pot_labels(o):
             if (out / f"verify_{name}.json").exists():
