@@ -194,3 +194,15 @@ def test_run_of_a_user_residual_net(learnable_data, tmp_path, capsys):
     assert "leave --model out" in capsys.readouterr().err
     assert main(["energy", "--run", str(out), "--scheme", "pot-channel"]) == 0
     assert "| block1.add |" in capsys.readouterr().out
+
+
+def test_force_never_deletes_the_users_files_in_export(learnable_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = small_run_args(learnable_data, out, "--vectors", "1")
+    assert main(args) == 0
+    (out / "export" / "my-testbench.v").write_text("module tb; endmodule\n")
+    capsys.readouterr()
+    assert main([*args, "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "my-testbench.v" in err and err.count("\n") == 1
+    assert (out / "export" / "my-testbench.v").exists() and (out / "weights.pt").exists()

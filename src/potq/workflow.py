@@ -191,17 +191,19 @@ POTQ_FILES = (
 
 
 def clear(out: Path) -> None:
-    """--force: remove what earlier runs of potq wrote (and nothing else)."""
+    """--force: remove what earlier runs of potq wrote (and nothing else); an export folder that holds
+    files potq did not write stops it before anything is removed."""
+    from potq.export import EXPORT_KIND
+    from potq.files import check_output_dir
+
+    if (out / "export").exists():
+        check_output_dir(out / "export", EXPORT_KIND)
     for name in POTQ_FILES:
         (out / name).unlink(missing_ok=True)
     for pattern in ("quant_*", "verify_*"):
         for p in out.glob(pattern):
             p.unlink()
     if (out / "export").exists():
-        from potq.export import EXPORT_KIND
-        from potq.files import check_output_dir
-
-        check_output_dir(out / "export", EXPORT_KIND)  # refuses a folder holding files potq did not write
         shutil.rmtree(out / "export")
 
 
