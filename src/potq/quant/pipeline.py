@@ -131,6 +131,19 @@ def load_quantized(run: Path, name: str) -> tuple[Graph, TrainConfig]:
         raise UserError(f"{path}: not a potq quantized model of this version ({type(e).__name__}: {e})") from None
 
 
+def fp32_metrics(
+    run: Path, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
+) -> tuple[float, float]:
+    """The FP32 model's (test loss, test accuracy): training measured them on the same test set."""
+    try:
+        m = json.loads((Path(run) / "metrics.json").read_text())
+        if m.get("test_images") == len(x):
+            return float(m["test_loss"]), float(m["test_accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return evaluate(model, x, y, cfg.mean, cfg.std)
+
+
 def quantize_run(
     run: Path,
     settings: QuantSettings,
@@ -158,7 +171,7 @@ def quantize_run(
     if qat_epochs:
         graph = qat(fgraph, graph, settings, arrays, cfg, qat_epochs, qat_lr)
     test_x, test_y = torch.from_numpy(arrays["test_x"]), torch.from_numpy(arrays["test_y"])
-    fp_loss, fp_acc = evaluate(model, test_x, test_y, cfg.mean, cfg.std)
+    fp_loss, fp_acc = fp32_metrics(run, model, test_x, test_y, cfg)
     q_loss, q_acc = evaluate(simulated(graph), test_x, test_y, cfg.mean, cfg.std)
     name = label(settings, qat_epochs)
     model_path, json_path = quant_paths(run, name)
