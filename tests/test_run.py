@@ -206,3 +206,21 @@ def test_force_never_deletes_the_users_files_in_export(learnable_data, tmp_path,
     err = capsys.readouterr().err
     assert "my-testbench.v" in err and err.count("\n") == 1
     assert (out / "export" / "my-testbench.v").exists() and (out / "weights.pt").exists()
+
+
+def test_a_changed_question_is_not_answered_with_a_stale_run(learnable_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = small_run_args(learnable_data, out, "--vectors", "1")
+    assert main(args) == 0
+    before = (out / "weights.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    for changed, flag in (
+        (["--epochs", "2"], "--epochs"),
+        (["--seed", "3"], "--seed"),
+        (["--calib", "20"], "--calib"),
+        (["--qat", "1"], "--qat"),
+    ):
+        assert main([*args, *changed]) == 2
+        err = capsys.readouterr().err
+        assert f"made with {flag} " in err and "--force" in err and err.count("\n") == 1
+    assert (out / "weights.pt").stat().st_mtime_ns == before

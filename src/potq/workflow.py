@@ -165,11 +165,52 @@ def check_options(o: RunOptions) -> None:
         raise UserError("--calib and --vectors must be at least 1")
     if o.data != "cifar10" and not Path(o.data).exists():
         raise UserError(f"--data {o.data}: no such file or directory")
-    config = o.out / "config.json"
-    if config.exists() and not o.force:
-        saved = json.loads(config.read_text())
-        if saved.get("model") != o.model:
-            raise UserError(f"--out {o.out} holds a run of model {saved.get('model')!r}; use --force or another folder")
+    if not o.force:
+        check_same_question(o)
+
+
+# every option that determines a step's result: a folder answers only the question it was made for
+RESULT_OPTIONS = (
+    "model",
+    "data",
+    "epochs",
+    "recipe",
+    "train_limit",
+    "val_size",
+    "seed",
+    "calib",
+    "qat",
+    "qat_scheme",
+    "qat_lr",
+    "vectors",
+    "memory",
+    "schemes",
+)
+RUN_OPTIONS = "run.json"
+
+
+def result_options(o: RunOptions) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(o, k)) for k in RESULT_OPTIONS)}
+
+
+def check_same_question(o: RunOptions) -> None:
+    """A folder made with other options is not resumed: stop with one line naming the first that differs."""
+    path = o.out / RUN_OPTIONS
+    try:
+        saved = json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError):
+        raise UserError(f"--out {o.out}: {RUN_OPTIONS} is not readable; use --force or another --out") from None
+    if saved is None:  # a folder of potq 0.1, or of `potq train`: its model at least must match
+        config = o.out / "config.json"
+        saved = {"model": json.loads(config.read_text()).get("model")} if config.exists() else {}
+    current = result_options(o)
+    for key, value in saved.items():
+        if key in current and current[key] != value:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(
+                f"--out {o.out} holds a run made with {flag} {value!r}, not {current[key]!r}; "
+                "use --force to redo it there, or another --out"
+            )
 
 
 POTQ_FILES = (
@@ -187,6 +228,7 @@ POTQ_FILES = (
     "report.md",
     "report.html",
     "steps.json",
+    RUN_OPTIONS,
 )
 
 
@@ -217,6 +259,7 @@ def run_all(o: RunOptions) -> dict:
     if o.force:
         clear(o.out)
     o.out.mkdir(parents=True, exist_ok=True)
+    save_json(result_options(o), o.out / RUN_OPTIONS)
     steps_path = o.out / "steps.json"
     times = json.loads(steps_path.read_text()) if steps_path.exists() else {}
     steps = _steps(o)
