@@ -224,3 +224,11 @@ def test_a_changed_question_is_not_answered_with_a_stale_run(learnable_data, tmp
         err = capsys.readouterr().err
         assert f"made with {flag} " in err and "--force" in err and err.count("\n") == 1
     assert (out / "weights.pt").stat().st_mtime_ns == before
+
+
+def test_report_html_never_runs_what_names_carry():
+    from potq.report import to_html
+
+    page = to_html("# potq `<script>x</script>` on <img src=x onerror=alert(1)>\n\n[a](javascript:alert(1))")
+    assert "<script" not in page and "<img" not in page and "href" not in page
+    assert "&lt;script&gt;" in page

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import html
 import json
 from pathlib import Path
 
@@ -279,13 +280,24 @@ def _embed_images(html: str, run: Path) -> str:
     return html
 
 
+def to_html(md: str) -> str:
+    """Markdown -> HTML with raw HTML and links switched off: paths, model and class names come from
+    outside potq, and the report must never run what they carry."""
+    converter = markdown.Markdown(extensions=["tables"])
+    converter.preprocessors.deregister("html_block")
+    for pattern in ("html", "link", "reference", "autolink", "automail", "short_reference"):
+        if pattern in converter.inlinePatterns:
+            converter.inlinePatterns.deregister(pattern)
+    return converter.convert(md)
+
+
 def write_report(run: Path) -> None:
     md = build_markdown(run)
     save_text(md, run / "report.md")
-    body = markdown.markdown(md, extensions=["tables"])
-    title = md.splitlines()[0].lstrip("# ").replace("`", "")
-    html = (
+    body = to_html(md)
+    title = html.escape(md.splitlines()[0].lstrip("# ").replace("`", ""))
+    page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{CSS}</style></head><body>\n{_embed_images(body, run)}\n</body></html>\n"
     )
-    save_text(html, run / "report.html")
+    save_text(page, run / "report.html")
