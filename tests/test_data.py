@@ -102,6 +102,20 @@ def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
     assert second.classes == first.classes
 
 
+def test_cache_sees_a_changed_image_folder(tmp_path):
+    root = write_image_folder(tmp_path / "imgs", per_class=2)
+    first = load_dataset(str(root), tmp_path / "cache")
+    write_image_folder(tmp_path / "more", per_class=2, classes=("owl",))
+    (tmp_path / "more" / "train" / "owl").rename(root / "train" / "owl")
+    (tmp_path / "more" / "test" / "owl").rename(root / "test" / "owl")
+    second = load_dataset(str(root), tmp_path / "cache")
+    assert "owl" in second.classes and len(second.train_x) > len(first.train_x)
+    broken = next((root / "train" / "cat").iterdir())
+    broken.write_bytes(b"not an image")
+    with pytest.raises(UserError, match="cat"):
+        load_dataset(str(root), tmp_path / "cache")
+
+
 def _idx(arr: np.ndarray) -> bytes:
     header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
     return header + arr.astype(np.uint8).tobytes()

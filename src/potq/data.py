@@ -286,9 +286,14 @@ def _fashion_mnist(path: Path) -> Dataset:
 
 
 def _cache_key(path: Path) -> str:
-    st = path.stat()
-    ident = f"{CACHE_VERSION}:{path}:{st.st_size}:{st.st_mtime_ns}"
-    return hashlib.sha1(ident.encode()).hexdigest()[:16]
+    """What determines the decoded arrays: a file's size and modification time, or for a folder those of
+    every file in it (a class added, an image replaced: a new key)."""
+    h = hashlib.sha1(f"{CACHE_VERSION}:{path}".encode())
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        st = f.stat()
+        h.update(f"\n{f.relative_to(path) if f != path else ''}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
 
 
 def _read_cache(folder: Path) -> Dataset | None:
