@@ -150,3 +150,19 @@ def test_quantize_bad_input(tiny_run, args, message, capsys):
 def test_quantize_run_without_weights(tmp_path, capsys):
     assert main(["quantize", "--run", str(tmp_path)]) == 2
     assert "no trained weights" in capsys.readouterr().err
+
+
+def test_a_quantized_model_of_another_run_is_refused(tiny_run, tmp_path, capsys):
+    import shutil
+
+    assert main(["quantize", "--run", str(tiny_run), "--scheme", "pot-tensor", "--calib", "50"]) == 0
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    (other / "weights.pt").write_bytes((other / "weights.pt").read_bytes() + b"\0")  # other weights
+    verify_file = other / "verify_pot-tensor.json"
+    before = verify_file.read_text() if verify_file.exists() else None
+    capsys.readouterr()
+    assert main(["verify", "--run", str(other), "--scheme", "pot-tensor"]) == 2
+    err = capsys.readouterr().err
+    assert "made from other weights" in err and err.count("\n") == 1
+    assert (verify_file.read_text() if verify_file.exists() else None) == before

@@ -3,6 +3,7 @@ evaluate, record. The quantized model file is the integer graph (potq.ir.io)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -22,6 +23,7 @@ from potq.quant.lower import calibrate, lower, min_weight_exponents, weight_scal
 from potq.quant.scheme import SCHEMES, QuantSettings
 from potq.quant.simulate import SimNet, simulated
 from potq.train import (
+    WEIGHTS,
     Recipe,
     TrainConfig,
     evaluate,
@@ -113,9 +115,15 @@ def quant_paths(run: Path, name: str) -> tuple[Path, Path]:
     return run / f"quant_{name}.pt", run / f"quant_{name}.json"
 
 
-def save_quantized(graph: Graph, cfg: TrainConfig, path: Path) -> None:
+def weights_digest(run: Path) -> str | None:
+    """SHA-256 of a run's trained weights: every quantized model records the weights it came from."""
+    path = Path(run) / WEIGHTS
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def save_quantized(graph: Graph, cfg: TrainConfig, path: Path, weights: str | None) -> None:
     desc, tensors = io.to_dict(graph)
-    save_torch({"graph": desc, "tensors": tensors, "config": asdict(cfg)}, path)
+    save_torch({"graph": desc, "tensors": tensors, "config": asdict(cfg), "weights_sha256": weights}, path)
 
 
 def load_quantized(run: Path, name: str) -> tuple[Graph, TrainConfig]:
@@ -126,9 +134,15 @@ def load_quantized(run: Path, name: str) -> tuple[Graph, TrainConfig]:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         graph = io.from_dict(saved["graph"], saved["tensors"].__getitem__)
-        return graph, TrainConfig(**saved["config"])
+        cfg, made_from = TrainConfig(**saved["config"]), saved.get("weights_sha256")
     except Exception as e:
         raise UserError(f"{path}: not a potq quantized model of this version ({type(e).__name__}: {e})") from None
+    if made_from != weights_digest(run):
+        raise UserError(
+            f"{path}: made from other weights than this run's {WEIGHTS} (copied from another run?); "
+            f"quantize this run again with `potq quantize --run {run}`"
+        )
+    return graph, cfg
 
 
 def fp32_metrics(
@@ -175,7 +189,7 @@ def quantize_run(
     q_loss, q_acc = evaluate(simulated(graph), test_x, test_y, cfg.mean, cfg.std)
     name = label(settings, qat_epochs)
     model_path, json_path = quant_paths(run, name)
-    save_quantized(graph, cfg, model_path)
+    save_quantized(graph, cfg, model_path, weights_digest(run))
     q_in = graph.q[graph.nodes[0].output]
     result = {
         "scheme": settings.scheme,
