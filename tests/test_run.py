@@ -232,3 +232,21 @@ def test_report_html_never_runs_what_names_carry():
     page = to_html("# potq `<script>x</script>` on <img src=x onerror=alert(1)>\n\n[a](javascript:alert(1))")
     assert "<script" not in page and "<img" not in page and "href" not in page
     assert "&lt;script&gt;" in page
+
+
+def test_a_second_process_on_the_same_folder_stops(learnable_data, tmp_path, capsys):
+    import fcntl
+    import os
+
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = os.open(out / ".potq.lock", os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"pid 4242\n")
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another potq holds the folder
+    try:
+        assert main(small_run_args(learnable_data, out)) == 2
+        err = capsys.readouterr().err
+        assert "in use by another potq process (pid 4242)" in err and err.count("\n") == 1
+        assert not (out / "config.json").exists()
+    finally:
+        os.close(fd)

@@ -47,7 +47,10 @@ def cmd_train(a: argparse.Namespace) -> None:
     resume = None
     if a.resume is not None:
         resume = Path(a.resume) if a.resume else a.out / CHECKPOINT
-    metrics = train(cfg, a.out, a.cache, resume)
+    from potq.files import folder_lock
+
+    with folder_lock(a.out, "--out"):
+        metrics = train(cfg, a.out, a.cache, resume)
     if metrics:
         print(
             f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
@@ -72,11 +75,13 @@ def check_run_model(a: argparse.Namespace) -> None:
 
 def cmd_quantize(a: argparse.Namespace) -> None:
     check_run_model(a)
+    from potq.files import folder_lock
     from potq.quant.pipeline import quantize_run
     from potq.quant.scheme import QuantSettings
 
     settings = QuantSettings(a.scheme, a.exponent, a.rounding, a.max_shift)
-    r = quantize_run(a.run, settings, a.calib, a.qat, a.qat_lr, a.data, a.cache)
+    with folder_lock(a.run, "--run"):
+        r = quantize_run(a.run, settings, a.calib, a.qat, a.qat_lr, a.data, a.cache)
     print(
         f"{r['label']}: test accuracy {r['test_accuracy']:.4f} (FP32 {r['fp32_test_accuracy']:.4f}, "
         f"drop {r['accuracy_drop']:+.2f} points)  size {r['model_size_mb']:.6f} MB  -> {a.run}/quant_{r['label']}.json"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -98,3 +100,32 @@ def replace_dir(tmp: Path, out: Path, kind: str, protect: tuple[Path, ...] = ())
     tmp.rename(out)
     if old is not None:
         shutil.rmtree(old)
+
+
+# ---- one potq process per run folder ------------------------------------------------------------
+
+LOCK = ".potq.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str):
+    """Hold an exclusive lock on a run folder while a command writes into it; a second potq process on
+    the same folder stops with one line naming the holder. The OS drops the lock when a process dies."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        yield
+        return
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise UserError(
+                f"{what} {folder}: in use by another potq process ({holder}); wait for it to finish"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -256,9 +256,16 @@ def run_all(o: RunOptions) -> dict:
     if o.data != "cifar10":
         o.data = str(Path(o.data).resolve())
     check_options(o)
-    if o.force:
-        clear(o.out)
     o.out.mkdir(parents=True, exist_ok=True)
+    from potq.files import folder_lock
+
+    with folder_lock(o.out, "--out"):
+        if o.force:
+            clear(o.out)
+        return _run_steps(o)
+
+
+def _run_steps(o: RunOptions) -> dict:
     save_json(result_options(o), o.out / RUN_OPTIONS)
     steps_path = o.out / "steps.json"
     times = json.loads(steps_path.read_text()) if steps_path.exists() else {}
