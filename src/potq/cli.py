@@ -13,9 +13,24 @@ from pathlib import Path
 from potq.errors import StepFailed, UserError
 
 
+class _Defaults(argparse.HelpFormatter):
+    """--help shows every option's default (where it has one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Defaults)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, exit 2, as for every other user mistake
-        raise UserError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("potq").strip()
+        raise UserError(f"{command}: {message}" if command else message)
 
 
 def cmd_summary(a: argparse.Namespace) -> None:
@@ -181,14 +196,15 @@ def _quantized_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="optional: the run records its model; if given, it must be the same")
     p.add_argument("--scheme", default="pot-channel", help="the quantized model's label, e.g. pot-channel-qat")
     p.add_argument("--data", help="dataset path, if it moved since training")
-    p.add_argument("--cache", type=Path)
+    p.add_argument("--cache", type=Path, help="cache folder for downloads and decoded data (default: $POTQ_CACHE)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from potq.models import ZOO
 
     model_help = f"a zoo model ({', '.join(ZOO)}) or your own: file.py:factory or package.module:factory"
-    from potq.quant.scheme import SCHEMES
+    from potq.quant.arith import EXPONENT_RULES, ROUNDING
+    from potq.quant.scheme import POT_SCHEMES, SCHEMES
     from potq.train import RECIPES
 
     p = _Parser(prog="potq", description="Compact CNNs from design to integer hardware.")
@@ -203,22 +219,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=int, help="default: the recipe's (50 for seed)")
     r.add_argument("--recipe", default="seed", help=f"one of {', '.join(RECIPES)}")
     r.add_argument("--qat", type=int, default=0, metavar="EPOCHS", help="also fine-tune with QAT")
-    r.add_argument("--qat-scheme", default="pot-channel")
+    r.add_argument("--qat-scheme", default="pot-channel", choices=POT_SCHEMES, help="scheme to fine-tune")
     r.add_argument("--qat-lr", type=float, help="QAT peak learning rate (default 5e-4)")
     r.add_argument("--train-limit", type=int, help="train on the first N training images only")
-    r.add_argument("--val-size", type=int, default=5000)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--calib", type=int, default=1000)
-    r.add_argument("--vectors", type=int, default=10)
+    r.add_argument("--val-size", type=int, default=5000, help="validation images held out of the training set")
+    r.add_argument("--seed", type=int, default=0, help="seed of the split, the initialization and the shuffles")
+    r.add_argument("--calib", type=int, default=1000, help="calibration images from the training split")
+    r.add_argument("--vectors", type=int, default=10, help="test images exported with every value's integers")
     r.add_argument("--memory", default="dram", help="memory level for the energy model")
     r.add_argument("--force", action="store_true", help="redo every step")
-    r.add_argument("--cache", type=Path)
+    r.add_argument("--cache", type=Path, help="cache folder for downloads and decoded data (default: $POTQ_CACHE)")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("summary", help="layer table, parameters and sizes of a zoo model")
     s.add_argument("--model", default="seed", help=model_help)
     s.add_argument("--input", default="3,32,32", help="input shape C,H,W")
-    s.add_argument("--classes", type=int, default=10)
+    s.add_argument("--classes", type=int, default=10, help="number of classes (outputs)")
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
     s.set_defaults(func=cmd_summary)
 
@@ -228,9 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, required=True, help="run folder")
     t.add_argument("--recipe", default="seed", help=f"one of {', '.join(RECIPES)}")
     t.add_argument("--epochs", type=int, help="default: the recipe's (50 for seed)")
-    t.add_argument("--batch-size", type=int)
+    t.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
     t.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the split, the initialization and the shuffles")
     t.add_argument("--train-limit", type=int, help="train on the first N training images only")
     t.add_argument("--val-size", type=int, default=5000, help="validation images held out of the training set")
     t.add_argument(
@@ -246,15 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="INT8 quantization of a trained run (PTQ, or QAT with --qat)")
     q.add_argument("--run", type=Path, required=True, help="run folder written by potq train")
     q.add_argument("--model", help="optional: the run records its model; if given, it must be the same")
-    q.add_argument("--scheme", default="pot-channel", help=f"one of {', '.join(SCHEMES)}")
+    q.add_argument("--scheme", default="pot-channel", choices=list(SCHEMES), help="quantization scheme")
     q.add_argument("--calib", type=int, default=1000, help="calibration images from the training split")
     q.add_argument("--qat", type=int, default=0, metavar="EPOCHS", help="quantization-aware fine-tuning epochs")
     q.add_argument("--qat-lr", type=float, help="QAT peak learning rate (default 5e-4)")
-    q.add_argument("--exponent", default="ceil", help="power-of-two exponent rule: ceil, round or mse")
-    q.add_argument("--rounding", default="half-up", help="half-up, half-even or floor")
+    q.add_argument("--exponent", default="ceil", choices=EXPONENT_RULES, help="power-of-two exponent rule")
+    q.add_argument("--rounding", default="half-up", choices=ROUNDING, help="rounding rule of every shift")
     q.add_argument("--max-shift", type=int, help="longest right shift the hardware allows")
     q.add_argument("--data", help="dataset path, if it moved since training")
-    q.add_argument("--cache", type=Path)
+    q.add_argument("--cache", type=Path, help="cache folder for downloads and decoded data (default: $POTQ_CACHE)")
     q.set_defaults(func=cmd_quantize)
 
     v = sub.add_parser("verify", help="integer golden model against the simulated model, bit for bit")
@@ -272,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--run", type=Path, help="cost this run's quantized model (see --scheme) instead of --model")
     en.add_argument("--scheme", default="pot-channel", help="with --run: the quantized model's label")
     en.add_argument("--input", default="3,32,32", help="input shape C,H,W")
-    en.add_argument("--classes", type=int, default=10)
+    en.add_argument("--classes", type=int, default=10, help="number of classes (outputs)")
     en.add_argument("--linear", type=int, nargs=2, metavar=("IN", "OUT"), help="one Linear layer instead")
     en.add_argument(
         "--act-zero-point",
@@ -283,11 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--table", type=Path, help="energy table JSON (default: 45 nm, Horowitz 2014)")
     en.add_argument("--memory", default="dram", help="memory level for weights and activations")
     en.add_argument("--out", type=Path, help="per-layer bar chart (PNG)")
-    en.add_argument("--json", action="store_true")
+    en.add_argument("--json", action="store_true", help="print JSON instead of tables")
     en.set_defaults(func=cmd_energy)
 
     c = sub.add_parser("compare", help="table and chart of every quantized model of a run")
-    c.add_argument("--run", type=Path, required=True)
+    c.add_argument("--run", type=Path, required=True, help="run folder")
     c.set_defaults(func=cmd_compare)
     return p
 

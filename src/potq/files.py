@@ -110,22 +110,33 @@ LOCK = ".potq.lock"
 @contextlib.contextmanager
 def folder_lock(folder: Path, what: str):
     """Hold an exclusive lock on a run folder while a command writes into it; a second potq process on
-    the same folder stops with one line naming the holder. The OS drops the lock when a process dies."""
+    the same folder stops with one line naming the holder. The OS drops the lock when a process dies;
+    the lock file goes when the command ends (removed while still held, and a lock taken on a file
+    that was removed meanwhile does not count)."""
     folder = Path(folder)
     if not folder.is_dir():
         yield
         return
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
-    try:
+    path = folder / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise UserError(
-                f"{what} {folder}: in use by another potq process ({holder}); wait for it to finish"
-            ) from None
+            os.close(fd)
+            raise UserError(f"{what} {folder}: in use by another potq process ({holder}); wait for it to end") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # its holder removed it as we locked it: take the new one
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
         yield
     finally:
+        path.unlink(missing_ok=True)
         os.close(fd)
