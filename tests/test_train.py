@@ -142,6 +142,32 @@ def test_resume_with_another_models_checkpoint_is_refused(tmp_path, tiny_run, le
     assert not out.exists()
 
 
+def test_resume_with_more_epochs_is_refused(tmp_path, tiny_run, learnable_data, capsys):
+    """The cosine schedule follows the epoch count it started with: a resume keeps it, so it must match."""
+    import shutil
+
+    out = tmp_path / "longer"
+    shutil.copytree(tiny_run, out)
+    args = [
+        "train",
+        "--model",
+        "tiny",
+        "--data",
+        str(learnable_data),
+        "--out",
+        str(out),
+        "--val-size",
+        "60",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.02",
+        "--resume",
+    ]
+    code, err = _cli_error([*args, "--epochs", "5"], capsys)
+    assert code == 2 and "--epochs 2, not 5" in err and err.count("\n") == 1
+
+
 def test_existing_run_is_not_overwritten_without_resume(tiny_run, learnable_data, capsys):
     before = (tiny_run / "checkpoint.pt").read_bytes()
     code, err = _cli_error(

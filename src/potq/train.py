@@ -242,6 +242,20 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
             raise UserError(
                 f"--resume: {path} is from another run ({key} {saved.get(key)!r}, this run {getattr(cfg, key)!r})"
             )
+    # the cosine schedule is fixed by the epoch count, learning rate and batch size: a resume continues
+    # the schedule it started, so these must be the ones it started with
+    try:
+        before = TrainConfig(**saved).recipe_values()
+    except (TypeError, KeyError):
+        raise UserError(f"--resume: {path} is not a potq checkpoint (its config is incomplete)") from None
+    now = cfg.recipe_values()
+    for key in ("epochs", "lr", "batch_size"):
+        if getattr(before, key) != getattr(now, key):
+            flag = "--" + key.replace("_", "-")
+            raise UserError(
+                f"--resume: {path} follows a schedule of {flag} {getattr(before, key)}, not {getattr(now, key)}; "
+                f"resume with {flag} {getattr(before, key)}, or train anew into another --out"
+            )
     return ckpt
 
 
