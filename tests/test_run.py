@@ -171,6 +171,16 @@ def test_run_bad_input(tmp_path, capsys):
     assert "no such file" in err and err.count("\n") == 1 and not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    "bad, message",
+    [(["--memory", "tape"], "--memory 'tape'"), (["--qat-lr", "-1"], "--qat-lr"), (["--vectors", "0"], "--vectors")],
+)
+def test_options_of_later_steps_are_checked_before_training(learnable_data, tmp_path, capsys, bad, message):
+    assert main([*small_run_args(learnable_data, tmp_path / "o"), *bad]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
 def test_run_of_a_user_residual_net(learnable_data, tmp_path, capsys):
     """`potq run --model file.py:factory`: the whole path on a residual net with concat and average pooling;
     later commands read the model from the run folder."""

@@ -163,6 +163,13 @@ def check_options(o: RunOptions) -> None:
         raise UserError(f"--qat-scheme must be a power-of-two scheme, got {o.qat_scheme!r}")
     if o.calib < 1 or o.vectors < 1:
         raise UserError("--calib and --vectors must be at least 1")
+    if o.qat_lr is not None and not o.qat_lr > 0:
+        raise UserError(f"--qat-lr must be positive, got {o.qat_lr}")
+    from potq.energy import load_table
+
+    levels = load_table().memory
+    if o.memory not in levels:
+        raise UserError(f"--memory {o.memory!r} is not in the energy table; choose from {', '.join(levels)}")
     if o.data != "cifar10" and not Path(o.data).exists():
         raise UserError(f"--data {o.data}: no such file or directory")
     if not o.force:
