@@ -17,7 +17,9 @@ import markdown
 
 from potq.energy import MODELS, fmt
 from potq.files import save_text
+from potq.quant.pipeline import change
 from potq.summary import LayerRow, Summary, format_summary
+from potq.train import RECIPES
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222;
@@ -116,6 +118,13 @@ def build_markdown(run: Path) -> str:
     data_note = " (measured on the JPEG copy of CIFAR-10)" if jpeg else ""
 
     out = [f"# potq report: `{config.get('model', '?')}` on {Path(str(config.get('data', '?'))).name}{data_note}", ""]
+    if metrics and (config.get("train_limit") or metrics["epochs"] < RECIPES["seed"].epochs):
+        out += [
+            f"> **Quick look**: {metrics['epochs']} epoch(s) on {metrics['train_images']:,} training images, not the "
+            f"reference recipe's {RECIPES['seed'].epochs} epochs on the whole training set: its accuracies show "
+            "that the path works, not what the model can reach.",
+            "",
+        ]
     # headline
     if metrics:
         head = [
@@ -128,7 +137,7 @@ def build_markdown(run: Path) -> str:
             q = pot[best]
             head += [
                 f"| Best INT8 power-of-two ({best}) test accuracy | {100 * q['test_accuracy']:.2f}% |",
-                f"| Accuracy drop | {q['accuracy_drop']:+.2f} points |",
+                f"| Change against FP32 | {change(q['accuracy_drop'])} points |",
                 f"| INT8 model size | {q['model_size_mb']:.6f} MB |",
             ]
         if energy:

@@ -216,6 +216,13 @@ def quantize_run(
     return result
 
 
+def change(drop: float) -> str:
+    """An accuracy change that reads the right way round: '-0.21 (drop)', '+0.09 (gain)'."""
+    if round(drop, 2) == 0:
+        return "0.00"
+    return f"{-drop:+.2f} ({'gain' if drop < 0 else 'drop'})"
+
+
 def _exponent_rule(result: dict) -> str:
     spec = SCHEMES.get(result["scheme"])
     if spec is None or not spec.pot:
@@ -233,13 +240,13 @@ def compare(run: Path) -> str:
     if not results:
         raise UserError(f"--run {run}: no quantized models yet; run `potq quantize` first")
     lines = [
-        "| Model | Test accuracy | Drop (points) | Test loss | Size (MB) | Rounding | Exponent |",
+        "| Model | Test accuracy | Change vs FP32 (points) | Test loss | Size (MB) | Rounding | Exponent |",
         "|---|---:|---:|---:|---:|---|---|",
         f"| FP32 | {fp['test_accuracy']:.4f} | - | {fp['test_loss']:.4f} | {fp['model_size_mb']:.6f} | - | - |",
     ]
     for r in results:
         lines.append(
-            f"| {r['label']} | {r['test_accuracy']:.4f} | {r['accuracy_drop']:+.2f} | {r['test_loss']:.4f} | "
+            f"| {r['label']} | {r['test_accuracy']:.4f} | {change(r['accuracy_drop'])} | {r['test_loss']:.4f} | "
             f"{r['model_size_mb']:.6f} | {r['rounding']} | {_exponent_rule(r)} |"
         )
     table = "\n".join(lines)
