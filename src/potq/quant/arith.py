@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from enum import IntEnum
 
-import numpy as np
 import torch
 
 
@@ -123,12 +122,6 @@ def pot_exponent(max_abs: float, qmax: float, mode: str) -> int:
     return int(pot_exponents(torch.tensor([float(max_abs)], dtype=torch.float64), qmax, mode)[0])
 
 
-def exponent(scale: float) -> int | None:
-    """log2 of a power-of-two scale, else None."""
-    m, e = math.frexp(scale)
-    return e - 1 if m == 0.5 else None
-
-
 def seed_exponent(min_val: float, max_val: float, qmax: float) -> int:
     """The reference lab's rule: scale = 2**round(log2(2 * max|x| / qmax)).
 
@@ -182,7 +175,3 @@ def choose_exponent(
     if mode == "mse":
         return mse_exponent(x, max_abs, lo, hi, zp, rule)
     return pot_exponent(max_abs, hi - zp, mode)
-
-
-def float_bits_needed(bound: float) -> int:
-    return int(np.ceil(np.log2(bound + 1))) if bound > 0 else 0
