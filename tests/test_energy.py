@@ -74,6 +74,32 @@ def test_custom_table(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[1, 2]", "must be a JSON object"),
+        ('{"compute": 3}', "must be objects"),
+        ("not json", "can't read it"),
+    ],
+)
+def test_malformed_tables(tmp_path, capsys, content, message):
+    path = tmp_path / "t.json"
+    path.write_text(content)
+    assert main(["energy", "--table", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), "3", True, -1])
+def test_table_values_must_be_finite_numbers(tmp_path, capsys, value):
+    raw = json.loads((energy.resources.files("potq") / "energy_45nm.json").read_text())
+    raw["compute"]["shift"] = value
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(raw))
+    assert main(["energy", "--table", str(path)]) == 2
+    assert "energy of shift must be a finite non-negative number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     "args, message",
     [
         (["--linear", "-3", "10"], "must be positive"),

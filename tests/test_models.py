@@ -63,7 +63,17 @@ def test_input_and_classes_change_the_model(capsys):
     assert "| Linear | [-1, 128] | 147,584 |" in out  # 128*3*3*128 + 128
 
 
-@pytest.mark.parametrize("args", [["--model", "nope"], ["--input", "3,32"], ["--input", "0,32,32"], ["--classes", "1"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--model", "nope"],
+        ["--input", "3,32"],
+        ["--input", "0,32,32"],
+        ["--input", "3,100000,100000"],
+        ["--classes", "1"],
+        ["--classes", "100000000000"],
+    ],
+)
 def test_summary_bad_input_is_one_line_exit_2(args, capsys):
     assert main(["summary", *args]) == 2
     err = capsys.readouterr().err

@@ -111,6 +111,9 @@ def _cli_error(args, capsys):
         (["--recipe", "adam-magic"], "unknown recipe"),
         (["--model", "vgg99"], "not a zoo model"),
         (["--train-limit", "0"], "--train-limit"),
+        (["--seed", "-1"], "--seed must be a non-negative integer"),
+        (["--lr", "inf"], "--lr must be a positive finite number"),
+        (["--lr", "nan"], "--lr must be a positive finite number"),
     ],
 )
 def test_bad_arguments_exit_2_and_write_nothing(tmp_path, learnable_data, extra, message, capsys):

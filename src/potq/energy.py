@@ -59,13 +59,19 @@ def load_table(path: Path | None = None) -> Table:
         raw = json.loads(text)
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"--table {where}: can't read it ({e})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"--table {where}: must be a JSON object with 'compute' and 'memory_per_64bit_access'")
     compute, memory = raw.get("compute", {}), raw.get("memory_per_64bit_access", {})
+    if not isinstance(compute, dict) or not isinstance(memory, dict):
+        raise UserError(f"--table {where}: 'compute' and 'memory_per_64bit_access' must be objects")
     missing = [op for op in OPS if op not in compute]
     if missing:
         raise UserError(f"--table {where}: missing operation {', '.join(missing)} under 'compute'")
+    if not memory:
+        raise UserError(f"--table {where}: no memory level under 'memory_per_64bit_access'")
     for key, value in {**compute, **memory}.items():
-        if not isinstance(value, int | float) or value < 0 or math.isnan(value):
-            raise UserError(f"--table {where}: energy of {key} must be a non-negative number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+            raise UserError(f"--table {where}: energy of {key} must be a finite non-negative number, got {value!r}")
     return Table(
         raw.get("name", where), {k: float(v) for k, v in compute.items()}, {k: float(v) for k, v in memory.items()}
     )

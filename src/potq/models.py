@@ -27,6 +27,8 @@ from torch import nn
 from potq.errors import UserError
 
 Shape = tuple[int, int, int]
+# compact image classifiers: far beyond these, building the model only fails to allocate memory
+MAX_CHANNELS, MAX_PIXELS, MAX_CLASSES = 1024, 4096 * 4096, 100_000
 
 
 @dataclass(frozen=True)
@@ -193,8 +195,8 @@ register("mobilenet-cifar", "depthwise-separable blocks, global average pooling,
 
 def build_model(spec: str, in_shape: Shape = (3, 32, 32), classes: int = 10) -> nn.Module:
     """A zoo model by name, or the user's `file.py:factory` / `package.module:factory`."""
-    if classes < 2:
-        raise UserError(f"--classes must be at least 2, got {classes}")
+    if not 2 <= classes <= MAX_CLASSES:
+        raise UserError(f"--classes must be from 2 to {MAX_CLASSES:,}, got {classes}")
     if spec in ZOO:
         return ZOO[spec].factory(tuple(in_shape), classes)
     if ":" not in spec:
@@ -264,4 +266,6 @@ def parse_shape(text: str) -> Shape:
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
         raise UserError(f"--input must be three positive integers C,H,W, got {text!r}")
+    if shape[0] > MAX_CHANNELS or shape[1] * shape[2] > MAX_PIXELS:
+        raise UserError(f"--input {text}: larger than potq handles ({MAX_CHANNELS} channels, {MAX_PIXELS:,} pixels)")
     return shape  # type: ignore[return-value]

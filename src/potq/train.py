@@ -84,8 +84,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--epochs must be a positive integer, got {cfg.epochs}")
     if cfg.train_limit is not None and cfg.train_limit < 1:
         raise UserError(f"--train-limit must be a positive integer, got {cfg.train_limit}")
-    if cfg.lr is not None and not cfg.lr > 0:
-        raise UserError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.lr is not None and not 0 < cfg.lr < math.inf:
+        raise UserError(f"--lr must be a positive finite number, got {cfg.lr}")
+    if cfg.seed < 0:
+        raise UserError(f"--seed must be a non-negative integer, got {cfg.seed}")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {cfg.batch_size}")
     check_model(cfg.model)
