@@ -166,3 +166,28 @@ def test_a_quantized_model_of_another_run_is_refused(tiny_run, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "made from other weights" in err and err.count("\n") == 1
     assert (verify_file.read_text() if verify_file.exists() else None) == before
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [("config.json", "{not json"), ("config.json", "[1]"), ("config.json", '{"model": "tiny", "bogus": 1}')],
+)
+def test_corrupt_run_files_are_one_line(tiny_run, tmp_path, capsys, name, content):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / name).write_text(content)
+    assert main(["quantize", "--run", str(run), "--calib", "10"]) == 2
+    err = capsys.readouterr().err
+    assert str(run / name) in err and err.count("\n") == 1
+
+
+def test_corrupt_quantized_json_in_compare(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "quant_pot-x.json").write_text("{cut")
+    assert main(["compare", "--run", str(run)]) == 2
+    assert "quant_pot-x.json" in capsys.readouterr().err

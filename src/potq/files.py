@@ -140,3 +140,14 @@ def folder_lock(folder: Path, what: str):
     finally:
         path.unlink(missing_ok=True)
         os.close(fd)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object that potq wrote; a broken or foreign file is one line naming it."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: can't read it as JSON ({type(e).__name__}); was it cut short or edited?") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a JSON object; was it edited?")
+    return data

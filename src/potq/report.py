@@ -10,13 +10,12 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 from pathlib import Path
 
 import markdown
 
 from potq.energy import MODELS, fmt
-from potq.files import save_text
+from potq.files import read_json, save_text
 from potq.quant.pipeline import change
 from potq.summary import LayerRow, Summary, format_summary
 from potq.train import RECIPES
@@ -36,7 +35,7 @@ h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; margin-top: 2.5rem; 
 
 
 def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path) if path.exists() else None
 
 
 def overfitting(history: list[dict]) -> str:
@@ -109,8 +108,8 @@ def _layer_exponents(q: dict) -> str:
 def build_markdown(run: Path) -> str:
     summary, metrics = _read(run / "summary.json"), _read(run / "metrics.json")
     config, steps = _read(run / "config.json") or {}, _read(run / "steps.json") or {}
-    quants = {p.stem.removeprefix("quant_"): json.loads(p.read_text()) for p in sorted(run.glob("quant_*.json"))}
-    verifies = {p.stem.removeprefix("verify_"): json.loads(p.read_text()) for p in sorted(run.glob("verify_*.json"))}
+    quants = {p.stem.removeprefix("quant_"): read_json(p) for p in sorted(run.glob("quant_*.json"))}
+    verifies = {p.stem.removeprefix("verify_"): read_json(p) for p in sorted(run.glob("verify_*.json"))}
     energy = _read(run / "energy.json")
     pot = {k: v for k, v in quants.items() if k.startswith("pot-")}
     best = max(pot, key=lambda k: pot[k]["test_accuracy"]) if pot else None

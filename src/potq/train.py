@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from potq.data import Dataset, augment, channel_stats, load_dataset, normalize, split_train_val
 from potq.errors import UserError
-from potq.files import save_json, save_text, save_torch
+from potq.files import read_json, save_json, save_text, save_torch
 from potq.models import build_model, check_model
 from potq.plots import plot_curves
 
@@ -367,9 +367,10 @@ def load_trained(run: Path) -> tuple[nn.Module, TrainConfig]:
     run = Path(run)
     if not (run / CONFIG).exists() or not (run / WEIGHTS).exists():
         raise UserError(f"--run {run}: no trained weights there (expected {CONFIG} and {WEIGHTS})")
-    import json
-
-    cfg = TrainConfig(**json.loads((run / CONFIG).read_text()))
+    try:
+        cfg = TrainConfig(**read_json(run / CONFIG))
+    except TypeError as e:
+        raise UserError(f"{run / CONFIG}: not a potq training config ({e})") from None
     model = build_model(cfg.model, tuple(cfg.in_shape), len(cfg.classes))
     try:
         model.load_state_dict(torch.load(run / WEIGHTS, map_location="cpu", weights_only=True))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from potq.errors import StepFailed, UserError
-from potq.files import save_json
+from potq.files import read_json, save_json
 
 PTQ_SCHEMES = ("float-tensor", "float-channel", "pot-seed", "pot-tensor", "pot-channel")
 
@@ -209,7 +209,7 @@ def check_same_question(o: RunOptions) -> None:
         raise UserError(f"--out {o.out}: {RUN_OPTIONS} is not readable; use --force or another --out") from None
     if saved is None:  # a folder of potq 0.1, or of `potq train`: its model at least must match
         config = o.out / "config.json"
-        saved = {"model": json.loads(config.read_text()).get("model")} if config.exists() else {}
+        saved = {"model": read_json(config).get("model")} if config.exists() else {}
     current = result_options(o)
     for key, value in saved.items():
         if key in current and current[key] != value:
@@ -275,7 +275,7 @@ def run_all(o: RunOptions) -> dict:
 def _run_steps(o: RunOptions) -> dict:
     save_json(result_options(o), o.out / RUN_OPTIONS)
     steps_path = o.out / "steps.json"
-    times = json.loads(steps_path.read_text()) if steps_path.exists() else {}
+    times = read_json(steps_path) if steps_path.exists() else {}
     steps = _steps(o)
     for k, (name, done, do) in enumerate(steps, 1):
         if done():

@@ -14,7 +14,7 @@ from torch import nn
 
 from potq.data import load_dataset, normalize
 from potq.errors import UserError
-from potq.files import save_json, save_text, save_torch
+from potq.files import read_json, save_json, save_text, save_torch
 from potq.ir import io
 from potq.ir.capture import capture
 from potq.ir.graph import Graph
@@ -235,8 +235,8 @@ def compare(run: Path) -> str:
     metrics_path = run / "metrics.json"
     if not metrics_path.exists():
         raise UserError(f"--run {run}: no metrics.json; train a model there first")
-    fp = json.loads(metrics_path.read_text())
-    results = [json.loads(p.read_text()) for p in sorted(run.glob("quant_*.json"))]
+    fp = read_json(metrics_path)
+    results = [read_json(p) for p in sorted(run.glob("quant_*.json"))]
     if not results:
         raise UserError(f"--run {run}: no quantized models yet; run `potq quantize` first")
     lines = [
