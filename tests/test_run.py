@@ -195,7 +195,7 @@ def test_run_of_a_user_residual_net(learnable_data, tmp_path, capsys):
         assert v["mismatches"] == 0 and v["nodes"] == 14
     md = (out / "report.md").read_text()
     assert "user_resnet.py:build" in md and "| Add |" in md and "| AvgPool |" in md
-    assert "block2.add" in md  # the exponents table names the graph's nodes
+    assert "block2.add" in md and "## 6. Export" in md and "BatchNorm is folded" in md
     model = json.loads((out / "export" / "model.json").read_text())
     assert {n["op"] for n in model["nodes"]} >= {"add", "concat", "avgpool", "conv", "linear"}
     capsys.readouterr()

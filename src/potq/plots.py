@@ -21,7 +21,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     """The reference report's 'Loss and Accuracy Curve': train and validation against epoch."""
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for split, style in (("train", "-"), ("val", "--")):
+    for split, style in (("train", "o-"), ("val", "s--")):  # markers: one epoch is still a visible point
         ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], style, label=split)
         ax_acc.plot(epochs, [h[f"{split}_acc"] for h in history], style, label=split)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")

@@ -272,11 +272,34 @@ def build_markdown(run: Path) -> str:
             "",
             "![Energy per layer](energy.png)",
             "",
-            f"Columns: {', '.join(MODELS.values())}. ReLU and max pooling are not counted, as in the "
-            "reference report; memory reads every weight and input and writes every output once.",
+            f"Columns: {', '.join(MODELS.values())}. Costed on the integer graph of `{energy.get('scheme', '?')}` "
+            "with its own zero points and shifts; BatchNorm is folded into the convolutions (its parameters "
+            "cost nothing at inference), ReLU is the clamp and max pooling is comparisons, not counted, as in "
+            "the reference report; memory reads every weight and input and writes every output once.",
             "",
         ]
+    out += _export_section(run)
     return "\n".join(out)
+
+
+def _export_section(run: Path) -> list[str]:
+    """Where the hardware export is and what it holds."""
+    model_json = run / "export" / "model.json"
+    if not model_json.exists():
+        return []
+    m = read_json(model_json)
+    ops = sorted({n["op"] for n in m.get("nodes", [])})
+    return [
+        "## 6. Export",
+        "",
+        f"`export/` holds `{m.get('scheme')}` as potq's integer graph (format {m.get('format')} version "
+        f"{m.get('version')}, documented in docs/graph-format.md): `model.json` ({len(m.get('nodes', []))} nodes: "
+        f"{', '.join(ops)}; rounding {m.get('rounding')}), `weights.npz` and `hex/` ($readmemh, two's complement) "
+        f"with {len(m.get('tensor_files', {}))} tensors, `model.h` (C arrays and zero points), and "
+        f"{m.get('vectors', {}).get('count', 0)} test vectors with every value's integers (`vectors.npz`, "
+        "`vectors/`), made by the golden model.",
+        "",
+    ]
 
 
 def _embed_images(html: str, run: Path) -> str:
