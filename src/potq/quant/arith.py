@@ -51,13 +51,16 @@ INT32_MAX = 2**31 - 1
 E_MIN, E_MAX = -100, 100
 
 
-def round_values(x: torch.Tensor, rule: Rounding | str) -> torch.Tensor:
+def round_inplace(x: torch.Tensor, rule: Rounding | str) -> torch.Tensor:
+    """Round x in place by `rule`: half-up floor(x + 1/2), half-even, floor."""
     rule = Rounding.of(rule)
     if rule is Rounding.HALF_UP:
-        return torch.floor(x + 0.5)
-    if rule is Rounding.HALF_EVEN:
-        return torch.round(x)
-    return torch.floor(x)
+        return x.add_(0.5).floor_()
+    return x.round_() if rule is Rounding.HALF_EVEN else x.floor_()
+
+
+def round_values(x: torch.Tensor, rule: Rounding | str) -> torch.Tensor:
+    return round_inplace(x.clone(), rule)
 
 
 def round_float(x: torch.Tensor, rule: Rounding | str) -> torch.Tensor:

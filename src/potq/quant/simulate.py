@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType
-from potq.quant.arith import INT32_MAX, quantize
+from potq.quant.arith import INT32_MAX, quantize, round_inplace
 from potq.quant.scheme import W_MAX, W_MIN, QuantSettings, weight_scales
 
 
@@ -26,9 +26,7 @@ def fake_quant(x: torch.Tensor, scale, zp: int, lo: int, hi: int, rule: str) -> 
     if x.requires_grad or not isinstance(scale, float):
         return (quantize(x, scale, zp, lo, hi, rule) - zp) * scale
     # the same operations in place, on one new tensor: evaluation is bound by memory traffic
-    t = x / scale
-    t = t.add_(0.5).floor_() if rule == "half-up" else (t.round_() if rule == "half-even" else t.floor_())
-    return t.clamp_(lo - zp, hi - zp).mul_(scale)
+    return round_inplace(x / scale, rule).clamp_(lo - zp, hi - zp).mul_(scale)
 
 
 def _key(name: str) -> str:
