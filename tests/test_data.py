@@ -7,6 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from potq import data as potq_data
 from potq.cli import main
@@ -205,3 +206,34 @@ def test_augment_flips_about_half():
     out = augment(x, 0, True, torch.Generator().manual_seed(1))
     flipped = (out[:, 0, 0, 0] == 7).float().mean()
     assert 0.4 < flipped < 0.6
+
+
+def test_labels_out_of_range_and_counts_that_differ(tmp_path, capsys):
+    folder = write_cifar_folder(tmp_path / "c")
+    batch = cifar_batch(20, 1)
+    batch[b"labels"][3] = 12  # 10 classes
+    (folder / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
+    assert main(["train", "--data", str(folder.parent), "--out", str(tmp_path / "o"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "labels run from 0 to 12, but there are 10 classes" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_idx_file_of_the_wrong_shape(tmp_path):
+    root = tmp_path / "fm"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    (root / "train-images-idx3-ubyte").write_bytes(_idx(rng.integers(0, 255, (6, 28, 28))))
+    (root / "train-labels-idx1-ubyte").write_bytes(_idx(rng.integers(0, 10, (6, 2))))  # 2-D labels
+    (root / "t10k-images-idx3-ubyte").write_bytes(_idx(rng.integers(0, 255, (4, 28, 28))))
+    (root / "t10k-labels-idx1-ubyte").write_bytes(_idx(rng.integers(0, 10, 4)))
+    with pytest.raises(UserError, match="train-labels-idx1-ubyte: an IDX file of shape"):
+        load_dataset(str(root), tmp_path / "cache")
+
+
+def test_an_image_too_large_to_decode_is_refused(tmp_path):
+    root = write_image_folder(tmp_path / "imgs", per_class=2)
+    big = next((root / "train" / "cat").iterdir())
+    Image.new("L", (5000, 4000)).save(big)
+    with pytest.raises(UserError, match="5000x4000 pixels, more than potq decodes"):
+        load_dataset(str(root), tmp_path / "cache")

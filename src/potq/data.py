@@ -38,6 +38,7 @@ FMNIST_FILES = {
 }
 FMNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 CACHE_VERSION = "1"
+MAX_IMAGE_PIXELS = 4096 * 4096  # compact classifiers take small images; a larger one is refused, not decoded
 
 
 @dataclass
@@ -74,8 +75,25 @@ def load_dataset(spec: str, cache_dir: Path | None = None) -> Dataset:
     if cached is not None:
         return cached
     data = _decode(path)
+    check_dataset(data, spec)
     _write_cache(cache_dir / key, data)
     return data
+
+
+def check_dataset(ds: Dataset, spec: str) -> None:
+    """Images (N, C, H, W) with one label each, every label a class: else one line naming the data."""
+    for split, x, y in (("training", ds.train_x, ds.train_y), ("test", ds.test_x, ds.test_y)):
+        if x.ndim != 4 or y.ndim != 1:
+            raise UserError(f"--data {spec}: {split} images must be (N, C, H, W) with labels (N,), got {x.shape}")
+        if len(x) != len(y):
+            raise UserError(f"--data {spec}: {len(x)} {split} images but {len(y)} labels")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(ds.classes)):
+            raise UserError(
+                f"--data {spec}: {split} labels run from {int(y.min())} to {int(y.max())}, "
+                f"but there are {len(ds.classes)} classes"
+            )
+    if ds.train_x.shape[1:] != ds.test_x.shape[1:]:
+        raise UserError(f"--data {spec}: training and test images differ in shape")
 
 
 # ---- download -------------------------------------------------------------------------------
@@ -237,8 +255,10 @@ def _image_folder(files: dict[str, list], path: Path) -> Dataset:
                 continue
             try:
                 img = Image.open(io.BytesIO(read()))
+                if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:  # known from the header, before decoding
+                    raise UserError(f"image {name}: {img.size[0]}x{img.size[1]} pixels, more than potq decodes")
                 img.load()
-            except (UnidentifiedImageError, OSError) as e:
+            except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
                 raise UserError(f"unreadable image {name}: {e}") from None
             arr = np.asarray(img.convert("RGB" if img.mode not in ("L", "1") else "L"))
             images.append(arr if arr.ndim == 3 else arr[:, :, None])
@@ -272,6 +292,11 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def _fashion_mnist(path: Path) -> Dataset:
     arrays = {k: _read_idx(path / f) for k, f in FMNIST_FILES.items()}
+    for k, f in FMNIST_FILES.items():
+        if arrays[k].ndim != (3 if k.endswith("_x") else 1):
+            raise UserError(
+                f"{path / f}: an IDX file of shape {arrays[k].shape}; expected (N, H, W) images or (N,) labels"
+            )
     return Dataset(
         arrays["train_x"][:, None].copy(),
         arrays["train_y"].astype(np.int64),
