@@ -191,3 +191,12 @@ def test_corrupt_quantized_json_in_compare(tiny_run, tmp_path, capsys):
     (run / "quant_pot-x.json").write_text("{cut")
     assert main(["compare", "--run", str(run)]) == 2
     assert "quant_pot-x.json" in capsys.readouterr().err
+
+
+def test_data_of_another_shape_is_refused(tiny_run, tmp_path, capsys):
+    from tests.conftest import write_image_folder
+
+    other = write_image_folder(tmp_path / "big", per_class=30, size=40)
+    assert main(["quantize", "--run", str(tiny_run), "--calib", "5", "--data", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "images of shape [3, 40, 40]" in err and "trained on [3, 32, 32]" in err and err.count("\n") == 1

@@ -207,6 +207,11 @@ def prepare_data(cfg: TrainConfig, data: Dataset) -> dict[str, np.ndarray]:
     train_idx, val_idx = split_train_val(len(data.train_x), cfg.val_size, cfg.seed)
     if cfg.train_limit:
         train_idx = train_idx[: cfg.train_limit]
+    if cfg.in_shape and (list(data.shape) != list(cfg.in_shape) or len(data.classes) != len(cfg.classes)):
+        raise UserError(
+            f"--data {data.source}: images of shape {list(data.shape)} in {len(data.classes)} classes, but the run "
+            f"was trained on {list(cfg.in_shape)} in {len(cfg.classes)} classes"
+        )
     cfg.in_shape = list(data.shape)
     cfg.classes = list(data.classes)
     if not cfg.mean:
