@@ -211,3 +211,52 @@ def test_two_process_torchrun(tmp_path, learnable_data):
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["train_images"] == 300
     assert len(_history(out)) == 1
+
+
+def test_resume_from_a_checkpoint_that_lacks_fields(tmp_path, tiny_run, learnable_data, capsys):
+    import shutil
+
+    import torch
+
+    out = tmp_path / "broken"
+    shutil.copytree(tiny_run, out)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    del ckpt["optimizer"]
+    torch.save(ckpt, out / "checkpoint.pt")
+    args = [
+        "train",
+        "--model",
+        "tiny",
+        "--data",
+        str(learnable_data),
+        "--out",
+        str(out),
+        "--val-size",
+        "60",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.02",
+        "--epochs",
+        "2",
+        "--resume",
+    ]
+    code, err = _cli_error(args, capsys)
+    assert code == 2 and "lacks or mismatches a field" in err and err.count("\n") == 1
+
+
+def test_a_full_disk_names_the_users_file(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from potq.errors import UserError
+    from potq.files import save_torch
+
+    def full(obj, f, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(UserError, match=r"checkpoint\.pt: can't write it \(No space left on device\)") as e:
+        save_torch({}, tmp_path / "checkpoint.pt")
+    assert ".checkpoint.pt." not in str(e.value) and list(tmp_path.iterdir()) == []

@@ -28,6 +28,9 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     try:
         write(Path(tmp))
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a quota: name the user's file, not potq's temporary one
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"{path}: can't write it ({e.strerror or e}); the old file, if any, is unchanged") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -282,10 +282,13 @@ def train(cfg: TrainConfig, out: Path, data_cache: Path | None = None, resume: P
     opt, sched = make_optimizer(model.parameters(), recipe)
     history: list[dict] = []
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        history = ckpt["history"]
+        try:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            history = list(ckpt["history"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise UserError(f"--resume: {resume} lacks or mismatches a field ({type(e).__name__}: {e})") from None
     net = nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     if d.main:
