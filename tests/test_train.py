@@ -260,3 +260,19 @@ def test_a_full_disk_names_the_users_file(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"checkpoint\.pt: can't write it \(No space left on device\)") as e:
         save_torch({}, tmp_path / "checkpoint.pt")
     assert ".checkpoint.pt." not in str(e.value) and list(tmp_path.iterdir()) == []
+
+
+def test_files_left_by_a_killed_process_are_cleaned_up(tmp_path):
+    import subprocess
+
+    from potq.files import save_json
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".metrics.json.{dead.pid}.abc123"
+    stale.write_text("half")
+    live = tmp_path / f".metrics.json.{os.getpid() + 0}.x"  # this process: alive, kept
+    live.write_text("mine")
+    save_json({"a": 1}, tmp_path / "metrics.json")
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["metrics.json", live.name])

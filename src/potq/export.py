@@ -19,7 +19,7 @@ import torch
 
 from potq.data import load_dataset
 from potq.errors import UserError
-from potq.files import check_output_dir, replace_dir, save_json
+from potq.files import check_output_dir, clear_stale, replace_dir, save_json, temp_prefix
 from potq.golden import IntegerModel
 from potq.ir import io
 from potq.ir.graph import Graph, OpType
@@ -163,7 +163,8 @@ def write_export(
     golden = IntegerModel(graph)
     desc, arrays = build_model_json(graph, golden, graph.shapes[graph.input], classes)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    clear_stale(out.parent, f".{out.name}.")
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), dir=out.parent))
     try:
         (tmp / "hex").mkdir()
         (tmp / "vectors").mkdir()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -22,7 +23,8 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError(f"{path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    clear_stale(path.parent, f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
     try:
@@ -34,6 +36,33 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def temp_prefix(name: str) -> str:
+    """Temporary files and folders carry their writer's pid, so that a later run can tell them stale."""
+    return f".{name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clear_stale(folder: Path, prefix: str) -> None:
+    """Remove what a killed potq process left half-written beside a file or folder it was writing."""
+    for p in Path(folder).glob(f"{glob.escape(prefix)}*"):
+        pid = p.name[len(prefix) :].split(".")[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _umask() -> int:
@@ -98,7 +127,7 @@ def replace_dir(tmp: Path, out: Path, kind: str, protect: tuple[Path, ...] = ())
     check_output_dir(out, kind, protect)
     old = None
     if out.exists():
-        old = out.with_name(f".{out.name}.old.{os.getpid()}")
+        old = out.with_name(f"{temp_prefix(out.name)}old")
         out.rename(old)
     tmp.rename(out)
     if old is not None:
