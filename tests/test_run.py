@@ -260,3 +260,15 @@ def test_a_second_process_on_the_same_folder_stops(learnable_data, tmp_path, cap
         assert not (out / "config.json").exists()
     finally:
         os.close(fd)
+
+
+def test_a_first_run_stopped_at_once_leaves_no_folder(learnable_data, tmp_path, monkeypatch, capsys):
+    from potq import summary
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(summary, "summarize", stopped)
+    out = tmp_path / "new"
+    assert main(small_run_args(learnable_data, out)) == 130
+    assert capsys.readouterr().err == "potq: interrupted\n" and not out.exists()

@@ -263,13 +263,20 @@ def run_all(o: RunOptions) -> dict:
     if o.data != "cifar10":
         o.data = str(Path(o.data).resolve())
     check_options(o)
+    created = not o.out.exists()
     o.out.mkdir(parents=True, exist_ok=True)
     from potq.files import folder_lock
 
-    with folder_lock(o.out, "--out"):
-        if o.force:
-            clear(o.out)
-        return _run_steps(o)
+    try:
+        with folder_lock(o.out, "--out"):
+            if o.force:
+                clear(o.out)
+            return _run_steps(o)
+    except BaseException:
+        # a first run stopped before its first step finished leaves no folder behind
+        if created and {p.name for p in o.out.iterdir()} <= {RUN_OPTIONS}:
+            shutil.rmtree(o.out, ignore_errors=True)
+        raise
 
 
 def _run_steps(o: RunOptions) -> dict:
