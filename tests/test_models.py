@@ -83,3 +83,15 @@ def test_summary_bad_input_is_one_line_exit_2(args, capsys):
 def test_unknown_model_raises_user_error():
     with pytest.raises(UserError, match="not a zoo model"):
         build_model("resnet1000")
+
+
+def test_help_and_argument_errors_answer_before_torch_loads():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom potq.cli import main\ntry:\n    main(['quantize', '--help'])\nexcept SystemExit:\n    pass\n"
+        "assert main(['run']) == 2\nprint('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("False") and "(default: pot-channel)" in out.stdout

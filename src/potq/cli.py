@@ -202,12 +202,10 @@ def _quantized_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from potq.models import ZOO
-
-    model_help = f"a zoo model ({', '.join(ZOO)}) or your own: file.py:factory or package.module:factory"
-    from potq.quant.arith import EXPONENT_RULES, ROUNDING
-    from potq.quant.scheme import POT_SCHEMES, SCHEMES
-    from potq.train import RECIPES
+    model_help = "a zoo model (seed, resnet20, ...: the README lists them) or your own: file.py:factory"
+    # torch-free modules only: --help and argument errors answer before torch loads
+    from potq.quant.rules import EXPONENT_RULES, POT_SCHEMES, ROUNDING, SCHEMES
+    from potq.recipes import RECIPES
 
     p = _Parser(prog="potq", description="Compact CNNs from design to integer hardware.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)

@@ -17,8 +17,8 @@ import markdown
 from potq.energy import MODELS, fmt
 from potq.files import read_json, save_text
 from potq.quant.pipeline import change
+from potq.recipes import RECIPES
 from potq.summary import LayerRow, Summary, format_summary
-from potq.train import RECIPES
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222;

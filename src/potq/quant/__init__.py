@@ -1,7 +1,7 @@
 """Power-of-two INT8 quantization: schemes and scale rules, calibration and lowering to the integer
 graph, the simulated model, PTQ, QAT, and the QConfig observer."""
 
-from potq.quant.scheme import SCHEMES, QuantSettings
+from potq.quant.rules import SCHEMES, QuantSettings
 
 __all__ = ["SCHEMES", "PowerOfTwoObserver", "QuantSettings"]
 

@@ -15,35 +15,11 @@ e_out - e_in - e_w, rounded by one of three rules:
 from __future__ import annotations
 
 import math
-from enum import IntEnum
 
 import torch
 
+from potq.quant.rules import EXPONENT_ROUND_MODES, EXPONENT_RULES, ROUNDING, Rounding  # noqa: F401
 
-class Rounding(IntEnum):
-    """The rounding rule of every shift; its number is what the C header and model.json carry."""
-
-    HALF_UP = 0
-    HALF_EVEN = 1
-    FLOOR = 2
-
-    @property
-    def label(self) -> str:
-        return self.name.lower().replace("_", "-")
-
-    @classmethod
-    def of(cls, rule: Rounding | str) -> Rounding:
-        if isinstance(rule, Rounding):
-            return rule
-        for r in cls:
-            if r.label == rule:
-                return r
-        raise ValueError(f"unknown rounding rule {rule!r}")
-
-
-ROUNDING = tuple(r.label for r in Rounding)
-EXPONENT_ROUND_MODES = ("ceil", "round")  # closed-form rules; mse searches
-EXPONENT_RULES = (*EXPONENT_ROUND_MODES, "mse")
 # every shift amount at or beyond this rounds an int32 accumulator exactly as this one does
 SHIFT_CAP = 62
 INT32_MAX = 2**31 - 1

@@ -22,9 +22,9 @@ from potq.plots import plot_bars
 from potq.quant.lower import calibrate, lower, min_weight_exponents, weight_scales_of
 from potq.quant.scheme import SCHEMES, QuantSettings
 from potq.quant.simulate import SimNet, simulated
+from potq.recipes import Recipe
 from potq.train import (
     WEIGHTS,
-    Recipe,
     TrainConfig,
     evaluate,
     load_trained,

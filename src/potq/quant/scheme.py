@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -19,58 +18,17 @@ from potq.errors import UserError
 from potq.ir.graph import QType
 from potq.quant.arith import (
     EXPONENT_ROUND_MODES,
-    EXPONENT_RULES,
-    ROUNDING,
     choose_exponent,
     finite_max,
     pot_exponents,
     round_values,
     seed_exponent,
 )
+from potq.quant.rules import POT_SCHEMES, SCHEMES, QuantSettings, Scheme  # noqa: F401
 
 W_MIN, W_MAX = -127, 127
 A_MIN, A_MAX = 0, 255
 SIGNED_ZERO_POINT = 128
-
-
-@dataclass(frozen=True)
-class Scheme:
-    pot: bool  # power-of-two scales
-    per_channel: bool  # a weight scale per output channel
-    seed: bool  # the reference lab's rule: zero point 128 everywhere, scale 2**round(log2(2*max/qmax))
-    note: str
-
-
-SCHEMES: dict[str, Scheme] = {
-    "float-tensor": Scheme(False, False, False, "float scales, per tensor (needs a multiplier per output)"),
-    "float-channel": Scheme(False, True, False, "float scales, per output channel"),
-    "pot-seed": Scheme(True, False, True, "the reference report's power-of-two rule, zero point 128"),
-    "pot-tensor": Scheme(True, False, False, "power-of-two, per tensor, zero point 0 after ReLU"),
-    "pot-channel": Scheme(True, True, False, "power-of-two, per output channel, zero point 0 after ReLU"),
-}
-POT_SCHEMES = tuple(name for name, s in SCHEMES.items() if s.pot)
-
-
-@dataclass(frozen=True)
-class QuantSettings:
-    scheme: str = "pot-channel"
-    exponent: str = "ceil"  # ceil | round | mse; ceil measured best (benchmarks/RESULTS.md)
-    rounding: str = "half-up"
-    max_shift: int | None = None
-
-    @property
-    def spec(self) -> Scheme:
-        return SCHEMES[self.scheme]
-
-    def check(self) -> None:
-        if self.scheme not in SCHEMES:
-            raise UserError(f"unknown scheme {self.scheme!r}; choose from {', '.join(SCHEMES)}")
-        if self.exponent not in EXPONENT_RULES:
-            raise UserError(f"unknown exponent rule {self.exponent!r}; choose from {', '.join(EXPONENT_RULES)}")
-        if self.rounding not in ROUNDING:
-            raise UserError(f"unknown rounding {self.rounding!r}; choose from {', '.join(ROUNDING)}")
-        if self.max_shift is not None and self.max_shift < 0:
-            raise UserError(f"--max-shift must be >= 0, got {self.max_shift}")
 
 
 def zero_point(settings: QuantSettings, signed: bool) -> int:

@@ -1,0 +1,75 @@
+"""The names of potq's quantization choices, defined once and torch-free (so --help answers at once):
+rounding rules, exponent rules, schemes, and the settings object that holds a choice of each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from potq.errors import UserError
+
+
+class Rounding(IntEnum):
+    """The rounding rule of every shift; its number is what the C header and model.json carry."""
+
+    HALF_UP = 0
+    HALF_EVEN = 1
+    FLOOR = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def of(cls, rule: Rounding | str) -> Rounding:
+        if isinstance(rule, Rounding):
+            return rule
+        for r in cls:
+            if r.label == rule:
+                return r
+        raise ValueError(f"unknown rounding rule {rule!r}")
+
+
+ROUNDING = tuple(r.label for r in Rounding)
+EXPONENT_ROUND_MODES = ("ceil", "round")  # closed-form rules; mse searches
+EXPONENT_RULES = (*EXPONENT_ROUND_MODES, "mse")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    pot: bool  # power-of-two scales
+    per_channel: bool  # a weight scale per output channel
+    seed: bool  # the reference lab's rule: zero point 128 everywhere, scale 2**round(log2(2*max/qmax))
+    note: str
+
+
+SCHEMES: dict[str, Scheme] = {
+    "float-tensor": Scheme(False, False, False, "float scales, per tensor (needs a multiplier per output)"),
+    "float-channel": Scheme(False, True, False, "float scales, per output channel"),
+    "pot-seed": Scheme(True, False, True, "the reference report's power-of-two rule, zero point 128"),
+    "pot-tensor": Scheme(True, False, False, "power-of-two, per tensor, zero point 0 after ReLU"),
+    "pot-channel": Scheme(True, True, False, "power-of-two, per output channel, zero point 0 after ReLU"),
+}
+POT_SCHEMES = tuple(name for name, s in SCHEMES.items() if s.pot)
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    scheme: str = "pot-channel"
+    exponent: str = "ceil"  # ceil | round | mse; ceil measured best (benchmarks/RESULTS.md)
+    rounding: str = "half-up"
+    max_shift: int | None = None
+
+    @property
+    def spec(self) -> Scheme:
+        return SCHEMES[self.scheme]
+
+    def check(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise UserError(f"unknown scheme {self.scheme!r}; choose from {', '.join(SCHEMES)}")
+        if self.exponent not in EXPONENT_RULES:
+            raise UserError(f"unknown exponent rule {self.exponent!r}; choose from {', '.join(EXPONENT_RULES)}")
+        if self.rounding not in ROUNDING:
+            raise UserError(f"unknown rounding {self.rounding!r}; choose from {', '.join(ROUNDING)}")
+        if self.max_shift is not None and self.max_shift < 0:
+            raise UserError(f"--max-shift must be >= 0, got {self.max_shift}")
