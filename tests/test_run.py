@@ -272,3 +272,19 @@ def test_a_first_run_stopped_at_once_leaves_no_folder(learnable_data, tmp_path, 
     out = tmp_path / "new"
     assert main(small_run_args(learnable_data, out)) == 130
     assert capsys.readouterr().err == "potq: interrupted\n" and not out.exists()
+
+
+def test_an_unsupported_model_stops_before_training(learnable_data, tmp_path, capsys):
+    net = tmp_path / "net.py"
+    net.write_text(
+        "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.conv = nn.Conv2d(3, 4, 3)\n        self.fc = nn.Linear(4 * 30 * 30, 3)\n\n"
+        "    def forward(self, x):\n        return self.fc(torch.flatten(torch.tanh(self.conv(x)), 1))\n\n\n"
+        "def build(in_shape, classes):\n    return Net()\n"
+    )
+    args = small_run_args(learnable_data, tmp_path / "o")
+    args[args.index("tiny")] = f"{net}:build"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "step summary failed: model node tanh (net.py:12): function torch.tanh()" in err and err.count("\n") == 1
+    assert not (tmp_path / "o" / "metrics.json").exists()

@@ -54,8 +54,13 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
         from potq.models import build_model
         from potq.summary import format_summary, summarize
 
+        from potq.ir.capture import capture
+
         ds = load_dataset(o.data, o.cache)
-        s = summarize(build_model(o.model, ds.shape, len(ds.classes)), ds.shape)
+        model = build_model(o.model, ds.shape, len(ds.classes))
+        # before hours of training: can potq capture this model's graph at all?
+        capture(model, ds.shape, [0.0] * ds.shape[0], [1.0] * ds.shape[0])
+        s = summarize(model, ds.shape)
         print(format_summary(s))
         save_json({**s.to_dict(), "model": o.model, "input_shape": list(ds.shape)}, out / "summary.json")
 
