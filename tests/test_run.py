@@ -277,7 +277,8 @@ def test_a_first_run_stopped_at_once_leaves_no_folder(learnable_data, tmp_path, 
 def test_an_unsupported_model_stops_before_training(learnable_data, tmp_path, capsys):
     net = tmp_path / "net.py"
     net.write_text(
-        "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
         "        self.conv = nn.Conv2d(3, 4, 3)\n        self.fc = nn.Linear(4 * 30 * 30, 3)\n\n"
         "    def forward(self, x):\n        return self.fc(torch.flatten(torch.tanh(self.conv(x)), 1))\n\n\n"
         "def build(in_shape, classes):\n    return Net()\n"

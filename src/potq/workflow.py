@@ -51,10 +51,9 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
 
     def summary():
         from potq.data import load_dataset
+        from potq.ir.capture import capture
         from potq.models import build_model
         from potq.summary import format_summary, summarize
-
-        from potq.ir.capture import capture
 
         ds = load_dataset(o.data, o.cache)
         model = build_model(o.model, ds.shape, len(ds.classes))
