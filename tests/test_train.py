@@ -145,29 +145,19 @@ def test_resume_with_another_models_checkpoint_is_refused(tmp_path, tiny_run, le
     assert not out.exists()
 
 
+def resume_args(data, out) -> list[str]:
+    """`potq train --resume` of the tiny_run fixture's recipe (batch 32, lr 0.02) into `out`."""
+    return ["train", "--model", "tiny", "--data", str(data), "--out", str(out), "--val-size", "60",
+            "--batch-size", "32", "--lr", "0.02", "--resume"]  # fmt: skip
+
+
 def test_resume_with_more_epochs_is_refused(tmp_path, tiny_run, learnable_data, capsys):
     """The cosine schedule follows the epoch count it started with: a resume keeps it, so it must match."""
     import shutil
 
     out = tmp_path / "longer"
     shutil.copytree(tiny_run, out)
-    args = [
-        "train",
-        "--model",
-        "tiny",
-        "--data",
-        str(learnable_data),
-        "--out",
-        str(out),
-        "--val-size",
-        "60",
-        "--batch-size",
-        "32",
-        "--lr",
-        "0.02",
-        "--resume",
-    ]
-    code, err = _cli_error([*args, "--epochs", "5"], capsys)
+    code, err = _cli_error([*resume_args(learnable_data, out), "--epochs", "5"], capsys)
     assert code == 2 and "--epochs 2, not 5" in err and err.count("\n") == 1
 
 
@@ -223,25 +213,7 @@ def test_resume_from_a_checkpoint_that_lacks_fields(tmp_path, tiny_run, learnabl
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     del ckpt["optimizer"]
     torch.save(ckpt, out / "checkpoint.pt")
-    args = [
-        "train",
-        "--model",
-        "tiny",
-        "--data",
-        str(learnable_data),
-        "--out",
-        str(out),
-        "--val-size",
-        "60",
-        "--batch-size",
-        "32",
-        "--lr",
-        "0.02",
-        "--epochs",
-        "2",
-        "--resume",
-    ]
-    code, err = _cli_error(args, capsys)
+    code, err = _cli_error([*resume_args(learnable_data, out), "--epochs", "2"], capsys)
     assert code == 2 and "lacks or mismatches a field" in err and err.count("\n") == 1
 
 
