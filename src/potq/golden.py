@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from potq.errors import UserError
 from potq.ir.bounds import analyse, headroom_bits, input_range
-from potq.ir.graph import Graph, Node, OpType
+from potq.ir.graph import Graph, Node, OpType, channel_view
 from potq.quant.arith import shift_round
 
 FLOAT32_EXACT = 2**24
@@ -56,11 +56,6 @@ def exact_gemm(n: Node, x_max: int) -> Gemm:
     return Gemm(torch.float64, [(0, n_in)])  # the int32 bound < 2**31 < 2**53: exact in float64
 
 
-def _channels(t: torch.Tensor, dims: int) -> torch.Tensor:
-    """A per-channel tensor shaped to broadcast over (N, C, ...) of `dims` dimensions."""
-    return t.view(1, -1, *([1] * (dims - 2)))
-
-
 class IntegerModel:
     def __init__(self, graph: Graph):
         if not graph.quantized or any(q.exponent is None for q in graph.q.values()):
@@ -85,7 +80,7 @@ class IntegerModel:
     def requantize(self, n: Node, acc: torch.Tensor) -> torch.Tensor:
         """shift right with rounding, add the output zero point, clamp."""
         q = self.graph.q[n.output]
-        shift = _channels(n.tensors["shift"], acc.dim()) if n.tensors["shift"].numel() > 1 else n.tensors["shift"]
+        shift = channel_view(n.tensors["shift"], acc.dim()) if n.tensors["shift"].numel() > 1 else n.tensors["shift"]
         return (shift_round(acc, shift, self.rounding) + q.zero_point).clamp_(q.lo, q.hi).to(torch.int32)
 
     def bounds_table(self) -> list[dict]:
@@ -127,7 +122,7 @@ def _mac(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     g = m.gemms[n.name]
     zp = m.graph.q[n.inputs[0]].zero_point
     xf, wf = (xs[0] - zp).to(g.dtype), n.tensors["weight"].to(g.dtype)
-    acc = _channels(n.tensors["bias"], xs[0].dim())
+    acc = channel_view(n.tensors["bias"], xs[0].dim())
     a = n.attrs
     for lo, hi in g.slices:
         x_part, w_part = (xf, wf) if len(g.slices) == 1 else (xf[:, lo:hi], wf[:, lo:hi])

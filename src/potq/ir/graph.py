@@ -145,6 +145,16 @@ class Graph:
                         raise ValueError(f"{where}: input {v} and output must share one scale and zero point")
 
 
+def channel_view(t: torch.Tensor, dims: int) -> torch.Tensor:
+    """A per-channel tensor shaped to broadcast over activations (N, C, ...) of `dims` dimensions."""
+    return t.view(1, -1, *([1] * (dims - 2)))
+
+
+def row_view(t: torch.Tensor, dims: int) -> torch.Tensor:
+    """A per-output-channel tensor shaped to broadcast over weights (O, ...) of `dims` dimensions."""
+    return t.view(-1, *([1] * (dims - 1)))
+
+
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 

@@ -21,7 +21,7 @@ import torch
 from potq.data import normalize
 from potq.errors import UserError
 from potq.ir.bounds import analyse
-from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType, pool_shift_bits
+from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType, pool_shift_bits, row_view
 from potq.quant.arith import INT32_MAX, quantize, round_float
 from potq.quant.scheme import W_MAX, W_MIN, QuantSettings, activation_qtype, weight_scales
 from potq.quant.simulate import SimNet, weight_scale
@@ -144,7 +144,7 @@ def lower(fgraph: Graph, q: dict[str, QType], settings: QuantSettings) -> Graph:
                 floor = torch.full((n.tensors["weight"].shape[0],), q_out.exponent - q_in.exponent - settings.max_shift)
             ws, we = weight_scales(n.tensors["weight"], settings, not last, f"weights of {n.name}", floor)
             w, b = n.tensors["weight"].double(), n.tensors["bias"].double()
-            view = ws.view(-1, *([1] * (w.dim() - 1)))
+            view = row_view(ws, w.dim())
             t["weight"] = torch.clamp(round_float(w / view, settings.rounding), W_MIN, W_MAX).to(torch.int8)
             t["bias"] = torch.clamp(round_float(b / (q_in.scale * ws), settings.rounding), -INT32_MAX, INT32_MAX).to(
                 torch.int32

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType
+from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType, channel_view, row_view
 from potq.quant.arith import INT32_MAX, quantize, round_inplace
 from potq.quant.scheme import W_MAX, W_MIN, QuantSettings, weight_scales
 
@@ -106,7 +106,7 @@ class SimNet(nn.Module):
             exact = q_in.exponent is not None and bool((w_exp == torch.round(w_exp)).all())
             if exact:
                 w = self.params_of(n)[0].detach().double()
-                w_int = torch.round(w / ws.view(-1, *([1] * (w.dim() - 1))))
+                w_int = torch.round(w / row_view(ws, w.dim()))
                 x_max = max(abs(q_in.lo - q_in.zero_point), abs(q_in.hi - q_in.zero_point))
                 exact = x_max * float(w_int.abs().flatten(1).sum(1).max()) < 2**24
                 exact = exact and q_in.exponent + int(w_exp.min()) > -100
@@ -143,11 +143,11 @@ def _mac(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
             net.w_scale[n.name] = weight_scales(w, net.settings, per_channel, n.name, net.min_exponent.get(n.name))[0]
         ws = net.w_scale[n.name].to(x.device, x.dtype)
         s_in = net.q[n.inputs[0]].scale
-        w = fake_quant(w, ws.view(-1, *([1] * (w.dim() - 1))), 0, W_MIN, W_MAX, net.rule)
+        w = fake_quant(w, row_view(ws, w.dim()), 0, W_MIN, W_MAX, net.rule)
         b = fake_quant(b, s_in * ws, 0, -INT32_MAX, INT32_MAX, net.rule)
     if not net.training and net.quantize and net.float32_exact(n):
         # the same numbers, faster: every partial sum is an integer below 2**24 times a power of two
-        y = _linear_op(n, x.float(), w.float(), None).double() + _channels(b, x.dim())
+        y = _linear_op(n, x.float(), w.float(), None).double() + channel_view(b, x.dim())
     else:
         y = _linear_op(n, x, w, b)
     if not n.requant:
@@ -160,10 +160,6 @@ def _linear_op(n: Node, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
         a = n.attrs
         return F.conv2d(x, w, b, tuple(a["stride"]), tuple(a["padding"]), 1, a["groups"])
     return F.linear(x, w, b)
-
-
-def _channels(t: torch.Tensor, dims: int) -> torch.Tensor:
-    return t.view(1, -1, *([1] * (dims - 2)))
 
 
 def _add(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
@@ -210,7 +206,7 @@ def dequantize(qgraph: Graph) -> tuple[Graph, dict[str, torch.Tensor]]:
         if n.op in MAC_OPS:
             ws = weight_scale(n)
             s_in = qgraph.q[n.inputs[0]].scale
-            w = n.tensors["weight"].double() * ws.view(-1, *([1] * (n.tensors["weight"].dim() - 1)))
+            w = n.tensors["weight"].double() * row_view(ws, n.tensors["weight"].dim())
             tensors = {"weight": w, "bias": n.tensors["bias"].double() * s_in * ws}
             scales[n.name] = ws
         nodes.append(Node(n.name, n.op, list(n.inputs), n.output, dict(n.attrs), tensors))
