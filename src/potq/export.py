@@ -9,7 +9,6 @@ hold one value per line in two's complement (2 digits for 8-bit, 8 for 32-bit te
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from potq.data import load_dataset
+from potq.deploy.c_runtime import c_ident
 from potq.errors import UserError
 from potq.files import check_output_dir, clear_stale, replace_dir, save_json, temp_prefix
 from potq.golden import IntegerModel
@@ -79,15 +79,11 @@ def _as_array(t: torch.Tensor) -> np.ndarray:
     return a if a.dtype in (np.int8, np.uint8) else a.astype(np.int32)
 
 
-def c_name(name: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_]", "_", name)
-
-
 def _c_array(name: str, array: np.ndarray) -> str:
     ctype = {np.dtype(np.int8): "int8_t", np.dtype(np.uint8): "uint8_t"}.get(array.dtype, "int32_t")
     flat = ", ".join(str(int(v)) for v in array.reshape(-1))
     dims = "x".join(str(d) for d in array.shape)
-    return f"/* {dims} */\nstatic const {ctype} potq_{c_name(name)}[{array.size}] = {{{flat}}};\n"
+    return f"/* {dims} */\nstatic const {ctype} potq_{c_ident(name)}[{array.size}] = {{{flat}}};\n"
 
 
 def build_model_json(graph: Graph, golden: IntegerModel, in_shape, classes) -> tuple[dict, dict[str, np.ndarray]]:
@@ -121,12 +117,13 @@ def c_header(desc: dict, arrays: dict[str, np.ndarray]) -> str:
         f"#define POTQ_ROUNDING {desc['rounding_code']} /* {desc['rounding']}: "
         + ", ".join(f"{k} = {v}" for k, v in desc["rounding_codes"].items())
         + " */",
+        *(f"#define POTQ_ROUNDING_{r.name} {int(r)}" for r in Rounding),
         f"#define POTQ_NUM_NODES {len(desc['nodes'])}",
         "",
     ]
     for v, d in desc["values"].items():
         if "q" in d:
-            key = c_name(v).upper()
+            key = c_ident(v).upper()
             q = d["q"]
             out += [
                 f"#define POTQ_{key}_ZP {q['zero_point']}",

@@ -15,8 +15,14 @@ class Recipe:
     nesterov: bool = False
     eta_min: float = 1e-6
     label_smoothing: float = 0.0
-    crop_pad: int = 4
+    crop_pad: int = 4  # pixels of zero padding before the random crop (a translation of up to this many)
     flip: bool = True
+    # "cosine": CosineAnnealingLR stepped once per epoch (the reference report's);
+    # "linear": a linear warm-up over warmup_epochs from lr * warmup_start, then a linear decay to 0, per step
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    warmup_start: float = 0.1
+    ema_decay: float = 0.0  # per optimizer step; 0 turns the exponential moving average of weights off
 
 
 RECIPES: dict[str, Recipe] = {
@@ -24,4 +30,19 @@ RECIPES: dict[str, Recipe] = {
     "seed": Recipe(),
     # the same optimizer with Nesterov momentum and label smoothing, for shorter runs
     "seed-ls": Recipe(nesterov=True, label_smoothing=0.1),
+    # 10 epochs, after the fast CIFAR-10 trainers (airbench, "How to train your ResNet"): a larger batch,
+    # a short warm-up and a linear decay to 0 stepped per batch, Nesterov momentum, label smoothing and
+    # a smaller translation; benchmarks/RESULTS.md (section 7) has what each ingredient buys
+    "fast": Recipe(
+        epochs=10,
+        batch_size=256,
+        lr=0.2,
+        nesterov=True,
+        label_smoothing=0.2,
+        crop_pad=2,
+        schedule="linear",
+        warmup_epochs=1.0,
+    ),
 }
+
+SCHEDULES = ("cosine", "linear")

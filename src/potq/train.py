@@ -130,8 +130,9 @@ def _epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
 
 
 def train_epoch(
-    model, opt, loss_fn, x, y, cfg: TrainConfig, recipe: Recipe, epoch: int, d: Dist
+    model, opt, loss_fn, x, y, cfg: TrainConfig, recipe: Recipe, epoch: int, d: Dist, after_step=None
 ) -> tuple[float, float]:
+    """One epoch; `after_step()` runs after every optimizer step (a per-step schedule, a weight average)."""
     model.train()
     g = _epoch_generator(cfg.seed, epoch, 0)
     perm = torch.randperm(len(x), generator=g)
@@ -139,7 +140,7 @@ def train_epoch(
     bs = recipe.batch_size
     # under DDP every rank must step every batch (or the gradient all-reduce hangs): drop a last
     # batch too small to give each rank a sample
-    steps = math.ceil(len(x) / bs) if d.world == 1 or len(x) % bs >= d.world else len(x) // bs
+    steps = steps_per_epoch(len(x), recipe, d)
     loss_sum, correct, count = 0.0, 0, 0
     bar = tqdm(
         range(steps),
@@ -163,6 +164,8 @@ def train_epoch(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if after_step is not None:
+            after_step()
         loss_sum += loss.item() * len(idx)
         correct += (logits.argmax(1) == yb).sum().item()
         count += len(idx)
@@ -173,12 +176,43 @@ def train_epoch(
     return loss_sum / count, correct / count
 
 
-def make_optimizer(params, recipe: Recipe):
-    """SGD with momentum and weight decay, cosine-annealed over the recipe's epochs."""
+def make_optimizer(params, recipe: Recipe, steps_per_epoch: int = 1):
+    """SGD with momentum and weight decay, and the recipe's schedule.
+
+    "cosine" is stepped once per epoch (the reference report's CosineAnnealingLR); "linear" once per
+    optimizer step: `per_step_schedule(recipe)` says which.
+    """
     opt = torch.optim.SGD(
         params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, nesterov=recipe.nesterov
     )
-    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs, eta_min=recipe.eta_min)
+    if not per_step_schedule(recipe):
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs, eta_min=recipe.eta_min)
+    warmup = max(1, round(recipe.warmup_epochs * steps_per_epoch))
+    total = max(warmup + 1, recipe.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return recipe.warmup_start + (1 - recipe.warmup_start) * step / warmup
+        return max(0.0, (total - step) / (total - warmup))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def per_step_schedule(recipe: Recipe) -> bool:
+    return recipe.schedule == "linear"
+
+
+def steps_per_epoch(n: int, recipe: Recipe, d: Dist) -> int:
+    return math.ceil(n / recipe.batch_size) if d.world == 1 or n % recipe.batch_size >= d.world else n // recipe.batch_size
+
+
+def make_ema(model: nn.Module, recipe: Recipe):
+    """An exponential moving average of the weights and BatchNorm buffers, or None when the recipe has none."""
+    if not recipe.ema_decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
 
 
 def prepare_data(cfg: TrainConfig, data: Dataset) -> dict[str, np.ndarray]:
@@ -258,18 +292,29 @@ def train(cfg: TrainConfig, out: Path, data_cache: Path | None = None, resume: P
 
     t = {k: torch.from_numpy(v).to(d.device) for k, v in arrays.items()}
     model = place(new_model(cfg), d.device)
-    opt, sched = make_optimizer(model.parameters(), recipe)
+    opt, sched = make_optimizer(model.parameters(), recipe, steps_per_epoch(len(t["train_x"]), recipe, d))
+    ema = make_ema(model, recipe)
     history: list[dict] = []
     if ckpt:
         try:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             sched.load_state_dict(ckpt["scheduler"])
+            if ema is not None:
+                ema.load_state_dict(ckpt["ema"])
             history = list(ckpt["history"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise UserError(f"--resume: {resume} lacks or mismatches a field ({type(e).__name__}: {e})") from None
     net = nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+
+    def after_step() -> None:
+        if per_step_schedule(recipe):
+            sched.step()
+        if ema is not None:
+            ema.update_parameters(model)
+
+    final = model if ema is None else ema.module  # what is evaluated and saved
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         save_json(asdict(cfg), out / CONFIG)
@@ -277,10 +322,13 @@ def train(cfg: TrainConfig, out: Path, data_cache: Path | None = None, resume: P
     for epoch in range(len(history) + 1, recipe.epochs + 1):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
-        train_loss, train_acc = train_epoch(net, opt, loss_fn, t["train_x"], t["train_y"], cfg, recipe, epoch, d)
-        sched.step()
+        train_loss, train_acc = train_epoch(
+            net, opt, loss_fn, t["train_x"], t["train_y"], cfg, recipe, epoch, d, after_step
+        )
+        if not per_step_schedule(recipe):
+            sched.step()
         val_loss, val_acc = (
-            evaluate(model, t["val_x"], t["val_y"], cfg.mean, cfg.std)
+            evaluate(final, t["val_x"], t["val_y"], cfg.mean, cfg.std)
             if len(t["val_x"])
             else (float("nan"), float("nan"))
         )
@@ -306,12 +354,14 @@ def train(cfg: TrainConfig, out: Path, data_cache: Path | None = None, resume: P
                 "history": history,
                 "config": asdict(cfg),
             }
+            if ema is not None:
+                state["ema"] = ema.state_dict()
             save_torch(state, out / CHECKPOINT)
             write_history(history, out)
     metrics: dict = {}
     if d.main:
-        test_loss, test_acc = evaluate(model, t["test_x"], t["test_y"], cfg.mean, cfg.std)
-        save_torch(model.state_dict(), out / WEIGHTS)
+        test_loss, test_acc = evaluate(final, t["test_x"], t["test_y"], cfg.mean, cfg.std)
+        save_torch(final.state_dict(), out / WEIGHTS)
         plot_curves(history, out / "curves.png")
         metrics = {
             "model": cfg.model,
