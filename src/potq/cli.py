@@ -113,6 +113,8 @@ def cmd_compare(a: argparse.Namespace) -> None:
 
 def cmd_verify(a: argparse.Namespace) -> None:
     check_run_model(a)
+    if a.onnx or a.c:
+        return _verify_consumers(a)
     from potq.verify import verify_run
 
     r = verify_run(a.run, a.scheme, a.data, a.cache)
@@ -132,12 +134,48 @@ def cmd_verify(a: argparse.Namespace) -> None:
         raise StepFailed(f"verify: the golden and simulated models differ in {r['mismatches']} values")
 
 
+def _verify_consumers(a: argparse.Namespace) -> None:
+    from potq.deploy.check import check_run
+
+    r = check_run(a.run, a.scheme, a.onnx, a.c, a.data, a.cache, a.c_vectors)
+    bad = []
+    if a.onnx:
+        o = r["onnx"]
+        print(
+            f"onnxruntime: {o['mismatches']:,} mismatching values of {o['compared_values']:,} "
+            f"({o['mismatch_rate']:.2e}; {o['images']} images, logits and every quantized value), "
+            f"{o['logit_mismatches']:,} mismatching logits, class agreement {o['class_agreement']:.4f}, "
+            f"onnxruntime accuracy {o['onnx_accuracy']:.4f} (rounding {o['rounding']})"
+        )
+        for k in o["mismatch_kinds"]:
+            print(f"  {k['value']}: {k['mismatches']:,} values: {'; '.join(k['causes'])}")
+        if o["unexplained"]:
+            bad.append(f"onnxruntime differs in {o['unexplained']} values that no known cause explains")
+    if a.c:
+        c = r["c"]
+        print(
+            f"C99 runtime ({c['compiler']} {c['flags']}): {c['logit_mismatches']} mismatching logits in "
+            f"{c['vectors']} test images, {c['class_mismatches']} differing classes, "
+            f"{c['images_per_second']:.1f} images/s"
+        )
+        if c["logit_mismatches"] or c["class_mismatches"]:
+            bad.append(f"the C runtime differs from the golden model in {c['logit_mismatches']} logits")
+    print(f"-> {a.run}/deploy_{a.scheme}.json")
+    if bad:
+        raise StepFailed("verify: " + "; ".join(bad))
+
+
 def cmd_export(a: argparse.Namespace) -> None:
     check_run_model(a)
+    from potq.deploy.formats import parse_formats
     from potq.export import export_run
 
-    r = export_run(a.run, a.scheme, a.out, a.vectors, a.data, a.cache)
-    print(f"exported {r['nodes']} nodes, {r['tensors']} tensors and {r['vectors']} test vectors -> {r['out']}")
+    formats = parse_formats(a.format)
+    r = export_run(a.run, a.scheme, a.out, a.vectors, a.data, a.cache, formats)
+    print(
+        f"exported {r['nodes']} nodes, {r['tensors']} tensors and {r['vectors']} test vectors "
+        f"({', '.join(r['formats'])}) -> {r['out']}"
+    )
 
 
 def cmd_energy(a: argparse.Namespace) -> None:
@@ -204,6 +242,7 @@ def _quantized_model_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     model_help = "a zoo model (seed, resnet20, ...: the README lists them) or your own: file.py:factory"
     # torch-free modules only: --help and argument errors answer before torch loads
+    from potq.deploy.formats import FORMAT_CHOICES
     from potq.quant.rules import EXPONENT_RULES, POT_SCHEMES, ROUNDING, SCHEMES
     from potq.recipes import RECIPES
 
@@ -275,12 +314,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="integer golden model against the simulated model, bit for bit")
     _quantized_model_args(v)
+    v.add_argument(
+        "--onnx", action="store_true", help="instead: the ONNX export in onnxruntime against the golden model"
+    )
+    v.add_argument("--c", action="store_true", help="instead: the C runtime, compiled here, against the golden model")
+    v.add_argument("--c-vectors", type=int, default=200, help="test images the C check runs (default: 200)")
     v.set_defaults(func=cmd_verify)
 
     e = sub.add_parser("export", help="integer weights, shifts, C header, hex files and test vectors")
     _quantized_model_args(e)
     e.add_argument("--out", type=Path, required=True, help="export folder (replaced whole)")
     e.add_argument("--vectors", type=int, default=10, help="test images with every layer's integer output")
+    e.add_argument(
+        "--format",
+        default="hw",
+        help=f"one of {', '.join(FORMAT_CHOICES)} or a comma-separated list (default: hw, the RTL testbench files)",
+    )
     e.set_defaults(func=cmd_export)
 
     en = sub.add_parser("energy", help="op counts and energy per layer, FP32 against INT8")

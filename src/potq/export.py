@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from potq.data import load_dataset
-from potq.deploy.c_runtime import c_ident
+from potq.deploy.c_runtime import BUILD as C_BUILD
+from potq.deploy.c_runtime import c_files, c_ident
+from potq.deploy.onnx_qdq import INPUT, OPSET, OUTPUT, to_onnx
 from potq.errors import UserError
 from potq.files import check_output_dir, clear_stale, replace_dir, save_json, temp_prefix
 from potq.golden import IntegerModel
@@ -27,6 +29,7 @@ from potq.quant.arith import Rounding
 from potq.quant.pipeline import load_quantized
 
 EXPORT_KIND = "potq-export/2"
+ONNX_FILE = "model.onnx"
 
 # The exporter's kernel per op: its integer rule, written into model.json for the implementer.
 OP_RULES: dict[OpType, str] = {
@@ -136,7 +139,15 @@ def c_header(desc: dict, arrays: dict[str, np.ndarray]) -> str:
     return "\n".join(out) + "\n"
 
 
-def export_run(run: Path, name: str, out: Path, vectors: int = 10, data: str | None = None, cache=None) -> dict:
+def export_run(
+    run: Path,
+    name: str,
+    out: Path,
+    vectors: int = 10,
+    data: str | None = None,
+    cache=None,
+    formats: tuple[str, ...] = ("hw",),
+) -> dict:
     """Export a run's quantized model, with its first `vectors` test images as test vectors."""
     if vectors < 1:
         raise UserError(f"--vectors must be at least 1, got {vectors}")
@@ -147,46 +158,77 @@ def export_run(run: Path, name: str, out: Path, vectors: int = 10, data: str | N
     if vectors > len(ds.test_x):
         raise UserError(f"--vectors {vectors} is more than the {len(ds.test_x)} test images")
     images, labels = np.array(ds.test_x[:vectors]), np.array(ds.test_y[:vectors])
-    return write_export(graph, out, images, labels, cfg.classes, protect=(run,))
+    return write_export(graph, out, images, labels, cfg.classes, protect=(run,), formats=formats)
 
 
 def write_export(
-    graph: Graph, out: Path, images: np.ndarray, labels: np.ndarray, classes: list[str], protect: tuple[Path, ...] = ()
+    graph: Graph,
+    out: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    protect: tuple[Path, ...] = (),
+    formats: tuple[str, ...] = ("hw",),
 ) -> dict:
-    """Write the export folder of a graph; built in a temporary folder, then moved into place whole.
-    images: uint8 (N, C, H, W) test vectors."""
+    """Write the export folder of a graph in `formats`; built in a temporary folder, then moved into
+    place whole. images: uint8 (N, C, H, W) test vectors."""
     out = Path(out)
     check_output_dir(out, EXPORT_KIND, protect)
     golden = IntegerModel(graph)
+    onnx_model = to_onnx(graph) if "onnx" in formats else None  # before any file: a missing extra stops here
     desc, arrays = build_model_json(graph, golden, graph.shapes[graph.input], classes)
     out.parent.mkdir(parents=True, exist_ok=True)
     clear_stale(out.parent, f".{out.name}.")
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), dir=out.parent))
     try:
-        (tmp / "hex").mkdir()
-        (tmp / "vectors").mkdir()
-        for k, v in arrays.items():
-            (tmp / "hex" / f"{k}.hex").write_text(hex_lines(v, _bits(v)))
-        np.savez(tmp / "weights.npz", **arrays)
-        (tmp / "model.h").write_text(c_header(desc, arrays))
         record: dict[str, torch.Tensor] = {}
-        logits = golden.run(torch.from_numpy(images), record)
-        vec = {graph.input: images, "labels": labels, "logits": logits.numpy().astype(np.int32)}
-        vec.update({v: t.numpy().astype(np.int32) for v, t in record.items()})
-        np.savez(tmp / "vectors.npz", **vec)
-        for k in range(len(images)):
-            (tmp / "vectors" / f"img{k}_{graph.input}.hex").write_text(hex_lines(images[k], 8))
-            for v, t in record.items():
-                (tmp / "vectors" / f"img{k}_{v}.hex").write_text(hex_lines(t[k].numpy(), graph.q[v].bits))
-        desc["vectors"] = {
-            "count": len(images),
-            "npz": "vectors.npz",
-            "note": f"keys: {graph.input} (the uint8 images), labels, logits, and every value of the graph by name",
-            "hex": f"vectors/img{{k}}_{graph.input}.hex (uint8 pixels, C,H,W order), vectors/img{{k}}_{{value}}.hex",
-        }
+        logits = golden.run(torch.from_numpy(images), record).numpy().astype(np.int32)
+        if "hw" in formats or "c" in formats:
+            (tmp / "model.h").write_text(c_header(desc, arrays))
+        if "hw" in formats:
+            desc["vectors"] = _write_hw(graph, tmp, arrays, images, labels, logits, record)
+        if "c" in formats:
+            for name, text in c_files(graph, images, logits).items():
+                (tmp / name).write_text(text)
+            desc["c_runtime"] = {"build": C_BUILD, "run": "./potq_main", "vectors": len(images)}
+        if onnx_model is not None:
+            (tmp / ONNX_FILE).write_bytes(onnx_model.SerializeToString())
+            desc["onnx"] = {"file": ONNX_FILE, "opset": OPSET, "input": INPUT, "output": OUTPUT}
+        desc["formats"] = list(formats)
+        if "hw" not in formats:  # the tensors are in model.h or model.onnx, not in npz and hex files
+            for t in desc["tensor_files"].values():
+                del t["npz"], t["hex"]
         save_json(desc, tmp / "model.json")
         replace_dir(tmp, out, EXPORT_KIND, protect)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"out": str(out), "tensors": len(arrays), "vectors": len(images), "nodes": len(graph.nodes)}
+    return {
+        "out": str(out),
+        "tensors": len(arrays),
+        "vectors": len(images),
+        "nodes": len(graph.nodes),
+        "formats": list(formats),
+    }
+
+
+def _write_hw(graph: Graph, tmp: Path, arrays, images, labels, logits, record) -> dict:
+    """The RTL testbench files: weights.npz, hex files of every tensor, and the test vectors."""
+    (tmp / "hex").mkdir()
+    (tmp / "vectors").mkdir()
+    for k, v in arrays.items():
+        (tmp / "hex" / f"{k}.hex").write_text(hex_lines(v, _bits(v)))
+    np.savez(tmp / "weights.npz", **arrays)
+    vec = {graph.input: images, "labels": labels, "logits": logits}
+    vec.update({v: t.numpy().astype(np.int32) for v, t in record.items()})
+    np.savez(tmp / "vectors.npz", **vec)
+    for k in range(len(images)):
+        (tmp / "vectors" / f"img{k}_{graph.input}.hex").write_text(hex_lines(images[k], 8))
+        for v, t in record.items():
+            (tmp / "vectors" / f"img{k}_{v}.hex").write_text(hex_lines(t[k].numpy(), graph.q[v].bits))
+    return {
+        "count": len(images),
+        "npz": "vectors.npz",
+        "note": f"keys: {graph.input} (the uint8 images), labels, logits, and every value of the graph by name",
+        "hex": f"vectors/img{{k}}_{graph.input}.hex (uint8 pixels, C,H,W order), vectors/img{{k}}_{{value}}.hex",
+    }

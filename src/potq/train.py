@@ -203,7 +203,9 @@ def per_step_schedule(recipe: Recipe) -> bool:
 
 
 def steps_per_epoch(n: int, recipe: Recipe, d: Dist) -> int:
-    return math.ceil(n / recipe.batch_size) if d.world == 1 or n % recipe.batch_size >= d.world else n // recipe.batch_size
+    return (
+        math.ceil(n / recipe.batch_size) if d.world == 1 or n % recipe.batch_size >= d.world else n // recipe.batch_size
+    )
 
 
 def make_ema(model: nn.Module, recipe: Recipe):

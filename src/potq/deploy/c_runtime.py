@@ -164,7 +164,9 @@ int potq_infer(const uint8_t *image, int32_t *logits);
 
 def model_source(graph: Graph) -> str:
     kernels = files("potq.deploy").joinpath("potq_kernels.c").read_text()
-    buffers = [f"static uint8_t {_buffer(n.output)}[{_size(graph, n.output)}];" for n in graph.nodes if _is_codes(graph, n)]
+    buffers = [
+        f"static uint8_t {_buffer(n.output)}[{_size(graph, n.output)}];" for n in graph.nodes if _is_codes(graph, n)
+    ]
     body = [f"    /* {n.name} ({n.op.value}) */\n    {C_KERNELS[n.op](graph, n)}" for n in graph.nodes]
     if graph.q[graph.output].bits == 8:  # a clamped last layer: its codes are the outputs
         body.append(f"    for (i = 0; i < POTQ_NUM_OUTPUTS; i++) logits[i] = {_buffer(graph.output)}[i];")
@@ -198,8 +200,6 @@ def vectors_header(images: np.ndarray, logits: np.ndarray) -> str:
         f"static const uint8_t potq_vector_images[{len(images)}][POTQ_IN_SIZE] = {{\n{rows(images)}\n}};\n"
         f"static const int32_t potq_vector_logits[{len(images)}][POTQ_NUM_OUTPUTS] = {{\n{rows(logits)}\n}};\n"
     )
-
-
 
 
 def c_files(graph: Graph, images: np.ndarray, logits: np.ndarray) -> dict[str, str]:

@@ -1,0 +1,185 @@
+"""Do the exports' consumers compute the golden model's integers? onnxruntime on the test set, and the C
+runtime compiled with the system's C compiler on the exported test vectors.
+
+onnxruntime: every quantized intermediate (each is an output of the checked model) and the logits
+(float, divided by their power-of-two scale: exact) against the golden model, image by image, and the
+agreement of the predicted class. Each value that differs gets its causes: onnxruntime rounds half to
+even (a model quantized with another rule differs at every tie), float32 holds integers exactly only
+below 2^24 (a node whose worst-case accumulator reaches it may round its sum), or an input that already
+differed. A mismatch with none of these causes is reported as unexplained.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from potq.deploy.c_runtime import c_files
+from potq.deploy.onnx_qdq import EXTRA, INPUT, OUTPUT, to_onnx
+from potq.errors import UserError
+from potq.golden import FLOAT32_EXACT, IntegerModel
+from potq.ir.graph import Graph, OpType
+from potq.quant.rules import Rounding
+
+C_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-O2")
+SANITIZE = ("-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all")
+
+
+def _session(graph: Graph, threads: int = 0):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError(f"the ONNX check needs onnxruntime: pip install 'potq[{EXTRA}]'") from None
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    model = to_onnx(graph, intermediates=True)
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _causes(graph: Graph, golden: IntegerModel, value: str, bad_values: set[str]) -> list[str]:
+    n = graph.producer(value)
+    causes = [f"input {v} already differs" for v in n.inputs if v in bad_values]
+    if n.op is not OpType.INPUT and Rounding.of(graph.rounding) is not Rounding.HALF_EVEN and graph.q[value].bits == 8:
+        if n.op in (OpType.CONV, OpType.LINEAR, OpType.ADD, OpType.AVGPOOL):
+            causes.append(f"onnxruntime rounds half to even, this model {graph.rounding}")
+    bound = golden.bounds.get(n.name)
+    if bound is not None and bound >= FLOAT32_EXACT:
+        causes.append(f"worst-case accumulator {bound:,} reaches 2^24, beyond float32's exact integers")
+    return causes
+
+
+def check_onnx(graph: Graph, images: np.ndarray, labels: np.ndarray, batch: int = 500) -> dict:
+    """onnxruntime against the golden model on uint8 images (N, C, H, W)."""
+    golden = IntegerModel(graph)
+    sess = _session(graph)
+    names = [o.name for o in sess.get_outputs()]
+    scale = 2.0 ** graph.q[graph.output].exponent
+    mismatches: dict[str, int] = {}
+    values = same_class = correct = 0
+    t_onnx = t_golden = 0.0
+    for i in range(0, len(images), batch):
+        x = images[i : i + batch]
+        t0 = time.perf_counter()
+        outs = dict(zip(names, sess.run(None, {INPUT: x}), strict=True))
+        t1 = time.perf_counter()
+        record: dict[str, torch.Tensor] = {}
+        logits = golden.run(torch.from_numpy(x), record).numpy()
+        t_golden += time.perf_counter() - t1
+        t_onnx += t1 - t0
+        got = {OUTPUT: outs[OUTPUT] / scale, **{v: outs[v] for v in names if v != OUTPUT}}
+        want = {OUTPUT: logits, **{v: record[v].numpy() for v in names if v != OUTPUT}}
+        for v in got:
+            bad = int((got[v] != want[v]).sum())
+            if bad:
+                mismatches[v] = mismatches.get(v, 0) + bad
+            values += got[v].size
+        same_class += int((outs[OUTPUT].argmax(1) == logits.argmax(1)).sum())
+        correct += int((outs[OUTPUT].argmax(1) == labels[i : i + batch]).sum())
+    bad_values = set(mismatches)
+    kinds = []
+    for v, count in mismatches.items():
+        causes = _causes(graph, golden, graph.output if v == OUTPUT else v, bad_values)
+        kinds.append({"value": v, "mismatches": count, "causes": causes or ["unexplained"]})
+    return {
+        "consumer": "onnxruntime",
+        "images": len(images),
+        "compared_values": values,
+        "mismatches": sum(mismatches.values()),
+        "mismatch_rate": sum(mismatches.values()) / max(1, values),
+        "logit_mismatches": mismatches.get(OUTPUT, 0),
+        "class_agreement": same_class / max(1, len(images)),
+        "onnx_accuracy": correct / max(1, len(images)),
+        "mismatch_kinds": kinds,
+        "unexplained": sum(k["mismatches"] for k in kinds if k["causes"] == ["unexplained"]),
+        "rounding": graph.rounding,
+        "onnx_seconds": t_onnx,
+        "golden_seconds": t_golden,
+    }
+
+
+def compiler() -> str:
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        raise UserError("the C check needs a C compiler (cc, gcc or clang) on PATH")
+    return cc
+
+
+def build_c(folder: Path, sanitize: bool = False) -> Path:
+    """Compile an export folder's C runtime with the strict flags; the binary's path."""
+    exe = folder / ("potq_main_asan" if sanitize else "potq_main")
+    cmd = [compiler(), *C_FLAGS, *(SANITIZE if sanitize else ()), "-o", str(exe), "potq_model.c", "main.c"]
+    r = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"the C runtime failed to compile in {folder}:\n{r.stderr[-4000:]}")
+    return exe
+
+
+def run_c(exe: Path, repeats: int = 1) -> dict:
+    """Run main.c's vector check; its counts and speed."""
+    r = subprocess.run([str(exe), str(repeats)], capture_output=True, text=True)
+    m = re.search(
+        r"vectors (\d+) mismatching_logits (\d+) differing_classes (\d+) images_per_second ([\d.]+)", r.stdout
+    )
+    if m is None:
+        raise RuntimeError(f"{exe} printed no result (exit {r.returncode}): {r.stdout[-2000:]}{r.stderr[-2000:]}")
+    vectors, bad, classes, speed = m.groups()
+    return {
+        "vectors": int(vectors),
+        "logit_mismatches": int(bad),
+        "class_mismatches": int(classes),
+        "images_per_second": float(speed),
+        "exit_status": r.returncode,
+    }
+
+
+def check_c(graph: Graph, images: np.ndarray, sanitize: bool = False, repeats: int = 1) -> dict:
+    """Write the C runtime for `images` in a temporary folder, compile it strictly, run it."""
+    from potq.export import build_model_json, c_header
+
+    golden = IntegerModel(graph)
+    logits = golden.run(torch.from_numpy(images)).numpy().astype(np.int32)
+    with tempfile.TemporaryDirectory(prefix="potq-c-") as tmp:
+        folder = Path(tmp)
+        desc, arrays = build_model_json(graph, golden, graph.shapes[graph.input], [])
+        (folder / "model.h").write_text(c_header(desc, arrays))
+        for name, text in c_files(graph, images, logits).items():
+            (folder / name).write_text(text)
+        result = run_c(build_c(folder, sanitize), repeats)
+    return {"consumer": "C99 runtime", "compiler": compiler(), "flags": " ".join(C_FLAGS), **result}
+
+
+def check_run(
+    run: Path, name: str, onnx: bool, c: bool, data: str | None = None, cache=None, c_vectors: int = 200
+) -> dict:
+    """`potq verify --onnx/--c`: the consumers' checks of a run's quantized model, saved as
+    deploy_<label>.json (what the report's Deployment section shows)."""
+    from potq.data import load_dataset
+    from potq.files import read_json, save_json
+    from potq.quant.pipeline import load_quantized
+
+    if c_vectors < 1:
+        raise UserError(f"--c-vectors must be at least 1, got {c_vectors}")
+    run = Path(run)
+    graph, cfg = load_quantized(run, name)
+    if c:
+        compiler()  # before the long ONNX check: is there a compiler at all?
+    if onnx:
+        _session(graph)
+    ds = load_dataset(data or cfg.data, cache)
+    images, labels = np.array(ds.test_x), np.array(ds.test_y)
+    path = run / f"deploy_{name}.json"
+    result = read_json(path) if path.exists() else {"label": name}
+    if onnx:
+        result["onnx"] = check_onnx(graph, images, labels)
+    if c:
+        result["c"] = check_c(graph, images[:c_vectors])
+    save_json(result, path)
+    return result

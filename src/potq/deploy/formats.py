@@ -1,0 +1,21 @@
+"""The export formats that `potq export --format` writes (no torch: --help lists them)."""
+
+from __future__ import annotations
+
+from potq.errors import UserError
+
+# what `--format` can ask for; "all" is every one. model.json (the graph) is always written.
+#   hw: weights.npz, model.h, $readmemh hex files and test vectors for an RTL testbench
+#   c: model.h and the C99 runtime (potq_model.c, potq_model.h, main.c, potq_vectors.h)
+#   onnx: model.onnx, power-of-two QDQ (needs the onnx extra)
+FORMATS = ("hw", "c", "onnx")
+FORMAT_CHOICES = (*FORMATS, "all")
+
+
+def parse_formats(value: str) -> tuple[str, ...]:
+    """--format hw|c|onnx|all, or a comma-separated list of them."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in names if v not in FORMAT_CHOICES]
+    if bad or not names:
+        raise UserError(f"--format {value!r}: choose from {', '.join(FORMAT_CHOICES)} (or a comma-separated list)")
+    return FORMATS if "all" in names else tuple(f for f in FORMATS if f in names)
