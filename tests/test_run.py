@@ -68,6 +68,9 @@ def test_every_artifact_is_there(full_run):
         "export/model.h",
         "export/weights.npz",
         "export/vectors.npz",
+        "export/model.onnx",
+        "export/potq_model.c",
+        "deploy_pot-channel-qat.json",
     ]:
         assert (out / name).exists(), name
     for scheme in workflow.PTQ_SCHEMES + ("pot-channel-qat",):
@@ -87,6 +90,11 @@ def test_report_has_every_section_with_numbers(full_run):
     for section in SECTIONS:
         assert section in md, section
     assert "measured on the JPEG copy" in md
+    assert "### Deployment" in md and "Formats exported: hw, c, onnx." in md
+    # the QAT model rounds half-up; onnxruntime half to even: the section gives the rate and the cause
+    assert re.search(r"- ONNX \(onnxruntime, QDQ opset 13\): [\d,]+ of [\d,]+ values differ", md)
+    assert "onnxruntime rounds half to even" in md
+    assert re.search(r"- C99 runtime .*: 0 mismatching logits and 0 differing classes in 200 test images", md)
     assert "= 5,888 pJ" in md and "= 422.8 pJ" in md
     assert re.search(r"Validation loss is lowest at epoch \d", md)
     assert "| pot-channel-qat |" in md and "| FP32 |" in md
@@ -145,7 +153,7 @@ def test_interrupted_run_resumes(learnable_data, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "train: already done" in text and "[3/7] quantize ..." in text
+    assert "train: already done" in text and "[3/8] quantize ..." in text
     assert len(list(out.glob("quant_*.json"))) == 5 and (out / "report.html").exists()
 
 

@@ -6,6 +6,7 @@ logits = q.golden().run(test_images)       # int32 logits of the integer-only go
 sim = q.simulated()                        # the fake-quantized nn.Module (takes normalized images)
 table = q.energy()                         # op counts and energy per node, FP32 against INT8
 q.export("export/", test_images[:10])      # model.json, weights, C header, hex files, test vectors
+q.export("deploy/", test_images[:10], formats=("c", "onnx"))  # the C99 runtime and QDQ ONNX
 """
 
 from __future__ import annotations
@@ -49,13 +50,21 @@ class Quantized:
 
         return energy.report(energy.graph_costs(self.graph), energy.load_table(table), memory)
 
-    def export(self, out: Path, images: torch.Tensor, labels=None, classes: list[str] | None = None) -> dict:
+    def export(
+        self,
+        out: Path,
+        images: torch.Tensor,
+        labels=None,
+        classes: list[str] | None = None,
+        formats: tuple[str, ...] = ("hw",),
+    ) -> dict:
         from potq.export import write_export
 
         images = np.asarray(images.numpy() if isinstance(images, torch.Tensor) else images, dtype=np.uint8)
         labels = np.zeros(len(images), dtype=np.int64) if labels is None else np.asarray(labels)
         n_out = self.graph.shapes[self.graph.output][0]
-        return write_export(self.graph, Path(out), images, labels, classes or [str(i) for i in range(n_out)])
+        classes = classes or [str(i) for i in range(n_out)]
+        return write_export(self.graph, Path(out), images, labels, classes, formats=formats)
 
 
 def quantize(

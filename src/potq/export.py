@@ -21,12 +21,12 @@ from potq.deploy.c_runtime import BUILD as C_BUILD
 from potq.deploy.c_runtime import c_files, c_ident
 from potq.deploy.onnx_qdq import INPUT, OPSET, OUTPUT, to_onnx
 from potq.errors import UserError
-from potq.files import check_output_dir, clear_stale, replace_dir, save_json, temp_prefix
+from potq.files import check_output_dir, clear_stale, read_json, replace_dir, save_json, temp_prefix
 from potq.golden import IntegerModel
 from potq.ir import io
 from potq.ir.graph import Graph, OpType
 from potq.quant.arith import Rounding
-from potq.quant.pipeline import load_quantized
+from potq.quant.pipeline import load_quantized, quant_paths, weights_digest
 
 EXPORT_KIND = "potq-export/2"
 ONNX_FILE = "model.onnx"
@@ -158,7 +158,24 @@ def export_run(
     if vectors > len(ds.test_x):
         raise UserError(f"--vectors {vectors} is more than the {len(ds.test_x)} test images")
     images, labels = np.array(ds.test_x[:vectors]), np.array(ds.test_y[:vectors])
-    return write_export(graph, out, images, labels, cfg.classes, protect=(run,), formats=formats)
+    source = quantized_model_record(run, name)
+    return write_export(graph, out, images, labels, cfg.classes, protect=(run,), formats=formats, source=source)
+
+
+SOURCE_KEYS = ("label", "scheme", "exponent", "rounding", "max_shift", "calib_images", "qat_epochs", "qat_lr")
+
+
+def quantized_model_record(run: Path, name: str) -> dict:
+    """Which quantized model an export holds: its label and settings, and the weights it came from."""
+    _, meta_path = quant_paths(run, name)
+    meta = read_json(meta_path) if meta_path.exists() else {}
+    return {
+        "run": str(run.resolve()),
+        **{k: meta.get(k) for k in SOURCE_KEYS},
+        "label": name,
+        "test_accuracy": meta.get("test_accuracy"),
+        "weights_sha256": weights_digest(run),
+    }
 
 
 def write_export(
@@ -169,9 +186,10 @@ def write_export(
     classes: list[str],
     protect: tuple[Path, ...] = (),
     formats: tuple[str, ...] = ("hw",),
+    source: dict | None = None,
 ) -> dict:
     """Write the export folder of a graph in `formats`; built in a temporary folder, then moved into
-    place whole. images: uint8 (N, C, H, W) test vectors."""
+    place whole. images: uint8 (N, C, H, W) test vectors; source: which quantized model this is."""
     out = Path(out)
     check_output_dir(out, EXPORT_KIND, protect)
     golden = IntegerModel(graph)
@@ -195,6 +213,7 @@ def write_export(
             (tmp / ONNX_FILE).write_bytes(onnx_model.SerializeToString())
             desc["onnx"] = {"file": ONNX_FILE, "opset": OPSET, "input": INPUT, "output": OUTPUT}
         desc["formats"] = list(formats)
+        desc["quantized_model"] = source or {"label": graph.scheme, "scheme": graph.scheme, "rounding": graph.rounding}
         if "hw" not in formats:  # the tensors are in model.h or model.onnx, not in npz and hex files
             for t in desc["tensor_files"].values():
                 del t["npz"], t["hex"]

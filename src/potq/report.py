@@ -289,17 +289,36 @@ def _export_section(run: Path) -> list[str]:
         return []
     m = read_json(model_json)
     ops = sorted({n["op"] for n in m.get("nodes", [])})
+    src = m.get("quantized_model", {})
     return [
         "## 6. Export",
         "",
-        f"`export/` holds `{m.get('scheme')}` as potq's integer graph (format {m.get('format')} version "
+        f"`export/` holds the quantized model `{src.get('label', m.get('scheme'))}` (scheme {m.get('scheme')}, "
+        f"exponent rule {src.get('exponent')}, rounding {m.get('rounding')}, {src.get('calib_images')} calibration "
+        f"images, weights SHA-256 {str(src.get('weights_sha256'))[:12]}...) as potq's integer graph (format {m.get('format')} version "
         f"{m.get('version')}, documented in docs/graph-format.md): `model.json` ({len(m.get('nodes', []))} nodes: "
         f"{', '.join(ops)}; rounding {m.get('rounding')}), `weights.npz` and `hex/` ($readmemh, two's complement) "
         f"with {len(m.get('tensor_files', {}))} tensors, `model.h` (C arrays and zero points), and "
         f"{m.get('vectors', {}).get('count', 0)} test vectors with every value's integers (`vectors.npz`, "
         "`vectors/`), made by the golden model.",
         "",
+        *_deployment(run, m),
     ]
+
+
+def _deployment(run: Path, m: dict) -> list[str]:
+    """Which formats were exported and what each consumer's check found."""
+    from potq.deploy.c_runtime import BUILD
+    from potq.deploy.check import deploy_summary
+
+    formats = m.get("formats", ["hw"])
+    out = ["### Deployment", "", f"Formats exported: {', '.join(formats)}.", ""]
+    path = run / f"deploy_{m.get('quantized_model', {}).get('label', m.get('scheme'))}.json"
+    if path.exists():
+        out += [f"- {line}" for line in deploy_summary(read_json(path))] + [""]
+    if "c" in formats:
+        out += [f"Build and check the C runtime in `export/`: `{BUILD} && ./potq_main`.", ""]
+    return out
 
 
 def _embed_images(html: str, run: Path) -> str:

@@ -122,10 +122,18 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
         print(r["markdown"])
 
     def export():
+        from potq.deploy.check import available_formats
         from potq.export import export_run
 
-        r = export_run(out, o.headline, out / "export", o.vectors, None, o.cache)
-        print(f"exported {r['nodes']} nodes and {r['vectors']} test vectors -> {r['out']}")
+        r = export_run(out, o.headline, out / "export", o.vectors, None, o.cache, available_formats())
+        print(f"exported {r['nodes']} nodes and {r['vectors']} test vectors ({', '.join(r['formats'])}) -> {r['out']}")
+
+    def deploy():
+        from potq.deploy.check import deploy_checks
+
+        r = deploy_checks(out, o.headline, o.cache)
+        for line in r["summary"]:
+            print(line)
 
     def report():
         from potq.report import write_report
@@ -140,6 +148,7 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
         ("verify", lambda: all((out / f"verify_{s}.json").exists() for s in _pot_labels(o)), verify),
         ("energy", lambda: (out / "energy.json").exists(), energy),
         ("export", lambda: (out / "export" / "model.json").exists(), export),
+        ("deploy", lambda: (out / f"deploy_{o.headline}.json").exists(), deploy),
         ("report", lambda: False, report),
     ]
 
@@ -253,7 +262,7 @@ def clear(out: Path) -> None:
         check_output_dir(out / "export", EXPORT_KIND)
     for name in POTQ_FILES:
         (out / name).unlink(missing_ok=True)
-    for pattern in ("quant_*", "verify_*"):
+    for pattern in ("quant_*", "verify_*", "deploy_*"):
         for p in out.glob(pattern):
             p.unlink()
     if (out / "export").exists():

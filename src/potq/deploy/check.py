@@ -56,10 +56,10 @@ def _causes(graph: Graph, golden: IntegerModel, value: str, bad_values: set[str]
     return causes
 
 
-def check_onnx(graph: Graph, images: np.ndarray, labels: np.ndarray, batch: int = 500) -> dict:
-    """onnxruntime against the golden model on uint8 images (N, C, H, W)."""
+def check_onnx(graph: Graph, images: np.ndarray, labels: np.ndarray, batch: int = 500, threads: int = 0) -> dict:
+    """onnxruntime against the golden model on uint8 images (N, C, H, W); threads 0: onnxruntime's default."""
     golden = IntegerModel(graph)
-    sess = _session(graph)
+    sess = _session(graph, threads)
     names = [o.name for o in sess.get_outputs()]
     scale = 2.0 ** graph.q[graph.output].exponent
     mismatches: dict[str, int] = {}
@@ -183,3 +183,63 @@ def check_run(
         result["c"] = check_c(graph, images[:c_vectors])
     save_json(result, path)
     return result
+
+
+def _have_onnx() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def available_formats() -> tuple[str, ...]:
+    """What `potq run` exports: every format whose library is installed."""
+    return ("hw", "c", "onnx") if _have_onnx() else ("hw", "c")
+
+
+def deploy_checks(run: Path, name: str, cache=None) -> dict:
+    """`potq run`'s deploy step: every consumer check this machine can run; what it can't, it says why."""
+    have_cc = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
+    r = check_run(run, name, _have_onnx(), have_cc, None, cache) if (have_cc or _have_onnx()) else {"label": name}
+    skipped = {}
+    if not _have_onnx():
+        skipped["onnx"] = f"onnx and onnxruntime are not installed (pip install 'potq[{EXTRA}]')"
+    if not have_cc:
+        skipped["c"] = "no C compiler (cc, gcc or clang) on PATH"
+    r["skipped"] = skipped
+    r["summary"] = deploy_summary(r)
+    from potq.files import save_json
+
+    save_json(r, Path(run) / f"deploy_{name}.json")
+    return r
+
+
+def deploy_summary(r: dict) -> list[str]:
+    """One line per consumer: what its check found (the report's Deployment section too)."""
+    lines = []
+    if "onnx" in r:
+        o = r["onnx"]
+        lines.append(
+            f"ONNX (onnxruntime, QDQ opset 13): {o['mismatches']:,} of {o['compared_values']:,} values differ from "
+            f"the golden model ({o['mismatch_rate']:.2%}; logits {o['logit_mismatches']:,}), class agreement "
+            f"{o['class_agreement']:.4f}, accuracy {o['onnx_accuracy']:.4f} on {o['images']:,} test images; "
+            f"rounding {o['rounding']}"
+            + ("" if not o["mismatches"] else f"; causes: {_causes_text(o)}")
+        )
+    if "c" in r:
+        c = r["c"]
+        lines.append(
+            f"C99 runtime ({c['flags']}): {c['logit_mismatches']} mismatching logits and {c['class_mismatches']} "
+            f"differing classes in {c['vectors']} test images; {c['images_per_second']:.1f} images/s"
+        )
+    lines += [f"{k}: not checked: {why}" for k, why in r.get("skipped", {}).items()]
+    return lines
+
+
+def _causes_text(o: dict) -> str:
+    causes: set[str] = set()
+    for k in o["mismatch_kinds"]:
+        causes.update(c for c in k["causes"] if not c.startswith("input "))
+    return "; ".join(sorted(causes)) or "inherited"
