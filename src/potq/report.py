@@ -295,7 +295,8 @@ def _export_section(run: Path) -> list[str]:
         "",
         f"`export/` holds the quantized model `{src.get('label', m.get('scheme'))}` (scheme {m.get('scheme')}, "
         f"exponent rule {src.get('exponent')}, rounding {m.get('rounding')}, {src.get('calib_images')} calibration "
-        f"images, weights SHA-256 {str(src.get('weights_sha256'))[:12]}...) as potq's integer graph (format {m.get('format')} version "
+        f"images, weights SHA-256 {str(src.get('weights_sha256'))[:12]}...) as potq's integer graph "
+        f"(format {m.get('format')} version "
         f"{m.get('version')}, documented in docs/graph-format.md): `model.json` ({len(m.get('nodes', []))} nodes: "
         f"{', '.join(ops)}; rounding {m.get('rounding')}), `weights.npz` and `hex/` ($readmemh, two's complement) "
         f"with {len(m.get('tensor_files', {}))} tensors, `model.h` (C arrays and zero points), and "

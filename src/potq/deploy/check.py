@@ -225,8 +225,7 @@ def deploy_summary(r: dict) -> list[str]:
             f"ONNX (onnxruntime, QDQ opset 13): {o['mismatches']:,} of {o['compared_values']:,} values differ from "
             f"the golden model ({o['mismatch_rate']:.2%}; logits {o['logit_mismatches']:,}), class agreement "
             f"{o['class_agreement']:.4f}, accuracy {o['onnx_accuracy']:.4f} on {o['images']:,} test images; "
-            f"rounding {o['rounding']}"
-            + ("" if not o["mismatches"] else f"; causes: {_causes_text(o)}")
+            f"rounding {o['rounding']}" + ("" if not o["mismatches"] else f"; causes: {_causes_text(o)}")
         )
     if "c" in r:
         c = r["c"]
