@@ -64,3 +64,78 @@ def test_qconfig_prepare_calibrate_convert_gives_power_of_two_scales(rule):
     else:
         assert converted.conv.zero_point == 128
     assert converted(x).shape == (16, 5)
+
+
+# ---- the reference report's own QConfig, verbatim -----------------------------------------------------
+
+from enum import Enum  # noqa: E402
+
+
+class CustomQConfig(Enum):  # as written in the reference report
+    POWER2 = tq.QConfig(
+        activation=PowerOfTwoObserver.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_symmetric),
+        weight=PowerOfTwoObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric),
+    )
+    DEFAULT = None
+
+
+class SeedLike(nn.Module):
+    """Two conv blocks of the seed net (Conv-BN-ReLU-MaxPool) and its classifier's shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.fc1 = nn.Linear(16 * 8 * 8, 32)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc2(self.relu(self.fc1(torch.flatten(self.features(x), 1))))
+
+
+class Stubbed(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.quant, self.net, self.dequant = tq.QuantStub(), net, tq.DeQuantStub()
+
+    def forward(self, x):
+        return self.dequant(self.net(self.quant(x)))
+
+
+def test_the_reference_reports_qconfig_reproduces_its_rule_and_pot_seed():
+    import potq
+    from tests.test_quant import randomized
+
+    torch.manual_seed(0)
+    net = randomized(SeedLike())
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    x = potq.quantize(net, images, "pot-seed", mean=mean, std=std)  # potq's pot-seed on the same weights
+    graph = x.graph
+
+    model = Stubbed(net).eval()
+    tq.fuse_modules(model.net, [["features.0", "features.1", "features.2"], ["features.4", "features.5", "features.6"],
+                                ["fc1", "relu"]], inplace=True)  # fmt: skip
+    model.qconfig = CustomQConfig.POWER2.value  # the report's enum: torch needs the QConfig itself
+    prepared = tq.prepare(model)
+    with torch.no_grad():
+        prepared(x.normalize(images))
+    converted = tq.convert(prepared)
+
+    def qparams(mod) -> tuple[float, int]:
+        return float(mod.scale), int(mod.zero_point)
+
+    values = [n.output for n in graph.nodes]
+    conv1, conv2, fc1 = (graph.q[v] for v in (values[1], values[3], values[6]))
+    for mod, q in [(converted.net.features[0], conv1), (converted.net.features[4], conv2), (converted.net.fc1, fc1)]:
+        assert qparams(mod) == (q.scale, 128)  # the report: zero point 128 after every ReLU
+        assert q.zero_point == 128
+    assert qparams(converted.quant) == (graph.q[values[0]].scale, 128)
+    macs = graph.mac_nodes()
+    for mod, node in zip([converted.net.features[0], converted.net.features[4], converted.net.fc1], macs, strict=False):
+        w = mod.weight()
+        assert w.q_zero_point() == 0 and w.q_scale() == 2.0 ** int(node.tensors["w_exp"].reshape(-1)[0])
+        assert torch.equal(w.int_repr(), node.tensors["weight"].reshape(w.shape))

@@ -6,9 +6,11 @@ of potq's own path): it records what it sees, then hands torch the scale that po
     QConfig(activation=PowerOfTwoObserver.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_symmetric),
             weight=PowerOfTwoObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric))
 
-Weights: int8 in [-127, 127], zero point 0. Activations: uint8, zero point 0 when everything seen
-is non-negative (after ReLU), else 128. `rule` picks the exponent: "ceil" (potq's default), "mse",
-"round", or "seed" (the reference report's 2**round(log2(2*max/qmax)) with zero point 128).
+With exactly the reference report's arguments it reproduces the report's rule (potq's `pot-seed`):
+scale 2**round(log2(2*max|x|/qmax)), weights int8 in [-127, 127] with zero point 0, activations uint8
+with zero point 128. `rule=` picks potq's better rules instead: "ceil" (potq's `pot-tensor`: the
+finest scale that never clips, activation zero point 0 when everything seen is non-negative, as after
+ReLU, else 128), "mse" or "round".
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class PowerOfTwoObserver(MinMaxObserver):
         self,
         dtype=torch.quint8,
         qscheme=torch.per_tensor_symmetric,
-        rule: str = "ceil",
+        rule: str = "seed",
         rounding: str = "half-up",
         **kwargs,
     ):
