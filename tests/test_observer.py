@@ -139,3 +139,16 @@ def test_the_reference_reports_qconfig_reproduces_its_rule_and_pot_seed():
         w = mod.weight()
         assert w.q_zero_point() == 0 and w.q_scale() == 2.0 ** int(node.tensors["w_exp"].reshape(-1)[0])
         assert torch.equal(w.int_repr(), node.tensors["weight"].reshape(w.shape))
+
+
+def test_the_readmes_torch_ao_example_runs_as_written():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "CustomQConfig" in b)
+    model = Stubbed(SeedLike()).eval()
+    tq.fuse_modules(model.net, [["features.0", "features.1", "features.2"], ["fc1", "relu"]], inplace=True)
+    scope = {"model": model, "calibration_batch": torch.randn(8, 3, 32, 32)}
+    exec(code, scope)
+    assert scope["int8_model"].net.features[0].zero_point == 128
