@@ -27,6 +27,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (CI installs gcc)")
 ROUNDINGS = ["half-up", "half-even", "floor"]
+LABEL = "pot-channel-half-even"  # the label of pot-channel quantized with --rounding half-even
 
 
 def graph_of(
@@ -160,10 +161,7 @@ def quantized_run(tiny_run, tmp_path_factory):
 @needs_cc
 def test_export_formats_and_verify_consumers(quantized_run, tmp_path, capsys):
     out = tmp_path / "all"
-    assert (
-        main(["export", "--run", str(quantized_run), "--scheme", "pot-channel", "--format", "all", "--out", str(out)])
-        == 0
-    )
+    assert main(["export", "--run", str(quantized_run), "--scheme", LABEL, "--format", "all", "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
     assert {"model.onnx", "potq_model.c", "potq_model.h", "main.c", "potq_vectors.h", "model.h", "hex"} <= names
     desc = json.loads((out / "model.json").read_text())
@@ -172,23 +170,17 @@ def test_export_formats_and_verify_consumers(quantized_run, tmp_path, capsys):
 
     assert run_c(build_c(out))["logit_mismatches"] == 0  # the exported folder builds and passes as shipped
     c_only = tmp_path / "c"
-    assert (
-        main(["export", "--run", str(quantized_run), "--scheme", "pot-channel", "--format", "c", "--out", str(c_only)])
-        == 0
-    )
+    assert main(["export", "--run", str(quantized_run), "--scheme", LABEL, "--format", "c", "--out", str(c_only)]) == 0
     assert not (c_only / "model.onnx").exists() and not (c_only / "hex").exists()
-    assert (
-        main(["verify", "--run", str(quantized_run), "--scheme", "pot-channel", "--onnx", "--c", "--c-vectors", "20"])
-        == 0
-    )
+    assert main(["verify", "--run", str(quantized_run), "--scheme", LABEL, "--onnx", "--c", "--c-vectors", "20"]) == 0
     text = capsys.readouterr().out
     assert "onnxruntime: 0 mismatching values" in text and "0 mismatching logits in 20 test images" in text
-    saved = json.loads((quantized_run / "deploy_pot-channel.json").read_text())
+    saved = json.loads((quantized_run / f"deploy_{LABEL}.json").read_text())
     assert saved["onnx"]["mismatches"] == 0 and saved["c"]["logit_mismatches"] == 0
 
 
 def test_export_format_bad_input(quantized_run, tmp_path, capsys, monkeypatch):
-    base = ["export", "--run", str(quantized_run), "--scheme", "pot-channel"]
+    base = ["export", "--run", str(quantized_run), "--scheme", LABEL]
     assert main([*base, "--format", "verilog", "--out", str(tmp_path / "x")]) == 2
     assert "--format 'verilog': choose from hw, c, onnx, all" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -121,9 +121,9 @@ def test_verify_command(tiny_run, capsys):
         == 0
     )
     capsys.readouterr()
-    assert main(["verify", "--run", str(tiny_run), "--scheme", "pot-tensor"]) == 0
+    assert main(["verify", "--run", str(tiny_run), "--scheme", "pot-tensor-half-even"]) == 0
     out = capsys.readouterr().out
-    assert "pot-tensor: 0 mismatching values" in out and "int32 headroom" in out
+    assert "pot-tensor-half-even: 0 mismatching values" in out and "int32 headroom" in out
 
 
 def test_verify_without_quantized_model(tiny_run, capsys):

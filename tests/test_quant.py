@@ -200,3 +200,31 @@ def test_data_of_another_shape_is_refused(tiny_run, tmp_path, capsys):
     assert main(["quantize", "--run", str(tiny_run), "--calib", "5", "--data", str(other)]) == 2
     err = capsys.readouterr().err
     assert "images of shape [3, 40, 40]" in err and "trained on [3, 32, 32]" in err and err.count("\n") == 1
+
+
+def test_every_distinct_setting_has_its_own_label_and_records_its_rule(tiny_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    from potq.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for p in run.glob("quant_*"):  # what other tests quantized into the shared fixture
+        p.unlink()
+    base = ["quantize", "--run", str(run), "--calib", "50"]
+    settings = [
+        ["--scheme", "pot-channel"],
+        ["--scheme", "pot-channel", "--rounding", "floor"],
+        ["--scheme", "pot-channel", "--exponent", "round"],
+        ["--scheme", "pot-channel", "--max-shift", "12"],
+        ["--scheme", "pot-seed"],
+        ["--scheme", "pot-seed", "--exponent", "mse"],  # pot-seed has its own rule: the same model
+    ]
+    for s in settings:
+        assert main([*base, *s]) == 0
+    labels = sorted(p.name[len("quant_") : -len(".json")] for p in run.glob("quant_*.json"))
+    assert labels == ["pot-channel", "pot-channel-floor", "pot-channel-round", "pot-channel-shift12", "pot-seed"]
+    seed = json.loads((run / "quant_pot-seed.json").read_text())
+    assert seed["exponent"] == "seed"  # the report's rule, not the --exponent default
+    assert json.loads((run / "quant_pot-channel-round.json").read_text())["exponent"] == "round"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from potq.cli import main
+from potq.quant.rules import QuantSettings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "seed_regression"
 
@@ -37,8 +38,11 @@ def test_export_matches_potq_0_1(fixture_run, real_data, scheme, tmp_path):
     data = ["--data", str(real_data)]
     args = ["--run", str(fixture_run), "--scheme", scheme]
     assert main(["quantize", *args, "--calib", "1000", "--rounding", expected["rounding"], *data]) == 0
+    label = QuantSettings(scheme, rounding=expected["rounding"]).label()
     out = tmp_path / "export"
-    assert main(["export", *args, "--out", str(out), "--vectors", "4", *data]) == 0
+    assert (
+        main(["export", "--run", str(fixture_run), "--scheme", label, "--out", str(out), "--vectors", "4", *data]) == 0
+    )
     model = json.loads((out / "model.json").read_text())
     tensors = np.load(out / "weights.npz")
     vectors = np.load(out / "vectors.npz")
@@ -56,5 +60,5 @@ def test_export_matches_potq_0_1(fixture_run, real_data, scheme, tmp_path):
     got = [digest(vectors[n["output"]]) for n in nodes]
     assert got == expected["vectors"]
     assert digest(vectors[model["output"]]) == expected["logits"]
-    quant = json.loads((fixture_run / f"quant_{scheme}.json").read_text())
+    quant = json.loads((fixture_run / f"quant_{label}.json").read_text())
     assert quant["test_accuracy"] == expected["test_accuracy"]

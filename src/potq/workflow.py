@@ -42,7 +42,9 @@ class RunOptions:
     @property
     def headline(self) -> str:
         """The quantized model that the report, verify and export lead with."""
-        return f"{self.qat_scheme}-qat" if self.qat else "pot-channel"
+        from potq.quant.rules import QuantSettings
+
+        return QuantSettings(self.qat_scheme).label(qat=True) if self.qat else "pot-channel"
 
 
 def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], None]]]:

@@ -39,7 +39,7 @@ QAT_RECIPE = Recipe(lr=5e-4, weight_decay=5e-4, nesterov=True, eta_min=1e-6)
 
 
 def label(settings: QuantSettings, qat_epochs: int) -> str:
-    return settings.scheme + ("-qat" if qat_epochs else "")
+    return settings.label(qat=bool(qat_epochs))
 
 
 def qat(
@@ -194,7 +194,7 @@ def quantize_run(
     result = {
         "scheme": settings.scheme,
         "label": name,
-        "exponent": settings.exponent,
+        "exponent": settings.exponent_rule,
         "rounding": settings.rounding,
         "max_shift": settings.max_shift,
         "calib_images": calib,

@@ -53,16 +53,39 @@ SCHEMES: dict[str, Scheme] = {
 POT_SCHEMES = tuple(name for name, s in SCHEMES.items() if s.pot)
 
 
+DEFAULT_SETTINGS = {"exponent": "ceil", "rounding": "half-up"}
+
+
 @dataclass(frozen=True)
 class QuantSettings:
     scheme: str = "pot-channel"
-    exponent: str = "ceil"  # ceil | round | mse; ceil measured best (benchmarks/RESULTS.md)
-    rounding: str = "half-up"
+    exponent: str = DEFAULT_SETTINGS["exponent"]  # ceil | round | mse; ceil measured best (benchmarks/RESULTS.md)
+    rounding: str = DEFAULT_SETTINGS["rounding"]
     max_shift: int | None = None
 
     @property
     def spec(self) -> Scheme:
         return SCHEMES[self.scheme]
+
+    @property
+    def exponent_rule(self) -> str | None:
+        """The exponent rule actually used: pot-seed's is the report's ("seed"); float scales have none."""
+        if not self.spec.pot:
+            return None
+        return "seed" if self.spec.seed else self.exponent
+
+    def label(self, qat: bool = False) -> str:
+        """The name of a quantized model in its run folder (quant_<label>.pt): the scheme, then every setting
+        that differs from the default, so that no two settings share a label: pot-channel,
+        pot-channel-half-even, pot-tensor-mse-shift8, pot-channel-qat, ..."""
+        parts = [self.scheme]
+        if self.spec.pot and not self.spec.seed and self.exponent != DEFAULT_SETTINGS["exponent"]:
+            parts.append(self.exponent)
+        if self.rounding != DEFAULT_SETTINGS["rounding"]:
+            parts.append(self.rounding)
+        if self.max_shift is not None:
+            parts.append(f"shift{self.max_shift}")
+        return "-".join(parts + (["qat"] if qat else []))
 
     def check(self) -> None:
         if self.scheme not in SCHEMES:
