@@ -40,9 +40,9 @@ def windows(x: np.ndarray, kernel, stride, padding, fill) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(xp, tuple(kernel), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
-def conv(x: np.ndarray, w: np.ndarray, stride, padding, groups: int) -> np.ndarray:
-    """Grouped convolution of integers, zero padding."""
-    win = windows(x, w.shape[2:], stride, padding, 0)  # N, C, OH, OW, KH, KW
+def conv(x: np.ndarray, zp: int, pad_code: int, w: np.ndarray, stride, padding, groups: int) -> np.ndarray:
+    """Grouped convolution of the codes x padded with pad_code, minus the zero point."""
+    win = windows(x, w.shape[2:], stride, padding, pad_code) - zp  # N, C, OH, OW, KH, KW
     cin, cout = x.shape[1] // groups, w.shape[0] // groups
     parts = [
         np.einsum("nchwij,ocij->nohw", win[:, g * cin : (g + 1) * cin], w[g * cout : (g + 1) * cout])
@@ -57,8 +57,8 @@ def run_from_files(folder, images: np.ndarray) -> dict[str, np.ndarray]:
 
     def tensor(name):
         meta = model["tensor_files"][name]
-        bits = 8 if meta["dtype"] in ("int8", "uint8") else 32
-        return read_hex(folder / meta["hex"], bits, signed=meta["dtype"] != "uint8").reshape(meta["shape"])
+        signed = meta["dtype"] != "uint8"
+        return read_hex(folder / meta["hex"], meta["hex_word_bits"], signed=signed).reshape(meta["shape"])
 
     q = {v: d["q"] for v, d in model["values"].items() if "q" in d}
     env = {model["input"]: images.astype(np.int64)}
@@ -70,20 +70,22 @@ def run_from_files(folder, images: np.ndarray) -> dict[str, np.ndarray]:
         acc = None
         if op == "input":
             y = t["lut"][np.arange(t["lut"].shape[0])[None, :, None, None], xs[0]]
-        elif op in ("conv", "linear"):
-            x = xs[0] - zps[0]
-            if op == "conv":
-                acc = conv(x, t["weight"], a["stride"], a["padding"], a["groups"]) + t["bias"][None, :, None, None]
-            else:
-                acc = x @ t["weight"].T + t["bias"][None, :]
+        elif op == "conv":
+            x = conv(xs[0], zps[0], a["pad_code"], t["weight"], a["stride"], a["padding"], a["groups"])
+            acc = x + t["bias"][None, :, None, None]
+            if not a.get("requant", True):
+                y, acc = acc, None
+        elif op == "linear":
+            acc = (xs[0] - zps[0]) @ t["weight"].T + t["bias"][None, :]
             if not a.get("requant", True):
                 y, acc = acc, None
         elif op == "add":
             acc = sum((x - zp) << int(al) for x, zp, al in zip(xs, zps, t["align"], strict=True))
         elif op == "avgpool":
-            acc = windows(xs[0] - zps[0], a["kernel"], a["stride"], a["padding"], 0).sum(axis=(4, 5))
-        elif op == "maxpool":
-            y = windows(xs[0], a["kernel"], a["stride"], a["padding"], -(2**31)).max(axis=(4, 5))
+            acc = (windows(xs[0], a["kernel"], a["stride"], a["padding"], a["pad_code"]) - zps[0]).sum(axis=(4, 5))
+        elif op == "maxpool":  # pad_code null: padding never wins; ceil_mode false: numpy's floor sizes
+            assert a["pad_code"] is None and a["ceil_mode"] is False
+            y = windows(xs[0], a["kernel"], a["stride"], a["padding"], -1).max(axis=(4, 5))
         elif op == "concat":
             y = np.concatenate(xs, axis=1)
         elif op == "flatten":
@@ -222,3 +224,14 @@ def test_export_never_deletes_what_potq_did_not_write(tiny_run, tmp_path, capsys
     # a file where the folder should be
     (tmp_path / "file").write_text("x")
     assert main([*args, str(tmp_path / "file")]) == 2 and (tmp_path / "file").read_text() == "x"
+
+
+def test_vectors_are_drawn_across_the_classes():
+    from potq.export import vector_indices
+
+    labels = np.repeat(np.arange(10), 100)  # a class-sorted test set
+    idx = vector_indices(labels, 10)
+    assert sorted(labels[idx].tolist()) == list(range(10))
+    assert np.array_equal(idx, vector_indices(labels, 10))  # fixed by the seed
+    assert len(set(vector_indices(labels, 1000).tolist())) == 1000
+    assert set(labels[vector_indices(labels, 25)].tolist()) == set(range(10))

@@ -45,7 +45,19 @@ def test_export_matches_potq_0_1(fixture_run, real_data, scheme, tmp_path):
     )
     model = json.loads((out / "model.json").read_text())
     tensors = np.load(out / "weights.npz")
-    vectors = np.load(out / "vectors.npz")
+    # potq 0.1 exported the first 4 test images; potq now draws its vectors across the classes, so
+    # the same golden model runs on those 4 images here
+    from potq.data import load_dataset
+    from potq.export import write_export
+    from potq.quant.pipeline import load_quantized
+
+    graph, _ = load_quantized(fixture_run, label)
+    ds = load_dataset(str(real_data))
+    first = tmp_path / "first4"
+    write_export(graph, first, np.array(ds.test_x[:4]), np.array(ds.test_y[:4]), [str(c) for c in range(10)])
+    vectors = np.load(first / "vectors.npz")
+    exported = json.loads((out / "model.json").read_text())["vectors"]["test_indices"]
+    assert len(exported) == 4 and len({int(ds.test_y[i]) for i in exported}) == 4  # four classes
     nodes = model["nodes"]
     assert digest(tensors[nodes[0]["tensors"]["lut"]]) == expected["lut"]
     macs = [n for n in nodes if n["op"] in ("conv", "linear")]

@@ -52,6 +52,23 @@ OP_RULES: dict[OpType, str] = {
     OpType.CONCAT: "y = the inputs' codes stacked along channels; all share one scale and zero point",
     OpType.FLATTEN: "y = x reshaped (C, H, W) -> (C*H*W), in C, H, W order",
 }
+ROUNDING_RULES = {  # acc * 2^-s for s > 0, exactly; `//` is floor division
+    "half-up": "(acc + 2^(s-1)) // 2^s: ties go up, toward +infinity",
+    "half-even": "nearest integer to acc / 2^s; ties go to the even one",
+    "floor": "acc // 2^s (an arithmetic right shift): toward -infinity",
+}
+TENSOR_LAYOUTS = {  # by tensor key, all row-major (C order)
+    "weight": "conv: (out, in / groups, kh, kw); linear: (out, in)",
+    "bias": "(out)",
+    "shift": "(out) per output channel, or (1) for all",
+    "w_exp": "(out) per output channel, or (1)",
+    "align": "(2): the left shifts of the add's two inputs, in input order",
+    "lut": "(channels, 256): the code of pixel value p of channel c is lut[c, p]",
+}
+FORMAT_NOTE = (
+    "potq-graph version 2: nodes in topological order, values by name with their QType, integer tensors "
+    "per node; every field is in docs/graph-format.md. A reader of version 2 needs nothing else."
+)
 ROUND_SHIFT = (
     "round_shift(acc, s) for s > 0: half-up (acc + 2^(s-1)) >> s; half-even: to nearest, ties to even; floor: "
     "acc >> s (arithmetic). For s <= 0: acc << -s. Every accumulator fits int32 (worst cases under "
@@ -94,16 +111,33 @@ def build_model_json(graph: Graph, golden: IntegerModel, in_shape, classes) -> t
     arrays = {name: _as_array(t) for name, t in tensors.items()}
     bounds = golden.bounds
     for node in desc["nodes"]:
-        node["rule"] = OP_RULES[OpType(node["op"])]
+        op = OpType(node["op"])
+        node["rule"] = OP_RULES[op]
+        if op in (OpType.CONV, OpType.AVGPOOL):  # padding is the input zero point in code space
+            node["attrs"]["pad_code"] = graph.q[node["inputs"][0]].zero_point
+        if op is OpType.MAXPOOL:
+            node["attrs"]["pad_code"] = None  # padding never wins the max
+        if op in (OpType.MAXPOOL, OpType.AVGPOOL):
+            node["attrs"]["ceil_mode"] = False  # output size floor((h + 2p - k) / s) + 1
         if node["name"] in bounds:
             node["worst_case_accumulator"] = bounds[node["name"]]
     desc.update(
+        format_note=FORMAT_NOTE,
         input_shape=list(in_shape),
         classes=list(classes),
         round_shift=ROUND_SHIFT,
+        rounding_rules=ROUNDING_RULES,
         rounding_codes={r.label: int(r) for r in Rounding},
         tensor_files={
-            k: {"dtype": str(v.dtype), "shape": list(v.shape), "npz": "weights.npz", "hex": f"hex/{k}.hex"}
+            k: {
+                "dtype": str(v.dtype),
+                "shape": list(v.shape),
+                "layout": TENSOR_LAYOUTS.get(k.rsplit(".", 1)[-1], "row-major"),
+                "npz": "weights.npz",
+                "hex": f"hex/{k}.hex",
+                "hex_word_bits": _bits(v),
+                "hex_encoding": "two's complement, one value per line, row-major (C) order of shape",
+            }
             for k, v in arrays.items()
         },
     )
@@ -148,7 +182,7 @@ def export_run(
     cache=None,
     formats: tuple[str, ...] = ("hw",),
 ) -> dict:
-    """Export a run's quantized model, with its first `vectors` test images as test vectors."""
+    """Export a run's quantized model, with `vectors` test images (across the classes) as test vectors."""
     if vectors < 1:
         raise UserError(f"--vectors must be at least 1, got {vectors}")
     out, run = Path(out), Path(run)
@@ -157,9 +191,28 @@ def export_run(
     ds = load_dataset(data or cfg.data, cache)
     if vectors > len(ds.test_x):
         raise UserError(f"--vectors {vectors} is more than the {len(ds.test_x)} test images")
-    images, labels = np.array(ds.test_x[:vectors]), np.array(ds.test_y[:vectors])
+    indices = vector_indices(np.asarray(ds.test_y), vectors)
+    images, labels = np.array(ds.test_x[indices]), np.array(ds.test_y[indices])
     source = quantized_model_record(run, name)
-    return write_export(graph, out, images, labels, cfg.classes, protect=(run,), formats=formats, source=source)
+    return write_export(
+        graph, out, images, labels, cfg.classes, protect=(run,), formats=formats, source=source, indices=indices
+    )
+
+
+VECTOR_SEED = 0
+
+
+def vector_indices(labels: np.ndarray, count: int, seed: int = VECTOR_SEED) -> np.ndarray:
+    """Test-set indices of `count` test vectors drawn across the classes in turn (fixed by `seed`): a
+    class-sorted test set still gives vectors of every class."""
+    rng = np.random.default_rng(seed)
+    pools = [rng.permutation(np.flatnonzero(labels == c)).tolist() for c in np.unique(labels)]
+    picked: list[int] = []
+    while len(picked) < count:
+        for pool in pools:
+            if pool and len(picked) < count:
+                picked.append(pool.pop())
+    return np.array(sorted(picked), dtype=np.int64)
 
 
 SOURCE_KEYS = ("label", "scheme", "exponent", "rounding", "max_shift", "calib_images", "qat_epochs", "qat_lr")
@@ -187,6 +240,7 @@ def write_export(
     protect: tuple[Path, ...] = (),
     formats: tuple[str, ...] = ("hw",),
     source: dict | None = None,
+    indices: np.ndarray | None = None,
 ) -> dict:
     """Write the export folder of a graph in `formats`; built in a temporary folder, then moved into
     place whole. images: uint8 (N, C, H, W) test vectors; source: which quantized model this is."""
@@ -205,6 +259,7 @@ def write_export(
             (tmp / "model.h").write_text(c_header(desc, arrays))
         if "hw" in formats:
             desc["vectors"] = _write_hw(graph, tmp, arrays, images, labels, logits, record)
+            desc["vectors"]["test_indices"] = None if indices is None else [int(i) for i in indices]
         if "c" in formats:
             for name, text in c_files(graph, images, logits).items():
                 (tmp / name).write_text(text)
