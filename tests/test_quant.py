@@ -228,3 +228,25 @@ def test_every_distinct_setting_has_its_own_label_and_records_its_rule(tiny_run,
     seed = json.loads((run / "quant_pot-seed.json").read_text())
     assert seed["exponent"] == "seed"  # the report's rule, not the --exponent default
     assert json.loads((run / "quant_pot-channel-round.json").read_text())["exponent"] == "round"
+
+
+def test_quantize_refuses_a_bias_that_int32_cannot_hold(tiny_run, tmp_path, capsys):
+    """A vanishing layer (outputs ~1e-10) gives the next layer an input scale near 2^-35; its bias would
+    saturate at +-(2^31 - 1): quantize must stop naming the layer and the cause, and write nothing."""
+    import shutil
+
+    from potq.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for p in run.glob("quant_*"):
+        p.unlink()
+    weights = torch.load(run / "weights.pt", weights_only=True)
+    weights["features.1.weight"] *= 1e-10  # BatchNorm's scale and shift of the first block
+    weights["features.1.bias"] = weights["features.1.bias"].abs() * 1e-10
+    torch.save(weights, run / "weights.pt")
+    capsys.readouterr()
+    assert main(["quantize", "--run", str(run), "--scheme", "pot-tensor", "--calib", "50"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "features.4" in err and "beyond int32" in err and "near zero" in err
+    assert not list(run.glob("quant_*"))

@@ -124,6 +124,23 @@ def input_lut(mean: list[float], std: list[float], q: QType, rounding: str) -> t
     return codes.view(c, 256).to(torch.uint8)
 
 
+def int32_bias(n: Node, b: torch.Tensor, q_in: QType, ws: torch.Tensor, rounding: str) -> torch.Tensor:
+    """The bias in accumulator units (scale s_in * s_w), or one line naming the layer when int32 can't
+    hold it: saturating it would silently change the layer (it happens when the input's scale is tiny,
+    that is when the layer before it outputs near-zero values on the calibration images)."""
+    codes = round_float(b / (q_in.scale * ws), rounding)
+    worst = int(codes.abs().argmax())
+    if float(codes[worst].abs()) > INT32_MAX:
+        e_in = f"2^{q_in.exponent}" if q_in.exponent is not None else f"{q_in.scale:.3g}"
+        raise UserError(
+            f"{n.name}: bias {float(b[worst]):.4g} of output channel {worst} is {float(codes[worst]):.4g} "
+            f"accumulator units, beyond int32: the layer's input scale is {e_in}, so the values reaching it "
+            "are near zero on the calibration images (a dead or vanishing layer before it?); check the "
+            "model or calibrate on other images"
+        )
+    return codes.to(torch.int32)
+
+
 def lower(fgraph: Graph, q: dict[str, QType], settings: QuantSettings) -> Graph:
     """The integer graph of a float graph whose values have QTypes."""
     settings.check()
@@ -146,9 +163,7 @@ def lower(fgraph: Graph, q: dict[str, QType], settings: QuantSettings) -> Graph:
             w, b = n.tensors["weight"].double(), n.tensors["bias"].double()
             view = row_view(ws, w.dim())
             t["weight"] = torch.clamp(round_float(w / view, settings.rounding), W_MIN, W_MAX).to(torch.int8)
-            t["bias"] = torch.clamp(round_float(b / (q_in.scale * ws), settings.rounding), -INT32_MAX, INT32_MAX).to(
-                torch.int32
-            )
+            t["bias"] = int32_bias(n, b, q_in, ws, settings.rounding)
             if we is None:
                 t["w_scale"] = ws
             else:
