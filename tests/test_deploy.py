@@ -166,6 +166,14 @@ def test_export_formats_and_verify_consumers(quantized_run, tmp_path, capsys):
     assert {"model.onnx", "potq_model.c", "potq_model.h", "main.c", "potq_vectors.h", "model.h", "hex"} <= names
     desc = json.loads((out / "model.json").read_text())
     assert desc["formats"] == ["hw", "c", "onnx"] and desc["onnx"]["opset"] == OPSET
+    src = desc["quantized_model"]  # which quantized model this is, and the weights it came from
+    assert (src["label"], src["scheme"], src["rounding"], src["exponent"]) == (
+        LABEL,
+        "pot-channel",
+        "half-even",
+        "ceil",
+    )
+    assert len(src["weights_sha256"]) == 64 and src["calib_images"] == 50
     from potq.deploy.check import build_c, run_c
 
     assert run_c(build_c(out))["logit_mismatches"] == 0  # the exported folder builds and passes as shipped
