@@ -250,3 +250,19 @@ def test_quantize_refuses_a_bias_that_int32_cannot_hold(tiny_run, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "features.4" in err and "beyond int32" in err and "near zero" in err
     assert not list(run.glob("quant_*"))
+
+
+def test_a_garbage_quantized_file_is_one_line(tiny_run, tmp_path, capsys):
+    """torch.load's own error is several lines of advice: potq prints one."""
+    import shutil
+
+    from potq.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "quant_pot-channel.pt").write_bytes(b"\x80\x02crandom\nstuff\n")
+    (run / "quant_pot-channel.json").write_text("{}")
+    capsys.readouterr()
+    assert main(["verify", "--run", str(run), "--scheme", "pot-channel"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "quant_pot-channel.pt" in err

@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from potq.errors import StepFailed, UserError
+from potq.errors import StepFailed, UserError, one_line
 
 
 class _Defaults(argparse.HelpFormatter):
@@ -368,10 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.func(args)
     except UserError as e:
-        print(f"potq: error: {e}", file=sys.stderr)
+        print(f"potq: error: {one_line(e)}", file=sys.stderr)
         return 2
     except StepFailed as e:
-        print(f"potq: {e}", file=sys.stderr)
+        print(f"potq: {one_line(e)}", file=sys.stderr)
         return 1
     except OSError as e:  # a path the user gave can't be written or read: still one line
         print(f"potq: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
