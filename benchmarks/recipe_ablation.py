@@ -30,6 +30,8 @@ VARIANTS = {
     "translate-4": replace(FAST, crop_pad=4),
     "batch-128": replace(FAST, batch_size=128, lr=FAST.lr / 2),
     "ema": replace(FAST, ema_decay=0.99),
+    "lr-0.4": replace(FAST, lr=0.4),
+    "lr-0.1": replace(FAST, lr=0.1),
 }
 
 

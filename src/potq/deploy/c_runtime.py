@@ -176,6 +176,7 @@ def model_source(graph: Graph) -> str:
         "#include <stdint.h>\n#include <stddef.h>\n"
         '#include "model.h"\n'
         f'#include "{API_HEADER}"\n\n'
+        f"#define POTQ_MAX_PLANE {_max_plane(graph)} /* the largest output plane of a conv or linear node */\n"
         + kernels
         + "\n/* ---- the graph, node by node: one static buffer per activation ---- */\n\n"
         + "\n".join(buffers)
@@ -184,6 +185,10 @@ def model_source(graph: Graph) -> str:
         + "\n    for (i = 1; i < POTQ_NUM_OUTPUTS; i++)\n        if (logits[i] > logits[best]) best = i;\n"
         + "    return best;\n}\n"
     )
+
+
+def _max_plane(graph: Graph) -> int:
+    return max(math.prod(_chw(graph, n.output)[1:]) for n in graph.mac_nodes())
 
 
 def _is_codes(graph: Graph, n: Node) -> bool:

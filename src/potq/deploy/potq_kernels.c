@@ -60,36 +60,47 @@ typedef struct {
 } potq_conv_t;
 
 /* convolution (a linear layer is a 1x1 convolution of a 1x1 image): acc = bias + sum (x - zp) * w over the
- * group's input channels and the kernel; padding contributes 0 (x = zp in code space) */
+ * group's input channels and the kernel; padding contributes 0 (x = zp in code space). Per output channel,
+ * the accumulators of the whole output plane are summed one weight at a time, so that the innermost loop
+ * runs over contiguous pixels (the compiler vectorizes it); integer sums are exact in any order. */
+static int32_t potq_plane[POTQ_MAX_PLANE];
+
 void potq_conv(const potq_conv_t *p, const uint8_t *x, uint8_t *y, int32_t *acc_out) {
-    int cg = p->c / p->groups, og = p->o / p->groups;
-    int o, oy, ox, i, ky, kx;
+    int cg = p->c / p->groups, og = p->o / p->groups, plane = p->oh * p->ow;
+    int o, i, ky, kx, oy, ox, j;
     for (o = 0; o < p->o; o++) {
         int g = o / og;
         const int8_t *wo = p->weight + (long)o * cg * p->kh * p->kw;
-        int s = p->shift ? p->shift[p->shifts == 1 ? 0 : o] : 0;
-        for (oy = 0; oy < p->oh; oy++) {
-            for (ox = 0; ox < p->ow; ox++) {
-                int32_t acc = p->bias[o];
-                int y0 = oy * p->sh - p->ph, x0 = ox * p->sw - p->pw;
-                for (i = 0; i < cg; i++) {
-                    const uint8_t *xi = x + (long)(g * cg + i) * p->h * p->w;
-                    const int8_t *wi = wo + (long)i * p->kh * p->kw;
-                    for (ky = 0; ky < p->kh; ky++) {
-                        int iy = y0 + ky;
+        for (j = 0; j < plane; j++) potq_plane[j] = p->bias[o];
+        for (i = 0; i < cg; i++) {
+            const uint8_t *xi = x + (long)(g * cg + i) * p->h * p->w;
+            for (ky = 0; ky < p->kh; ky++)
+                for (kx = 0; kx < p->kw; kx++) {
+                    int32_t w = wo[((long)i * p->kh + ky) * p->kw + kx];
+                    /* the output columns whose input column ox * sw - pw + kx lies inside the image */
+                    int ox0 = 0, ox1 = p->ow, off = kx - p->pw;
+                    if (w == 0) continue;
+                    while (ox0 < ox1 && ox0 * p->sw - p->pw + kx < 0) ox0++;
+                    while (ox1 > ox0 && (ox1 - 1) * p->sw - p->pw + kx >= p->w) ox1--;
+                    for (oy = 0; oy < p->oh; oy++) {
+                        int iy = oy * p->sh - p->ph + ky;
+                        const uint8_t *row;
+                        int32_t *acc;
                         if (iy < 0 || iy >= p->h) continue;
-                        for (kx = 0; kx < p->kw; kx++) {
-                            int ix = x0 + kx;
-                            if (ix < 0 || ix >= p->w) continue;
-                            acc += (int32_t)(xi[iy * p->w + ix] - p->zp_in) * wi[ky * p->kw + kx];
-                        }
+                        row = xi + (long)iy * p->w;
+                        acc = potq_plane + oy * p->ow;
+                        if (p->sw == 1)
+                            for (ox = ox0; ox < ox1; ox++) acc[ox] += ((int32_t)row[ox + off] - p->zp_in) * w;
+                        else
+                            for (ox = ox0; ox < ox1; ox++) acc[ox] += ((int32_t)row[ox * p->sw + off] - p->zp_in) * w;
                     }
                 }
-                if (p->shift)
-                    y[((long)o * p->oh + oy) * p->ow + ox] = potq_requantize(acc, s, p->zp_out, p->lo, p->hi);
-                else
-                    acc_out[((long)o * p->oh + oy) * p->ow + ox] = acc;
-            }
+        }
+        if (p->shift) {
+            int s = p->shift[p->shifts == 1 ? 0 : o];
+            for (j = 0; j < plane; j++) y[(long)o * plane + j] = potq_requantize(potq_plane[j], s, p->zp_out, p->lo, p->hi);
+        } else {
+            for (j = 0; j < plane; j++) acc_out[(long)o * plane + j] = potq_plane[j];
         }
     }
 }
