@@ -17,15 +17,11 @@ from potq.quant.pipeline import load_quantized
 from potq.quant.simulate import simulated
 
 
-def verify_run(run, name: str, data: str | None = None, cache=None, batch: int = 500) -> dict:
-    """Run the golden model and the simulated model on the whole test set; compare every value of every
-    node, bit for bit."""
-    run = Path(run)
-    graph, cfg = load_quantized(run, name)
+def compare_models(graph, cfg, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> dict:
+    """Run the golden model and the simulated model on uint8 images; compare every value of every node,
+    bit for bit."""
     golden = IntegerModel(graph)
     sim = simulated(graph)
-    ds = load_dataset(data or cfg.data, cache)
-    images, labels = torch.from_numpy(np.array(ds.test_x)), torch.from_numpy(np.array(ds.test_y))
     mismatches: dict[str, int] = {}
     values, golden_correct, sim_correct = 0, 0, 0
     t_golden = t_sim = 0.0
@@ -41,7 +37,7 @@ def verify_run(run, name: str, data: str | None = None, cache=None, batch: int =
             t_sim += time.perf_counter() - t1
             t_golden += t1 - t0
             if g_rec.keys() != s_rec.keys():
-                raise UserError(f"verify: the golden and simulated models record different values ({name})")
+                raise UserError(f"verify: the golden and simulated models record different values ({graph.scheme})")
             for v, g in g_rec.items():
                 bad = int((g.to(torch.int64) != s_rec[v]).sum())
                 if bad:
@@ -49,8 +45,7 @@ def verify_run(run, name: str, data: str | None = None, cache=None, batch: int =
                 values += g.numel()
             golden_correct += int((g_logits.argmax(1) == y).sum())
             sim_correct += int((s_logits.argmax(1) == y).sum())
-    result = {
-        "label": name,
+    return {
         "images": len(images),
         "compared_values": values,
         "values_per_image": values // max(1, len(images)),
@@ -64,5 +59,14 @@ def verify_run(run, name: str, data: str | None = None, cache=None, batch: int =
         "rounding": golden.rounding,
         "accumulators": golden.bounds_table(),
     }
+
+
+def verify_run(run, name: str, data: str | None = None, cache=None, batch: int = 500) -> dict:
+    """`potq verify`: compare_models on the whole test set, saved as verify_<label>.json."""
+    run = Path(run)
+    graph, cfg = load_quantized(run, name)
+    ds = load_dataset(data or cfg.data, cache)
+    images, labels = torch.from_numpy(np.array(ds.test_x)), torch.from_numpy(np.array(ds.test_y))
+    result = {"label": name, **compare_models(graph, cfg, images, labels, batch)}
     save_json(result, run / f"verify_{name}.json")
     return result
