@@ -16,6 +16,7 @@ from potq.quant.arith import (
     round_float,
     seed_exponent,
     shift_round,
+    shift_round_float32,
 )
 from potq.quant.simulate import fake_quant
 
@@ -192,3 +193,14 @@ def test_shift_round_is_exact_for_every_shift_amount(acc, shift, rule):
 @pytest.mark.parametrize("rule, expected", [("half-up", 0), ("half-even", 0), ("floor", -1)])
 def test_long_shift_of_a_negative_accumulator(rule, expected):
     assert shift_round(torch.tensor([-5], dtype=torch.int32), 33, rule).item() == expected
+
+
+@given(st.integers(-(2**23), 2**23), st.integers(-8, 62), st.sampled_from(["half-up", "half-even", "floor"]))
+def test_float32_shift_equals_the_integer_shift_within_its_bound(acc, shift, rule):
+    """The golden model's float32 path: exact wherever |acc| * 2^max(0, -s) + 2^(s-1) < 2^24."""
+    bound = abs(acc) * 2 ** max(0, -shift) + (2 ** (shift - 1) if shift > 0 else 0)
+    if bound >= 2**24:
+        return
+    got = shift_round_float32(torch.tensor([float(acc)], dtype=torch.float32), torch.tensor([shift]), rule)
+    expected = exact_round(acc, shift, rule) if shift >= 0 else acc * 2**-shift
+    assert int(got.item()) == expected

@@ -43,6 +43,20 @@ def test_golden_equals_simulated_bit_for_bit(scheme, rounding):
     assert rec["input"].min() >= 0 and rec["input"].max() <= 255
 
 
+@pytest.mark.parametrize("rounding", ["half-up", "half-even", "floor"])
+@pytest.mark.parametrize("model", ["tiny", "resnet20"])
+def test_float32_fast_path_gives_the_integer_paths_numbers(model, rounding):
+    """Nodes whose worst case stays below 2^24 run in float32; the int64 reference path agrees on every value."""
+    graph, images = quantized("pot-channel", rounding, model=model)
+    fast, slow = IntegerModel(graph), IntegerModel(graph, float32=False)
+    assert fast.float32 and not slow.float32
+    r_fast, r_slow = {}, {}
+    fast.run(images, r_fast)
+    slow.run(images, r_slow)
+    for v in r_slow:
+        assert torch.equal(r_fast[v], r_slow[v]), v
+
+
 def test_golden_data_path_is_integer():
     graph, images = quantized("pot-channel", "half-up")
     rec = {}

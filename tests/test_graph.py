@@ -134,7 +134,7 @@ def kernel(op: OpType, node: Node, q: dict[str, QType], inputs: list[torch.Tenso
     """Run one golden kernel on hand-made codes."""
     model = IntegerModel.__new__(IntegerModel)
     model.graph = Graph([node], {}, "x", node.output, q, rounding, "pot-tensor")
-    model.rounding, model.gemms = rounding, {}
+    model.rounding, model.gemms, model.float32, model._tensors = rounding, {}, set(), {}
     return GOLDEN_KERNELS[op](model, node, inputs)
 
 
@@ -187,9 +187,11 @@ def test_depthwise_convolution_by_hand():
     from potq.golden import exact_gemm
 
     model.graph, model.rounding = Graph([node], {}, "x", "y", q, "half-up", "pot-tensor"), "half-up"
-    model.gemms = {"dw": exact_gemm(node, 255)}
+    model.gemms, model._tensors = {"dw": exact_gemm(node, 255)}, {}
     x = torch.tensor([10, 20], dtype=torch.int32).view(1, 2, 1, 1)
-    assert GOLDEN_KERNELS[OpType.CONV](model, node, [x]).flatten().tolist() == [11, 0]
+    for float32 in (set(), {"dw"}):  # the int64 shift and the float32 path
+        model.float32 = float32
+        assert GOLDEN_KERNELS[OpType.CONV](model, node, [x]).flatten().tolist() == [11, 0]
 
 
 # ---- golden = simulated, every value, on every kind of net ------------------------------------------

@@ -9,7 +9,11 @@ AvgPool sums its window and shifts; MaxPool, Concat and Flatten move codes -> in
 Multiply-accumulates and window sums run through float GEMMs and pools, which are exact for integers as
 long as every partial sum stays below 2**24 (float32) or 2**53 (float64). Each MAC node's worst case,
 from its integer weights and its input range, picks the narrowest exact type (potq.ir.bounds proves the
-int32 accumulator holds). This module imports nothing of the float simulation.
+int32 accumulator holds). Where a node's whole worst case (bias, rounding half and left shifts included)
+stays below 2**24, its accumulator, its scaling by 2^-shift and the rounding of the result are exact in
+float32 too, and the node runs in float32 end to end; elsewhere the shift is integer arithmetic in int64
+(`shift_round`). tests/test_golden.py holds the two paths equal. This module imports nothing of the
+float simulation.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from torch.nn import functional as F
 from potq.errors import UserError
 from potq.ir.bounds import analyse, headroom_bits, input_range
 from potq.ir.graph import Graph, Node, OpType, channel_view
-from potq.quant.arith import shift_round
+from potq.quant.arith import shift_round, shift_round_float32
 
 FLOAT32_EXACT = 2**24
 FLOAT64_EXACT = 2**53
@@ -57,7 +61,8 @@ def exact_gemm(n: Node, x_max: int) -> Gemm:
 
 
 class IntegerModel:
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, float32: bool = True):
+        """float32=False: every shift in int64 (the reference path the tests hold the fast one to)."""
         if not graph.quantized or any(q.exponent is None for q in graph.q.values()):
             raise UserError(
                 f"scheme {graph.scheme} has scales that are not powers of two: the integer model requantizes "
@@ -66,6 +71,9 @@ class IntegerModel:
         self.graph, self.rounding = graph, graph.rounding
         self.bounds = analyse(graph)
         self.gemms = {n.name: exact_gemm(n, input_range(graph, n.inputs[0])) for n in graph.mac_nodes()}
+        # nodes whose worst case stays below 2^24: exact in float32 from the sum to the rounded result
+        self.float32 = {name for name, b in self.bounds.items() if b < FLOAT32_EXACT} if float32 else set()
+        self._tensors: dict[tuple[str, str], torch.Tensor] = {}
 
     def run(self, images: torch.Tensor, record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """uint8 images (N, C, H, W) -> int32 logits; `record` gets every value's integers by name."""
@@ -77,10 +85,22 @@ class IntegerModel:
                 record[n.output] = y
         return env[self.graph.output]
 
+    def tensor(self, n: Node, key: str, dtype: torch.dtype) -> torch.Tensor:
+        """A node's tensor in `dtype`, converted once."""
+        k = (n.name, key)
+        if k not in self._tensors or self._tensors[k].dtype != dtype:
+            self._tensors[k] = n.tensors[key].to(dtype)
+        return self._tensors[k]
+
     def requantize(self, n: Node, acc: torch.Tensor) -> torch.Tensor:
-        """shift right with rounding, add the output zero point, clamp."""
+        """shift right with rounding, add the output zero point, clamp. A float32 accumulator (a node in
+        self.float32) is scaled by 2^-shift and rounded in float32, exactly."""
         q = self.graph.q[n.output]
-        shift = channel_view(n.tensors["shift"], acc.dim()) if n.tensors["shift"].numel() > 1 else n.tensors["shift"]
+        shift = n.tensors["shift"]
+        shift = channel_view(shift, acc.dim()) if shift.numel() > 1 else shift
+        if acc.dtype == torch.float32:
+            v = shift_round_float32(acc, shift, self.rounding)
+            return v.add_(q.zero_point).clamp_(q.lo, q.hi).to(torch.int32)
         return (shift_round(acc, shift, self.rounding) + q.zero_point).clamp_(q.lo, q.hi).to(torch.int32)
 
     def bounds_table(self) -> list[dict]:
@@ -121,9 +141,16 @@ def _mac(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     """Exact integer multiply-accumulate (see exact_gemm), then the int32 bias, then requantization."""
     g = m.gemms[n.name]
     zp = m.graph.q[n.inputs[0]].zero_point
-    xf, wf = (xs[0] - zp).to(g.dtype), n.tensors["weight"].to(g.dtype)
-    acc = channel_view(n.tensors["bias"], xs[0].dim())
+    xf, wf = (xs[0] - zp).to(g.dtype), m.tensor(n, "weight", g.dtype)
     a = n.attrs
+    if n.name in m.float32:  # the bias and every partial sum below 2^24: one float32 GEMM, exact
+        b = m.tensor(n, "bias", torch.float32)
+        if n.op is OpType.CONV:
+            acc = F.conv2d(xf, wf, b, tuple(a["stride"]), tuple(a["padding"]), 1, a["groups"])
+        else:
+            acc = F.linear(xf, wf, b)
+        return m.requantize(n, acc) if n.requant else acc.to(torch.int32)
+    acc = channel_view(n.tensors["bias"], xs[0].dim())
     for lo, hi in g.slices:
         x_part, w_part = (xf, wf) if len(g.slices) == 1 else (xf[:, lo:hi], wf[:, lo:hi])
         if n.op is OpType.CONV:
@@ -136,6 +163,12 @@ def _mac(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
 
 def _add(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     q = m.graph.q
+    if n.name in m.float32:  # integers times powers of two, summed below 2^24: exact in float32
+        aligned = [
+            (x - q[v].zero_point).to(torch.float32).mul_(2.0 ** int(a))
+            for x, v, a in zip(xs, n.inputs, n.tensors["align"].tolist(), strict=True)
+        ]
+        return m.requantize(n, aligned[0].add_(aligned[1]))
     acc = sum(
         (x - q[v].zero_point) << int(a) for x, v, a in zip(xs, n.inputs, n.tensors["align"].tolist(), strict=True)
     )
@@ -151,9 +184,10 @@ def _maxpool(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
 def _avgpool(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     """The window's sum of (x - zp) (padding adds zeros: the zero point in code space), then a shift."""
     a = n.attrs
-    x = (xs[0] - m.graph.q[n.inputs[0]].zero_point).to(torch.float64)
+    exact32 = n.name in m.float32
+    x = (xs[0] - m.graph.q[n.inputs[0]].zero_point).to(torch.float32 if exact32 else torch.float64)
     s = F.avg_pool2d(x, tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]), divisor_override=1)
-    return m.requantize(n, s.to(torch.int64))
+    return m.requantize(n, s if exact32 else s.to(torch.int64))
 
 
 def _concat(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:

@@ -66,6 +66,13 @@ def shift_round(acc: torch.Tensor, shift: torch.Tensor | int, rule: Rounding | s
     return q + up.to(torch.int64)
 
 
+def shift_round_float32(acc: torch.Tensor, shift: torch.Tensor, rule: Rounding | str) -> torch.Tensor:
+    """shift_round of an integer-valued float32 acc, in place and in float32: exact while
+    |acc| * 2^max(0, -shift) + 2^(shift-1) < 2^24 (the caller's bound proves it). Scaling by a power of
+    two is exact in binary floating point, and so is each rounding rule on the scaled value."""
+    return round_inplace(acc.mul_(torch.exp2(-shift.to(torch.float32))), rule)
+
+
 def quantize(x: torch.Tensor, scale, zp: int, lo: int, hi: int, rule: Rounding | str) -> torch.Tensor:
     """The codes clamp(round(x / scale) + zp, lo, hi), as floats (straight-through gradient)."""
     return torch.clamp(round_float(x / scale, rule) + zp, lo, hi)
