@@ -82,8 +82,8 @@ class IntegerModel:
             y = GOLDEN_KERNELS[n.op](self, n, [env[v] for v in n.inputs])
             env[n.output] = y
             if record is not None:
-                record[n.output] = y
-        return env[self.graph.output]
+                record[n.output] = as_int32(y)
+        return as_int32(env[self.graph.output])
 
     def tensor(self, n: Node, key: str, dtype: torch.dtype) -> torch.Tensor:
         """A node's tensor in `dtype`, converted once."""
@@ -98,9 +98,8 @@ class IntegerModel:
         q = self.graph.q[n.output]
         shift = n.tensors["shift"]
         shift = channel_view(shift, acc.dim()) if shift.numel() > 1 else shift
-        if acc.dtype == torch.float32:
-            v = shift_round_float32(acc, shift, self.rounding)
-            return v.add_(q.zero_point).clamp_(q.lo, q.hi).to(torch.int32)
+        if acc.dtype == torch.float32:  # codes stay float32 (exact integers) for the next node
+            return shift_round_float32(acc, shift, self.rounding).add_(q.zero_point).clamp_(q.lo, q.hi)
         return (shift_round(acc, shift, self.rounding) + q.zero_point).clamp_(q.lo, q.hi).to(torch.int32)
 
     def bounds_table(self) -> list[dict]:
@@ -126,12 +125,19 @@ class IntegerModel:
         return rows
 
 
+def as_int32(t: torch.Tensor) -> torch.Tensor:
+    """Codes and accumulators as int32 (the float32 path carries them as exact float32 integers)."""
+    return t.to(torch.int32) if t.is_floating_point() else t
+
+
 # ---- kernels: one per op type ---------------------------------------------------------------------
+# A kernel takes codes as int32 or as float32 holding integers exactly (what the float32 path of the node
+# before made) and returns either: the first thing each does is the exact conversion it needs.
 
 
 def _input(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
-    """One table lookup per pixel: lut[channel, value]."""
-    lut = n.tensors["lut"].to(torch.int32)
+    """One table lookup per pixel: lut[channel, value] (codes 0..255: exact in float32)."""
+    lut = m.tensor(n, "lut", torch.float32)
     c = lut.shape[0]
     flat = xs[0].to(torch.int64) + 256 * torch.arange(c).view(1, -1, 1, 1)
     return lut.reshape(-1)[flat]
@@ -149,7 +155,7 @@ def _mac(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
             acc = F.conv2d(xf, wf, b, tuple(a["stride"]), tuple(a["padding"]), 1, a["groups"])
         else:
             acc = F.linear(xf, wf, b)
-        return m.requantize(n, acc) if n.requant else acc.to(torch.int32)
+        return m.requantize(n, acc) if n.requant else acc
     acc = channel_view(n.tensors["bias"], xs[0].dim())
     for lo, hi in g.slices:
         x_part, w_part = (xf, wf) if len(g.slices) == 1 else (xf[:, lo:hi], wf[:, lo:hi])
@@ -170,15 +176,15 @@ def _add(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
         ]
         return m.requantize(n, aligned[0].add_(aligned[1]))
     acc = sum(
-        (x - q[v].zero_point) << int(a) for x, v, a in zip(xs, n.inputs, n.tensors["align"].tolist(), strict=True)
+        (as_int32(x).to(torch.int64) - q[v].zero_point) << int(a)
+        for x, v, a in zip(xs, n.inputs, n.tensors["align"].tolist(), strict=True)
     )
     return m.requantize(n, acc)
 
 
 def _maxpool(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     a = n.attrs  # codes are exact in float32; padding never wins (-inf)
-    y = F.max_pool2d(xs[0].to(torch.float32), tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]))
-    return y.to(torch.int32)
+    return F.max_pool2d(xs[0].to(torch.float32), tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]))
 
 
 def _avgpool(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
@@ -191,7 +197,7 @@ def _avgpool(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _concat(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat(xs, 1)
+    return torch.cat([x.to(torch.float32) for x in xs], 1)  # 8-bit codes: exact in float32
 
 
 def _flatten(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
