@@ -57,6 +57,21 @@ def test_float32_fast_path_gives_the_integer_paths_numbers(model, rounding):
         assert torch.equal(r_fast[v], r_slow[v]), v
 
 
+@pytest.mark.parametrize("rounding", ["half-up", "half-even", "floor"])
+@pytest.mark.parametrize("model", ["tiny", "resnet20"])
+def test_simulated_float32_path_gives_the_float64_numbers(model, rounding):
+    """A quantized net whose every node stays below 2^24 steps evaluates in float32: the same codes."""
+    graph, images = quantized("pot-channel", rounding, model=model)
+    fast, slow = simulated(graph), simulated(graph)
+    slow._all_float32 = False  # force the float64 path
+    assert fast.all_float32()
+    r_fast, r_slow = {}, {}
+    x = normalize(images, MEAN, STD)
+    assert torch.equal(fast(x, r_fast).argmax(1), slow(x, r_slow).argmax(1))
+    for v in r_slow:
+        assert torch.equal(r_fast[v], r_slow[v]), v
+
+
 def test_golden_data_path_is_integer():
     graph, images = quantized("pot-channel", "half-up")
     rec = {}

@@ -39,7 +39,7 @@ def compare_models(graph, cfg, images: torch.Tensor, labels: torch.Tensor, batch
             if g_rec.keys() != s_rec.keys():
                 raise UserError(f"verify: the golden and simulated models record different values ({graph.scheme})")
             for v, g in g_rec.items():
-                bad = int((g.to(torch.int64) != s_rec[v]).sum())
+                bad = int(torch.ne(g, s_rec[v]).sum())  # integers on both sides: exact in any dtype
                 if bad:
                     mismatches[v] = mismatches.get(v, 0) + bad
                 values += g.numel()

@@ -3,9 +3,12 @@
 `SimNet` runs a float graph (its FP32 reference and calibration) or, given the QTypes of its values and
 the weight scales, the fake-quantized model: every value quantized to its QType, weights to int8,
 biases to int32 at scale s_in * s_w. In eval mode it runs in float64, where sums of integers times
-powers of two are exact, so it computes the integer golden model's numbers; in train mode (QAT) in
-float32 with straight-through rounding, and with `track_weights` it re-derives the weight scales from
-the weights at every step.
+powers of two are exact, so it computes the integer golden model's numbers; or in float32, the same
+numbers: with power-of-two scales every fake-quantized value (at most 255 steps of 2^e) is exact in
+float32 (`all_float32`), and a node computes in float32 where its worst case (bias and rounding
+included) stays below 2^24 steps (`node_float32`), in float64 otherwise, its output cast back exactly.
+In train mode (QAT) it runs in float32 with straight-through rounding, and with `track_weights` it
+re-derives the weight scales from the weights at every step.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType, channel_view, row_view
+from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType, channel_view, pool_shift_bits, row_view, window
 from potq.quant.arith import INT32_MAX, quantize, round_inplace
 from potq.quant.scheme import W_MAX, W_MIN, QuantSettings, weight_scales
 
@@ -57,6 +60,8 @@ class SimNet(nn.Module):
         self.track_weights = False  # QAT: re-derive weight scales every step
         self.min_exponent: dict[str, torch.Tensor] = {}  # per MAC node, the --max-shift floor (QAT)
         self._exact: dict[str, bool] = {}  # per MAC node: float32 exact in eval (see float32_exact)
+        self._all_float32: bool | None = None  # values carried in float32 (see all_float32)
+        self._node32: dict[str, bool] = {}
 
     @property
     def rule(self) -> str | None:
@@ -69,7 +74,7 @@ class SimNet(nn.Module):
         """Logits of normalized images x. With `record`: every value's integer codes (quantized net)
         or float values (float net), keyed by value name."""
         if not self.training:
-            x = x.double()  # exact: see the module docstring
+            x = x.float() if self.quantize and self.all_float32() else x.double()  # exact: see the docstring
         env = {self.graph.input: x}
         for n in self.graph.nodes:
             y = SIM_KERNELS[n.op](self, n, [env[v] for v in n.inputs])
@@ -81,6 +86,8 @@ class SimNet(nn.Module):
     def codes(self, value: str, y: torch.Tensor) -> torch.Tensor:
         """The integer codes of a fake-quantized value (exact: it lies on its grid)."""
         q = self.q[value]
+        if y.dtype == torch.float32 and q.bits == 8:  # codes 0..255: exact in float32, no conversion
+            return torch.round(y.detach() / q.scale).add_(q.zero_point)
         return torch.round(y.detach() / q.scale).to(torch.int64) + q.zero_point
 
     def requantize(self, n: Node, y: torch.Tensor) -> torch.Tensor:
@@ -93,7 +100,50 @@ class SimNet(nn.Module):
 
     def train(self, mode: bool = True) -> SimNet:
         self._exact.clear()  # weights may change: prove exactness again
+        self._all_float32 = None
+        self._node32.clear()
         return super().train(mode)
+
+    def all_float32(self) -> bool:
+        """Whether eval carries values in float32: every scale a power of two in float32's normal range
+        (a fake-quantized value, at most 255 steps of 2^e, is then exact in float32)."""
+        if self._all_float32 is None:
+            es = [q.exponent for q in self.q.values()]
+            self._all_float32 = all(e is not None and -100 < e < 100 for e in es)
+        return self._all_float32
+
+    def node_float32(self, n: Node) -> bool:
+        """Whether node n computes exactly in float32: its worst case, in integer steps of its scale, below
+        2^24 (as potq.ir.bounds counts it: |bias| + max|x - zp| * L1 of the weights, aligned add inputs,
+        pool windows, plus the rounding half)."""
+        if n.name not in self._node32:
+            self._node32[n.name] = self._float32_node(n)
+        return self._node32[n.name]
+
+    def _float32_node(self, n: Node) -> bool:
+        q = self.q
+
+        def span(v: str) -> int:
+            return max(abs(q[v].lo - q[v].zero_point), abs(q[v].hi - q[v].zero_point))
+
+        if n.op in MAC_OPS:
+            if not self.float32_exact(n):
+                return False
+            w, b = (t.detach().double() for t in self.params_of(n))
+            ws, s_in = self.w_scale[n.name], q[n.inputs[0]].scale
+            w_int = torch.round(w / row_view(ws, w.dim())).abs().flatten(1).sum(1)
+            acc = span(n.inputs[0]) * float(w_int.max()) + float(torch.round(b / (s_in * ws)).abs().max())
+            shift = (q[n.output].exponent - q[n.inputs[0]].exponent - torch.log2(ws)).max() if n.requant else 0
+        elif n.op is OpType.ADD:
+            e_m = min(q[v].exponent for v in n.inputs)
+            acc = sum(span(v) * 2.0 ** (q[v].exponent - e_m) for v in n.inputs)
+            shift = q[n.output].exponent - e_m
+        elif n.op is OpType.AVGPOOL:
+            acc = window(n) * span(n.inputs[0])
+            shift = q[n.output].exponent - q[n.inputs[0]].exponent + pool_shift_bits(n)
+        else:
+            return True
+        return acc + 2.0 ** (float(shift) - 1) < 2**24
 
     def float32_exact(self, n: Node) -> bool:
         """Whether node n's fake-quantized products and sums (bias aside) are exact in float32: power-of-two
@@ -135,17 +185,25 @@ def _input(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
 
 def _mac(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     x = xs[0]
+    carried32 = x.dtype == torch.float32 and not net.training and net.quantize  # all_float32 holds
+    exact32 = carried32 and net.node_float32(n)
+    if carried32 and not exact32:  # this node in float64; its output goes back to float32 exactly
+        y = _mac(net, n, [x.double()])
+        return y.float() if n.requant else y
     w, b = net.params_of(n)
-    w, b = w.to(x.dtype), b.to(x.dtype)
+    dtype = torch.float64 if exact32 else x.dtype  # weights and biases quantize in float64 either way
+    w, b = w.to(dtype), b.to(dtype)
     if net.quantize:
         if net.track_weights:
             per_channel = n.requant
             net.w_scale[n.name] = weight_scales(w, net.settings, per_channel, n.name, net.min_exponent.get(n.name))[0]
-        ws = net.w_scale[n.name].to(x.device, x.dtype)
+        ws = net.w_scale[n.name].to(x.device, dtype)
         s_in = net.q[n.inputs[0]].scale
         w = fake_quant(w, row_view(ws, w.dim()), 0, W_MIN, W_MAX, net.rule)
         b = fake_quant(b, s_in * ws, 0, -INT32_MAX, INT32_MAX, net.rule)
-    if not net.training and net.quantize and net.float32_exact(n):
+    if exact32:
+        y = _linear_op(n, x, w.float(), b.float())  # all_float32: the whole node is exact in float32
+    elif not net.training and net.quantize and net.float32_exact(n):
         # the same numbers, faster: every partial sum is an integer below 2**24 times a power of two
         y = _linear_op(n, x.float(), w.float(), None).double() + channel_view(b, x.dim())
     else:
@@ -163,7 +221,9 @@ def _linear_op(n: Node, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
 
 
 def _add(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
-    return net.requantize(n, xs[0] + xs[1])  # exact in float64: both lie on power-of-two grids
+    if xs[0].dtype == torch.float32 and not net.training and not net.node_float32(n):
+        return _add(net, n, [x.double() for x in xs]).float()
+    return net.requantize(n, xs[0] + xs[1])  # exact in float64 (float32: node_float32): power-of-two grids
 
 
 def _maxpool(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
@@ -172,6 +232,8 @@ def _maxpool(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _avgpool(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+    if net.quantize and xs[0].dtype == torch.float32 and not net.training and not net.node_float32(n):
+        return _avgpool(net, n, [xs[0].double()]).float()
     a = n.attrs
     y = F.avg_pool2d(xs[0], tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]), count_include_pad=True)
     return net.requantize(n, y) if net.quantize else y
