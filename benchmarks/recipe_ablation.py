@@ -24,7 +24,7 @@ FAST = RECIPES["fast"]
 VARIANTS = {
     "fast": FAST,
     "reference": replace(RECIPES["seed"], epochs=FAST.epochs),
-    "cosine-per-epoch": replace(FAST, schedule="cosine", warmup_epochs=0.0),
+    "cosine-per-epoch": replace(FAST, schedule="cosine", warmup=0.0),
     "no-label-smoothing": replace(FAST, label_smoothing=0.0),
     "no-nesterov": replace(FAST, nesterov=False),
     "translate-4": replace(FAST, crop_pad=4),

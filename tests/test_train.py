@@ -248,3 +248,32 @@ def test_files_left_by_a_killed_process_are_cleaned_up(tmp_path):
     save_json({"a": 1}, tmp_path / "metrics.json")
     assert not stale.exists() and live.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["metrics.json", live.name])
+
+
+def test_fast_recipe_schedule_warms_up_then_decays_linearly_per_step():
+    from dataclasses import replace
+
+    from potq.train import make_optimizer
+
+    recipe = replace(potq_train.RECIPES["fast"], epochs=10)
+    opt, sched = make_optimizer([torch.nn.Parameter(torch.zeros(1))], recipe, steps_per_epoch=100)
+    lrs = []
+    for _ in range(1000):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1 * recipe.lr)  # warm-up from a tenth
+    assert max(lrs) == pytest.approx(recipe.lr) and lrs.index(max(lrs)) == 100  # 10% of all steps
+    assert lrs[550] == pytest.approx(recipe.lr / 2) and lrs[-1] == pytest.approx(recipe.lr / 900)
+    assert all(a >= b for a, b in zip(lrs[100:], lrs[101:], strict=False))
+
+
+def test_weight_average_recipe_trains_and_resumes(tmp_path, learnable_data, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setitem(potq_train.RECIPES, "fast-ema", replace(potq_train.RECIPES["fast"], ema_decay=0.9))
+    cfg = dict(model="tiny", data=str(learnable_data), recipe="fast-ema", epochs=2, val_size=60, batch_size=64)
+    m = train(TrainConfig(**cfg), tmp_path / "a")
+    assert m["test_accuracy"] > 0.5
+    ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    assert "ema" in ckpt and ckpt["config"]["recipe"] == "fast-ema"

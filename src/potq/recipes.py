@@ -18,9 +18,10 @@ class Recipe:
     crop_pad: int = 4  # pixels of zero padding before the random crop (a translation of up to this many)
     flip: bool = True
     # "cosine": CosineAnnealingLR stepped once per epoch (the reference report's);
-    # "linear": a linear warm-up over warmup_epochs from lr * warmup_start, then a linear decay to 0, per step
+    # "linear": a linear warm-up over the first `warmup` fraction of all steps from lr * warmup_start, then
+    # a linear decay to 0, stepped per batch (a fraction, so that --epochs keeps the schedule's shape)
     schedule: str = "cosine"
-    warmup_epochs: float = 0.0
+    warmup: float = 0.0
     warmup_start: float = 0.1
     ema_decay: float = 0.0  # per optimizer step; 0 turns the exponential moving average of weights off
 
@@ -41,7 +42,7 @@ RECIPES: dict[str, Recipe] = {
         label_smoothing=0.2,
         crop_pad=2,
         schedule="linear",
-        warmup_epochs=1.0,
+        warmup=0.1,
     ),
 }
 

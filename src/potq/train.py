@@ -187,8 +187,8 @@ def make_optimizer(params, recipe: Recipe, steps_per_epoch: int = 1):
     )
     if not per_step_schedule(recipe):
         return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs, eta_min=recipe.eta_min)
-    warmup = max(1, round(recipe.warmup_epochs * steps_per_epoch))
-    total = max(warmup + 1, recipe.epochs * steps_per_epoch)
+    total = max(2, recipe.epochs * steps_per_epoch)
+    warmup = min(total - 1, max(1, round(recipe.warmup * total)))
 
     def factor(step: int) -> float:
         if step < warmup:
