@@ -316,7 +316,15 @@ def _deployment(run: Path, m: dict) -> list[str]:
     out = ["### Deployment", "", f"Formats exported: {', '.join(formats)}.", ""]
     path = run / f"deploy_{m.get('quantized_model', {}).get('label', m.get('scheme'))}.json"
     if path.exists():
-        out += [f"- {line}" for line in deploy_summary(read_json(path))] + [""]
+        d = read_json(path)
+        out += [f"- {line}" for line in deploy_summary(d)] + [""]
+        onnx = d.get("onnx", {})
+        if onnx.get("mismatches") and onnx.get("rounding") != "half-even":
+            out += [
+                "onnxruntime rounds half to even: for a model it runs bit for bit, quantize with "
+                f"`potq quantize --run RUN --scheme {m.get('scheme')} --rounding half-even` and export that.",
+                "",
+            ]
     if "c" in formats:
         out += [f"Build and check the C runtime in `export/`: `{BUILD} && ./potq_main`.", ""]
     return out
