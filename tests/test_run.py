@@ -91,6 +91,7 @@ def test_report_has_every_section_with_numbers(full_run):
         assert section in md, section
     assert "measured on the JPEG copy" in md
     assert "### Deployment" in md and "Formats exported: hw, c, onnx." in md
+    assert "`export/` holds the quantized model `pot-channel-qat` (scheme pot-channel" in md  # which model
     # the QAT model rounds half-up; onnxruntime half to even: the section gives the rate and the cause
     assert re.search(r"- ONNX \(onnxruntime, QDQ opset 13\): [\d,]+ of [\d,]+ values differ", md)
     assert "onnxruntime rounds half to even" in md
