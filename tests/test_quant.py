@@ -266,3 +266,22 @@ def test_a_garbage_quantized_file_is_one_line(tiny_run, tmp_path, capsys):
     assert main(["verify", "--run", str(run), "--scheme", "pot-channel"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "quant_pot-channel.pt" in err
+
+
+def test_schemes_sharing_calibration_statistics_get_the_same_models():
+    from potq.ir import io
+    from potq.models import build_model
+    from potq.quant.pipeline import quantize_graph
+
+    model = randomized(build_model("tiny"))
+    x = torch.randn(64, 3, 32, 32)
+    mean, std = [0.5] * 3, [0.25] * 3
+    cache: dict = {}
+    for scheme in ("pot-seed", "pot-tensor", "pot-channel"):
+        settings = QuantSettings(scheme)
+        _, shared = quantize_graph(model, (3, 32, 32), mean, std, x, settings, cache)
+        _, alone = quantize_graph(model, (3, 32, 32), mean, std, x, settings)
+        d1, t1 = io.to_dict(shared)
+        d2, t2 = io.to_dict(alone)
+        assert d1 == d2 and all(torch.equal(t1[k], t2[k]) for k in t1)
+    assert len(cache) == 1  # collected once

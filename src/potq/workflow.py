@@ -86,9 +86,10 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
         from potq.quant.pipeline import compare, quantize_run
         from potq.quant.scheme import QuantSettings
 
+        stats: dict = {}  # the calibration statistics, collected once for every scheme
         for scheme in o.schemes:
             if not (out / f"quant_{scheme}.json").exists():
-                r = quantize_run(out, QuantSettings(scheme), o.calib, cache=o.cache)
+                r = quantize_run(out, QuantSettings(scheme), o.calib, cache=o.cache, stats_cache=stats)
                 print(f"{scheme}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
         if o.qat and not (out / f"quant_{o.headline}.json").exists():
             r = quantize_run(out, QuantSettings(o.qat_scheme), o.calib, o.qat, o.qat_lr, cache=o.cache)

@@ -85,10 +85,9 @@ def nonnegative(graph: Graph) -> dict[str, bool]:
 
 
 @torch.no_grad()
-def calibrate(graph: Graph, x: torch.Tensor, settings: QuantSettings, batch: int = 250) -> dict[str, QType]:
-    """QTypes of every value (except the int32 logits: see `lower`) from the float graph's values on
-    x (normalized images)."""
-    settings.check()
+def collect_stats(graph: Graph, x: torch.Tensor, batch: int = 250) -> dict[str, Stats]:
+    """Every value's calibration statistics: the float graph's values on x (normalized images). They
+    depend on the graph and the images only, so every scheme of a run can share them."""
     net = SimNet(graph).eval()
     g = torch.Generator().manual_seed(0)
     stats = {n.output: Stats() for n in graph.nodes}
@@ -97,6 +96,16 @@ def calibrate(graph: Graph, x: torch.Tensor, settings: QuantSettings, batch: int
         net(x[i : i + batch], record)
         for v, t in record.items():
             stats[v].add(t, f"output of {graph.producer(v).name}", g)
+    return stats
+
+
+def calibrate(
+    graph: Graph, x: torch.Tensor, settings: QuantSettings, stats: dict[str, Stats] | None = None
+) -> dict[str, QType]:
+    """QTypes of every value (except the int32 logits: see `lower`) from the float graph's values on
+    x (normalized images), or from `stats` that collect_stats made of them."""
+    settings.check()
+    stats = stats if stats is not None else collect_stats(graph, x)
     group = shared_groups(graph)
     merged: dict[str, Stats] = {}
     for v, st in stats.items():

@@ -19,7 +19,7 @@ from potq.ir import io
 from potq.ir.capture import capture
 from potq.ir.graph import Graph
 from potq.plots import plot_bars
-from potq.quant.lower import calibrate, lower, min_weight_exponents, weight_scales_of
+from potq.quant.lower import calibrate, collect_stats, lower, min_weight_exponents, weight_scales_of
 from potq.quant.scheme import SCHEMES, QuantSettings
 from potq.quant.simulate import SimNet, simulated
 from potq.recipes import Recipe
@@ -70,11 +70,26 @@ def qat(
 
 
 def quantize_graph(
-    model: nn.Module, in_shape, mean, std, calib_x: torch.Tensor, settings: QuantSettings
+    model: nn.Module,
+    in_shape,
+    mean,
+    std,
+    calib_x: torch.Tensor,
+    settings: QuantSettings,
+    stats_cache: dict | None = None,
 ) -> tuple[Graph, Graph]:
-    """(float graph, integer graph) of a model, calibrated on normalized images calib_x."""
+    """(float graph, integer graph) of a model, calibrated on normalized images calib_x. stats_cache: a
+    dict shared by the calls for one model and one set of calibration images (several schemes), which
+    then collect the calibration statistics once."""
     fgraph = capture(model, tuple(in_shape), mean, std)
-    return fgraph, lower(fgraph, calibrate(fgraph, calib_x, settings), settings)
+    if stats_cache is None:
+        stats = None
+    else:
+        key = (len(calib_x), float(calib_x.sum()))
+        stats = stats_cache.get(key)
+        if stats is None:
+            stats = stats_cache[key] = collect_stats(fgraph, calib_x)
+    return fgraph, lower(fgraph, calibrate(fgraph, calib_x, settings, stats), settings)
 
 
 def _range(values: list[int]) -> str | int | None:
@@ -166,8 +181,10 @@ def quantize_run(
     qat_lr: float | None = None,
     data: str | None = None,
     cache: Path | None = None,
+    stats_cache: dict | None = None,
 ) -> dict:
-    """Quantize the trained model in `run` and write quant_<label>.pt and quant_<label>.json."""
+    """Quantize the trained model in `run` and write quant_<label>.pt and quant_<label>.json;
+    stats_cache: see quantize_graph (`potq run` shares one across its schemes)."""
     settings.check()
     if calib < 1:
         raise UserError(f"--calib must be at least 1, got {calib}")
@@ -181,7 +198,7 @@ def quantize_run(
     if calib > len(arrays["train_x"]):
         raise UserError(f"--calib {calib} is more than the {len(arrays['train_x'])} training images of this run")
     calib_x = normalize(torch.from_numpy(arrays["train_x"][:calib]), cfg.mean, cfg.std)
-    fgraph, graph = quantize_graph(model, cfg.in_shape, cfg.mean, cfg.std, calib_x, settings)
+    fgraph, graph = quantize_graph(model, cfg.in_shape, cfg.mean, cfg.std, calib_x, settings, stats_cache)
     if qat_epochs:
         graph = qat(fgraph, graph, settings, arrays, cfg, qat_epochs, qat_lr)
     test_x, test_y = torch.from_numpy(arrays["test_x"]), torch.from_numpy(arrays["test_y"])
