@@ -28,9 +28,8 @@ from torch.nn import functional as F
 from potq.errors import UserError
 from potq.ir.bounds import analyse, headroom_bits, input_range
 from potq.ir.graph import Graph, Node, OpType, channel_view
-from potq.quant.arith import shift_round, shift_round_float32
+from potq.quant.arith import FLOAT32_EXACT, shift_round, shift_round_float32
 
-FLOAT32_EXACT = 2**24
 FLOAT64_EXACT = 2**53
 
 

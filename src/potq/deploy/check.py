@@ -24,8 +24,9 @@ import torch
 from potq.deploy.c_runtime import c_files
 from potq.deploy.onnx_qdq import EXTRA, INPUT, OUTPUT, to_onnx
 from potq.errors import UserError
-from potq.golden import FLOAT32_EXACT, IntegerModel
+from potq.golden import IntegerModel
 from potq.ir.graph import Graph, OpType
+from potq.quant.arith import FLOAT32_EXACT
 from potq.quant.rules import Rounding
 
 C_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-O2")

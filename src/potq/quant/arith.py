@@ -23,6 +23,7 @@ from potq.quant.rules import EXPONENT_ROUND_MODES, EXPONENT_RULES, ROUNDING, Rou
 # every shift amount at or beyond this rounds an int32 accumulator exactly as this one does
 SHIFT_CAP = 62
 INT32_MAX = 2**31 - 1
+FLOAT32_EXACT = 2**24  # float32 holds every integer below it exactly
 # exponents stay where float32 holds 2**e exactly; a tensor below 2**-100 is as good as zero
 E_MIN, E_MAX = -100, 100
 

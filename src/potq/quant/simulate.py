@@ -5,8 +5,9 @@ the weight scales, the fake-quantized model: every value quantized to its QType,
 biases to int32 at scale s_in * s_w. In eval mode it runs in float64, where sums of integers times
 powers of two are exact, so it computes the integer golden model's numbers; or in float32, the same
 numbers: with power-of-two scales every fake-quantized value (at most 255 steps of 2^e) is exact in
-float32 (`all_float32`), and a node computes in float32 where its worst case (bias and rounding
-included) stays below 2^24 steps (`node_float32`), in float64 otherwise, its output cast back exactly.
+float32 (`all_float32`), and a node computes in float32 where its proven worst case (potq.ir.bounds:
+bias and rounding included) stays below 2^24 steps (`node_float32`), in float64 otherwise, its output
+cast back exactly.
 In train mode (QAT) it runs in float32 with straight-through rounding, and with `track_weights` it
 re-derives the weight scales from the weights at every step.
 """
@@ -19,8 +20,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType, channel_view, pool_shift_bits, row_view, window
-from potq.quant.arith import INT32_MAX, quantize, round_inplace
+from potq.ir.bounds import analyse
+from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType, channel_view, row_view
+from potq.quant.arith import FLOAT32_EXACT, INT32_MAX, quantize, round_inplace
 from potq.quant.scheme import W_MAX, W_MIN, QuantSettings, weight_scales
 
 
@@ -62,6 +64,9 @@ class SimNet(nn.Module):
         self._exact: dict[str, bool] = {}  # per MAC node: float32 exact in eval (see float32_exact)
         self._all_float32: bool | None = None  # values carried in float32 (see all_float32)
         self._node32: dict[str, bool] = {}
+        # the lowered graph's worst-case accumulators (potq.ir.bounds), set by `simulated`: they decide
+        # which nodes evaluate in float32; None (float nets, QAT) keeps eval in float64
+        self.bounds: dict[str, int] | None = None
 
     @property
     def rule(self) -> str | None:
@@ -102,48 +107,25 @@ class SimNet(nn.Module):
         self._exact.clear()  # weights may change: prove exactness again
         self._all_float32 = None
         self._node32.clear()
+        if mode:
+            self.bounds = None  # training changes the weights the bounds were proven for
         return super().train(mode)
 
     def all_float32(self) -> bool:
         """Whether eval carries values in float32: every scale a power of two in float32's normal range
-        (a fake-quantized value, at most 255 steps of 2^e, is then exact in float32)."""
+        (a fake-quantized value, at most 255 steps of 2^e, is then exact in float32), and proven bounds."""
         if self._all_float32 is None:
             es = [q.exponent for q in self.q.values()]
-            self._all_float32 = all(e is not None and -100 < e < 100 for e in es)
+            self._all_float32 = self.bounds is not None and all(e is not None and -100 < e < 100 for e in es)
         return self._all_float32
 
     def node_float32(self, n: Node) -> bool:
-        """Whether node n computes exactly in float32: its worst case, in integer steps of its scale, below
-        2^24 (as potq.ir.bounds counts it: |bias| + max|x - zp| * L1 of the weights, aligned add inputs,
-        pool windows, plus the rounding half)."""
+        """Whether node n computes exactly in float32: its proven worst case (potq.ir.bounds, which
+        `simulated` hands over) below 2^24 integer steps, and its products exact (float32_exact)."""
         if n.name not in self._node32:
-            self._node32[n.name] = self._float32_node(n)
+            bound = self.bounds.get(n.name, 0) if self.bounds is not None else FLOAT32_EXACT
+            self._node32[n.name] = bound < FLOAT32_EXACT and (n.op not in MAC_OPS or self.float32_exact(n))
         return self._node32[n.name]
-
-    def _float32_node(self, n: Node) -> bool:
-        q = self.q
-
-        def span(v: str) -> int:
-            return max(abs(q[v].lo - q[v].zero_point), abs(q[v].hi - q[v].zero_point))
-
-        if n.op in MAC_OPS:
-            if not self.float32_exact(n):
-                return False
-            w, b = (t.detach().double() for t in self.params_of(n))
-            ws, s_in = self.w_scale[n.name], q[n.inputs[0]].scale
-            w_int = torch.round(w / row_view(ws, w.dim())).abs().flatten(1).sum(1)
-            acc = span(n.inputs[0]) * float(w_int.max()) + float(torch.round(b / (s_in * ws)).abs().max())
-            shift = (q[n.output].exponent - q[n.inputs[0]].exponent - torch.log2(ws)).max() if n.requant else 0
-        elif n.op is OpType.ADD:
-            e_m = min(q[v].exponent for v in n.inputs)
-            acc = sum(span(v) * 2.0 ** (q[v].exponent - e_m) for v in n.inputs)
-            shift = q[n.output].exponent - e_m
-        elif n.op is OpType.AVGPOOL:
-            acc = window(n) * span(n.inputs[0])
-            shift = q[n.output].exponent - q[n.inputs[0]].exponent + pool_shift_bits(n)
-        else:
-            return True
-        return acc + 2.0 ** (float(shift) - 1) < 2**24
 
     def float32_exact(self, n: Node) -> bool:
         """Whether node n's fake-quantized products and sums (bias aside) are exact in float32: power-of-two
@@ -158,7 +140,7 @@ class SimNet(nn.Module):
                 w = self.params_of(n)[0].detach().double()
                 w_int = torch.round(w / row_view(ws, w.dim()))
                 x_max = max(abs(q_in.lo - q_in.zero_point), abs(q_in.hi - q_in.zero_point))
-                exact = x_max * float(w_int.abs().flatten(1).sum(1).max()) < 2**24
+                exact = x_max * float(w_int.abs().flatten(1).sum(1).max()) < FLOAT32_EXACT
                 exact = exact and q_in.exponent + int(w_exp.min()) > -100
             self._exact[n.name] = exact
         return self._exact[n.name]
@@ -284,4 +266,7 @@ def simulated(qgraph: Graph) -> SimNet:
     """The fake-quantized model of a lowered graph, in eval mode."""
     fgraph, scales = dequantize(qgraph)
     settings = QuantSettings(qgraph.scheme or "pot-channel", rounding=qgraph.rounding or "half-up")
-    return SimNet(fgraph, settings, qgraph.q, scales).eval()
+    net = SimNet(fgraph, settings, qgraph.q, scales).eval()
+    if all(q.exponent is not None for q in qgraph.q.values()):  # power-of-two: shifts to bound
+        net.bounds = analyse(qgraph)
+    return net
