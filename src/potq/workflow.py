@@ -132,10 +132,9 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
         print(f"exported {r['nodes']} nodes and {r['vectors']} test vectors ({', '.join(r['formats'])}) -> {r['out']}")
 
     def deploy():
-        from potq.deploy.check import deploy_checks
+        from potq.deploy.check import deploy_checks, deploy_summary
 
-        r = deploy_checks(out, o.headline, o.cache)
-        for line in r["summary"]:
+        for line in deploy_summary(deploy_checks(out, o.headline, o.cache)):
             print(line)
 
     def report():

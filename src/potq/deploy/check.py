@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from potq.deploy.c_runtime import c_files
 from potq.deploy.onnx_qdq import EXTRA, INPUT, OUTPUT, to_onnx
 from potq.errors import UserError
 from potq.golden import IntegerModel
@@ -106,8 +105,12 @@ def check_onnx(graph: Graph, images: np.ndarray, labels: np.ndarray, batch: int 
     }
 
 
+def find_compiler() -> str | None:
+    return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
 def compiler() -> str:
-    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    cc = find_compiler()
     if cc is None:
         raise UserError("the C check needs a C compiler (cc, gcc or clang) on PATH")
     return cc
@@ -142,26 +145,31 @@ def run_c(exe: Path, repeats: int = 1) -> dict:
 
 
 def check_c(graph: Graph, images: np.ndarray, sanitize: bool = False, repeats: int = 1) -> dict:
-    """Write the C runtime for `images` in a temporary folder, compile it strictly, run it."""
-    from potq.export import build_model_json, c_header
+    """Export the C runtime for `images` into a temporary folder (as `potq export --format c` does),
+    compile it strictly, run it."""
+    from potq.export import write_export
 
-    golden = IntegerModel(graph)
-    logits = golden.run(torch.from_numpy(images)).numpy().astype(np.int32)
     with tempfile.TemporaryDirectory(prefix="potq-c-") as tmp:
-        folder = Path(tmp)
-        desc, arrays = build_model_json(graph, golden, graph.shapes[graph.input], [])
-        (folder / "model.h").write_text(c_header(desc, arrays))
-        for name, text in c_files(graph, images, logits).items():
-            (folder / name).write_text(text)
+        folder = Path(tmp) / "c"
+        classes = [str(i) for i in range(graph.shapes[graph.output][0])]
+        write_export(graph, folder, images, np.zeros(len(images), dtype=np.int64), classes, formats=("c",))
         result = run_c(build_c(folder, sanitize), repeats)
     return {"consumer": "C99 runtime", "compiler": compiler(), "flags": " ".join(C_FLAGS), **result}
 
 
 def check_run(
-    run: Path, name: str, onnx: bool, c: bool, data: str | None = None, cache=None, c_vectors: int = 200
+    run: Path,
+    name: str,
+    onnx: bool,
+    c: bool,
+    data: str | None = None,
+    cache=None,
+    c_vectors: int = 200,
+    skipped: dict[str, str] | None = None,
 ) -> dict:
-    """`potq verify --onnx/--c`: the consumers' checks of a run's quantized model, saved as
-    deploy_<label>.json (what the report's Deployment section shows)."""
+    """The consumers' checks of a run's quantized model (`potq verify --onnx/--c`, `potq run`'s deploy
+    step), saved as deploy_<label>.json for the report's Deployment section; `skipped`: the checks this
+    machine can't run, and why."""
     from potq.data import load_dataset
     from potq.files import read_json, save_json
     from potq.quant.pipeline import load_quantized
@@ -169,19 +177,22 @@ def check_run(
     if c_vectors < 1:
         raise UserError(f"--c-vectors must be at least 1, got {c_vectors}")
     run = Path(run)
-    graph, cfg = load_quantized(run, name)
-    if c:
-        compiler()  # before the long ONNX check: is there a compiler at all?
-    if onnx:
-        _session(graph)
-    ds = load_dataset(data or cfg.data, cache)
-    images, labels = np.array(ds.test_x), np.array(ds.test_y)
     path = run / f"deploy_{name}.json"
     result = read_json(path) if path.exists() else {"label": name}
-    if onnx:
-        result["onnx"] = check_onnx(graph, images, labels)
-    if c:
-        result["c"] = check_c(graph, images[:c_vectors])
+    if onnx or c:
+        graph, cfg = load_quantized(run, name)
+        if c:
+            compiler()  # before the long ONNX check: is there a compiler at all?
+        if onnx:
+            _session(graph)
+        ds = load_dataset(data or cfg.data, cache)
+        images, labels = np.array(ds.test_x), np.array(ds.test_y)
+        if onnx:
+            result["onnx"] = check_onnx(graph, images, labels)
+        if c:
+            result["c"] = check_c(graph, images[:c_vectors])
+    if skipped is not None:
+        result["skipped"] = skipped
     save_json(result, path)
     return result
 
@@ -202,19 +213,13 @@ def available_formats() -> tuple[str, ...]:
 
 def deploy_checks(run: Path, name: str, cache=None) -> dict:
     """`potq run`'s deploy step: every consumer check this machine can run; what it can't, it says why."""
-    have_cc = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
-    r = check_run(run, name, _have_onnx(), have_cc, None, cache) if (have_cc or _have_onnx()) else {"label": name}
+    have_onnx, have_cc = _have_onnx(), find_compiler() is not None
     skipped = {}
-    if not _have_onnx():
+    if not have_onnx:
         skipped["onnx"] = f"onnx and onnxruntime are not installed (pip install 'potq[{EXTRA}]')"
     if not have_cc:
         skipped["c"] = "no C compiler (cc, gcc or clang) on PATH"
-    r["skipped"] = skipped
-    r["summary"] = deploy_summary(r)
-    from potq.files import save_json
-
-    save_json(r, Path(run) / f"deploy_{name}.json")
-    return r
+    return check_run(run, name, have_onnx, have_cc, None, cache, skipped=skipped)
 
 
 def deploy_summary(r: dict) -> list[str]:
