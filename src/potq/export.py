@@ -70,8 +70,8 @@ FORMAT_NOTE = (
     "per node; every field is in docs/graph-format.md. A reader of version 2 needs nothing else."
 )
 ROUND_SHIFT = (
-    "round_shift(acc, s) for s > 0: half-up (acc + 2^(s-1)) >> s; half-even: to nearest, ties to even; floor: "
-    "acc >> s (arithmetic). For s <= 0: acc << -s. Every accumulator fits int32 (worst cases under "
+    "round_shift(acc, s) for s > 0: acc * 2^-s rounded by the model's rule (each defined exactly under "
+    "'rounding_rules'); for s <= 0: acc << -s. Every accumulator fits int32 (worst cases under "
     "'worst_case_accumulator')."
 )
 
