@@ -45,5 +45,3 @@ RECIPES: dict[str, Recipe] = {
         warmup=0.1,
     ),
 }
-
-SCHEDULES = ("cosine", "linear")

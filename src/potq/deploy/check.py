@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from potq.deploy.formats import FORMATS
 from potq.deploy.onnx_qdq import EXTRA, INPUT, OUTPUT, to_onnx
 from potq.errors import UserError
 from potq.golden import IntegerModel
@@ -208,7 +209,7 @@ def _have_onnx() -> bool:
 
 def available_formats() -> tuple[str, ...]:
     """What `potq run` exports: every format whose library is installed."""
-    return ("hw", "c", "onnx") if _have_onnx() else ("hw", "c")
+    return tuple(f for f in FORMATS if f != "onnx" or _have_onnx())
 
 
 def deploy_checks(run: Path, name: str, cache=None) -> dict:
