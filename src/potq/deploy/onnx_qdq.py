@@ -23,6 +23,7 @@ import numpy as np
 from potq.errors import UserError
 from potq.ir.graph import Graph, Node, OpType, _pair
 from potq.ir.io import tensor_name
+from potq.quant.simulate import weight_scale
 
 OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear (13), Clip with min/max inputs (11)
 EXTRA = "onnx"  # pip install 'potq[onnx]'
@@ -101,14 +102,10 @@ def _input(b: Builder, n: Node) -> None:
     b.node("Gather", [b.const(tensor_name(n, "lut"), lut.reshape(-1)), index], n.output, f"{n.name}.lut", axis=0)
 
 
-def _weight_scales(n: Node) -> np.ndarray:
-    return np.exp2(n.tensors["w_exp"].numpy().astype(np.float64))
-
-
 def _mac(b: Builder, n: Node) -> None:
     q_in = b.graph.q[n.inputs[0]]
     w = n.tensors["weight"].numpy().astype(np.int8)
-    ws = _weight_scales(n)
+    ws = weight_scale(n).numpy()
     per_channel = ws.size > 1
     axis = {"axis": 0} if per_channel else {}
     shape = ws.shape if per_channel else ()
