@@ -147,23 +147,23 @@ def _mac(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     g = m.gemms[n.name]
     zp = m.graph.q[n.inputs[0]].zero_point
     xf, wf = (xs[0] - zp).to(g.dtype), m.tensor(n, "weight", g.dtype)
-    a = n.attrs
     if n.name in m.float32:  # the bias and every partial sum below 2^24: one float32 GEMM, exact
-        b = m.tensor(n, "bias", torch.float32)
-        if n.op is OpType.CONV:
-            acc = F.conv2d(xf, wf, b, tuple(a["stride"]), tuple(a["padding"]), 1, a["groups"])
-        else:
-            acc = F.linear(xf, wf, b)
+        acc = _gemm(n, xf, wf, m.tensor(n, "bias", torch.float32))
         return m.requantize(n, acc) if n.requant else acc
     acc = channel_view(n.tensors["bias"], xs[0].dim())
     for lo, hi in g.slices:
         x_part, w_part = (xf, wf) if len(g.slices) == 1 else (xf[:, lo:hi], wf[:, lo:hi])
-        if n.op is OpType.CONV:
-            part = F.conv2d(x_part, w_part, None, tuple(a["stride"]), tuple(a["padding"]), 1, a["groups"])
-        else:
-            part = F.linear(x_part, w_part)
+        part = _gemm(n, x_part, w_part, None)
         acc = acc + part.to(torch.int32)  # exact, and int32 holds the sum: see potq.ir.bounds
     return m.requantize(n, acc) if n.requant else acc
+
+
+def _gemm(n: Node, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The node's convolution or linear map of float-held integers (exact: see exact_gemm)."""
+    a = n.attrs
+    if n.op is OpType.CONV:
+        return F.conv2d(x, w, bias, tuple(a["stride"]), tuple(a["padding"]), 1, a["groups"])
+    return F.linear(x, w, bias)
 
 
 def _add(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
