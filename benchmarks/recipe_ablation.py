@@ -32,6 +32,10 @@ VARIANTS = {
     "ema": replace(FAST, ema_decay=0.99),
     "lr-0.4": replace(FAST, lr=0.4),
     "lr-0.1": replace(FAST, lr=0.1),
+    "no-norm-decay": replace(FAST, decay_norm_and_bias=False),
+    "whiten": replace(FAST, whiten_first_conv=True),
+    "no-translate": replace(FAST, crop_pad=0),
+    "fp32": replace(FAST, precision="fp32"),
 }
 
 

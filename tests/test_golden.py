@@ -45,9 +45,11 @@ def test_golden_equals_simulated_bit_for_bit(scheme, rounding):
 
 @pytest.mark.parametrize("rounding", ["half-up", "half-even", "floor"])
 @pytest.mark.parametrize("model", ["tiny", "resnet20"])
-def test_float32_fast_path_gives_the_integer_paths_numbers(model, rounding):
-    """Nodes whose worst case stays below 2^24 run in float32; the int64 reference path agrees on every value."""
-    graph, images = quantized("pot-channel", rounding, model=model)
+@pytest.mark.parametrize("scheme", ["pot-channel", "pot-seed"])  # zero points 0 and 128 after ReLU
+def test_float32_fast_path_gives_the_integer_paths_numbers(model, rounding, scheme):
+    """Nodes whose worst case stays below 2^24 run in float32, the shift folded into the weights; the int64
+    reference path agrees on every value."""
+    graph, images = quantized(scheme, rounding, model=model)
     fast, slow = IntegerModel(graph), IntegerModel(graph, float32=False)
     assert fast.float32 and not slow.float32
     r_fast, r_slow = {}, {}
@@ -59,9 +61,11 @@ def test_float32_fast_path_gives_the_integer_paths_numbers(model, rounding):
 
 @pytest.mark.parametrize("rounding", ["half-up", "half-even", "floor"])
 @pytest.mark.parametrize("model", ["tiny", "resnet20"])
-def test_simulated_float32_path_gives_the_float64_numbers(model, rounding):
-    """A quantized net whose every node stays below 2^24 steps evaluates in float32: the same codes."""
-    graph, images = quantized("pot-channel", rounding, model=model)
+@pytest.mark.parametrize("scheme", ["pot-channel", "pot-seed"])
+def test_simulated_float32_path_gives_the_float64_numbers(model, rounding, scheme):
+    """A quantized net whose every node stays below 2^24 steps evaluates in float32, the output scale folded
+    into the weights: the same codes."""
+    graph, images = quantized(scheme, rounding, model=model)
     fast, slow = simulated(graph), simulated(graph)
     slow._all_float32 = False  # force the float64 path
     assert fast.all_float32()
@@ -158,3 +162,14 @@ def test_verify_command(tiny_run, capsys):
 def test_verify_without_quantized_model(tiny_run, capsys):
     assert main(["verify", "--run", str(tiny_run), "--scheme", "pot-nothing"]) == 2
     assert "no quantized model" in capsys.readouterr().err
+
+
+def test_count_mismatches_counts_integers_across_dtypes():
+    from potq.verify import count_mismatches
+
+    codes = torch.tensor([[0.0, 255.0], [17.0, -0.0]])
+    assert count_mismatches(codes, codes.clone()) == 0
+    assert count_mismatches(codes, torch.tensor([[0, 255], [17, 0]], dtype=torch.int64)) == 0
+    assert count_mismatches(codes, torch.tensor([[0.0, 254.0], [17.0, 1.0]])) == 2
+    big = torch.tensor([2**24 + 1], dtype=torch.int32)  # an int32 beyond float32's integers
+    assert count_mismatches(big, torch.tensor([2**24], dtype=torch.int64)) == 1

@@ -134,7 +134,7 @@ def kernel(op: OpType, node: Node, q: dict[str, QType], inputs: list[torch.Tenso
     """Run one golden kernel on hand-made codes."""
     model = IntegerModel.__new__(IntegerModel)
     model.graph = Graph([node], {}, "x", node.output, q, rounding, "pot-tensor")
-    model.rounding, model.gemms, model.float32, model._tensors = rounding, {}, set(), {}
+    model.rounding, model.gemms, model.float32, model._tensors, model._folded = rounding, {}, set(), {}, {}
     return GOLDEN_KERNELS[op](model, node, inputs)
 
 
@@ -187,7 +187,7 @@ def test_depthwise_convolution_by_hand():
     from potq.golden import exact_gemm
 
     model.graph, model.rounding = Graph([node], {}, "x", "y", q, "half-up", "pot-tensor"), "half-up"
-    model.gemms, model._tensors = {"dw": exact_gemm(node, 255)}, {}
+    model.gemms, model._tensors, model._folded = {"dw": exact_gemm(node, 255)}, {}, {}
     x = torch.tensor([10, 20], dtype=torch.int32).view(1, 2, 1, 1)
     for float32 in (set(), {"dw"}):  # the int64 shift and the float32 path
         model.float32 = float32

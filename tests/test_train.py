@@ -277,3 +277,45 @@ def test_weight_average_recipe_trains_and_resumes(tmp_path, learnable_data, monk
     assert m["test_accuracy"] > 0.5
     ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     assert "ema" in ckpt and ckpt["config"]["recipe"] == "fast-ema"
+
+
+def test_precision_choice():
+    cpu = torch.device("cpu")
+    assert potq_train.autocast_bf16("bf16", cpu) and not potq_train.autocast_bf16("fp32", cpu)
+    assert potq_train.autocast_bf16("auto", cpu) == bool(torch.cpu._is_amx_tile_supported())
+    assert potq_train.RECIPES["seed"].precision == "fp32"  # the reference report's arithmetic
+
+
+def test_bf16_training_keeps_float32_weights_and_learns(tmp_path, learnable_data):
+    cfg = TrainConfig(model="tiny", data=str(learnable_data), epochs=2, val_size=60, batch_size=32, lr=0.02)
+    cfg.precision = "bf16"
+    m = train(cfg, tmp_path / "run")
+    assert m["training_arithmetic"] == "bf16 autocast" and m["test_accuracy"] > 0.9
+    weights = torch.load(tmp_path / "run" / "weights.pt", weights_only=True)
+    assert all(t.dtype in (torch.float32, torch.int64) for t in weights.values())
+
+
+def test_norm_and_bias_parameters_can_skip_weight_decay():
+    from dataclasses import replace
+
+    from potq.models import build_model
+
+    model = build_model("tiny")
+    decay, no_decay = potq_train.param_groups(model, replace(potq_train.RECIPES["fast"], decay_norm_and_bias=False))
+    weights = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    assert {id(p) for p in decay["params"]} == weights and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_whitened_first_convolution_decorrelates_its_patches():
+    from potq.models import build_model
+
+    torch.manual_seed(0)
+    mix = torch.randn(3, 3)  # correlated colour channels
+    x = torch.einsum("ij,njhw->nihw", mix, torch.randn(64, 3, 16, 16))
+    model = build_model("seed", (3, 16, 16))
+    potq_train.whiten_first_conv(model, x, eps=0.0)
+    conv = model.features[0]
+    y = torch.nn.functional.conv2d(x, conv.weight[:27], None, 1, 1)  # every patch, as the estimate saw them
+    cov = torch.cov(y.transpose(0, 1).reshape(27, -1))
+    assert torch.allclose(cov, torch.eye(27), atol=1e-3)

@@ -60,6 +60,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         val_size=a.val_size,
         batch_size=a.batch_size,
         lr=a.lr,
+        precision=a.precision,
     )
     resume = None
     if a.resume is not None:
@@ -216,6 +217,7 @@ def cmd_run(a: argparse.Namespace) -> None:
         model=a.model,
         epochs=a.epochs,
         recipe=a.recipe,
+        precision=a.precision,
         qat=a.qat,
         qat_scheme=a.qat_scheme,
         qat_lr=a.qat_lr,
@@ -244,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     # torch-free modules only: --help and argument errors answer before torch loads
     from potq.deploy.formats import FORMAT_CHOICES
     from potq.quant.rules import EXPONENT_RULES, POT_SCHEMES, ROUNDING, SCHEMES
-    from potq.recipes import RECIPES
+    from potq.recipes import PRECISIONS, RECIPES
+
+    precision_help = (
+        f"training arithmetic, one of {', '.join(PRECISIONS)} (default: the recipe's; fast: auto, which is bf16 "
+        "autocast on a CPU with AMX or a GPU with bf16); weights and evaluation stay float32"
+    )
 
     p = _Parser(prog="potq", description="Compact CNNs from design to integer hardware.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -256,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, required=True, help="run folder (a second call resumes it)")
     r.add_argument("--model", default="seed", help=model_help)
     r.add_argument("--epochs", type=int, help="default: the recipe's (50 for seed)")
+    r.add_argument("--precision", help=precision_help)
     r.add_argument("--recipe", default="seed", help=f"one of {', '.join(RECIPES)}")
     r.add_argument("--qat", type=int, default=0, metavar="EPOCHS", help="also fine-tune with QAT")
     r.add_argument("--qat-scheme", default="pot-channel", choices=POT_SCHEMES, help="scheme to fine-tune")
@@ -285,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="default: the recipe's (50 for seed)")
     t.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
     t.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    t.add_argument("--precision", help=precision_help)
     t.add_argument("--seed", type=int, default=0, help="seed of the split, the initialization and the shuffles")
     t.add_argument("--train-limit", type=int, help="train on the first N training images only")
     t.add_argument("--val-size", type=int, default=5000, help="validation images held out of the training set")

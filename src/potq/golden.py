@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from potq.errors import UserError
 from potq.ir.bounds import analyse, headroom_bits, input_range
 from potq.ir.graph import Graph, Node, OpType, channel_view
-from potq.quant.arith import FLOAT32_EXACT, shift_round, shift_round_float32
+from potq.quant.arith import FLOAT32_EXACT, Rounding, fold_requant, round_inplace, shift_round, shift_round_float32
 
 FLOAT64_EXACT = 2**53
 
@@ -73,15 +73,20 @@ class IntegerModel:
         # nodes whose worst case stays below 2^24: exact in float32 from the sum to the rounded result
         self.float32 = {name for name, b in self.bounds.items() if b < FLOAT32_EXACT} if float32 else set()
         self._tensors: dict[tuple[str, str], torch.Tensor] = {}
+        self._folded: dict[str, tuple[torch.Tensor, torch.Tensor, Rounding]] = {}
 
-    def run(self, images: torch.Tensor, record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """uint8 images (N, C, H, W) -> int32 logits; `record` gets every value's integers by name."""
+    def run(
+        self, images: torch.Tensor, record: dict[str, torch.Tensor] | None = None, record_int32: bool = True
+    ) -> torch.Tensor:
+        """uint8 images (N, C, H, W) -> int32 logits; `record` gets every value's integers by name, as
+        int32 or (record_int32=False) as computed: float32 holding them exactly on the float32 path, which
+        spares a conversion where only equality matters (verify)."""
         env = {self.graph.input: images}
         for n in self.graph.nodes:
             y = GOLDEN_KERNELS[n.op](self, n, [env[v] for v in n.inputs])
             env[n.output] = y
             if record is not None:
-                record[n.output] = as_int32(y)
+                record[n.output] = as_int32(y) if record_int32 else y
         return as_int32(env[self.graph.output])
 
     def tensor(self, n: Node, key: str, dtype: torch.dtype) -> torch.Tensor:
@@ -90,6 +95,13 @@ class IntegerModel:
         if k not in self._tensors or self._tensors[k].dtype != dtype:
             self._tensors[k] = n.tensors[key].to(dtype)
         return self._tensors[k]
+
+    def folded(self, n: Node) -> tuple[torch.Tensor, torch.Tensor, Rounding]:
+        """A float32 requantizing MAC node's weight and bias times 2^-shift (see fold_requant), once."""
+        if n.name not in self._folded:
+            w, b, shift = n.tensors["weight"], n.tensors["bias"], n.tensors["shift"]
+            self._folded[n.name] = fold_requant(w, b, -shift, self.rounding, int(shift.min()))
+        return self._folded[n.name]
 
     def requantize(self, n: Node, acc: torch.Tensor) -> torch.Tensor:
         """shift right with rounding, add the output zero point, clamp. A float32 accumulator (a node in
@@ -146,10 +158,15 @@ def _mac(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     """Exact integer multiply-accumulate (see exact_gemm), then the int32 bias, then requantization."""
     g = m.gemms[n.name]
     zp = m.graph.q[n.inputs[0]].zero_point
-    xf, wf = (xs[0] - zp).to(g.dtype), m.tensor(n, "weight", g.dtype)
+    xf = (xs[0] - zp if zp else xs[0]).to(g.dtype)
     if n.name in m.float32:  # the bias and every partial sum below 2^24: one float32 GEMM, exact
-        acc = _gemm(n, xf, wf, m.tensor(n, "bias", torch.float32))
-        return m.requantize(n, acc) if n.requant else acc
+        if not n.requant:  # int32 logits
+            return _gemm(n, xf, m.tensor(n, "weight", torch.float32), m.tensor(n, "bias", torch.float32))
+        w, b, rule = m.folded(n)  # the shift (and half-up's half) inside the GEMM: the same numbers
+        q = m.graph.q[n.output]
+        y = round_inplace(_gemm(n, xf, w, b), rule)
+        return (y.add_(q.zero_point) if q.zero_point else y).clamp_(q.lo, q.hi)
+    wf = m.tensor(n, "weight", g.dtype)
     acc = channel_view(n.tensors["bias"], xs[0].dim())
     for lo, hi in g.slices:
         x_part, w_part = (xf, wf) if len(g.slices) == 1 else (xf[:, lo:hi], wf[:, lo:hi])

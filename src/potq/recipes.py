@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# the arithmetic of training's forward and backward passes; the weights, their updates and every
+# evaluation stay float32. "bf16": autocast to bfloat16; "auto": bf16 where the hardware multiplies it
+# natively (a CPU with AMX tiles, a GPU with bf16), else fp32
+PRECISIONS = ("fp32", "bf16", "auto")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -24,6 +29,14 @@ class Recipe:
     warmup: float = 0.0
     warmup_start: float = 0.1
     ema_decay: float = 0.0  # per optimizer step; 0 turns the exponential moving average of weights off
+    # False: no weight decay on BatchNorm scales and shifts nor on biases (decay only the weights that
+    # multiply), as the fast CIFAR-10 trainers do: decaying a BatchNorm scale only shrinks what the
+    # next BatchNorm restores
+    decay_norm_and_bias: bool = True
+    # True: the first convolution starts as the PCA whitening of its input patches (airbench's whitening
+    # layer, here only an initialization: the layer then trains like the others)
+    whiten_first_conv: bool = False
+    precision: str = "fp32"  # one of PRECISIONS
 
 
 RECIPES: dict[str, Recipe] = {
@@ -43,5 +56,6 @@ RECIPES: dict[str, Recipe] = {
         crop_pad=2,
         schedule="linear",
         warmup=0.1,
+        precision="auto",
     ),
 }

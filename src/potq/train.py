@@ -26,7 +26,7 @@ from potq.errors import UserError
 from potq.files import read_json, save_json, save_text, save_torch
 from potq.models import build_model, check_model
 from potq.plots import plot_curves
-from potq.recipes import RECIPES, Recipe
+from potq.recipes import PRECISIONS, RECIPES, Recipe
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.pt"
@@ -44,6 +44,7 @@ class TrainConfig:
     val_size: int = 5000
     batch_size: int | None = None
     lr: float | None = None  # None: the recipe's
+    precision: str | None = None  # None: the recipe's (see potq.recipes.PRECISIONS)
     # filled in from the data
     in_shape: list[int] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
@@ -52,7 +53,7 @@ class TrainConfig:
 
     def recipe_values(self) -> Recipe:
         base = RECIPES[self.recipe]
-        overrides = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        overrides = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "precision": self.precision}
         return Recipe(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
 
 
@@ -67,6 +68,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--lr must be a positive finite number, got {cfg.lr}")
     if cfg.seed < 0:
         raise UserError(f"--seed must be a non-negative integer, got {cfg.seed}")
+    if cfg.precision is not None and cfg.precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {cfg.batch_size}")
     check_model(cfg.model)
@@ -134,6 +137,7 @@ def train_epoch(
 ) -> tuple[float, float]:
     """One epoch; `after_step()` runs after every optimizer step (a per-step schedule, a weight average)."""
     model.train()
+    bf16 = autocast_bf16(recipe.precision, d.device)
     g = _epoch_generator(cfg.seed, epoch, 0)
     perm = torch.randperm(len(x), generator=g)
     g_rank = _epoch_generator(cfg.seed, epoch, d.rank + 1)
@@ -159,8 +163,9 @@ def train_epoch(
         xb = normalize(x[idx], cfg.mean, cfg.std)
         xb = augment(xb, recipe.crop_pad, recipe.flip, g_rank).contiguous(memory_format=torch.channels_last)
         yb = y[idx]
-        logits = model(xb)
-        loss = loss_fn(logits, yb)
+        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -174,6 +179,20 @@ def train_epoch(
         )
     loss_sum, correct, count = _sum_across([loss_sum, correct, count], d)
     return loss_sum / count, correct / count
+
+
+def autocast_bf16(precision: str, device: torch.device) -> bool:
+    """Whether training autocasts to bfloat16 (see potq.recipes.PRECISIONS). On a CPU, "auto" asks for
+    AMX tiles: there bf16 convolutions run about 2x faster than fp32 (benchmarks/train_throughput.py);
+    without them oneDNN emulates bf16, slower than fp32."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())  # no public query of this yet
+    except AttributeError:
+        return False
 
 
 def make_optimizer(params, recipe: Recipe, steps_per_epoch: int = 1):
@@ -196,6 +215,43 @@ def make_optimizer(params, recipe: Recipe, steps_per_epoch: int = 1):
         return max(0.0, (total - step) / (total - warmup))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def param_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
+    """The optimizer's parameter groups: all together, or (decay_norm_and_bias=False) the weights of
+    convolutions and linear layers apart from the BatchNorm parameters and biases, which get no decay."""
+    if recipe.decay_norm_and_bias:
+        return [{"params": list(model.parameters())}]
+    no_decay = {
+        id(p)
+        for m in model.modules()
+        for name, p in m.named_parameters(recurse=False)
+        if name == "bias" or isinstance(m, nn.modules.batchnorm._NormBase)
+    }
+    params = list(model.parameters())
+    return [
+        {"params": [p for p in params if id(p) not in no_decay]},
+        {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
+    ]
+
+
+@torch.no_grad()
+def whiten_first_conv(model: nn.Module, x: torch.Tensor, eps: float = 5e-4) -> None:
+    """Set the first convolution's filters to the PCA whitening of its input patches in `x` (normalized
+    images): filter k is eigenvector k of the patch covariance over sqrt(its eigenvalue + eps), the
+    largest first; filters beyond the patch dimension keep their random start."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None or conv.groups != 1:
+        return
+    patches = nn.functional.unfold(
+        x.float(), conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride
+    )  # N, C*k*k, L
+    patches = patches.transpose(1, 2).reshape(-1, patches.shape[1]).double()
+    patches = patches - patches.mean(0)
+    values, vectors = torch.linalg.eigh(patches.T @ patches / len(patches))
+    order = values.argsort(descending=True)[: min(conv.out_channels, len(values))]
+    filters = (vectors[:, order] / (values[order] + eps).sqrt()).T
+    conv.weight[: len(order)] = filters.reshape(len(order), *conv.weight.shape[1:]).to(conv.weight.dtype)
 
 
 def per_step_schedule(recipe: Recipe) -> bool:
@@ -294,7 +350,11 @@ def train(cfg: TrainConfig, out: Path, data_cache: Path | None = None, resume: P
 
     t = {k: torch.from_numpy(v).to(d.device) for k, v in arrays.items()}
     model = place(new_model(cfg), d.device)
-    opt, sched = make_optimizer(model.parameters(), recipe, steps_per_epoch(len(t["train_x"]), recipe, d))
+    if recipe.whiten_first_conv and ckpt is None:
+        # 2,000 images give 2 million patches: the 27x27 covariance is settled long before that
+        sample = torch.randperm(len(t["train_x"]), generator=_epoch_generator(cfg.seed, 0, 0))[:2000]
+        whiten_first_conv(model, normalize(t["train_x"][sample.to(d.device)], cfg.mean, cfg.std))
+    opt, sched = make_optimizer(param_groups(model, recipe), recipe, steps_per_epoch(len(t["train_x"]), recipe, d))
     ema = make_ema(model, recipe)
     history: list[dict] = []
     if ckpt:
@@ -380,6 +440,7 @@ def train(cfg: TrainConfig, out: Path, data_cache: Path | None = None, resume: P
             "device": str(d.device),
             "machine": machine_name(d.device),
             "recipe": asdict(recipe),
+            "training_arithmetic": "bf16 autocast" if autocast_bf16(recipe.precision, d.device) else "fp32",
         }
         save_json(metrics, out / "metrics.json")
     if d.world > 1:

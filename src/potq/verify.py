@@ -30,7 +30,7 @@ def compare_models(graph, cfg, images: torch.Tensor, labels: torch.Tensor, batch
             x, y = images[i : i + batch], labels[i : i + batch]
             t0 = time.perf_counter()
             g_rec: dict = {}
-            g_logits = golden.run(x, g_rec)
+            g_logits = golden.run(x, g_rec, record_int32=False)
             t1 = time.perf_counter()
             s_rec: dict = {}
             s_logits = sim(normalize(x, cfg.mean, cfg.std), s_rec)
@@ -39,7 +39,7 @@ def compare_models(graph, cfg, images: torch.Tensor, labels: torch.Tensor, batch
             if g_rec.keys() != s_rec.keys():
                 raise UserError(f"verify: the golden and simulated models record different values ({graph.scheme})")
             for v, g in g_rec.items():
-                bad = int(torch.ne(g, s_rec[v]).sum())  # integers on both sides: exact in any dtype
+                bad = count_mismatches(g, s_rec[v])
                 if bad:
                     mismatches[v] = mismatches.get(v, 0) + bad
                 values += g.numel()
@@ -59,6 +59,16 @@ def compare_models(graph, cfg, images: torch.Tensor, labels: torch.Tensor, batch
         "rounding": golden.rounding,
         "accumulators": golden.bounds_table(),
     }
+
+
+def count_mismatches(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many of two tensors' integer values differ. Both sides usually carry 8-bit codes as float32
+    and agree: numpy's array_equal then decides in one pass (about 3x faster than torch.equal here).
+    Otherwise count in float64, exact for any int32 or float32 integer (an int32 against a float32 would
+    round to float32)."""
+    if a.dtype == b.dtype and np.array_equal(a.numpy(), b.numpy()):
+        return 0
+    return int(torch.ne(a.double(), b.double()).sum())
 
 
 def verify_run(run, name: str, data: str | None = None, cache=None, batch: int = 500) -> dict:

@@ -26,6 +26,7 @@ class RunOptions:
     model: str = "seed"
     epochs: int | None = None
     recipe: str = "seed"
+    precision: str | None = None  # None: the recipe's
     qat: int = 0
     qat_scheme: str = "pot-channel"
     qat_lr: float | None = None
@@ -73,6 +74,7 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
             model=o.model,
             data=o.data,
             recipe=o.recipe,
+            precision=o.precision,
             epochs=o.epochs,
             seed=o.seed,
             train_limit=o.train_limit,
@@ -169,7 +171,13 @@ def check_options(o: RunOptions) -> None:
 
     check_config(
         TrainConfig(
-            model=o.model, data=o.data, recipe=o.recipe, epochs=o.epochs, train_limit=o.train_limit, val_size=o.val_size
+            model=o.model,
+            data=o.data,
+            recipe=o.recipe,
+            precision=o.precision,
+            epochs=o.epochs,
+            train_limit=o.train_limit,
+            val_size=o.val_size,
         )
     )
     if o.qat < 0:

@@ -74,6 +74,27 @@ def shift_round_float32(acc: torch.Tensor, shift: torch.Tensor, rule: Rounding |
     return round_inplace(acc.mul_(torch.exp2(-shift.to(torch.float32))), rule)
 
 
+def fold_requant(
+    weight: torch.Tensor, bias: torch.Tensor, exponent: torch.Tensor, rule: Rounding | str, shift_min: int
+) -> tuple[torch.Tensor, torch.Tensor, Rounding]:
+    """A float32-exact MAC node's weight and bias with its requantizing power of two folded in: the GEMM
+    then yields the scaled accumulator itself, sparing a pass over its output. `exponent`: per output
+    channel (or one), the power of two that scales the accumulator to output units; shift_min: the
+    smallest right shift (output exponent minus accumulator exponent) over the channels.
+
+    Exact where the node's bound (potq.ir.bounds) is below 2^24: every product and partial sum is an
+    integer below 2^24 times a power of two either way. Under half-up with every shift at least one bit,
+    the rounding half joins the bias ((b + 2^(s-1)) * 2^-s: an integer within the same bound, times
+    2^-s) and floor finishes the rounding; returns (weight, bias, the rule left to apply) in float32."""
+    scale = torch.exp2(exponent.double().reshape(-1))
+    w = weight.double() * scale.view(-1, *[1] * (weight.dim() - 1))
+    b = bias.double() * scale
+    rule = Rounding.of(rule)
+    if rule is Rounding.HALF_UP and shift_min >= 1:
+        b, rule = b + 0.5, Rounding.FLOOR
+    return w.float(), b.float(), rule
+
+
 def quantize(x: torch.Tensor, scale, zp: int, lo: int, hi: int, rule: Rounding | str) -> torch.Tensor:
     """The codes clamp(round(x / scale) + zp, lo, hi), as floats (straight-through gradient)."""
     return torch.clamp(round_float(x / scale, rule) + zp, lo, hi)

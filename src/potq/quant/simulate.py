@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from potq.ir.bounds import analyse
 from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType, channel_view, row_view
-from potq.quant.arith import FLOAT32_EXACT, INT32_MAX, quantize, round_inplace
+from potq.quant.arith import FLOAT32_EXACT, INT32_MAX, Rounding, fold_requant, quantize, round_inplace
 from potq.quant.scheme import W_MAX, W_MIN, QuantSettings, weight_scales
 
 
@@ -64,6 +64,7 @@ class SimNet(nn.Module):
         self._exact: dict[str, bool] = {}  # per MAC node: float32 exact in eval (see float32_exact)
         self._all_float32: bool | None = None  # values carried in float32 (see all_float32)
         self._node32: dict[str, bool] = {}
+        self._folded: dict[str, tuple[torch.Tensor, torch.Tensor, Rounding]] = {}
         # the lowered graph's worst-case accumulators (potq.ir.bounds), set by `simulated`: they decide
         # which nodes evaluate in float32; None (float nets, QAT) keeps eval in float64
         self.bounds: dict[str, int] | None = None
@@ -91,9 +92,35 @@ class SimNet(nn.Module):
     def codes(self, value: str, y: torch.Tensor) -> torch.Tensor:
         """The integer codes of a fake-quantized value (exact: it lies on its grid)."""
         q = self.q[value]
-        if y.dtype == torch.float32 and q.bits == 8:  # codes 0..255: exact in float32, no conversion
-            return torch.round(y.detach() / q.scale).add_(q.zero_point)
+        if y.dtype == torch.float32 and q.bits == 8 and q.exponent is not None:
+            # codes 0..255 are exact in float32, and y / 2^e is one already (y lies on the grid): no rounding
+            return torch.mul(y.detach(), 2.0**-q.exponent).add_(q.zero_point)
         return torch.round(y.detach() / q.scale).to(torch.int64) + q.zero_point
+
+    def mac_params(self, n: Node, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """A MAC node's weight and bias in `dtype`, fake-quantized in a quantized net."""
+        w, b = self.params_of(n)
+        w, b = w.to(dtype), b.to(dtype)
+        if not self.quantize:
+            return w, b
+        if self.track_weights:
+            floor = self.min_exponent.get(n.name)  # per channel where the node requantizes (not the logits)
+            self.w_scale[n.name] = weight_scales(w, self.settings, n.requant, n.name, floor)[0]
+        ws = self.w_scale[n.name].to(w.device, w.dtype)
+        s_in = self.q[n.inputs[0]].scale
+        w = fake_quant(w, row_view(ws, w.dim()), 0, W_MIN, W_MAX, self.rule)
+        b = fake_quant(b, s_in * ws, 0, -INT32_MAX, INT32_MAX, self.rule)
+        return w, b
+
+    def folded(self, n: Node) -> tuple[torch.Tensor, torch.Tensor, Rounding]:
+        """A float32-exact requantizing MAC node's quantized weight and bias divided by its output scale
+        (see fold_requant), once per eval."""
+        if n.name not in self._folded:
+            w, b = self.mac_params(n, torch.float64)
+            e_in, e_out = self.q[n.inputs[0]].exponent, self.q[n.output].exponent
+            shifts = e_out - e_in - torch.log2(self.w_scale[n.name].double())
+            self._folded[n.name] = fold_requant(w, b, torch.tensor(-e_out), self.rule, int(shifts.min()))
+        return self._folded[n.name]
 
     def requantize(self, n: Node, y: torch.Tensor) -> torch.Tensor:
         """A node's output: its fused clamp (float net) or its QType (quantized net)."""
@@ -107,6 +134,7 @@ class SimNet(nn.Module):
         self._exact.clear()  # weights may change: prove exactness again
         self._all_float32 = None
         self._node32.clear()
+        self._folded.clear()
         if mode:
             self.bounds = None  # training changes the weights the bounds were proven for
         return super().train(mode)
@@ -172,17 +200,12 @@ def _mac(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     if carried32 and not exact32:  # this node in float64; its output goes back to float32 exactly
         y = _mac(net, n, [x.double()])
         return y.float() if n.requant else y
-    w, b = net.params_of(n)
-    dtype = torch.float64 if exact32 else x.dtype  # weights and biases quantize in float64 either way
-    w, b = w.to(dtype), b.to(dtype)
-    if net.quantize:
-        if net.track_weights:
-            per_channel = n.requant
-            net.w_scale[n.name] = weight_scales(w, net.settings, per_channel, n.name, net.min_exponent.get(n.name))[0]
-        ws = net.w_scale[n.name].to(x.device, dtype)
-        s_in = net.q[n.inputs[0]].scale
-        w = fake_quant(w, row_view(ws, w.dim()), 0, W_MIN, W_MAX, net.rule)
-        b = fake_quant(b, s_in * ws, 0, -INT32_MAX, INT32_MAX, net.rule)
+    if exact32 and n.requant:  # the output scale (and half-up's half) inside the GEMM: the same numbers
+        w, b, rule = net.folded(n)
+        q = net.q[n.output]
+        y = round_inplace(_linear_op(n, x, w, b), rule)
+        return y.clamp_(q.lo - q.zero_point, q.hi - q.zero_point).mul_(q.scale)
+    w, b = net.mac_params(n, torch.float64 if exact32 else x.dtype)  # float64: exact quantized weights
     if exact32:
         y = _linear_op(n, x, w.float(), b.float())  # all_float32: the whole node is exact in float32
     elif not net.training and net.quantize and net.float32_exact(n):
