@@ -1,7 +1,9 @@
 """Training images per second: potq's trainer against a plain per-sample Dataset + DataLoader baseline.
 
 Both train the same model on the same images with the same augmentation (random crop with padding 4,
-horizontal flip), in this one process; the ratio is what to compare across machines.
+horizontal flip), in this one process; the ratio is what to compare across machines. The trainer runs
+twice: in fp32 (the baseline's arithmetic) and with --precision auto (bf16 autocast where the CPU has
+AMX tiles, as `--recipe fast` trains).
 
     python benchmarks/train_throughput.py --data ../shared/data/cifar10-jpeg.tar.gz --steps 40
 """
@@ -20,7 +22,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from potq.data import channel_stats, load_dataset
 from potq.models import build_model
-from potq.train import Dist, Recipe, TrainConfig, place, train_epoch
+from potq.train import Dist, Recipe, TrainConfig, autocast_bf16, place, train_epoch
 
 
 class PerSampleDataset(TorchDataset):
@@ -67,9 +69,9 @@ def baseline(model, x, y, mean, std, steps, batch, workers) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def potq_trainer(model, x, y, mean, std, steps, batch) -> float:
+def potq_trainer(model, x, y, mean, std, steps, batch, precision: str = "fp32") -> float:
     cfg = TrainConfig(mean=mean, std=std)
-    recipe = Recipe(batch_size=batch, lr=0.05)
+    recipe = Recipe(batch_size=batch, lr=0.05, precision=precision)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     train_epoch(model, opt, nn.CrossEntropyLoss(), xt[: 2 * batch], yt[: 2 * batch], cfg, recipe, 0, Dist())  # warm-up
@@ -93,12 +95,15 @@ def main() -> None:
     mean, std = channel_stats(x)
     torch.manual_seed(0)
     base = baseline(build_model(a.model), x, y, mean, std, a.steps, a.batch, a.workers)
-    torch.manual_seed(0)
-    ours = potq_trainer(place(build_model(a.model), torch.device("cpu")), x, y, mean, std, a.steps, a.batch)
     print(f"model {a.model}, batch {a.batch}, {a.steps} steps, torch threads {torch.get_num_threads()}")
     print(f"baseline (per-sample PIL + DataLoader, {a.workers} workers): {base:.0f} images/s")
-    print(f"potq trainer (batched tensor augmentation):            {ours:.0f} images/s")
-    print(f"ratio potq / baseline: {ours / base:.2f}x")
+    # fp32: the same arithmetic as the baseline; auto: what --recipe fast trains with on this machine
+    for precision in ("fp32", "auto"):
+        torch.manual_seed(0)
+        model = place(build_model(a.model), torch.device("cpu"))
+        ours = potq_trainer(model, x, y, mean, std, a.steps, a.batch, precision)
+        arithmetic = "bf16 autocast" if autocast_bf16(precision, torch.device("cpu")) else "fp32"
+        print(f"potq trainer, --precision {precision} ({arithmetic}): {ours:.0f} images/s, {ours / base:.2f}x baseline")
 
 
 if __name__ == "__main__":

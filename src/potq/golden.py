@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from potq.data import nhwc
 from potq.errors import UserError
 from potq.ir.bounds import analyse, headroom_bits, input_range
 from potq.ir.graph import Graph, Node, OpType, channel_view
@@ -85,8 +86,8 @@ class IntegerModel:
         for n in self.graph.nodes:
             y = GOLDEN_KERNELS[n.op](self, n, [env[v] for v in n.inputs])
             env[n.output] = y
-            if record is not None:
-                record[n.output] = as_int32(y) if record_int32 else y
+            if record is not None:  # int32 records in the logical (NCHW) order that exports write
+                record[n.output] = as_int32(y).contiguous() if record_int32 else y
         return as_int32(env[self.graph.output])
 
     def tensor(self, n: Node, key: str, dtype: torch.dtype) -> torch.Tensor:
@@ -151,7 +152,7 @@ def _input(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     lut = m.tensor(n, "lut", torch.float32)
     c = lut.shape[0]
     flat = xs[0].to(torch.int64) + 256 * torch.arange(c).view(1, -1, 1, 1)
-    return lut.reshape(-1)[flat]
+    return nhwc(lut.reshape(-1)[flat])  # the layers after it keep the layout (see potq.data.nhwc)
 
 
 def _mac(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:

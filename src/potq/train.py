@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from potq.data import Dataset, augment, channel_stats, load_dataset, normalize, split_train_val
+from potq.data import Dataset, augment, channel_stats, load_dataset, nhwc, normalize, split_train_val
 from potq.errors import UserError
 from potq.files import read_json, save_json, save_text, save_torch
 from potq.models import build_model, check_model
@@ -121,7 +121,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, batc
     model.eval()
     loss, correct = 0.0, 0
     for i in range(0, len(x), batch):
-        logits = model(normalize(x[i : i + batch], mean, std))
+        logits = model(nhwc(normalize(x[i : i + batch], mean, std)))
         target = y[i : i + batch]
         loss += nn.functional.cross_entropy(logits, target, reduction="sum").item()
         correct += (logits.argmax(1) == target).sum().item()
@@ -161,7 +161,7 @@ def train_epoch(
         if len(idx) == 0:
             continue
         xb = normalize(x[idx], cfg.mean, cfg.std)
-        xb = augment(xb, recipe.crop_pad, recipe.flip, g_rank).contiguous(memory_format=torch.channels_last)
+        xb = nhwc(augment(xb, recipe.crop_pad, recipe.flip, g_rank))
         yb = y[idx]
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(xb)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from potq.data import nhwc
 from potq.ir.bounds import analyse
 from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType, channel_view, row_view
 from potq.quant.arith import FLOAT32_EXACT, INT32_MAX, Rounding, fold_requant, quantize, round_inplace
@@ -81,6 +82,7 @@ class SimNet(nn.Module):
         or float values (float net), keyed by value name."""
         if not self.training:
             x = x.float() if self.quantize and self.all_float32() else x.double()  # exact: see the docstring
+            x = nhwc(x)  # the layers after it keep the layout (see potq.data.nhwc)
         env = {self.graph.input: x}
         for n in self.graph.nodes:
             y = SIM_KERNELS[n.op](self, n, [env[v] for v in n.inputs])
