@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from potq.data import load_dataset, normalize
+from potq.data import load_dataset, nhwc, normalize
 from potq.golden import IntegerModel
 from potq.quant.pipeline import load_quantized
 from potq.train import load_trained
@@ -38,7 +38,8 @@ def main() -> None:
     ds = load_dataset(cfg.data)
     images, labels = torch.from_numpy(np.array(ds.test_x)), torch.from_numpy(np.array(ds.test_y))
     with torch.no_grad():
-        t_fp32, p_fp32 = timed(lambda x: model(normalize(x, cfg.mean, cfg.std)), images, a.batch)
+        # potq's FP32 evaluation (potq.train.evaluate): channels-last batches, as the golden model runs
+        t_fp32, p_fp32 = timed(lambda x: model(nhwc(normalize(x, cfg.mean, cfg.std))), images, a.batch)
         t_int, p_int = timed(golden.run, images, a.batch)
     print(f"{len(images)} test images, batch {a.batch}, torch threads {torch.get_num_threads()}")
     print(f"FP32 PyTorch model: {t_fp32:.2f} s, accuracy {(p_fp32 == labels).float().mean():.4f}")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from potq.cli import main
-from potq.data import normalize
+from potq.data import load_dataset, normalize
 from potq.deploy.c_runtime import C_KERNELS
 from potq.deploy.check import check_c, check_onnx
 from potq.deploy.onnx_qdq import ONNX_KERNELS, OPSET, to_onnx
@@ -185,6 +185,11 @@ def test_export_formats_and_verify_consumers(quantized_run, tmp_path, capsys):
     assert "onnxruntime: 0 mismatching values" in text and "0 mismatching logits in 20 test images" in text
     saved = json.loads((quantized_run / f"deploy_{LABEL}.json").read_text())
     assert saved["onnx"]["mismatches"] == 0 and saved["c"]["logit_mismatches"] == 0
+    from potq.export import vector_indices
+
+    labels = np.array(load_dataset(json.loads((quantized_run / "config.json").read_text())["data"]).test_y)
+    assert saved["c"]["test_indices"] == vector_indices(labels, 20).tolist()  # the export's class-spread draw
+    assert len(set(labels[saved["c"]["test_indices"]])) == len(set(labels))
 
 
 def test_export_format_bad_input(quantized_run, tmp_path, capsys, monkeypatch):

@@ -191,8 +191,11 @@ def check_run(
         images, labels = np.array(ds.test_x), np.array(ds.test_y)
         if onnx:
             result["onnx"] = check_onnx(graph, images, labels)
-        if c:
-            result["c"] = check_c(graph, images[:c_vectors])
+        if c:  # the class-spread test images that `potq export` draws as its vectors
+            from potq.export import vector_indices
+
+            picked = vector_indices(labels, min(c_vectors, len(labels)))
+            result["c"] = {**check_c(graph, images[picked]), "test_indices": picked.tolist()}
     if skipped is not None:
         result["skipped"] = skipped
     save_json(result, path)
