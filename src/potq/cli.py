@@ -327,7 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--onnx", action="store_true", help="instead: the ONNX export in onnxruntime against the golden model"
     )
     v.add_argument("--c", action="store_true", help="instead: the C runtime, compiled here, against the golden model")
-    v.add_argument("--c-vectors", type=int, default=200, help="test images the C check runs, drawn across the classes as export draws its vectors (default: 200)")
+    v.add_argument(
+        "--c-vectors",
+        type=int,
+        default=200,
+        help="test images the C check runs, drawn across the classes as export draws its vectors (default: 200)",
+    )
     v.set_defaults(func=cmd_verify)
 
     e = sub.add_parser("export", help="integer weights, shifts, C header, hex files and test vectors")
