@@ -36,6 +36,8 @@ VARIANTS = {
     "whiten": replace(FAST, whiten_first_conv=True),
     "no-translate": replace(FAST, crop_pad=0),
     "fp32": replace(FAST, precision="fp32"),
+    "batch-64": replace(FAST, batch_size=64, lr=FAST.lr / 4),
+    "label-smoothing-0.1": replace(FAST, label_smoothing=0.1),
 }
 
 
