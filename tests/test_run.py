@@ -98,6 +98,8 @@ def test_report_has_every_section_with_numbers(full_run):
     assert re.search(r"- C99 runtime .*: 0 mismatching logits and 0 differing classes in 200 test images", md)
     assert "= 5,888 pJ" in md and "= 422.8 pJ" in md
     assert re.search(r"Validation loss is lowest at epoch \d", md)
+    assert "| Scheduler | `CosineAnnealingLR(T_max=2, eta_min=1e-06)`, per epoch |" in md
+    assert "| Training arithmetic | fp32 (weights and evaluation float32) |" in md
     assert "| pot-channel-qat |" in md and "| FP32 |" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "<table>" in html and "@media print" in html
@@ -298,3 +300,13 @@ def test_an_unsupported_model_stops_before_training(learnable_data, tmp_path, ca
     err = capsys.readouterr().err
     assert "step summary failed: model node tanh (net.py:12): function torch.tanh()" in err and err.count("\n") == 1
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_report_names_the_fast_recipes_schedule():
+    from dataclasses import asdict
+
+    from potq.recipes import RECIPES
+    from potq.report import schedule_text
+
+    text = schedule_text(asdict(RECIPES["fast"]))
+    assert text.startswith("linear warm-up over the first 10% of the steps from 0.1 x lr") and "Cosine" not in text

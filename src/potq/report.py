@@ -199,7 +199,8 @@ def build_markdown(run: Path) -> str:
             f"| Loss function | `{loss}` |",
             f"| Optimizer | `SGD(lr={r['lr']}, momentum={r['momentum']}, weight_decay={r['weight_decay']}"
             f"{', nesterov=True' if r['nesterov'] else ''})` |",
-            f"| Scheduler | `CosineAnnealingLR(T_max={r['epochs']}, eta_min={r['eta_min']})` |",
+            f"| Scheduler | {schedule_text(r)} |",
+            f"| Training arithmetic | {metrics.get('training_arithmetic', 'fp32')} (weights and evaluation float32) |",
             f"| Weight decay / momentum | {r['weight_decay']} / {r['momentum']} |",
             f"| Epochs | {r['epochs']} |",
             f"| Batch size | {r['batch_size']} |",
@@ -360,3 +361,14 @@ def write_report(run: Path) -> None:
         f"<style>{CSS}</style></head><body>\n{_embed_images(body, run)}\n</body></html>\n"
     )
     save_text(page, run / "report.html")
+
+
+def schedule_text(r: dict) -> str:
+    """The learning-rate schedule of a recipe (potq.recipes.Recipe as a dict), as the trainer runs it."""
+    if r.get("schedule", "cosine") == "linear":
+        return (
+            f"linear warm-up over the first {100 * r['warmup']:g}% of the steps from {r['warmup_start']:g} x lr, "
+            "then linear decay to 0, per step"
+            + (f"; EMA of weights (decay {r['ema_decay']} per step)" if r.get("ema_decay") else "")
+        )
+    return f"`CosineAnnealingLR(T_max={r['epochs']}, eta_min={r['eta_min']})`, per epoch"
