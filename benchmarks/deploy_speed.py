@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from potq.allocator import retain_freed_memory
 from potq.data import load_dataset
 from potq.deploy.check import check_c, check_onnx
 from potq.golden import IntegerModel
@@ -24,6 +25,7 @@ from potq.quant.pipeline import load_quantized
 
 
 def main() -> None:
+    retain_freed_memory()  # as the potq command does (potq.allocator)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--scheme", default="pot-channel")

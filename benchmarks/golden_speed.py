@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from potq.allocator import retain_freed_memory
 from potq.data import load_dataset, nhwc, normalize
 from potq.golden import IntegerModel
 from potq.quant.pipeline import load_quantized
@@ -26,6 +27,7 @@ def timed(fn, images: torch.Tensor, batch: int) -> tuple[float, torch.Tensor]:
 
 
 def main() -> None:
+    retain_freed_memory()  # as the potq command does (potq.allocator)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True)
     p.add_argument("--scheme", default="pot-channel")

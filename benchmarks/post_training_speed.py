@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from potq.allocator import retain_freed_memory
 from potq.data import load_dataset, normalize
 from potq.golden import IntegerModel
 from potq.quant.pipeline import quantize_graph
@@ -33,6 +34,7 @@ def seconds(fn) -> float:
 
 
 def main() -> None:
+    retain_freed_memory()  # as the potq command does (potq.allocator)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--scheme", default="pot-channel")

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from potq.allocator import retain_freed_memory
 from potq.recipes import RECIPES
 from potq.train import TrainConfig, train
 
@@ -42,6 +43,7 @@ VARIANTS = {
 
 
 def main() -> None:
+    retain_freed_memory()  # as the potq command does (potq.allocator)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
     p.add_argument("--out", type=Path, required=True, help="one run folder per variant and seed goes here")

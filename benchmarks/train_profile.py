@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from potq.allocator import retain_freed_memory
 from potq.data import augment, channel_stats, load_dataset, normalize
 from potq.models import build_model
 from potq.recipes import RECIPES
@@ -20,6 +21,7 @@ from potq.train import make_optimizer, place
 
 
 def main() -> None:
+    retain_freed_memory()  # as the potq command does (potq.allocator)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
     p.add_argument("--model", default="seed")

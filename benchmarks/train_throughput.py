@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from potq.allocator import retain_freed_memory
 from potq.data import channel_stats, load_dataset
 from potq.models import build_model
 from potq.train import Dist, Recipe, TrainConfig, autocast_bf16, place, train_epoch
@@ -82,6 +83,7 @@ def potq_trainer(model, x, y, mean, std, steps, batch, precision: str = "fp32") 
 
 
 def main() -> None:
+    retain_freed_memory()  # as the potq command does (potq.allocator)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
     p.add_argument("--model", default="seed")

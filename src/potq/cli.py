@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+from potq.allocator import retain_freed_memory
 from potq.errors import StepFailed, UserError, one_line
 
 
@@ -378,6 +379,7 @@ def _terminated(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
+    retain_freed_memory()  # see potq.allocator: tens of MB per batch, reused rather than page-faulted
     try:
         args = build_parser().parse_args(argv)
         args.func(args)
