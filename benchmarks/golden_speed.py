@@ -46,7 +46,7 @@ def main() -> None:
     print(f"{len(images)} test images, batch {a.batch}, torch threads {torch.get_num_threads()}")
     print(f"FP32 PyTorch model: {t_fp32:.2f} s, accuracy {(p_fp32 == labels).float().mean():.4f}")
     print(f"integer golden model ({a.scheme}): {t_int:.2f} s, accuracy {(p_int == labels).float().mean():.4f}")
-    print("exact GEMM per node: " + ", ".join(f"{name} {str(g.dtype)[6:]}" for name, g in golden.gemms.items()))
+    print("exact GEMM per node: " + ", ".join(f"{name} {golden.gemm_name(name)}" for name in golden.gemms))
     print(f"ratio golden / FP32: {t_int / t_fp32:.2f}x")
 
 

@@ -4,7 +4,7 @@ import torch
 from potq.cli import main
 from potq.data import normalize
 from potq.errors import UserError
-from potq.golden import FLOAT32_EXACT, IntegerModel, exact_gemm
+from potq.golden import FLOAT32_EXACT, IntegerModel, exact_gemm, int8_convolutions
 from potq.ir.bounds import analyse
 from potq.ir.capture import capture
 from potq.ir.graph import Graph, Node, OpType, QType
@@ -44,19 +44,24 @@ def test_golden_equals_simulated_bit_for_bit(scheme, rounding):
 
 
 @pytest.mark.parametrize("rounding", ["half-up", "half-even", "floor"])
-@pytest.mark.parametrize("model", ["tiny", "resnet20"])
+@pytest.mark.parametrize("model", ["tiny", "resnet20", "mobilenet-cifar"])  # + depthwise and strided
 @pytest.mark.parametrize("scheme", ["pot-channel", "pot-seed"])  # zero points 0 and 128 after ReLU
 def test_float32_fast_path_gives_the_integer_paths_numbers(model, rounding, scheme):
-    """Nodes whose worst case stays below 2^24 run in float32, the shift folded into the weights; the int64
-    reference path agrees on every value."""
+    """Nodes whose worst case stays below 2^24 run in float32, the shift folded into the weights, and their
+    convolutions as oneDNN's uint8 x int8 ones where the CPU is exact for them; the int64 reference path
+    agrees on every value with both."""
     graph, images = quantized(scheme, rounding, model=model)
-    fast, slow = IntegerModel(graph), IntegerModel(graph, float32=False)
-    assert fast.float32 and not slow.float32
-    r_fast, r_slow = {}, {}
-    fast.run(images, r_fast)
+    slow = IntegerModel(graph, float32=False)
+    models = [IntegerModel(graph, int8=False), IntegerModel(graph)]
+    assert models[0].float32 and not models[0].int8 and not slow.float32 and not slow.int8
+    assert bool(models[1].int8) == int8_convolutions()
+    r_slow = {}
     slow.run(images, r_slow)
-    for v in r_slow:
-        assert torch.equal(r_fast[v], r_slow[v]), v
+    for fast in models:
+        r_fast = {}
+        fast.run(images, r_fast)
+        for v in r_slow:
+            assert torch.equal(r_fast[v], r_slow[v]), v
 
 
 @pytest.mark.parametrize("rounding", ["half-up", "half-even", "floor"])

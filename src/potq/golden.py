@@ -14,6 +14,12 @@ stays below 2**24, its accumulator, its scaling by 2^-shift and the rounding of 
 float32 too, and the node runs in float32 end to end; elsewhere the shift is integer arithmetic in int64
 (`shift_round`). tests/test_golden.py holds the two paths equal. This module imports nothing of the
 float simulation.
+
+Where the CPU multiplies int8 exactly (VNNI or AMX: int32 accumulators; see `int8_convolutions`), such
+a float32 convolution runs as oneDNN's uint8 x int8 convolution instead: the codes and int8 weights
+themselves, the input zero point subtracted in int32 (padding included), then the same float32 scaling
+by 2^-shift plus the folded bias, exact under the same bound. About 8x faster than the float32 GEMM
+on this machine (benchmarks/RESULTS.md, section 8); the tests hold it equal to the int64 path.
 """
 
 from __future__ import annotations
@@ -60,9 +66,19 @@ def exact_gemm(n: Node, x_max: int) -> Gemm:
     return Gemm(torch.float64, [(0, n_in)])  # the int32 bound < 2**31 < 2**53: exact in float64
 
 
+def int8_convolutions() -> bool:
+    """Whether oneDNN's uint8 x int8 convolution is exact here: with VNNI (or AMX) it accumulates in int32;
+    without, x86 sums pairs of products into a saturating int16 first, so potq does not use it there."""
+    try:
+        return bool(torch.cpu._is_vnni_supported()) and hasattr(torch.ops.onednn, "qconv2d_pointwise")
+    except (AttributeError, RuntimeError):  # a torch without these private queries
+        return False
+
+
 class IntegerModel:
-    def __init__(self, graph: Graph, float32: bool = True):
-        """float32=False: every shift in int64 (the reference path the tests hold the fast one to)."""
+    def __init__(self, graph: Graph, float32: bool = True, int8: bool = True):
+        """float32=False: every shift in int64 (the reference path the tests hold the fast one to);
+        int8=False: no oneDNN int8 convolutions, the float32 GEMMs instead."""
         if not graph.quantized or any(q.exponent is None for q in graph.q.values()):
             raise UserError(
                 f"scheme {graph.scheme} has scales that are not powers of two: the integer model requantizes "
@@ -73,6 +89,21 @@ class IntegerModel:
         self.gemms = {n.name: exact_gemm(n, input_range(graph, n.inputs[0])) for n in graph.mac_nodes()}
         # nodes whose worst case stays below 2^24: exact in float32 from the sum to the rounded result
         self.float32 = {name for name, b in self.bounds.items() if b < FLOAT32_EXACT} if float32 else set()
+        # float32 requantizing convolutions on uint8 codes and int8 weights, where oneDNN is exact
+        self.int8 = (
+            {
+                n.name
+                for n in graph.nodes
+                if n.op is OpType.CONV
+                and n.requant
+                and n.name in self.float32
+                and 0 <= graph.q[n.inputs[0]].lo <= graph.q[n.inputs[0]].hi <= 255
+                and int(n.tensors["weight"].abs().max()) <= 127
+            }
+            if int8 and int8_convolutions()
+            else set()
+        )
+        self._packed: dict[str, tuple] = {}
         self._tensors: dict[tuple[str, str], torch.Tensor] = {}
         self._folded: dict[str, tuple[torch.Tensor, torch.Tensor, Rounding]] = {}
 
@@ -104,6 +135,32 @@ class IntegerModel:
             self._folded[n.name] = fold_requant(w, b, -shift, self.rounding, int(shift.min()))
         return self._folded[n.name]
 
+    def gemm_name(self, name: str) -> str:
+        """How node `name` multiplies: "uint8 x int8 (oneDNN)", "float32", "float32 x 2 slices", "float64"."""
+        if name in self.int8:
+            return "uint8 x int8 (oneDNN)"
+        gemm = self.gemms.get(name)
+        if gemm is None:
+            return "-"
+        slices = f" x {len(gemm.slices)} slices" if len(gemm.slices) > 1 else ""
+        return str(gemm.dtype).replace("torch.", "") + slices
+
+    def int8_conv(self, n: Node, x: torch.Tensor) -> torch.Tensor:
+        """acc * 2^-shift + the folded bias (see `folded`) of a node in self.int8, from its uint8 codes x."""
+        if n.name not in self._packed:
+            a, zp = n.attrs, self.graph.q[n.inputs[0]].zero_point
+            out = n.tensors["weight"].shape[0]
+            scale = torch.exp2(-n.tensors["shift"].double().reshape(-1)).expand(out).contiguous()
+            conv = (list(a["stride"]), list(a["padding"]), [1, 1], a["groups"])
+            weight = n.tensors["weight"].to(torch.int8)
+            packed = torch.ops.onednn.qconv_prepack(weight, scale, 1.0, zp, *conv, None)
+            self._packed[n.name] = (packed, scale, torch.zeros(out, dtype=torch.int64), self.folded(n)[1], zp, conv)
+        packed, scale, w_zp, bias, zp, conv = self._packed[n.name]
+        codes = nhwc(x.to(torch.uint8))  # exact: codes 0..255
+        return torch.ops.onednn.qconv2d_pointwise(
+            codes, 1.0, zp, packed, scale, w_zp, bias, *conv, 1.0, 0, torch.float32, "none", [], ""
+        )
+
     def requantize(self, n: Node, acc: torch.Tensor) -> torch.Tensor:
         """shift right with rounding, add the output zero point, clamp. A float32 accumulator (a node in
         self.float32) is scaled by 2^-shift and rounded in float32, exactly."""
@@ -120,7 +177,6 @@ class IntegerModel:
             acc = self.bounds.get(n.name)
             if acc is None:
                 continue
-            gemm = self.gemms.get(n.name)
             rows.append(
                 {
                     "layer": n.name,
@@ -128,10 +184,7 @@ class IntegerModel:
                     "worst_case_accumulator": acc,
                     "bits": math.ceil(math.log2(acc + 1)) + 1,
                     "int32_headroom_bits": round(headroom_bits(acc), 2),
-                    "gemm": "-"
-                    if gemm is None
-                    else str(gemm.dtype).replace("torch.", "")
-                    + (f" x {len(gemm.slices)} slices" if len(gemm.slices) > 1 else ""),
+                    "gemm": self.gemm_name(n.name),
                 }
             )
         return rows
@@ -157,14 +210,16 @@ def _input(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
 
 def _mac(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     """Exact integer multiply-accumulate (see exact_gemm), then the int32 bias, then requantization."""
-    g = m.gemms[n.name]
+    g, q = m.gemms[n.name], m.graph.q[n.output]
+    if n.name in m.int8:  # uint8 x int8 in oneDNN, the shift and the folded bias in float32: exact
+        y = round_inplace(m.int8_conv(n, xs[0]), m.folded(n)[2])
+        return (y.add_(q.zero_point) if q.zero_point else y).clamp_(q.lo, q.hi)
     zp = m.graph.q[n.inputs[0]].zero_point
     xf = (xs[0] - zp if zp else xs[0]).to(g.dtype)
     if n.name in m.float32:  # the bias and every partial sum below 2^24: one float32 GEMM, exact
         if not n.requant:  # int32 logits
             return _gemm(n, xf, m.tensor(n, "weight", torch.float32), m.tensor(n, "bias", torch.float32))
         w, b, rule = m.folded(n)  # the shift (and half-up's half) inside the GEMM: the same numbers
-        q = m.graph.q[n.output]
         y = round_inplace(_gemm(n, xf, w, b), rule)
         return (y.add_(q.zero_point) if q.zero_point else y).clamp_(q.lo, q.hi)
     wf = m.tensor(n, "weight", g.dtype)
