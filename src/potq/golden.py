@@ -240,7 +240,17 @@ def _gemm(n: Node, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) 
 
 
 def _add(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
-    q = m.graph.q
+    q, align, shift = m.graph.q, n.tensors["align"].tolist(), n.tensors["shift"]
+    if n.name in m.float32 and shift.numel() == 1 and _raw_sum_bound(q, n, align) < FLOAT32_EXACT:
+        # ((x0 - zp0) << a0 + (x1 - zp1) << a1) * 2^-s as x0 * 2^(a0-s) + x1 * 2^(a1-s) - (the zero points'
+        # part): three passes, every step an integer below 2^24 times 2^-s (_raw_sum_bound), so exact;
+        # then the rounding of shift_round_float32
+        s = int(shift)
+        zero = sum(q[v].zero_point * 2.0 ** (a - s) for v, a in zip(n.inputs, align, strict=True))
+        y = torch.mul(xs[0], 2.0 ** (align[0] - s)).add_(xs[1], alpha=2.0 ** (align[1] - s))
+        q_out = q[n.output]
+        y = round_inplace(y.sub_(zero) if zero else y, m.rounding)
+        return (y.add_(q_out.zero_point) if q_out.zero_point else y).clamp_(q_out.lo, q_out.hi)
     if n.name in m.float32:  # integers times powers of two, summed below 2^24: exact in float32
         aligned = [
             (x - q[v].zero_point).to(torch.float32).mul_(2.0 ** int(a))
@@ -252,6 +262,14 @@ def _add(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
         for x, v, a in zip(xs, n.inputs, n.tensors["align"].tolist(), strict=True)
     )
     return m.requantize(n, acc)
+
+
+def _raw_sum_bound(q: dict, n: Node, align: list[int]) -> int:
+    """Worst case of the Add's codes summed before their zero points come off, in units of its smallest
+    alignment, plus the zero points' part and the rounding half: what the three-pass float32 Add holds."""
+    codes = sum(max(abs(q[v].lo), abs(q[v].hi)) << a for v, a in zip(n.inputs, align, strict=True))
+    zeros = sum(abs(q[v].zero_point) << a for v, a in zip(n.inputs, align, strict=True))
+    return codes + zeros + ((1 << int(n.tensors["shift"])) >> 1 if int(n.tensors["shift"]) > 0 else 0)
 
 
 def _maxpool(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:

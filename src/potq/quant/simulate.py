@@ -230,6 +230,11 @@ def _linear_op(n: Node, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
 def _add(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     if xs[0].dtype == torch.float32 and not net.training and not net.node_float32(n):
         return _add(net, n, [x.double() for x in xs]).float()
+    q = net.q.get(n.output)
+    if xs[0].dtype == torch.float32 and not net.training and q is not None and q.exponent is not None:
+        # x0 / 2^e + x1 / 2^e in two passes, then the rest of fake_quant: the same exact numbers
+        y = torch.mul(xs[0], 2.0**-q.exponent).add_(xs[1], alpha=2.0**-q.exponent)
+        return round_inplace(y, net.rule).clamp_(q.lo - q.zero_point, q.hi - q.zero_point).mul_(q.scale)
     return net.requantize(n, xs[0] + xs[1])  # exact in float64 (float32: node_float32): power-of-two grids
 
 
