@@ -16,10 +16,11 @@ float32 too, and the node runs in float32 end to end; elsewhere the shift is int
 float simulation.
 
 Where the CPU multiplies int8 exactly (VNNI or AMX: int32 accumulators; see `int8_convolutions`), such
-a float32 convolution runs as oneDNN's uint8 x int8 convolution instead: the codes and int8 weights
-themselves, the input zero point subtracted in int32 (padding included), then the same float32 scaling
-by 2^-shift plus the folded bias, exact under the same bound. About 8x faster than the float32 GEMM
-on this machine (benchmarks/RESULTS.md, section 8); the tests hold it equal to the int64 path.
+a float32 convolution whose input has zero point 0 (a ReLU's output in pot-channel and pot-tensor) runs
+as oneDNN's uint8 x int8 convolution instead: the codes and int8 weights themselves, then the same
+float32 scaling by 2^-shift plus the folded bias, exact under the same bound (see int8_conv2d). About
+8x faster than the float32 GEMM on this machine (benchmarks/RESULTS.md, section 8); the tests hold it
+equal to the int64 path.
 """
 
 from __future__ import annotations
@@ -75,6 +76,44 @@ def int8_convolutions() -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Conv:
+    stride: list[int]
+    padding: list[int]
+    groups: int
+
+
+@dataclass(frozen=True)
+class PackedInt8:
+    """int8 weights in oneDNN's layout, and the per-output-channel power of two that scales the sums."""
+
+    weight: torch.Tensor
+    scale: torch.Tensor  # float64, one per output channel
+
+
+def pack_int8(weight: torch.Tensor, scale: torch.Tensor, conv: Conv) -> PackedInt8:
+    scale = scale.double().contiguous()
+    packed = torch.ops.onednn.qconv_prepack(weight.to(torch.int8), scale, 1.0, 0, *_onednn_args(conv), None)
+    return PackedInt8(packed, scale)
+
+
+def int8_conv2d(codes: torch.Tensor, w: PackedInt8, bias: torch.Tensor, conv: Conv) -> torch.Tensor:
+    """sum(codes * w) * scale + bias per output channel, as float32: oneDNN's uint8 x int8 convolution,
+    exact where int8_convolutions() holds and the result stays below 2^24 steps. Codes must have zero
+    point 0 (zero padding is then the code 0): with another zero point, oneDNN's own compensation was
+    seen to go wrong for grouped convolutions with kernels one wide (4 of 300 random shapes), while with
+    zero point 0 all 300 were exact (tests/test_golden.py draws such shapes)."""
+    x = nhwc(codes.to(torch.uint8))  # exact: codes 0..255
+    zeros = torch.zeros(len(w.scale), dtype=torch.int64)
+    return torch.ops.onednn.qconv2d_pointwise(
+        x, 1.0, 0, w.weight, w.scale, zeros, bias, *_onednn_args(conv), 1.0, 0, torch.float32, "none", [], ""
+    )
+
+
+def _onednn_args(conv: Conv) -> tuple:
+    return conv.stride, conv.padding, [1, 1], conv.groups  # dilation 1
+
+
 class IntegerModel:
     def __init__(self, graph: Graph, float32: bool = True, int8: bool = True):
         """float32=False: every shift in int64 (the reference path the tests hold the fast one to);
@@ -89,7 +128,8 @@ class IntegerModel:
         self.gemms = {n.name: exact_gemm(n, input_range(graph, n.inputs[0])) for n in graph.mac_nodes()}
         # nodes whose worst case stays below 2^24: exact in float32 from the sum to the rounded result
         self.float32 = {name for name, b in self.bounds.items() if b < FLOAT32_EXACT} if float32 else set()
-        # float32 requantizing convolutions on uint8 codes and int8 weights, where oneDNN is exact
+        # float32 requantizing convolutions on uint8 codes with zero point 0 (see int8_conv2d) and int8
+        # weights, where oneDNN is exact
         self.int8 = (
             {
                 n.name
@@ -97,6 +137,7 @@ class IntegerModel:
                 if n.op is OpType.CONV
                 and n.requant
                 and n.name in self.float32
+                and graph.q[n.inputs[0]].zero_point == 0
                 and 0 <= graph.q[n.inputs[0]].lo <= graph.q[n.inputs[0]].hi <= 255
                 and int(n.tensors["weight"].abs().max()) <= 127
             }
@@ -146,20 +187,14 @@ class IntegerModel:
         return str(gemm.dtype).replace("torch.", "") + slices
 
     def int8_conv(self, n: Node, x: torch.Tensor) -> torch.Tensor:
-        """acc * 2^-shift + the folded bias (see `folded`) of a node in self.int8, from its uint8 codes x."""
+        """acc * 2^-shift + the folded bias (see `folded`) of a node in self.int8, from its codes x."""
         if n.name not in self._packed:
-            a, zp = n.attrs, self.graph.q[n.inputs[0]].zero_point
-            out = n.tensors["weight"].shape[0]
-            scale = torch.exp2(-n.tensors["shift"].double().reshape(-1)).expand(out).contiguous()
-            conv = (list(a["stride"]), list(a["padding"]), [1, 1], a["groups"])
-            weight = n.tensors["weight"].to(torch.int8)
-            packed = torch.ops.onednn.qconv_prepack(weight, scale, 1.0, zp, *conv, None)
-            self._packed[n.name] = (packed, scale, torch.zeros(out, dtype=torch.int64), self.folded(n)[1], zp, conv)
-        packed, scale, w_zp, bias, zp, conv = self._packed[n.name]
-        codes = nhwc(x.to(torch.uint8))  # exact: codes 0..255
-        return torch.ops.onednn.qconv2d_pointwise(
-            codes, 1.0, zp, packed, scale, w_zp, bias, *conv, 1.0, 0, torch.float32, "none", [], ""
-        )
+            a = n.attrs
+            scale = torch.exp2(-n.tensors["shift"].double().reshape(-1)).expand(n.tensors["weight"].shape[0])
+            conv = Conv(list(a["stride"]), list(a["padding"]), a["groups"])
+            self._packed[n.name] = pack_int8(n.tensors["weight"], scale, conv), self.folded(n)[1], conv
+        packed, bias, conv = self._packed[n.name]
+        return int8_conv2d(x, packed, bias, conv)
 
     def requantize(self, n: Node, acc: torch.Tensor) -> torch.Tensor:
         """shift right with rounding, add the output zero point, clamp. A float32 accumulator (a node in
