@@ -130,11 +130,13 @@ def test_non_power_of_two_average_pool_is_refused_naming_the_layer():
 # ---- each new op's integer rule, by hand ------------------------------------------------------------
 
 
-def kernel(op: OpType, node: Node, q: dict[str, QType], inputs: list[torch.Tensor], rounding="half-up"):
-    """Run one golden kernel on hand-made codes."""
+def kernel(op: OpType, node: Node, q: dict[str, QType], inputs: list[torch.Tensor], rounding="half-up", fast=()):
+    """Run one golden kernel on hand-made codes; `fast`: the float32 paths to take ("float32", "three_pass")."""
     model = IntegerModel.__new__(IntegerModel)
     model.graph = Graph([node], {}, "x", node.output, q, rounding, "pot-tensor")
-    model.rounding, model.gemms, model.float32, model._tensors, model._folded = rounding, {}, set(), {}, {}
+    model.rounding, model.gemms, model._tensors, model._folded = rounding, {}, {}, {}
+    model.float32 = {node.name} if "float32" in fast else set()
+    model.three_pass_adds = {node.name} if "three_pass" in fast else set()
     model.int8, model._packed = set(), {}
     return GOLDEN_KERNELS[op](model, node, inputs)
 
@@ -147,7 +149,8 @@ def test_add_aligns_different_exponents():
     q = {"a": QType(128, 0, 255, 2**-3, -3), "b": QType(0, 0, 255, 2**-5, -5), "y": QType(128, 0, 255, 2**-4, -4)}
     node = Node("add", OpType.ADD, ["a", "b"], "y", {}, {"align": torch.tensor([2, 0]), "shift": torch.tensor([1])})
     a, b = torch.tensor([130, 120, 124], dtype=torch.int32), torch.tensor([10, 0, 1], dtype=torch.int32)
-    assert kernel(OpType.ADD, node, q, [a, b]).tolist() == [137, 112, 121]
+    for fast in ((), ("float32",), ("float32", "three_pass")):  # int64, float32, three-pass float32
+        assert kernel(OpType.ADD, node, q, [a, b], fast=fast).tolist() == [137, 112, 121], fast
     assert kernel(OpType.ADD, node, q, [a, b], "floor").tolist() == [137, 112, 120]  # -7.5 -> -8
     q["y"] = QType(128, 128, 255, 2**-4, -4)  # a ReLU after the add: the lower clamp at the zero point
     assert kernel(OpType.ADD, node, q, [a, b]).tolist() == [137, 128, 128]

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from potq.data import nhwc
 from potq.errors import UserError
 from potq.ir.bounds import analyse, headroom_bits, input_range
-from potq.ir.graph import Graph, Node, OpType, channel_view
+from potq.ir.graph import Graph, Node, OpType, QType, channel_view
 from potq.quant.arith import FLOAT32_EXACT, Rounding, fold_requant, round_inplace, shift_round, shift_round_float32
 
 FLOAT64_EXACT = 2**53
@@ -144,6 +144,15 @@ class IntegerModel:
             if int8 and int8_convolutions()
             else set()
         )
+        # float32 Adds of one shift whose codes, summed before their zero points come off, stay below 2^24
+        self.three_pass_adds = {
+            n.name
+            for n in graph.nodes
+            if n.op is OpType.ADD
+            and n.name in self.float32
+            and n.tensors["shift"].numel() == 1
+            and _raw_sum_bound(graph.q, n) < FLOAT32_EXACT
+        }
         self._packed: dict[str, tuple] = {}
         self._tensors: dict[tuple[str, str], torch.Tensor] = {}
         self._folded: dict[str, tuple[torch.Tensor, torch.Tensor, Rounding]] = {}
@@ -203,7 +212,7 @@ class IntegerModel:
         shift = n.tensors["shift"]
         shift = channel_view(shift, acc.dim()) if shift.numel() > 1 else shift
         if acc.dtype == torch.float32:  # codes stay float32 (exact integers) for the next node
-            return shift_round_float32(acc, shift, self.rounding).add_(q.zero_point).clamp_(q.lo, q.hi)
+            return _codes(shift_round_float32(acc, shift, self.rounding), q)
         return (shift_round(acc, shift, self.rounding) + q.zero_point).clamp_(q.lo, q.hi).to(torch.int32)
 
     def bounds_table(self) -> list[dict]:
@@ -247,16 +256,14 @@ def _mac(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     """Exact integer multiply-accumulate (see exact_gemm), then the int32 bias, then requantization."""
     g, q = m.gemms[n.name], m.graph.q[n.output]
     if n.name in m.int8:  # uint8 x int8 in oneDNN, the shift and the folded bias in float32: exact
-        y = round_inplace(m.int8_conv(n, xs[0]), m.folded(n)[2])
-        return (y.add_(q.zero_point) if q.zero_point else y).clamp_(q.lo, q.hi)
+        return _codes(round_inplace(m.int8_conv(n, xs[0]), m.folded(n)[2]), q)
     zp = m.graph.q[n.inputs[0]].zero_point
     xf = (xs[0] - zp if zp else xs[0]).to(g.dtype)
     if n.name in m.float32:  # the bias and every partial sum below 2^24: one float32 GEMM, exact
         if not n.requant:  # int32 logits
             return _gemm(n, xf, m.tensor(n, "weight", torch.float32), m.tensor(n, "bias", torch.float32))
         w, b, rule = m.folded(n)  # the shift (and half-up's half) inside the GEMM: the same numbers
-        y = round_inplace(_gemm(n, xf, w, b), rule)
-        return (y.add_(q.zero_point) if q.zero_point else y).clamp_(q.lo, q.hi)
+        return _codes(round_inplace(_gemm(n, xf, w, b), rule), q)
     wf = m.tensor(n, "weight", g.dtype)
     acc = channel_view(n.tensors["bias"], xs[0].dim())
     for lo, hi in g.slices:
@@ -275,33 +282,37 @@ def _gemm(n: Node, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) 
 
 
 def _add(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
-    q, align, shift = m.graph.q, n.tensors["align"].tolist(), n.tensors["shift"]
-    if n.name in m.float32 and shift.numel() == 1 and _raw_sum_bound(q, n, align) < FLOAT32_EXACT:
+    q, align = m.graph.q, n.tensors["align"].tolist()
+    if n.name in m.three_pass_adds:
         # ((x0 - zp0) << a0 + (x1 - zp1) << a1) * 2^-s as x0 * 2^(a0-s) + x1 * 2^(a1-s) - (the zero points'
         # part): three passes, every step an integer below 2^24 times 2^-s (_raw_sum_bound), so exact;
         # then the rounding of shift_round_float32
-        s = int(shift)
+        s = int(n.tensors["shift"])
         zero = sum(q[v].zero_point * 2.0 ** (a - s) for v, a in zip(n.inputs, align, strict=True))
         y = torch.mul(xs[0], 2.0 ** (align[0] - s)).add_(xs[1], alpha=2.0 ** (align[1] - s))
-        q_out = q[n.output]
-        y = round_inplace(y.sub_(zero) if zero else y, m.rounding)
-        return (y.add_(q_out.zero_point) if q_out.zero_point else y).clamp_(q_out.lo, q_out.hi)
+        return _codes(round_inplace(y.sub_(zero) if zero else y, m.rounding), q[n.output])
     if n.name in m.float32:  # integers times powers of two, summed below 2^24: exact in float32
         aligned = [
             (x - q[v].zero_point).to(torch.float32).mul_(2.0 ** int(a))
-            for x, v, a in zip(xs, n.inputs, n.tensors["align"].tolist(), strict=True)
+            for x, v, a in zip(xs, n.inputs, align, strict=True)
         ]
         return m.requantize(n, aligned[0].add_(aligned[1]))
     acc = sum(
-        (as_int32(x).to(torch.int64) - q[v].zero_point) << int(a)
-        for x, v, a in zip(xs, n.inputs, n.tensors["align"].tolist(), strict=True)
+        (as_int32(x).to(torch.int64) - q[v].zero_point) << int(a) for x, v, a in zip(xs, n.inputs, align, strict=True)
     )
     return m.requantize(n, acc)
 
 
-def _raw_sum_bound(q: dict, n: Node, align: list[int]) -> int:
+def _codes(y: torch.Tensor, q: QType) -> torch.Tensor:
+    """A rounded float32 result as the output's codes: its zero point added, clamped (a fused ReLU is the
+    lower clamp), in place."""
+    return (y.add_(q.zero_point) if q.zero_point else y).clamp_(q.lo, q.hi)
+
+
+def _raw_sum_bound(q: dict, n: Node) -> int:
     """Worst case of the Add's codes summed before their zero points come off, in units of its smallest
     alignment, plus the zero points' part and the rounding half: what the three-pass float32 Add holds."""
+    align = n.tensors["align"].tolist()
     codes = sum(max(abs(q[v].lo), abs(q[v].hi)) << a for v, a in zip(n.inputs, align, strict=True))
     zeros = sum(abs(q[v].zero_point) << a for v, a in zip(n.inputs, align, strict=True))
     return codes + zeros + ((1 << int(n.tensors["shift"])) >> 1 if int(n.tensors["shift"]) > 0 else 0)

@@ -32,7 +32,13 @@ def fake_quant(x: torch.Tensor, scale, zp: int, lo: int, hi: int, rule: str) -> 
     if x.requires_grad or not isinstance(scale, float):
         return (quantize(x, scale, zp, lo, hi, rule) - zp) * scale
     # the same operations in place, on one new tensor: evaluation is bound by memory traffic
-    return round_inplace(x / scale, rule).clamp_(lo - zp, hi - zp).mul_(scale)
+    return _dequantize_scaled(x / scale, scale, zp, lo, hi, rule)
+
+
+def _dequantize_scaled(y: torch.Tensor, scale, zp: int, lo: int, hi: int, rule: Rounding | str) -> torch.Tensor:
+    """The rest of fake_quant for y already in units of the scale: rounded, clamped to the codes less the
+    zero point, back to real units; in place."""
+    return round_inplace(y, rule).clamp_(lo - zp, hi - zp).mul_(scale)
 
 
 def _key(name: str) -> str:
@@ -205,8 +211,7 @@ def _mac(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     if exact32 and n.requant:  # the output scale (and half-up's half) inside the GEMM: the same numbers
         w, b, rule = net.folded(n)
         q = net.q[n.output]
-        y = round_inplace(_linear_op(n, x, w, b), rule)
-        return y.clamp_(q.lo - q.zero_point, q.hi - q.zero_point).mul_(q.scale)
+        return _dequantize_scaled(_linear_op(n, x, w, b), q.scale, q.zero_point, q.lo, q.hi, rule)
     w, b = net.mac_params(n, torch.float64 if exact32 else x.dtype)  # float64: exact quantized weights
     if exact32:
         y = _linear_op(n, x, w.float(), b.float())  # all_float32: the whole node is exact in float32
@@ -234,7 +239,7 @@ def _add(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     if xs[0].dtype == torch.float32 and not net.training and q is not None and q.exponent is not None:
         # x0 / 2^e + x1 / 2^e in two passes, then the rest of fake_quant: the same exact numbers
         y = torch.mul(xs[0], 2.0**-q.exponent).add_(xs[1], alpha=2.0**-q.exponent)
-        return round_inplace(y, net.rule).clamp_(q.lo - q.zero_point, q.hi - q.zero_point).mul_(q.scale)
+        return _dequantize_scaled(y, q.scale, q.zero_point, q.lo, q.hi, net.rule)
     return net.requantize(n, xs[0] + xs[1])  # exact in float64 (float32: node_float32): power-of-two grids
 
 
