@@ -114,6 +114,7 @@ def _cli_error(args, capsys):
         (["--seed", "-1"], "--seed must be a non-negative integer"),
         (["--lr", "inf"], "--lr must be a positive finite number"),
         (["--lr", "nan"], "--lr must be a positive finite number"),
+        (["--precision", "fp16"], "--precision must be one of fp32, bf16, auto"),
     ],
 )
 def test_bad_arguments_exit_2_and_write_nothing(tmp_path, learnable_data, extra, message, capsys):
