@@ -137,7 +137,6 @@ def kernel(op: OpType, node: Node, q: dict[str, QType], inputs: list[torch.Tenso
     model.rounding, model.gemms, model._tensors, model._folded = rounding, {}, {}, {}
     model.float32 = {node.name} if "float32" in fast else set()
     model.three_pass_adds = {node.name} if "three_pass" in fast else set()
-    model.int8, model._packed = set(), {}
     return GOLDEN_KERNELS[op](model, node, inputs)
 
 
@@ -188,16 +187,13 @@ def test_depthwise_convolution_by_hand():
         },
     )
     model = IntegerModel.__new__(IntegerModel)
-    from potq.golden import exact_gemm, int8_convolutions
+    from potq.golden import exact_gemm
 
     model.graph, model.rounding = Graph([node], {}, "x", "y", q, "half-up", "pot-tensor"), "half-up"
-    model.gemms, model._tensors, model._folded, model._packed = {"dw": exact_gemm(node, 255)}, {}, {}, {}
+    model.gemms, model._tensors, model._folded = {"dw": exact_gemm(node, 255)}, {}, {}
     x = torch.tensor([10, 20], dtype=torch.int32).view(1, 2, 1, 1)
-    paths = [(set(), set()), ({"dw"}, set())]  # the int64 shift, the float32 path
-    if int8_convolutions():
-        paths.append(({"dw"}, {"dw"}))  # oneDNN's uint8 x int8 convolution
-    for float32, int8 in paths:
-        model.float32, model.int8 = float32, int8
+    for float32 in (set(), {"dw"}):  # the int64 shift and the float32 path
+        model.float32 = float32
         assert GOLDEN_KERNELS[OpType.CONV](model, node, [x]).flatten().tolist() == [11, 0]
 
 

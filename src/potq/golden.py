@@ -13,14 +13,8 @@ int32 accumulator holds). Where a node's whole worst case (bias, rounding half a
 stays below 2**24, its accumulator, its scaling by 2^-shift and the rounding of the result are exact in
 float32 too, and the node runs in float32 end to end; elsewhere the shift is integer arithmetic in int64
 (`shift_round`). tests/test_golden.py holds the two paths equal. This module imports nothing of the
-float simulation.
-
-Where the CPU multiplies int8 exactly (VNNI or AMX: int32 accumulators; see `int8_convolutions`), such
-a float32 convolution whose input has zero point 0 (a ReLU's output in pot-channel and pot-tensor) runs
-as oneDNN's uint8 x int8 convolution instead: the codes and int8 weights themselves, then the same
-float32 scaling by 2^-shift plus the folded bias, exact under the same bound (see int8_conv2d). About
-8x faster than the float32 GEMM on this machine (benchmarks/RESULTS.md, section 8); the tests hold it
-equal to the int64 path.
+float simulation. (oneDNN's uint8 x int8 convolution is not used: benchmarks/kernels.py finds it wrong
+on a few percent of legal convolution shapes.)
 """
 
 from __future__ import annotations
@@ -67,57 +61,9 @@ def exact_gemm(n: Node, x_max: int) -> Gemm:
     return Gemm(torch.float64, [(0, n_in)])  # the int32 bound < 2**31 < 2**53: exact in float64
 
 
-def int8_convolutions() -> bool:
-    """Whether oneDNN's uint8 x int8 convolution is exact here: with VNNI (or AMX) it accumulates in int32;
-    without, x86 sums pairs of products into a saturating int16 first, so potq does not use it there."""
-    try:
-        return bool(torch.cpu._is_vnni_supported()) and hasattr(torch.ops.onednn, "qconv2d_pointwise")
-    except (AttributeError, RuntimeError):  # a torch without these private queries
-        return False
-
-
-@dataclass(frozen=True)
-class Conv:
-    stride: list[int]
-    padding: list[int]
-    groups: int
-
-
-@dataclass(frozen=True)
-class PackedInt8:
-    """int8 weights in oneDNN's layout, and the per-output-channel power of two that scales the sums."""
-
-    weight: torch.Tensor
-    scale: torch.Tensor  # float64, one per output channel
-
-
-def pack_int8(weight: torch.Tensor, scale: torch.Tensor, conv: Conv) -> PackedInt8:
-    scale = scale.double().contiguous()
-    packed = torch.ops.onednn.qconv_prepack(weight.to(torch.int8), scale, 1.0, 0, *_onednn_args(conv), None)
-    return PackedInt8(packed, scale)
-
-
-def int8_conv2d(codes: torch.Tensor, w: PackedInt8, bias: torch.Tensor, conv: Conv) -> torch.Tensor:
-    """sum(codes * w) * scale + bias per output channel, as float32: oneDNN's uint8 x int8 convolution,
-    exact where int8_convolutions() holds and the result stays below 2^24 steps. Codes must have zero
-    point 0 (zero padding is then the code 0): with another zero point, oneDNN's own compensation was
-    seen to go wrong for grouped convolutions with kernels one wide (4 of 300 random shapes), while with
-    zero point 0 all 300 were exact (tests/test_golden.py draws such shapes)."""
-    x = nhwc(codes.to(torch.uint8))  # exact: codes 0..255
-    zeros = torch.zeros(len(w.scale), dtype=torch.int64)
-    return torch.ops.onednn.qconv2d_pointwise(
-        x, 1.0, 0, w.weight, w.scale, zeros, bias, *_onednn_args(conv), 1.0, 0, torch.float32, "none", [], ""
-    )
-
-
-def _onednn_args(conv: Conv) -> tuple:
-    return conv.stride, conv.padding, [1, 1], conv.groups  # dilation 1
-
-
 class IntegerModel:
-    def __init__(self, graph: Graph, float32: bool = True, int8: bool = True):
-        """float32=False: every shift in int64 (the reference path the tests hold the fast one to);
-        int8=False: no oneDNN int8 convolutions, the float32 GEMMs instead."""
+    def __init__(self, graph: Graph, float32: bool = True):
+        """float32=False: every shift in int64 (the reference path the tests hold the fast one to)."""
         if not graph.quantized or any(q.exponent is None for q in graph.q.values()):
             raise UserError(
                 f"scheme {graph.scheme} has scales that are not powers of two: the integer model requantizes "
@@ -128,22 +74,6 @@ class IntegerModel:
         self.gemms = {n.name: exact_gemm(n, input_range(graph, n.inputs[0])) for n in graph.mac_nodes()}
         # nodes whose worst case stays below 2^24: exact in float32 from the sum to the rounded result
         self.float32 = {name for name, b in self.bounds.items() if b < FLOAT32_EXACT} if float32 else set()
-        # float32 requantizing convolutions on uint8 codes with zero point 0 (see int8_conv2d) and int8
-        # weights, where oneDNN is exact
-        self.int8 = (
-            {
-                n.name
-                for n in graph.nodes
-                if n.op is OpType.CONV
-                and n.requant
-                and n.name in self.float32
-                and graph.q[n.inputs[0]].zero_point == 0
-                and 0 <= graph.q[n.inputs[0]].lo <= graph.q[n.inputs[0]].hi <= 255
-                and int(n.tensors["weight"].abs().max()) <= 127
-            }
-            if int8 and int8_convolutions()
-            else set()
-        )
         # float32 Adds of one shift whose codes, summed before their zero points come off, stay below 2^24
         self.three_pass_adds = {
             n.name
@@ -153,7 +83,6 @@ class IntegerModel:
             and n.tensors["shift"].numel() == 1
             and _raw_sum_bound(graph.q, n) < FLOAT32_EXACT
         }
-        self._packed: dict[str, tuple] = {}
         self._tensors: dict[tuple[str, str], torch.Tensor] = {}
         self._folded: dict[str, tuple[torch.Tensor, torch.Tensor, Rounding]] = {}
 
@@ -186,24 +115,12 @@ class IntegerModel:
         return self._folded[n.name]
 
     def gemm_name(self, name: str) -> str:
-        """How node `name` multiplies: "uint8 x int8 (oneDNN)", "float32", "float32 x 2 slices", "float64"."""
-        if name in self.int8:
-            return "uint8 x int8 (oneDNN)"
+        """How node `name` multiplies: "float32", "float32 x 2 slices", "float64"."""
         gemm = self.gemms.get(name)
         if gemm is None:
             return "-"
         slices = f" x {len(gemm.slices)} slices" if len(gemm.slices) > 1 else ""
         return str(gemm.dtype).replace("torch.", "") + slices
-
-    def int8_conv(self, n: Node, x: torch.Tensor) -> torch.Tensor:
-        """acc * 2^-shift + the folded bias (see `folded`) of a node in self.int8, from its codes x."""
-        if n.name not in self._packed:
-            a = n.attrs
-            scale = torch.exp2(-n.tensors["shift"].double().reshape(-1)).expand(n.tensors["weight"].shape[0])
-            conv = Conv(list(a["stride"]), list(a["padding"]), a["groups"])
-            self._packed[n.name] = pack_int8(n.tensors["weight"], scale, conv), self.folded(n)[1], conv
-        packed, bias, conv = self._packed[n.name]
-        return int8_conv2d(x, packed, bias, conv)
 
     def requantize(self, n: Node, acc: torch.Tensor) -> torch.Tensor:
         """shift right with rounding, add the output zero point, clamp. A float32 accumulator (a node in
@@ -255,8 +172,6 @@ def _input(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
 def _mac(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     """Exact integer multiply-accumulate (see exact_gemm), then the int32 bias, then requantization."""
     g, q = m.gemms[n.name], m.graph.q[n.output]
-    if n.name in m.int8:  # uint8 x int8 in oneDNN, the shift and the folded bias in float32: exact
-        return _codes(round_inplace(m.int8_conv(n, xs[0]), m.folded(n)[2]), q)
     zp = m.graph.q[n.inputs[0]].zero_point
     xf = (xs[0] - zp if zp else xs[0]).to(g.dtype)
     if n.name in m.float32:  # the bias and every partial sum below 2^24: one float32 GEMM, exact
