@@ -8,15 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from potq.errors import UserError
+from potq.ir.arith import round_float, shift_round, shift_round_float32
 from potq.quant.arith import (
     E_MIN,
     choose_exponent,
     finite_max,
     pot_exponent,
-    round_float,
     seed_exponent,
-    shift_round,
-    shift_round_float32,
 )
 from potq.quant.simulate import fake_quant
 

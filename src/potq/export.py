@@ -25,7 +25,7 @@ from potq.files import check_output_dir, clear_stale, read_json, replace_dir, sa
 from potq.golden import IntegerModel
 from potq.ir import io
 from potq.ir.graph import Graph, OpType
-from potq.quant.arith import Rounding
+from potq.ir.rules import Rounding
 from potq.quant.pipeline import load_quantized, quant_paths, weights_digest
 
 EXPORT_KIND = "potq-export/2"

@@ -26,8 +26,7 @@ from potq.deploy.onnx_qdq import EXTRA, INPUT, OUTPUT, to_onnx
 from potq.errors import UserError
 from potq.golden import IntegerModel
 from potq.ir.graph import REQUANT_OPS, Graph, OpType
-from potq.quant.arith import FLOAT32_EXACT
-from potq.quant.rules import Rounding
+from potq.ir.rules import FLOAT32_EXACT, Rounding
 
 C_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-O2")
 SANITIZE = ("-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all")

@@ -16,7 +16,7 @@ import torch
 
 from potq.errors import UserError
 from potq.ir.graph import MAC_OPS, Graph, Node, OpType, window
-from potq.quant.arith import INT32_MAX
+from potq.ir.rules import INT32_MAX
 
 
 def input_range(graph: Graph, value: str) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from potq.ir.graph import Graph, Node, OpType, QType
-from potq.quant.arith import Rounding
+from potq.ir.rules import Rounding
 
 FORMAT = "potq-graph"
 VERSION = 2  # 1 was potq 0.1's list of layers

@@ -4,33 +4,10 @@ rounding rules, exponent rules, schemes, and the settings object that holds a ch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
 from potq.errors import UserError
+from potq.ir.rules import ROUNDING, Rounding  # noqa: F401  (the quantizer's choices name the graph's rules)
 
-
-class Rounding(IntEnum):
-    """The rounding rule of every shift; its number is what the C header and model.json carry."""
-
-    HALF_UP = 0
-    HALF_EVEN = 1
-    FLOOR = 2
-
-    @property
-    def label(self) -> str:
-        return self.name.lower().replace("_", "-")
-
-    @classmethod
-    def of(cls, rule: Rounding | str) -> Rounding:
-        if isinstance(rule, Rounding):
-            return rule
-        for r in cls:
-            if r.label == rule:
-                return r
-        raise ValueError(f"unknown rounding rule {rule!r}")
-
-
-ROUNDING = tuple(r.label for r in Rounding)
 EXPONENT_ROUND_MODES = ("ceil", "round")  # closed-form rules; mse searches
 EXPONENT_RULES = (*EXPONENT_ROUND_MODES, "mse")
 

@@ -15,16 +15,10 @@ import math
 import torch
 
 from potq.errors import UserError
+from potq.ir.arith import round_values
 from potq.ir.graph import QType
-from potq.quant.arith import (
-    EXPONENT_ROUND_MODES,
-    choose_exponent,
-    finite_max,
-    pot_exponents,
-    round_values,
-    seed_exponent,
-)
-from potq.quant.rules import POT_SCHEMES, SCHEMES, QuantSettings, Scheme  # noqa: F401
+from potq.quant.arith import choose_exponent, finite_max, pot_exponents, seed_exponent
+from potq.quant.rules import EXPONENT_ROUND_MODES, POT_SCHEMES, SCHEMES, QuantSettings, Scheme  # noqa: F401
 
 W_MIN, W_MAX = -127, 127
 A_MIN, A_MAX = 0, 255

@@ -21,9 +21,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from potq.data import nhwc
+from potq.ir.arith import fold_requant, round_inplace
 from potq.ir.bounds import analyse
 from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType, channel_view, row_view
-from potq.quant.arith import FLOAT32_EXACT, INT32_MAX, Rounding, fold_requant, quantize, round_inplace
+from potq.ir.rules import FLOAT32_EXACT, INT32_MAX, Rounding
+from potq.quant.arith import quantize
 from potq.quant.scheme import W_MAX, W_MIN, QuantSettings, weight_scales
 
 

@@ -1,0 +1,43 @@
+"""The integer graph's own rules, torch-free (so `potq --help` answers at once, and C and SystemVerilog
+constants are generated from here): the rounding rules of every shift and the widths they work in.
+
+A power-of-two requantization is a right shift of an int32 accumulator by s bits, rounded by one of:
+- half-up:   (acc + 2**(s-1)) >> s, ties towards +inf; the cheapest rounding shifter;
+- half-even: ties to even, as torch.round and torch's fake quantization do;
+- floor:     acc >> s, the reference lab's plain arithmetic shift (truncates towards -inf).
+The kernels that apply them to tensors are in potq.ir.arith.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Rounding(IntEnum):
+    """The rounding rule of every shift; its number is what the C header, model.json and the RTL carry."""
+
+    HALF_UP = 0
+    HALF_EVEN = 1
+    FLOOR = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def of(cls, rule: Rounding | str) -> Rounding:
+        """Parse a label at the edge (CLI, API, a file); inside potq a rule is always a Rounding."""
+        if isinstance(rule, Rounding):
+            return rule
+        for r in cls:
+            if r.label == rule:
+                return r
+        raise ValueError(f"unknown rounding rule {rule!r}")
+
+
+ROUNDING = tuple(r.label for r in Rounding)
+
+# every shift amount at or beyond this rounds an int32 accumulator exactly as this one does
+SHIFT_CAP = 62
+INT32_MAX = 2**31 - 1
+FLOAT32_EXACT = 2**24  # float32 holds every integer below it exactly
