@@ -59,7 +59,7 @@ def main() -> None:
         "onnxruntime_images_per_second": round(onnx_ips, 1),
         "onnxruntime_over_golden": round(onnx_ips / golden_ips, 3),
         "onnxruntime_mismatches": o["mismatches"],
-        "rounding": graph.rounding,
+        "rounding": graph.rounding.label,
     }
     print(json.dumps(row, indent=1))
 

@@ -22,8 +22,8 @@ from potq.train import evaluate, load_trained, prepare_data
 SETTINGS = [
     *(QuantSettings(s, e) for s in ("pot-tensor", "pot-channel") for e in ("ceil", "round", "mse")),
     QuantSettings("pot-seed"),
-    *(QuantSettings("pot-channel", "mse", r) for r in ("half-even", "floor")),
-    *(QuantSettings("pot-channel", "mse", "half-up", k) for k in (8, 6, 4)),
+    *(QuantSettings.parse("pot-channel", "mse", r) for r in ("half-even", "floor")),
+    *(QuantSettings.parse("pot-channel", "mse", "half-up", k) for k in (8, 6, 4)),
 ]
 
 
@@ -47,7 +47,7 @@ def main() -> None:
         shifts = [v for r in layer_table(graph) if r["shift"] for v in r["shift"]]
         exponent = s.exponent if s.scheme != "pot-seed" else "seed rule"
         print(
-            f"| {s.scheme} | {exponent} | {s.rounding} | {s.max_shift or '-'} | {acc:.4f} | "
+            f"| {s.scheme} | {exponent} | {s.rounding.label} | {s.max_shift or '-'} | {acc:.4f} | "
             f"{100 * (fp_acc - acc):+.2f} | {min(shifts)}..{max(shifts)} | {time.perf_counter() - t0:.0f} |",
             flush=True,
         )

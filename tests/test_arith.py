@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from potq.errors import UserError
 from potq.ir.arith import round_float, shift_round, shift_round_float32
+from potq.ir.rules import Rounding
 from potq.quant.arith import (
     E_MIN,
     choose_exponent,
@@ -18,6 +19,7 @@ from potq.quant.arith import (
 )
 from potq.quant.simulate import fake_quant
 
+HU = Rounding.HALF_UP
 positive = st.floats(min_value=0, max_value=1e30, exclude_min=True, allow_nan=False, allow_infinity=False)
 values = st.lists(st.floats(min_value=-1e4, max_value=1e4, allow_nan=False), min_size=1, max_size=64)
 
@@ -36,15 +38,15 @@ def test_ceil_never_clips_and_is_tight(max_abs, qmax):
     assert e == E_MIN or qmax * 2.0 ** (e - 1) < max_abs  # one step finer would clip
 
 
-@given(values, st.sampled_from(["half-up", "half-even", "floor"]))
+@given(values, st.sampled_from(list(Rounding)))
 def test_ceil_scale_keeps_every_calibration_value_in_range(xs, rule):
     x = torch.tensor(xs, dtype=torch.float64)
     e = choose_exponent(x, -127, 127, 0, "ceil", rule, "t")
-    q = round_float(x / 2.0**e, "half-even")
+    q = round_float(x / 2.0**e, Rounding.HALF_EVEN)
     assert q.abs().max() <= 127
 
 
-@given(values, st.sampled_from(["half-up", "half-even"]), st.sampled_from(["ceil", "round", "mse"]))
+@given(values, st.sampled_from([HU, Rounding.HALF_EVEN]), st.sampled_from(["ceil", "round", "mse"]))
 def test_dequantize_quantize_within_half_a_step(xs, rule, mode):
     x = torch.tensor(xs, dtype=torch.float64)
     e = choose_exponent(x, -127, 127, 0, mode, rule, "t")
@@ -58,12 +60,12 @@ def test_dequantize_quantize_within_half_a_step(xs, rule, mode):
 def test_symmetric_weights_never_hit_minus_128(xs):
     x = torch.tensor(xs, dtype=torch.float64) * 1000  # force clipping too
     for mode in ("ceil", "round", "mse"):
-        e = choose_exponent(x / 1000, -127, 127, 0, mode, "half-up", "w")  # scale chosen on the unscaled tensor
-        q = torch.clamp(round_float(x / 2.0**e, "half-up"), -127, 127)
+        e = choose_exponent(x / 1000, -127, 127, 0, mode, HU, "w")  # scale chosen on the unscaled tensor
+        q = torch.clamp(round_float(x / 2.0**e, HU), -127, 127)
         assert q.min() >= -127
 
 
-@given(st.integers(-(2**40), 2**40), st.integers(-6, 20), st.sampled_from(["half-up", "half-even", "floor"]))
+@given(st.integers(-(2**40), 2**40), st.integers(-6, 20), st.sampled_from(list(Rounding)))
 def test_integer_shift_matches_float_rounding(acc, shift, rule):
     """The golden model's shifter and the simulated model's rounding agree on every accumulator."""
     integer = shift_round(torch.tensor([acc]), shift, rule).item()
@@ -74,36 +76,36 @@ def test_integer_shift_matches_float_rounding(acc, shift, rule):
 @pytest.mark.parametrize(
     "acc, shift, rule, expected",
     [
-        (5, 1, "half-up", 3),
-        (5, 1, "half-even", 2),
-        (5, 1, "floor", 2),  # 2.5
-        (7, 1, "half-up", 4),
-        (7, 1, "half-even", 4),
-        (7, 1, "floor", 3),  # 3.5
-        (-5, 1, "half-up", -2),
-        (-5, 1, "half-even", -2),
-        (-5, 1, "floor", -3),  # -2.5
-        (-7, 1, "half-up", -3),
-        (-7, 1, "half-even", -4),
-        (-7, 1, "floor", -4),  # -3.5
-        (6, 2, "half-up", 2),
-        (6, 2, "half-even", 2),
-        (6, 2, "floor", 1),  # 1.5
-        (-6, 2, "half-up", -1),
-        (-6, 2, "half-even", -2),
-        (-6, 2, "floor", -2),  # -1.5
-        (9, 3, "half-up", 1),
-        (11, 3, "half-even", 1),
-        (13, 3, "half-up", 2),  # 1.125, 1.375, 1.625
-        (3, 0, "half-up", 3),
-        (3, -2, "floor", 12),  # no shift, left shift
+        (5, 1, HU, 3),
+        (5, 1, Rounding.HALF_EVEN, 2),
+        (5, 1, Rounding.FLOOR, 2),  # 2.5
+        (7, 1, HU, 4),
+        (7, 1, Rounding.HALF_EVEN, 4),
+        (7, 1, Rounding.FLOOR, 3),  # 3.5
+        (-5, 1, HU, -2),
+        (-5, 1, Rounding.HALF_EVEN, -2),
+        (-5, 1, Rounding.FLOOR, -3),  # -2.5
+        (-7, 1, HU, -3),
+        (-7, 1, Rounding.HALF_EVEN, -4),
+        (-7, 1, Rounding.FLOOR, -4),  # -3.5
+        (6, 2, HU, 2),
+        (6, 2, Rounding.HALF_EVEN, 2),
+        (6, 2, Rounding.FLOOR, 1),  # 1.5
+        (-6, 2, HU, -1),
+        (-6, 2, Rounding.HALF_EVEN, -2),
+        (-6, 2, Rounding.FLOOR, -2),  # -1.5
+        (9, 3, HU, 1),
+        (11, 3, Rounding.HALF_EVEN, 1),
+        (13, 3, HU, 2),  # 1.125, 1.375, 1.625
+        (3, 0, HU, 3),
+        (3, -2, Rounding.FLOOR, 12),  # no shift, left shift
     ],
 )
 def test_shift_by_hand(acc, shift, rule, expected):
     assert shift_round(torch.tensor([acc]), shift, rule).item() == expected
 
 
-@pytest.mark.parametrize("rule", ["half-up", "half-even", "floor"])
+@pytest.mark.parametrize("rule", [HU, Rounding.HALF_EVEN, Rounding.FLOOR])
 def test_saturation_beyond_uint8(rule):
     acc = torch.tensor([-100_000, -3, 0, 255 * 16 + 7, 100_000])
     q = (shift_round(acc, 4, rule) + 0).clamp(0, 255)
@@ -112,19 +114,20 @@ def test_saturation_beyond_uint8(rule):
 
 def test_straight_through_gradient():
     x = torch.tensor([0.3, 1.7, -2.5], requires_grad=True)
-    round_float(x, "half-up").sum().backward()
+    round_float(x, HU).sum().backward()
     assert x.grad.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_degenerate_tensors_get_defined_scales():
     zeros = torch.zeros(10)
-    assert choose_exponent(zeros, -127, 127, 0, "mse", "half-up", "w") == 0  # scale 1, no division by zero
-    assert choose_exponent(torch.full((5,), 3.0), -127, 127, 0, "ceil", "half-up", "w") == pot_exponent(3, 127, "ceil")
+    assert choose_exponent(zeros, -127, 127, 0, "mse", HU, "w") == 0  # scale 1, no division by zero
+    three = choose_exponent(torch.full((5,), 3.0), -127, 127, 0, "ceil", HU, "w")
+    assert three == pot_exponent(3, 127, "ceil")
     with_inf = torch.tensor([1.0, float("inf"), -2.0])
     assert finite_max(with_inf, "x") == 2.0  # inf saturates; the scale follows the finite values
-    e = choose_exponent(with_inf, -127, 127, 0, "mse", "half-up", "x")
+    e = choose_exponent(with_inf, -127, 127, 0, "mse", HU, "x")
     assert math.isfinite(2.0**e)
-    q = fake_quant(with_inf, torch.tensor(2.0**e), 0, -127, 127, "half-up")
+    q = fake_quant(with_inf, torch.tensor(2.0**e), 0, -127, 127, HU)
     assert torch.isfinite(q).all() and q[1] == 127 * 2.0**e
 
 
@@ -148,9 +151,9 @@ def test_mse_never_worse_than_ceil(xs):
     x = torch.tensor(xs, dtype=torch.float64)
     from potq.quant.arith import quant_error
 
-    e_mse = choose_exponent(x, -127, 127, 0, "mse", "half-up", "t")
-    e_ceil = choose_exponent(x, -127, 127, 0, "ceil", "half-up", "t")
-    assert quant_error(x, e_mse, -127, 127, 0, "half-up") <= quant_error(x, e_ceil, -127, 127, 0, "half-up")
+    e_mse = choose_exponent(x, -127, 127, 0, "mse", HU, "t")
+    e_ceil = choose_exponent(x, -127, 127, 0, "ceil", HU, "t")
+    assert quant_error(x, e_mse, -127, 127, 0, HU) <= quant_error(x, e_ceil, -127, 127, 0, HU)
 
 
 @given(
@@ -166,7 +169,7 @@ def test_vectorized_exponents_equal_the_scalar_rule(rows, mode):
 
     x = torch.tensor(rows, dtype=torch.float64)
     vector = pot_exponents(x.abs().amax(1), 127, mode).tolist()
-    assert vector == [choose_exponent(r, -127, 127, 0, mode, "half-up", "w") for r in x]
+    assert vector == [choose_exponent(r, -127, 127, 0, mode, HU, "w") for r in x]
 
 
 def exact_round(acc: int, shift: int, rule: str) -> int:
@@ -175,25 +178,25 @@ def exact_round(acc: int, shift: int, rule: str) -> int:
         return acc << -shift
     q, rem = acc >> shift, acc & ((1 << shift) - 1)  # floor and the non-negative remainder
     half = 1 << (shift - 1)
-    if rule == "floor":
+    if rule == Rounding.FLOOR:
         return q
-    if rule == "half-up":
+    if rule == HU:
         return q + (rem >= half)
     return q + (rem > half or (rem == half and q & 1 == 1))
 
 
-@given(st.integers(-(2**31) + 1, 2**31 - 1), st.integers(0, 200), st.sampled_from(["half-up", "half-even", "floor"]))
+@given(st.integers(-(2**31) + 1, 2**31 - 1), st.integers(0, 200), st.sampled_from(list(Rounding)))
 def test_shift_round_is_exact_for_every_shift_amount(acc, shift, rule):
     """Shifts at or beyond the accumulator's width (degenerate scales make them) round exactly too."""
     assert shift_round(torch.tensor([acc], dtype=torch.int32), shift, rule).item() == exact_round(acc, shift, rule)
 
 
-@pytest.mark.parametrize("rule, expected", [("half-up", 0), ("half-even", 0), ("floor", -1)])
+@pytest.mark.parametrize("rule, expected", [(HU, 0), (Rounding.HALF_EVEN, 0), (Rounding.FLOOR, -1)])
 def test_long_shift_of_a_negative_accumulator(rule, expected):
     assert shift_round(torch.tensor([-5], dtype=torch.int32), 33, rule).item() == expected
 
 
-@given(st.integers(-(2**23), 2**23), st.integers(-8, 62), st.sampled_from(["half-up", "half-even", "floor"]))
+@given(st.integers(-(2**23), 2**23), st.integers(-8, 62), st.sampled_from(list(Rounding)))
 def test_float32_shift_equals_the_integer_shift_within_its_bound(acc, shift, rule):
     """The golden model's float32 path: exact wherever |acc| * 2^max(0, -s) + 2^(s-1) < 2^24."""
     bound = abs(acc) * 2 ** max(0, -shift) + (2 ** (shift - 1) if shift > 0 else 0)

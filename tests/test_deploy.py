@@ -36,7 +36,7 @@ def graph_of(
     torch.manual_seed(1)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     fgraph = capture(randomized(build_model(name)), (3, 32, 32), MEAN, STD)
-    settings = QuantSettings(scheme, rounding=rounding)
+    settings = QuantSettings.parse(scheme, rounding=rounding)
     return lower(fgraph, calibrate(fgraph, normalize(images, MEAN, STD), settings), settings), images.numpy()
 
 

@@ -158,7 +158,7 @@ def test_any_graph_rebuilds_from_its_files(name, rounding, tmp_path):
     model = randomized(build_model(name))
     torch.manual_seed(0)
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
-    settings = QuantSettings("pot-channel", rounding=rounding)
+    settings = QuantSettings.parse("pot-channel", rounding=rounding)
     fgraph = capture(model, (3, 32, 32), MEAN, STD)
     graph = lower(fgraph, calibrate(fgraph, normalize(images, MEAN, STD), settings), settings)
     write_export(graph, tmp_path / "e", images.numpy(), np.zeros(6, dtype=np.int64), [str(i) for i in range(10)])

@@ -19,7 +19,7 @@ MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 def quantized(scheme, rounding, max_shift=None, model="tiny", seed=0):
     torch.manual_seed(seed)
     images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8)
-    settings = QuantSettings(scheme, "mse", rounding, max_shift)
+    settings = QuantSettings.parse(scheme, "mse", rounding, max_shift)
     graph = capture(random_bn_model(model, seed), (3, 32, 32), MEAN, STD)
     return lower(graph, calibrate(graph, normalize(images[:32], MEAN, STD), settings), settings), images
 

@@ -16,6 +16,7 @@ from potq.golden import GOLDEN_KERNELS, IntegerModel
 from potq.ir import io
 from potq.ir.capture import capture
 from potq.ir.graph import Graph, Node, OpType, QType
+from potq.ir.rules import Rounding
 from potq.models import ZOO, build_model
 from potq.quant.lower import calibrate, lower
 from potq.quant.scheme import QuantSettings
@@ -133,6 +134,7 @@ def test_non_power_of_two_average_pool_is_refused_naming_the_layer():
 def kernel(op: OpType, node: Node, q: dict[str, QType], inputs: list[torch.Tensor], rounding="half-up", fast=()):
     """Run one golden kernel on hand-made codes; `fast`: the float32 paths to take ("float32", "three_pass")."""
     model = IntegerModel.__new__(IntegerModel)
+    rounding = Rounding.of(rounding)
     model.graph = Graph([node], {}, "x", node.output, q, rounding, "pot-tensor")
     model.rounding, model.gemms, model._tensors, model._folded = rounding, {}, {}, {}
     model.float32 = {node.name} if "float32" in fast else set()
@@ -189,7 +191,7 @@ def test_depthwise_convolution_by_hand():
     model = IntegerModel.__new__(IntegerModel)
     from potq.golden import exact_gemm
 
-    model.graph, model.rounding = Graph([node], {}, "x", "y", q, "half-up", "pot-tensor"), "half-up"
+    model.graph, model.rounding = Graph([node], {}, "x", "y", q, Rounding.HALF_UP, "pot-tensor"), Rounding.HALF_UP
     model.gemms, model._tensors, model._folded = {"dw": exact_gemm(node, 255)}, {}, {}
     x = torch.tensor([10, 20], dtype=torch.int32).view(1, 2, 1, 1)
     for float32 in (set(), {"dw"}):  # the int64 shift and the float32 path
@@ -217,7 +219,7 @@ def check_bit_exact(model: nn.Module, settings: QuantSettings, n: int = 24) -> G
 def test_user_residual_net_is_bit_exact(rounding):
     model = randomized(build_model(EXAMPLE))
     for scheme in ("pot-channel", "pot-seed"):
-        graph = check_bit_exact(model, QuantSettings(scheme, rounding=rounding))
+        graph = check_bit_exact(model, QuantSettings.parse(scheme, rounding=rounding))
         ops = {n.op for n in graph.nodes}
         assert {OpType.ADD, OpType.CONCAT, OpType.AVGPOOL} <= ops
         cat = next(n for n in graph.nodes if n.op is OpType.CONCAT)
@@ -226,7 +228,9 @@ def test_user_residual_net_is_bit_exact(rounding):
 
 @pytest.mark.parametrize("name", ["resnet20", "mobilenet-cifar"])
 def test_zoo_nets_are_bit_exact(name):
-    graph = check_bit_exact(randomized(build_model(name)), QuantSettings("pot-channel", rounding="half-even"), n=8)
+    graph = check_bit_exact(
+        randomized(build_model(name)), QuantSettings.parse("pot-channel", rounding="half-even"), n=8
+    )
     assert any("align" in n.tensors and int(n.tensors["align"].max()) > 0 for n in graph.nodes) or name != "resnet20"
 
 

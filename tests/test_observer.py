@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from potq.ir.rules import Rounding
 from potq.quant import PowerOfTwoObserver
 from potq.quant.arith import choose_exponent
 
@@ -56,9 +57,11 @@ def test_qconfig_prepare_calibrate_convert_gives_power_of_two_scales(rule):
     assert converted.conv.weight().int_repr().min() >= -127
     if rule != "seed":
         # the same scale as potq's own rule on the same data
-        want = choose_exponent(conv_out.double().flatten(), 0, 255, 0, rule, "half-up", "conv")
+        want = choose_exponent(conv_out.double().flatten(), 0, 255, 0, rule, Rounding.HALF_UP, "conv")
         assert float(converted.conv.scale) == 2.0**want and converted.conv.zero_point == 0
-        w_want = choose_exponent(fused.conv[0].weight.detach().double().flatten(), -127, 127, 0, rule, "half-up", "w")
+        w_want = choose_exponent(
+            fused.conv[0].weight.detach().double().flatten(), -127, 127, 0, rule, Rounding.HALF_UP, "w"
+        )
         assert converted.conv.weight().q_scale() == 2.0**w_want
         assert converted.quant.zero_point == 128  # the input is signed
     else:

@@ -38,7 +38,7 @@ def test_export_matches_potq_0_1(fixture_run, real_data, scheme, tmp_path):
     data = ["--data", str(real_data)]
     args = ["--run", str(fixture_run), "--scheme", scheme]
     assert main(["quantize", *args, "--calib", "1000", "--rounding", expected["rounding"], *data]) == 0
-    label = QuantSettings(scheme, rounding=expected["rounding"]).label()
+    label = QuantSettings.parse(scheme, rounding=expected["rounding"]).label()
     out = tmp_path / "export"
     assert (
         main(["export", "--run", str(fixture_run), "--scheme", label, "--out", str(out), "--vectors", "4", *data]) == 0

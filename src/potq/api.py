@@ -74,8 +74,8 @@ def quantize(
     *,
     mean: list[float] | None = None,
     std: list[float] | None = None,
-    exponent: str = "ceil",
-    rounding: str = "half-up",
+    exponent: str = QuantSettings.exponent,
+    rounding: str = QuantSettings.rounding.label,
     max_shift: int | None = None,
 ) -> Quantized:
     """Capture, calibrate on uint8 images (N, C, H, W) and lower `model`; mean and std (per channel, on
@@ -86,7 +86,7 @@ def quantize(
         raise UserError("calib_images must be a uint8 tensor of images (N, C, H, W)")
     if mean is None or std is None:
         mean, std = channel_stats(calib_images.numpy())
-    settings = QuantSettings(scheme, exponent, rounding, max_shift)
+    settings = QuantSettings.parse(scheme, exponent, rounding, max_shift)
     fgraph, graph = quantize_graph(
         model, tuple(calib_images.shape[1:]), mean, std, normalize(calib_images, mean, std), settings
     )

@@ -98,7 +98,7 @@ def cmd_quantize(a: argparse.Namespace) -> None:
     from potq.quant.pipeline import quantize_run
     from potq.quant.scheme import QuantSettings
 
-    settings = QuantSettings(a.scheme, a.exponent, a.rounding, a.max_shift)
+    settings = QuantSettings.parse(a.scheme, a.exponent, a.rounding, a.max_shift)
     with folder_lock(a.run, "--run"):
         r = quantize_run(a.run, settings, a.calib, a.qat, a.qat_lr, a.data, a.cache)
     print(

@@ -268,7 +268,8 @@ def write_export(
             (tmp / ONNX_FILE).write_bytes(onnx_model.SerializeToString())
             desc["onnx"] = {"file": ONNX_FILE, "opset": OPSET, "input": INPUT, "output": OUTPUT}
         desc["formats"] = list(formats)
-        desc["quantized_model"] = source or {"label": graph.scheme, "scheme": graph.scheme, "rounding": graph.rounding}
+        rounding = graph.rounding.label
+        desc["quantized_model"] = source or {"label": graph.scheme, "scheme": graph.scheme, "rounding": rounding}
         if "hw" not in formats:  # the tensors are in model.h or model.onnx, not in npz and hex files
             for t in desc["tensor_files"].values():
                 del t["npz"], t["hex"]

@@ -56,7 +56,7 @@ def compare_models(graph, cfg, images: torch.Tensor, labels: torch.Tensor, batch
         "simulated_accuracy": sim_correct / len(images),
         "golden_seconds": t_golden,
         "simulated_seconds": t_sim,
-        "rounding": golden.rounding,
+        "rounding": golden.rounding.label,
         "accumulators": golden.bounds_table(),
     }
 

@@ -49,8 +49,8 @@ def _causes(graph: Graph, golden: IntegerModel, value: str, bad_values: set[str]
     causes = [f"input {v} already differs" for v in n.inputs if v in bad_values]
     # every shift rounds by the model's rule; the input's table does not differ (the graph holds it)
     shifts = n.op in REQUANT_OPS and n.op is not OpType.INPUT and graph.q[value].bits == 8
-    if shifts and Rounding.of(graph.rounding) is not Rounding.HALF_EVEN:
-        causes.append(f"onnxruntime rounds half to even, this model {graph.rounding}")
+    if shifts and graph.rounding is not Rounding.HALF_EVEN:
+        causes.append(f"onnxruntime rounds half to even, this model {graph.rounding.label}")
     bound = golden.bounds.get(n.name)
     if bound is not None and bound >= FLOAT32_EXACT:
         causes.append(f"worst-case accumulator {bound:,} reaches 2^24, beyond float32's exact integers")
@@ -100,7 +100,7 @@ def check_onnx(graph: Graph, images: np.ndarray, labels: np.ndarray, batch: int 
         "onnx_accuracy": correct / max(1, len(images)),
         "mismatch_kinds": kinds,
         "unexplained": sum(k["mismatches"] for k in kinds if k["causes"] == ["unexplained"]),
-        "rounding": graph.rounding,
+        "rounding": graph.rounding.label,
         "onnx_seconds": t_onnx,
         "golden_seconds": t_golden,
     }

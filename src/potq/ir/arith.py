@@ -12,29 +12,33 @@ import torch
 from potq.ir.rules import SHIFT_CAP, Rounding
 
 
-def round_inplace(x: torch.Tensor, rule: Rounding | str) -> torch.Tensor:
+def round_inplace(x: torch.Tensor, rule: Rounding) -> torch.Tensor:
     """Round x in place by `rule`: half-up floor(x + 1/2), half-even, floor."""
-    rule = Rounding.of(rule)
     if rule is Rounding.HALF_UP:
         return x.add_(0.5).floor_()
-    return x.round_() if rule is Rounding.HALF_EVEN else x.floor_()
+    if rule is Rounding.HALF_EVEN:
+        return x.round_()
+    if rule is Rounding.FLOOR:
+        return x.floor_()
+    raise TypeError(f"rounding rule {rule!r} is not a Rounding (parse labels with Rounding.of at the edge)")
 
 
-def round_values(x: torch.Tensor, rule: Rounding | str) -> torch.Tensor:
+def round_values(x: torch.Tensor, rule: Rounding) -> torch.Tensor:
     return round_inplace(x.clone(), rule)
 
 
-def round_float(x: torch.Tensor, rule: Rounding | str) -> torch.Tensor:
+def round_float(x: torch.Tensor, rule: Rounding) -> torch.Tensor:
     """Round by `rule`; the gradient passes straight through (STE)."""
     r = round_values(x.detach(), rule)
     return x + (r - x).detach() if x.requires_grad else r
 
 
-def shift_round(acc: torch.Tensor, shift: torch.Tensor | int, rule: Rounding | str) -> torch.Tensor:
+def shift_round(acc: torch.Tensor, shift: torch.Tensor | int, rule: Rounding) -> torch.Tensor:
     """Integer acc * 2**-shift, rounded by `rule`, exactly for every shift amount; a negative shift is
     an exact left shift (the caller's bound analysis proves it fits). Computed in int64: an int32
     accumulator shifted by SHIFT_CAP or more rounds to the same result as by any larger amount."""
-    rule = Rounding.of(rule)
+    if not isinstance(rule, Rounding):
+        raise TypeError(f"rounding rule {rule!r} is not a Rounding (parse labels with Rounding.of at the edge)")
     acc = acc.to(torch.int64)
     shift = torch.as_tensor(shift, dtype=torch.int64, device=acc.device)
     if bool((shift < 0).any()):
@@ -51,7 +55,7 @@ def shift_round(acc: torch.Tensor, shift: torch.Tensor | int, rule: Rounding | s
     return q + up.to(torch.int64)
 
 
-def shift_round_float32(acc: torch.Tensor, shift: torch.Tensor, rule: Rounding | str) -> torch.Tensor:
+def shift_round_float32(acc: torch.Tensor, shift: torch.Tensor, rule: Rounding) -> torch.Tensor:
     """shift_round of an integer-valued float32 acc, in place and in float32: exact while
     |acc| * 2^max(0, -shift) + 2^(shift-1) < 2^24 (the caller's bound proves it). Scaling by a power of
     two is exact in binary floating point, and so is each rounding rule on the scaled value."""
@@ -59,7 +63,7 @@ def shift_round_float32(acc: torch.Tensor, shift: torch.Tensor, rule: Rounding |
 
 
 def fold_requant(
-    weight: torch.Tensor, bias: torch.Tensor, exponent: torch.Tensor, rule: Rounding | str, shift_min: int
+    weight: torch.Tensor, bias: torch.Tensor, exponent: torch.Tensor, rule: Rounding, shift_min: int
 ) -> tuple[torch.Tensor, torch.Tensor, Rounding]:
     """A float32-exact MAC node's weight and bias with its requantizing power of two folded in: the GEMM
     then yields the scaled accumulator itself, sparing a pass over its output. `exponent`: per output
@@ -73,7 +77,6 @@ def fold_requant(
     scale = torch.exp2(exponent.double().reshape(-1))
     w = weight.double() * scale.view(-1, *[1] * (weight.dim() - 1))
     b = bias.double() * scale
-    rule = Rounding.of(rule)
     if rule is Rounding.HALF_UP and shift_min >= 1:
         b, rule = b + 0.5, Rounding.FLOOR
     return w.float(), b.float(), rule

@@ -19,6 +19,7 @@ from enum import Enum
 import torch
 
 from potq.errors import UserError
+from potq.ir.rules import Rounding
 
 
 class OpType(Enum):
@@ -77,7 +78,7 @@ class Graph:
     input: str  # the image value: uint8 (C, H, W)
     output: str
     q: dict[str, QType] = field(default_factory=dict)  # empty in a float graph
-    rounding: str | None = None  # the rounding rule of every shift (None in a float graph)
+    rounding: Rounding | None = None  # the rounding rule of every shift (None in a float graph)
     scheme: str | None = None
 
     @property

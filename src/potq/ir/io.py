@@ -74,8 +74,8 @@ def to_dict(graph: Graph) -> tuple[dict, dict[str, torch.Tensor]]:
         "format": FORMAT,
         "version": VERSION,
         "scheme": graph.scheme,
-        "rounding": graph.rounding,
-        "rounding_code": int(Rounding.of(graph.rounding)) if graph.rounding else None,
+        "rounding": graph.rounding.label if graph.rounding is not None else None,
+        "rounding_code": int(graph.rounding) if graph.rounding is not None else None,
         "input": graph.input,
         "output": graph.output,
         "values": values,
@@ -102,6 +102,7 @@ def from_dict(desc: dict, tensor: Callable[[str], torch.Tensor]) -> Graph:
     ]
     shapes = {v: tuple(int(x) for x in d["shape"]) for v, d in desc["values"].items()}
     q = {v: QType(**d["q"]) for v, d in desc["values"].items() if "q" in d}
-    graph = Graph(nodes, shapes, desc["input"], desc["output"], q, desc["rounding"], desc["scheme"])
+    rounding = None if desc["rounding"] is None else Rounding.of(desc["rounding"])
+    graph = Graph(nodes, shapes, desc["input"], desc["output"], q, rounding, desc["scheme"])
     graph.check()
     return graph

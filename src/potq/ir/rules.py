@@ -32,10 +32,10 @@ class Rounding(IntEnum):
         for r in cls:
             if r.label == rule:
                 return r
-        raise ValueError(f"unknown rounding rule {rule!r}")
+        raise ValueError(f"unknown rounding rule {rule!r}; choose from {', '.join(ROUNDING)}")
 
 
-ROUNDING = tuple(r.label for r in Rounding)
+ROUNDING = tuple(r.label for r in Rounding)  # the labels, in code order
 
 # every shift amount at or beyond this rounds an int32 accumulator exactly as this one does
 SHIFT_CAP = 62

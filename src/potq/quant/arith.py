@@ -18,7 +18,7 @@ from potq.ir.rules import Rounding
 E_MIN, E_MAX = -100, 100
 
 
-def quantize(x: torch.Tensor, scale, zp: int, lo: int, hi: int, rule: Rounding | str) -> torch.Tensor:
+def quantize(x: torch.Tensor, scale, zp: int, lo: int, hi: int, rule: Rounding) -> torch.Tensor:
     """The codes clamp(round(x / scale) + zp, lo, hi), as floats (straight-through gradient)."""
     return torch.clamp(round_float(x / scale, rule) + zp, lo, hi)
 
@@ -75,14 +75,14 @@ def finite_max(x: torch.Tensor, what: str) -> float:
     return float(finite.abs().max()) if finite.numel() else 0.0
 
 
-def quant_error(x: torch.Tensor, e: int, lo: int, hi: int, zp: int, rule: str) -> float:
+def quant_error(x: torch.Tensor, e: int, lo: int, hi: int, zp: int, rule: Rounding) -> float:
     """Mean squared error of quantizing x with scale 2**e."""
     s = 2.0**e
     q = (round_values(x / s, rule) + zp).clamp(lo, hi)
     return float(((q - zp) * s - x).pow(2).mean())
 
 
-def mse_exponent(x: torch.Tensor, max_abs: float, lo: int, hi: int, zp: int, rule: str) -> int:
+def mse_exponent(x: torch.Tensor, max_abs: float, lo: int, hi: int, zp: int, rule: Rounding) -> int:
     """The exponent among ceil and the two below it with the least quantization MSE on x.
 
     Power-of-two scales leave only a handful of sensible choices: one step coarser than ceil
@@ -98,7 +98,7 @@ def mse_exponent(x: torch.Tensor, max_abs: float, lo: int, hi: int, zp: int, rul
 
 
 def choose_exponent(
-    x: torch.Tensor, lo: int, hi: int, zp: int, mode: str, rule: str, what: str, max_abs: float | None = None
+    x: torch.Tensor, lo: int, hi: int, zp: int, mode: str, rule: Rounding, what: str, max_abs: float | None = None
 ) -> int:
     """One scale rule for every tensor: weights, per-channel slices, calibration samples."""
     if max_abs is None:

@@ -20,6 +20,7 @@ from torch.ao.quantization.observer import MinMaxObserver
 
 from potq.quant.arith import choose_exponent, seed_exponent
 from potq.quant.lower import Stats
+from potq.quant.rules import Rounding
 
 
 class PowerOfTwoObserver(MinMaxObserver):
@@ -28,14 +29,14 @@ class PowerOfTwoObserver(MinMaxObserver):
         dtype=torch.quint8,
         qscheme=torch.per_tensor_symmetric,
         rule: str = "seed",
-        rounding: str = "half-up",
+        rounding: str = Rounding.HALF_UP.label,
         **kwargs,
     ):
         if dtype == torch.qint8:
             kwargs.setdefault("quant_min", -127)  # symmetric: never -128
             kwargs.setdefault("quant_max", 127)
         super().__init__(dtype=dtype, qscheme=qscheme, **kwargs)
-        self.rule, self.rounding = rule, rounding
+        self.rule, self.rounding = rule, Rounding.of(rounding)
         self._stats = Stats()
         self._g = torch.Generator().manual_seed(0)
 

@@ -212,7 +212,7 @@ def quantize_run(
         "scheme": settings.scheme,
         "label": name,
         "exponent": settings.exponent_rule,
-        "rounding": settings.rounding,
+        "rounding": settings.rounding.label,
         "max_shift": settings.max_shift,
         "calib_images": calib,
         "qat_epochs": qat_epochs,

@@ -30,15 +30,30 @@ SCHEMES: dict[str, Scheme] = {
 POT_SCHEMES = tuple(name for name, s in SCHEMES.items() if s.pot)
 
 
-DEFAULT_SETTINGS = {"exponent": "ceil", "rounding": "half-up"}
-
-
 @dataclass(frozen=True)
 class QuantSettings:
+    """One choice of every quantization setting; its field defaults are potq's defaults (the CLI, `potq run`
+    and the API read them from here). Build it from user strings with `parse`."""
+
     scheme: str = "pot-channel"
-    exponent: str = DEFAULT_SETTINGS["exponent"]  # ceil | round | mse; ceil measured best (benchmarks/RESULTS.md)
-    rounding: str = DEFAULT_SETTINGS["rounding"]
+    exponent: str = "ceil"  # ceil | round | mse; ceil measured best (benchmarks/RESULTS.md)
+    rounding: Rounding = Rounding.HALF_UP
     max_shift: int | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        scheme: str = scheme,  # the defaults are the fields' own
+        exponent: str = exponent,
+        rounding: str = rounding.label,
+        max_shift: int | None = None,
+    ) -> QuantSettings:
+        """Settings from a user's words (CLI, API, a run's records), checked: one UserError naming the bad one."""
+        if rounding not in ROUNDING:
+            raise UserError(f"unknown rounding {rounding!r}; choose from {', '.join(ROUNDING)}")
+        settings = cls(scheme, exponent, Rounding.of(rounding), max_shift)
+        settings.check()
+        return settings
 
     @property
     def spec(self) -> Scheme:
@@ -55,11 +70,12 @@ class QuantSettings:
         """The name of a quantized model in its run folder (quant_<label>.pt): the scheme, then every setting
         that differs from the default, so that no two settings share a label: pot-channel,
         pot-channel-half-even, pot-tensor-mse-shift8, pot-channel-qat, ..."""
+        default = QuantSettings()
         parts = [self.scheme]
-        if self.spec.pot and not self.spec.seed and self.exponent != DEFAULT_SETTINGS["exponent"]:
+        if self.spec.pot and not self.spec.seed and self.exponent != default.exponent:
             parts.append(self.exponent)
-        if self.rounding != DEFAULT_SETTINGS["rounding"]:
-            parts.append(self.rounding)
+        if self.rounding is not default.rounding:
+            parts.append(self.rounding.label)
         if self.max_shift is not None:
             parts.append(f"shift{self.max_shift}")
         return "-".join(parts + (["qat"] if qat else []))
@@ -69,7 +85,7 @@ class QuantSettings:
             raise UserError(f"unknown scheme {self.scheme!r}; choose from {', '.join(SCHEMES)}")
         if self.exponent not in EXPONENT_RULES:
             raise UserError(f"unknown exponent rule {self.exponent!r}; choose from {', '.join(EXPONENT_RULES)}")
-        if self.rounding not in ROUNDING:
+        if not isinstance(self.rounding, Rounding):
             raise UserError(f"unknown rounding {self.rounding!r}; choose from {', '.join(ROUNDING)}")
         if self.max_shift is not None and self.max_shift < 0:
             raise UserError(f"--max-shift must be >= 0, got {self.max_shift}")

@@ -37,7 +37,7 @@ def fake_quant(x: torch.Tensor, scale, zp: int, lo: int, hi: int, rule: str) -> 
     return _dequantize_scaled(x / scale, scale, zp, lo, hi, rule)
 
 
-def _dequantize_scaled(y: torch.Tensor, scale, zp: int, lo: int, hi: int, rule: Rounding | str) -> torch.Tensor:
+def _dequantize_scaled(y: torch.Tensor, scale, zp: int, lo: int, hi: int, rule: Rounding) -> torch.Tensor:
     """The rest of fake_quant for y already in units of the scale: rounded, clamped to the codes less the
     zero point, back to real units; in place."""
     return round_inplace(y, rule).clamp_(lo - zp, hi - zp).mul_(scale)
@@ -302,7 +302,9 @@ def weight_scale(n: Node) -> torch.Tensor:
 def simulated(qgraph: Graph) -> SimNet:
     """The fake-quantized model of a lowered graph, in eval mode."""
     fgraph, scales = dequantize(qgraph)
-    settings = QuantSettings(qgraph.scheme or "pot-channel", rounding=qgraph.rounding or "half-up")
+    if qgraph.rounding is None or qgraph.scheme is None:
+        raise ValueError("simulated() takes a quantized graph: this one has no rounding rule or scheme")
+    settings = QuantSettings(qgraph.scheme, rounding=qgraph.rounding)
     net = SimNet(fgraph, settings, qgraph.q, scales).eval()
     if all(q.exponent is not None for q in qgraph.q.values()):  # power-of-two: shifts to bound
         net.bounds = analyse(qgraph)
