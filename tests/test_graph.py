@@ -15,7 +15,7 @@ from potq.export import OP_RULES
 from potq.golden import GOLDEN_KERNELS, IntegerModel
 from potq.ir import io
 from potq.ir.capture import capture
-from potq.ir.graph import Graph, Node, OpType, QType
+from potq.ir.graph import MAC_OPS, OP_SPEC, REQUANT_OPS, SHARED_QTYPE_OPS, Graph, Node, OpType, QType
 from potq.ir.rules import Rounding
 from potq.models import ZOO, build_model
 from potq.quant.lower import calibrate, lower
@@ -27,9 +27,20 @@ EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "user_resnet.py
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 
 
-def test_every_op_type_has_a_kernel_in_every_interpreter():
-    for kernels in (SIM_KERNELS, GOLDEN_KERNELS, ENERGY_KERNELS, OP_RULES):
-        assert set(kernels) == set(OpType)
+def test_every_op_type_has_a_row_in_the_op_table_and_a_kernel_in_every_interpreter():
+    from potq.deploy.c_runtime import C_KERNELS
+    from potq.deploy.onnx_qdq import ONNX_KERNELS
+
+    assert set(OP_SPEC) == set(OpType)
+    for kernels in (SIM_KERNELS, GOLDEN_KERNELS, ENERGY_KERNELS, OP_RULES, C_KERNELS, ONNX_KERNELS):
+        assert set(kernels) == set(OP_SPEC)
+
+
+def test_op_groups_come_from_the_op_table():
+    assert MAC_OPS == (OpType.CONV, OpType.LINEAR)
+    assert set(REQUANT_OPS) == {OpType.INPUT, OpType.CONV, OpType.LINEAR, OpType.ADD, OpType.AVGPOOL}
+    assert set(SHARED_QTYPE_OPS) == {OpType.MAXPOOL, OpType.FLATTEN, OpType.CONCAT}
+    assert {op for op, s in OP_SPEC.items() if s.arity != 1} == {OpType.ADD, OpType.CONCAT}
 
 
 def params(name: str) -> int:

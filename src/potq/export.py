@@ -24,39 +24,16 @@ from potq.errors import UserError
 from potq.files import check_output_dir, clear_stale, read_json, replace_dir, save_json, temp_prefix
 from potq.golden import IntegerModel
 from potq.ir import io
-from potq.ir.graph import Graph, OpType
-from potq.ir.rules import Rounding
+from potq.ir.graph import OP_SPEC, Graph, OpType
+from potq.ir.rules import ROUNDING_DEFINITIONS, Rounding
 from potq.quant.pipeline import load_quantized, quant_paths, weights_digest
 
 EXPORT_KIND = "potq-export/2"
 ONNX_FILE = "model.onnx"
 
 # The exporter's kernel per op: its integer rule, written into model.json for the implementer.
-OP_RULES: dict[OpType, str] = {
-    OpType.INPUT: "y[c,h,w] = lut[c][image[c,h,w]] (normalization and input quantization in one table)",
-    OpType.CONV: (
-        "acc[o] = bias[o] + sum over the group's input channels i and the kernel of (x[i] - zp_in) * weight[o,i]; "
-        "padding adds zeros to x - zp_in (it pads with zp_in in code space); y = clamp(round_shift(acc, shift[o]) "
-        "+ zp_out, lo, hi), or y = acc when requant is false (the int32 logits)"
-    ),
-    OpType.LINEAR: "acc[o] = bias[o] + sum_i (x[i] - zp_in) * weight[o,i]; then as conv",
-    OpType.ADD: (
-        "acc = ((a - zp_a) << align[0]) + ((b - zp_b) << align[1]); y = clamp(round_shift(acc, shift[0]) + zp_out, "
-        "lo, hi)"
-    ),
-    OpType.MAXPOOL: "y = max over the window of x (codes; padding never wins); y shares x's scale and zero point",
-    OpType.AVGPOOL: (
-        "acc = sum over the window of (x - zp_in) (padding adds zeros); y = clamp(round_shift(acc, shift[0]) + "
-        "zp_out, lo, hi): the division by the window's 2^n values is part of the shift"
-    ),
-    OpType.CONCAT: "y = the inputs' codes stacked along channels; all share one scale and zero point",
-    OpType.FLATTEN: "y = x reshaped (C, H, W) -> (C*H*W), in C, H, W order",
-}
-ROUNDING_RULES = {  # acc * 2^-s for s > 0, exactly; `//` is floor division
-    "half-up": "(acc + 2^(s-1)) // 2^s: ties go up, toward +infinity",
-    "half-even": "nearest integer to acc / 2^s; ties go to the even one",
-    "floor": "acc // 2^s (an arithmetic right shift): toward -infinity",
-}
+OP_RULES: dict[OpType, str] = {op: spec.rule for op, spec in OP_SPEC.items()}
+ROUNDING_RULES = {r.label: ROUNDING_DEFINITIONS[r] for r in Rounding}
 TENSOR_LAYOUTS = {  # by tensor key, all row-major (C order)
     "weight": "conv: (out, in / groups, kh, kw); linear: (out, in)",
     "bias": "(out)",

@@ -17,7 +17,7 @@ from importlib.resources import files
 
 import numpy as np
 
-from potq.ir.graph import Graph, Node, OpType, _pair
+from potq.ir.graph import Graph, Node, OpType, pair
 from potq.ir.io import tensor_name
 
 API_HEADER = "potq_model.h"
@@ -70,7 +70,7 @@ def _mac(graph: Graph, n: Node) -> str:
     c, h, w = _chw(graph, n.inputs[0])
     o, oh, ow = _chw(graph, n.output)
     if n.op is OpType.CONV:
-        (kh, kw), (sh, sw), (ph, pw) = (_pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
+        (kh, kw), (sh, sw), (ph, pw) = (pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
         groups = n.attrs.get("groups", 1)
     else:  # a linear layer: a 1x1 convolution of a 1x1 image
         c, h, w, kh, kw, sh, sw, ph, pw, groups = _size(graph, n.inputs[0]), 1, 1, 1, 1, 1, 1, 0, 0, 1
@@ -102,7 +102,7 @@ def _add(graph: Graph, n: Node) -> str:
 def _pool(graph: Graph, n: Node) -> str:
     c, h, w = _chw(graph, n.inputs[0])
     _, oh, ow = _chw(graph, n.output)
-    (kh, kw), (sh, sw), (ph, pw) = (_pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
+    (kh, kw), (sh, sw), (ph, pw) = (pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
     p = f"{{ static const potq_pool_t p = {{{c}, {h}, {w}, {oh}, {ow}, {kh}, {kw}, {sh}, {sw}, {ph}, {pw}}};\n      "
     if n.op is OpType.MAXPOOL:
         return p + f"potq_maxpool(&p, {_src(graph, n)}, {_dst(graph, n)}); }}"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from potq.errors import UserError
-from potq.ir.graph import Graph, Node, OpType, _pair
+from potq.ir.graph import Graph, Node, OpType, pair
 from potq.ir.io import tensor_name
 from potq.quant.simulate import weight_scale
 
@@ -126,7 +126,7 @@ def _mac(b: Builder, n: Node) -> None:
     x = b.dequantized(n.inputs[0])
     real = f"{n.output}.real" if n.requant else (OUTPUT if n.output == b.graph.output else n.output)
     if n.op is OpType.CONV:
-        (kh, kw), (sh, sw), (ph, pw) = (_pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
+        (kh, kw), (sh, sw), (ph, pw) = (pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
         b.node(
             "Conv", [x, weight, bias], real, n.name,
             kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw], group=n.attrs.get("groups", 1),
@@ -143,7 +143,7 @@ def _add(b: Builder, n: Node) -> None:
 
 
 def _pool(b: Builder, n: Node) -> None:
-    (kh, kw), (sh, sw), (ph, pw) = (_pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
+    (kh, kw), (sh, sw), (ph, pw) = (pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
     attrs = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw])
     if n.op is OpType.AVGPOOL:  # the window sum over 2^n values (padding counts as 0), divided exactly
         attrs["count_include_pad"] = 1

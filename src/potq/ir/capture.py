@@ -18,7 +18,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
 from potq.errors import UserError
-from potq.ir.graph import Graph, Node, OpType
+from potq.ir.graph import Graph, Node, OpType, pair
 
 IMAGE = "image"
 SUPPORTED = (
@@ -65,10 +65,6 @@ def _unsupported(node: fx.Node, what: str, why: str = "") -> UserError:
 def _op_text(node: fx.Node) -> str:
     t = node.target
     return f"{t}()" if isinstance(t, str) else f"{getattr(t, '__module__', '') or ''}.{getattr(t, '__name__', t)}()"
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def capture(model: nn.Module, in_shape: tuple[int, int, int], mean: list[float], std: list[float]) -> Graph:
@@ -185,11 +181,11 @@ class _Builder:
             raise _unsupported(node, f"module {type(m).__name__}")
 
     def conv(self, node: fx.Node, m: nn.Conv2d) -> None:
-        if _pair(m.dilation) != (1, 1):
+        if pair(m.dilation) != (1, 1):
             raise _unsupported(node, "Conv2d with dilation", "potq convolutions have dilation 1")
         if m.padding_mode != "zeros":
             raise _unsupported(node, f"Conv2d padding_mode={m.padding_mode!r}", "potq pads with zeros")
-        kernel = _pair(m.kernel_size)
+        kernel = pair(m.kernel_size)
         padding = m.padding
         if isinstance(padding, str):  # 'valid', or 'same' at stride 1 with an odd kernel
             if padding == "same" and any(k % 2 == 0 for k in kernel):
@@ -199,8 +195,8 @@ class _Builder:
         b = m.bias.detach().double() if m.bias is not None else torch.zeros(m.out_channels, dtype=torch.float64)
         attrs = {
             "kernel": list(kernel),
-            "stride": list(_pair(m.stride)),
-            "padding": list(_pair(padding)),
+            "stride": list(pair(m.stride)),
+            "padding": list(pair(padding)),
             "groups": m.groups,
         }
         self.add(node, OpType.CONV, [node.args[0]], attrs, {"weight": w, "bias": b})
@@ -241,31 +237,31 @@ class _Builder:
         self.value[node] = producer.output
 
     def maxpool(self, node, kernel, stride, padding, dilation, ceil_mode) -> None:
-        if ceil_mode or _pair(dilation) != (1, 1):
+        if ceil_mode or pair(dilation) != (1, 1):
             raise _unsupported(node, "max pooling with ceil_mode or dilation")
         attrs = {
-            "kernel": list(_pair(kernel)),
-            "stride": list(_pair(stride or kernel)),
-            "padding": list(_pair(padding)),
+            "kernel": list(pair(kernel)),
+            "stride": list(pair(stride or kernel)),
+            "padding": list(pair(padding)),
         }
         self.add(node, OpType.MAXPOOL, [node.args[0]], attrs)
 
     def avgpool(self, node, kernel, stride, padding, ceil_mode, count_include_pad, divisor) -> None:
-        if ceil_mode or divisor is not None or (not count_include_pad and _pair(padding) != (0, 0)):
+        if ceil_mode or divisor is not None or (not count_include_pad and pair(padding) != (0, 0)):
             raise _unsupported(
                 node,
                 "average pooling with ceil_mode, divisor_override or count_include_pad=False",
                 "potq divides every window by its full size",
             )
         attrs = {
-            "kernel": list(_pair(kernel)),
-            "stride": list(_pair(stride or kernel)),
-            "padding": list(_pair(padding)),
+            "kernel": list(pair(kernel)),
+            "stride": list(pair(stride or kernel)),
+            "padding": list(pair(padding)),
         }
         self.add(node, OpType.AVGPOOL, [node.args[0]], attrs)
 
     def adaptive(self, node, output_size) -> None:
-        if _pair(output_size) != (1, 1):
+        if pair(output_size) != (1, 1):
             raise _unsupported(node, f"adaptive average pooling to {output_size}", "potq pools globally, to 1x1")
         _, h, w = self.shapes[self.input_value(node.args[0])]
         self.add(node, OpType.AVGPOOL, [node.args[0]], {"kernel": [h, w], "stride": [h, w], "padding": [0, 0]})

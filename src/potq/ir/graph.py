@@ -13,6 +13,7 @@ kernel per OpType (tests/test_graph.py checks that none is missing).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -31,11 +32,6 @@ class OpType(Enum):
     AVGPOOL = "avgpool"  # a sum, then the division by the power-of-two window folded into the shift
     CONCAT = "concat"  # channels; the inputs share one QType
     FLATTEN = "flatten"  # (N, C, H, W) -> (N, C*H*W)
-
-
-MAC_OPS = (OpType.CONV, OpType.LINEAR)
-# nodes whose output is a fresh quantization (a rounding shift); the others move codes unchanged
-REQUANT_OPS = (OpType.INPUT, OpType.CONV, OpType.LINEAR, OpType.ADD, OpType.AVGPOOL)
 
 
 @dataclass
@@ -115,8 +111,8 @@ class Graph:
             if n.output in made:
                 raise ValueError(f"{where}: value {n.output} is made twice")
             made.add(n.output)
-            arity = {OpType.ADD: 2}.get(n.op, 1)
-            if (n.op is OpType.CONCAT and len(n.inputs) < 2) or (n.op is not OpType.CONCAT and len(n.inputs) != arity):
+            arity = OP_SPEC[n.op].arity
+            if len(n.inputs) != arity if arity is not None else len(n.inputs) < 2:
                 raise ValueError(f"{where}: {len(n.inputs)} inputs")
             expect = out_shape(n, [self.shapes[v] for v in n.inputs])
             if tuple(self.shapes[n.output]) != expect:
@@ -139,11 +135,107 @@ class Graph:
             if n.op in REQUANT_OPS and n.requant and q_out.exponent is not None and n.op is not OpType.INPUT:
                 if "shift" not in n.tensors:
                     raise ValueError(f"{where}: no shift")
-            if n.op in (OpType.MAXPOOL, OpType.FLATTEN, OpType.CONCAT):
+            if n.op in SHARED_QTYPE_OPS:
                 for v in n.inputs:
                     q_in = self.q[v]
                     if (q_in.zero_point, q_in.scale) != (q_out.zero_point, q_out.scale):
                         raise ValueError(f"{where}: input {v} and output must share one scale and zero point")
+
+
+# ---- the op table: every fact about an op type, in one row ----------------------------------------
+
+
+def pair(v) -> tuple[int, int]:
+    """A kernel, stride or padding attribute as (height, width): an int means both."""
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+Shape = tuple[int, ...]
+
+
+def _same_shape(n: Node, ins: list[Shape]) -> Shape:
+    return tuple(ins[0])
+
+
+def _window_shape(n: Node, ins: list[Shape]) -> Shape:
+    """Conv and pooling: (C, H, W) -> (C', (H + 2p - k) // s + 1, ...), symmetric zero padding, no dilation."""
+    c, h, w = ins[0]
+    (kh, kw), (sh, sw), (ph, pw) = (pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
+    if n.op is OpType.CONV:
+        c = n.tensors["weight"].shape[0]
+    return (c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+
+
+def _linear_shape(n: Node, ins: list[Shape]) -> Shape:
+    return (n.tensors["weight"].shape[0],)
+
+
+def _add_shape(n: Node, ins: list[Shape]) -> Shape:
+    if tuple(ins[0]) != tuple(ins[1]):
+        raise ValueError(f"node {n.name} (add): input shapes {ins[0]} and {ins[1]} differ")
+    return tuple(ins[0])
+
+
+def _concat_shape(n: Node, ins: list[Shape]) -> Shape:
+    if any(tuple(s[1:]) != tuple(ins[0][1:]) for s in ins):
+        raise ValueError(f"node {n.name} (concat): inputs {ins} differ beyond the channels")
+    return (sum(s[0] for s in ins), *ins[0][1:])
+
+
+def _flatten_shape(n: Node, ins: list[Shape]) -> Shape:
+    return (math.prod(ins[0]),)
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """What an op type is, for every interpreter: how many inputs, what shape it makes, whether it multiplies
+    int8 weights (a MAC node: a PE array's work), whether its output is a fresh quantization (a rounding
+    shift), whether its inputs and output share one QType (codes move unchanged), and its integer rule in one
+    line (written into model.json for implementers)."""
+
+    arity: int | None  # None: two or more
+    shape: Callable[[Node, list[Shape]], Shape]
+    macs: bool
+    requantizes: bool
+    shares_qtype: bool
+    rule: str
+
+
+# fmt: off
+OP_SPEC: dict[OpType, OpSpec] = {
+    #                 arity  shape         macs   requant shares rule
+    OpType.INPUT: OpSpec(1, _same_shape, False, True, False,
+        "y[c,h,w] = lut[c][image[c,h,w]] (normalization and input quantization in one table)"),
+    OpType.CONV: OpSpec(1, _window_shape, True, True, False,
+        "acc[o] = bias[o] + sum over the group's input channels i and the kernel of (x[i] - zp_in) * weight[o,i]; "
+        "padding adds zeros to x - zp_in (it pads with zp_in in code space); y = clamp(round_shift(acc, shift[o]) "
+        "+ zp_out, lo, hi), or y = acc when requant is false (the int32 logits)"),
+    OpType.LINEAR: OpSpec(1, _linear_shape, True, True, False,
+        "acc[o] = bias[o] + sum_i (x[i] - zp_in) * weight[o,i]; then as conv"),
+    OpType.ADD: OpSpec(2, _add_shape, False, True, False,
+        "acc = ((a - zp_a) << align[0]) + ((b - zp_b) << align[1]); y = clamp(round_shift(acc, shift[0]) + zp_out, "
+        "lo, hi)"),
+    OpType.MAXPOOL: OpSpec(1, _window_shape, False, False, True,
+        "y = max over the window of x (codes; padding never wins); y shares x's scale and zero point"),
+    OpType.AVGPOOL: OpSpec(1, _window_shape, False, True, False,
+        "acc = sum over the window of (x - zp_in) (padding adds zeros); y = clamp(round_shift(acc, shift[0]) + "
+        "zp_out, lo, hi): the division by the window's 2^n values is part of the shift"),
+    OpType.CONCAT: OpSpec(None, _concat_shape, False, False, True,
+        "y = the inputs' codes stacked along channels; all share one scale and zero point"),
+    OpType.FLATTEN: OpSpec(1, _flatten_shape, False, False, True,
+        "y = x reshaped (C, H, W) -> (C*H*W), in C, H, W order"),
+}
+# fmt: on
+
+MAC_OPS = tuple(op for op, spec in OP_SPEC.items() if spec.macs)
+# nodes whose output is a fresh quantization (a rounding shift); the others move codes unchanged
+REQUANT_OPS = tuple(op for op, spec in OP_SPEC.items() if spec.requantizes)
+SHARED_QTYPE_OPS = tuple(op for op, spec in OP_SPEC.items() if spec.shares_qtype)
+
+
+def out_shape(n: Node, ins: list[Shape]) -> Shape:
+    """The output shape (without batch) that node n makes of its inputs' shapes."""
+    return OP_SPEC[n.op].shape(n, ins)
 
 
 def channel_view(t: torch.Tensor, dims: int) -> torch.Tensor:
@@ -156,39 +248,9 @@ def row_view(t: torch.Tensor, dims: int) -> torch.Tensor:
     return t.view(-1, *([1] * (dims - 1)))
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def out_shape(n: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
-    """The output shape (without batch) that node n makes of its inputs' shapes."""
-    a = n.attrs
-    if n.op is OpType.INPUT:
-        return tuple(ins[0])
-    if n.op in (OpType.CONV, OpType.MAXPOOL, OpType.AVGPOOL):
-        c, h, w = ins[0]
-        (kh, kw), (sh, sw), (ph, pw) = _pair(a["kernel"]), _pair(a["stride"]), _pair(a["padding"])
-        if n.op is OpType.CONV:
-            c = n.tensors["weight"].shape[0]
-        return (c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
-    if n.op is OpType.LINEAR:
-        return (n.tensors["weight"].shape[0],)
-    if n.op is OpType.ADD:
-        if tuple(ins[0]) != tuple(ins[1]):
-            raise ValueError(f"node {n.name} (add): input shapes {ins[0]} and {ins[1]} differ")
-        return tuple(ins[0])
-    if n.op is OpType.CONCAT:
-        if any(tuple(s[1:]) != tuple(ins[0][1:]) for s in ins):
-            raise ValueError(f"node {n.name} (concat): inputs {ins} differ beyond the channels")
-        return (sum(s[0] for s in ins), *ins[0][1:])
-    if n.op is OpType.FLATTEN:
-        return (math.prod(ins[0]),)
-    raise ValueError(f"node {n.name}: unknown op {n.op}")
-
-
 def window(n: Node) -> int:
     """Values summed by one output of an AVGPOOL node."""
-    kh, kw = _pair(n.attrs["kernel"])
+    kh, kw = pair(n.attrs["kernel"])
     return kh * kw
 
 

@@ -36,6 +36,11 @@ class Rounding(IntEnum):
 
 
 ROUNDING = tuple(r.label for r in Rounding)  # the labels, in code order
+ROUNDING_DEFINITIONS = {  # acc * 2^-s for s > 0, exactly; `//` is floor division (written into model.json)
+    Rounding.HALF_UP: "(acc + 2^(s-1)) // 2^s: ties go up, toward +infinity",
+    Rounding.HALF_EVEN: "nearest integer to acc / 2^s; ties go to the even one",
+    Rounding.FLOOR: "acc // 2^s (an arithmetic right shift): toward -infinity",
+}
 
 # every shift amount at or beyond this rounds an int32 accumulator exactly as this one does
 SHIFT_CAP = 62
