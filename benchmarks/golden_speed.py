@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from potq.allocator import retain_freed_memory
-from potq.data import load_dataset, nhwc, normalize
+from potq.data import load_dataset
 from potq.golden import IntegerModel
+from potq.ir.tensor import nhwc, normalize
 from potq.quant.pipeline import load_quantized
 from potq.train import load_trained
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from potq.allocator import retain_freed_memory
-from potq.data import load_dataset, normalize
+from potq.data import load_dataset
 from potq.golden import IntegerModel
+from potq.ir.tensor import normalize
 from potq.quant.pipeline import quantize_graph
 from potq.quant.scheme import QuantSettings
 from potq.quant.simulate import simulated

@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from potq.data import load_dataset, normalize
+from potq.data import load_dataset
+from potq.ir.tensor import normalize
 from potq.quant.pipeline import layer_table, quantize_graph
 from potq.quant.scheme import QuantSettings
 from potq.quant.simulate import simulated

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from potq.allocator import retain_freed_memory
-from potq.data import augment, channel_stats, load_dataset, normalize
+from potq.data import augment, channel_stats, load_dataset
+from potq.ir.tensor import normalize
 from potq.models import build_model
 from potq.recipes import RECIPES
 from potq.train import make_optimizer, place

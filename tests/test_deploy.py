@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from potq.cli import main
-from potq.data import load_dataset, normalize
+from potq.data import load_dataset
 from potq.deploy.c_runtime import C_KERNELS
 from potq.deploy.check import check_c, check_onnx
 from potq.deploy.onnx_qdq import ONNX_KERNELS, OPSET, to_onnx
 from potq.ir.capture import capture
 from potq.ir.graph import Graph, OpType
+from potq.ir.tensor import normalize
 from potq.models import build_model
 from potq.quant.lower import calibrate, lower
 from potq.quant.scheme import QuantSettings

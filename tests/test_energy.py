@@ -3,6 +3,7 @@ import json
 import pytest
 
 from potq import energy
+from potq.api import network_costs
 from potq.cli import main
 from potq.models import build_model
 
@@ -37,7 +38,7 @@ def test_linear_command_shows_every_term(capsys):
 
 
 def test_network_counts_for_seed():
-    costs = energy.network_costs(build_model("seed"), (3, 32, 32))
+    costs = network_costs(build_model("seed"), (3, 32, 32))
     assert [c.type for c in costs] == ["Conv2d"] * 5 + ["Linear"] * 3
     assert costs[0].macs == 27 * 32 * 32 * 32 and costs[1].macs == 288 * 64 * 16 * 16
     assert sum(c.macs for c in costs) == 29_467_264

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from potq.cli import main
-from potq.data import normalize
 from potq.export import hex_lines, read_hex, write_export
 from potq.ir.capture import capture
+from potq.ir.tensor import normalize
 from potq.models import build_model
 from potq.quant.lower import calibrate, lower
 from potq.quant.scheme import QuantSettings

@@ -2,12 +2,12 @@ import pytest
 import torch
 
 from potq.cli import main
-from potq.data import normalize
 from potq.errors import UserError
 from potq.golden import FLOAT32_EXACT, IntegerModel, exact_gemm
 from potq.ir.bounds import analyse
 from potq.ir.capture import capture
 from potq.ir.graph import Graph, Node, OpType, QType
+from potq.ir.tensor import normalize
 from potq.quant.lower import calibrate, lower
 from potq.quant.scheme import QuantSettings
 from potq.quant.simulate import simulated

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from potq.cli import main
-from potq.data import normalize
 from potq.energy import ENERGY_KERNELS
 from potq.errors import UserError
 from potq.export import OP_RULES
@@ -17,6 +16,7 @@ from potq.ir import io
 from potq.ir.capture import capture
 from potq.ir.graph import MAC_OPS, OP_SPEC, REQUANT_OPS, SHARED_QTYPE_OPS, Graph, Node, OpType, QType
 from potq.ir.rules import Rounding
+from potq.ir.tensor import normalize
 from potq.models import ZOO, build_model
 from potq.quant.lower import calibrate, lower
 from potq.quant.scheme import QuantSettings

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from potq.data import channel_stats, normalize
+from potq.data import channel_stats
 from potq.errors import UserError
 from potq.ir.graph import Graph
+from potq.ir.tensor import normalize
 from potq.quant.scheme import QuantSettings
 
 
@@ -65,6 +66,17 @@ class Quantized:
         n_out = self.graph.shapes[self.graph.output][0]
         classes = classes or [str(i) for i in range(n_out)]
         return write_export(self.graph, Path(out), images, labels, classes, formats=formats)
+
+
+def network_costs(model: nn.Module, in_shape: tuple[int, int, int], act_zero_point: int | None = None) -> list:
+    """Energy costs of a float model (potq.energy.LayerCost per node), from its captured graph at potq's
+    zero-point policy (act_zero_point=128: the reference report's convention)."""
+    from potq import energy
+    from potq.ir.capture import capture
+    from potq.quant.scheme import policy_zero_points
+
+    graph = capture(model, in_shape, [0.0] * in_shape[0], [1.0] * in_shape[0])
+    return energy.graph_costs(graph, policy_zero_points(graph, act_zero_point))
 
 
 def quantize(

@@ -198,11 +198,15 @@ def cmd_energy(a: argparse.Namespace) -> None:
         return
     if a.run:  # the quantized graph itself, with its real zero points and shifts
         from potq.quant.pipeline import load_quantized
+        from potq.quant.scheme import policy_zero_points
 
-        costs = energy.graph_costs(load_quantized(a.run, a.scheme)[0], a.act_zero_point)
+        graph = load_quantized(a.run, a.scheme)[0]
+        costs = energy.graph_costs(graph, policy_zero_points(graph, a.act_zero_point))
     else:
+        from potq.api import network_costs
+
         shape = parse_shape(a.input)
-        costs = energy.network_costs(build_model(a.model, shape, a.classes), shape, a.act_zero_point)
+        costs = network_costs(build_model(a.model, shape, a.classes), shape, a.act_zero_point)
     r = energy.report(costs, table, a.memory)
     print(json.dumps(r, indent=2) if a.json else energy.format_report(r))
     if a.out:

@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from torch import nn
-
 from potq.errors import UserError
 from potq.ir.graph import Graph, Node, OpType, window
 
@@ -232,30 +230,15 @@ ENERGY_KERNELS: dict[OpType, Callable[[Graph, Node, dict[str, int]], LayerCost |
 }
 
 
-def graph_costs(graph: Graph, act_zero_point: int | None = None) -> list[LayerCost]:
-    """Costs of every counted node. A quantized graph is costed with its own zero points; a float graph
-    with potq's zero-point policy (act_zero_point=None: 0 after ReLU, 128 for signed values) or the
-    reference report's convention (128: everywhere)."""
-    if graph.quantized and act_zero_point is None:
-        zp = {v: q.zero_point for v, q in graph.q.items()}
-    else:
-        from potq.quant.lower import nonnegative
-        from potq.quant.scheme import QuantSettings, zero_point
-
-        settings = QuantSettings("pot-seed" if act_zero_point else "pot-channel")
-        zp = {v: zero_point(settings, not nn) for v, nn in nonnegative(graph).items()}
-    costs = [ENERGY_KERNELS[n.op](graph, n, zp) for n in graph.nodes]
+def graph_costs(graph: Graph, zero_points: dict[str, int] | None = None) -> list[LayerCost]:
+    """Costs of every counted node, with each value's zero point: a quantized graph's own (None), or the
+    ones given (a float graph's, by a zero-point policy: potq.quant.scheme.policy_zero_points)."""
+    if zero_points is None:
+        if not graph.quantized:
+            raise ValueError("a float graph is costed with the zero points of a policy: pass zero_points")
+        zero_points = {v: q.zero_point for v, q in graph.q.items()}
+    costs = [ENERGY_KERNELS[n.op](graph, n, zero_points) for n in graph.nodes]
     return [c for c in costs if c is not None]
-
-
-def network_costs(
-    model: nn.Module, in_shape: tuple[int, int, int], act_zero_point: int | None = None
-) -> list[LayerCost]:
-    """Costs of a model, from its captured float graph."""
-    from potq.ir.capture import capture
-
-    graph = capture(model, in_shape, [0.0] * in_shape[0], [1.0] * in_shape[0])
-    return graph_costs(graph, act_zero_point)
 
 
 def linear_cost(n_in: int, n_out: int, act_zero_point: int) -> LayerCost:

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from potq.data import nhwc
 from potq.errors import UserError
 from potq.ir.arith import fold_requant, round_inplace, shift_round, shift_round_float32
 from potq.ir.bounds import analyse, headroom_bits, input_range
 from potq.ir.graph import Graph, Node, OpType, QType, channel_view
 from potq.ir.rules import FLOAT32_EXACT, Rounding
+from potq.ir.tensor import nhwc
 
 FLOAT64_EXACT = 2**53
 

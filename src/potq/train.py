@@ -21,9 +21,10 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from potq.data import Dataset, augment, channel_stats, load_dataset, nhwc, normalize, split_train_val
+from potq.data import Dataset, augment, channel_stats, load_dataset, split_train_val
 from potq.errors import UserError
 from potq.files import read_json, save_json, save_text, save_torch
+from potq.ir.tensor import nhwc, normalize
 from potq.models import build_model, check_model
 from potq.plots import plot_curves
 from potq.recipes import PRECISIONS, RECIPES, Recipe

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from potq.data import load_dataset, normalize
+from potq.data import load_dataset
 from potq.errors import UserError
 from potq.files import save_json
 from potq.golden import IntegerModel
+from potq.ir.tensor import normalize
 from potq.quant.pipeline import load_quantized
 from potq.quant.simulate import simulated
 

@@ -21,9 +21,8 @@ from collections.abc import Callable
 import numpy as np
 
 from potq.errors import UserError
-from potq.ir.graph import Graph, Node, OpType, pair
+from potq.ir.graph import Graph, Node, OpType, pair, weight_scale
 from potq.ir.io import tensor_name
-from potq.quant.simulate import weight_scale
 
 OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear (13), Clip with min/max inputs (11)
 EXTRA = "onnx"  # pip install 'potq[onnx]'

@@ -263,3 +263,8 @@ def pool_shift_bits(n: Node) -> int:
             "hold a power-of-two count of values (2x2, 4x4, 8x8, 2x4, ...)"
         )
     return k.bit_length() - 1
+
+
+def weight_scale(n: Node) -> torch.Tensor:
+    """A lowered MAC node's weight scale per output channel: 2**w_exp, or the float scale."""
+    return torch.exp2(n.tensors["w_exp"].double()) if "w_exp" in n.tensors else n.tensors["w_scale"].double()

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import torch
 
-from potq.data import normalize
 from potq.errors import UserError
 from potq.ir.arith import round_float
 from potq.ir.bounds import analyse
-from potq.ir.graph import MAC_OPS, SHARED_QTYPE_OPS, Graph, Node, OpType, QType, pool_shift_bits, row_view
+from potq.ir.graph import MAC_OPS, SHARED_QTYPE_OPS, Graph, Node, OpType, QType, pool_shift_bits, row_view, weight_scale
 from potq.ir.rules import INT32_MAX
+from potq.ir.tensor import normalize
 from potq.quant.arith import quantize
 from potq.quant.scheme import W_MAX, W_MIN, QuantSettings, activation_qtype, weight_scales
-from potq.quant.simulate import SimNet, weight_scale
+from potq.quant.simulate import SimNet
 
 
 class Stats:

@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from potq.data import load_dataset, normalize
+from potq.data import load_dataset
 from potq.errors import UserError
 from potq.files import read_json, save_json, save_text, save_torch
 from potq.ir import io
 from potq.ir.capture import capture
 from potq.ir.graph import Graph
+from potq.ir.tensor import normalize
 from potq.plots import plot_bars
 from potq.quant.lower import calibrate, collect_stats, lower, min_weight_exponents, weight_scales_of
 from potq.quant.scheme import SCHEMES, QuantSettings

@@ -16,7 +16,7 @@ import torch
 
 from potq.errors import UserError
 from potq.ir.arith import round_values
-from potq.ir.graph import QType
+from potq.ir.graph import Graph, QType
 from potq.quant.arith import choose_exponent, finite_max, pot_exponents, seed_exponent
 from potq.quant.rules import EXPONENT_ROUND_MODES, POT_SCHEMES, SCHEMES, QuantSettings, Scheme  # noqa: F401
 
@@ -29,6 +29,18 @@ def zero_point(settings: QuantSettings, signed: bool) -> int:
     """The zero-point policy, for every activation: 128 where values can be negative (and everywhere
     in pot-seed), else 0 (ReLU's output: double the resolution, no zero-point subtraction)."""
     return SIGNED_ZERO_POINT if settings.spec.seed or signed else 0
+
+
+def policy_zero_points(graph: Graph, act_zero_point: int | None = None) -> dict[str, int] | None:
+    """Zero points to cost a graph with (potq.energy): None, the graph's own, where it is quantized and none
+    is asked for; else potq's policy (act_zero_point None or 0: 0 after ReLU, 128 for signed values) or
+    the reference report's convention (128: everywhere)."""
+    if graph.quantized and act_zero_point is None:
+        return None
+    from potq.quant.lower import nonnegative
+
+    settings = QuantSettings("pot-seed" if act_zero_point else "pot-channel")
+    return {v: zero_point(settings, not nn) for v, nn in nonnegative(graph).items()}
 
 
 def activation_scale(stats, zp: int, settings: QuantSettings) -> tuple[float, int | None]:

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from potq.data import nhwc
 from potq.ir.arith import fold_requant, round_inplace
 from potq.ir.bounds import analyse
-from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType, channel_view, row_view
+from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType, channel_view, row_view, weight_scale
 from potq.ir.rules import FLOAT32_EXACT, INT32_MAX, Rounding
+from potq.ir.tensor import nhwc
 from potq.quant.arith import quantize
 from potq.quant.scheme import W_MAX, W_MIN, QuantSettings, weight_scales
 
@@ -292,11 +292,6 @@ def dequantize(qgraph: Graph) -> tuple[Graph, dict[str, torch.Tensor]]:
             scales[n.name] = ws
         nodes.append(Node(n.name, n.op, list(n.inputs), n.output, dict(n.attrs), tensors))
     return Graph(nodes, dict(qgraph.shapes), qgraph.input, qgraph.output), scales
-
-
-def weight_scale(n: Node) -> torch.Tensor:
-    """A lowered MAC node's weight scale per output channel: 2**w_exp, or the float scale."""
-    return torch.exp2(n.tensors["w_exp"].double()) if "w_exp" in n.tensors else n.tensors["w_scale"].double()
 
 
 def simulated(qgraph: Graph) -> SimNet:
