@@ -10,9 +10,10 @@ from potq.ir.capture import capture
 from potq.ir.graph import OpType
 from potq.models import build_model
 from potq.quant.lower import calibrate, lower
-from potq.quant.pipeline import compare, layer_table, load_quantized, quantize_run
+from potq.quant.pipeline import layer_table
 from potq.quant.scheme import SCHEMES, QuantSettings
 from potq.quant.simulate import SimNet, simulated
+from potq.runs.quantize import compare, load_quantized, quantize_run
 
 MEAN, STD = [0.0] * 3, [1.0] * 3
 

@@ -49,7 +49,7 @@ def test_export_matches_potq_0_1(fixture_run, real_data, scheme, tmp_path):
     # the same golden model runs on those 4 images here
     from potq.data import load_dataset
     from potq.export import write_export
-    from potq.quant.pipeline import load_quantized
+    from potq.runs.quantize import load_quantized
 
     graph, _ = load_quantized(fixture_run, label)
     ds = load_dataset(str(real_data))

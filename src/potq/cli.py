@@ -82,8 +82,9 @@ def check_run_model(a: argparse.Namespace) -> None:
     if getattr(a, "model", None) is None:
         return
     from potq.models import model_spec
+    from potq.runs.paths import CONFIG
 
-    config = Path(a.run) / "config.json"
+    config = Path(a.run) / CONFIG
     try:
         saved = json.loads(config.read_text()).get("model")
     except (OSError, ValueError, AttributeError):
@@ -95,8 +96,8 @@ def check_run_model(a: argparse.Namespace) -> None:
 def cmd_quantize(a: argparse.Namespace) -> None:
     check_run_model(a)
     from potq.files import folder_lock
-    from potq.quant.pipeline import quantize_run
     from potq.quant.scheme import QuantSettings
+    from potq.runs.quantize import quantize_run
 
     settings = QuantSettings.parse(a.scheme, a.exponent, a.rounding, a.max_shift)
     with folder_lock(a.run, "--run"):
@@ -108,7 +109,7 @@ def cmd_quantize(a: argparse.Namespace) -> None:
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
-    from potq.quant.pipeline import compare
+    from potq.runs.quantize import compare
 
     print(compare(a.run))
 
@@ -197,8 +198,8 @@ def cmd_energy(a: argparse.Namespace) -> None:
             print(json.dumps(results, indent=2))
         return
     if a.run:  # the quantized graph itself, with its real zero points and shifts
-        from potq.quant.pipeline import load_quantized
         from potq.quant.scheme import policy_zero_points
+        from potq.runs.quantize import load_quantized
 
         graph = load_quantized(a.run, a.scheme)[0]
         costs = energy.graph_costs(graph, policy_zero_points(graph, a.act_zero_point))

@@ -26,10 +26,12 @@ from potq.golden import IntegerModel
 from potq.ir import io
 from potq.ir.graph import OP_SPEC, Graph, OpType
 from potq.ir.rules import ROUNDING_DEFINITIONS, Rounding
-from potq.quant.pipeline import load_quantized, quant_paths, weights_digest
+from potq.runs.paths import quant_paths
+from potq.runs.quantize import load_quantized, weights_digest
 
 EXPORT_KIND = "potq-export/2"
 ONNX_FILE = "model.onnx"
+MODEL_JSON = "model.json"  # the graph: docs/graph-format.md
 
 # The exporter's kernel per op: its integer rule, written into model.json for the implementer.
 OP_RULES: dict[OpType, str] = {op: spec.rule for op, spec in OP_SPEC.items()}
@@ -250,7 +252,7 @@ def write_export(
         if "hw" not in formats:  # the tensors are in model.h or model.onnx, not in npz and hex files
             for t in desc["tensor_files"].values():
                 del t["npz"], t["hex"]
-        save_json(desc, tmp / "model.json")
+        save_json(desc, tmp / MODEL_JSON)
         replace_dir(tmp, out, EXPORT_KIND, protect)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

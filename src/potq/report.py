@@ -10,14 +10,33 @@ from __future__ import annotations
 import base64
 import csv
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
 import markdown
 
 from potq.energy import MODELS, fmt
+from potq.export import MODEL_JSON
 from potq.files import read_json, save_text
-from potq.quant.pipeline import change
+from potq.ir.rules import Rounding
+from potq.quant.rules import SCHEMES
 from potq.recipes import RECIPES
+from potq.runs.paths import (
+    COMPARE_MD,
+    CONFIG,
+    ENERGY_JSON,
+    EXPORT_DIR,
+    HISTORY,
+    METRICS,
+    QUANT_GLOB,
+    REPORT_HTML,
+    REPORT_MD,
+    STEPS,
+    SUMMARY,
+    VERIFY_GLOB,
+    deploy_json,
+)
+from potq.runs.quantize import change
 from potq.summary import LayerRow, Summary, format_summary
 
 CSS = """
@@ -77,7 +96,7 @@ def overfitting(history: list[dict]) -> str:
 
 
 def _history(run: Path) -> list[dict]:
-    with open(run / "history.csv") as f:
+    with open(run / HISTORY) as f:
         return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
@@ -105,187 +124,253 @@ def _layer_exponents(q: dict) -> str:
     return "\n".join(lines)
 
 
-def build_markdown(run: Path) -> str:
-    summary, metrics = _read(run / "summary.json"), _read(run / "metrics.json")
-    config, steps = _read(run / "config.json") or {}, _read(run / "steps.json") or {}
-    quants = {p.stem.removeprefix("quant_"): read_json(p) for p in sorted(run.glob("quant_*.json"))}
-    verifies = {p.stem.removeprefix("verify_"): read_json(p) for p in sorted(run.glob("verify_*.json"))}
-    energy = _read(run / "energy.json")
-    pot = {k: v for k, v in quants.items() if k.startswith("pot-")}
-    best = max(pot, key=lambda k: pot[k]["test_accuracy"]) if pot else None
-    jpeg = "jpeg" in str(config.get("data", "")).lower()
-    data_note = " (measured on the JPEG copy of CIFAR-10)" if jpeg else ""
+@dataclass
+class Records:
+    """Everything in a run folder that the report reads, read once."""
 
-    out = [f"# potq report: `{config.get('model', '?')}` on {Path(str(config.get('data', '?'))).name}{data_note}", ""]
-    if metrics and (config.get("train_limit") or metrics["epochs"] < RECIPES["seed"].epochs):
+    run: Path
+    summary: dict | None
+    metrics: dict | None
+    config: dict
+    steps: dict
+    quants: dict[str, dict]  # by label
+    verifies: dict[str, dict]
+    energy: dict | None
+
+    @classmethod
+    def read(cls, run: Path) -> Records:
+        return cls(
+            run,
+            _read(run / SUMMARY),
+            _read(run / METRICS),
+            _read(run / CONFIG) or {},
+            _read(run / STEPS) or {},
+            {p.stem.removeprefix("quant_"): read_json(p) for p in sorted(run.glob(QUANT_GLOB))},
+            {p.stem.removeprefix("verify_"): read_json(p) for p in sorted(run.glob(VERIFY_GLOB))},
+            _read(run / ENERGY_JSON),
+        )
+
+    @property
+    def pot(self) -> dict[str, dict]:
+        """The quantized models with power-of-two scales."""
+        return {k: v for k, v in self.quants.items() if (s := SCHEMES.get(v.get("scheme"))) is not None and s.pot}
+
+    @property
+    def best(self) -> str | None:
+        pot = self.pot
+        return max(pot, key=lambda k: pot[k]["test_accuracy"]) if pot else None
+
+
+def build_markdown(run: Path) -> str:
+    r = Records.read(run)
+    sections = (_title, _headline, _steps_table, _architecture, _training, _training_config, _quantization, _energy)
+    out = [line for section in sections for line in section(r)]
+    out += _export_section(run)
+    return "\n".join(out)
+
+
+def _title(r: Records) -> list[str]:
+    jpeg = "jpeg" in str(r.config.get("data", "")).lower()
+    data_note = " (measured on the JPEG copy of CIFAR-10)" if jpeg else ""
+    out = [
+        f"# potq report: `{r.config.get('model', '?')}` on {Path(str(r.config.get('data', '?'))).name}{data_note}",
+        "",
+    ]
+    m = r.metrics
+    if m and (r.config.get("train_limit") or m["epochs"] < RECIPES["seed"].epochs):
         out += [
-            f"> **Quick look**: {metrics['epochs']} epoch(s) on {metrics['train_images']:,} training images, not the "
+            f"> **Quick look**: {m['epochs']} epoch(s) on {m['train_images']:,} training images, not the "
             f"reference recipe's {RECIPES['seed'].epochs} epochs on the whole training set: its accuracies show "
             "that the path works, not what the model can reach.",
             "",
         ]
-    # headline
-    if metrics:
-        head = [
-            "| | Value |",
-            "|---|---:|",
-            f"| FP32 test accuracy | {100 * metrics['test_accuracy']:.2f}% |",
-            f"| FP32 model size | {metrics['model_size_mb']:.2f} MB |",
+    return out
+
+
+def _headline(r: Records) -> list[str]:
+    m, energy, best = r.metrics, r.energy, r.best
+    if not m:
+        return []
+    head = [
+        "| | Value |",
+        "|---|---:|",
+        f"| FP32 test accuracy | {100 * m['test_accuracy']:.2f}% |",
+        f"| FP32 model size | {m['model_size_mb']:.2f} MB |",
+    ]
+    if best:
+        q = r.pot[best]
+        head += [
+            f"| Best INT8 power-of-two ({best}) test accuracy | {100 * q['test_accuracy']:.2f}% |",
+            f"| Change against FP32 | {change(q['accuracy_drop'])} points |",
+            f"| INT8 model size | {q['model_size_mb']:.6f} MB |",
         ]
-        if best:
-            q = pot[best]
-            head += [
-                f"| Best INT8 power-of-two ({best}) test accuracy | {100 * q['test_accuracy']:.2f}% |",
-                f"| Change against FP32 | {change(q['accuracy_drop'])} points |",
-                f"| INT8 model size | {q['model_size_mb']:.6f} MB |",
-            ]
-        if energy:
-            head.append(
-                f"| Compute energy FP32 / INT8 power-of-two | {energy['ratios']['compute_fp32_over_int8_pot']:.1f}x |"
-            )
-            head.append(
-                f"| Total energy with memory ({energy['memory_level']}) | "
-                f"{energy['ratios']['total_fp32_over_int8_pot']:.1f}x |"
-            )
-        for name, v in verifies.items():
-            head.append(f"| Golden model ({name}) | {v['mismatches']} mismatches in {v['compared_values']:,} values |")
-        out += head + [""]
-    if metrics and "train" not in steps:  # trained before `potq run` took over the folder
-        steps = {"summary": steps.pop("summary", {"seconds": 0.0}), "train": {"seconds": metrics["seconds"]}, **steps}
-    if steps:
-        out += ["| Step | Wall time |", "|---|---:|"]
-        out += [f"| {name} | {s['seconds']:.1f} s |" for name, s in steps.items()] + [""]
-
-    out += ["## 1. Model architecture", ""]
-    out += [_summary_md(summary), ""] if summary else ["(no summary yet)", ""]
-
-    out += ["## 2. Training", ""]
-    if metrics:
-        out += [
-            "![Loss and accuracy curves](curves.png)",
-            "",
-            "| Metric | Value |",
-            "|---|---:|",
-            f"| Test loss | {metrics['test_loss']:.4f} |",
-            f"| Test accuracy | {metrics['test_accuracy']:.4f} |",
-            f"| Model size (saved FP32 weights) | {metrics['model_size_mb']:.2f} MB |",
-            "",
-            "### Overfitting",
-            "",
-            overfitting(_history(run)),
-            "",
-        ]
-    else:
-        out += ["(not trained yet)", ""]
-
-    out += ["## 3. Training configuration", ""]
-    if metrics:
-        r = metrics["recipe"]
-        aug = (
-            ", ".join(
-                a
-                for a in (
-                    f"random crop (padding {r['crop_pad']})" if r["crop_pad"] else "",
-                    "horizontal flip" if r["flip"] else "",
-                )
-                if a
-            )
-            or "none"
+    if energy:
+        ratios = energy["ratios"]
+        head.append(f"| Compute energy FP32 / INT8 power-of-two | {ratios['compute_fp32_over_int8_pot']:.1f}x |")
+        head.append(
+            f"| Total energy with memory ({energy['memory_level']}) | {ratios['total_fp32_over_int8_pot']:.1f}x |"
         )
-        loss = "CrossEntropyLoss()" + (f" with label smoothing {r['label_smoothing']}" if r["label_smoothing"] else "")
-        out += [
-            "| Hyperparameter | Value |",
-            "|---|---|",
-            f"| Loss function | `{loss}` |",
-            f"| Optimizer | `SGD(lr={r['lr']}, momentum={r['momentum']}, weight_decay={r['weight_decay']}"
-            f"{', nesterov=True' if r['nesterov'] else ''})` |",
-            f"| Scheduler | {schedule_text(r)} |",
-            f"| Training arithmetic | {metrics.get('training_arithmetic', 'fp32')} (weights and evaluation float32) |",
-            f"| Weight decay / momentum | {r['weight_decay']} / {r['momentum']} |",
-            f"| Epochs | {r['epochs']} |",
-            f"| Batch size | {r['batch_size']} |",
-            f"| Augmentation | {aug} |",
-            f"| Seed | {config.get('seed')} |",
-            f"| Data | {config.get('data')}: {metrics['train_images']:,} training, {metrics['val_images']:,} "
-            f"validation, {metrics['test_images']:,} test images |",
-            f"| Training time | {metrics['seconds'] / 60:.1f} min |",
-            f"| Machine | {metrics['machine']} ({metrics['world_size']} process(es), {metrics['device']}) |",
-            "",
-        ]
+    for name, v in r.verifies.items():
+        head.append(f"| Golden model ({name}) | {v['mismatches']} mismatches in {v['compared_values']:,} values |")
+    return head + [""]
 
-    out += ["## 4. Power-of-two quantization", ""]
-    out += [
-        "Weights are int8, symmetric in [-127, 127] with zero point 0; activations are uint8. Every scale is a "
-        "power of two, s = 2^e, so requantizing an int32 accumulator (unit 2^(e_in + e_w)) to the next layer's "
-        "scale 2^e_out is a right shift by e_out - e_in - e_w with rounding, then a clamp; ReLU is the clamp's "
-        "lower bound and BatchNorm is folded into the convolution. The bias is int32 at scale s_in * s_w.",
-        "",
-        "- `pot-seed` is the reference report's rule: zero point 128 everywhere, e = round(log2(2 max|x| / q_max)).",
-        "- `pot-tensor` / `pot-channel` use zero point 0 after ReLU (double resolution, no zero-point "
-        "subtraction) and 128 for the signed input; the exponent is e = ceil(log2(max|x| / q_max)) by default, "
-        "which never clips (`--exponent round` and `--exponent mse`, least squared error over ceil and the two "
-        "finer exponents, are the alternatives).",
-        "- `float-*` are the baselines with ordinary float scales (a multiplier per output in hardware).",
+
+def _steps_table(r: Records) -> list[str]:
+    steps = r.steps
+    if r.metrics and "train" not in steps:  # trained before `potq run` took over the folder
+        steps = {"summary": steps.get("summary", {"seconds": 0.0}), "train": {"seconds": r.metrics["seconds"]}, **steps}
+    if not steps:
+        return []
+    return [
+        "| Step | Wall time |",
+        "|---|---:|",
+        *(f"| {name} | {s['seconds']:.1f} s |" for name, s in steps.items()),
         "",
     ]
-    if quants:
-        compare_md = (run / "compare.md").read_text() if (run / "compare.md").exists() else ""
+
+
+def _architecture(r: Records) -> list[str]:
+    return ["## 1. Model architecture", "", _summary_md(r.summary) if r.summary else "(no summary yet)", ""]
+
+
+def _training(r: Records) -> list[str]:
+    m = r.metrics
+    if not m:
+        return ["## 2. Training", "", "(not trained yet)", ""]
+    return [
+        "## 2. Training",
+        "",
+        "![Loss and accuracy curves](curves.png)",
+        "",
+        "| Metric | Value |",
+        "|---|---:|",
+        f"| Test loss | {m['test_loss']:.4f} |",
+        f"| Test accuracy | {m['test_accuracy']:.4f} |",
+        f"| Model size (saved FP32 weights) | {m['model_size_mb']:.2f} MB |",
+        "",
+        "### Overfitting",
+        "",
+        overfitting(_history(r.run)),
+        "",
+    ]
+
+
+def _training_config(r: Records) -> list[str]:
+    m = r.metrics
+    if not m:
+        return ["## 3. Training configuration", ""]
+    rc = m["recipe"]
+    augs = (
+        f"random crop (padding {rc['crop_pad']})" if rc["crop_pad"] else "",
+        "horizontal flip" if rc["flip"] else "",
+    )
+    aug = ", ".join(a for a in augs if a) or "none"
+    loss = "CrossEntropyLoss()" + (f" with label smoothing {rc['label_smoothing']}" if rc["label_smoothing"] else "")
+    return [
+        "## 3. Training configuration",
+        "",
+        "| Hyperparameter | Value |",
+        "|---|---|",
+        f"| Loss function | `{loss}` |",
+        f"| Optimizer | `SGD(lr={rc['lr']}, momentum={rc['momentum']}, weight_decay={rc['weight_decay']}"
+        f"{', nesterov=True' if rc['nesterov'] else ''})` |",
+        f"| Scheduler | {schedule_text(rc)} |",
+        f"| Training arithmetic | {m.get('training_arithmetic', 'fp32')} (weights and evaluation float32) |",
+        f"| Weight decay / momentum | {rc['weight_decay']} / {rc['momentum']} |",
+        f"| Epochs | {rc['epochs']} |",
+        f"| Batch size | {rc['batch_size']} |",
+        f"| Augmentation | {aug} |",
+        f"| Seed | {r.config.get('seed')} |",
+        f"| Data | {r.config.get('data')}: {m['train_images']:,} training, {m['val_images']:,} "
+        f"validation, {m['test_images']:,} test images |",
+        f"| Training time | {m['seconds'] / 60:.1f} min |",
+        f"| Machine | {m['machine']} ({m['world_size']} process(es), {m['device']}) |",
+        "",
+    ]
+
+
+QUANTIZATION_TEXT = [
+    "Weights are int8, symmetric in [-127, 127] with zero point 0; activations are uint8. Every scale is a "
+    "power of two, s = 2^e, so requantizing an int32 accumulator (unit 2^(e_in + e_w)) to the next layer's "
+    "scale 2^e_out is a right shift by e_out - e_in - e_w with rounding, then a clamp; ReLU is the clamp's "
+    "lower bound and BatchNorm is folded into the convolution. The bias is int32 at scale s_in * s_w.",
+    "",
+    "- `pot-seed` is the reference report's rule: zero point 128 everywhere, e = round(log2(2 max|x| / q_max)).",
+    "- `pot-tensor` / `pot-channel` use zero point 0 after ReLU (double resolution, no zero-point "
+    "subtraction) and 128 for the signed input; the exponent is e = ceil(log2(max|x| / q_max)) by default, "
+    "which never clips (`--exponent round` and `--exponent mse`, least squared error over ceil and the two "
+    "finer exponents, are the alternatives).",
+    "- `float-*` are the baselines with ordinary float scales (a multiplier per output in hardware).",
+    "",
+]
+
+
+def _quantization(r: Records) -> list[str]:
+    out = ["## 4. Power-of-two quantization", "", *QUANTIZATION_TEXT]
+    if r.quants:
+        compare_md = (r.run / COMPARE_MD).read_text() if (r.run / COMPARE_MD).exists() else ""
         out += ["### Scheme comparison", "", compare_md, "", "![Scheme comparison](compare.png)", ""]
-    if best:
-        q = pot[best]
+    if r.best:
+        q = r.pot[r.best]
         out += [
-            f"### Exponents and shifts of `{best}` (input exponent {q['input_exponent']}, zero point "
+            f"### Exponents and shifts of `{r.best}` (input exponent {q['input_exponent']}, zero point "
             f"{q['input_zero_point']}, rounding {q['rounding']})",
             "",
             _layer_exponents(q),
             "",
         ]
-    if verifies:
-        out += [
-            "### Integer golden model",
-            "",
-            "| Model | Images | Values compared | Mismatches | Golden accuracy | Simulated accuracy | "
-            "Least int32 headroom |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name, v in verifies.items():
-            headroom = min(a["int32_headroom_bits"] for a in v["accumulators"])
-            out.append(
-                f"| {name} | {v['images']:,} | {v['compared_values']:,} | {v['mismatches']} | "
-                f"{v['golden_accuracy']:.4f} | {v['simulated_accuracy']:.4f} | {headroom} bits |"
-            )
-        out.append("")
+    return out + _golden_table(r.verifies)
 
-    out += ["## 5. Energy", ""]
-    if energy:
-        out += [f"Energy table: {energy['table']}.", "", "### Worked example: Linear 128 -> 10", ""]
-        for zp, ex in energy["linear_example"].items():
-            out += [f"Activation zero point {zp}:", ""] + [f"- {t}" for t in ex["terms"]] + [""]
-        ex128 = energy["linear_example"]["128"]["pj"]
-        out += [
-            "| | Before quantization (FP32) | After quantization (INT8 power-of-two) |",
-            "|---|---:|---:|",
-            f"| Energy consumption (pJ) | {fmt(ex128['fp32'])} | {fmt(ex128['int8-pot'])} |",
-            "",
-            f"### Whole network, per image (memory: {energy['memory_level']})",
-            "",
-            energy["markdown"],
-            "",
-            "![Energy per layer](energy.png)",
-            "",
-            f"Columns: {', '.join(MODELS.values())}. Costed on the integer graph of `{energy.get('scheme', '?')}` "
-            "with its own zero points and shifts; BatchNorm is folded into the convolutions (its parameters "
-            "cost nothing at inference), ReLU is the clamp and max pooling is comparisons, not counted, as in "
-            "the reference report; memory reads every weight and input and writes every output once.",
-            "",
-        ]
-    out += _export_section(run)
-    return "\n".join(out)
+
+def _golden_table(verifies: dict[str, dict]) -> list[str]:
+    if not verifies:
+        return []
+    out = [
+        "### Integer golden model",
+        "",
+        "| Model | Images | Values compared | Mismatches | Golden accuracy | Simulated accuracy | "
+        "Least int32 headroom |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, v in verifies.items():
+        headroom = min(a["int32_headroom_bits"] for a in v["accumulators"])
+        out.append(
+            f"| {name} | {v['images']:,} | {v['compared_values']:,} | {v['mismatches']} | "
+            f"{v['golden_accuracy']:.4f} | {v['simulated_accuracy']:.4f} | {headroom} bits |"
+        )
+    return out + [""]
+
+
+def _energy(r: Records) -> list[str]:
+    energy = r.energy
+    if not energy:
+        return ["## 5. Energy", ""]
+    out = ["## 5. Energy", "", f"Energy table: {energy['table']}.", "", "### Worked example: Linear 128 -> 10", ""]
+    for zp, ex in energy["linear_example"].items():
+        out += [f"Activation zero point {zp}:", ""] + [f"- {t}" for t in ex["terms"]] + [""]
+    ex128 = energy["linear_example"]["128"]["pj"]
+    return out + [
+        "| | Before quantization (FP32) | After quantization (INT8 power-of-two) |",
+        "|---|---:|---:|",
+        f"| Energy consumption (pJ) | {fmt(ex128['fp32'])} | {fmt(ex128['int8-pot'])} |",
+        "",
+        f"### Whole network, per image (memory: {energy['memory_level']})",
+        "",
+        energy["markdown"],
+        "",
+        "![Energy per layer](energy.png)",
+        "",
+        f"Columns: {', '.join(MODELS.values())}. Costed on the integer graph of `{energy.get('scheme', '?')}` "
+        "with its own zero points and shifts; BatchNorm is folded into the convolutions (its parameters "
+        "cost nothing at inference), ReLU is the clamp and max pooling is comparisons, not counted, as in "
+        "the reference report; memory reads every weight and input and writes every output once.",
+        "",
+    ]
 
 
 def _export_section(run: Path) -> list[str]:
     """Where the hardware export is and what it holds."""
-    model_json = run / "export" / "model.json"
+    model_json = run / EXPORT_DIR / MODEL_JSON
     if not model_json.exists():
         return []
     m = read_json(model_json)
@@ -315,12 +400,12 @@ def _deployment(run: Path, m: dict) -> list[str]:
 
     formats = m.get("formats", ["hw"])
     out = ["### Deployment", "", f"Formats exported: {', '.join(formats)}.", ""]
-    path = run / f"deploy_{m.get('quantized_model', {}).get('label', m.get('scheme'))}.json"
+    path = deploy_json(run, m.get("quantized_model", {}).get("label", m.get("scheme")))
     if path.exists():
         d = read_json(path)
         out += [f"- {line}" for line in deploy_summary(d)] + [""]
         onnx = d.get("onnx", {})
-        if onnx.get("mismatches") and onnx.get("rounding") != "half-even":
+        if onnx.get("mismatches") and onnx.get("rounding") != Rounding.HALF_EVEN.label:
             out += [
                 "onnxruntime rounds half to even: for a model it runs bit for bit, quantize with "
                 f"`potq quantize --run RUN --scheme {m.get('scheme')} --rounding half-even` and export that.",
@@ -353,14 +438,14 @@ def to_html(md: str) -> str:
 
 def write_report(run: Path) -> None:
     md = build_markdown(run)
-    save_text(md, run / "report.md")
+    save_text(md, run / REPORT_MD)
     body = to_html(md)
     title = html.escape(md.splitlines()[0].lstrip("# ").replace("`", ""))
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{CSS}</style></head><body>\n{_embed_images(body, run)}\n</body></html>\n"
     )
-    save_text(page, run / "report.html")
+    save_text(page, run / REPORT_HTML)
 
 
 def schedule_text(r: dict) -> str:

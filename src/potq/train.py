@@ -28,10 +28,7 @@ from potq.ir.tensor import nhwc, normalize
 from potq.models import build_model, check_model
 from potq.plots import plot_curves
 from potq.recipes import PRECISIONS, RECIPES, Recipe
-
-CHECKPOINT = "checkpoint.pt"
-WEIGHTS = "weights.pt"
-CONFIG = "config.json"
+from potq.runs.paths import CHECKPOINT, CONFIG, CURVES, HISTORY, METRICS, WEIGHTS
 
 
 @dataclass
@@ -338,17 +335,48 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
     return ckpt
 
 
-def train(cfg: TrainConfig, out: Path, data_cache: Path | None = None, resume: Path | None = None) -> dict:
-    """Train and write history.csv, curves.png, metrics.json, weights and checkpoints into `out`."""
+@dataclass
+class Session:
+    """One training's state: what set-up makes, the loop advances, a checkpoint saves and resume restores."""
+
+    cfg: TrainConfig
+    recipe: Recipe
+    d: Dist
+    t: dict[str, torch.Tensor]  # train_x, train_y, val_x, val_y, test_x, test_y on the device
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: object
+    ema: object | None
+    history: list[dict]
+
+    @property
+    def final(self) -> nn.Module:
+        """What is evaluated and saved: the EMA of the weights where the recipe keeps one."""
+        return self.model if self.ema is None else self.ema.module
+
+    def state(self) -> dict:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "history": self.history,
+            "config": asdict(self.cfg),
+        }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+
+def set_up(cfg: TrainConfig, out: Path, data_cache: Path | None, resume: Path | None) -> Session:
+    """The data on the device, a fresh model (first conv whitened where the recipe says), optimizer,
+    schedule and EMA; a checkpoint's state restored on --resume."""
     check_config(cfg)
     d = setup_dist()
-    data = load_dataset(cfg.data, data_cache)
-    arrays = prepare_data(cfg, data)
+    arrays = prepare_data(cfg, load_dataset(cfg.data, data_cache))
     recipe = cfg.recipe_values()
     ckpt = load_checkpoint(resume, cfg) if resume else None
     if ckpt is None and (out / CHECKPOINT).exists():
         raise UserError(f"--out {out} already holds a run; pass --resume to continue it or choose another folder")
-
     t = {k: torch.from_numpy(v).to(d.device) for k, v in arrays.items()}
     model = place(new_model(cfg), d.device)
     if recipe.whiten_first_conv and ckpt is None:
@@ -356,96 +384,107 @@ def train(cfg: TrainConfig, out: Path, data_cache: Path | None = None, resume: P
         sample = torch.randperm(len(t["train_x"]), generator=_epoch_generator(cfg.seed, 0, 0))[:2000]
         whiten_first_conv(model, normalize(t["train_x"][sample.to(d.device)], cfg.mean, cfg.std))
     opt, sched = make_optimizer(param_groups(model, recipe), recipe, steps_per_epoch(len(t["train_x"]), recipe, d))
-    ema = make_ema(model, recipe)
-    history: list[dict] = []
+    s = Session(cfg, recipe, d, t, model, opt, sched, make_ema(model, recipe), [])
     if ckpt:
-        try:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-            if ema is not None:
-                ema.load_state_dict(ckpt["ema"])
-            history = list(ckpt["history"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            raise UserError(f"--resume: {resume} lacks or mismatches a field ({type(e).__name__}: {e})") from None
-    net = nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+        restore(s, ckpt, resume)
+    return s
+
+
+def restore(s: Session, ckpt: dict, resume: Path) -> None:
+    try:
+        s.model.load_state_dict(ckpt["model"])
+        s.opt.load_state_dict(ckpt["optimizer"])
+        s.sched.load_state_dict(ckpt["scheduler"])
+        if s.ema is not None:
+            s.ema.load_state_dict(ckpt["ema"])
+        s.history = list(ckpt["history"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise UserError(f"--resume: {resume} lacks or mismatches a field ({type(e).__name__}: {e})") from None
+
+
+def train(cfg: TrainConfig, out: Path, data_cache: Path | None = None, resume: Path | None = None) -> dict:
+    """Train and write history.csv, curves.png, metrics.json, weights and checkpoints into `out`."""
+    s = set_up(cfg, out, data_cache, resume)
+    if s.d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_json(asdict(cfg), out / CONFIG)
+    start = time.perf_counter() - sum(h["seconds"] for h in s.history)
+    net = nn.parallel.DistributedDataParallel(s.model) if s.d.world > 1 else s.model
+    for epoch in range(len(s.history) + 1, s.recipe.epochs + 1):
+        run_epoch(s, net, epoch)
+        if s.d.main:
+            save_torch(s.state(), out / CHECKPOINT)
+            write_history(s.history, out)
+    metrics = finish(s, out, time.perf_counter() - start) if s.d.main else {}
+    if s.d.world > 1:
+        dist.barrier()
+    return metrics
+
+
+def run_epoch(s: Session, net: nn.Module, epoch: int) -> None:
+    """One epoch of training, the schedule's step, validation; its row appended to the history."""
+    recipe, t = s.recipe, s.t
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
     def after_step() -> None:
         if per_step_schedule(recipe):
-            sched.step()
-        if ema is not None:
-            ema.update_parameters(model)
+            s.sched.step()
+        if s.ema is not None:
+            s.ema.update_parameters(s.model)
 
-    final = model if ema is None else ema.module  # what is evaluated and saved
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_json(asdict(cfg), out / CONFIG)
-    start = time.perf_counter() - sum(h["seconds"] for h in history)
-    for epoch in range(len(history) + 1, recipe.epochs + 1):
-        t0 = time.perf_counter()
-        lr = opt.param_groups[0]["lr"]
-        train_loss, train_acc = train_epoch(
-            net, opt, loss_fn, t["train_x"], t["train_y"], cfg, recipe, epoch, d, after_step
+    t0 = time.perf_counter()
+    lr = s.opt.param_groups[0]["lr"]
+    train_loss, train_acc = train_epoch(
+        net, s.opt, loss_fn, t["train_x"], t["train_y"], s.cfg, recipe, epoch, s.d, after_step
+    )
+    if not per_step_schedule(recipe):
+        s.sched.step()
+    val_loss, val_acc = (
+        evaluate(s.final, t["val_x"], t["val_y"], s.cfg.mean, s.cfg.std)
+        if len(t["val_x"])
+        else (float("nan"), float("nan"))
+    )
+    row = dict(
+        epoch=epoch,
+        lr=lr,
+        train_loss=train_loss,
+        train_acc=train_acc,
+        val_loss=val_loss,
+        val_acc=val_acc,
+        seconds=time.perf_counter() - t0,
+    )
+    s.history.append(row)
+    if s.d.main:
+        tqdm.write(
+            f"epoch {epoch}/{recipe.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
+            f"val loss {val_loss:.4f} acc {val_acc:.4f}  {row['seconds']:.1f}s"
         )
-        if not per_step_schedule(recipe):
-            sched.step()
-        val_loss, val_acc = (
-            evaluate(final, t["val_x"], t["val_y"], cfg.mean, cfg.std)
-            if len(t["val_x"])
-            else (float("nan"), float("nan"))
-        )
-        row = dict(
-            epoch=epoch,
-            lr=lr,
-            train_loss=train_loss,
-            train_acc=train_acc,
-            val_loss=val_loss,
-            val_acc=val_acc,
-            seconds=time.perf_counter() - t0,
-        )
-        history.append(row)
-        if d.main:
-            tqdm.write(
-                f"epoch {epoch}/{recipe.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
-                f"val loss {val_loss:.4f} acc {val_acc:.4f}  {row['seconds']:.1f}s"
-            )
-            state = {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "history": history,
-                "config": asdict(cfg),
-            }
-            if ema is not None:
-                state["ema"] = ema.state_dict()
-            save_torch(state, out / CHECKPOINT)
-            write_history(history, out)
-    metrics: dict = {}
-    if d.main:
-        test_loss, test_acc = evaluate(final, t["test_x"], t["test_y"], cfg.mean, cfg.std)
-        save_torch(final.state_dict(), out / WEIGHTS)
-        plot_curves(history, out / "curves.png")
-        metrics = {
-            "model": cfg.model,
-            "params": sum(p.numel() for p in model.parameters()),
-            "test_loss": test_loss,
-            "test_accuracy": test_acc,
-            "model_size_mb": (out / WEIGHTS).stat().st_size / 1e6,
-            "epochs": recipe.epochs,
-            "seconds": time.perf_counter() - start,
-            "train_images": len(t["train_x"]),
-            "val_images": len(t["val_x"]),
-            "test_images": len(t["test_x"]),
-            "world_size": d.world,
-            "device": str(d.device),
-            "machine": machine_name(d.device),
-            "recipe": asdict(recipe),
-            "training_arithmetic": "bf16 autocast" if autocast_bf16(recipe.precision, d.device) else "fp32",
-        }
-        save_json(metrics, out / "metrics.json")
-    if d.world > 1:
-        dist.barrier()
+
+
+def finish(s: Session, out: Path, seconds: float) -> dict:
+    """Test metrics, the final weights and the curves: metrics.json."""
+    t, d = s.t, s.d
+    test_loss, test_acc = evaluate(s.final, t["test_x"], t["test_y"], s.cfg.mean, s.cfg.std)
+    save_torch(s.final.state_dict(), out / WEIGHTS)
+    plot_curves(s.history, out / CURVES)
+    metrics = {
+        "model": s.cfg.model,
+        "params": sum(p.numel() for p in s.model.parameters()),
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
+        "model_size_mb": (out / WEIGHTS).stat().st_size / 1e6,
+        "epochs": s.recipe.epochs,
+        "seconds": seconds,
+        "train_images": len(t["train_x"]),
+        "val_images": len(t["val_x"]),
+        "test_images": len(t["test_x"]),
+        "world_size": d.world,
+        "device": str(d.device),
+        "machine": machine_name(d.device),
+        "recipe": asdict(s.recipe),
+        "training_arithmetic": "bf16 autocast" if autocast_bf16(s.recipe.precision, d.device) else "fp32",
+    }
+    save_json(metrics, out / METRICS)
     return metrics
 
 
@@ -454,7 +493,7 @@ def write_history(history: list[dict], out: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=list(history[0]))
     writer.writeheader()
     writer.writerows(history)
-    save_text(buf.getvalue(), out / "history.csv")
+    save_text(buf.getvalue(), out / HISTORY)
 
 
 def machine_name(device: torch.device) -> str:

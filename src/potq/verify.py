@@ -14,8 +14,9 @@ from potq.errors import UserError
 from potq.files import save_json
 from potq.golden import IntegerModel
 from potq.ir.tensor import normalize
-from potq.quant.pipeline import load_quantized
 from potq.quant.simulate import simulated
+from potq.runs.paths import verify_json
+from potq.runs.quantize import load_quantized
 
 
 def compare_models(graph, cfg, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> dict:
@@ -79,5 +80,5 @@ def verify_run(run, name: str, data: str | None = None, cache=None, batch: int =
     ds = load_dataset(data or cfg.data, cache)
     images, labels = torch.from_numpy(np.array(ds.test_x)), torch.from_numpy(np.array(ds.test_y))
     result = {"label": name, **compare_models(graph, cfg, images, labels, batch)}
-    save_json(result, run / f"verify_{name}.json")
+    save_json(result, verify_json(run, name))
     return result

@@ -15,6 +15,21 @@ from pathlib import Path
 
 from potq.errors import StepFailed, UserError
 from potq.files import read_json, save_json
+from potq.runs.paths import (
+    CONFIG,
+    ENERGY_JSON,
+    ENERGY_PNG,
+    EXPORT_DIR,
+    METRICS,
+    PER_MODEL_GLOBS,
+    POTQ_FILES,
+    RUN_OPTIONS,
+    STEPS,
+    SUMMARY,
+    deploy_json,
+    quant_paths,
+    verify_json,
+)
 
 PTQ_SCHEMES = ("float-tensor", "float-channel", "pot-seed", "pot-tensor", "pot-channel")
 
@@ -50,6 +65,8 @@ class RunOptions:
 
 def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], None]]]:
     """(name, is it done?, do it) for every step, in order."""
+    from potq.export import MODEL_JSON
+
     out = o.out
 
     def summary():
@@ -64,7 +81,7 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
         capture(model, ds.shape, [0.0] * ds.shape[0], [1.0] * ds.shape[0])
         s = summarize(model, ds.shape)
         print(format_summary(s))
-        save_json({**s.to_dict(), "model": o.model, "input_shape": list(ds.shape)}, out / "summary.json")
+        save_json({**s.to_dict(), "model": o.model, "input_shape": list(ds.shape)}, out / SUMMARY)
 
     def train():
         from potq.train import CHECKPOINT, TrainConfig
@@ -85,15 +102,15 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
         print(f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f}")
 
     def quantize():
-        from potq.quant.pipeline import compare, quantize_run
         from potq.quant.scheme import QuantSettings
+        from potq.runs.quantize import compare, quantize_run
 
         stats: dict = {}  # the calibration statistics, collected once for every scheme
         for scheme in o.schemes:
-            if not (out / f"quant_{scheme}.json").exists():
+            if not (quant_paths(out, scheme)[1]).exists():
                 r = quantize_run(out, QuantSettings(scheme), o.calib, cache=o.cache, stats_cache=stats)
                 print(f"{scheme}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
-        if o.qat and not (out / f"quant_{o.headline}.json").exists():
+        if o.qat and not (quant_paths(out, o.headline)[1]).exists():
             r = quantize_run(out, QuantSettings(o.qat_scheme), o.calib, o.qat, o.qat_lr, cache=o.cache)
             print(f"{o.headline}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
         print(compare(out))
@@ -102,7 +119,7 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
         from potq.verify import verify_run
 
         for name in _pot_labels(o):
-            if (out / f"verify_{name}.json").exists():
+            if (verify_json(out, name)).exists():
                 continue
             r = verify_run(out, name, None, o.cache)
             print(
@@ -114,7 +131,7 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
 
     def energy():
         from potq import energy as en
-        from potq.quant.pipeline import load_quantized
+        from potq.runs.quantize import load_quantized
 
         table = en.load_table()
         graph, _ = load_quantized(out, o.headline)
@@ -122,15 +139,15 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
         r["scheme"] = o.headline
         r["linear_example"] = {str(zp): en.linear_example(128, 10, zp, table) for zp in (128, 0)}
         r["markdown"] = en.format_report(r)
-        en.plot_report(r, out / "energy.png")
-        save_json(r, out / "energy.json")
+        en.plot_report(r, out / ENERGY_PNG)
+        save_json(r, out / ENERGY_JSON)
         print(r["markdown"])
 
     def export():
         from potq.deploy.check import available_formats
         from potq.export import export_run
 
-        r = export_run(out, o.headline, out / "export", o.vectors, None, o.cache, available_formats())
+        r = export_run(out, o.headline, out / EXPORT_DIR, o.vectors, None, o.cache, available_formats())
         print(f"exported {r['nodes']} nodes and {r['vectors']} test vectors ({', '.join(r['formats'])}) -> {r['out']}")
 
     def deploy():
@@ -146,13 +163,13 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
         print(f"report -> {out / 'report.md'}, {out / 'report.html'}")
 
     return [
-        ("summary", lambda: (out / "summary.json").exists(), summary),
-        ("train", lambda: (out / "metrics.json").exists(), train),
-        ("quantize", lambda: all((out / f"quant_{s}.json").exists() for s in _all_labels(o)), quantize),
-        ("verify", lambda: all((out / f"verify_{s}.json").exists() for s in _pot_labels(o)), verify),
-        ("energy", lambda: (out / "energy.json").exists(), energy),
-        ("export", lambda: (out / "export" / "model.json").exists(), export),
-        ("deploy", lambda: (out / f"deploy_{o.headline}.json").exists(), deploy),
+        ("summary", lambda: (out / SUMMARY).exists(), summary),
+        ("train", lambda: (out / METRICS).exists(), train),
+        ("quantize", lambda: all((quant_paths(out, s)[1]).exists() for s in _all_labels(o)), quantize),
+        ("verify", lambda: all((verify_json(out, s)).exists() for s in _pot_labels(o)), verify),
+        ("energy", lambda: (out / ENERGY_JSON).exists(), energy),
+        ("export", lambda: (out / EXPORT_DIR / MODEL_JSON).exists(), export),
+        ("deploy", lambda: (deploy_json(out, o.headline)).exists(), deploy),
         ("report", lambda: False, report),
     ]
 
@@ -216,7 +233,6 @@ RESULT_OPTIONS = (
     "memory",
     "schemes",
 )
-RUN_OPTIONS = "run.json"
 
 
 def result_options(o: RunOptions) -> dict:
@@ -231,7 +247,7 @@ def check_same_question(o: RunOptions) -> None:
     except (OSError, ValueError):
         raise UserError(f"--out {o.out}: {RUN_OPTIONS} is not readable; use --force or another --out") from None
     if saved is None:  # a folder of potq 0.1, or of `potq train`: its model at least must match
-        config = o.out / "config.json"
+        config = o.out / CONFIG
         saved = {"model": read_json(config).get("model")} if config.exists() else {}
     current = result_options(o)
     for key, value in saved.items():
@@ -243,40 +259,21 @@ def check_same_question(o: RunOptions) -> None:
             )
 
 
-POTQ_FILES = (
-    "summary.json",
-    "config.json",
-    "checkpoint.pt",
-    "weights.pt",
-    "history.csv",
-    "curves.png",
-    "metrics.json",
-    "compare.md",
-    "compare.png",
-    "energy.json",
-    "energy.png",
-    "report.md",
-    "report.html",
-    "steps.json",
-    RUN_OPTIONS,
-)
-
-
 def clear(out: Path) -> None:
     """--force: remove what earlier runs of potq wrote (and nothing else); an export folder that holds
     files potq did not write stops it before anything is removed."""
     from potq.export import EXPORT_KIND
     from potq.files import check_output_dir
 
-    if (out / "export").exists():
-        check_output_dir(out / "export", EXPORT_KIND)
+    if (out / EXPORT_DIR).exists():
+        check_output_dir(out / EXPORT_DIR, EXPORT_KIND)
     for name in POTQ_FILES:
         (out / name).unlink(missing_ok=True)
-    for pattern in ("quant_*", "verify_*", "deploy_*"):
+    for pattern in PER_MODEL_GLOBS:
         for p in out.glob(pattern):
             p.unlink()
-    if (out / "export").exists():
-        shutil.rmtree(out / "export")
+    if (out / EXPORT_DIR).exists():
+        shutil.rmtree(out / EXPORT_DIR)
 
 
 def run_all(o: RunOptions) -> dict:
@@ -304,7 +301,7 @@ def run_all(o: RunOptions) -> dict:
 
 def _run_steps(o: RunOptions) -> dict:
     save_json(result_options(o), o.out / RUN_OPTIONS)
-    steps_path = o.out / "steps.json"
+    steps_path = o.out / STEPS
     times = read_json(steps_path) if steps_path.exists() else {}
     steps = _steps(o)
     for k, (name, done, do) in enumerate(steps, 1):

@@ -173,12 +173,13 @@ def check_run(
     machine can't run, and why."""
     from potq.data import load_dataset
     from potq.files import read_json, save_json
-    from potq.quant.pipeline import load_quantized
+    from potq.runs.paths import deploy_json
+    from potq.runs.quantize import load_quantized
 
     if c_vectors < 1:
         raise UserError(f"--c-vectors must be at least 1, got {c_vectors}")
     run = Path(run)
-    path = run / f"deploy_{name}.json"
+    path = deploy_json(run, name)
     result = read_json(path) if path.exists() else {"label": name}
     if onnx or c:
         graph, cfg = load_quantized(run, name)

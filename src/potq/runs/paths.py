@@ -1,0 +1,58 @@
+"""The name of every artifact in a run folder, defined once: the steps, the report and the checks read
+them from here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SUMMARY = "summary.json"
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.pt"
+WEIGHTS = "weights.pt"
+HISTORY = "history.csv"
+CURVES = "curves.png"
+METRICS = "metrics.json"
+COMPARE_MD = "compare.md"
+COMPARE_PNG = "compare.png"
+ENERGY_JSON = "energy.json"
+ENERGY_PNG = "energy.png"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+STEPS = "steps.json"
+RUN_OPTIONS = "run.json"
+EXPORT_DIR = "export"
+QUANT_GLOB = "quant_*.json"  # the records of quant_paths
+VERIFY_GLOB = "verify_*.json"
+
+# what `potq run --force` may clear: the files potq writes into a run folder (never the user's)
+POTQ_FILES = (
+    SUMMARY,
+    CONFIG,
+    CHECKPOINT,
+    WEIGHTS,
+    HISTORY,
+    CURVES,
+    METRICS,
+    COMPARE_MD,
+    COMPARE_PNG,
+    ENERGY_JSON,
+    ENERGY_PNG,
+    REPORT_MD,
+    REPORT_HTML,
+    STEPS,
+    RUN_OPTIONS,
+)
+PER_MODEL_GLOBS = ("quant_*", "verify_*", "deploy_*")  # quant_paths, verify_json, deploy_json
+
+
+def quant_paths(run: Path, label: str) -> tuple[Path, Path]:
+    """A quantized model (its integer graph) and its record."""
+    return Path(run) / f"quant_{label}.pt", Path(run) / f"quant_{label}.json"
+
+
+def verify_json(run: Path, label: str) -> Path:
+    return Path(run) / f"verify_{label}.json"
+
+
+def deploy_json(run: Path, label: str) -> Path:
+    return Path(run) / f"deploy_{label}.json"
