@@ -286,3 +286,24 @@ def test_schemes_sharing_calibration_statistics_get_the_same_models():
         d2, t2 = io.to_dict(alone)
         assert d1 == d2 and all(torch.equal(t1[k], t2[k]) for k in t1)
     assert len(cache) == 1  # collected once
+
+
+def test_calibration_stats_fast_path_draws_what_the_masked_path_draws():
+    """A finite batch skips the finite-value mask (issue 22): the same min, max and sample as masking would
+    give, in any memory layout; a batch with inf takes the masked path, and NaN is still refused."""
+    from potq.quant.lower import Stats
+
+    x = torch.randn(4, 3, 8, 8) * 5
+    fast = Stats(keep=50)
+    fast.add(x.contiguous(memory_format=torch.channels_last), "x", torch.Generator().manual_seed(1))
+    idx = torch.randint(0, x.numel(), (50,), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(fast.sample(), x.flatten()[idx].double())
+    assert (fast.min, fast.max) == (float(x.min()), float(x.max()))
+    with_inf = x.clone()
+    with_inf[0, 0, 0, 0] = float("inf")
+    masked = Stats(keep=50)
+    masked.add(with_inf, "x", torch.Generator().manual_seed(1))
+    assert masked.max == float(x.flatten()[1:].max()) and torch.isfinite(masked.sample()).all()
+    with_inf[0, 0, 0, 1] = float("nan")
+    with pytest.raises(UserError, match="NaN"):
+        Stats().add(with_inf, "x", torch.Generator())

@@ -16,6 +16,8 @@ then proves every accumulator fits int32 (potq.ir.bounds) and checks the graph.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from potq.errors import UserError
@@ -36,6 +38,17 @@ class Stats:
         self.min, self.max, self.keep, self.parts = float("inf"), float("-inf"), keep, []
 
     def add(self, x: torch.Tensor, what: str, g: torch.Generator) -> None:
+        """One batch of a value. A batch whose extremes are finite (every batch of a sane model) costs one
+        pass (aminmax, which propagates NaN) and a gather of the sample; only a batch with inf or NaN pays
+        for the finite-value mask and its copy. Both paths draw the same values."""
+        if not x.numel():
+            return
+        lo, hi = (float(v) for v in torch.aminmax(x))
+        if math.isfinite(lo) and math.isfinite(hi):
+            self.min, self.max = min(self.min, lo), max(self.max, hi)
+            idx = torch.randint(0, x.numel(), (min(self.keep, x.numel()),), generator=g)
+            self.parts.append(x[torch.unravel_index(idx, x.shape)].double())  # logical order, any layout
+            return
         if torch.isnan(x).any():
             raise UserError(f"{what}: NaN in the calibration activations")
         finite = x[torch.isfinite(x)].flatten()
