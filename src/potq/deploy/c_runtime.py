@@ -19,6 +19,7 @@ import numpy as np
 
 from potq.ir.graph import Graph, Node, OpType, pair
 from potq.ir.io import tensor_name
+from potq.ir.rules import SHIFT_CAP
 
 API_HEADER = "potq_model.h"
 SOURCE = "potq_model.c"
@@ -163,7 +164,8 @@ int potq_infer(const uint8_t *image, int32_t *logits);
 
 
 def model_source(graph: Graph) -> str:
-    kernels = files("potq.deploy").joinpath("potq_kernels.c").read_text()
+    # the kernels' constants come from potq.ir.rules, never typed in C
+    kernels = files("potq.deploy").joinpath("potq_kernels.c").read_text().replace("@SHIFT_CAP@", str(SHIFT_CAP))
     buffers = [
         f"static uint8_t {_buffer(n.output)}[{_size(graph, n.output)}];" for n in graph.nodes if _is_codes(graph, n)
     ]

@@ -5,7 +5,7 @@
  * int32 (potq proved it at export), requantization works in int64 so that no shift overflows.
  * The kernels have external linkage so that a graph without some op type compiles without warnings. */
 
-#define POTQ_SHIFT_CAP 62 /* an int32 accumulator shifted by 62 or more rounds like by any larger amount */
+#define POTQ_SHIFT_CAP @SHIFT_CAP@ /* an int32 accumulator shifted by @SHIFT_CAP@ or more rounds like by any larger amount */
 
 /* a * 2^-s rounded down, for any sign of a (>> of a negative value is implementation-defined in C99) */
 static int64_t potq_floor_shift(int64_t a, int s) {
