@@ -21,45 +21,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
 from potq.errors import UserError
 from potq.ir.arith import fold_requant, round_inplace, shift_round, shift_round_float32
-from potq.ir.bounds import analyse, headroom_bits, input_range
+from potq.ir.bounds import FLOAT64_EXACT, exact_gemm, exactness_plan, headroom_bits  # noqa: F401 (exact_gemm: tests)
 from potq.ir.graph import Graph, Node, OpType, QType, channel_view
-from potq.ir.rules import FLOAT32_EXACT, Rounding
+from potq.ir.rules import FLOAT32_EXACT, Rounding  # noqa: F401 (FLOAT32_EXACT: tests)
 from potq.ir.tensor import nhwc
-
-FLOAT64_EXACT = 2**53
-
-
-@dataclass
-class Gemm:
-    """How a MAC node runs exactly: the float type, and the input-channel slices of one GEMM each."""
-
-    dtype: torch.dtype
-    slices: list[tuple[int, int]]
-
-
-def exact_gemm(n: Node, x_max: int) -> Gemm:
-    """Partial sums of a GEMM are sums of subsets of its products, so |partial| <= x_max * L1 of the
-    weights it sees. Split the input channels into as few equal slices as keep that below 2**24, so
-    that every slice runs exactly in float32; the slices' results are summed in int32."""
-    w = n.tensors["weight"].to(torch.int64).abs()
-    per_input = w.flatten(2).sum(2) if w.dim() == 4 else w  # (out, in): |w| summed over the kernel
-    n_in = per_input.shape[1]
-    if n.attrs.get("groups", 1) > 1:  # one GEMM per group already; float32 if the whole fits
-        fits = x_max * int(per_input.sum(1).max()) < FLOAT32_EXACT
-        return Gemm(torch.float32 if fits else torch.float64, [(0, n_in)])
-    for k in range(1, n_in + 1):
-        edges = [round(i * n_in / k) for i in range(k + 1)]
-        slices = list(zip(edges[:-1], edges[1:], strict=True))
-        if all(x_max * int(per_input[:, a:b].sum(1).max()) < FLOAT32_EXACT for a, b in slices):
-            return Gemm(torch.float32, slices)
-    return Gemm(torch.float64, [(0, n_in)])  # the int32 bound < 2**31 < 2**53: exact in float64
 
 
 class IntegerModel:
@@ -71,19 +42,10 @@ class IntegerModel:
                 "with shifts alone"
             )
         self.graph, self.rounding = graph, graph.rounding
-        self.bounds = analyse(graph)
-        self.gemms = {n.name: exact_gemm(n, input_range(graph, n.inputs[0])) for n in graph.mac_nodes()}
-        # nodes whose worst case stays below 2^24: exact in float32 from the sum to the rounded result
-        self.float32 = {name for name, b in self.bounds.items() if b < FLOAT32_EXACT} if float32 else set()
-        # float32 Adds of one shift whose codes, summed before their zero points come off, stay below 2^24
-        self.three_pass_adds = {
-            n.name
-            for n in graph.nodes
-            if n.op is OpType.ADD
-            and n.name in self.float32
-            and n.tensors["shift"].numel() == 1
-            and _raw_sum_bound(graph.q, n) < FLOAT32_EXACT
-        }
+        plan = exactness_plan(graph)  # potq.ir.bounds: what runs exactly in which float type
+        self.bounds, self.gemms = plan.bounds, plan.gemms
+        self.float32 = plan.float32 if float32 else set()
+        self.three_pass_adds = plan.three_pass_adds if float32 else set()
         self._tensors: dict[tuple[str, str], torch.Tensor] = {}
         self._folded: dict[str, tuple[torch.Tensor, torch.Tensor, Rounding]] = {}
 
@@ -201,7 +163,7 @@ def _add(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     q, align = m.graph.q, n.tensors["align"].tolist()
     if n.name in m.three_pass_adds:
         # ((x0 - zp0) << a0 + (x1 - zp1) << a1) * 2^-s as x0 * 2^(a0-s) + x1 * 2^(a1-s) - (the zero points'
-        # part): three passes, every step an integer below 2^24 times 2^-s (_raw_sum_bound), so exact;
+        # part): three passes, every step an integer below 2^24 times 2^-s (potq.ir.bounds.raw_sum_bound), so exact;
         # then the rounding of shift_round_float32
         s = int(n.tensors["shift"])
         zero = sum(q[v].zero_point * 2.0 ** (a - s) for v, a in zip(n.inputs, align, strict=True))
@@ -223,15 +185,6 @@ def _codes(y: torch.Tensor, q: QType) -> torch.Tensor:
     """A rounded float32 result as the output's codes: its zero point added, clamped (a fused ReLU is the
     lower clamp), in place."""
     return (y.add_(q.zero_point) if q.zero_point else y).clamp_(q.lo, q.hi)
-
-
-def _raw_sum_bound(q: dict, n: Node) -> int:
-    """Worst case of the Add's codes summed before their zero points come off, in units of its smallest
-    alignment, plus the zero points' part and the rounding half: what the three-pass float32 Add holds."""
-    align = n.tensors["align"].tolist()
-    codes = sum(max(abs(q[v].lo), abs(q[v].hi)) << a for v, a in zip(n.inputs, align, strict=True))
-    zeros = sum(abs(q[v].zero_point) << a for v, a in zip(n.inputs, align, strict=True))
-    return codes + zeros + ((1 << int(n.tensors["shift"])) >> 1 if int(n.tensors["shift"]) > 0 else 0)
 
 
 def _maxpool(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:

@@ -6,17 +6,24 @@
 - AvgPool: window x max|x - zp_in|;
 plus what the rounding shifter adds (up to 2^(shift-1)), times 2^-shift where the shift is to the left.
 A node whose worst case passes 2^31 - 1 is refused with one line naming it.
+
+From the bounds, one exactness plan (`exactness_plan`) for every interpreter that computes integers in
+floats (the golden and the simulated models): a float holds an integer exactly below 2^24 (float32) or
+2^53 (float64), and so does every partial sum of integer products whose worst case stays below that.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from potq.errors import UserError
 from potq.ir.graph import MAC_OPS, Graph, Node, OpType, window
-from potq.ir.rules import INT32_MAX
+from potq.ir.rules import FLOAT32_EXACT, INT32_MAX
+
+FLOAT64_EXACT = 2**53
 
 
 def input_range(graph: Graph, value: str) -> int:
@@ -61,3 +68,70 @@ def analyse(graph: Graph) -> dict[str, int]:
 
 def headroom_bits(acc: int) -> float:
     return 31 - math.log2(acc) if acc > 0 else 31.0
+
+
+# ---- the exactness plan: what runs exactly in which float type ----------------------------------------
+
+
+@dataclass
+class Gemm:
+    """How a MAC node runs exactly: the float type, and the input-channel slices of one GEMM each."""
+
+    dtype: torch.dtype
+    slices: list[tuple[int, int]]
+
+
+def exact_gemm(n: Node, x_max: int) -> Gemm:
+    """Partial sums of a GEMM are sums of subsets of its products, so |partial| <= x_max * L1 of the
+    weights it sees. Split the input channels into as few equal slices as keep that below 2**24, so
+    that every slice runs exactly in float32; the slices' results are summed in int32."""
+    w = n.tensors["weight"].to(torch.int64).abs()
+    per_input = w.flatten(2).sum(2) if w.dim() == 4 else w  # (out, in): |w| summed over the kernel
+    n_in = per_input.shape[1]
+    if n.attrs.get("groups", 1) > 1:  # one GEMM per group already; float32 if the whole fits
+        fits = x_max * int(per_input.sum(1).max()) < FLOAT32_EXACT
+        return Gemm(torch.float32 if fits else torch.float64, [(0, n_in)])
+    for k in range(1, n_in + 1):
+        edges = [round(i * n_in / k) for i in range(k + 1)]
+        slices = list(zip(edges[:-1], edges[1:], strict=True))
+        if all(x_max * int(per_input[:, a:b].sum(1).max()) < FLOAT32_EXACT for a, b in slices):
+            return Gemm(torch.float32, slices)
+    return Gemm(torch.float64, [(0, n_in)])  # the int32 bound < 2**31 < 2**53: exact in float64
+
+
+def raw_sum_bound(q: dict, n: Node) -> int:
+    """Worst case of the Add's codes summed before their zero points come off, in units of its smallest
+    alignment, plus the zero points' part and the rounding half: what the three-pass float32 Add holds."""
+    align = n.tensors["align"].tolist()
+    codes = sum(max(abs(q[v].lo), abs(q[v].hi)) << a for v, a in zip(n.inputs, align, strict=True))
+    zeros = sum(abs(q[v].zero_point) << a for v, a in zip(n.inputs, align, strict=True))
+    return codes + zeros + ((1 << int(n.tensors["shift"])) >> 1 if int(n.tensors["shift"]) > 0 else 0)
+
+
+@dataclass
+class ExactPlan:
+    """Per node, how an interpreter that holds integers in floats stays exact."""
+
+    bounds: dict[str, int]  # worst-case accumulator (analyse)
+    gemms: dict[str, Gemm]  # MAC nodes: the float type and input-channel slices of the GEMM
+    float32: set[str]  # worst case below 2^24: exact in float32 from the sum to the rounded result
+    three_pass_adds: set[str]  # float32 Adds whose codes, summed before the zero points come off, stay < 2^24
+
+    def node_float32(self, name: str) -> bool:
+        """A node without an accumulator (pooling by max, concat, flatten) moves codes: always exact."""
+        return name not in self.bounds or name in self.float32
+
+
+def exactness_plan(graph: Graph) -> ExactPlan:
+    bounds = analyse(graph)
+    gemms = {n.name: exact_gemm(n, input_range(graph, n.inputs[0])) for n in graph.mac_nodes()}
+    float32 = {name for name, b in bounds.items() if b < FLOAT32_EXACT}
+    three_pass = {
+        n.name
+        for n in graph.nodes
+        if n.op is OpType.ADD
+        and n.name in float32
+        and n.tensors["shift"].numel() == 1
+        and raw_sum_bound(graph.q, n) < FLOAT32_EXACT
+    }
+    return ExactPlan(bounds, gemms, float32, three_pass)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from potq.ir.arith import fold_requant, round_inplace
-from potq.ir.bounds import analyse
+from potq.ir.bounds import ExactPlan, exactness_plan
 from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType, channel_view, row_view, weight_scale
 from potq.ir.rules import FLOAT32_EXACT, INT32_MAX, Rounding
 from potq.ir.tensor import nhwc
@@ -74,9 +74,9 @@ class SimNet(nn.Module):
         self._all_float32: bool | None = None  # values carried in float32 (see all_float32)
         self._node32: dict[str, bool] = {}
         self._folded: dict[str, tuple[torch.Tensor, torch.Tensor, Rounding]] = {}
-        # the lowered graph's worst-case accumulators (potq.ir.bounds), set by `simulated`: they decide
-        # which nodes evaluate in float32; None (float nets, QAT) keeps eval in float64
-        self.bounds: dict[str, int] | None = None
+        # the lowered graph's exactness plan (potq.ir.bounds), set by `simulated`: it decides which nodes
+        # evaluate in float32; None (float nets, QAT) keeps eval in float64
+        self.plan: ExactPlan | None = None
 
     @property
     def rule(self) -> str | None:
@@ -146,7 +146,7 @@ class SimNet(nn.Module):
         self._node32.clear()
         self._folded.clear()
         if mode:
-            self.bounds = None  # training changes the weights the bounds were proven for
+            self.plan = None  # training changes the weights the plan was proven for
         return super().train(mode)
 
     def all_float32(self) -> bool:
@@ -154,15 +154,16 @@ class SimNet(nn.Module):
         (a fake-quantized value, at most 255 steps of 2^e, is then exact in float32), and proven bounds."""
         if self._all_float32 is None:
             es = [q.exponent for q in self.q.values()]
-            self._all_float32 = self.bounds is not None and all(e is not None and -100 < e < 100 for e in es)
+            self._all_float32 = self.plan is not None and all(e is not None and -100 < e < 100 for e in es)
         return self._all_float32
 
     def node_float32(self, n: Node) -> bool:
-        """Whether node n computes exactly in float32: its proven worst case (potq.ir.bounds, which
-        `simulated` hands over) below 2^24 integer steps, and its products exact (float32_exact)."""
+        """Whether node n computes exactly in float32: the exactness plan (potq.ir.bounds, which `simulated`
+        hands over) says its worst case stays below 2^24 integer steps, and its products are exact
+        (float32_exact: the scales, too, must be powers of two well inside float32's range)."""
         if n.name not in self._node32:
-            bound = self.bounds.get(n.name, 0) if self.bounds is not None else FLOAT32_EXACT
-            self._node32[n.name] = bound < FLOAT32_EXACT and (n.op not in MAC_OPS or self.float32_exact(n))
+            exact = self.plan is not None and self.plan.node_float32(n.name)
+            self._node32[n.name] = exact and (n.op not in MAC_OPS or self.float32_exact(n))
         return self._node32[n.name]
 
     def float32_exact(self, n: Node) -> bool:
@@ -302,5 +303,5 @@ def simulated(qgraph: Graph) -> SimNet:
     settings = QuantSettings(qgraph.scheme, rounding=qgraph.rounding)
     net = SimNet(fgraph, settings, qgraph.q, scales).eval()
     if all(q.exponent is not None for q in qgraph.q.values()):  # power-of-two: shifts to bound
-        net.bounds = analyse(qgraph)
+        net.plan = exactness_plan(qgraph)
     return net
