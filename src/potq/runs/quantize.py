@@ -22,7 +22,7 @@ from potq.ir.tensor import normalize
 from potq.plots import plot_bars
 from potq.quant.lower import lower, min_weight_exponents, weight_scales_of
 from potq.quant.pipeline import layer_table, quantize_graph
-from potq.quant.scheme import SCHEMES, QuantSettings
+from potq.quant.scheme import QuantSettings
 from potq.quant.simulate import SimNet, simulated
 from potq.recipes import Recipe
 from potq.runs.paths import COMPARE_MD, COMPARE_PNG, METRICS, QUANT_GLOB, WEIGHTS, quant_paths
@@ -182,10 +182,9 @@ def change(drop: float) -> str:
 
 
 def _exponent_rule(result: dict) -> str:
-    spec = SCHEMES.get(result["scheme"])
-    if spec is None or not spec.pot:
-        return "float scale"
-    return "seed rule" if spec.seed else result["exponent"]
+    """The record's exponent rule (QuantSettings.exponent_rule: None for float scales, "seed" for pot-seed)
+    as the comparison table words it."""
+    return {None: "float scale", "seed": "seed rule"}.get(result["exponent"], result["exponent"])
 
 
 def compare(run: Path) -> str:
