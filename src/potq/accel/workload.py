@@ -81,8 +81,9 @@ class Workload:
             "bias": self.bias_values,
             "ofmap": self.outputs,
         }[operand]
-        bits = {"ifmap": self.bits_ifmap, "filter": self.bits_filter, "bias": self.bits_bias,
-                "ofmap": self.bits_ofmap}[operand]
+        bits = {"ifmap": self.bits_ifmap, "filter": self.bits_filter, "bias": self.bits_bias, "ofmap": self.bits_ofmap}[
+            operand
+        ]
         return values * bits // 8
 
 
@@ -115,9 +116,25 @@ def node_workload(graph: Graph, n: Node, batch: int = 1) -> Workload:
         w = n.tensors["weight"]
         groups = int(n.attrs.get("groups", 1))
         (r, s), (sh, sw), (ph, pw) = _pair(n.attrs["kernel"]), _pair(n.attrs["stride"]), _pair(n.attrs["padding"])
-        return Workload(n.name, n.op.value, batch, int(w.shape[1]), int(w.shape[0]) // groups, groups,
-                        int(in_shape[1]), int(in_shape[2]), r, s, int(out_shape[1]), int(out_shape[2]),
-                        sh, sw, ph, pw, **bits)
+        return Workload(
+            n.name,
+            n.op.value,
+            batch,
+            int(w.shape[1]),
+            int(w.shape[0]) // groups,
+            groups,
+            int(in_shape[1]),
+            int(in_shape[2]),
+            r,
+            s,
+            int(out_shape[1]),
+            int(out_shape[2]),
+            sh,
+            sw,
+            ph,
+            pw,
+            **bits,
+        )
     if n.op is OpType.LINEAR:
         w = n.tensors["weight"]
         return Workload(n.name, n.op.value, batch, int(w.shape[1]), int(w.shape[0]), 1, 1, 1, 1, 1, 1, 1, **bits)
