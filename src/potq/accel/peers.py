@@ -19,6 +19,7 @@ from pathlib import Path
 
 from potq.accel.arch import Arch
 from potq.accel.workload import Workload, workloads
+from potq.errors import UserError
 from potq.ir.graph import Graph
 
 TOPOLOGY_HEADER = "Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,"
@@ -31,7 +32,7 @@ def group_rows(w: Workload) -> list[tuple[str, list[int]]]:
     name = re.sub(r"[^A-Za-z0-9_.#-]", "_", w.node).replace("DP", "Dp")
     if w.stride_h != w.stride_w:
         # SCALE-Sim 3.0.0's conv topology carries one stride for both directions
-        raise ValueError(f"{w.node}: stride {w.stride_h}x{w.stride_w}; SCALE-Sim's topology has one stride")
+        raise UserError(f"{w.node}: stride {w.stride_h}x{w.stride_w}; SCALE-Sim's topology row has one stride")
     dims = [w.H + 2 * w.pad_h, w.W + 2 * w.pad_w, w.R, w.S, w.C, w.M, w.stride_h]
     if w.groups == 1:
         return [(name, dims)]
@@ -102,17 +103,19 @@ UseRamulatorTrace : False
 """
 
 
-def write_scalesim(graph: Graph, arch: Arch, out: Path, name: str = "potq") -> list[Path]:
-    """topology.csv, layout.csv and one config per systolic dataflow of `arch` (scale_<df>.cfg) into out/."""
+def scalesim_files(graph: Graph, arch: Arch, name: str = "potq") -> dict[str, str]:
+    """topology.csv, layout.csv and scale_ws.cfg, scale_os.cfg, scale_is.cfg (SCALE-Sim models those three
+    on the architecture's rows x columns, whatever dataflows `arch` itself lists), as file name -> text."""
+    files = {"topology.csv": scalesim_topology(graph), "layout.csv": scalesim_layout(graph)}
+    files.update({f"scale_{df}.cfg": scalesim_config(arch, df, f"{name}_{df}") for df in ("ws", "os", "is")})
+    return files
+
+
+def write_scalesim(files: dict[str, str], out: Path) -> list[Path]:
+    """Write scalesim_files(...) into out/ (each file atomically)."""
     from potq.files import save_text
 
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    files = {"topology.csv": scalesim_topology(graph), "layout.csv": scalesim_layout(graph)}
-    for df in arch.dataflows:
-        if df in ("ws", "os", "is"):
-            files[f"scale_{df}.cfg"] = scalesim_config(arch, df, f"{name}_{df}")
     for fname, text in files.items():
         save_text(text, out / fname)
-        written.append(out / fname)
-    return written
+    return [out / f for f in files]
