@@ -152,6 +152,20 @@ def test_bad_architecture_via_cli_exit_2_nothing_written(tmp_path, capsys):
 def test_dataflow_the_architecture_lacks(capsys):
     assert main(["accel", "--model", "tiny", "--arch", "systolic-8", "--dataflow", "rs"]) == 2
     assert "runs ws, os, is" in capsys.readouterr().err
+    assert main(["accel", "--model", "tiny", "--batch", "0"]) == 2
+    assert "--batch must be at least 1" in capsys.readouterr().err
+
+
+def test_scalesim_export_writes_the_padded_input_and_the_array(graphs):
+    from potq.accel.peers import scalesim_config, scalesim_layout
+
+    topo = scalesim_topology(graphs["seed"]).splitlines()
+    assert topo[0].startswith("Layer name, IFMAP Height, IFMAP Width, Filter Height")
+    assert topo[1] == "features.0, 34, 34, 3, 3, 3, 32, 1,"  # 32 + 2 x padding 1: the topology has no padding
+    assert topo[-1] == "classifier.4, 1, 1, 1, 1, 64, 10, 1,"
+    assert len(scalesim_layout(graphs["seed"]).splitlines()) == len(topo)
+    cfg = scalesim_config(load_arch("systolic-16"), "os")
+    assert "ArrayHeight : 16" in cfg and "Dataflow : os" in cfg and "InterfaceBandwidth : CALC" in cfg
 
 
 # ---- systolic closed forms ------------------------------------------------------------------------
