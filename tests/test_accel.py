@@ -182,6 +182,16 @@ def test_systolic_cycles_by_hand():
     assert systolic.compute_cycles(w, 8, 8, "is") == 512 * 54 - 1 == 27647
 
 
+def test_batch_streams_more_pixels_through_the_same_weights():
+    w1 = Workload("c", "conv", 1, 16, 32, 1, 8, 8, 3, 3, 8, 8, 1, 1, 1, 1)
+    w4 = Workload("c", "conv", 4, 16, 32, 1, 8, 8, 3, 3, 8, 8, 1, 1, 1, 1)
+    assert w4.macs == 4 * w1.macs
+    # ws: the pixels are streamed: T grows from 64 to 256 in each of the same 9 x 2 folds (window 144, 32 filters)
+    assert systolic.compute_cycles(w4, 16, 16, "ws") - systolic.compute_cycles(w1, 16, 16, "ws") == 18 * 192
+    t1, t4 = (systolic.traffic(w, 16, 16, "ws", 1 << 20)["dram"] for w in (w1, w4))
+    assert t4["filter"] == t1["filter"] and t4["ifmap"] == 4 * t1["ifmap"] and t4["ofmap"] == 4 * t1["ofmap"]
+
+
 def test_grouped_layer_is_one_gemm_per_group(graphs):
     w = Workload("dw", "conv", 1, 1, 1, 64, 16, 16, 3, 3, 16, 16, 1, 1, 1, 1)
     one = Workload("dw", "conv", 1, 1, 1, 1, 16, 16, 3, 3, 16, 16, 1, 1, 1, 1)
