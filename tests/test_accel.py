@@ -156,6 +156,15 @@ def test_dataflow_the_architecture_lacks(capsys):
     assert "--batch must be at least 1" in capsys.readouterr().err
 
 
+def test_bad_output_paths_write_nothing(tmp_path, capsys):
+    a_file, out_csv = tmp_path / "f", tmp_path / "a.csv"
+    a_file.write_text("mine")
+    assert main(["accel", "--model", "tiny", "--csv", str(out_csv), "--scalesim-out", str(a_file)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and not out_csv.exists()
+    assert main(["accel", "--model", "tiny", "--csv", str(tmp_path / "no" / "a.csv")]) == 2
+    assert "no folder" in capsys.readouterr().err
+
+
 def test_scalesim_export_writes_the_padded_input_and_the_array(graphs):
     from potq.accel.peers import scalesim_config, scalesim_layout
 
