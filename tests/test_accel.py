@@ -306,3 +306,17 @@ def test_cli_and_api(tiny_q, tmp_path, capsys):
     ]
     assert main(["accel", "--model", "tiny", "--arch", "systolic-8", "--dataflow", "is", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["dataflow"] == "is"
+
+
+def test_cli_on_a_runs_quantized_graph(tiny_q, tmp_path, capsys):
+    from potq.quant.pipeline import quant_paths, save_quantized
+    from potq.train import TrainConfig
+
+    save_quantized(tiny_q[0].graph, TrainConfig(model="tiny"), quant_paths(tmp_path, "pot-channel")[0], None)
+    out_csv = tmp_path / "a.csv"
+    assert main(["accel", "--run", str(tmp_path), "--arch", "systolic-8", "--csv", str(out_csv)]) == 0
+    rows = out_csv.read_text().splitlines()
+    head, last = rows[0].split(","), rows[-1].split(",")
+    assert last[head.index("dram_ofmap_bytes")] == "40"  # the 10 int32 logits of the quantized graph
+    assert main(["accel", "--run", str(tmp_path), "--scheme", "pot-seed"]) == 2
+    assert "no quantized model" in capsys.readouterr().err
