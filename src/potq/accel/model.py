@@ -23,6 +23,7 @@ import io
 from potq import energy as energy_model
 from potq.accel import systolic
 from potq.accel.arch import TABLES, Arch
+from potq.accel.systolic import cdiv
 from potq.accel.workload import Workload, scalesim_compat, workloads
 from potq.errors import UserError
 from potq.ir.graph import Graph
@@ -32,10 +33,6 @@ OPERANDS = ("ifmap", "filter", "bias", "psum", "ofmap")
 ARRAY_TERMS = ("subtract zero point", "input times weight", "summation", "add bias")  # potq.energy's MAC terms
 PJ_PER_J = 1e12
 FREE_MOVES = ("flatten", "concat")  # a view, and outputs written side by side: no data moves
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _energy_key(graph: Graph) -> str:
