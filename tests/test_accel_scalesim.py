@@ -5,13 +5,15 @@ potq's own topology export; README.md there gives the commands). SCALE-Sim is no
 from __future__ import annotations
 
 import csv
+import dataclasses
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from potq.accel.peers import topology_rows
-from potq.accel.systolic import compute_cycles
+from potq.accel.systolic import compute_cycles, folds, gemm, traffic
 from potq.accel.workload import scalesim_compat, workloads
 from potq.ir.capture import capture
 from potq.models import build_model
@@ -53,6 +55,26 @@ def test_cycles_equal_scalesim_exactly(graphs, model):
         assert ours == theirs, (
             f"{model} {config}: {[(w.node, a, b) for w, a, b in zip(mac, ours, theirs, strict=True) if a != b]}"
         )
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_global_buffer_traffic_equals_scalesims_sram_accesses(graphs, model):
+    """At SCALE-Sim's one byte per operand, potq's global-buffer traffic is SCALE-Sim's SRAM traffic: ifmap reads,
+    filter reads, and output writes (every partial-sum fold and the final outputs). SCALE-Sim 3.0.0's os adds
+    rows + cols to its OFMAP writes per fold (compute/systolic_compute_os.py, create_ofmap_demand_mat:
+    `self.ofmap_writes += this_fold_demand.shape[0] + this_fold_demand.shape[1]`), a count of no data."""
+    with (FIXTURES / f"{model}_sram.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    mac = [scalesim_compat(w) for w in workloads(graphs[model]) if w.is_mac]
+    for w, r in zip(mac, rows, strict=True):
+        for df in ("ws", "os", "is"):
+            for n in (8, 16, 32):
+                ones = dataclasses.replace(w, bits_ifmap=8, bits_filter=8, bits_psum=8, bits_ofmap=8)
+                glb = traffic(ones, n, n, df, 1 << 30)["glb"]
+                quirk = w.groups * math.prod(folds(gemm(w, df), n, n)) * (n + n) if df == "os" else 0
+                got = (glb["ifmap"], glb["filter"], glb["psum"] // 2 + glb["ofmap"] + quirk)
+                want = tuple(int(r[f"{df}_{n}_{k}"]) for k in ("ifmap", "filter", "ofmap"))
+                assert got == want, (model, w.node, df, n)
 
 
 def test_true_output_size_changes_stride_2_layers_only(graphs):
