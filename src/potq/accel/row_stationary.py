@@ -44,7 +44,7 @@ class Mapping:
     t: int  # PE sets for different filters
 
     def __str__(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in zip(FIELDS, astuple(self)))
+        return " ".join(f"{k}={v}" for k, v in zip(FIELDS, astuple(self), strict=True))
 
 
 @dataclass(frozen=True)

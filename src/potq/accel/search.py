@@ -1,0 +1,195 @@
+"""Row-stationary mapping search: every mapping of the lab's space decided at once with numpy.
+
+Claim: `search()` finds the best legal mapping of a layer by latency, energy or energy-delay product;
+ties break on the mapping tuple (m, n, e, p, q, r, t), smallest first, so the answer is one mapping,
+the same in every run. The space is the AI-on-chip lab's (row_stationary.space: the Cartesian product
+of its EyerissMapper's candidate lists); each parameter is an axis of a broadcast grid, each of the
+lab's rules (row_stationary.RULES, shared with the scalar `legal`) is evaluated on the axes it reads,
+and only the legal mappings are costed, by row_stationary.terms, the scalar evaluate's own formulas.
+`search_scalar()` is the plain reference: a loop over the same product calling legal() and evaluate().
+Evidence: tests/test_accel_rs.py checks that both give the same best mapping and the same metrics on
+several layers and objectives; benchmarks/accel_search.py times both on every convolution of resnet20.
+A layer with no legal mapping is one UserError line naming the layer and the rule that leaves none.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from potq.accel.row_stationary import (
+    FIELDS,
+    RULES,
+    Mapping,
+    check_workload,
+    evaluate,
+    glb_usage,
+    legal,
+    space,
+    terms,
+)
+from potq.errors import UserError
+
+OBJECTIVES = {"latency": "latency", "energy": "energy_total", "edp": "edp"}
+# The lab's CSV columns (its EyerissAnalyzer.summary: layer, the hardware, the mapping, then the
+# metrics); potq's further columns follow them.
+LAB_COLUMNS = (
+    "layer",
+    "pe_array_h",
+    "pe_array_w",
+    "ifmap_spad_size",
+    "filter_spad_size",
+    "psum_spad_size",
+    "glb_size",
+    "bus_bw",
+    "noc_bw",
+    *FIELDS,
+    "glb_usage",
+    "glb_access",
+    "dram_access",
+    "macs",
+    "latency",
+)
+# When no mapping is legal: which rule an empty candidate list stands for.
+_EMPTY_AXIS_RULE = {"e": "pe_rows", "r": "pe_rows", "t": "pe_rows", "p": "spad_psum", "q": "spad_ifmap"}
+
+
+def _objective_key(objective: str) -> str:
+    if objective not in OBJECTIVES:
+        raise UserError(f"--objective {objective}: must be one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[objective]
+
+
+def _grid(wl, arch) -> tuple[dict[str, list[int]], list[np.ndarray]]:
+    """One int64 axis per parameter, shaped to broadcast over the 7-D product."""
+    sp = space(wl, arch)
+    axes = []
+    for i, k in enumerate(FIELDS):
+        shape = [1] * len(FIELDS)
+        shape[i] = len(sp[k])
+        axes.append(np.asarray(sp[k], dtype=np.int64).reshape(shape))
+    return sp, axes
+
+
+def _no_mapping(wl, arch, pool: int, sp: dict, axes: list[np.ndarray]) -> UserError:
+    """The error for a layer without a legal mapping: the first rule after which none is left."""
+    where = f"layer {wl.node} ({wl.op} C={wl.C} M={wl.M} E={wl.E} R={wl.R}x{wl.S})"
+    rules = {name: why for name, _, why in RULES}
+    for k in FIELDS:
+        if not sp[k]:
+            rule = _EMPTY_AXIS_RULE[k]
+            return UserError(f"{where}: no row-stationary mapping fits {arch.name}: {rules[rule](wl, arch)}")
+    mask = np.ones(tuple(len(sp[k]) for k in FIELDS), dtype=bool)
+    for name, holds, why in RULES:
+        before = mask
+        mask = mask & holds(wl, arch, pool, *axes)
+        if not mask.any():
+            msg = f"{where}: no row-stationary mapping fits {arch.name}: {why(wl, arch)}"
+            if name == "glb":
+                use = np.broadcast_to(glb_usage(wl, *axes)["total"], before.shape)[before]
+                msg += f" (the smallest pass needs {int(use.min())} B)"
+            return UserError(msg)
+    raise AssertionError("a legal mapping exists")
+
+
+def legal_mappings(wl, arch, pool: int = 1) -> tuple[dict[str, np.ndarray], int]:
+    """Every legal mapping as parameter arrays (in the product's lexicographic order) and the size of
+    the space they were drawn from."""
+    check_workload(wl)
+    sp, axes = _grid(wl, arch)
+    size = int(np.prod([len(sp[k]) for k in FIELDS]))
+    mask = np.ones(tuple(len(sp[k]) for k in FIELDS), dtype=bool) if size else None
+    if size:
+        for _, holds, _ in RULES:
+            mask &= holds(wl, arch, pool, *axes)
+    if not size or not mask.any():
+        raise _no_mapping(wl, arch, pool, sp, axes)
+    idx = np.nonzero(mask)
+    return {k: axes[i].reshape(-1)[idx[i]] for i, k in enumerate(FIELDS)}, size
+
+
+def ranked(wl, arch, objective: str = "latency", pool: int = 1) -> tuple[dict[str, np.ndarray], int]:
+    """All legal mappings and their terms, best first: by the objective, then by (m, n, e, p, q, r, t)."""
+    key = _objective_key(objective)
+    params, size = legal_mappings(wl, arch, pool)
+    d = terms(wl, arch, pool, *(params[k] for k in FIELDS))
+    n = len(params["m"])
+    cols = {k: np.broadcast_to(np.asarray(v), (n,)) for k, v in d.items()}
+    order = np.lexsort([params[k] for k in reversed(FIELDS)] + [cols[key]])
+    return {k: v[order] for k, v in {**params, **cols}.items()}, size
+
+
+def _result(wl, arch, best: Mapping, pool: int, objective: str, size: int, count: int) -> dict[str, Any]:
+    metrics = evaluate(wl, arch, best, pool)
+    metrics.update(objective=objective, space=size, legal=count)
+    return metrics
+
+
+def search(wl, arch, objective: str = "latency", pool: int = 1) -> tuple[Mapping, dict[str, Any]]:
+    """The best legal mapping of one layer and its evaluate() metrics (plus the space and legal counts)."""
+    table, size = ranked(wl, arch, objective, pool)
+    best = Mapping(*(int(table[k][0]) for k in FIELDS))
+    return best, _result(wl, arch, best, pool, objective, size, len(table["m"]))
+
+
+def search_scalar(wl, arch, objective: str = "latency", pool: int = 1) -> tuple[Mapping, dict[str, Any]]:
+    """The reference search: every mapping of the product in turn, legal() then evaluate(), keeping
+    the smallest (objective, mapping tuple)."""
+    key = _objective_key(objective)
+    check_workload(wl)
+    sp = space(wl, arch)
+    best, best_key, size, count = None, None, 0, 0
+    for values in itertools.product(*(sp[k] for k in FIELDS)):
+        size += 1
+        mapping = Mapping(*values)
+        if not legal(wl, arch, mapping, pool):
+            continue
+        count += 1
+        k = (evaluate(wl, arch, mapping, pool)[key], values)
+        if best_key is None or k < best_key:
+            best, best_key = mapping, k
+    if best is None:
+        raise _no_mapping(wl, arch, pool, sp, _grid(wl, arch)[1])
+    return best, _result(wl, arch, best, pool, objective, size, count)
+
+
+def _cell(v) -> str:
+    if isinstance(v, float | np.floating):
+        return repr(float(v))
+    return str(v)
+
+
+def mappings_csv(
+    path: Path | str,
+    layers: Sequence,
+    arch,
+    objective: str = "latency",
+    pools: Sequence[int] | None = None,
+) -> int:
+    """Write every legal mapping of every layer, best first per layer, under the lab's column names
+    (then potq's: rank, the objective, every term of row_stationary.terms). Nothing is written unless
+    every layer has a mapping. Returns the number of rows."""
+    from potq.files import save_text  # torch-importing; only the CSV needs it
+
+    hw = [arch.pe_rows, arch.pe_cols, *(arch.spad_bytes[k] for k in ("ifmap", "filter", "psum"))]
+    hw += [arch.glb_bytes, arch.bus_bytes_per_cycle, arch.noc_bytes_per_cycle]
+    tables = [ranked(wl, arch, objective, (pools or [1] * len(layers))[i])[0] for i, wl in enumerate(layers)]
+    lab = set(LAB_COLUMNS)
+    extra = [k for k in tables[0] if k not in lab] if tables else []
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow([*LAB_COLUMNS, "rank", "objective", *extra])
+    rows = 0
+    for wl, table in zip(layers, tables, strict=True):
+        for i in range(len(table["m"])):
+            lab_vals = [table[k][i] for k in LAB_COLUMNS[9:]]
+            out.writerow([wl.node, *hw, *map(_cell, lab_vals), i + 1, objective, *(_cell(table[k][i]) for k in extra)])
+            rows += 1
+    save_text(buf.getvalue(), Path(path))
+    return rows
