@@ -209,6 +209,38 @@ def cmd_energy(a: argparse.Namespace) -> None:
         energy.plot_report(r, a.out)
 
 
+def cmd_accel(a: argparse.Namespace) -> None:
+    """The accelerator model (potq.accel; docs/accel.md): every input is checked before anything is written."""
+    from potq.accel.arch import load_arch
+    from potq.accel.model import accel_report, format_table, to_csv
+    from potq.files import save_text
+
+    arch = load_arch(a.arch)
+    if a.batch < 1:
+        raise UserError(f"--batch must be at least 1, got {a.batch}")
+    if a.run:  # the run's quantized graph: its real bit widths
+        from potq.quant.pipeline import load_quantized
+
+        graph = load_quantized(a.run, a.scheme)[0]
+    else:  # the captured float graph, taken at 8 bits
+        from potq.ir.capture import capture
+        from potq.models import build_model, parse_shape
+
+        shape = parse_shape(a.input)
+        graph = capture(build_model(a.model, shape, a.classes).eval(), shape, [0.0] * shape[0], [1.0] * shape[0])
+    r = accel_report(graph, arch, a.dataflow, batch=a.batch, compat=a.scalesim_compat)
+    files = {}
+    if a.scalesim_out:
+        from potq.accel.peers import scalesim_files, write_scalesim
+
+        files = scalesim_files(graph, arch, Path(a.run).name if a.run else Path(a.model.split(":")[0]).stem)
+    if a.csv:
+        save_text(to_csv(r), a.csv)
+    if files:
+        write_scalesim(files, a.scalesim_out)
+    print(json.dumps(r, indent=2) if a.json else format_table(r))
+
+
 def cmd_run(a: argparse.Namespace) -> None:
     from potq.workflow import RunOptions, run_all
 
@@ -365,6 +397,23 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--out", type=Path, help="per-layer bar chart (PNG)")
     en.add_argument("--json", action="store_true", help="print JSON instead of tables")
     en.set_defaults(func=cmd_energy)
+
+    ac = sub.add_parser("accel", help="cycles, memory traffic and energy per layer on an accelerator (docs/accel.md)")
+    ac.add_argument("--model", default="seed", help=model_help + " (its captured graph, at 8 bits)")
+    ac.add_argument("--run", type=Path, help="model this run's quantized graph (see --scheme) instead of --model")
+    ac.add_argument("--scheme", default="pot-channel", help="with --run: the quantized model's label")
+    ac.add_argument("--input", default="3,32,32", help="input shape C,H,W")
+    ac.add_argument("--classes", type=int, default=10, help="number of classes (outputs)")
+    ac.add_argument(
+        "--arch", default="eyeriss", help="eyeriss, eyeriss-45nm, systolic-8/16/32, systolic-16-45nm or a JSON file"
+    )
+    ac.add_argument("--dataflow", help="rs, ws, os or is (default: the architecture's first)")
+    ac.add_argument("--batch", type=int, default=1, help="images per inference (N)")
+    ac.add_argument("--scalesim-compat", action="store_true", help="SCALE-Sim 3.0.0's output-size rule for the cycles")
+    ac.add_argument("--csv", type=Path, help="write the per-layer results as CSV")
+    ac.add_argument("--scalesim-out", type=Path, help="write a SCALE-Sim topology, layout and configs into this folder")
+    ac.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    ac.set_defaults(func=cmd_accel)
 
     c = sub.add_parser("compare", help="table and chart of every quantized model of a run")
     c.add_argument("--run", type=Path, required=True, help="run folder")
