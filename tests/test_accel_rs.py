@@ -12,7 +12,17 @@ import pytest
 
 from potq.accel.arch import load_arch
 from potq.accel.row_stationary import FIELDS, Mapping, evaluate, legal, space, space_size
-from potq.accel.search import LAB_COLUMNS, legal_mappings, mappings_csv, search, search_scalar
+from potq.accel.search import (
+    LAB_COLUMNS,
+    DesignPoint,
+    dse,
+    legal_mappings,
+    mappings_csv,
+    pareto,
+    plot_dse,
+    search,
+    search_scalar,
+)
 from potq.accel.workload import Workload
 from potq.errors import UserError
 
@@ -21,7 +31,9 @@ EYERISS = load_arch("eyeriss")
 EXAMPLE = Workload("example", "conv", 1, 3, 64, 1, 32, 32, 3, 3, 32, 32, 1, 1, 1, 1)
 EXAMPLE_MAPPING = Mapping(m=16, n=1, e=8, p=4, q=4, r=1, t=2)
 # A small array keeps the scalar reference search fast.
-SMALL = replace(EYERISS, name="small", pe_rows=3, pe_cols=4, glb_bytes=4096)
+SMALL = replace(
+    EYERISS, name="small", pe_rows=3, pe_cols=4, glb_bytes=4096, spad_bytes={"ifmap": 6, "filter": 24, "psum": 12}
+)
 
 
 def conv(name, c, m, hw, k, stride=1, groups=1, n=1) -> Workload:
@@ -203,3 +215,45 @@ def test_ties_break_on_the_smallest_mapping_tuple():
         assert len(params["m"]) > 1
         assert tuple(vars(search(wl, flat, "energy")[0]).values()) == smallest
         assert tuple(vars(search_scalar(wl, flat, "energy")[0]).values()) == smallest
+
+
+def point(name, df, lat, en, fits=True, unit="relative"):
+    return DesignPoint(name, df, 6, 8, 65536, lat, en, unit, fits, "" if fits else "layer x: no mapping")
+
+
+def test_pareto_front():
+    pts = [
+        point("a", "rs", 10, 5.0),
+        point("b", "rs", 5, 10.0),
+        point("c", "ws", 10, 10.0),  # dominated by a and b
+        point("d", "os", 5, 10.0),  # equal to b: neither dominates, both stay
+        point("e", "is", 1, 1.0, fits=False),  # does not fit: never on the front
+        point("f", "rs", 10, 5.0),  # equal to a
+    ]
+    assert [p.arch for p in pareto(pts)] == ["b", "d", "a", "f"]
+    assert pareto(list(reversed(pts))) == pareto(pts)
+    with pytest.raises(UserError, match="different units"):
+        pareto([point("a", "rs", 1, 1.0), point("b", "rs", 2, 2.0, unit="pJ")])
+
+
+def test_dse_on_a_small_graph(tmp_path):
+    from potq.accel.model import accel_report
+    from potq.ir.capture import capture
+    from potq.models import build_model
+
+    graph = capture(build_model("tiny", (3, 16, 16)), (3, 16, 16), [0.0] * 3, [1.0] * 3)
+    pts = dse(graph, [EYERISS], pe_arrays=[(6, 8), (3, 4)], glb_sizes=[65536, 64])
+    assert [(p.pe_rows, p.pe_cols, p.glb_bytes, p.dataflow) for p in pts] == [
+        (6, 8, 65536, "rs"),
+        (6, 8, 64, "rs"),
+        (3, 4, 65536, "rs"),
+        (3, 4, 64, "rs"),
+    ]
+    assert [p.fits for p in pts] == [True, False, True, False]
+    assert "global buffer" in pts[1].reason and pts[1].reason.startswith("layer ")
+    direct = accel_report(graph, EYERISS, "rs")["total"]
+    assert pts[0].latency == direct["cycles"]["latency"] and pts[0].energy == direct["energy"]["total"]
+    assert pts[2].latency > pts[0].latency  # a quarter of the PEs
+    assert dse(graph, [EYERISS], pe_arrays=[(6, 8), (3, 4)], glb_sizes=[65536, 64]) == pts
+    plot_dse(pts, tmp_path / "dse.png", "tiny")
+    assert (tmp_path / "dse.png").read_bytes()[:4] == b"\x89PNG"
