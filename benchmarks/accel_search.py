@@ -18,6 +18,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # o
     os.environ.setdefault(_var, "1")
 
 from potq.accel.arch import load_arch  # noqa: E402
+from potq.accel.row_stationary import space  # noqa: E402
 from potq.accel.search import search, search_scalar  # noqa: E402
 from potq.accel.workload import workloads  # noqa: E402
 from potq.ir.capture import capture  # noqa: E402
@@ -41,19 +42,23 @@ def main() -> None:
         start = time.perf_counter()
         vec = [search(w, arch, a.objective) for w in layers]
         best_t = min(best_t, time.perf_counter() - start)
-    space = sum(m["space"] for _, m in vec)
+    size = sum(m["space"] for _, m in vec)
     legal = sum(m["legal"] for _, m in vec)
+    cells = sum(m["space"] // len(space(w, arch)["t"]) for w, (_, m) in zip(layers, vec, strict=True))
     print(
-        f"{a.model} on {arch.name}, objective {a.objective}: {len(layers)} convolutions, {space:,} mappings "
+        f"{a.model} on {arch.name}, objective {a.objective}: {len(layers)} convolutions, {size:,} mappings "
         f"in the lab's space, {legal:,} legal"
     )
-    print(f"vectorized: {best_t:.3f} s (best of {a.repeat}), {space / best_t:,.0f} mappings/s")
+    print(
+        f"vectorized: {best_t:.3f} s (best of {a.repeat}), {size / best_t:,.0f} mappings/s "
+        f"(a grid of {cells:,} (m, n, e, p, q, r) cells, t solved from r*t = PE sets)"
+    )
     if a.no_scalar:
         return
     start = time.perf_counter()
     ref = [search_scalar(w, arch, a.objective) for w in layers]
     scalar_t = time.perf_counter() - start
-    print(f"scalar:     {scalar_t:.1f} s, {space / scalar_t:,.0f} mappings/s; ratio {scalar_t / best_t:,.0f}x")
+    print(f"scalar:     {scalar_t:.1f} s, {size / scalar_t:,.0f} mappings/s; ratio {scalar_t / best_t:,.0f}x")
     same = 0
     for w, (b, m), (bs, ms) in zip(layers, vec, ref, strict=True):
         agree = b == bs and m == ms

@@ -257,3 +257,13 @@ def test_dse_on_a_small_graph(tmp_path):
     assert dse(graph, [EYERISS], pe_arrays=[(6, 8), (3, 4)], glb_sizes=[65536, 64]) == pts
     plot_dse(pts, tmp_path / "dse.png", "tiny")
     assert (tmp_path / "dse.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_large_array_space_stays_small_in_memory():
+    """A 32x32 row-stationary array: the product has 7*8*4*12*32*1024 mappings for a 1x1 layer; t is
+    solved, not enumerated, so the grid holds 1/1024 of them."""
+    big = replace(EYERISS, name="rs-32", pe_rows=32, pe_cols=32)
+    wl = conv("point", 64, 64, 8, 1)
+    best, metrics = search(wl, big, "edp")
+    assert metrics["space"] == 7 * 8 * 4 * 12 * 32 * 1024
+    assert legal(wl, big, best) and metrics["legal"] == len(legal_mappings(wl, big)[0]["m"])

@@ -3,9 +3,10 @@
 Claim: `search()` finds the best legal mapping of a layer by latency, energy or energy-delay product;
 ties break on the mapping tuple (m, n, e, p, q, r, t), smallest first, so the answer is one mapping,
 the same in every run. The space is the AI-on-chip lab's (row_stationary.space: the Cartesian product
-of its EyerissMapper's candidate lists); each parameter is an axis of a broadcast grid, each of the
-lab's rules (row_stationary.RULES, shared with the scalar `legal`) is evaluated on the axes it reads,
-and only the legal mappings are costed, by row_stationary.terms, the scalar evaluate's own formulas.
+of its EyerissMapper's candidate lists); m, n, e, p, q, r are the axes of a broadcast grid and t is
+solved from the lab's rule r*t = PE sets(e) (one t per (e, r) can pass it); each of the lab's rules
+(row_stationary.RULES, shared with the scalar `legal`) is evaluated on the axes it reads, and only the
+legal mappings are costed, by row_stationary.terms, the scalar evaluate's own formulas.
 `search_scalar()` is the plain reference: a loop over the same product calling legal() and evaluate().
 Evidence: tests/test_accel_rs.py checks that both give the same best mapping and the same metrics on
 several layers and objectives; benchmarks/accel_search.py times both on every convolution of resnet20.
@@ -67,29 +68,43 @@ def _objective_key(objective: str) -> str:
     return OBJECTIVES[objective]
 
 
-def _grid(wl, arch) -> tuple[dict[str, list[int]], list[np.ndarray]]:
-    """One int64 axis per parameter, shaped to broadcast over the 7-D product."""
+def _grid(wl, arch) -> tuple[dict[str, list[int]], list[np.ndarray], np.ndarray]:
+    """The space as a broadcast grid over (m, n, e, p, q, r), one int64 axis each, with t solved rather
+    than enumerated: the lab's rule r*t = sets(e) (the PE sets of R x e PEs the array holds) leaves at
+    most one t per (e, r), t = sets(e) // r, so every other t of the product fails that rule. Returns the
+    candidate lists, the seven parameter arrays (t shaped over e and r) and where that t is a candidate."""
     sp = space(wl, arch)
     axes = []
-    for i, k in enumerate(FIELDS):
-        shape = [1] * len(FIELDS)
+    for i, k in enumerate(FIELDS[:-1]):
+        shape = [1] * (len(FIELDS) - 1)
         shape[i] = len(sp[k])
         axes.append(np.asarray(sp[k], dtype=np.int64).reshape(shape))
-    return sp, axes
+    e, r = axes[FIELDS.index("e")], axes[FIELDS.index("r")]
+    t = arch.pes // wl.R // e // r
+    t_ok = (t >= 1) & (t <= len(sp["t"]))
+    return sp, [*axes, t], t_ok
 
 
-def _no_mapping(wl, arch, pool: int, sp: dict, axes: list[np.ndarray]) -> UserError:
+def _masks(wl, arch, pool: int, axes: list[np.ndarray], t_ok: np.ndarray):
+    """Each rule's verdict on the grid, in RULES order; the solved t's range goes with the PE-array rule."""
+    for name, holds, why in RULES:
+        verdict = holds(wl, arch, pool, *axes)
+        yield name, (verdict & t_ok if name == "pe_array" else verdict), why
+
+
+def _no_mapping(wl, arch, pool: int) -> UserError:
     """The error for a layer without a legal mapping: the first rule after which none is left."""
     where = f"layer {wl.node} ({wl.op} C={wl.C} M={wl.M} E={wl.E} R={wl.R}x{wl.S})"
     rules = {name: why for name, _, why in RULES}
+    sp, axes, t_ok = _grid(wl, arch)
     for k in FIELDS:
         if not sp[k]:
             rule = _EMPTY_AXIS_RULE[k]
             return UserError(f"{where}: no row-stationary mapping fits {arch.name}: {rules[rule](wl, arch)}")
-    mask = np.ones(tuple(len(sp[k]) for k in FIELDS), dtype=bool)
-    for name, holds, why in RULES:
+    mask = np.ones(tuple(len(sp[k]) for k in FIELDS[:-1]), dtype=bool)
+    for name, verdict, why in _masks(wl, arch, pool, axes, t_ok):
         before = mask
-        mask = mask & holds(wl, arch, pool, *axes)
+        mask = mask & verdict
         if not mask.any():
             msg = f"{where}: no row-stationary mapping fits {arch.name}: {why(wl, arch)}"
             if name == "glb":
@@ -103,16 +118,19 @@ def legal_mappings(wl, arch, pool: int = 1) -> tuple[dict[str, np.ndarray], int]
     """Every legal mapping as parameter arrays (in the product's lexicographic order) and the size of
     the space they were drawn from."""
     check_workload(wl)
-    sp, axes = _grid(wl, arch)
+    sp, axes, t_ok = _grid(wl, arch)
     size = int(np.prod([len(sp[k]) for k in FIELDS]))
-    mask = np.ones(tuple(len(sp[k]) for k in FIELDS), dtype=bool) if size else None
-    if size:
-        for _, holds, _ in RULES:
-            mask &= holds(wl, arch, pool, *axes)
-    if not size or not mask.any():
-        raise _no_mapping(wl, arch, pool, sp, axes)
+    if not size:
+        raise _no_mapping(wl, arch, pool)
+    mask = np.ones(tuple(len(sp[k]) for k in FIELDS[:-1]), dtype=bool)
+    for _, verdict, _ in _masks(wl, arch, pool, axes, t_ok):
+        mask &= verdict
+    if not mask.any():
+        raise _no_mapping(wl, arch, pool)
     idx = np.nonzero(mask)
-    return {k: axes[i].reshape(-1)[idx[i]] for i, k in enumerate(FIELDS)}, size
+    out = {k: axes[i].reshape(-1)[idx[i]] for i, k in enumerate(FIELDS[:-1])}
+    out["t"] = np.broadcast_to(axes[-1], mask.shape)[idx]
+    return out, size
 
 
 def ranked(wl, arch, objective: str = "latency", pool: int = 1) -> tuple[dict[str, np.ndarray], int]:
@@ -156,7 +174,7 @@ def search_scalar(wl, arch, objective: str = "latency", pool: int = 1) -> tuple[
         if best_key is None or k < best_key:
             best, best_key = mapping, k
     if best is None:
-        raise _no_mapping(wl, arch, pool, sp, _grid(wl, arch)[1])
+        raise _no_mapping(wl, arch, pool)
     return best, _result(wl, arch, best, pool, objective, size, count)
 
 
