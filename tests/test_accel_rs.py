@@ -16,6 +16,7 @@ from potq.accel.search import (
     LAB_COLUMNS,
     DesignPoint,
     dse,
+    format_dse,
     legal_mappings,
     mappings_csv,
     pareto,
@@ -255,6 +256,8 @@ def test_dse_on_a_small_graph(tmp_path):
     assert pts[0].latency == direct["cycles"]["latency"] and pts[0].energy == direct["energy"]["total"]
     assert pts[2].latency > pts[0].latency  # a quarter of the PEs
     assert dse(graph, [EYERISS], pe_arrays=[(6, 8), (3, 4)], glb_sizes=[65536, 64]) == pts
+    table = format_dse(pts)
+    assert table.count("\n") == 2 + len(pts) and "does not fit: layer " in table and "| yes |" in table
     plot_dse(pts, tmp_path / "dse.png", "tiny")
     assert (tmp_path / "dse.png").read_bytes()[:4] == b"\x89PNG"
 

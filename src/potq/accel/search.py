@@ -325,3 +325,24 @@ def plot_dse(points: Sequence[DesignPoint], path: Path | str, title: str = "") -
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     save_figure(fig, Path(path))
+
+
+def format_dse(points: Sequence[DesignPoint]) -> str:
+    """The sweep as a markdown table, Pareto points marked; variants that cannot run say why."""
+    front = {(p.arch, p.dataflow) for p in pareto(points)}
+    unit = next((p.energy_unit for p in points if p.fits), "")
+    lines = [
+        f"| architecture | dataflow | PE array | global buffer | latency (cycles) | energy ({unit}) | EDP | Pareto |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        size = f"{p.pe_rows}x{p.pe_cols}"
+        glb = f"{p.glb_bytes // 1024} KiB" if p.glb_bytes >= 1024 else f"{p.glb_bytes} B"
+        if not p.fits:
+            lines.append(f"| {p.arch} | {p.dataflow} | {size} | {glb} | does not fit: {p.reason} | | | |")
+            continue
+        mark = "yes" if (p.arch, p.dataflow) in front else ""
+        lines.append(
+            f"| {p.arch} | {p.dataflow} | {size} | {glb} | {p.latency:,} | {p.energy:,.0f} | {p.edp:.4g} | {mark} |"
+        )
+    return "\n".join(lines) + "\n"
