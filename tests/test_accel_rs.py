@@ -120,10 +120,18 @@ def test_operand_widths_come_from_the_workload():
     ],
 )
 def test_each_rule_names_itself(mapping, arch, pool, rule):
+    """Each rule, broken alone by a hand-made mapping of the example layer."""
     verdict = legal(EXAMPLE, arch, mapping, pool)
     assert not verdict and verdict.rule == rule and verdict.reason
     with pytest.raises(UserError, match="example: mapping .* is not legal"):
         evaluate(EXAMPLE, arch, mapping, pool)
+
+
+def test_out_of_range_mappings_are_illegal_not_errors():
+    point = conv("point", 16, 16, 8, 1)
+    assert legal(point, EYERISS, Mapping(16, 1, 16, 4, 4, 1, 3)).rule == "range"  # e=16 > E=8, though r*t fits
+    assert legal(point, EYERISS, Mapping(16, 1, 8, 4, 4, 0, 6)).rule == "range"  # no division by zero
+    assert legal(point, EYERISS, Mapping(16, 1, 8, 4, 4, 1, 6))
 
 
 def test_space_is_the_labs():

@@ -119,8 +119,15 @@ def glb_usage(wl, m, n, e, p, q, r, t) -> dict[str, Any]:
 Rule = tuple[str, Callable[..., Any], Callable[..., str]]
 RULES: list[Rule] = [
     (
+        "range",
+        lambda wl, a, pool, m, n, e, p, q, r, t: (
+            (m >= 1) & (n >= 1) & (e >= 1) & (e <= wl.E) & (p >= 1) & (q >= 1) & (r >= 1) & (t >= 1)
+        ),
+        lambda wl, a: f"every parameter must be at least 1, and e at most E={wl.E}",
+    ),
+    (
         "pe_rows",
-        lambda wl, a, pool, m, n, e, p, q, r, t: (e > 0) & (a.pe_rows >= wl.R),
+        lambda wl, a, pool, m, n, e, p, q, r, t: (e > 0) & (a.pe_rows >= wl.R),  # e: keep the grid's shape
         lambda wl, a: f"a PE set is R={wl.R} rows high but the PE array has {a.pe_rows} rows",
     ),
     (
