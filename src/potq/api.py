@@ -51,13 +51,15 @@ class Quantized:
 
         return energy.report(energy.graph_costs(self.graph), energy.load_table(table), memory)
 
-    def accel(self, arch: str | Path = "eyeriss", dataflow: str | None = None, batch: int = 1) -> dict:
+    def accel(
+        self, arch: str | Path = "eyeriss", dataflow: str | None = None, batch: int = 1, objective: str = "latency"
+    ) -> dict:
         """Cycles, traffic and energy per node on an accelerator (a preset name or a JSON file); see
         potq.accel.model.format_table for the per-layer table and docs/accel.md for the model."""
         from potq.accel.arch import load_arch
         from potq.accel.model import accel_report
 
-        return accel_report(self.graph, load_arch(arch), dataflow, batch=batch)
+        return accel_report(self.graph, load_arch(arch), dataflow, batch=batch, objective=objective)
 
     def export(
         self,

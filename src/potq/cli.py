@@ -228,7 +228,7 @@ def cmd_accel(a: argparse.Namespace) -> None:
 
         shape = parse_shape(a.input)
         graph = capture(build_model(a.model, shape, a.classes).eval(), shape, [0.0] * shape[0], [1.0] * shape[0])
-    r = accel_report(graph, arch, a.dataflow, batch=a.batch, compat=a.scalesim_compat)
+    r = accel_report(graph, arch, a.dataflow, batch=a.batch, compat=a.scalesim_compat, objective=a.objective)
     files = {}
     if a.scalesim_out:
         from potq.accel.peers import scalesim_files, write_scalesim
@@ -408,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--arch", default="eyeriss", help="eyeriss, eyeriss-45nm, systolic-8/16/32, systolic-16-45nm or a JSON file"
     )
     ac.add_argument("--dataflow", help="rs, ws, os or is (default: the architecture's first)")
+    ac.add_argument(
+        "--objective",
+        choices=("latency", "energy", "edp"),
+        default="latency",
+        help="rs: the best mapping of each layer by this (search.py's tie-break)",
+    )
     ac.add_argument("--batch", type=int, default=1, help="images per inference (N)")
     ac.add_argument("--scalesim-compat", action="store_true", help="SCALE-Sim 3.0.0's output-size rule for the cycles")
     ac.add_argument("--csv", type=Path, help="write the per-layer results as CSV")
