@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from potq.accel.arch import load_arch
+from potq.accel.arch import load_arch, preset_path
 from potq.accel.row_stationary import FIELDS, Mapping, evaluate, legal, space, space_size
 from potq.accel.search import (
     LAB_COLUMNS,
@@ -180,11 +180,14 @@ def test_search_on_the_course_array_and_tie_break():
     assert tuple(vars(best).values()) == min(tuples, key=lambda v: (lat[v], v))
 
 
-def test_no_mapping_is_one_line_naming_layer_and_rule():
+def test_no_mapping_is_one_line_naming_layer_and_rule(tmp_path):
     tiny_glb = replace(EYERISS, glb_bytes=256)
     with pytest.raises(UserError, match=r"layer example .*global buffer.*smallest pass needs \d+ B") as err:
         search(EXAMPLE, tiny_glb)
     assert "\n" not in str(err.value)
+    (tmp_path / "small.json").write_text(preset_path("eyeriss").read_text().replace("65536", "512"))
+    with pytest.raises(UserError, match=r"fits --arch .*small.json: .*512 B global buffer \(glb_bytes\)"):
+        search(EXAMPLE, load_arch(tmp_path / "small.json"))
     with pytest.raises(UserError, match="layer big .*R=7 rows high but the PE array has 6 rows"):
         search(conv("big", 3, 8, 16, 7), EYERISS)
     with pytest.raises(UserError, match="psum scratchpad"):

@@ -128,32 +128,42 @@ RULES: list[Rule] = [
     (
         "pe_rows",
         lambda wl, a, pool, m, n, e, p, q, r, t: (e > 0) & (a.pe_rows >= wl.R),  # e: keep the grid's shape
-        lambda wl, a: f"a PE set is R={wl.R} rows high but the PE array has {a.pe_rows} rows",
+        lambda wl, a: f"a PE set is R={wl.R} rows high but the PE array has {a.pe_rows} rows (pe_rows)",
     ),
     (
         "e",
         lambda wl, a, pool, m, n, e, p, q, r, t: (e % a.pe_cols == 0) | (e == a.pe_cols // 2) | (e == wl.E),
-        lambda wl, a: f"e must be a multiple of the array's {a.pe_cols} columns, half of them, or E={wl.E}",
+        lambda wl, a: f"e must be a multiple of the array's {a.pe_cols} columns (pe_cols), half of them, or E={wl.E}",
     ),
     (
         "pe_array",
         lambda wl, a, pool, m, n, e, p, q, r, t: (r * t == a.pes // wl.R // e) & (r <= a.pe_rows // wl.R),
-        lambda wl, a: f"r*t must equal the PE sets of R={wl.R} x e PEs the {a.pe_rows}x{a.pe_cols} array holds",
+        lambda wl, a: (
+            f"r*t must equal the PE sets of R={wl.R} x e PEs the {a.pe_rows}x{a.pe_cols} array holds (pe_rows, pe_cols)"
+        ),
     ),
     (
         "spad_ifmap",
         lambda wl, a, pool, m, n, e, p, q, r, t: q * wl.S * wl.bits_ifmap <= a.spad_bytes["ifmap"] * 8,
-        lambda wl, a: f"q ifmap rows of S={wl.S} values must fit the {a.spad_bytes['ifmap']} B ifmap scratchpad",
+        lambda wl, a: (
+            f"q ifmap rows of S={wl.S} values must fit the {a.spad_bytes['ifmap']} B ifmap scratchpad "
+            "(spad_bytes.ifmap)"
+        ),
     ),
     (
         "spad_filter",
         lambda wl, a, pool, m, n, e, p, q, r, t: p * q * wl.S * wl.bits_filter <= a.spad_bytes["filter"] * 8,
-        lambda wl, a: f"p*q filter rows of S={wl.S} values must fit the {a.spad_bytes['filter']} B filter scratchpad",
+        lambda wl, a: (
+            f"p*q filter rows of S={wl.S} values must fit the {a.spad_bytes['filter']} B filter scratchpad "
+            "(spad_bytes.filter)"
+        ),
     ),
     (
         "spad_psum",
         lambda wl, a, pool, m, n, e, p, q, r, t: p * wl.bits_psum <= a.spad_bytes["psum"] * 8,
-        lambda wl, a: f"p {wl.bits_psum}-bit psums must fit the {a.spad_bytes['psum']} B psum scratchpad",
+        lambda wl, a: (
+            f"p {wl.bits_psum}-bit psums must fit the {a.spad_bytes['psum']} B psum scratchpad (spad_bytes.psum)"
+        ),
     ),
     (
         "m",
@@ -168,7 +178,7 @@ RULES: list[Rule] = [
     (
         "glb",
         lambda wl, a, pool, m, n, e, p, q, r, t: glb_usage(wl, m, n, e, p, q, r, t)["total"] <= a.glb_bytes,
-        lambda wl, a: f"a processing pass must fit the {a.glb_bytes} B global buffer",
+        lambda wl, a: f"a processing pass must fit the {a.glb_bytes} B global buffer (glb_bytes)",
     ),
 ]
 

@@ -100,13 +100,15 @@ def _no_mapping(wl, arch, pool: int) -> UserError:
     for k in FIELDS:
         if not sp[k]:
             rule = _EMPTY_AXIS_RULE[k]
-            return UserError(f"{where}: no row-stationary mapping fits {arch.name}: {rules[rule](wl, arch)}")
+            return UserError(
+                f"{where}: no row-stationary mapping fits {arch.source or arch.name}: {rules[rule](wl, arch)}"
+            )
     mask = np.ones(tuple(len(sp[k]) for k in FIELDS[:-1]), dtype=bool)
     for name, verdict, why in _masks(wl, arch, pool, axes, t_ok):
         before = mask
         mask = mask & verdict
         if not mask.any():
-            msg = f"{where}: no row-stationary mapping fits {arch.name}: {why(wl, arch)}"
+            msg = f"{where}: no row-stationary mapping fits {arch.source or arch.name}: {why(wl, arch)}"
             if name == "glb":
                 use = np.broadcast_to(glb_usage(wl, *axes)["total"], before.shape)[before]
                 msg += f" (the smallest pass needs {int(use.min())} B)"
