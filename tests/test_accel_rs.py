@@ -15,6 +15,7 @@ from potq.accel.row_stationary import FIELDS, Mapping, evaluate, legal, space, s
 from potq.accel.search import (
     LAB_COLUMNS,
     DesignPoint,
+    conv_blocks,
     dse,
     format_dse,
     legal_mappings,
@@ -281,3 +282,24 @@ def test_large_array_space_stays_small_in_memory():
     best, metrics = search(wl, big, "edp")
     assert metrics["space"] == 7 * 8 * 4 * 12 * 32 * 1024
     assert legal(wl, big, best) and metrics["legal"] == len(legal_mappings(wl, big)[0]["m"])
+
+
+def test_conv_blocks_fuse_the_max_pool_after_a_conv(tmp_path):
+    from potq.ir.capture import capture
+    from potq.models import build_model
+
+    graph = capture(build_model("seed"), (3, 32, 32), [0.0] * 3, [1.0] * 3)
+    blocks = conv_blocks(graph)
+    assert [(w.node, pool) for w, pool in blocks if pool > 1] == [
+        ("features.0", 2),
+        ("features.4", 2),
+        ("features.14", 2),
+    ]
+    assert len(blocks) == len(graph.mac_nodes())
+    w, pool = blocks[0]
+    best, m = search(w, EYERISS, "latency", pool)
+    assert m["dram_ofmap_write"] == w.M * (w.E // 2) * (w.F // 2)  # written pooled, uint8
+    rows = mappings_csv(
+        tmp_path / "dse_mappings.csv", [w for w, _ in blocks], EYERISS, "latency", [p for _, p in blocks]
+    )
+    assert rows == sum(len(legal_mappings(w, EYERISS, p)[0]["m"]) for w, p in blocks)

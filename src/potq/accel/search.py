@@ -180,6 +180,24 @@ def search_scalar(wl, arch, objective: str = "latency", pool: int = 1) -> tuple[
     return best, _result(wl, arch, best, pool, objective, size, count)
 
 
+def _fused_pool(graph, node) -> int:
+    """k when the node's output feeds only a k x k max pool of stride k without padding, else 1."""
+    users = graph.consumers(node.output)
+    if len(users) != 1 or users[0].op.value != "maxpool" or node.output == graph.output:
+        return 1
+    kernel, stride, pad = (users[0].attrs[key] for key in ("kernel", "stride", "padding"))
+    kernel, stride, pad = ([v, v] if isinstance(v, int) else list(v) for v in (kernel, stride, pad))
+    return kernel[0] if kernel[0] == kernel[1] == stride[0] == stride[1] and pad == [0, 0] else 1
+
+
+def conv_blocks(graph, batch: int = 1) -> list[tuple[Any, int]]:
+    """The lab's convolution blocks of a graph: each conv (and linear) node's Workload with the k of the
+    max pool fused after it into the post-processing unit, as the lab does (1: none)."""
+    from potq.accel.workload import node_workload
+
+    return [(node_workload(graph, n, batch), _fused_pool(graph, n)) for n in graph.mac_nodes()]
+
+
 def _cell(v) -> str:
     if isinstance(v, float | np.floating):
         return repr(float(v))
