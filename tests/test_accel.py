@@ -152,6 +152,29 @@ def test_bad_architecture_via_cli_exit_2_nothing_written(tmp_path, capsys):
 def test_dataflow_the_architecture_lacks(capsys):
     assert main(["accel", "--model", "tiny", "--arch", "systolic-8", "--dataflow", "rs"]) == 2
     assert "runs ws, os, is" in capsys.readouterr().err
+    assert main(["accel", "--model", "tiny", "--batch", "0"]) == 2
+    assert "--batch must be at least 1" in capsys.readouterr().err
+
+
+def test_bad_output_paths_write_nothing(tmp_path, capsys):
+    a_file, out_csv = tmp_path / "f", tmp_path / "a.csv"
+    a_file.write_text("mine")
+    assert main(["accel", "--model", "tiny", "--csv", str(out_csv), "--scalesim-out", str(a_file)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and not out_csv.exists()
+    assert main(["accel", "--model", "tiny", "--csv", str(tmp_path / "no" / "a.csv")]) == 2
+    assert "no folder" in capsys.readouterr().err
+
+
+def test_scalesim_export_writes_the_padded_input_and_the_array(graphs):
+    from potq.accel.peers import scalesim_config, scalesim_layout
+
+    topo = scalesim_topology(graphs["seed"]).splitlines()
+    assert topo[0].startswith("Layer name, IFMAP Height, IFMAP Width, Filter Height")
+    assert topo[1] == "features.0, 34, 34, 3, 3, 3, 32, 1,"  # 32 + 2 x padding 1: the topology has no padding
+    assert topo[-1] == "classifier.4, 1, 1, 1, 1, 64, 10, 1,"
+    assert len(scalesim_layout(graphs["seed"]).splitlines()) == len(topo)
+    cfg = scalesim_config(load_arch("systolic-16"), "os")
+    assert "ArrayHeight : 16" in cfg and "Dataflow : os" in cfg and "InterfaceBandwidth : CALC" in cfg
 
 
 # ---- systolic closed forms ------------------------------------------------------------------------
@@ -166,6 +189,16 @@ def test_systolic_cycles_by_hand():
     assert systolic.compute_cycles(w, 8, 8, "os") == 512 * 41 - 1 == 20991  # SCALE-Sim 3.0.0 says 20991
     # is: ceil(27/8) * ceil(1024/8) = 512 folds of 8 + 7 + 32 + 7 = 54 cycles, less one
     assert systolic.compute_cycles(w, 8, 8, "is") == 512 * 54 - 1 == 27647
+
+
+def test_batch_streams_more_pixels_through_the_same_weights():
+    w1 = Workload("c", "conv", 1, 16, 32, 1, 8, 8, 3, 3, 8, 8, 1, 1, 1, 1)
+    w4 = Workload("c", "conv", 4, 16, 32, 1, 8, 8, 3, 3, 8, 8, 1, 1, 1, 1)
+    assert w4.macs == 4 * w1.macs
+    # ws: the pixels are streamed: T grows from 64 to 256 in each of the same 9 x 2 folds (window 144, 32 filters)
+    assert systolic.compute_cycles(w4, 16, 16, "ws") - systolic.compute_cycles(w1, 16, 16, "ws") == 18 * 192
+    t1, t4 = (systolic.traffic(w, 16, 16, "ws", 1 << 20)["dram"] for w in (w1, w4))
+    assert t4["filter"] == t1["filter"] and t4["ifmap"] == 4 * t1["ifmap"] and t4["ofmap"] == 4 * t1["ofmap"]
 
 
 def test_grouped_layer_is_one_gemm_per_group(graphs):
@@ -273,3 +306,17 @@ def test_cli_and_api(tiny_q, tmp_path, capsys):
     ]
     assert main(["accel", "--model", "tiny", "--arch", "systolic-8", "--dataflow", "is", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["dataflow"] == "is"
+
+
+def test_cli_on_a_runs_quantized_graph(tiny_q, tmp_path, capsys):
+    from potq.quant.pipeline import quant_paths, save_quantized
+    from potq.train import TrainConfig
+
+    save_quantized(tiny_q[0].graph, TrainConfig(model="tiny"), quant_paths(tmp_path, "pot-channel")[0], None)
+    out_csv = tmp_path / "a.csv"
+    assert main(["accel", "--run", str(tmp_path), "--arch", "systolic-8", "--csv", str(out_csv)]) == 0
+    rows = out_csv.read_text().splitlines()
+    head, last = rows[0].split(","), rows[-1].split(",")
+    assert last[head.index("dram_ofmap_bytes")] == "40"  # the 10 int32 logits of the quantized graph
+    assert main(["accel", "--run", str(tmp_path), "--scheme", "pot-seed"]) == 2
+    assert "no quantized model" in capsys.readouterr().err

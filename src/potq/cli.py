@@ -218,6 +218,10 @@ def cmd_accel(a: argparse.Namespace) -> None:
     arch = load_arch(a.arch)
     if a.batch < 1:
         raise UserError(f"--batch must be at least 1, got {a.batch}")
+    if a.scalesim_out and a.scalesim_out.exists() and not a.scalesim_out.is_dir():
+        raise UserError(f"--scalesim-out {a.scalesim_out}: is a file, not a folder")
+    if a.csv and not a.csv.parent.is_dir():
+        raise UserError(f"--csv {a.csv}: no folder {a.csv.parent}")
     if a.run:  # the run's quantized graph: its real bit widths
         from potq.quant.pipeline import load_quantized
 
