@@ -22,6 +22,7 @@ from potq.accel.systolic import compute_cycles
 from potq.accel.workload import scalesim_compat, workloads
 from potq.ir.capture import capture
 from potq.models import build_model
+from potq.quant.scheme import policy_zero_points
 
 MODELS = ("seed", "resnet20", "mobilenet-cifar")
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "scalesim"
@@ -62,13 +63,16 @@ def speed_table(graphs) -> list[str]:
                 (r["model"], r["dataflow"], r["n"]): float(r["user_s"]) + float(r["sys_s"]) for r in csv.DictReader(f)
             }
     lines = ["| Model | Config | potq accel_report (ms, wall) | SCALE-Sim 3.0.0 (CPU s) |", "|---|---|---:|---:|"]
-    accel_report(graphs["seed"], load_arch("systolic-8"), "ws")  # warm: imports and the energy table
+    zps = {m: policy_zero_points(g) for m, g in graphs.items()}  # float graphs: potq's zero-point policy
+    accel_report(
+        graphs["seed"], load_arch("systolic-8"), "ws", zero_points=zps["seed"]
+    )  # warm: imports and the energy table
     for m, g in graphs.items():
         for df in ("ws", "os", "is"):
             for n in (8, 16, 32):
                 arch = load_arch(f"systolic-{n}")
                 t0 = time.perf_counter()
-                accel_report(g, arch, df, compat=True)
+                accel_report(g, arch, df, compat=True, zero_points=zps[m])
                 ms = (time.perf_counter() - t0) * 1e3
                 ss = cpu.get((m, df, str(n)))
                 lines.append(f"| {m} | {df} {n}x{n} | {ms:.1f} | {f'{ss:.1f}' if ss else 'not run'} |")

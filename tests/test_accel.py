@@ -20,6 +20,7 @@ from potq.cli import main
 from potq.errors import UserError
 from potq.ir.capture import capture
 from potq.models import build_model
+from potq.quant.scheme import policy_zero_points
 
 
 def _flows(arch) -> list[str]:
@@ -29,6 +30,11 @@ def _flows(arch) -> list[str]:
     except ImportError:
         return [df for df in arch.dataflows if df != "rs"]
     return list(arch.dataflows)
+
+
+def _zp(g):
+    """A float graph's zero points by potq's policy (the accel model, an interpreter, takes them as given)."""
+    return policy_zero_points(g)
 
 
 def _captured(name: str):
@@ -53,7 +59,7 @@ def tiny_q():
 
 def test_workload_macs_equal_the_energy_models_count(graphs, tiny_q):
     for g in [*graphs.values(), tiny_q[0].graph]:
-        by_node = {c.name: c.macs for c in energy.graph_costs(g)}
+        by_node = {c.name: c.macs for c in energy.graph_costs(g, None if g.quantized else _zp(g))}
         for w in workloads(g):
             assert w.macs == by_node.get(w.node, 0), w.node
         assert len(workloads(g)) == len(g.nodes)
@@ -239,9 +245,9 @@ def test_45nm_compute_energy_equals_the_energy_model_per_node(tiny_q, graphs, ar
     a = load_arch(arch)
     flows = _flows(a)
     for g in (tiny_q[0].graph, graphs["resnet20"]):
-        costs = {c.name: c.compute_pj("int8-pot", energy.load_table()) for c in energy.graph_costs(g)}
+        costs = {c.name: c.compute_pj("int8-pot", energy.load_table()) for c in energy.graph_costs(g, _zp(g))}
         for df in flows:
-            r = accel_report(g, a, df)
+            r = accel_report(g, a, df, zero_points=_zp(g))
             for lay in r["layers"]:
                 got = lay["energy"]["compute"] + lay["energy"]["ppu"]
                 assert got == pytest.approx(costs.get(lay["node"], 0.0), rel=1e-12, abs=1e-9), lay["node"]
@@ -268,10 +274,9 @@ def test_compulsory_dram_bytes_equal_the_export(tiny_q, tmp_path):
 
 
 def test_report_is_deterministic_and_complete(tiny_q, graphs):
-    a = load_arch("systolic-8")
     for g in (tiny_q[0].graph, graphs["seed"]):
-        for df in a.dataflows:
-            r1, r2 = accel_report(g, a, df), accel_report(g, a, df)
+        for a, df in [(load_arch("systolic-8"), df) for df in ("ws", "os", "is")] + [(load_arch("eyeriss"), "rs")]:
+            r1, r2 = accel_report(g, a, df, zero_points=_zp(g)), accel_report(g, a, df, zero_points=_zp(g))
             assert json.dumps(r1) == json.dumps(r2) and to_csv(r1) == to_csv(r2)
             assert len(r1["layers"]) == len(g.nodes)
             assert sum(r1["energy_share"].values()) == pytest.approx(1.0)
@@ -280,14 +285,47 @@ def test_report_is_deterministic_and_complete(tiny_q, graphs):
                 assert c["latency"] == c["compute"] + c["dram"] + c["glb"] + c["ppu"]
                 assert 0 <= lay["utilization"] <= 1
                 assert lay["attainable_macs_per_cycle"] <= a.pes
-    text = format_table(accel_report(graphs["seed"], a, "ws"))
+    text = format_table(accel_report(graphs["seed"], load_arch("systolic-8"), "ws", zero_points=_zp(graphs["seed"])))
     assert "| features.0 | conv | 884,736 |" in text and "Energy by level" in text
+
+
+def test_rs_layers_are_row_stationary_evaluate_of_the_lab_conv_blocks(graphs):
+    """`potq accel`'s row-stationary latency and energy of a conv block are row_stationary.evaluate()'s
+    (the best mapping, the max pool fused after the conv); the fused pool costs nothing of its own."""
+    from potq.accel.search import conv_blocks, search
+
+    a, g = load_arch("eyeriss"), graphs["seed"]
+    r = accel_report(g, a, "rs", zero_points=_zp(g))
+    by = {lay["node"]: lay for lay in r["layers"]}
+    blocks = conv_blocks(g)
+    assert [k for _, k in blocks if k > 1] == [2, 2, 2]
+    for w, k in blocks:
+        mapping, m = search(w, a, "latency", k)
+        lay = by[w.node]
+        assert lay["mapping"] == str(mapping) and lay["cycles"]["latency"] == m["latency"], w.node
+        assert lay["cycles"]["ppu"] == m["cycles_ppu"] and sum(lay["bytes"]["dram"].values()) == m["dram_access"]
+        assert lay["energy"]["total"] == pytest.approx(m["energy_total"], rel=1e-12)
+        assert lay["bound"] == m["bound"] and lay["balance_point"] == m["balance_point"] == 12
+    fused = [lay for lay in r["layers"] if lay["dataflow"] == "fused"]
+    assert [f["mapping"] for f in fused] == ["into features.0", "into features.4", "into features.14"]
+    assert all(f["cycles"]["latency"] == 0 and f["energy"]["total"] == 0 for f in fused)
+    # systolic runs the same pools as their own PPU nodes
+    ws = accel_report(g, load_arch("systolic-16"), "ws", zero_points=_zp(g))
+    assert all(lay["dataflow"] != "fused" for lay in ws["layers"])
+
+
+def test_roofline_bound_word_is_row_stationarys():
+    from potq.accel.model import roofline
+
+    a = load_arch("eyeriss")
+    assert [roofline(m, 4, a)["bound"] for m in (47, 48, 49)] == ["memory", "balanced", "compute"]
 
 
 def test_scalesim_compat_changes_only_layers_whose_stride_leaves_a_remainder(graphs):
     a = load_arch("systolic-16")
     g = graphs["resnet20"]
-    plain, compat = accel_report(g, a, "ws"), accel_report(g, a, "ws", compat=True)
+    zp = _zp(g)
+    plain, compat = accel_report(g, a, "ws", zero_points=zp), accel_report(g, a, "ws", compat=True, zero_points=zp)
     for w, p, c in zip(workloads(g), plain["layers"], compat["layers"], strict=True):
         changed = p["cycles"]["compute"] != c["cycles"]["compute"]
         # only where (H + 2p - R) is not a multiple of the stride: every stride-2 layer here, the 1x1 shortcuts too
@@ -317,7 +355,8 @@ def test_cli_and_api(tiny_q, tmp_path, capsys):
 
 
 def test_cli_on_a_runs_quantized_graph(tiny_q, tmp_path, capsys):
-    from potq.quant.pipeline import quant_paths, save_quantized
+    from potq.runs.paths import quant_paths
+    from potq.runs.quantize import save_quantized
     from potq.train import TrainConfig
 
     save_quantized(tiny_q[0].graph, TrainConfig(model="tiny"), quant_paths(tmp_path, "pot-channel")[0], None)
@@ -328,3 +367,46 @@ def test_cli_on_a_runs_quantized_graph(tiny_q, tmp_path, capsys):
     assert last[head.index("dram_ofmap_bytes")] == "40"  # the 10 int32 logits of the quantized graph
     assert main(["accel", "--run", str(tmp_path), "--scheme", "pot-seed"]) == 2
     assert "no quantized model" in capsys.readouterr().err
+
+
+def test_cli_dse_and_mappings_csv(tmp_path, capsys):
+    png, maps = tmp_path / "dse.png", tmp_path / "maps.csv"
+    args = ["accel", "--model", "tiny", "--arch", "eyeriss", "--dse", "--dse-with", "systolic-8"]
+    args += ["--dse-arrays", "6x8,12x16", "--dse-glb", "64", "--dse-out", str(png), "--mappings-csv", str(maps)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| architecture | dataflow | PE array |" in out and "Pareto front, latency vs energy (" in out
+    assert out.count("| eyeriss-") == 2 and out.count("| systolic-8-") == 6  # 2 arrays x (rs; ws, os, is)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    rows = maps.read_text().splitlines()
+    assert rows[0].startswith("layer,pe_array_h,pe_array_w,ifmap_spad_size,filter_spad_size,psum_spad_size,glb_size")
+    assert rows[1].startswith("features.0,6,8,12,48,16,65536,4,4,") and len(rows) > 10
+    assert main(["accel", "--model", "tiny", "--arch", "eyeriss", "--dse", "--json"]) == 0
+    points = json.loads(capsys.readouterr().out)["dse"]
+    assert len(points) == 9 and {p["dataflow"] for p in points} == {"rs"}  # 3 arrays x 3 buffers by default
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--dse", "--dse-arrays", "6by8"], "--dse-arrays wants ROWSxCOLS"),
+        (["--dse", "--dse-glb", "0"], "every size must be positive"),
+        (["--dse-out", "{tmp}/d.png"], "needs --dse"),
+        (["--dse", "--dse-out", "{tmp}/d.jpg"], "must be a .png file"),
+        (["--dse", "--dse-out", "{tmp}/no/d.png"], "no folder"),
+        (["--arch", "systolic-8", "--mappings-csv", "{tmp}/m.csv"], "--mappings-csv: lists row-stationary mappings"),
+        (["--dse", "--dse-with", "eyeriss-45nm", "--dse-arrays", "6x8", "--dse-glb", "64"], "different units"),
+        (["--dse", "--dse-with", "{tmp}/nope.json"], "no such file"),
+    ],
+)
+def test_cli_dse_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, extra, says):
+    outs = ["--csv", str(tmp_path / "a.csv")]
+    if "--mappings-csv" not in extra:
+        outs += ["--mappings-csv", str(tmp_path / "m.csv")]
+    if "--dse-out" not in extra and "--dse" in extra:
+        outs += ["--dse-out", str(tmp_path / "d.png")]
+    args = ["accel", "--model", "tiny", *[x.format(tmp=tmp_path) for x in extra], *outs]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -253,9 +253,11 @@ def test_dse_on_a_small_graph(tmp_path):
     from potq.accel.model import accel_report
     from potq.ir.capture import capture
     from potq.models import build_model
+    from potq.quant.scheme import policy_zero_points
 
     graph = capture(build_model("tiny", (3, 16, 16)), (3, 16, 16), [0.0] * 3, [1.0] * 3)
-    pts = dse(graph, [EYERISS], pe_arrays=[(6, 8), (3, 4)], glb_sizes=[65536, 64])
+    zp = policy_zero_points(graph)
+    pts = dse(graph, [EYERISS], pe_arrays=[(6, 8), (3, 4)], glb_sizes=[65536, 64], zero_points=zp)
     assert [(p.pe_rows, p.pe_cols, p.glb_bytes, p.dataflow) for p in pts] == [
         (6, 8, 65536, "rs"),
         (6, 8, 64, "rs"),
@@ -264,10 +266,10 @@ def test_dse_on_a_small_graph(tmp_path):
     ]
     assert [p.fits for p in pts] == [True, False, True, False]
     assert "global buffer" in pts[1].reason and pts[1].reason.startswith("layer ")
-    direct = accel_report(graph, EYERISS, "rs")["total"]
+    direct = accel_report(graph, EYERISS, "rs", zero_points=zp)["total"]
     assert pts[0].latency == direct["cycles"]["latency"] and pts[0].energy == direct["energy"]["total"]
     assert pts[2].latency > pts[0].latency  # a quarter of the PEs
-    assert dse(graph, [EYERISS], pe_arrays=[(6, 8), (3, 4)], glb_sizes=[65536, 64]) == pts
+    assert dse(graph, [EYERISS], pe_arrays=[(6, 8), (3, 4)], glb_sizes=[65536, 64], zero_points=zp) == pts
     table = format_dse(pts)
     assert table.count("\n") == 2 + len(pts) and "does not fit: layer " in table and "| yes |" in table
     plot_dse(pts, tmp_path / "dse.png", "tiny")

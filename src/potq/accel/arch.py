@@ -26,6 +26,7 @@ DATAFLOWS = ("rs", "ws", "os", "is")
 SPADS = ("ifmap", "filter", "psum")
 ENERGIES = ("mac", "spad", "glb", "dram", "ppu_op")
 UNITS = ("relative", "pJ")
+PJ_PER_J = 1e12  # leakage W x s -> the energy unit (pJ; the lab's relative units are pJ too)
 TABLES = {"potq-45nm": None}  # name -> path (None: potq's own table, potq.energy.load_table())
 
 

@@ -3,7 +3,8 @@ point on an architecture and dataflow; per network, totals and the share of ener
 
 Claim: one result per graph node, in the graph's order, deterministic (plain ints and floats, no sets,
 no clocks). MAC nodes run on the PE array under the chosen dataflow (systolic ws/os/is: systolic.py;
-Eyeriss row-stationary: row_stationary.py/search.py, the best mapping by the objective); every node's
+Eyeriss row-stationary: each of the lab's conv blocks (search.conv_blocks: a max pool fused after its
+conv) is row_stationary.evaluate() of its best mapping by the objective, latency and all); every node's
 requantization, residual add, pooling and input table run on the post-processing unit (PPU), whose
 operations per output are potq.energy's own terms (one home for the op counting). Cycles: the lab's
 serial sum, latency = compute + DRAM + global buffer + PPU, with DRAM = ceil(bytes x cycles per
@@ -11,7 +12,8 @@ transaction / bus bytes per cycle) and the same for the global buffer over the N
 compute (MAC array), ppu, spad, glb, dram (per byte), leakage (W x latency / clock, in pJ). Under an
 architecture with `energy_table` (the 45 nm presets) the compute + ppu energy of a node is potq.energy's
 compute energy of that node, term by term. Formulas and reasons: docs/accel.md.
-Evidence: tests/test_accel.py (45 nm energy equal to potq.energy's per node; compulsory DRAM bytes
+Evidence: tests/test_accel.py (45 nm energy equal to potq.energy's per node; rs blocks equal to
+evaluate(); compulsory DRAM bytes
 equal to the export's int8 weights, int32 biases and activations; determinism; the per-layer table).
 """
 
@@ -22,16 +24,16 @@ import io
 
 from potq import energy as energy_model
 from potq.accel import systolic
-from potq.accel.arch import TABLES, Arch
+from potq.accel.arch import PJ_PER_J, TABLES, Arch
+from potq.accel.row_stationary import balance_point, bound
 from potq.accel.systolic import cdiv
-from potq.accel.workload import Workload, scalesim_compat, workloads
+from potq.accel.workload import Workload, scalesim_compat, spad_traffic, workloads
 from potq.errors import UserError
 from potq.ir.graph import Graph
 
 LEVELS = ("compute", "ppu", "spad", "glb", "dram", "leakage")
 OPERANDS = ("ifmap", "filter", "bias", "psum", "ofmap")
 ARRAY_TERMS = ("subtract zero point", "input times weight", "summation", "add bias")  # potq.energy's MAC terms
-PJ_PER_J = 1e12
 FREE_MOVES = ("flatten", "concat")  # a view, and outputs written side by side: no data moves
 
 
@@ -71,26 +73,21 @@ def _systolic_traffic(w: Workload, arch: Arch, dataflow: str, compat: bool) -> t
     return cyc, systolic.traffic(w, arch.pe_rows, arch.pe_cols, dataflow, arch.glb_bytes)
 
 
-def _rs_traffic(w: Workload, arch: Arch, objective: str) -> tuple[int, dict, str]:
-    """The row-stationary model's best mapping of a layer (accel-rs's search.py), in this module's terms."""
+def _rs_traffic(w: Workload, arch: Arch, objective: str, pool: int) -> tuple[int, dict, str, int]:
+    """The row-stationary best mapping of a conv block (the conv, and the k x k max pool fused after it:
+    search.conv_blocks), taken whole from row_stationary.evaluate(): compute cycles, traffic, and the
+    lab's PPU operations (1 per output, 5 with a fused pool). Its latency is evaluate()'s."""
     try:
         from potq.accel.search import search
     except ImportError:
         raise UserError("--dataflow rs: the row-stationary model (potq/accel/search.py) is not in this build") from None
-    mapping, m = search(w, arch, objective)
-    spad = {
-        "ifmap": cdiv(w.macs * w.bits_ifmap, 8),
-        "filter": cdiv(w.macs * w.bits_filter, 8),
-        "bias": 0,
-        "psum": 2 * cdiv(w.macs * w.bits_psum, 8),
-        "ofmap": 0,
-    }
+    mapping, m = search(w, arch, objective, pool)
     by = {
         "dram": {k: int(m.get(f"dram_{k}_read", 0)) + int(m.get(f"dram_{k}_write", 0)) for k in OPERANDS},
         "glb": {k: int(m.get(f"glb_{k}_read", 0)) + int(m.get(f"glb_{k}_write", 0)) for k in OPERANDS},
-        "spad": spad,
+        "spad": spad_traffic(w),
     }
-    return int(m["cycles_compute"]), by, str(mapping)
+    return int(m["cycles_compute"]), by, str(mapping), int(m["ppu_ops"])
 
 
 def _ppu_traffic(w: Workload) -> dict:
@@ -101,16 +98,19 @@ def _ppu_traffic(w: Workload) -> dict:
     return {"dram": dict(d), "glb": dict(d), "spad": {k: 0 for k in OPERANDS}}
 
 
-def node_result(w: Workload, arch: Arch, dataflow: str, cost, key: str, table, compat: bool, objective: str) -> dict:
-    """Every term of one node; see the module docstring and docs/accel.md."""
+def node_result(
+    w: Workload, arch: Arch, dataflow: str, cost, key: str, table, compat: bool, objective: str, pool: int = 1
+) -> dict:
+    """Every term of one node; see the module docstring and docs/accel.md. pool: the k x k max pool fused
+    after a row-stationary conv (1: none)."""
     mapping = ""
+    ops = ppu_ops(w, cost, key)
     if w.is_mac and dataflow == "rs":
-        cycles_compute, by, mapping = _rs_traffic(w, arch, objective)
+        cycles_compute, by, mapping, ops = _rs_traffic(w, arch, objective, pool)
     elif w.is_mac:
         cycles_compute, by = _systolic_traffic(w, arch, dataflow, compat)
     else:
         cycles_compute, by = 0, _ppu_traffic(w)
-    ops = ppu_ops(w, cost, key)
     access = {lvl: sum(by[lvl].values()) for lvl in ("dram", "glb", "spad")}
     cyc = {
         "compute": cycles_compute,
@@ -150,17 +150,57 @@ def node_result(w: Workload, arch: Arch, dataflow: str, cost, key: str, table, c
 
 def roofline(macs: int, dram_bytes: int, arch: Arch) -> dict:
     """Operational intensity (MACs per DRAM byte), the attainable MACs per cycle under the roofline
-    min(peak, intensity x DRAM bytes per cycle), and which roof bounds the node. Balance point = peak /
-    bus bytes per cycle, as row_stationary.balance_point (the lab's 48 / 4 = 12 on eyeriss)."""
-    peak, bw = arch.pes, arch.bus_bytes_per_cycle
+    min(peak, intensity x DRAM bytes per cycle), and which roof bounds the node: row_stationary's
+    balance_point (peak / bus bytes per cycle: the lab's 48 / 4 = 12 on eyeriss) and bound word
+    ("compute" above it, "memory" below, "balanced" on it), one definition for every dataflow."""
     intensity = macs / dram_bytes if dram_bytes else 0.0
-    balance = peak / bw
+    balance = balance_point(arch)
     return {
         "intensity": intensity,
-        "attainable_macs_per_cycle": min(peak, intensity * bw),
+        "attainable_macs_per_cycle": min(arch.pes, intensity * arch.bus_bytes_per_cycle),
         "balance_point": balance,
-        "bound": "compute" if intensity >= balance else "memory",
+        "bound": bound(intensity, balance),
     }
+
+
+def fused_result(w: Workload, arch: Arch, into: str) -> dict:
+    """A max pool the post-processing unit runs on the output path of the conv before it (row-stationary:
+    the lab's conv block): its cycles, traffic and energy are that conv's; here every term is zero."""
+    zero = {k: 0 for k in OPERANDS}
+    return {
+        "node": w.node,
+        "op": w.op,
+        "dataflow": "fused",
+        "mapping": f"into {into}",
+        "macs": 0,
+        "ppu_ops": 0,
+        "cycles": {k: 0 for k in ("compute", "dram", "glb", "ppu", "latency")},
+        "utilization": 0.0,
+        "bytes": {lvl: dict(zero) for lvl in ("dram", "glb", "spad")},
+        "energy": {k: 0.0 for k in (*LEVELS, "total")},
+        **roofline(0, 0, arch),
+    }
+
+
+def _layer_results(graph: Graph, arch: Arch, df: str, ws: list[Workload], opts: dict) -> list:
+    """node_result of every node; under row-stationary, a max pool fused after its conv (search.conv_blocks'
+    rule) is costed with that conv and listed as fused."""
+    key = _energy_key(graph)
+    costs = {c.name: c for c in energy_model.graph_costs(graph, opts["zero_points"])}
+    objective, compat = opts["objective"], opts["compat"]
+    table = energy_model.load_table(TABLES[arch.energy_table]) if arch.energy_table else None
+    fused = {}
+    if df == "rs":
+        from potq.accel.search import fused_pools
+
+        fused = fused_pools(graph)
+    into = {pool_node: conv for conv, (_, pool_node) in fused.items()}
+    return [
+        fused_result(w, arch, into[w.node])
+        if w.node in into
+        else node_result(w, arch, df, costs.get(w.node), key, table, compat, objective, fused.get(w.node, (1, ""))[0])
+        for w in ws
+    ]
 
 
 def compulsory_bytes(w: Workload) -> int:
@@ -185,15 +225,17 @@ def accel_report(
     batch: int = 1,
     compat: bool = False,
     objective: str = "latency",
+    zero_points: dict[str, int] | None = None,
 ) -> dict:
     """Per node results and network totals of `graph` on `arch` (a quantized graph, or a float graph taken
-    at 8 bits). compat: SCALE-Sim's output-size rule for the compute cycles (scalesim_compat)."""
+    at 8 bits). compat: SCALE-Sim's output-size rule for the compute cycles (scalesim_compat).
+    zero_points: potq.energy.graph_costs' (None for a quantized graph: its own; a float graph's come from
+    a zero-point policy, potq.quant.scheme.policy_zero_points, which the caller reads: this interpreter
+    does not import the quantizer)."""
     df = _check_dataflow(arch, dataflow)
-    key = _energy_key(graph)
-    costs = {c.name: c for c in energy_model.graph_costs(graph)}
-    table = energy_model.load_table(TABLES[arch.energy_table]) if arch.energy_table else None
     ws = workloads(graph, batch)
-    layers = [node_result(w, arch, df, costs.get(w.node), key, table, compat, objective) for w in ws]
+    opts = {"objective": objective, "compat": compat, "zero_points": zero_points}
+    layers = _layer_results(graph, arch, df, ws, opts)
     total = {
         "macs": sum(r["macs"] for r in layers),
         "cycles": {k: sum(r["cycles"][k] for r in layers) for k in layers[0]["cycles"]},
@@ -223,6 +265,10 @@ def _fmt(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
+def _bound_cell(lay: dict) -> str:
+    return f"fused {lay['mapping']}" if lay["dataflow"] == "fused" else lay["bound"]
+
+
 def format_table(r: dict) -> str:
     """The per-layer table (markdown), then the totals and the share of energy by level."""
     unit = r["energy_unit"]
@@ -238,7 +284,7 @@ def format_table(r: dict) -> str:
         lines.append(
             f"| {lay['node']} | {lay['op']} | {lay['macs']:,} | {c['compute']:,} | {c['dram']:,} | {c['glb']:,} | "
             f"{c['ppu']:,} | {c['latency']:,} | {lay['utilization']:.1%} | {sum(lay['bytes']['dram'].values()):,} | "
-            f"{lay['intensity']:.2f} | {lay['bound']} | {_fmt(lay['energy']['total'])} |"
+            f"{lay['intensity']:.2f} | {_bound_cell(lay)} | {_fmt(lay['energy']['total'])} |"
         )
     t = r["total"]
     c = t["cycles"]

@@ -21,6 +21,9 @@ from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from typing import Any
 
+from potq.accel.arch import PJ_PER_J
+from potq.accel.systolic import cdiv
+from potq.accel.workload import spad_traffic
 from potq.errors import UserError
 
 FIELDS = ("m", "n", "e", "p", "q", "r", "t")
@@ -28,7 +31,6 @@ FIELDS = ("m", "n", "e", "p", "q", "r", "t")
 # (handout, "Latency"); here they are operations, run at the architecture's ppu_ops_per_cycle.
 PPU_OPS_POOL = 5
 PPU_OPS_PLAIN = 1
-PJ_PER_J = 1e12  # leakage W x s -> the energy table's unit (pJ; the lab's relative units are pJ too)
 
 
 @dataclass(frozen=True, order=True)
@@ -57,11 +59,6 @@ class Legality:
 
     def __bool__(self) -> bool:
         return self.ok
-
-
-def cdiv(a, b):
-    """Ceiling division on ints or integer numpy arrays."""
-    return -(-a // b)
 
 
 def check_workload(wl) -> None:
@@ -233,9 +230,9 @@ def terms(wl, arch, pool, m, n, e, p, q, r, t) -> dict[str, Any]:
     d.update(_traffic(wl, pool, m, n, e, p, q, r, t))
     macs = wl.macs
     ppu_ops = wl.outputs * (PPU_OPS_POOL if pool > 1 else PPU_OPS_PLAIN)
-    # per MAC a PE reads an ifmap and a filter value and reads and writes its psum in the scratchpads
-    spad_bytes = _bytes(macs, wl.bits_ifmap + wl.bits_filter + 2 * wl.bits_psum)
+    spad_bytes = sum(spad_traffic(wl).values())  # the rule every dataflow shares (workload.py)
     d["macs"] = macs
+    d["ppu_ops"] = ppu_ops
     d["cycles_dram"] = cdiv(d["dram_access"] * arch.dram_cycles_per_transaction, arch.bus_bytes_per_cycle)
     d["cycles_glb"] = cdiv(d["glb_access"] * arch.glb_cycles_per_transaction, arch.noc_bytes_per_cycle)
     d["cycles_compute"] = d["passes"] * n * q * p * wl.F * wl.S  # one MAC per PE per cycle

@@ -190,6 +190,17 @@ def _fused_pool(graph, node) -> int:
     return kernel[0] if kernel[0] == kernel[1] == stride[0] == stride[1] and pad == [0, 0] else 1
 
 
+def fused_pools(graph) -> dict[str, tuple[int, str]]:
+    """conv (or linear) node name -> (k, the name of the k x k max pool fused after it), for the conv
+    blocks that have one (the rule of `conv_blocks`)."""
+    out = {}
+    for n in graph.mac_nodes():
+        k = _fused_pool(graph, n)
+        if k > 1:
+            out[n.name] = (k, graph.consumers(n.output)[0].name)
+    return out
+
+
 def conv_blocks(graph, batch: int = 1) -> list[tuple[Any, int]]:
     """The lab's convolution blocks of a graph: each conv (and linear) node's Workload with the k of the
     max pool fused after it into the post-processing unit, as the lab does (1: none)."""
@@ -275,11 +286,13 @@ def dse(
     glb_sizes: Sequence[int] | None = None,
     objective: str = "latency",
     batch: int = 1,
+    zero_points: dict[str, int] | None = None,
 ) -> list[DesignPoint]:
     """Every base architecture x PE array (rows, cols) x global buffer x each of its dataflows, the whole
     network run by potq.accel.model (row-stationary layers mapped by `search` under `objective`). A
     variant that some layer cannot run is kept as a point with fits=False and the one-line reason.
-    Defaults: each base's own array and buffer. Order: the loops' order, so the list is deterministic."""
+    Defaults: each base's own array and buffer. Order: the loops' order, so the list is deterministic.
+    zero_points: as model.accel_report's (a float graph's, from a zero-point policy)."""
     from potq.accel.model import accel_report  # model.py imports this module for its rs layers
 
     _objective_key(objective)
@@ -291,7 +304,7 @@ def dse(
                 for df in arch.dataflows:
                     point = DesignPoint(arch.name, df, rows, cols, glb, energy_unit=arch.energy_unit)
                     try:
-                        r = accel_report(graph, arch, df, batch=batch, objective=objective)
+                        r = accel_report(graph, arch, df, batch=batch, objective=objective, zero_points=zero_points)
                     except UserError as e:
                         points.append(replace(point, fits=False, reason=str(e)))
                         continue
@@ -364,5 +377,18 @@ def format_dse(points: Sequence[DesignPoint]) -> str:
         mark = "yes" if (p.arch, p.dataflow) in front else ""
         lines.append(
             f"| {p.arch} | {p.dataflow} | {size} | {glb} | {p.latency:,} | {p.energy:,.0f} | {p.edp:.4g} | {mark} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def format_pareto(points: Sequence[DesignPoint]) -> str:
+    """The Pareto front of latency against energy, fastest first, one line per point."""
+    front = pareto(points)
+    lines = [f"Pareto front, latency vs energy ({len(front)} of {len(points)} design points):"]
+    for p in front:
+        glb = f"{p.glb_bytes / 1024:g} KiB"
+        lines.append(
+            f"  {p.dataflow:<2} {p.pe_rows}x{p.pe_cols} PEs, {glb} buffer: {p.latency:,} cycles, "
+            f"{p.energy:,.0f} {p.energy_unit} ({p.arch})"
         )
     return "\n".join(lines) + "\n"

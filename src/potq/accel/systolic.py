@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from potq.accel.workload import Workload
+from potq.accel.workload import Workload, spad_traffic
 
 DATAFLOWS = ("ws", "os", "is")
 
 
-def cdiv(a: int, b: int) -> int:
+def cdiv(a, b):
+    """Ceiling division on ints or integer numpy arrays (row_stationary.py's vectorized terms use it too)."""
     return -(-a // b)
 
 
@@ -89,8 +90,7 @@ def traffic(w: Workload, rows: int, cols: int, dataflow: str, glb_bytes: int) ->
         4 bytes each ("partial sums count 4 bytes where they spill").
     Global buffer <-> array: what the array streams (im2col order, each operand at its width), the
     stationary tiles once per fold, partial sums between folds at 4 bytes, outputs at their width.
-    Scratchpads (PE registers): per MAC one ifmap and one filter read and a 32-bit accumulator read and
-    write."""
+    Scratchpads (PE registers): workload.spad_traffic, the rule every dataflow shares."""
     g = gemm(w, dataflow)
     fr, fc = folds(g, rows, cols)
     third = glb_bytes // 3
@@ -115,12 +115,5 @@ def traffic(w: Workload, rows: int, cols: int, dataflow: str, glb_bytes: int) ->
         "is": {"ifmap": _ceil_bytes(g.Sr * g.Sc, bi), "filter": fc * _ceil_bytes(g.Sr * g.T, bf)},
     }[dataflow]
     glb = {**streamed, "bias": fc * dram["bias"], "psum": 2 * psums, "ofmap": dram["ofmap"]}
-    macs = g.window * g.pixels * g.filters
-    spad = {
-        "ifmap": _ceil_bytes(macs, bi),
-        "filter": _ceil_bytes(macs, bf),
-        "bias": 0,
-        "psum": 2 * _ceil_bytes(macs, bp),
-        "ofmap": 0,
-    }
-    return {lvl: {k: v * w.groups for k, v in d.items()} for lvl, d in (("dram", dram), ("glb", glb), ("spad", spad))}
+    by = {lvl: {k: v * w.groups for k, v in d.items()} for lvl, d in (("dram", dram), ("glb", glb))}
+    return {**by, "spad": spad_traffic(w)}

@@ -87,6 +87,20 @@ class Workload:
         return values * bits // 8
 
 
+def spad_traffic(w: Workload) -> dict[str, int]:
+    """Scratchpad (PE register) bytes of a MAC node, the same in every dataflow: per MAC the PE reads one
+    ifmap and one filter value and reads and writes its partial sum, each at its width (biases and
+    outputs never pass through a scratchpad). The one home of this rule: systolic.py, row_stationary.py
+    and model.py read it."""
+    return {
+        "ifmap": -(-w.macs * w.bits_ifmap // 8),
+        "filter": -(-w.macs * w.bits_filter // 8),
+        "bias": 0,
+        "psum": 2 * -(-w.macs * w.bits_psum // 8),
+        "ofmap": 0,
+    }
+
+
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
