@@ -375,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser(
-        "run", help="the whole path: summary, training, quantization, golden check, energy, export and report"
+        "run",
+        help="the whole path: summary, training, quantization, golden check, energy, accelerator, export and report",
     )
     r.add_argument("--data", default="cifar10", help="cifar10, or a path to an archive or folder")
     r.add_argument("--out", type=Path, required=True, help="run folder (a second call resumes it)")

@@ -257,6 +257,8 @@ def accel_report(
         "layers": layers,
         "total": total,
         "energy_share": share,
+        "peak_macs_per_cycle": arch.pes,
+        "dram_bytes_per_cycle": arch.bus_bytes_per_cycle,
         **roofline(total["macs"], sum(total["bytes"]["dram"].values()), arch),
     }
 
