@@ -166,7 +166,7 @@ def test_interrupted_run_resumes(learnable_data, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "train: already done" in text and "[3/8] quantize ..." in text
+    assert "train: already done" in text and "[3/9] quantize ..." in text
     assert len(list(out.glob("quant_*.json"))) == 5 and (out / "report.html").exists()
 
 

@@ -26,6 +26,7 @@ from potq import energy as energy_model
 from potq.accel import systolic
 from potq.accel.arch import PJ_PER_J, TABLES, Arch
 from potq.accel.row_stationary import balance_point, bound
+from potq.accel.search import fused_pools, search
 from potq.accel.systolic import cdiv
 from potq.accel.workload import Workload, scalesim_compat, spad_traffic, workloads
 from potq.errors import UserError
@@ -77,10 +78,6 @@ def _rs_traffic(w: Workload, arch: Arch, objective: str, pool: int) -> tuple[int
     """The row-stationary best mapping of a conv block (the conv, and the k x k max pool fused after it:
     search.conv_blocks), taken whole from row_stationary.evaluate(): compute cycles, traffic, and the
     lab's PPU operations (1 per output, 5 with a fused pool). Its latency is evaluate()'s."""
-    try:
-        from potq.accel.search import search
-    except ImportError:
-        raise UserError("--dataflow rs: the row-stationary model (potq/accel/search.py) is not in this build") from None
     mapping, m = search(w, arch, objective, pool)
     by = {
         "dram": {k: int(m.get(f"dram_{k}_read", 0)) + int(m.get(f"dram_{k}_write", 0)) for k in OPERANDS},
@@ -191,8 +188,6 @@ def _layer_results(graph: Graph, arch: Arch, df: str, ws: list[Workload], opts: 
     table = energy_model.load_table(TABLES[arch.energy_table]) if arch.energy_table else None
     fused = {}
     if df == "rs":
-        from potq.accel.search import fused_pools
-
         fused = fused_pools(graph)
     into = {pool_node: conv for conv, (_, pool_node) in fused.items()}
     return [
