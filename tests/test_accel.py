@@ -397,6 +397,7 @@ def test_cli_dse_and_mappings_csv(tmp_path, capsys):
         (["--arch", "systolic-8", "--mappings-csv", "{tmp}/m.csv"], "--mappings-csv: lists row-stationary mappings"),
         (["--dse", "--dse-with", "eyeriss-45nm", "--dse-arrays", "6x8", "--dse-glb", "64"], "different units"),
         (["--dse", "--dse-with", "{tmp}/nope.json"], "no such file"),
+        (["--dse", "--dse-arrays", "6x8", "--dse-glb", "0.01"], "no design point fits, nothing to plot (layer "),
     ],
 )
 def test_cli_dse_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, extra, says):

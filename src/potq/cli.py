@@ -300,6 +300,8 @@ def cmd_accel(a: argparse.Namespace) -> None:
 
         points = _accel_dse(a, arch, graph, zero_points)
         dse_text = format_dse(points) + "\n" + format_pareto(points)  # refuses mixed energy units: before writing
+        if a.dse_out and not any(p.fits for p in points):
+            raise UserError(f"--dse-out {a.dse_out}: no design point fits, nothing to plot ({points[0].reason})")
     files = {}
     if a.scalesim_out:
         from potq.accel.peers import scalesim_files, write_scalesim
