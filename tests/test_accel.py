@@ -394,7 +394,10 @@ def test_cli_dse_and_mappings_csv(tmp_path, capsys):
         (["--dse-out", "{tmp}/d.png"], "needs --dse"),
         (["--dse", "--dse-out", "{tmp}/d.jpg"], "must be a .png file"),
         (["--dse", "--dse-out", "{tmp}/no/d.png"], "no folder"),
-        (["--arch", "systolic-8", "--mappings-csv", "{tmp}/m.csv"], "--mappings-csv: lists row-stationary mappings"),
+        (
+            ["--arch", "systolic-8", "--mappings-csv", "{tmp}/m.csv"],
+            "--mappings-csv: lists row-stationary (rs) mappings; the dataflow here is ws",
+        ),
         (["--dse", "--dse-with", "eyeriss-45nm", "--dse-arrays", "6x8", "--dse-glb", "64"], "different units"),
         (["--dse", "--dse-with", "{tmp}/nope.json"], "no such file"),
         (["--dse", "--dse-arrays", "6x8", "--dse-glb", "0.01"], "no design point fits, nothing to plot (layer "),

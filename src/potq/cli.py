@@ -287,9 +287,8 @@ def cmd_accel(a: argparse.Namespace) -> None:
     arch = load_arch(a.arch)
     _check_accel_outputs(a)
     if a.mappings_csv and (a.dataflow or arch.dataflows[0]) != "rs":
-        raise UserError(
-            f"--mappings-csv: lists row-stationary mappings; {arch.name} runs {a.dataflow or arch.dataflows[0]}"
-        )
+        df = a.dataflow or arch.dataflows[0]
+        raise UserError(f"--mappings-csv: lists row-stationary (rs) mappings; the dataflow here is {df}")
     graph, zero_points = _accel_graph(a)
     r = accel_report(
         graph, arch, a.dataflow, batch=a.batch, compat=a.scalesim_compat, objective=a.objective, zero_points=zero_points
