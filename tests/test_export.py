@@ -235,3 +235,46 @@ def test_vectors_are_drawn_across_the_classes():
     assert np.array_equal(idx, vector_indices(labels, 10))  # fixed by the seed
     assert len(set(vector_indices(labels, 1000).tolist())) == 1000
     assert set(labels[vector_indices(labels, 25)].tolist()) == set(range(10))
+
+
+def test_relu6_upper_clamp_binds_in_the_test_vectors(tmp_path):
+    """A test vector where ReLU6's upper clamp binds: where the convolution's rounded result passes the code of 6
+    (the output QType's hi, below 255), the exported golden value is hi; the files alone reproduce every value."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU6(), torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 10)
+    ).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(10)  # pre-activations far beyond 6
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    settings = QuantSettings.parse("pot-channel")
+    fgraph = capture(model, (3, 8, 8), MEAN, STD)
+    graph = lower(fgraph, calibrate(fgraph, normalize(images, MEAN, STD), settings), settings)
+    out = tmp_path / "e"
+    write_export(graph, out, images.numpy(), np.zeros(4, dtype=np.int64), [str(i) for i in range(10)])
+    check_export(out, 4)
+    desc = json.loads((out / "model.json").read_text())
+    node = next(n for n in desc["nodes"] if n["op"] == "conv")
+    q = desc["values"][node["output"]]["q"]
+    assert node["attrs"]["act"] == [0.0, 6.0] and q["zero_point"] == 0
+    hi = q["hi"]
+    assert hi == round(6 / q["scale"]) < 255  # ReLU6 lowers hi below the uint8 limit
+    # the rounded result before the clamp, from the files alone
+    vectors = np.load(out / "vectors.npz")
+    weights = np.load(out / "weights.npz")
+    t = {k: weights[ref] for k, ref in node["tensors"].items()}
+    zp_in = desc["values"][node["inputs"][0]]["q"]["zero_point"]
+    x = vectors[node["inputs"][0]].astype(np.int64)
+    a = node["attrs"]
+    acc = conv(x, zp_in, a["pad_code"], t["weight"].astype(np.int64), a["stride"], a["padding"], a["groups"])
+    acc = acc + t["bias"][None, :, None, None]
+    unclamped = round_shift(acc, t["shift"], desc["rounding"]) + q["zero_point"]
+    binds = unclamped > hi
+    assert binds.any() and (~binds).any()
+    golden = vectors[node["output"]]
+    np.testing.assert_array_equal(golden[binds], hi)
+    np.testing.assert_array_equal(golden[~binds], np.maximum(unclamped[~binds], q["lo"]))
+    # and in the hex test vectors: the first image with a bound value holds hi there
+    k = int(np.flatnonzero(binds.reshape(len(binds), -1).any(1))[0])
+    got = read_hex(out / "vectors" / f"img{k}_{node['output']}.hex", 8, signed=False)
+    assert (got[binds[k].reshape(-1)] == hi).all()

@@ -18,6 +18,9 @@ SECTIONS = [
     "### Integer golden model",
     "## 5. Energy",
     "### Worked example: Linear 128 -> 10",
+    "## 7. Accelerator",
+    "### eyeriss, dataflow rs",
+    "### systolic-16, dataflow os",
 ]
 
 
@@ -61,6 +64,9 @@ def test_every_artifact_is_there(full_run):
         "compare.png",
         "energy.json",
         "energy.png",
+        "accel.json",
+        "accel_roofline.png",
+        "accel_energy.png",
         "report.md",
         "report.html",
         "steps.json",
@@ -101,8 +107,12 @@ def test_report_has_every_section_with_numbers(full_run):
     assert "| Scheduler | `CosineAnnealingLR(T_max=2, eta_min=1e-06)`, per epoch |" in md
     assert "| Training arithmetic | fp32 (weights and evaluation float32) |" in md
     assert "| pot-channel-qat |" in md and "| FP32 |" in md
+    acc = md[md.index("## 7. Accelerator") :]
+    assert re.search(r"\| features\.0 \| conv \| [\d,]+ \| [\d,]+ \| [\d.]+% \| (compute|memory|balanced) \|", acc)
+    assert "| features.3 | maxpool | 0 | 0 | 0.0% | fused into features.0 |" in acc  # eyeriss rs: the lab's block
+    assert acc.count("Share of energy by level: compute ") == 2 and "![Roofline](accel_roofline.png)" in acc
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "<table>" in html and "@media print" in html
+    assert html.count("data:image/png;base64,") == 5 and "<table>" in html and "@media print" in html
     assert 'src="curves.png"' not in html  # self-contained
 
 
@@ -111,7 +121,7 @@ def test_second_call_redoes_nothing(full_run, capsys):
     before = (out / "weights.pt").stat().st_mtime_ns
     assert main(args) == 0
     text = capsys.readouterr().out
-    for step in ("summary", "train", "quantize", "verify", "energy", "export"):
+    for step in ("summary", "train", "quantize", "verify", "energy", "accel", "export"):
         assert f"{step}: already done" in text
     assert (out / "weights.pt").stat().st_mtime_ns == before
 
@@ -156,7 +166,7 @@ def test_interrupted_run_resumes(learnable_data, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "train: already done" in text and "[3/8] quantize ..." in text
+    assert "train: already done" in text and "[3/9] quantize ..." in text
     assert len(list(out.glob("quant_*.json"))) == 5 and (out / "report.html").exists()
 
 

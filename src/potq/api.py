@@ -5,6 +5,7 @@ q = potq.quantize(model, calib_images)     # uint8 images (N, C, H, W); scheme="
 logits = q.golden().run(test_images)       # int32 logits of the integer-only golden model
 sim = q.simulated()                        # the fake-quantized nn.Module (takes normalized images)
 table = q.energy()                         # op counts and energy per node, FP32 against INT8
+acc = q.accel("systolic-16")               # cycles, traffic, energy per node on an accelerator (docs/accel.md)
 q.export("export/", test_images[:10])      # model.json, weights, C header, hex files, test vectors
 q.export("deploy/", test_images[:10], formats=("c", "onnx"))  # the C99 runtime and QDQ ONNX
 """
@@ -50,6 +51,16 @@ class Quantized:
         from potq import energy
 
         return energy.report(energy.graph_costs(self.graph), energy.load_table(table), memory)
+
+    def accel(
+        self, arch: str | Path = "eyeriss", dataflow: str | None = None, batch: int = 1, objective: str = "latency"
+    ) -> dict:
+        """Cycles, traffic and energy per node on an accelerator (a preset name or a JSON file); see
+        potq.accel.model.format_table for the per-layer table and docs/accel.md for the model."""
+        from potq.accel.arch import load_arch
+        from potq.accel.model import accel_report
+
+        return accel_report(self.graph, load_arch(arch), dataflow, batch=batch, objective=objective)
 
     def export(
         self,

@@ -214,6 +214,119 @@ def cmd_energy(a: argparse.Namespace) -> None:
         energy.plot_report(r, a.out)
 
 
+def _accel_graph(a: argparse.Namespace):
+    """The graph `potq accel` models and its zero points for the energy terms (None: the graph's own)."""
+    if a.run:  # the run's quantized graph: its real bit widths
+        from potq.runs.quantize import load_quantized
+
+        return load_quantized(a.run, a.scheme)[0], None
+    from potq.ir.capture import capture
+    from potq.models import build_model, parse_shape
+    from potq.quant.scheme import policy_zero_points
+
+    shape = parse_shape(a.input)  # the captured float graph, taken at 8 bits, zero points by potq's policy
+    graph = capture(build_model(a.model, shape, a.classes).eval(), shape, [0.0] * shape[0], [1.0] * shape[0])
+    return graph, policy_zero_points(graph)
+
+
+def _dse_sizes(a: argparse.Namespace) -> tuple[list[tuple[int, int]] | None, list[int] | None]:
+    """--dse-arrays RxC,... and --dse-glb KiB,...: checked, or None for each base's own defaults."""
+    arrays = glbs = None
+    try:
+        if a.dse_arrays:
+            arrays = [(int(r), int(c)) for r, c in (x.lower().split("x") for x in a.dse_arrays.split(","))]
+        if a.dse_glb:
+            glbs = [int(float(k) * 1024) for k in a.dse_glb.split(",")]
+    except ValueError:
+        raise UserError(
+            "--dse-arrays wants ROWSxCOLS,... (e.g. 6x8,12x16) and --dse-glb KiB,... (e.g. 16,64)"
+        ) from None
+    if any(min(rc) < 1 for rc in arrays or []) or any(g < 1 for g in glbs or []):
+        raise UserError("--dse-arrays and --dse-glb: every size must be positive")
+    return arrays, glbs
+
+
+def _accel_dse(a: argparse.Namespace, arch, graph, zero_points) -> list:
+    """The design-space sweep of --dse: --arch and the --dse-with bases, each over PE arrays (default: its
+    own halved, as is, doubled) x global buffers (default: its own / 4, as is, x 2) x its dataflows."""
+    from potq.accel.arch import load_arch
+    from potq.accel.search import dse
+
+    bases = [arch, *(load_arch(n) for n in (a.dse_with.split(",") if a.dse_with else []))]
+    arrays, glbs = _dse_sizes(a)
+    points = []
+    for b in bases:
+        own = [(b.pe_rows // 2, b.pe_cols // 2), (b.pe_rows, b.pe_cols), (2 * b.pe_rows, 2 * b.pe_cols)]
+        sizes = arrays or [rc for rc in own if min(rc) >= 1]
+        buffers = glbs or [b.glb_bytes // 4, b.glb_bytes, 2 * b.glb_bytes]
+        points += dse(graph, [b], sizes, buffers, a.objective, a.batch, zero_points)
+    return points
+
+
+def _check_accel_outputs(a: argparse.Namespace) -> None:
+    if a.batch < 1:
+        raise UserError(f"--batch must be at least 1, got {a.batch}")
+    if a.scalesim_out and a.scalesim_out.exists() and not a.scalesim_out.is_dir():
+        raise UserError(f"--scalesim-out {a.scalesim_out}: is a file, not a folder")
+    for flag, path in (("--csv", a.csv), ("--mappings-csv", a.mappings_csv), ("--dse-out", a.dse_out)):
+        if path and not path.parent.is_dir():
+            raise UserError(f"{flag} {path}: no folder {path.parent}")
+    if a.dse_out and not a.dse:
+        raise UserError(f"--dse-out {a.dse_out}: needs --dse")
+    if a.dse_out and a.dse_out.suffix.lower() != ".png":
+        raise UserError(f"--dse-out {a.dse_out}: must be a .png file")
+
+
+def cmd_accel(a: argparse.Namespace) -> None:
+    """The accelerator model (potq.accel; docs/accel.md): every input is checked and every result computed
+    before anything is written."""
+    from potq.accel.arch import load_arch
+    from potq.accel.model import accel_report, format_table, to_csv
+    from potq.files import save_text
+
+    arch = load_arch(a.arch)
+    _check_accel_outputs(a)
+    if a.mappings_csv and (a.dataflow or arch.dataflows[0]) != "rs":
+        df = a.dataflow or arch.dataflows[0]
+        raise UserError(f"--mappings-csv: lists row-stationary (rs) mappings; the dataflow here is {df}")
+    graph, zero_points = _accel_graph(a)
+    r = accel_report(
+        graph, arch, a.dataflow, batch=a.batch, compat=a.scalesim_compat, objective=a.objective, zero_points=zero_points
+    )
+    points, dse_text = [], ""
+    if a.dse:
+        from potq.accel.search import format_dse, format_pareto
+
+        points = _accel_dse(a, arch, graph, zero_points)
+        dse_text = format_dse(points) + "\n" + format_pareto(points)  # refuses mixed energy units: before writing
+        if a.dse_out and not any(p.fits for p in points):
+            raise UserError(f"--dse-out {a.dse_out}: no design point fits, nothing to plot ({points[0].reason})")
+    files = {}
+    if a.scalesim_out:
+        from potq.accel.peers import scalesim_files, write_scalesim
+
+        files = scalesim_files(graph, arch, Path(a.run).name if a.run else Path(a.model.split(":")[0]).stem)
+    if a.mappings_csv:  # the report ran the same blocks: every one has a mapping, so this writes whole
+        from potq.accel.search import conv_blocks, mappings_csv
+
+        blocks = conv_blocks(graph, a.batch)
+        mappings_csv(a.mappings_csv, [w for w, _ in blocks], arch, a.objective, [k for _, k in blocks])
+    if a.csv:
+        save_text(to_csv(r), a.csv)
+    if files:
+        write_scalesim(files, a.scalesim_out)
+    if a.dse_out:
+        from potq.accel.search import plot_dse
+
+        plot_dse(points, a.dse_out, Path(a.run).name if a.run else a.model)
+    if a.json:
+        from dataclasses import asdict
+
+        print(json.dumps({**r, **({"dse": [asdict(p) for p in points]} if a.dse else {})}, indent=2))
+    else:
+        print(format_table(r) + ("\n\n" + dse_text if dse_text else ""))
+
+
 def cmd_run(a: argparse.Namespace) -> None:
     from potq.workflow import RunOptions, run_all
 
@@ -263,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser(
-        "run", help="the whole path: summary, training, quantization, golden check, energy, export and report"
+        "run",
+        help="the whole path: summary, training, quantization, golden check, energy, accelerator, export and report",
     )
     r.add_argument("--data", default="cifar10", help="cifar10, or a path to an archive or folder")
     r.add_argument("--out", type=Path, required=True, help="run folder (a second call resumes it)")
@@ -370,6 +484,39 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--out", type=Path, help="per-layer bar chart (PNG)")
     en.add_argument("--json", action="store_true", help="print JSON instead of tables")
     en.set_defaults(func=cmd_energy)
+
+    ac = sub.add_parser("accel", help="cycles, memory traffic and energy per layer on an accelerator (docs/accel.md)")
+    ac.add_argument("--model", default="seed", help=model_help + " (its captured graph, at 8 bits)")
+    ac.add_argument("--run", type=Path, help="model this run's quantized graph (see --scheme) instead of --model")
+    ac.add_argument("--scheme", default="pot-channel", help="with --run: the quantized model's label")
+    ac.add_argument("--input", default="3,32,32", help="input shape C,H,W")
+    ac.add_argument("--classes", type=int, default=10, help="number of classes (outputs)")
+    ac.add_argument(
+        "--arch", default="eyeriss", help="eyeriss, eyeriss-45nm, systolic-8/16/32, systolic-16-45nm or a JSON file"
+    )
+    ac.add_argument("--dataflow", help="rs, ws, os or is (default: the architecture's first)")
+    ac.add_argument(
+        "--objective",
+        choices=("latency", "energy", "edp"),
+        default="latency",
+        help="rs: the best mapping of each layer by this (search.py's tie-break)",
+    )
+    ac.add_argument("--batch", type=int, default=1, help="images per inference (N)")
+    ac.add_argument("--scalesim-compat", action="store_true", help="SCALE-Sim 3.0.0's output-size rule for the cycles")
+    ac.add_argument("--csv", type=Path, help="write the per-layer results as CSV")
+    ac.add_argument("--scalesim-out", type=Path, help="write a SCALE-Sim topology, layout and configs into this folder")
+    ac.add_argument("--mappings-csv", type=Path, help="rs: every legal mapping of every conv block (the lab's columns)")
+    ac.add_argument(
+        "--dse", action="store_true", help="sweep PE array, global buffer and dataflow; print the Pareto front"
+    )
+    ac.add_argument("--dse-with", help="--dse: further base architectures, comma-separated (e.g. systolic-16)")
+    ac.add_argument("--dse-arrays", help="--dse: PE arrays ROWSxCOLS,... (default: each base's halved, own, doubled)")
+    ac.add_argument(
+        "--dse-glb", help="--dse: global buffers in KiB, comma-separated (default: each base's /4, own, x2)"
+    )
+    ac.add_argument("--dse-out", type=Path, help="--dse: latency-vs-energy plot (PNG)")
+    ac.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    ac.set_defaults(func=cmd_accel)
 
     c = sub.add_parser("compare", help="table and chart of every quantized model of a run")
     c.add_argument("--run", type=Path, required=True, help="run folder")

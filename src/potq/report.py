@@ -22,6 +22,9 @@ from potq.ir.rules import Rounding
 from potq.quant.rules import SCHEMES
 from potq.recipes import RECIPES
 from potq.runs.paths import (
+    ACCEL_ENERGY_PNG,
+    ACCEL_JSON,
+    ACCEL_ROOFLINE_PNG,
     COMPARE_MD,
     CONFIG,
     ENERGY_JSON,
@@ -166,6 +169,7 @@ def build_markdown(run: Path) -> str:
     sections = (_title, _headline, _steps_table, _architecture, _training, _training_config, _quantization, _energy)
     out = [line for section in sections for line in section(r)]
     out += _export_section(run)
+    out += _accelerator(run)
     return "\n".join(out)
 
 
@@ -416,8 +420,67 @@ def _deployment(run: Path, m: dict) -> list[str]:
     return out
 
 
+ACCEL_TEXT = (
+    "The headline integer graph on the accelerator model (`potq accel`, docs/accel.md): per node the cycles "
+    "of the course lab's serial model (compute + DRAM + global buffer + post-processing), the PE array's "
+    "utilization, whether the node sits under the memory or the compute roof, and the energy of every level "
+    "(MAC array, post-processing unit, scratchpads, global buffer, DRAM, leakage; the architecture's unit). "
+    "Row-stationary: each conv block's best mapping by latency, a max pool fused after its conv; the fused "
+    "pool is listed with no cost of its own."
+)
+
+
+def _accel_table(r: dict) -> list[str]:
+    from potq.accel.model import LEVELS
+
+    head = "| Node | Op | MACs | Cycles | Util | Bound | " + " | ".join(LEVELS) + " | Total |"
+    out = [head, "|---|---|" + "---:|" * (4 + len(LEVELS)) + "---:|"]
+    for lay in r["layers"]:
+        bound = f"fused {lay['mapping']}" if lay["dataflow"] == "fused" else lay["bound"]
+        en = " | ".join(fmt(lay["energy"][k]) for k in LEVELS)
+        out.append(
+            f"| {lay['node']} | {lay['op']} | {lay['macs']:,} | {lay['cycles']['latency']:,} | "
+            f"{lay['utilization']:.1%} | {bound} | {en} | {fmt(lay['energy']['total'])} |"
+        )
+    t = r["total"]
+    en = " | ".join(fmt(t["energy"][k]) for k in LEVELS)
+    out.append(
+        f"| **Total** | | {t['macs']:,} | {t['cycles']['latency']:,} | | {r['bound']} | {en} | "
+        f"{fmt(t['energy']['total'])} |"
+    )
+    return out
+
+
+def _accelerator(run: Path) -> list[str]:
+    """## 7: the accel step's results (accel.json) and its two figures."""
+    acc = _read(run / ACCEL_JSON)
+    if not acc:
+        return []
+    out = ["## 7. Accelerator", "", ACCEL_TEXT, "", f"Graph: `{acc['scheme']}`.", ""]
+    for r in acc["reports"]:
+        t = r["total"]
+        share = ", ".join(f"{k} {v:.1%}" for k, v in r["energy_share"].items())
+        out += [
+            f"### {r['arch']}, dataflow {r['dataflow']} (energy in {r['energy_unit']})",
+            "",
+            *_accel_table(r),
+            "",
+            f"Network: {t['cycles']['latency']:,} cycles ({t['seconds'] * 1e3:.3f} ms at the architecture's "
+            f"clock), {t['macs']:,} MACs, {sum(t['bytes']['dram'].values()):,} DRAM bytes "
+            f"({r['intensity']:.2f} MACs/B against a balance point of {r['balance_point']:g}: {r['bound']}-bound). "
+            f"Share of energy by level: {share}.",
+            "",
+        ]
+    return out + [
+        f"![Roofline]({ACCEL_ROOFLINE_PNG})",
+        "",
+        f"![Energy by level]({ACCEL_ENERGY_PNG})",
+        "",
+    ]
+
+
 def _embed_images(html: str, run: Path) -> str:
-    for name in ("curves.png", "compare.png", "energy.png"):
+    for name in ("curves.png", "compare.png", "energy.png", ACCEL_ROOFLINE_PNG, ACCEL_ENERGY_PNG):
         path = run / name
         if path.exists():
             data = base64.b64encode(path.read_bytes()).decode()

@@ -16,6 +16,9 @@ from pathlib import Path
 from potq.errors import StepFailed, UserError
 from potq.files import read_json, save_json
 from potq.runs.paths import (
+    ACCEL_ENERGY_PNG,
+    ACCEL_JSON,
+    ACCEL_ROOFLINE_PNG,
     CONFIG,
     ENERGY_JSON,
     ENERGY_PNG,
@@ -32,6 +35,8 @@ from potq.runs.paths import (
 )
 
 PTQ_SCHEMES = ("float-tensor", "float-channel", "pot-seed", "pot-tensor", "pot-channel")
+# the accelerators the `accel` step models the headline graph on: (architecture preset, dataflow)
+ACCEL_RUNS = (("eyeriss", "rs"), ("systolic-16", "os"))
 
 
 @dataclass
@@ -143,6 +148,20 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
         save_json(r, out / ENERGY_JSON)
         print(r["markdown"])
 
+    def accel():
+        from potq.accel.arch import load_arch
+        from potq.accel.model import accel_report, format_table
+        from potq.accel.plots import plot_energy_levels, plot_roofline
+        from potq.runs.quantize import load_quantized
+
+        graph, _ = load_quantized(out, o.headline)
+        reports = [accel_report(graph, load_arch(arch), df) for arch, df in ACCEL_RUNS]
+        plot_roofline(reports, out / ACCEL_ROOFLINE_PNG)
+        plot_energy_levels(reports, out / ACCEL_ENERGY_PNG)
+        save_json({"scheme": o.headline, "reports": reports}, out / ACCEL_JSON)  # last: the step's done mark
+        for r in reports:
+            print(format_table(r) + "\n")
+
     def export():
         from potq.deploy.check import available_formats
         from potq.export import export_run
@@ -168,6 +187,7 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
         ("quantize", lambda: all((quant_paths(out, s)[1]).exists() for s in _all_labels(o)), quantize),
         ("verify", lambda: all((verify_json(out, s)).exists() for s in _pot_labels(o)), verify),
         ("energy", lambda: (out / ENERGY_JSON).exists(), energy),
+        ("accel", lambda: (out / ACCEL_JSON).exists(), accel),
         ("export", lambda: (out / EXPORT_DIR / MODEL_JSON).exists(), export),
         ("deploy", lambda: (deploy_json(out, o.headline)).exists(), deploy),
         ("report", lambda: False, report),

@@ -16,6 +16,9 @@ COMPARE_MD = "compare.md"
 COMPARE_PNG = "compare.png"
 ENERGY_JSON = "energy.json"
 ENERGY_PNG = "energy.png"
+ACCEL_JSON = "accel.json"
+ACCEL_ROOFLINE_PNG = "accel_roofline.png"
+ACCEL_ENERGY_PNG = "accel_energy.png"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 STEPS = "steps.json"
@@ -37,6 +40,9 @@ POTQ_FILES = (
     COMPARE_PNG,
     ENERGY_JSON,
     ENERGY_PNG,
+    ACCEL_JSON,
+    ACCEL_ROOFLINE_PNG,
+    ACCEL_ENERGY_PNG,
     REPORT_MD,
     REPORT_HTML,
     STEPS,

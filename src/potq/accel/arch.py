@@ -1,0 +1,184 @@
+"""The accelerator's architecture as a JSON file, every field checked: a preset name or a path -> `Arch`.
+
+Claim: `load_arch` returns an `Arch` only when every field is present, of its type and in its range
+(positive array and buffer sizes, non-negative finite energies, a known dataflow); anything else is
+one `UserError` line naming the file and the field. Presets live in potq/accel/archs/*.json.
+Energies: `mac` and `ppu_op` per operation; `spad`, `glb`, `dram` per BYTE moved (an 8-bit operand is
+one access of the course lab's accelerator, so its per-access energies read as per-byte ones; an int32
+partial sum costs four). An energy may instead name entries of potq's energy table (`energy_table`,
+"potq-45nm" = src/potq/energy_45nm.json): a compute op ("int8_mult+int32_add") or a memory level
+("dram", its 64-bit access priced per byte as one eighth), so that the two models speak one set of pJ.
+Evidence: tests/test_accel.py loads every preset and breaks each field in turn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from potq.errors import UserError
+
+PRESETS = ("eyeriss", "eyeriss-45nm", "systolic-8", "systolic-16", "systolic-32", "systolic-16-45nm")
+DATAFLOWS = ("rs", "ws", "os", "is")
+SPADS = ("ifmap", "filter", "psum")
+ENERGIES = ("mac", "spad", "glb", "dram", "ppu_op")
+UNITS = ("relative", "pJ")
+PJ_PER_J = 1e12  # leakage W x s -> the energy unit (pJ; the lab's relative units are pJ too)
+TABLES = {"potq-45nm": None}  # name -> path (None: potq's own table, potq.energy.load_table())
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    pe_rows: int
+    pe_cols: int
+    spad_bytes: dict[str, int]  # per PE: ifmap, filter, psum
+    glb_bytes: int
+    bus_bytes_per_cycle: int  # DRAM <-> global buffer
+    noc_bytes_per_cycle: int  # global buffer <-> PE array
+    glb_cycles_per_transaction: int
+    dram_cycles_per_transaction: int
+    energy_unit: str
+    energy: dict[str, float]  # mac, ppu_op per operation; spad, glb, dram per byte
+    clock_hz: float
+    leakage_w: float
+    dataflows: tuple[str, ...]
+    ppu_ops_per_cycle: int  # post-processing unit: operations per cycle (requantization, add, pooling)
+    energy_table: str | None = None  # price compute per potq.energy's terms from this table (see model.py)
+    source: str = ""  # the file it came from
+
+    @property
+    def pes(self) -> int:
+        return self.pe_rows * self.pe_cols
+
+
+def preset_path(name: str) -> Path:
+    return Path(str(resources.files("potq.accel").joinpath("archs", f"{name}.json")))
+
+
+def _int(where: str, raw: dict, key: str, lo: int = 1) -> int:
+    if key not in raw:
+        raise UserError(f"{where}: missing field {key!r}")
+    v = raw[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise UserError(f"{where}: field {key!r} must be an integer, got {v!r}")
+    if v < lo:
+        raise UserError(f"{where}: field {key!r} must be at least {lo}, got {v}")
+    return v
+
+
+def _num(where: str, raw: dict, key: str, positive: bool = False) -> float:
+    if key not in raw:
+        raise UserError(f"{where}: missing field {key!r}")
+    v = raw[key]
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise UserError(f"{where}: field {key!r} must be a finite number, got {v!r}")
+    if v < 0 or (positive and v == 0):
+        raise UserError(f"{where}: field {key!r} must be {'positive' if positive else 'non-negative'}, got {v}")
+    return float(v)
+
+
+def _obj(where: str, raw: dict, key: str) -> dict:
+    if key not in raw:
+        raise UserError(f"{where}: missing field {key!r}")
+    if not isinstance(raw[key], dict):
+        raise UserError(f"{where}: field {key!r} must be an object")
+    return raw[key]
+
+
+def _table_energy(where: str, key: str, text: str, table) -> float:
+    """'int8_mult+int32_add' -> the sum of the table's compute entries; a memory level -> pJ per byte."""
+    total = 0.0
+    for part in text.split("+"):
+        part = part.strip()
+        if part in table.compute:
+            total += table.compute[part]
+        elif part in table.memory:
+            total += table.memory[part] / 8  # the table prices 64-bit accesses; the model counts bytes
+        else:
+            names = ", ".join([*table.compute, *table.memory])
+            raise UserError(f"{where}: field 'energy.{key}': {part!r} is not in the energy table ({names})")
+    return total
+
+
+def _energies(where: str, raw: dict) -> tuple[dict[str, float], str | None]:
+    energy = _obj(where, raw, "energy")
+    table_name = raw.get("energy_table")
+    table = None
+    if table_name is not None:
+        if table_name not in TABLES:
+            raise UserError(f"{where}: field 'energy_table' must be one of {', '.join(TABLES)}, got {table_name!r}")
+        from potq.energy import load_table
+
+        table = load_table(TABLES[table_name])
+    out = {}
+    for key in ENERGIES:
+        v = energy.get(key)
+        if isinstance(v, str):
+            if table is None:
+                raise UserError(f"{where}: field 'energy.{key}' names table entries but 'energy_table' is not set")
+            out[key] = _table_energy(where, key, v, table)
+        else:
+            out[key] = _num(where, {f"energy.{key}": v} if key in energy else {}, f"energy.{key}")
+    extra = sorted(set(energy) - set(ENERGIES))
+    if extra:
+        raise UserError(f"{where}: unknown field 'energy.{extra[0]}' (expected {', '.join(ENERGIES)})")
+    return out, table_name
+
+
+def parse_arch(raw: object, where: str) -> Arch:
+    """Check every field of an architecture (a parsed JSON object) and build the Arch."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: must be a JSON object")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{where}: field 'name' must be a non-empty string")
+    spad = _obj(where, raw, "spad_bytes")
+    spads = {k: _int(where, {f"spad_bytes.{k}": spad[k]} if k in spad else {}, f"spad_bytes.{k}") for k in SPADS}
+    unit = raw.get("energy_unit")
+    if unit not in UNITS:
+        raise UserError(f"{where}: field 'energy_unit' must be one of {', '.join(UNITS)}, got {unit!r}")
+    energy, table = _energies(where, raw)
+    flows = raw.get("dataflows")
+    if not isinstance(flows, list) or not flows or any(f not in DATAFLOWS for f in flows):
+        raise UserError(f"{where}: field 'dataflows' must be a non-empty list of {', '.join(DATAFLOWS)}, got {flows!r}")
+    known = {*Arch.__dataclass_fields__} - {"source"}
+    extra = sorted(set(raw) - known - {"comment"})
+    if extra:
+        raise UserError(f"{where}: unknown field {extra[0]!r}")
+    return Arch(
+        name=name,
+        pe_rows=_int(where, raw, "pe_rows"),
+        pe_cols=_int(where, raw, "pe_cols"),
+        spad_bytes=spads,
+        glb_bytes=_int(where, raw, "glb_bytes"),
+        bus_bytes_per_cycle=_int(where, raw, "bus_bytes_per_cycle"),
+        noc_bytes_per_cycle=_int(where, raw, "noc_bytes_per_cycle"),
+        glb_cycles_per_transaction=_int(where, raw, "glb_cycles_per_transaction", lo=0),
+        dram_cycles_per_transaction=_int(where, raw, "dram_cycles_per_transaction", lo=0),
+        energy_unit=unit,
+        energy=energy,
+        clock_hz=_num(where, raw, "clock_hz", positive=True),
+        leakage_w=_num(where, raw, "leakage_w"),
+        dataflows=tuple(flows),
+        ppu_ops_per_cycle=_int(where, raw, "ppu_ops_per_cycle"),
+        energy_table=table,
+        source=where,
+    )
+
+
+def load_arch(name_or_path: str | Path) -> Arch:
+    """A preset (eyeriss, systolic-16, ...) or a JSON file; a bad one is one line naming the file and field."""
+    text = str(name_or_path)
+    path = preset_path(text) if text in PRESETS else Path(text)
+    where = f"architecture {text}" if text in PRESETS else f"--arch {text}"
+    if text not in PRESETS and not path.is_file():
+        raise UserError(f"{where}: no such file (presets: {', '.join(PRESETS)})")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{where}: can't read it as JSON ({e})") from None
+    return parse_arch(raw, where)

@@ -1,0 +1,329 @@
+"""The accelerator model: per node of the integer graph, MACs, cycles, traffic, energy and the roofline
+point on an architecture and dataflow; per network, totals and the share of energy by level.
+
+Claim: one result per graph node, in the graph's order, deterministic (plain ints and floats, no sets,
+no clocks). MAC nodes run on the PE array under the chosen dataflow (systolic ws/os/is: systolic.py;
+Eyeriss row-stationary: each of the lab's conv blocks (search.conv_blocks: a max pool fused after its
+conv) is row_stationary.evaluate() of its best mapping by the objective, latency and all); every node's
+requantization, residual add, pooling and input table run on the post-processing unit (PPU), whose
+operations per output are potq.energy's own terms (one home for the op counting). Cycles: the lab's
+serial sum, latency = compute + DRAM + global buffer + PPU, with DRAM = ceil(bytes x cycles per
+transaction / bus bytes per cycle) and the same for the global buffer over the NoC. Energy per level:
+compute (MAC array), ppu, spad, glb, dram (per byte), leakage (W x latency / clock, in pJ). Under an
+architecture with `energy_table` (the 45 nm presets) the compute + ppu energy of a node is potq.energy's
+compute energy of that node, term by term. Formulas and reasons: docs/accel.md.
+Evidence: tests/test_accel.py (45 nm energy equal to potq.energy's per node; rs blocks equal to
+evaluate(); compulsory DRAM bytes
+equal to the export's int8 weights, int32 biases and activations; determinism; the per-layer table).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from potq import energy as energy_model
+from potq.accel import systolic
+from potq.accel.arch import PJ_PER_J, TABLES, Arch
+from potq.accel.row_stationary import balance_point, bound
+from potq.accel.search import fused_pools, search
+from potq.accel.systolic import cdiv
+from potq.accel.workload import Workload, scalesim_compat, spad_traffic, workloads
+from potq.errors import UserError
+from potq.ir.graph import Graph
+
+LEVELS = ("compute", "ppu", "spad", "glb", "dram", "leakage")
+OPERANDS = ("ifmap", "filter", "bias", "psum", "ofmap")
+ARRAY_TERMS = ("subtract zero point", "input times weight", "summation", "add bias")  # potq.energy's MAC terms
+FREE_MOVES = ("flatten", "concat")  # a view, and outputs written side by side: no data moves
+
+
+def _energy_key(graph: Graph) -> str:
+    """potq.energy's model of this graph: power-of-two shifts, or float requantization (float-* schemes)."""
+    if graph.quantized and any(q.exponent is None for q in graph.q.values()):
+        return "int8-float"
+    return "int8-pot"
+
+
+def ppu_ops(w: Workload, cost, key: str) -> int:
+    """Operations of the PPU for one node: potq.energy's terms outside the MAC array (requantization,
+    alignment, zero points, additions), max-pool comparisons (window - 1 per output), one table lookup
+    per input pixel."""
+    if w.op == "maxpool":
+        return w.outputs * (w.R * w.S - 1)
+    if w.op == "input":
+        return w.outputs
+    if cost is None:
+        return 0
+    return cost.outputs * sum(t.count for t in cost.terms[key] if not (w.is_mac and t.what in ARRAY_TERMS))
+
+
+def _table_energy(w: Workload, cost, key: str, table) -> tuple[float, float]:
+    """(MAC array, PPU) energy priced term by term from potq's energy table: their sum is potq.energy's
+    compute energy of the node. Max-pool comparisons and the input table are free there, as in the
+    reference report, so they are here."""
+    if cost is None:
+        return 0.0, 0.0
+    array = sum(t.count * table.compute[t.op] for t in cost.terms[key] if w.is_mac and t.what in ARRAY_TERMS)
+    ppu = sum(t.count * table.compute[t.op] for t in cost.terms[key] if not (w.is_mac and t.what in ARRAY_TERMS))
+    return cost.outputs * array, cost.outputs * ppu
+
+
+def _systolic_traffic(w: Workload, arch: Arch, dataflow: str, compat: bool) -> tuple[int, dict]:
+    cyc = systolic.compute_cycles(scalesim_compat(w) if compat else w, arch.pe_rows, arch.pe_cols, dataflow)
+    return cyc, systolic.traffic(w, arch.pe_rows, arch.pe_cols, dataflow, arch.glb_bytes)
+
+
+def _rs_traffic(w: Workload, arch: Arch, objective: str, pool: int) -> tuple[int, dict, str, int]:
+    """The row-stationary best mapping of a conv block (the conv, and the k x k max pool fused after it:
+    search.conv_blocks), taken whole from row_stationary.evaluate(): compute cycles, traffic, and the
+    lab's PPU operations (1 per output, 5 with a fused pool). Its latency is evaluate()'s."""
+    mapping, m = search(w, arch, objective, pool)
+    by = {
+        "dram": {k: int(m.get(f"dram_{k}_read", 0)) + int(m.get(f"dram_{k}_write", 0)) for k in OPERANDS},
+        "glb": {k: int(m.get(f"glb_{k}_read", 0)) + int(m.get(f"glb_{k}_write", 0)) for k in OPERANDS},
+        "spad": spad_traffic(w),
+    }
+    return int(m["cycles_compute"]), by, str(mapping), int(m["ppu_ops"])
+
+
+def _ppu_traffic(w: Workload) -> dict:
+    """A PPU node streams its inputs in and its output out, through the global buffer, once."""
+    moved = 0 if w.op in FREE_MOVES else 1
+    d = {k: 0 for k in OPERANDS}
+    d["ifmap"], d["ofmap"] = moved * w.bytes_of("ifmap"), moved * w.bytes_of("ofmap")
+    return {"dram": dict(d), "glb": dict(d), "spad": {k: 0 for k in OPERANDS}}
+
+
+def node_result(
+    w: Workload, arch: Arch, dataflow: str, cost, key: str, table, compat: bool, objective: str, pool: int = 1
+) -> dict:
+    """Every term of one node; see the module docstring and docs/accel.md. pool: the k x k max pool fused
+    after a row-stationary conv (1: none)."""
+    mapping = ""
+    ops = ppu_ops(w, cost, key)
+    if w.is_mac and dataflow == "rs":
+        cycles_compute, by, mapping, ops = _rs_traffic(w, arch, objective, pool)
+    elif w.is_mac:
+        cycles_compute, by = _systolic_traffic(w, arch, dataflow, compat)
+    else:
+        cycles_compute, by = 0, _ppu_traffic(w)
+    access = {lvl: sum(by[lvl].values()) for lvl in ("dram", "glb", "spad")}
+    cyc = {
+        "compute": cycles_compute,
+        "dram": cdiv(access["dram"] * arch.dram_cycles_per_transaction, arch.bus_bytes_per_cycle),
+        "glb": cdiv(access["glb"] * arch.glb_cycles_per_transaction, arch.noc_bytes_per_cycle),
+        "ppu": cdiv(ops, arch.ppu_ops_per_cycle),
+    }
+    latency = sum(cyc.values())
+    e = arch.energy
+    if table is not None:
+        e_compute, e_ppu = _table_energy(w, cost, key, table)
+    else:
+        e_compute, e_ppu = w.macs * e["mac"], (0 if w.op == "maxpool" or w.op == "input" else ops) * e["ppu_op"]
+    en = {
+        "compute": e_compute,
+        "ppu": e_ppu,
+        "spad": access["spad"] * e["spad"],
+        "glb": access["glb"] * e["glb"],
+        "dram": access["dram"] * e["dram"],
+        "leakage": arch.leakage_w * latency / arch.clock_hz * PJ_PER_J,
+    }
+    en["total"] = sum(en[k] for k in LEVELS)
+    return {
+        "node": w.node,
+        "op": w.op,
+        "dataflow": dataflow if w.is_mac else "ppu",
+        "mapping": mapping,
+        "macs": w.macs,
+        "ppu_ops": ops,
+        "cycles": {**cyc, "latency": latency},
+        "utilization": w.macs / (cycles_compute * arch.pes) if cycles_compute else 0.0,
+        "bytes": by,
+        "energy": en,
+        **roofline(w.macs, access["dram"], arch),
+    }
+
+
+def roofline(macs: int, dram_bytes: int, arch: Arch) -> dict:
+    """Operational intensity (MACs per DRAM byte), the attainable MACs per cycle under the roofline
+    min(peak, intensity x DRAM bytes per cycle), and which roof bounds the node: row_stationary's
+    balance_point (peak / bus bytes per cycle: the lab's 48 / 4 = 12 on eyeriss) and bound word
+    ("compute" above it, "memory" below, "balanced" on it), one definition for every dataflow."""
+    intensity = macs / dram_bytes if dram_bytes else 0.0
+    balance = balance_point(arch)
+    return {
+        "intensity": intensity,
+        "attainable_macs_per_cycle": min(arch.pes, intensity * arch.bus_bytes_per_cycle),
+        "balance_point": balance,
+        "bound": bound(intensity, balance),
+    }
+
+
+def fused_result(w: Workload, arch: Arch, into: str) -> dict:
+    """A max pool the post-processing unit runs on the output path of the conv before it (row-stationary:
+    the lab's conv block): its cycles, traffic and energy are that conv's; here every term is zero."""
+    zero = {k: 0 for k in OPERANDS}
+    return {
+        "node": w.node,
+        "op": w.op,
+        "dataflow": "fused",
+        "mapping": f"into {into}",
+        "macs": 0,
+        "ppu_ops": 0,
+        "cycles": {k: 0 for k in ("compute", "dram", "glb", "ppu", "latency")},
+        "utilization": 0.0,
+        "bytes": {lvl: dict(zero) for lvl in ("dram", "glb", "spad")},
+        "energy": {k: 0.0 for k in (*LEVELS, "total")},
+        **roofline(0, 0, arch),
+    }
+
+
+def _layer_results(graph: Graph, arch: Arch, df: str, ws: list[Workload], opts: dict) -> list:
+    """node_result of every node; under row-stationary, a max pool fused after its conv (search.conv_blocks'
+    rule) is costed with that conv and listed as fused."""
+    key = _energy_key(graph)
+    costs = {c.name: c for c in energy_model.graph_costs(graph, opts["zero_points"])}
+    objective, compat = opts["objective"], opts["compat"]
+    table = energy_model.load_table(TABLES[arch.energy_table]) if arch.energy_table else None
+    fused = {}
+    if df == "rs":
+        fused = fused_pools(graph)
+    into = {pool_node: conv for conv, (_, pool_node) in fused.items()}
+    return [
+        fused_result(w, arch, into[w.node])
+        if w.node in into
+        else node_result(w, arch, df, costs.get(w.node), key, table, compat, objective, fused.get(w.node, (1, ""))[0])
+        for w in ws
+    ]
+
+
+def compulsory_bytes(w: Workload) -> int:
+    """Bytes that must cross DRAM once: the node's int8 weights, int32 biases and its output at its width
+    (every value of the graph is written once), and the uint8 image read by the input node."""
+    image = w.bytes_of("ifmap") if w.op == "input" else 0
+    return w.bytes_of("filter") + w.bytes_of("bias") + w.bytes_of("ofmap") + image
+
+
+def _check_dataflow(arch: Arch, dataflow: str | None) -> str:
+    df = dataflow or arch.dataflows[0]
+    if df not in arch.dataflows:
+        raise UserError(f"--dataflow {df}: architecture {arch.name} runs {', '.join(arch.dataflows)}")
+    return df
+
+
+def accel_report(
+    graph: Graph,
+    arch: Arch,
+    dataflow: str | None = None,
+    *,
+    batch: int = 1,
+    compat: bool = False,
+    objective: str = "latency",
+    zero_points: dict[str, int] | None = None,
+) -> dict:
+    """Per node results and network totals of `graph` on `arch` (a quantized graph, or a float graph taken
+    at 8 bits). compat: SCALE-Sim's output-size rule for the compute cycles (scalesim_compat).
+    zero_points: potq.energy.graph_costs' (None for a quantized graph: its own; a float graph's come from
+    a zero-point policy, potq.quant.scheme.policy_zero_points, which the caller reads: this interpreter
+    does not import the quantizer)."""
+    df = _check_dataflow(arch, dataflow)
+    ws = workloads(graph, batch)
+    opts = {"objective": objective, "compat": compat, "zero_points": zero_points}
+    layers = _layer_results(graph, arch, df, ws, opts)
+    total = {
+        "macs": sum(r["macs"] for r in layers),
+        "cycles": {k: sum(r["cycles"][k] for r in layers) for k in layers[0]["cycles"]},
+        "energy": {k: sum(r["energy"][k] for r in layers) for k in (*LEVELS, "total")},
+        "bytes": {
+            lvl: {k: sum(r["bytes"][lvl][k] for r in layers) for k in OPERANDS} for lvl in ("dram", "glb", "spad")
+        },
+        "compulsory_dram_bytes": sum(compulsory_bytes(w) for w in ws),
+    }
+    total["seconds"] = total["cycles"]["latency"] / arch.clock_hz
+    e_total = total["energy"]["total"]
+    share = {k: (total["energy"][k] / e_total if e_total else 0.0) for k in LEVELS}
+    return {
+        "arch": arch.name,
+        "dataflow": df,
+        "energy_unit": arch.energy_unit,
+        "batch": batch,
+        "scalesim_compat": compat,
+        "layers": layers,
+        "total": total,
+        "energy_share": share,
+        "peak_macs_per_cycle": arch.pes,
+        "dram_bytes_per_cycle": arch.bus_bytes_per_cycle,
+        **roofline(total["macs"], sum(total["bytes"]["dram"].values()), arch),
+    }
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _bound_cell(lay: dict) -> str:
+    return f"fused {lay['mapping']}" if lay["dataflow"] == "fused" else lay["bound"]
+
+
+def format_table(r: dict) -> str:
+    """The per-layer table (markdown), then the totals and the share of energy by level."""
+    unit = r["energy_unit"]
+    lines = [
+        f"Accelerator {r['arch']}, dataflow {r['dataflow']}, batch {r['batch']} (energy in {unit})",
+        "",
+        "| Node | Op | MACs | Compute cyc | DRAM cyc | GLB cyc | PPU cyc | Latency | Util | DRAM B | "
+        f"MACs/B | Bound | Energy ({unit}) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for lay in r["layers"]:
+        c = lay["cycles"]
+        lines.append(
+            f"| {lay['node']} | {lay['op']} | {lay['macs']:,} | {c['compute']:,} | {c['dram']:,} | {c['glb']:,} | "
+            f"{c['ppu']:,} | {c['latency']:,} | {lay['utilization']:.1%} | {sum(lay['bytes']['dram'].values()):,} | "
+            f"{lay['intensity']:.2f} | {_bound_cell(lay)} | {_fmt(lay['energy']['total'])} |"
+        )
+    t = r["total"]
+    c = t["cycles"]
+    lines.append(
+        f"| **Total** | | {t['macs']:,} | {c['compute']:,} | {c['dram']:,} | {c['glb']:,} | {c['ppu']:,} | "
+        f"{c['latency']:,} | | {sum(t['bytes']['dram'].values()):,} | {r['intensity']:.2f} | {r['bound']} | "
+        f"{_fmt(t['energy']['total'])} |"
+    )
+    share = ", ".join(f"{k} {v:.1%}" for k, v in r["energy_share"].items())
+    lines += [
+        "",
+        f"Energy by level: {share}. Latency {t['seconds'] * 1e3:.3f} ms at the architecture's clock; "
+        f"compulsory DRAM traffic {t['compulsory_dram_bytes']:,} B.",
+    ]
+    return "\n".join(lines)
+
+
+CSV_COLUMNS = (
+    ["node", "op", "dataflow", "mapping", "macs", "ppu_ops"]
+    + [f"cycles_{k}" for k in ("compute", "dram", "glb", "ppu", "latency")]
+    + ["utilization"]
+    + [f"{lvl}_{k}_bytes" for lvl in ("dram", "glb", "spad") for k in OPERANDS]
+    + [f"energy_{k}" for k in (*LEVELS, "total")]
+    + ["intensity", "attainable_macs_per_cycle", "balance_point", "bound"]
+)
+
+
+def csv_rows(r: dict) -> list[dict]:
+    rows = []
+    for lay in r["layers"]:
+        row = {k: lay[k] for k in ("node", "op", "dataflow", "mapping", "macs", "ppu_ops", "utilization")}
+        row.update({f"cycles_{k}": v for k, v in lay["cycles"].items()})
+        row.update({f"{lvl}_{k}_bytes": lay["bytes"][lvl][k] for lvl in ("dram", "glb", "spad") for k in OPERANDS})
+        row.update({f"energy_{k}": v for k, v in lay["energy"].items()})
+        row.update({k: lay[k] for k in ("intensity", "attainable_macs_per_cycle", "balance_point", "bound")})
+        rows.append(row)
+    return rows
+
+
+def to_csv(r: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(r))
+    return buf.getvalue()

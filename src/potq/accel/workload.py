@@ -1,0 +1,179 @@
+"""The accelerator model's workload: one loop nest per node of the integer graph, read only from potq.ir.
+
+Claim: every node of a quantized graph (or of a captured float graph, taken at 8 bits) becomes one
+`Workload` with the seven loop bounds of a convolution (N, C, M, R, S, E, F, plus H, W, stride, padding,
+groups) and the bit width of each operand as the graph stores it: activations uint8 (a value's
+QType.bits; the logits are int32), weights int8, biases and partial sums int32. A Linear layer is a
+1x1 convolution on a 1x1 map; a depthwise convolution has C = M = 1 per group and `groups` = channels.
+Nodes without MACs (add, pooling, the input table, concat, flatten) keep their shape in the same fields
+(C = M = 1, groups = channels, R x S = the pooling window) and run on the post-processing unit.
+Evidence: tests/test_accel.py checks MACs against potq.energy's count on tiny, seed, resnet20 and
+mobilenet-cifar, and the shapes against the graph's own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from potq.ir.graph import Graph, Node, OpType
+
+MAC_OP_NAMES = (OpType.CONV.value, OpType.LINEAR.value)
+
+
+@dataclass(frozen=True)
+class Workload:
+    node: str  # the graph node's name
+    op: str  # the node's OpType value
+    N: int  # batch
+    C: int  # input channels per group
+    M: int  # output channels per group
+    groups: int  # total output channels = M * groups
+    H: int  # input height, before padding
+    W: int
+    R: int  # kernel height (Linear: 1)
+    S: int
+    E: int  # output height (PyTorch's rule, or SCALE-Sim's under scalesim_compat)
+    F: int
+    stride_h: int = 1
+    stride_w: int = 1
+    pad_h: int = 0
+    pad_w: int = 0
+    bits_ifmap: int = 8
+    bits_filter: int = 8
+    bits_bias: int = 32
+    bits_psum: int = 32
+    bits_ofmap: int = 8
+    inputs: int = 1  # operands read per output position: 2 for an add, the input count of a concat
+
+    @property
+    def is_mac(self) -> bool:
+        return self.op in MAC_OP_NAMES
+
+    @property
+    def macs(self) -> int:
+        """N * groups * M * C * R * S * E * F for a conv/linear; 0 for the post-processing nodes."""
+        return self.N * self.groups * self.M * self.C * self.R * self.S * self.E * self.F if self.is_mac else 0
+
+    @property
+    def outputs(self) -> int:
+        """Output values: N * groups * M * E * F."""
+        return self.N * self.groups * self.M * self.E * self.F
+
+    @property
+    def ifmap_values(self) -> int:
+        """Input activation values (before padding): N * groups * C * H * W, times the inputs of an add."""
+        return self.N * self.groups * self.C * self.H * self.W * self.inputs
+
+    @property
+    def filter_values(self) -> int:
+        return self.groups * self.M * self.C * self.R * self.S if self.is_mac else 0
+
+    @property
+    def bias_values(self) -> int:
+        return self.groups * self.M if self.is_mac else 0
+
+    def bytes_of(self, operand: str) -> int:
+        """Compulsory bytes of one operand at its real width: 'ifmap', 'filter', 'bias' or 'ofmap'."""
+        values = {
+            "ifmap": self.ifmap_values,
+            "filter": self.filter_values,
+            "bias": self.bias_values,
+            "ofmap": self.outputs,
+        }[operand]
+        bits = {"ifmap": self.bits_ifmap, "filter": self.bits_filter, "bias": self.bits_bias, "ofmap": self.bits_ofmap}[
+            operand
+        ]
+        return values * bits // 8
+
+
+def spad_traffic(w: Workload) -> dict[str, int]:
+    """Scratchpad (PE register) bytes of a MAC node, the same in every dataflow: per MAC the PE reads one
+    ifmap and one filter value and reads and writes its partial sum, each at its width (biases and
+    outputs never pass through a scratchpad). The one home of this rule: systolic.py, row_stationary.py
+    and model.py read it."""
+    return {
+        "ifmap": -(-w.macs * w.bits_ifmap // 8),
+        "filter": -(-w.macs * w.bits_filter // 8),
+        "bias": 0,
+        "psum": 2 * -(-w.macs * w.bits_psum // 8),
+        "ofmap": 0,
+    }
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def scalesim_out_size(padded: int, kernel: int, stride: int) -> int:
+    """SCALE-Sim 3.0.0's output size over a padded input (its topology has no padding field):
+    ceil((padded - kernel + stride) / stride) = floor((padded - kernel) / stride) + 1 whenever
+    (padded - kernel) is a multiple of stride, one more otherwise (a stride-2 layer over 34 rows: 17, not 16).
+    Written from scalesim/topology_utils.py (ofmap_h = ceil((ifmap_h - filt_h + stride) / stride))."""
+    return math.ceil((padded - kernel + stride) / stride)
+
+
+def _bits(graph: Graph, value: str) -> int:
+    q = graph.q.get(value)
+    return q.bits if q is not None else 8  # a float graph is taken at 8 bits
+
+
+def _spatial(node: Node, shape: tuple[int, ...]) -> tuple[int, int]:
+    return (int(shape[1]), int(shape[2])) if len(shape) == 3 else (1, 1)
+
+
+def node_workload(graph: Graph, n: Node, batch: int = 1) -> Workload:
+    """The loop nest of one node, its bounds and operand widths from the graph alone."""
+    in_shape, out_shape = graph.shapes[n.inputs[0]], graph.shapes[n.output]
+    bits = {"bits_ifmap": _bits(graph, n.inputs[0]), "bits_ofmap": _bits(graph, n.output)}
+    if n.op is OpType.CONV:
+        w = n.tensors["weight"]
+        groups = int(n.attrs.get("groups", 1))
+        (r, s), (sh, sw), (ph, pw) = _pair(n.attrs["kernel"]), _pair(n.attrs["stride"]), _pair(n.attrs["padding"])
+        return Workload(
+            n.name,
+            n.op.value,
+            batch,
+            int(w.shape[1]),
+            int(w.shape[0]) // groups,
+            groups,
+            int(in_shape[1]),
+            int(in_shape[2]),
+            r,
+            s,
+            int(out_shape[1]),
+            int(out_shape[2]),
+            sh,
+            sw,
+            ph,
+            pw,
+            **bits,
+        )
+    if n.op is OpType.LINEAR:
+        w = n.tensors["weight"]
+        return Workload(n.name, n.op.value, batch, int(w.shape[1]), int(w.shape[0]), 1, 1, 1, 1, 1, 1, 1, **bits)
+    channels = int(out_shape[0])
+    h, w_ = _spatial(n, in_shape)
+    e, f = _spatial(n, out_shape)
+    if n.op in (OpType.MAXPOOL, OpType.AVGPOOL):
+        (r, s), (sh, sw), (ph, pw) = _pair(n.attrs["kernel"]), _pair(n.attrs["stride"]), _pair(n.attrs["padding"])
+        return Workload(n.name, n.op.value, batch, 1, 1, channels, h, w_, r, s, e, f, sh, sw, ph, pw, **bits)
+    if n.op is OpType.FLATTEN:  # (C, H, W) -> (C*H*W): an address change, kept as channels x 1 x 1
+        channels, h, w_, e, f = math.prod(out_shape), 1, 1, 1, 1
+    if n.op is OpType.CONCAT:  # the inputs' channels add up; each output value is read from one input
+        return Workload(n.name, n.op.value, batch, 1, 1, channels, h, w_, 1, 1, e, f, **bits)
+    return Workload(n.name, n.op.value, batch, 1, 1, channels, h, w_, 1, 1, e, f, **bits, inputs=len(n.inputs))
+
+
+def workloads(graph: Graph, batch: int = 1) -> list[Workload]:
+    """One Workload per node of the graph, in its topological order."""
+    return [node_workload(graph, n, batch) for n in graph.nodes]
+
+
+def scalesim_compat(w: Workload) -> Workload:
+    """The same workload with SCALE-Sim's output size (E, F over the padded input); a Linear is unchanged."""
+    if not w.is_mac:
+        return w
+    e = scalesim_out_size(w.H + 2 * w.pad_h, w.R, w.stride_h)
+    f = scalesim_out_size(w.W + 2 * w.pad_w, w.S, w.stride_w)
+    return replace(w, E=e, F=f)
