@@ -6,7 +6,10 @@ onnxruntime: every quantized intermediate (each is an output of the checked mode
 agreement of the predicted class. Each value that differs gets its causes: onnxruntime rounds half to
 even (a model quantized with another rule differs at every tie), float32 holds integers exactly only
 below 2^24 (a node whose worst-case accumulator reaches it may round its sum), or an input that already
-differed. A mismatch with none of these causes is reported as unexplained.
+differed, or (int8 weights) int16 pair sums that saturate on x86-64 without VNNI, as
+potq.deploy.saturation predicts them from the exported integers and the golden model's input codes. A
+mismatch with none of these causes is reported as unexplained. The prediction is reported whatever the
+CPU (it is zero for the default uint8 weights), with the CPU this check ran on.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import numpy as np
 import torch
 
 from potq.deploy.formats import FORMATS
-from potq.deploy.onnx_qdq import EXTRA, INPUT, OUTPUT, to_onnx
+from potq.deploy.onnx_qdq import EXTRA, INPUT, OUTPUT, WEIGHTS_UINT8, to_onnx
+from potq.deploy.saturation import predict, this_cpu
 from potq.errors import UserError
 from potq.golden import IntegerModel
 from potq.ir.graph import REQUANT_OPS, Graph, OpType
@@ -32,7 +36,9 @@ C_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-O2")
 SANITIZE = ("-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all")
 
 
-def _session(graph: Graph, threads: int = 0):
+def _session(graph: Graph, threads: int = 0, weights: str = WEIGHTS_UINT8):
+    """onnxruntime's default session (graph optimizations on) on the model with every quantized value as
+    an output, and that model."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -40,13 +46,20 @@ def _session(graph: Graph, threads: int = 0):
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    model = to_onnx(graph, intermediates=True)
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    model = to_onnx(graph, intermediates=True, weights=weights)
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]), model
 
 
-def _causes(graph: Graph, golden: IntegerModel, value: str, bad_values: set[str]) -> list[str]:
+def _causes(
+    graph: Graph, golden: IntegerModel, value: str, bad_values: set[str], saturating: dict[str, int]
+) -> list[str]:
     n = graph.producer(value)
     causes = [f"input {v} already differs" for v in n.inputs if v in bad_values]
+    if saturating.get(n.name):
+        causes.append(
+            f"saturation of int16 pair sums in node {n.name}: {saturating[n.name]:,} dot products (u8 x s8 "
+            "VPMADDUBSW on x86-64 without VNNI; export with uint8 weights, the default)"
+        )
     # every shift rounds by the model's rule; the input's table does not differ (the graph holds it)
     shifts = n.op in REQUANT_OPS and n.op is not OpType.INPUT and graph.q[value].bits == 8
     if shifts and Rounding.of(graph.rounding) is not Rounding.HALF_EVEN:
@@ -57,10 +70,19 @@ def _causes(graph: Graph, golden: IntegerModel, value: str, bad_values: set[str]
     return causes
 
 
-def check_onnx(graph: Graph, images: np.ndarray, labels: np.ndarray, batch: int = 500, threads: int = 0) -> dict:
-    """onnxruntime against the golden model on uint8 images (N, C, H, W); threads 0: onnxruntime's default."""
+def check_onnx(
+    graph: Graph,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch: int = 500,
+    threads: int = 0,
+    weights: str = WEIGHTS_UINT8,
+) -> dict:
+    """onnxruntime against the golden model on uint8 images (N, C, H, W); threads 0: onnxruntime's default;
+    weights: the exported weight type (potq.deploy.formats.WEIGHT_FORMS)."""
     golden = IntegerModel(graph)
-    sess = _session(graph, threads)
+    sess, model = _session(graph, threads, weights)
+    saturating: dict[str, int] = {}
     names = [o.name for o in sess.get_outputs()]
     scale = 2.0 ** graph.q[graph.output].exponent
     mismatches: dict[str, int] = {}
@@ -75,6 +97,8 @@ def check_onnx(graph: Graph, images: np.ndarray, labels: np.ndarray, batch: int 
         logits = golden.run(torch.from_numpy(x), record).numpy()
         t_golden += time.perf_counter() - t1
         t_onnx += t1 - t0
+        for node, p in predict(model, record).items():
+            saturating[node] = saturating.get(node, 0) + p["saturating_dot_products"]
         got = {OUTPUT: outs[OUTPUT] / scale, **{v: outs[v] for v in names if v != OUTPUT}}
         want = {OUTPUT: logits, **{v: record[v].numpy() for v in names if v != OUTPUT}}
         for v in got:
@@ -87,7 +111,7 @@ def check_onnx(graph: Graph, images: np.ndarray, labels: np.ndarray, batch: int 
     bad_values = set(mismatches)
     kinds = []
     for v, count in mismatches.items():
-        causes = _causes(graph, golden, graph.output if v == OUTPUT else v, bad_values)
+        causes = _causes(graph, golden, graph.output if v == OUTPUT else v, bad_values, saturating)
         kinds.append({"value": v, "mismatches": count, "causes": causes or ["unexplained"]})
     return {
         "consumer": "onnxruntime",
@@ -101,6 +125,9 @@ def check_onnx(graph: Graph, images: np.ndarray, labels: np.ndarray, batch: int 
         "mismatch_kinds": kinds,
         "unexplained": sum(k["mismatches"] for k in kinds if k["causes"] == ["unexplained"]),
         "rounding": graph.rounding,
+        "weights": weights,
+        "cpu": this_cpu(),
+        "avx2_saturating_dot_products": {k: v for k, v in saturating.items() if v},
         "onnx_seconds": t_onnx,
         "golden_seconds": t_golden,
     }
@@ -167,6 +194,7 @@ def check_run(
     cache=None,
     c_vectors: int = 200,
     skipped: dict[str, str] | None = None,
+    onnx_weights: str = WEIGHTS_UINT8,
 ) -> dict:
     """The consumers' checks of a run's quantized model (`potq verify --onnx/--c`, `potq run`'s deploy
     step), saved as deploy_<label>.json for the report's Deployment section; `skipped`: the checks this
@@ -185,11 +213,11 @@ def check_run(
         if c:
             compiler()  # before the long ONNX check: is there a compiler at all?
         if onnx:
-            _session(graph)
+            _session(graph, weights=onnx_weights)
         ds = load_dataset(data or cfg.data, cache)
         images, labels = np.array(ds.test_x), np.array(ds.test_y)
         if onnx:
-            result["onnx"] = check_onnx(graph, images, labels)
+            result["onnx"] = check_onnx(graph, images, labels, weights=onnx_weights)
         if c:  # the class-spread test images that `potq export` draws as its vectors
             from potq.export import vector_indices
 
