@@ -171,6 +171,7 @@ def test_export_formats_and_verify_consumers(quantized_run, tmp_path, capsys):
     assert {"model.onnx", "potq_model.c", "potq_model.h", "main.c", "potq_vectors.h", "model.h", "hex"} <= names
     desc = json.loads((out / "model.json").read_text())
     assert desc["formats"] == ["hw", "c", "onnx"] and desc["onnx"]["opset"] == OPSET
+    assert desc["onnx"]["weights"] == "uint8"  # exact in onnxruntime on every CPU (tests/test_saturation.py)
     src = desc["quantized_model"]  # which quantized model this is, and the weights it came from
     assert (src["label"], src["scheme"], src["rounding"], src["exponent"]) == (
         LABEL,
