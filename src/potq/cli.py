@@ -115,7 +115,7 @@ def cmd_compare(a: argparse.Namespace) -> None:
 
 def cmd_verify(a: argparse.Namespace) -> None:
     check_run_model(a)
-    if a.onnx or a.c:
+    if a.onnx or a.c or a.tvm:
         return _verify_consumers(a)
     from potq.verify import verify_run
 
@@ -139,7 +139,7 @@ def cmd_verify(a: argparse.Namespace) -> None:
 def _verify_consumers(a: argparse.Namespace) -> None:
     from potq.deploy.check import check_run
 
-    r = check_run(a.run, a.scheme, a.onnx, a.c, a.data, a.cache, a.c_vectors, onnx_weights=a.onnx_weights)
+    r = check_run(a.run, a.scheme, a.onnx, a.c, a.data, a.cache, a.c_vectors, onnx_weights=a.onnx_weights, tvm=a.tvm)
     bad = []
     if a.onnx:
         o = r["onnx"]
@@ -159,6 +159,18 @@ def _verify_consumers(a: argparse.Namespace) -> None:
         )
         if o["unexplained"]:
             bad.append(f"onnxruntime differs in {o['unexplained']} values that no known cause explains")
+    if a.tvm:
+        t = r["tvm"]
+        print(
+            f"TVM {t['tvm_version']} ({t['target']}): {t['mismatches']:,} mismatching values of "
+            f"{t['compared_values']:,} ({t['images']} images, logits and every quantized value), "
+            f"{t['logit_mismatches']:,} mismatching logits, class agreement {t['class_agreement']:.4f} "
+            f"(rounding {t['rounding']}; built in {t['build_seconds']:.1f} s)"
+        )
+        for k in t["mismatch_kinds"]:
+            print(f"  {k['value']}: {k['mismatches']:,} values: {'; '.join(k['causes'])}")
+        if t["unexplained"]:
+            bad.append(f"TVM differs in {t['unexplained']} values that no known cause explains")
     if a.c:
         c = r["c"]
         print(
@@ -346,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--onnx", action="store_true", help="instead: the ONNX export in onnxruntime against the golden model"
     )
     v.add_argument("--c", action="store_true", help="instead: the C runtime, compiled here, against the golden model")
+    v.add_argument(
+        "--tvm", action="store_true", help="instead: model.onnx in TVM (llvm) against the golden model (potq[tvm])"
+    )
     v.add_argument(
         "--c-vectors",
         type=int,
