@@ -13,6 +13,7 @@ outputs, one thread, natively, both forms in this same process (ratio uint8 / in
 
     apt-get install qemu-user   # once
     PYTHONPATH=src:. python benchmarks/onnx_avx2.py --images 16
+    PYTHONPATH=src:. python benchmarks/onnx_avx2.py --images 16 --schemes pot-channel --calm-stem
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tests.test_deploy import graph_of
 from tests.test_graph import EXAMPLE
 
 from potq.deploy.onnx_qdq import INPUT, OUTPUT, WEIGHT_FORMS, to_onnx
-from potq.deploy.saturation import predict, this_cpu
+from potq.deploy.saturation import mac_operands, predict, saturating_mask, this_cpu
 from potq.golden import IntegerModel
 
 NETS = ["seed", "resnet20", "mobilenet-cifar", EXAMPLE]
@@ -60,6 +61,34 @@ def compare(graph, outs: dict, record: dict, logits: np.ndarray) -> dict[str, in
     return bad
 
 
+def first_node_check(graph, folder: Path, tag: str, record: dict) -> dict:
+    """The first MAC node whose emulated int8-form output differs (its inputs are still exact, if the
+    nodes before it are): are all its differing values where the model predicts a saturating dot product?"""
+    import onnx
+
+    model = onnx.load(str(folder / f"{tag}-int8.onnx"))
+    outs = dict(np.load(folder / f"{tag}-int8.emulated.npz"))
+    output_of = {n.name: n.output for n in graph.nodes}
+    for m in mac_operands(model):
+        value = output_of[m.node]
+        if value not in outs:
+            continue
+        wrong = torch.from_numpy(outs[value] != record[value].numpy())
+        if not bool(wrong.any()):
+            continue
+        inputs_exact = not bool((outs[m.input] != record[m.input].numpy()).any())
+        mask = saturating_mask(m, record[m.input])
+        predicted = torch.zeros_like(wrong) if mask is None else mask.reshape(wrong.shape)
+        return {
+            "node": m.node,
+            "inputs_exact": inputs_exact,
+            "differing_values": int(wrong.sum()),
+            "predicted_dot_products": int(predicted.sum()),
+            "differing_outside_prediction": int((wrong & ~predicted).sum()),
+        }
+    return {"node": None}
+
+
 def speed(model_bytes: bytes, images: np.ndarray, repeats: int) -> float:
     import onnxruntime as ort
 
@@ -73,10 +102,13 @@ def speed(model_bytes: bytes, images: np.ndarray, repeats: int) -> float:
     return repeats * len(images) / (time.perf_counter() - t0)
 
 
-def case(name: str, scheme: str, n: int, folder: Path, speed_images: np.ndarray, repeats: int) -> dict:
+def case(name: str, scheme: str, n: int, folder: Path, speed_images: np.ndarray, repeats: int, calm_stem: bool) -> dict:
     import onnxruntime as ort
 
     graph, images = graph_of(name, scheme, "half-even", n)
+    if calm_stem:  # the first layer's weights quartered: the first saturating node is a later, wider one
+        stem = graph.mac_nodes()[0]
+        stem.tensors["weight"] = torch.div(stem.tensors["weight"], 4, rounding_mode="trunc")
     golden = IntegerModel(graph)
     record: dict = {}
     logits = golden.run(torch.from_numpy(images), record).numpy()
@@ -111,6 +143,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--qemu-cpu", default="Haswell", help="the emulated CPU model (qemu-x86_64 -cpu)")
     p.add_argument("--schemes", default="pot-channel,pot-tensor")
+    p.add_argument(
+        "--calm-stem",
+        action="store_true",
+        help="quarter the first layer's weights, so that the model is checked on the ConvSym path (channels % 4 == 0)",
+    )
     a = p.parse_args()
     torch.set_num_threads(1)
     qemu = shutil.which("qemu-x86_64")
@@ -120,7 +157,7 @@ def main() -> None:
         for scheme in a.schemes.split(","):
             with tempfile.TemporaryDirectory(prefix="potq-avx2-") as tmp:
                 folder = Path(tmp)
-                row = case(name, scheme, a.images, folder, speed_images, a.repeats)
+                row = case(name, scheme, a.images, folder, speed_images, a.repeats, a.calm_stem)
                 graph, record, logits, tag = (row.pop(k) for k in ("_graph", "_record", "_logits", "_tag"))
                 if qemu:
                     t0 = time.perf_counter()
@@ -131,6 +168,7 @@ def main() -> None:
                     for form in WEIGHT_FORMS:
                         outs = dict(np.load(folder / f"{tag}-{form}.emulated.npz"))
                         row[form]["emulated_mismatches"] = compare(graph, outs, record, logits)
+                    row["first_node_check"] = first_node_check(graph, folder, tag, record)
                     row["emulated_seconds"] = round(time.perf_counter() - t0, 1)
             u, i = row["uint8"], row["int8"]
             row["speed_uint8_over_int8"] = round(u["images_per_second"] / i["images_per_second"], 3)

@@ -139,12 +139,19 @@ def _columns(m: MacOperands, codes: torch.Tensor) -> torch.Tensor:
 def saturating_dot_products(m: MacOperands, codes: torch.Tensor, kernel: PairKernel | None = None) -> int:
     """How many dot products (image, output channel, position) have a pair sum outside the kernel's
     register, for these input codes (N, C, H, W) or (N, K)."""
+    mask = saturating_mask(m, codes, kernel)
+    return 0 if mask is None else int(mask.sum())
+
+
+def saturating_mask(m: MacOperands, codes: torch.Tensor, kernel: PairKernel | None = None) -> torch.Tensor | None:
+    """Where (N, O, L: output positions flattened) a dot product has a pair sum outside the kernel's
+    register; None where none can."""
     kernel = kernel or avx2_kernel(m.weight.dtype)
     if m.depthwise:  # widened to 32 bits on every x86-64 path
-        return 0
+        return None
     risky = risky_pairs(m, kernel)
     if not bool(risky.any()):
-        return 0
+        return None
     cols = _columns(m, codes)
     n, _, k, length = cols.shape
     cols = F.pad(cols, (0, 0, 0, k % 2)).reshape(n, cols.shape[1], -1, 2, length)
@@ -160,7 +167,7 @@ def saturating_dot_products(m: MacOperands, codes: torch.Tensor, kernel: PairKer
             sums = a[:, :, 0] * w[None, :, 0, None] + a[:, :, 1] * w[None, :, 1, None]
             hit = ((sums > kernel.hi) | (sums < kernel.lo)).to(torch.int32)
             bad.index_put_((rows, (g * og + o)[None, :, None], cols_idx), hit, accumulate=True)
-    return int((bad > 0).sum())
+    return bad > 0
 
 
 def predict(model, record: dict[str, torch.Tensor]) -> dict[str, dict]:
