@@ -139,7 +139,7 @@ def cmd_verify(a: argparse.Namespace) -> None:
 def _verify_consumers(a: argparse.Namespace) -> None:
     from potq.deploy.check import check_run
 
-    r = check_run(a.run, a.scheme, a.onnx, a.c, a.data, a.cache, a.c_vectors, onnx_weights=a.onnx_weights, tvm=a.tvm)
+    r = check_run(a.run, a.scheme, a.onnx, a.c, a.data, a.cache, a.c_vectors, None, a.onnx_weights, a.tvm, a.tvm_images)
     bad = []
     if a.onnx:
         o = r["onnx"]
@@ -360,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--c", action="store_true", help="instead: the C runtime, compiled here, against the golden model")
     v.add_argument(
         "--tvm", action="store_true", help="instead: model.onnx in TVM (llvm) against the golden model (potq[tvm])"
+    )
+    v.add_argument(
+        "--tvm-images", type=int, default=100, help="test images the TVM check runs, drawn as for --c-vectors"
     )
     v.add_argument(
         "--c-vectors",

@@ -278,6 +278,7 @@ def check_run(
     skipped: dict[str, str] | None = None,
     onnx_weights: str = WEIGHTS_UINT8,
     tvm: bool = False,
+    tvm_images: int = 100,
 ) -> dict:
     """The consumers' checks of a run's quantized model (`potq verify --onnx/--c/--tvm`, `potq run`'s deploy
     step), saved as deploy_<label>.json for the report's Deployment section; `skipped`: the checks this
@@ -288,6 +289,8 @@ def check_run(
 
     if c_vectors < 1:
         raise UserError(f"--c-vectors must be at least 1, got {c_vectors}")
+    if tvm_images < 1:
+        raise UserError(f"--tvm-images must be at least 1, got {tvm_images}")
     run = Path(run)
     path = run / f"deploy_{name}.json"
     result = read_json(path) if path.exists() else {"label": name}
@@ -303,8 +306,11 @@ def check_run(
         images, labels = np.array(ds.test_x), np.array(ds.test_y)
         if onnx:
             result["onnx"] = check_onnx(graph, images, labels, weights=onnx_weights)
-        if tvm:
-            result["tvm"] = check_tvm(graph, images, labels)
+        if tvm:  # TVM's untuned llvm build runs a few images per second: the class-spread draw, as for C
+            from potq.export import vector_indices
+
+            picked = vector_indices(labels, min(tvm_images, len(labels)))
+            result["tvm"] = {**check_tvm(graph, images[picked], labels[picked]), "test_indices": picked.tolist()}
         if c:  # the class-spread test images that `potq export` draws as its vectors
             from potq.export import vector_indices
 
