@@ -63,6 +63,8 @@ def test_uint8_weights_take_the_int32_pair_kernel_and_depthwise_never_saturates(
     assert avx2_kernel(u.weight.dtype).hi == 2**31 - 1 and saturating_dot_products(u, x) == 0
     dw = MacOperands("dw", "x", 0, np.full((4, 1, 3, 3), 127, np.int8), (3, 3), (1, 1), (1, 1), 4)
     assert dw.depthwise and saturating_dot_products(dw, x) == 0
+    mult = MacOperands("dw2", "x", 0, np.full((8, 1, 3, 3), 127, np.int8), (3, 3), (1, 1), (1, 1), 4)
+    assert not mult.depthwise and saturating_dot_products(mult, x) == 8 * 25  # channel multiplier 2: a GEMM
 
 
 def _predicted(graph, images, weights):

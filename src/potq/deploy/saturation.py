@@ -21,8 +21,11 @@ providers/cpu/quantization/qlinearconv.cc):
 
 What was verified, and what is assumed: the kernels, the pair order and the widths above are read from
 the source; benchmarks/onnx_avx2.py runs onnxruntime 1.32 under `qemu-x86_64 -cpu Haswell` (AVX2 without
-AVX-512 or VNNI) and compares the values it gets wrong with this model's prediction node by node. Assumed:
-the single-row GEMV kernel (MlasGemvU8S8KernelAvx2, batch 1 Gemm) pairs the reduction the same way.
+AVX-512 or VNNI) and compares the values it gets wrong with this model's prediction node by node (every
+differing value of the first differing node was predicted, on the im2col + QGEMM and the ConvSym paths).
+Assumed, not verified: the single-row GEMV kernel (MlasGemvU8S8KernelAvx2, batch 1 Gemm) pairs the
+reduction the same way, and AVX-512 without VNNI (MlasGemmU8S8KernelAvx512Core, MlasGemmU8U8KernelAvx512Core)
+behaves as AVX2 (qemu's TCG has no AVX-512 to emulate it).
 A saturating dot product is wrong in its int32 accumulator; its requantized uint8 value usually differs
 as well, so the count is the model's prediction of the values that differ (an upper bound).
 """
@@ -70,7 +73,9 @@ class MacOperands:
 
     @property
     def depthwise(self) -> bool:
-        return self.weight.ndim == 4 and self.groups > 1 and self.weight.shape[1] == 1
+        """One input and one output channel per group: MLAS's depthwise kernels (a channel multiplier
+        above 1 runs as a grouped GEMM)."""
+        return self.weight.ndim == 4 and self.groups > 1 and self.weight.shape[:2] == (self.groups, 1)
 
 
 def mac_operands(model) -> list[MacOperands]:
@@ -193,7 +198,6 @@ def this_cpu() -> dict:
         return {"model": "unknown", "flags": []}
     model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
     flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    wanted = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
-    have = [f for f in wanted if f in flags]
-    return {"model": model, "flags": have, "u8s8_saturates": "avx2" in have and not ({"avx512_vnni", "avx_vnni",
-            "amx_int8"} & set(have))}  # fmt: skip
+    have = [f for f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    exact = {"avx512_vnni", "avx_vnni", "amx_int8"}  # int32 dot products: VPDPBUSD, AMX
+    return {"model": model, "flags": have, "u8s8_saturates": "avx2" in have and not exact & set(have)}
