@@ -368,6 +368,13 @@ def deploy_summary(r: dict) -> list[str]:
             f"{o['class_agreement']:.4f}, accuracy {o['onnx_accuracy']:.4f} on {o['images']:,} test images; "
             f"rounding {o['rounding']}" + ("" if not o["mismatches"] else f"; causes: {_causes_text(o)}")
         )
+        if "weights" in o:  # written since the export's weight type became a choice
+            sat = sum(o["avx2_saturating_dot_products"].values())
+            lines.append(
+                f"ONNX weights {o['weights']}: on an x86-64 CPU without VNNI onnxruntime's kernels "
+                + (f"would get {sat:,} dot products wrong (int16 pair sums saturate)" if sat else "are exact")
+                + f" (potq.deploy.saturation); checked on {o['cpu']['model']} ({', '.join(o['cpu']['flags'])})"
+            )
     if "tvm" in r:
         t = r["tvm"]
         lines.append(
