@@ -1,5 +1,6 @@
-"""Do the exports' consumers compute the golden model's integers? onnxruntime on the test set, and the C
-runtime compiled with the system's C compiler on the exported test vectors.
+"""Do the exports' consumers compute the golden model's integers? onnxruntime on the test set, TVM (the
+Relax ONNX frontend, built for llvm) on test images drawn across the classes, and the C runtime compiled
+with the system's C compiler on the exported test vectors.
 
 onnxruntime: every quantized intermediate (each is an output of the checked model) and the logits
 (float, divided by their power-of-two scale: exact) against the golden model, image by image, and the
@@ -9,7 +10,8 @@ below 2^24 (a node whose worst-case accumulator reaches it may round its sum), o
 differed, or (int8 weights) int16 pair sums that saturate on x86-64 without VNNI, as
 potq.deploy.saturation predicts them from the exported integers and the golden model's input codes. A
 mismatch with none of these causes is reported as unexplained. The prediction is reported whatever the
-CPU (it is zero for the default uint8 weights), with the CPU this check ran on.
+CPU (it is zero for the default uint8 weights), with the CPU this check ran on. TVM is checked the same
+way (the same model.onnx, the same comparison; it rounds half to even too).
 """
 
 from __future__ import annotations
