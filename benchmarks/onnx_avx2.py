@@ -44,9 +44,13 @@ import sys, glob, numpy as np, onnxruntime as ort
 folder = sys.argv[1]
 x = np.load(folder + "/images.npy")
 for path in sorted(glob.glob(folder + "/*.onnx")):
-    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    names = [o.name for o in s.get_outputs()]
-    np.savez(path[:-5] + ".emulated.npz", **dict(zip(names, s.run(None, {"image": x}))))
+    for flag in ("0", "1"):  # session.x64quantprecision: onnxruntime's own int8 -> uint8 weight rewrite
+        opts = ort.SessionOptions()
+        opts.add_session_config_entry("session.x64quantprecision", flag)
+        s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        names = [o.name for o in s.get_outputs()]
+        suffix = ".emulated.npz" if flag == "0" else ".emulated-x64quantprecision.npz"
+        np.savez(path[:-5] + suffix, **dict(zip(names, s.run(None, {"image": x}))))
 """
 
 
@@ -143,6 +147,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--qemu-cpu", default="Haswell", help="the emulated CPU model (qemu-x86_64 -cpu)")
     p.add_argument("--schemes", default="pot-channel,pot-tensor")
+    p.add_argument("--nets", default=",".join(NETS), help="comma-separated zoo names or file.py:factory")
     p.add_argument(
         "--calm-stem",
         action="store_true",
@@ -153,7 +158,7 @@ def main() -> None:
     qemu = shutil.which("qemu-x86_64")
     speed_images = np.random.default_rng(0).integers(0, 256, (a.speed_images, 3, 32, 32), dtype=np.uint8)
     print(json.dumps({"cpu": this_cpu(), "emulated": f"qemu-x86_64 -cpu {a.qemu_cpu}" if qemu else None}))
-    for name in NETS:
+    for name in a.nets.split(","):
         for scheme in a.schemes.split(","):
             with tempfile.TemporaryDirectory(prefix="potq-avx2-") as tmp:
                 folder = Path(tmp)
@@ -168,6 +173,8 @@ def main() -> None:
                     for form in WEIGHT_FORMS:
                         outs = dict(np.load(folder / f"{tag}-{form}.emulated.npz"))
                         row[form]["emulated_mismatches"] = compare(graph, outs, record, logits)
+                        outs = dict(np.load(folder / f"{tag}-{form}.emulated-x64quantprecision.npz"))
+                        row[form]["emulated_x64quantprecision_mismatches"] = compare(graph, outs, record, logits)
                     row["first_node_check"] = first_node_check(graph, folder, tag, record)
                     row["emulated_seconds"] = round(time.perf_counter() - t0, 1)
             u, i = row["uint8"], row["int8"]
