@@ -148,6 +148,21 @@ def saturating_dot_products(m: MacOperands, codes: torch.Tensor, kernel: PairKer
     return 0 if mask is None else int(mask.sum())
 
 
+def _may_saturate(m: MacOperands, codes: torch.Tensor, kernel: PairKernel) -> bool:
+    """A cheap bound before the im2col: |a0 w0 + a1 w1| <= (a0 + a1) max|w|. With an even number of input
+    channels per group a pair is two neighbouring channels of one pixel (or the padding's zero points)."""
+    w_max = int(np.abs(m.weight.astype(np.int64)).max())
+    limit = min(kernel.hi, -kernel.lo - 1)
+    x = codes.to(torch.int32)
+    per_group = x.shape[1] // m.groups
+    if per_group % 2 == 0:
+        x = x.reshape(x.shape[0], x.shape[1] // 2, 2, -1)
+        largest = max(int((x[:, :, 0] + x[:, :, 1]).max()), 2 * m.input_zero_point)
+    else:
+        largest = 2 * max(int(x.max()), m.input_zero_point)
+    return largest * w_max > limit
+
+
 def saturating_mask(m: MacOperands, codes: torch.Tensor, kernel: PairKernel | None = None) -> torch.Tensor | None:
     """Where (N, O, L: output positions flattened) a dot product has a pair sum outside the kernel's
     register; None where none can."""
@@ -155,24 +170,28 @@ def saturating_mask(m: MacOperands, codes: torch.Tensor, kernel: PairKernel | No
     if m.depthwise:  # widened to 32 bits on every x86-64 path
         return None
     risky = risky_pairs(m, kernel)
-    if not bool(risky.any()):
+    if not bool(risky.any()) or not _may_saturate(m, codes, kernel):
         return None
     cols = _columns(m, codes)
     n, _, k, length = cols.shape
     cols = F.pad(cols, (0, 0, 0, k % 2)).reshape(n, cols.shape[1], -1, 2, length)
     og = risky.shape[1]
-    bad = torch.zeros(n, risky.shape[0] * og, length, dtype=torch.int32)  # saturating pairs per dot product
-    rows, cols_idx = torch.arange(n)[:, None, None], torch.arange(length)[None, None]
+    bad = torch.zeros(n, risky.shape[0] * og, length, dtype=torch.bool)
+    limit = min(kernel.hi, -kernel.lo - 1)  # |pair sum| above it: outside the register
     for g, p in enumerate(_pairs(m)):
-        o_idx, j_idx = risky[g].nonzero(as_tuple=True)
-        for s in range(0, len(o_idx), 256):  # bounded memory: 256 risky pairs at a time
-            o, j = o_idx[s : s + 256], j_idx[s : s + 256]
-            w = p[o, j].to(torch.float32)  # (D, 2); exact: |sums| < 2^17
-            a = cols[:, g, j]  # (N, D, 2, L)
-            sums = a[:, :, 0] * w[None, :, 0, None] + a[:, :, 1] * w[None, :, 1, None]
-            hit = ((sums > kernel.hi) | (sums < kernel.lo)).to(torch.int32)
-            bad.index_put_((rows, (g * og + o)[None, :, None], cols_idx), hit, accumulate=True)
-    return bad > 0
+        a = cols[:, g]  # (N, K/2, 2, L)
+        # |a0 w0 + a1 w1| <= (a0 + a1) max|w|: only these pair positions can saturate (few, in trained nets)
+        cand = (a[:, :, 0] + a[:, :, 1]) * int(p.abs().max()) > limit
+        cand &= risky[g].any(0)[None, :, None]
+        e_n, e_j, e_l = cand.nonzero(as_tuple=True)
+        step = max(1, 2**22 // og)  # bounded memory: about 4 million pair sums at a time
+        for s in range(0, len(e_n), step):
+            en, ej, el = e_n[s : s + step], e_j[s : s + step], e_l[s : s + step]
+            w = p[:, ej].to(torch.float32)  # (O/g, E, 2); exact: |sums| < 2^17
+            sums = a[en, ej, 0, el][None] * w[..., 0] + a[en, ej, 1, el][None] * w[..., 1]
+            o, e = (((sums > kernel.hi) | (sums < kernel.lo)) & risky[g][:, ej]).nonzero(as_tuple=True)
+            bad[en[e], g * og + o, el[e]] = True
+    return bad
 
 
 def predict(model, record: dict[str, torch.Tensor]) -> dict[str, dict]:
