@@ -18,8 +18,9 @@ Why uint8 weights: onnxruntime fuses the QDQ groups into QLinearConv / QGemm, wh
 on x86-64 without VNNI (AVX2, AVX-512 without VNNI) multiply with VPMADDUBSW, which sums pairs of
 u8 x s8 products into a saturating int16 (potq.deploy.saturation models it). With uint8 weights MLAS runs
 its U8U8 kernel there instead (both operands zero-extended to 16 bits, pairs summed by VPMADDWD into int32:
-no saturation), and on VNNI/AMX CPUs the same uint8 x int8 kernel as before (the weights xor 0x80 back to
-int8). The integers are the same; only the stored type and zero point differ.
+no saturation), and on VNNI/AMX CPUs its uint8 x int8 GEMM (the weights xor 0x80 back to int8, exact
+int32 dot products) rather than the symmetric ConvSym kernel int8 weights take, at 0.38-0.82x the speed
+(benchmarks/RESULTS.md, section 10). The integers are the same; only the stored type and zero point differ.
 """
 
 from __future__ import annotations
