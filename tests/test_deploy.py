@@ -62,7 +62,12 @@ def test_onnx_is_standard_power_of_two_qdq():
     scales = [v for k, v in inits.items() if k.endswith(".scale")]
     assert scales and all(np.all(np.log2(s) == np.round(np.log2(s))) for s in scales)  # exact powers of two
     conv = next(n for n in graph.nodes if n.op is OpType.CONV)
-    assert inits[f"{conv.name}.weight"].dtype == np.int8 and inits[f"{conv.name}.bias"].dtype == np.int32
+    w = inits[f"{conv.name}.weight"]  # uint8 holding w + 128, zero point 128: the golden model's integers
+    assert w.dtype == np.uint8 and inits[f"{conv.name}.bias"].dtype == np.int32
+    assert np.array_equal(w.astype(np.int64) - 128, conv.tensors["weight"].numpy())
+    assert np.all(inits[f"{conv.name}.weight.zero_point"] == 128)
+    old = {t.name: onnx.numpy_helper.to_array(t) for t in to_onnx(graph, weights="int8").graph.initializer}
+    assert old[f"{conv.name}.weight"].dtype == np.int8 and np.all(old[f"{conv.name}.weight.zero_point"] == 0)
     assert inits[f"{conv.name}.weight.scale"].shape == (conv.tensors["weight"].shape[0],)  # per channel
     dq = next(n for n in model.graph.node if n.input and n.input[0] == f"{conv.name}.weight")
     assert dq.op_type == "DequantizeLinear" and dq.attribute[0].name == "axis" and dq.attribute[0].i == 0
@@ -167,6 +172,7 @@ def test_export_formats_and_verify_consumers(quantized_run, tmp_path, capsys):
     assert {"model.onnx", "potq_model.c", "potq_model.h", "main.c", "potq_vectors.h", "model.h", "hex"} <= names
     desc = json.loads((out / "model.json").read_text())
     assert desc["formats"] == ["hw", "c", "onnx"] and desc["onnx"]["opset"] == OPSET
+    assert desc["onnx"]["weights"] == "uint8"  # exact in onnxruntime on every CPU (tests/test_saturation.py)
     src = desc["quantized_model"]  # which quantized model this is, and the weights it came from
     assert (src["label"], src["scheme"], src["rounding"], src["exponent"]) == (
         LABEL,

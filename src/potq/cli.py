@@ -116,7 +116,7 @@ def cmd_compare(a: argparse.Namespace) -> None:
 
 def cmd_verify(a: argparse.Namespace) -> None:
     check_run_model(a)
-    if a.onnx or a.c:
+    if a.onnx or a.c or a.tvm:
         return _verify_consumers(a)
     from potq.verify import verify_run
 
@@ -140,7 +140,7 @@ def cmd_verify(a: argparse.Namespace) -> None:
 def _verify_consumers(a: argparse.Namespace) -> None:
     from potq.deploy.check import check_run
 
-    r = check_run(a.run, a.scheme, a.onnx, a.c, a.data, a.cache, a.c_vectors)
+    r = check_run(a.run, a.scheme, a.onnx, a.c, a.data, a.cache, a.c_vectors, None, a.onnx_weights, a.tvm, a.tvm_images)
     bad = []
     if a.onnx:
         o = r["onnx"]
@@ -152,8 +152,26 @@ def _verify_consumers(a: argparse.Namespace) -> None:
         )
         for k in o["mismatch_kinds"]:
             print(f"  {k['value']}: {k['mismatches']:,} values: {'; '.join(k['causes'])}")
+        sat = o["avx2_saturating_dot_products"]
+        print(
+            f"  {o['weights']} weights on an x86-64 CPU without VNNI: "
+            + (", ".join(f"{k} {v:,}" for k, v in sat.items()) + " saturating dot products" if sat else "exact")
+            + f" (potq.deploy.saturation); this CPU: {o['cpu']['model']} ({', '.join(o['cpu']['flags'])})"
+        )
         if o["unexplained"]:
             bad.append(f"onnxruntime differs in {o['unexplained']} values that no known cause explains")
+    if a.tvm:
+        t = r["tvm"]
+        print(
+            f"TVM {t['tvm_version']} ({t['target']}): {t['mismatches']:,} mismatching values of "
+            f"{t['compared_values']:,} ({t['images']} images, logits and every quantized value), "
+            f"{t['logit_mismatches']:,} mismatching logits, class agreement {t['class_agreement']:.4f} "
+            f"(rounding {t['rounding']}; built in {t['build_seconds']:.1f} s)"
+        )
+        for k in t["mismatch_kinds"]:
+            print(f"  {k['value']}: {k['mismatches']:,} values: {'; '.join(k['causes'])}")
+        if t["unexplained"]:
+            bad.append(f"TVM differs in {t['unexplained']} values that no known cause explains")
     if a.c:
         c = r["c"]
         print(
@@ -174,7 +192,7 @@ def cmd_export(a: argparse.Namespace) -> None:
     from potq.export import export_run
 
     formats = parse_formats(a.format)
-    r = export_run(a.run, a.scheme, a.out, a.vectors, a.data, a.cache, formats)
+    r = export_run(a.run, a.scheme, a.out, a.vectors, a.data, a.cache, formats, a.onnx_weights)
     print(
         f"exported {r['nodes']} nodes, {r['tensors']} tensors and {r['vectors']} test vectors "
         f"({', '.join(r['formats'])}) -> {r['out']}"
@@ -360,6 +378,18 @@ def _quantized_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, help="cache folder for downloads and decoded data (default: $POTQ_CACHE)")
 
 
+def _onnx_weights_arg(p: argparse.ArgumentParser) -> None:
+    from potq.deploy.formats import WEIGHT_FORMS
+
+    p.add_argument(
+        "--onnx-weights",
+        default=WEIGHT_FORMS[0],
+        choices=WEIGHT_FORMS,
+        help="model.onnx's weight type: uint8 (zero point 128, exact in onnxruntime on every CPU; default) or "
+        "int8 (zero point 0: onnxruntime's int16 pair sums saturate on x86-64 without VNNI)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     model_help = "a zoo model (seed, resnet20, ...: the README lists them) or your own: file.py:factory"
     # torch-free modules only: --help and argument errors answer before torch loads
@@ -448,11 +478,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--c", action="store_true", help="instead: the C runtime, compiled here, against the golden model")
     v.add_argument(
+        "--tvm", action="store_true", help="instead: model.onnx in TVM (llvm) against the golden model (potq[tvm])"
+    )
+    v.add_argument(
+        "--tvm-images", type=int, default=100, help="test images the TVM check runs, drawn as for --c-vectors"
+    )
+    v.add_argument(
         "--c-vectors",
         type=int,
         default=200,
         help="test images the C check runs, drawn across the classes as export draws its vectors (default: 200)",
     )
+    _onnx_weights_arg(v)
     v.set_defaults(func=cmd_verify)
 
     e = sub.add_parser("export", help="integer weights, shifts, C header, hex files and test vectors")
@@ -464,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="hw",
         help=f"one of {', '.join(FORMAT_CHOICES)} or a comma-separated list (default: hw, the RTL testbench files)",
     )
+    _onnx_weights_arg(e)
     e.set_defaults(func=cmd_export)
 
     en = sub.add_parser("energy", help="op counts and energy per layer, FP32 against INT8")

@@ -19,7 +19,7 @@ import torch
 from potq.data import load_dataset
 from potq.deploy.c_runtime import BUILD as C_BUILD
 from potq.deploy.c_runtime import c_files, c_ident
-from potq.deploy.onnx_qdq import INPUT, OPSET, OUTPUT, to_onnx
+from potq.deploy.onnx_qdq import INPUT, OPSET, OUTPUT, WEIGHTS_UINT8, to_onnx
 from potq.errors import UserError
 from potq.files import check_output_dir, clear_stale, read_json, replace_dir, save_json, temp_prefix
 from potq.golden import IntegerModel
@@ -160,8 +160,10 @@ def export_run(
     data: str | None = None,
     cache=None,
     formats: tuple[str, ...] = ("hw",),
+    onnx_weights: str = WEIGHTS_UINT8,
 ) -> dict:
-    """Export a run's quantized model, with `vectors` test images (across the classes) as test vectors."""
+    """Export a run's quantized model, with `vectors` test images (across the classes) as test vectors;
+    onnx_weights: the ONNX model's stored weight type (potq.deploy.onnx_qdq.WEIGHT_FORMS)."""
     if vectors < 1:
         raise UserError(f"--vectors must be at least 1, got {vectors}")
     out, run = Path(out), Path(run)
@@ -173,9 +175,7 @@ def export_run(
     indices = vector_indices(np.asarray(ds.test_y), vectors)
     images, labels = np.array(ds.test_x[indices]), np.array(ds.test_y[indices])
     source = quantized_model_record(run, name)
-    return write_export(
-        graph, out, images, labels, cfg.classes, protect=(run,), formats=formats, source=source, indices=indices
-    )
+    return write_export(graph, out, images, labels, cfg.classes, (run,), formats, source, indices, onnx_weights)
 
 
 VECTOR_SEED = 0
@@ -220,13 +220,15 @@ def write_export(
     formats: tuple[str, ...] = ("hw",),
     source: dict | None = None,
     indices: np.ndarray | None = None,
+    onnx_weights: str = WEIGHTS_UINT8,
 ) -> dict:
     """Write the export folder of a graph in `formats`; built in a temporary folder, then moved into
     place whole. images: uint8 (N, C, H, W) test vectors; source: which quantized model this is."""
     out = Path(out)
     check_output_dir(out, EXPORT_KIND, protect)
     golden = IntegerModel(graph)
-    onnx_model = to_onnx(graph) if "onnx" in formats else None  # before any file: a missing extra stops here
+    # before any file: a missing extra stops here
+    onnx_model = to_onnx(graph, weights=onnx_weights) if "onnx" in formats else None
     desc, arrays = build_model_json(graph, golden, graph.shapes[graph.input], classes)
     out.parent.mkdir(parents=True, exist_ok=True)
     clear_stale(out.parent, f".{out.name}.")
@@ -246,6 +248,7 @@ def write_export(
         if onnx_model is not None:
             (tmp / ONNX_FILE).write_bytes(onnx_model.SerializeToString())
             desc["onnx"] = {"file": ONNX_FILE, "opset": OPSET, "input": INPUT, "output": OUTPUT}
+            desc["onnx"]["weights"] = onnx_weights
         desc["formats"] = list(formats)
         rounding = graph.rounding.label
         desc["quantized_model"] = source or {"label": graph.scheme, "scheme": graph.scheme, "rounding": rounding}

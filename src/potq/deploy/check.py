@@ -1,12 +1,17 @@
-"""Do the exports' consumers compute the golden model's integers? onnxruntime on the test set, and the C
-runtime compiled with the system's C compiler on the exported test vectors.
+"""Do the exports' consumers compute the golden model's integers? onnxruntime on the test set, TVM (the
+Relax ONNX frontend, built for llvm) on test images drawn across the classes, and the C runtime compiled
+with the system's C compiler on the exported test vectors.
 
 onnxruntime: every quantized intermediate (each is an output of the checked model) and the logits
 (float, divided by their power-of-two scale: exact) against the golden model, image by image, and the
 agreement of the predicted class. Each value that differs gets its causes: onnxruntime rounds half to
 even (a model quantized with another rule differs at every tie), float32 holds integers exactly only
 below 2^24 (a node whose worst-case accumulator reaches it may round its sum), or an input that already
-differed. A mismatch with none of these causes is reported as unexplained.
+differed, or (int8 weights) int16 pair sums that saturate on x86-64 without VNNI, as
+potq.deploy.saturation predicts them from the exported integers and the golden model's input codes. A
+mismatch with none of these causes is reported as unexplained. The prediction is reported whatever the
+CPU (it is zero for the default uint8 weights), with the CPU this check ran on. TVM is checked the same
+way (the same model.onnx, the same comparison; it rounds half to even too).
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from potq.deploy.formats import FORMATS
-from potq.deploy.onnx_qdq import EXTRA, INPUT, OUTPUT, to_onnx
+from potq.deploy.onnx_qdq import EXTRA, INPUT, OUTPUT, WEIGHTS_UINT8, to_onnx
+from potq.deploy.saturation import predict, this_cpu
 from potq.errors import UserError
 from potq.golden import IntegerModel
 from potq.ir.graph import REQUANT_OPS, Graph, OpType
@@ -32,7 +39,9 @@ C_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-O2")
 SANITIZE = ("-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all")
 
 
-def _session(graph: Graph, threads: int = 0):
+def _session(graph: Graph, threads: int = 0, weights: str = WEIGHTS_UINT8):
+    """onnxruntime's default session (graph optimizations on) on the model with every quantized value as
+    an output, and that model."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -40,43 +49,66 @@ def _session(graph: Graph, threads: int = 0):
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    model = to_onnx(graph, intermediates=True)
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    model = to_onnx(graph, intermediates=True, weights=weights)
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]), model
 
 
-def _causes(graph: Graph, golden: IntegerModel, value: str, bad_values: set[str]) -> list[str]:
+def _causes(
+    graph: Graph,
+    golden: IntegerModel,
+    value: str,
+    bad_values: set[str],
+    saturating: dict[str, int],
+    consumer: str = "onnxruntime",
+) -> list[str]:
     n = graph.producer(value)
     causes = [f"input {v} already differs" for v in n.inputs if v in bad_values]
+    if saturating.get(n.name):
+        causes.append(
+            f"saturation of int16 pair sums in node {n.name}: {saturating[n.name]:,} dot products (u8 x s8 "
+            "VPMADDUBSW on x86-64 without VNNI; export with uint8 weights, the default)"
+        )
     # every shift rounds by the model's rule; the input's table does not differ (the graph holds it)
     shifts = n.op in REQUANT_OPS and n.op is not OpType.INPUT and graph.q[value].bits == 8
     if shifts and graph.rounding is not Rounding.HALF_EVEN:
-        causes.append(f"onnxruntime rounds half to even, this model {graph.rounding.label}")
+        causes.append(f"{consumer} rounds half to even, this model {graph.rounding.label}")
     bound = golden.bounds.get(n.name)
     if bound is not None and bound >= FLOAT32_EXACT:
         causes.append(f"worst-case accumulator {bound:,} reaches 2^24, beyond float32's exact integers")
     return causes
 
 
-def check_onnx(graph: Graph, images: np.ndarray, labels: np.ndarray, batch: int = 500, threads: int = 0) -> dict:
-    """onnxruntime against the golden model on uint8 images (N, C, H, W); threads 0: onnxruntime's default."""
+def _compare(
+    graph: Graph,
+    consumer: str,
+    run: Callable[[np.ndarray], dict[str, np.ndarray]],
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch: int,
+    on_record: Callable[[dict[str, torch.Tensor]], None] | None = None,
+    saturating: dict[str, int] | None = None,
+) -> dict:
+    """A consumer's outputs (`run`: uint8 images -> every output by name) against the golden model, batch
+    by batch: every value, the logits (float, divided by their power-of-two scale: exact), the classes;
+    each mismatching value with its causes. `on_record` sees the golden model's records of each batch."""
     golden = IntegerModel(graph)
-    sess = _session(graph, threads)
-    names = [o.name for o in sess.get_outputs()]
     scale = 2.0 ** graph.q[graph.output].exponent
     mismatches: dict[str, int] = {}
     values = same_class = correct = 0
-    t_onnx = t_golden = 0.0
+    t_consumer = t_golden = 0.0
     for i in range(0, len(images), batch):
         x = images[i : i + batch]
         t0 = time.perf_counter()
-        outs = dict(zip(names, sess.run(None, {INPUT: x}), strict=True))
+        outs = run(x)
         t1 = time.perf_counter()
         record: dict[str, torch.Tensor] = {}
         logits = golden.run(torch.from_numpy(x), record).numpy()
         t_golden += time.perf_counter() - t1
-        t_onnx += t1 - t0
-        got = {OUTPUT: outs[OUTPUT] / scale, **{v: outs[v] for v in names if v != OUTPUT}}
-        want = {OUTPUT: logits, **{v: record[v].numpy() for v in names if v != OUTPUT}}
+        t_consumer += t1 - t0
+        if on_record is not None:
+            on_record(record)
+        got = {OUTPUT: outs[OUTPUT] / scale, **{v: o for v, o in outs.items() if v != OUTPUT}}
+        want = {OUTPUT: logits, **{v: record[v].numpy() for v in outs if v != OUTPUT}}
         for v in got:
             bad = int((got[v] != want[v]).sum())
             if bad:
@@ -87,23 +119,102 @@ def check_onnx(graph: Graph, images: np.ndarray, labels: np.ndarray, batch: int 
     bad_values = set(mismatches)
     kinds = []
     for v, count in mismatches.items():
-        causes = _causes(graph, golden, graph.output if v == OUTPUT else v, bad_values)
+        value = graph.output if v == OUTPUT else v
+        causes = _causes(graph, golden, value, bad_values, saturating or {}, consumer)
         kinds.append({"value": v, "mismatches": count, "causes": causes or ["unexplained"]})
     return {
-        "consumer": "onnxruntime",
+        "consumer": consumer,
         "images": len(images),
         "compared_values": values,
         "mismatches": sum(mismatches.values()),
         "mismatch_rate": sum(mismatches.values()) / max(1, values),
         "logit_mismatches": mismatches.get(OUTPUT, 0),
         "class_agreement": same_class / max(1, len(images)),
-        "onnx_accuracy": correct / max(1, len(images)),
+        "accuracy": correct / max(1, len(images)),
         "mismatch_kinds": kinds,
         "unexplained": sum(k["mismatches"] for k in kinds if k["causes"] == ["unexplained"]),
         "rounding": graph.rounding.label,
-        "onnx_seconds": t_onnx,
+        "cpu": this_cpu(),
+        "consumer_seconds": t_consumer,
         "golden_seconds": t_golden,
     }
+
+
+def check_onnx(
+    graph: Graph,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch: int = 500,
+    threads: int = 0,
+    weights: str = WEIGHTS_UINT8,
+) -> dict:
+    """onnxruntime against the golden model on uint8 images (N, C, H, W); threads 0: onnxruntime's default;
+    weights: the exported weight type (potq.deploy.formats.WEIGHT_FORMS). The saturation model's
+    prediction for an x86-64 CPU without VNNI is counted on the same images."""
+    sess, model = _session(graph, threads, weights)
+    names = [o.name for o in sess.get_outputs()]
+    saturating: dict[str, int] = {}
+
+    def count(record: dict[str, torch.Tensor]) -> None:
+        for node, p in predict(model, record).items():
+            saturating[node] = saturating.get(node, 0) + p["saturating_dot_products"]
+
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(names, sess.run(None, {INPUT: x}), strict=True))
+
+    r = _compare(graph, "onnxruntime", run, images, labels, batch, count, saturating)
+    r["avx2_saturating_dot_products"] = {k: v for k, v in saturating.items() if v}
+    r["weights"], r["onnx_accuracy"], r["onnx_seconds"] = weights, r["accuracy"], r["consumer_seconds"]
+    return r
+
+
+TVM_EXTRA = "tvm"  # pip install 'potq[tvm]': apache-tvm from PyPI
+TVM_TARGET = "llvm"
+
+
+def require_tvm():
+    """The tvm package, or one line naming the extra to install."""
+    try:
+        import tvm
+        from tvm.relax.frontend.onnx import from_onnx  # noqa: F401
+    except ImportError:
+        raise UserError(f"the TVM check needs apache-tvm: pip install 'potq[{TVM_EXTRA}]'") from None
+    return tvm
+
+
+def _tvm_module(graph: Graph, batch: int, weights: str = WEIGHTS_UINT8):
+    """model.onnx (every quantized value an output) imported by TVM's Relax ONNX frontend and built for
+    llvm with a fixed batch; a function of uint8 images (batch, C, H, W) -> every output by name."""
+    tvm = require_tvm()
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = to_onnx(graph, intermediates=True, weights=weights)
+    names = [o.name for o in model.graph.output]
+    mod = from_onnx(model, shape_dict={INPUT: [batch, *graph.shapes[graph.input]]}, keep_params_in_input=False)
+    mod = relax.transform.LegalizeOps()(relax.transform.DecomposeOpsForInference()(mod))
+    vm = relax.VirtualMachine(relax.build(mod, target=TVM_TARGET), tvm.cpu())
+
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(x)
+        if n < batch:  # the last images, padded to the built batch
+            x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
+        outs = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x)))
+        return {v: o.numpy()[:n] for v, o in zip(names, outs, strict=True)}
+
+    return run
+
+
+def check_tvm(graph: Graph, images: np.ndarray, labels: np.ndarray, batch: int = 250) -> dict:
+    """TVM (Relax ONNX frontend, built for llvm) on the exported model.onnx against the golden model, as
+    the onnxruntime check: every quantized value, the logits, with their causes."""
+    batch = max(1, min(batch, len(images)))
+    t0 = time.perf_counter()
+    run = _tvm_module(graph, batch)
+    build_seconds = time.perf_counter() - t0
+    tvm = require_tvm()
+    r = _compare(graph, "TVM", run, images, labels, batch)
+    return {**r, "tvm_version": tvm.__version__, "target": TVM_TARGET, "build_seconds": build_seconds}
 
 
 def find_compiler() -> str | None:
@@ -167,8 +278,11 @@ def check_run(
     cache=None,
     c_vectors: int = 200,
     skipped: dict[str, str] | None = None,
+    onnx_weights: str = WEIGHTS_UINT8,
+    tvm: bool = False,
+    tvm_images: int = 100,
 ) -> dict:
-    """The consumers' checks of a run's quantized model (`potq verify --onnx/--c`, `potq run`'s deploy
+    """The consumers' checks of a run's quantized model (`potq verify --onnx/--c/--tvm`, `potq run`'s deploy
     step), saved as deploy_<label>.json for the report's Deployment section; `skipped`: the checks this
     machine can't run, and why."""
     from potq.data import load_dataset
@@ -178,19 +292,28 @@ def check_run(
 
     if c_vectors < 1:
         raise UserError(f"--c-vectors must be at least 1, got {c_vectors}")
+    if tvm_images < 1:
+        raise UserError(f"--tvm-images must be at least 1, got {tvm_images}")
     run = Path(run)
     path = deploy_json(run, name)
     result = read_json(path) if path.exists() else {"label": name}
-    if onnx or c:
+    if onnx or c or tvm:
         graph, cfg = load_quantized(run, name)
         if c:
             compiler()  # before the long ONNX check: is there a compiler at all?
         if onnx:
-            _session(graph)
+            _session(graph, weights=onnx_weights)
+        if tvm:
+            require_tvm()
         ds = load_dataset(data or cfg.data, cache)
         images, labels = np.array(ds.test_x), np.array(ds.test_y)
         if onnx:
-            result["onnx"] = check_onnx(graph, images, labels)
+            result["onnx"] = check_onnx(graph, images, labels, weights=onnx_weights)
+        if tvm:  # TVM's untuned llvm build runs a few images per second: the class-spread draw, as for C
+            from potq.export import vector_indices
+
+            picked = vector_indices(labels, min(tvm_images, len(labels)))
+            result["tvm"] = {**check_tvm(graph, images[picked], labels[picked]), "test_indices": picked.tolist()}
         if c:  # the class-spread test images that `potq export` draws as its vectors
             from potq.export import vector_indices
 
@@ -216,15 +339,25 @@ def available_formats() -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f != "onnx" or _have_onnx())
 
 
+def _have_tvm() -> bool:
+    try:
+        require_tvm()
+    except UserError:
+        return False
+    return True
+
+
 def deploy_checks(run: Path, name: str, cache=None) -> dict:
     """`potq run`'s deploy step: every consumer check this machine can run; what it can't, it says why."""
-    have_onnx, have_cc = _have_onnx(), find_compiler() is not None
+    have_onnx, have_cc, have_tvm = _have_onnx(), find_compiler() is not None, _have_onnx() and _have_tvm()
     skipped = {}
     if not have_onnx:
         skipped["onnx"] = f"onnx and onnxruntime are not installed (pip install 'potq[{EXTRA}]')"
     if not have_cc:
         skipped["c"] = "no C compiler (cc, gcc or clang) on PATH"
-    return check_run(run, name, have_onnx, have_cc, None, cache, skipped=skipped)
+    if not have_tvm:
+        skipped["tvm"] = f"apache-tvm is not installed (pip install 'potq[{TVM_EXTRA}]')"
+    return check_run(run, name, have_onnx, have_cc, None, cache, skipped=skipped, tvm=have_tvm)
 
 
 def deploy_summary(r: dict) -> list[str]:
@@ -237,6 +370,21 @@ def deploy_summary(r: dict) -> list[str]:
             f"the golden model ({o['mismatch_rate']:.2%}; logits {o['logit_mismatches']:,}), class agreement "
             f"{o['class_agreement']:.4f}, accuracy {o['onnx_accuracy']:.4f} on {o['images']:,} test images; "
             f"rounding {o['rounding']}" + ("" if not o["mismatches"] else f"; causes: {_causes_text(o)}")
+        )
+        if "weights" in o:  # written since the export's weight type became a choice
+            sat = sum(o["avx2_saturating_dot_products"].values())
+            lines.append(
+                f"ONNX weights {o['weights']}: on an x86-64 CPU without VNNI onnxruntime's kernels "
+                + (f"would get {sat:,} dot products wrong (int16 pair sums saturate)" if sat else "are exact")
+                + f" (potq.deploy.saturation); checked on {o['cpu']['model']} ({', '.join(o['cpu']['flags'])})"
+            )
+    if "tvm" in r:
+        t = r["tvm"]
+        lines.append(
+            f"TVM {t['tvm_version']} (Relax ONNX frontend, {t['target']}): {t['mismatches']:,} of "
+            f"{t['compared_values']:,} values differ from the golden model (logits {t['logit_mismatches']:,}), "
+            f"class agreement {t['class_agreement']:.4f} on {t['images']:,} test images; rounding {t['rounding']}"
+            + ("" if not t["mismatches"] else f"; causes: {_causes_text(t)}")
         )
     if "c" in r:
         c = r["c"]

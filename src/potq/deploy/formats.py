@@ -10,6 +10,10 @@ from potq.errors import UserError
 #   onnx: model.onnx, power-of-two QDQ (needs the onnx extra)
 FORMATS = ("hw", "c", "onnx")
 FORMAT_CHOICES = (*FORMATS, "all")
+# model.onnx's stored weight type: uint8 (w + 128, zero point 128; exact in onnxruntime on every CPU, see
+# potq.deploy.saturation) or int8 (zero point 0; its int16 pair sums saturate on x86-64 without VNNI)
+WEIGHTS_UINT8, WEIGHTS_INT8 = "uint8", "int8"
+WEIGHT_FORMS = (WEIGHTS_UINT8, WEIGHTS_INT8)
 
 
 def parse_formats(value: str) -> tuple[str, ...]:

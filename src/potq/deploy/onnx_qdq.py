@@ -1,8 +1,9 @@
 """The integer graph as a power-of-two QDQ ONNX model (opset 13), for onnxruntime, TVM and ONNX parsers.
 
 Standard QDQ form: every activation is a uint8 tensor with a scale 2^e and its zero point; each op runs
-between DequantizeLinear of its inputs and QuantizeLinear of its output. Weights are int8 initializers
-(zero point 0, per-channel along axis 0 where the scheme is), biases int32 at scale s_in * s_w. The
+between DequantizeLinear of its inputs and QuantizeLinear of its output. Weights are uint8 initializers
+holding w + 128 with zero point 128 (the default, WEIGHTS_UINT8) or int8 with zero point 0 (WEIGHTS_INT8,
+`--onnx-weights int8`); per-channel along axis 0 where the scheme is; biases int32 at scale s_in * s_w. The
 input is the uint8 image: normalization and input quantization are the graph's own lookup table (a
 Gather), so the model needs no preprocessing. The output `logits` is float: the last layer's int32
 accumulators times 2^e, exactly.
@@ -12,6 +13,14 @@ and every division by a scale is exact in float32 as long as the integers stay b
 activation clamp becomes Relu or Clip at a multiple of the output scale (exact too), and
 QuantizeLinear rounds half to even. So with `--rounding half-even` the model computes the golden
 model's integers wherever accumulators stay below 2^24; `potq verify --onnx` measures it.
+
+Why uint8 weights: onnxruntime fuses the QDQ groups into QLinearConv / QGemm, whose uint8 x int8 kernels
+on x86-64 without VNNI (AVX2, AVX-512 without VNNI) multiply with VPMADDUBSW, which sums pairs of
+u8 x s8 products into a saturating int16 (potq.deploy.saturation models it). With uint8 weights MLAS runs
+its U8U8 kernel there instead (both operands zero-extended to 16 bits, pairs summed by VPMADDWD into int32:
+no saturation), and on VNNI/AMX CPUs its uint8 x int8 GEMM (the weights xor 0x80 back to int8, exact
+int32 dot products) rather than the symmetric ConvSym kernel int8 weights take, at 0.38-0.82x the speed
+(benchmarks/RESULTS.md, section 13). The integers are the same; only the stored type and zero point differ.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from potq.deploy.formats import WEIGHT_FORMS, WEIGHTS_INT8, WEIGHTS_UINT8  # noqa: F401 (re-exported)
 from potq.errors import UserError
 from potq.ir.graph import Graph, Node, OpType, pair, weight_scale
 from potq.ir.io import tensor_name
@@ -28,6 +38,7 @@ OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear (13), Clip with min/max i
 EXTRA = "onnx"  # pip install 'potq[onnx]'
 INPUT = "image"
 OUTPUT = "logits"
+UINT8_WEIGHT_ZERO_POINT = 128
 
 
 def require_onnx():
@@ -42,9 +53,11 @@ def require_onnx():
 class Builder:
     """Collects nodes and initializers; one DequantizeLinear per quantized value, made on first use."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, weights: str = WEIGHTS_UINT8):
+        if weights not in WEIGHT_FORMS:
+            raise UserError(f"ONNX weights {weights!r}: choose from {', '.join(WEIGHT_FORMS)}")
         self.onnx = require_onnx()
-        self.graph = graph
+        self.graph, self.weights = graph, weights
         self.nodes: list = []
         self.inits: list = []
         self.dq: dict[str, str] = {}
@@ -119,7 +132,12 @@ def _mac(b: Builder, n: Node) -> None:
             **axis,
         )
 
-    weight = dq_tensor("weight", w, ws.astype(np.float32).reshape(shape), np.zeros(shape, np.int8))
+    w_scale = ws.astype(np.float32).reshape(shape)
+    if b.weights == WEIGHTS_UINT8:  # the same integers, stored shifted: w = (w + 128) - 128
+        stored = (w.astype(np.int16) + UINT8_WEIGHT_ZERO_POINT).astype(np.uint8)
+        weight = dq_tensor("weight", stored, w_scale, np.full(shape, UINT8_WEIGHT_ZERO_POINT, np.uint8))
+    else:
+        weight = dq_tensor("weight", w, w_scale, np.zeros(shape, np.int8))
     bias_scale = (ws * 2.0**q_in.exponent).astype(np.float32).reshape(shape)
     bias = dq_tensor("bias", n.tensors["bias"].numpy().astype(np.int32), bias_scale, np.zeros(shape, np.int32))
     x = b.dequantized(n.inputs[0])
@@ -171,10 +189,11 @@ ONNX_KERNELS: dict[OpType, Callable[[Builder, Node], None]] = {
 }
 
 
-def to_onnx(graph: Graph, intermediates: bool = False):
+def to_onnx(graph: Graph, intermediates: bool = False, weights: str = WEIGHTS_UINT8):
     """The QDQ ModelProto of a power-of-two integer graph, checked by onnx.checker (full check) and
-    shape inference. `intermediates`: every quantized value is a graph output too (for verification)."""
-    b = Builder(graph)
+    shape inference. `intermediates`: every quantized value is a graph output too (for verification);
+    `weights`: the stored weight type (WEIGHT_FORMS)."""
+    b = Builder(graph, weights)
     onnx, helper, TP = b.onnx, b.onnx.helper, b.onnx.TensorProto
     for n in graph.nodes:
         ONNX_KERNELS[n.op](b, n)
