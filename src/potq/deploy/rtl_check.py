@@ -1,0 +1,173 @@
+"""Does the RTL compute the golden model's integers? Every node of every test vector runs through potq's
+accelerator (potq.deploy.rtl: PPU, PE, output-stationary array, vector unit) under Verilator, and each output
+value is compared with the golden model's. Each node reads the golden values of its inputs, so a mismatch is
+the node's own (never inherited). A mismatching value gets one cause, from the node's exact accumulator
+(recomputed here in int64/float64 from the golden inputs): outside the clamp, rounded by another rule (or
+truncated toward zero), a tie rounded the other way, off by more, or, for nodes without a rounding shift,
+a wrong value. Cycles per node are Verilator's count; `predicted_cycles` is the closed form
+(potq.deploy.rtl.program.rtl_cycles) and must equal it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from potq.deploy.rtl import build_sim
+from potq.deploy.rtl.program import build_program, rtl_cycles, write_image, write_program
+from potq.errors import UserError
+from potq.golden import IntegerModel
+from potq.ir.arith import shift_round
+from potq.ir.graph import Graph, Node, OpType, _pair
+from potq.ir.rules import Rounding
+
+
+def parse_array(text: str) -> tuple[int, int]:
+    """--array RxC (each 1..64)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
+    if m is None or not all(1 <= int(v) <= 64 for v in m.groups()):
+        raise UserError(f"--array {text!r}: give rows x columns, each from 1 to 64, e.g. 16x16")
+    return int(m.group(1)), int(m.group(2))
+
+
+def accumulator(graph: Graph, n: Node, xs: list[torch.Tensor]) -> torch.Tensor | None:
+    """A requantizing node's exact accumulator (int64), from its golden inputs; None for the others."""
+    q = graph.q
+    if n.op in (OpType.CONV, OpType.LINEAR):
+        x = (xs[0].to(torch.float64) - q[n.inputs[0]].zero_point)
+        w, b = n.tensors["weight"].to(torch.float64), n.tensors["bias"].to(torch.float64)
+        if n.op is OpType.LINEAR:
+            return F.linear(x.flatten(1), w, b).to(torch.int64)  # exact: |acc| < 2^31 < 2^53
+        a = n.attrs
+        return F.conv2d(x, w, b, tuple(_pair(a["stride"])), tuple(_pair(a["padding"])), 1, a["groups"]).to(torch.int64)
+    if n.op is OpType.ADD:
+        align = n.tensors["align"].tolist()
+        return sum((x.to(torch.int64) - q[v].zero_point) << int(s) for x, v, s in zip(xs, n.inputs, align, strict=True))
+    if n.op is OpType.AVGPOOL:
+        a = n.attrs
+        x = xs[0].to(torch.float64) - q[n.inputs[0]].zero_point
+        k, s, p = (tuple(_pair(a[key])) for key in ("kernel", "stride", "padding"))
+        return F.avg_pool2d(x, k, s, p, divisor_override=1).to(torch.int64)
+    return None
+
+
+def causes(graph: Graph, n: Node, xs: list[torch.Tensor], got: torch.Tensor, want: torch.Tensor) -> dict[str, int]:
+    """Each mismatching value of node n's output (got against want, one image) counted under one cause."""
+    bad = got != want
+    acc = accumulator(graph, n, xs)
+    q = graph.q[n.output]
+    if acc is None or q.bits == 32:
+        what = "the int32 accumulator differs (MAC, bias or drain: no rounding involved)" if q.bits == 32 else (
+            f"a wrong value ({n.op.value} moves codes: no arithmetic involved)")
+        return {what: int(bad.sum())}
+    acc = acc[0]
+    shift = n.tensors["shift"].to(torch.int64)
+    shift = shift.view(-1, *[1] * (acc.dim() - 1)) if shift.numel() > 1 else shift.reshape(())
+    s = shift.clamp(min=0)
+
+    def finish(r):
+        return (r + q.zero_point).clamp(q.lo, q.hi)
+
+    rule = Rounding.of(graph.rounding)
+    labelled = [(f"rounds as {r.label}, the model {rule.label}", finish(shift_round(acc, shift, r)))
+                for r in Rounding if r is not rule]
+    trunc = torch.where(acc < 0, -((-acc) >> s), acc >> s)
+    labelled.append(("truncates toward zero instead of rounding", finish(torch.where(shift < 0, acc << (-shift).clamp(min=0), trunc))))
+    tie = (s > 0) & ((acc & ((1 << s) - 1)) == (1 << (s - 1).clamp(min=0)))
+    out = {}
+    left = bad.clone()
+    checks = [(f"outside the clamp [{q.lo}, {q.hi}]", (got < q.lo) | (got > q.hi))]
+    checks += [(label, got == cand) for label, cand in labelled]
+    checks += [("a tie rounded the other way", tie & ((got - want).abs() == 1)), ("off by one, not at a tie", (got - want).abs() == 1)]
+    for label, hit in checks:
+        count = int((left & hit).sum())
+        if count:
+            out[label] = count
+            left &= ~hit
+    if int(left.sum()):
+        out["off by more than one"] = int(left.sum())
+    return out
+
+
+LINE = re.compile(r"img (\d+) desc (\d+) cycles (\d+) mismatches (\d+)")
+
+
+def run_sim(exe: Path, folder: Path, images: int, descriptors: int, rounding: Rounding) -> list[tuple[int, ...]]:
+    """Run the Verilator model over a written program; (image, descriptor, cycles, mismatches) per line."""
+    r = subprocess.run([str(exe), f"+dir={folder}", str(images), str(descriptors), str(int(rounding))],
+                       capture_output=True, text=True)
+    rows = [tuple(int(v) for v in m.groups()) for m in LINE.finditer(r.stdout)]
+    if r.returncode or len(rows) != images * descriptors:
+        raise RuntimeError(f"the RTL simulation stopped (exit {r.returncode}): {(r.stderr or r.stdout)[-2000:]}")
+    return rows
+
+
+def check_rtl(graph: Graph, images: np.ndarray, rows: int = 16, cols: int = 16, ppu: Path | None = None,
+              pe: Path | None = None) -> dict:
+    """Every node of every image (uint8, (N, C, H, W)) through the RTL against the golden model."""
+    t0 = time.perf_counter()
+    exe, built = build_sim(rows, cols, ppu, pe)
+    t_build = time.perf_counter() - t0
+    golden = IntegerModel(graph)
+    record: dict[str, torch.Tensor] = {}
+    golden.run(torch.from_numpy(np.ascontiguousarray(images)), record)
+    record[graph.input] = torch.from_numpy(np.ascontiguousarray(images)).to(torch.int32)
+    prog = build_program(graph)
+    with tempfile.TemporaryDirectory(prefix="potq-rtl-") as tmp:
+        folder = Path(tmp)
+        write_program(prog, folder)
+        for k in range(len(images)):
+            write_image(graph, prog, {v: t[k].numpy() for v, t in record.items()}, folder, k)
+        t1 = time.perf_counter()
+        lines = run_sim(exe, folder, len(images), len(prog.desc), Rounding.of(graph.rounding))
+        t_sim = time.perf_counter() - t1
+        nodes = _per_node(graph, prog, lines, record, folder, rows, cols)
+    bad = sum(n["mismatches"] for n in nodes)
+    return {
+        "consumer": "RTL (Verilator)",
+        "array": f"{rows}x{cols}",
+        "ppu": str(ppu) if ppu else "potq_ppu.sv",
+        "pe": str(pe) if pe else "potq_pe.sv",
+        "rounding": graph.rounding,
+        "images": len(images),
+        "compared_values": sum(n["values"] for n in nodes),
+        "mismatches": bad,
+        "mismatching_nodes": [n for n in nodes if n["mismatches"]],
+        "cycles_per_image": sum(n["cycles"] for n in nodes),
+        "predicted_cycles_per_image": sum(n["predicted_cycles"] for n in nodes),
+        "nodes": nodes,
+        "build_seconds": t_build if built else 0.0,
+        "simulation_seconds": t_sim,
+    }
+
+
+def _per_node(graph, prog, lines, record, folder: Path, rows: int, cols: int) -> list[dict]:
+    nodes = {n.name: n for n in graph.nodes}
+    out: dict[str, dict] = {}
+    for img, d, cycles, bad in lines:
+        name = prog.node_of[d]
+        n = nodes[name]
+        e = out.setdefault(name, {"node": name, "op": n.op.value, "values": 0, "mismatches": 0, "causes": {},
+                                  "cycles": 0, "predicted_cycles": 0})
+        if img == 0:
+            e["cycles"] += cycles
+            e["predicted_cycles"] += rtl_cycles(prog.desc[d], rows, cols)
+        if prog.desc[d].get("CHK_SIZE", 0) == 0:
+            continue
+        e["values"] += prog.desc[d]["CHK_SIZE"]
+        if bad:
+            e["mismatches"] += bad
+            want = record[n.output][img].to(torch.int64)
+            raw = np.array([int(x, 16) for x in (folder / f"out_img{img}_d{d}.hex").read_text().split()
+                            if not x.startswith("@")], dtype=np.int64)
+            got = torch.from_numpy(np.where(raw >= 1 << 31, raw - (1 << 32), raw)).view(want.shape)
+            xs = [record[v][img : img + 1] for v in n.inputs]
+            for cause, count in causes(graph, n, xs, got, want).items():
+                e["causes"][cause] = e["causes"].get(cause, 0) + count
+    return list(out.values())
