@@ -80,6 +80,9 @@ def causes(graph: Graph, n: Node, xs: list[torch.Tensor], got: torch.Tensor, wan
     trunc = torch.where(acc < 0, -((-acc) >> s), acc >> s)
     labelled.append(("truncates toward zero instead of rounding", finish(torch.where(shift < 0, acc << (-shift).clamp(min=0), trunc))))
     tie = (s > 0) & ((acc & ((1 << s) - 1)) == (1 << (s - 1).clamp(min=0)))
+    for label, cand in labelled:  # one rule that explains every mismatch of the node names them all
+        if bool((got[bad] == cand[bad]).all()):
+            return {label: int(bad.sum())}
     out = {}
     left = bad.clone()
     checks = [(f"outside the clamp [{q.lo}, {q.hi}]", (got < q.lo) | (got > q.hi))]
@@ -171,3 +174,53 @@ def _per_node(graph, prog, lines, record, folder: Path, rows: int, cols: int) ->
             for cause, count in causes(graph, n, xs, got, want).items():
                 e["causes"][cause] = e["causes"].get(cause, 0) + count
     return list(out.values())
+
+
+def sweep_cases(seed: int = 0) -> np.ndarray:
+    """The PPU's edge cases (acc, shift, zp, lo, hi, requant): every shift from -32 to SHIFT_CAP and beyond,
+    accumulators at the int32 edges, at ties and next to them (both signs), and random ones."""
+    from potq.ir.rules import INT32_MAX, SHIFT_CAP
+
+    rng = np.random.default_rng(seed)
+    lo32, hi32 = -INT32_MAX - 1, INT32_MAX
+    rows = []
+    for s in [*range(-32, SHIFT_CAP + 1), SHIFT_CAP + 1, 100, 127, -128]:
+        accs = {lo32, lo32 + 1, lo32 + 2, -2, -1, 0, 1, 2, hi32 - 1, hi32}
+        if 1 <= s <= 31:
+            for k in (-(1 << (31 - s)), -3, -2, -1, 0, 1, 2, 3, (1 << (31 - s)) - 1):
+                tie = k * (1 << s) + (1 << (s - 1))
+                accs.update(t for t in (tie - 1, tie, tie + 1, -tie, -tie - 1, -tie + 1) if lo32 <= t <= hi32)
+        accs.update(int(v) for v in rng.integers(lo32, hi32 + 1, 20))
+        accs.update(int(v) for v in rng.integers(-(1 << 12), 1 << 12, 20))
+        for a in sorted(accs):
+            zp = int(rng.choice([0, 128, int(rng.integers(0, 256))]))
+            lo, hi = sorted(int(v) for v in rng.integers(0, 256, 2)) if rng.random() < 0.3 else (0, 255)
+            rows.append((a, s, zp, lo, hi, int(rng.random() < 0.9)))
+    return np.array(rows, dtype=np.int64)
+
+
+def ppu_sweep(ppu: Path | None = None) -> dict:
+    """Run the edge cases through potq_shift_round and the PPU (potq's, or `ppu`) under each rounding rule;
+    count the results that differ from potq.ir.arith.shift_round (then + zp, clamp; or the accumulator
+    itself when requant = 0)."""
+    exe, _ = build_sim(0, 0, ppu=ppu, sweep=True)
+    cases = sweep_cases()
+    text = "\n".join(" ".join(str(int(v)) for v in row) for row in cases) + "\n"
+    r = subprocess.run([str(exe)], input=text, capture_output=True, text=True)
+    out = np.array([[int(v) for v in line.split()] for line in r.stdout.splitlines()], dtype=np.int64)
+    if r.returncode or out.shape != (len(cases), 2 * len(Rounding)):
+        raise RuntimeError(f"the PPU sweep stopped (exit {r.returncode}): {r.stderr[-2000:]}")
+    acc, shift = torch.from_numpy(cases[:, 0]), torch.from_numpy(cases[:, 1])
+    zp, lo, hi, requant = (torch.from_numpy(cases[:, i]) for i in (2, 3, 4, 5))
+    result = {"cases": len(cases)}
+    for rule in Rounding:
+        want_r = shift_round(acc, shift.clamp(min=-31), rule)  # left shifts past 31 only saturate the clamp
+        code = torch.maximum(torch.minimum(want_r + zp, hi), lo)
+        # exactly: a nonzero int32 shifted left 32 bits or more lies beyond every code (int64 can't hold it)
+        code = torch.where((shift < -31) & (acc != 0), torch.where(acc > 0, hi, lo), code)
+        want_y = torch.where(requant == 1, code, acc)
+        result[rule.label] = {
+            "shifter_mismatches": int((torch.from_numpy(out[:, int(rule)]) != want_r).sum()),
+            "ppu_mismatches": int((torch.from_numpy(out[:, len(Rounding) + int(rule)]) != want_y).sum()),
+        }
+    return result
