@@ -22,7 +22,7 @@ SOURCES = ("potq_ppu.sv", "potq_pe.sv", "potq_array_os.sv", "potq_core.sv")  # t
 TB = ("potq_tb.sv", "tb_main.cpp")  # the simulation top and its C++ driver
 SWEEP = ("potq_ppu_sweep.sv", "ppu_sweep.cpp")  # the PPU's edge-sweep harness
 PACKAGE = "verilator"  # Debian's package
-LINT = ("-Wall", "-Wno-DECLFILENAME", "-Wno-UNUSEDSIGNAL", "-Wno-UNUSEDPARAM", "-Wno-UNOPTFLAT", "-Wno-BLKSEQ")
+LINT = ("-Wall", "-Wno-DECLFILENAME", "-Wno-UNUSEDSIGNAL", "-Wno-UNUSEDPARAM", "-Wno-BLKSEQ")
 
 
 def source_text(name: str) -> str:

@@ -49,6 +49,10 @@ module potq_core import potq_pkg::*; #(
   assign taps = d[D_KH] * d[D_KW];
   assign done = state == FIN;
 
+  // the input node's table entry: lut[channel][pixel]
+  logic [31:0] lut_addr;
+  assign lut_addr = 32'(d[D_WB] + (idx / (plane_in == 0 ? 1 : plane_in)) * 256 + (v_data[0] & 255));
+
   // ---- feeders: im2col addresses, zero point, padding, skew ----
   logic signed [CODE_W:0] x_now[R], x_left[R], xsk[R][R];
   logic signed [CODE_W-1:0] w_now[C], w_top[C], wsk[C][C];
@@ -64,8 +68,9 @@ module potq_core import potq_pkg::*; #(
       iw = ow * d[D_SW] - d[D_PW] + kw;
       ok = state == FEED && t < k_len && m < m_len && ih >= 0 && ih < d[D_H] && iw >= 0 && iw < d[D_W];
       x_addr[i] = ok ? 32'(d[D_IN0] + (g * cin_g + ci) * plane_in + ih * d[D_W] + iw) : 32'(d[D_IN0]);
-      x_now[i] = ok ? (CODE_W+1)'(x_data[i] - d[D_ZP0]) : '0;  // padding: zp_in in code space, 0 here
     end
+    // (address and data in separate blocks: no combinational loop through the memory)
+    assign x_now[i] = ok ? (CODE_W+1)'(x_data[i] - d[D_ZP0]) : '0;  // padding: zp_in in code space, 0 here
     if (i == 0) begin : g_noskew
       assign x_left[0] = x_now[0];
     end else begin : g_skew
@@ -80,10 +85,10 @@ module potq_core import potq_pkg::*; #(
     logic ok;
     always_comb begin
       ok = state == FEED && t < k_len && n0 + j < n_g;
-      w_addr[j] = state == VEC ? 32'(d[D_WB] + (idx / (plane_in == 0 ? 1 : plane_in)) * 256 + (v_data[0] & 255))
-                : ok ? 32'(d[D_WB] + (g * n_g + n0 + j) * k_len + t) : 32'(d[D_WB]);
-      w_now[j] = ok ? w_data[j] : '0;
+      w_addr[j] = ok ? 32'(d[D_WB] + (g * n_g + n0 + j) * k_len + t) : 32'(d[D_WB]);
+      if (j == 0 && state == VEC) w_addr[j] = lut_addr;
     end
+    assign w_now[j] = ok ? w_data[j] : '0;
     if (j == 0) begin : g_noskew
       assign w_top[0] = w_now[0];
     end else begin : g_skew
@@ -119,6 +124,8 @@ module potq_core import potq_pkg::*; #(
     v_addr[1] = 32'(d[D_IN1] + idx);
     if (d[D_OP] == OP_MAXPOOL || d[D_OP] == OP_AVGPOOL)
       v_addr[0] = vin ? 32'(d[D_IN0] + vc * plane_in + vih * d[D_W] + viw) : 32'(d[D_IN0]);
+  end
+  always_comb begin
     vcur = vin ? v_data[0] : -1;  // every code is >= 0: -1 never wins the max (padding never wins)
     vmax = vtap == 0 || vcur > acc_r ? vcur : acc_r;
     vsum = (vtap == 0 ? 0 : acc_r) + (vin ? v_data[0] - d[D_ZP0] : 0);
@@ -152,9 +159,11 @@ module potq_core import potq_pkg::*; #(
       ok = state == DRAIN && n0 + j < n_g && m < m_len;
       b_addr[j] = 32'(d[D_BB] + (ok ? ch : 0));
       s_addr[j] = 32'(d[D_SB] + (ok && d[D_SHIFT_PER_CH] != 0 ? ch : 0));
+      o_addr[j] = j == 0 && state == VEC ? 32'(d[D_OUT] + idx) : 32'(d[D_OUT] + ch * m_len + m);
+    end
+    always_comb begin
       sh = s_data[j] > 127 ? 8'sd127 : s_data[j] < -128 ? -8'sd128 : SHIFT_W'(s_data[j]);
       acc = j == 0 && state == VEC ? v_acc : acc_bottom[j] + b_data[j];
-      o_addr[j] = j == 0 && state == VEC ? 32'(d[D_OUT] + idx) : 32'(d[D_OUT] + ch * m_len + m);
       we[j] = ok || (j == 0 && state == VEC && vlast_tap);
       o_data[j] = j == 0 && state == VEC && !v_ppu ? v_out : y[rounding];
     end
