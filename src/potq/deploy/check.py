@@ -211,8 +211,9 @@ def _have_onnx() -> bool:
 
 
 def available_formats() -> tuple[str, ...]:
-    """What `potq run` exports: every format whose library is installed."""
-    return tuple(f for f in FORMATS if f != "onnx" or _have_onnx())
+    """What `potq run` exports: every format whose library is installed (rtl only on request: its memory
+    images hold every value of every vector)."""
+    return tuple(f for f in FORMATS if f != "rtl" and (f != "onnx" or _have_onnx()))
 
 
 def deploy_checks(run: Path, name: str, cache=None) -> dict:
