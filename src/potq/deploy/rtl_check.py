@@ -40,7 +40,7 @@ def accumulator(graph: Graph, n: Node, xs: list[torch.Tensor]) -> torch.Tensor |
     """A requantizing node's exact accumulator (int64), from its golden inputs; None for the others."""
     q = graph.q
     if n.op in (OpType.CONV, OpType.LINEAR):
-        x = (xs[0].to(torch.float64) - q[n.inputs[0]].zero_point)
+        x = xs[0].to(torch.float64) - q[n.inputs[0]].zero_point
         w, b = n.tensors["weight"].to(torch.float64), n.tensors["bias"].to(torch.float64)
         if n.op is OpType.LINEAR:
             return F.linear(x.flatten(1), w, b).to(torch.int64)  # exact: |acc| < 2^31 < 2^53
@@ -63,8 +63,11 @@ def causes(graph: Graph, n: Node, xs: list[torch.Tensor], got: torch.Tensor, wan
     acc = accumulator(graph, n, xs)
     q = graph.q[n.output]
     if acc is None or q.bits == 32:
-        what = "the int32 accumulator differs (MAC, bias or drain: no rounding involved)" if q.bits == 32 else (
-            f"a wrong value ({n.op.value} moves codes: no arithmetic involved)")
+        what = (
+            "the int32 accumulator differs (MAC, bias or drain: no rounding involved)"
+            if q.bits == 32
+            else (f"a wrong value ({n.op.value} moves codes: no arithmetic involved)")
+        )
         return {what: int(bad.sum())}
     acc = acc[0]
     shift = n.tensors["shift"].to(torch.int64)
@@ -75,10 +78,18 @@ def causes(graph: Graph, n: Node, xs: list[torch.Tensor], got: torch.Tensor, wan
         return (r + q.zero_point).clamp(q.lo, q.hi)
 
     rule = Rounding.of(graph.rounding)
-    labelled = [(f"rounds as {r.label}, the model {rule.label}", finish(shift_round(acc, shift, r)))
-                for r in Rounding if r is not rule]
+    labelled = [
+        (f"rounds as {r.label}, the model {rule.label}", finish(shift_round(acc, shift, r)))
+        for r in Rounding
+        if r is not rule
+    ]
     trunc = torch.where(acc < 0, -((-acc) >> s), acc >> s)
-    labelled.append(("truncates toward zero instead of rounding", finish(torch.where(shift < 0, acc << (-shift).clamp(min=0), trunc))))
+    labelled.append(
+        (
+            "truncates toward zero instead of rounding",
+            finish(torch.where(shift < 0, acc << (-shift).clamp(min=0), trunc)),
+        )
+    )
     tie = (s > 0) & ((acc & ((1 << s) - 1)) == (1 << (s - 1).clamp(min=0)))
     for label, cand in labelled:  # one rule that explains every mismatch of the node names them all
         if bool((got[bad] == cand[bad]).all()):
@@ -87,7 +98,10 @@ def causes(graph: Graph, n: Node, xs: list[torch.Tensor], got: torch.Tensor, wan
     left = bad.clone()
     checks = [(f"outside the clamp [{q.lo}, {q.hi}]", (got < q.lo) | (got > q.hi))]
     checks += [(label, got == cand) for label, cand in labelled]
-    checks += [("a tie rounded the other way", tie & ((got - want).abs() == 1)), ("off by one, not at a tie", (got - want).abs() == 1)]
+    checks += [
+        ("a tie rounded the other way", tie & ((got - want).abs() == 1)),
+        ("off by one, not at a tie", (got - want).abs() == 1),
+    ]
     for label, hit in checks:
         count = int((left & hit).sum())
         if count:
@@ -103,16 +117,18 @@ LINE = re.compile(r"img (\d+) desc (\d+) cycles (\d+) mismatches (\d+)")
 
 def run_sim(exe: Path, folder: Path, images: int, descriptors: int, rounding: Rounding) -> list[tuple[int, ...]]:
     """Run the Verilator model over a written program; (image, descriptor, cycles, mismatches) per line."""
-    r = subprocess.run([str(exe), f"+dir={folder}", str(images), str(descriptors), str(int(rounding))],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [str(exe), f"+dir={folder}", str(images), str(descriptors), str(int(rounding))], capture_output=True, text=True
+    )
     rows = [tuple(int(v) for v in m.groups()) for m in LINE.finditer(r.stdout)]
     if r.returncode or len(rows) != images * descriptors:
         raise RuntimeError(f"the RTL simulation stopped (exit {r.returncode}): {(r.stderr or r.stdout)[-2000:]}")
     return rows
 
 
-def check_rtl(graph: Graph, images: np.ndarray, rows: int = 16, cols: int = 16, ppu: Path | None = None,
-              pe: Path | None = None) -> dict:
+def check_rtl(
+    graph: Graph, images: np.ndarray, rows: int = 16, cols: int = 16, ppu: Path | None = None, pe: Path | None = None
+) -> dict:
     """Every node of every image (uint8, (N, C, H, W)) through the RTL against the golden model."""
     t0 = time.perf_counter()
     exe, built = build_sim(rows, cols, ppu, pe)
@@ -156,8 +172,18 @@ def _per_node(graph, prog, lines, record, folder: Path, rows: int, cols: int) ->
     for img, d, cycles, bad in lines:
         name = prog.node_of[d]
         n = nodes[name]
-        e = out.setdefault(name, {"node": name, "op": n.op.value, "values": 0, "mismatches": 0, "causes": {},
-                                  "cycles": 0, "predicted_cycles": 0})
+        e = out.setdefault(
+            name,
+            {
+                "node": name,
+                "op": n.op.value,
+                "values": 0,
+                "mismatches": 0,
+                "causes": {},
+                "cycles": 0,
+                "predicted_cycles": 0,
+            },
+        )
         if img == 0:
             e["cycles"] += cycles
             e["predicted_cycles"] += rtl_cycles(prog.desc[d], rows, cols)
@@ -167,8 +193,10 @@ def _per_node(graph, prog, lines, record, folder: Path, rows: int, cols: int) ->
         if bad:
             e["mismatches"] += bad
             want = record[n.output][img].to(torch.int64)
-            raw = np.array([int(x, 16) for x in (folder / f"out_img{img}_d{d}.hex").read_text().split()
-                            if not x.startswith("@")], dtype=np.int64)
+            raw = np.array(
+                [int(x, 16) for x in (folder / f"out_img{img}_d{d}.hex").read_text().split() if not x.startswith("@")],
+                dtype=np.int64,
+            )
             got = torch.from_numpy(np.where(raw >= 1 << 31, raw - (1 << 32), raw)).view(want.shape)
             xs = [record[v][img : img + 1] for v in n.inputs]
             for cause, count in causes(graph, n, xs, got, want).items():
@@ -226,8 +254,16 @@ def ppu_sweep(ppu: Path | None = None) -> dict:
     return result
 
 
-def check_rtl_run(run: Path, name: str, array: str = "16x16", ppu: Path | None = None, pe: Path | None = None,
-                  vectors: int = 2, data: str | None = None, cache=None) -> dict:
+def check_rtl_run(
+    run: Path,
+    name: str,
+    array: str = "16x16",
+    ppu: Path | None = None,
+    pe: Path | None = None,
+    vectors: int = 2,
+    data: str | None = None,
+    cache=None,
+) -> dict:
     """`potq verify --rtl`: check_rtl on `vectors` test images drawn across the classes as `potq export` draws
     its vectors; saved under "rtl" in deploy_<label>.json."""
     from potq.data import load_dataset

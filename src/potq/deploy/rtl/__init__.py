@@ -32,11 +32,15 @@ def source_text(name: str) -> str:
 def verilator() -> str:
     exe = shutil.which("verilator")
     if exe is None:
-        raise UserError(f"the RTL check needs Verilator: install Debian's package `{PACKAGE}` (apt-get install {PACKAGE})")
+        raise UserError(
+            f"the RTL check needs Verilator: install Debian's package `{PACKAGE}` (apt-get install {PACKAGE})"
+        )
     return exe
 
 
-def rtl_sources(folder: Path, ppu: Path | None = None, pe: Path | None = None, extra: tuple[str, ...] = TB) -> list[Path]:
+def rtl_sources(
+    folder: Path, ppu: Path | None = None, pe: Path | None = None, extra: tuple[str, ...] = TB
+) -> list[Path]:
     """Write potq_pkg.sv, the design (a user's PPU or PE file in place of potq's) and `extra` into folder."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []

@@ -56,7 +56,15 @@ def _desc(graph: Graph, p: Program, n: Node) -> list[dict[str, int]]:
     c, h, w = _chw(graph, n.inputs[0])
     o, oh, ow = _chw(graph, out)
     d = {"IN0": p.base[n.inputs[0]], "OUT": p.base[out], "C": c, "H": h, "W": w, "O": o, "OH": oh, "OW": ow}
-    d.update(G=1, KH=1, KW=1, SH=1, SW=1, ZP0=graph.q[n.inputs[0]].zero_point if n.inputs[0] in graph.q else 0, SIZE=o * oh * ow)
+    d.update(
+        G=1,
+        KH=1,
+        KW=1,
+        SH=1,
+        SW=1,
+        ZP0=graph.q[n.inputs[0]].zero_point if n.inputs[0] in graph.q else 0,
+        SIZE=o * oh * ow,
+    )
     if q_out.bits == 8:
         d.update(ZPO=q_out.zero_point, LO=q_out.lo, HI=q_out.hi)
     if "shift" in n.tensors:
