@@ -19,7 +19,7 @@ from potq.cli import main
 from potq.data import normalize
 from potq.deploy.rtl import SOURCES, build_sim, rtl_sources
 from potq.deploy.rtl.pkg import package_text
-from potq.deploy.rtl.program import build_program, mac_cycles, rtl_cycles
+from potq.deploy.rtl.program import build_program, mac_cycles, rtl_cycles, scale_sim_os_cycles
 from potq.deploy.rtl_check import check_rtl, parse_array, ppu_sweep, run_sim
 from potq.errors import UserError
 from potq.export import write_export
@@ -91,13 +91,16 @@ def test_package_constants_come_from_potq_rules(tmp_path):
         assert str(SHIFT_CAP) not in sv and "SHIFT_CAP" in (tmp_path / "potq_ppu.sv").read_text()
 
 
-def test_cycle_closed_form_is_scale_sim_output_stationary_plus_the_drain():
-    # SCALE-Sim's output-stationary fold: T + R + C - 2 cycles (fill, compute, skew out); potq's array drains
-    # its R rows after each fold and latches a descriptor once per node
+def test_cycle_closed_form_is_scale_sim_output_stationary_plus_a_constant():
+    # SCALE-Sim's output-stationary fold is K + R + C - 2 cycles; potq's array runs its folds back to back at
+    # that period whenever R <= K + C - 1, plus 1 cycle (the descriptor) and R (the last fold's results leave)
     for m, n, k, rows, cols in [(1024, 16, 27, 16, 16), (64, 10, 9, 4, 4), (1, 10, 64, 16, 16), (81, 3, 5, 4, 8)]:
         folds = math.ceil(m / rows) * math.ceil(n / cols)
-        assert mac_cycles(m, n, k, rows, cols) == 1 + folds * ((k + rows + cols - 2) + rows)
-    assert mac_cycles(16, 1, 9, 4, 4, groups=6) == 1 + 6 * 4 * (9 + 2 * 4 + 4 - 2)
+        assert scale_sim_os_cycles(m, n, k, rows, cols) == folds * (k + rows + cols - 2)
+        assert mac_cycles(m, n, k, rows, cols) == scale_sim_os_cycles(m, n, k, rows, cols) + 1 + rows
+    assert mac_cycles(16, 1, 9, 4, 4, groups=6) == 1 + 6 * 4 * (9 + 4 + 4 - 2) + 4
+    # a tall array with a short K: folds wait for the output chains (2R - 1), and the tail is K + C - 1
+    assert mac_cycles(64, 2, 3, 16, 2) == 1 + 4 * (2 * 16 - 1) + (3 + 2 - 1)
 
 
 def test_program_describes_every_node():
@@ -143,6 +146,13 @@ def test_tiny_net_is_bit_and_cycle_exact(rounding, array):
     ops = {n.op for n in graph.nodes}
     assert ops == set(OpType)
     assert_exact(graph, check_rtl(graph, images, *array), len(images))
+
+
+@needs_verilator
+def test_a_tall_array_waits_for_its_output_chains():
+    # 8 x 2 and a 1x1 convolution of 6 channels (K = 6 < R - C + 1): folds of 2R - 1 cycles (mac_cycles)
+    graph, images = tiny_graph("half-up")
+    assert_exact(graph, check_rtl(graph, images, 8, 2), len(images))
 
 
 @needs_verilator

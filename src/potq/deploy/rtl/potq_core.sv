@@ -2,9 +2,12 @@
 // written by potq.deploy.rtl.program), over memories it reads and writes through its ports:
 // - OP_MAC (conv, grouped and depthwise included; linear): the GEMM of the node's im2col, per group
 //   M = OH*OW output pixels x N = O/G channels x K = (C/G)*KH*KW, tiled over the R x C output-stationary
-//   array (potq_array_os): per fold (R pixels x C channels) K + R + C - 2 feed cycles (the feeders compute
-//   the im2col address of each row's pixel, pad with 0 = zp - zp, subtract the zero point, and skew) and
-//   R drain cycles, in which each column's result plus its bias goes through a PPU and is written.
+//   array (potq_array_os) in folds of R pixels x C channels. The feeders compute the im2col address of each
+//   row's pixel, pad with 0 (= zp - zp), subtract the zero point and skew; a fold takes
+//   P = max(K + R + C - 2, 2R - 1) cycles (SCALE-Sim's output-stationary fold, K + R + C - 2, whenever
+//   R <= K + C - 1), the next fold starting at once: results leave through the top edge of each column
+//   (potq_pe's output chain) while the next fold computes, each plus its bias through a PPU into memory.
+//   After the last fold, a tail of K + 2R + C - 2 - P cycles (R when P = K + R + C - 2) empties the chains.
 // - the vector unit, one output per element (pools: one window tap per cycle): OP_ADD (align, add, one
 //   rounding shift in the PPU), OP_MAXPOOL, OP_AVGPOOL (window sum of x - zp, the PPU's shift), OP_COPY
 //   (concat pieces, flatten), OP_LUT (the input node's table).
@@ -34,19 +37,24 @@ module potq_core import potq_pkg::*; #(
     output logic [31:0]        o_addr[C],
     output logic signed [31:0] o_data[C]
 );
-  typedef enum logic [2:0] {IDLE, FEED, DRAIN, VEC, FIN} state_t;
+  typedef enum logic [2:0] {IDLE, FEED, TAIL, VEC, FIN} state_t;
   state_t state;
   int d[DESC_WORDS];
-  int g, n0, m0, t, dcnt, ci, kh, kw, idx, th, tw, acc_r;
+  int g, n0, m0, t, ci, kh, kw, idx, th, tw, acc_r;
+  int pg, pn0, pm0;  // the previous fold, whose results may still be leaving the array
+  logic pv;
 
   // the node's GEMM shape (per group)
-  int cin_g, n_g, k_len, m_len, plane_in, taps;
+  int cin_g, n_g, k_len, m_len, plane_in, taps, period;
   assign cin_g = d[D_C] / d[D_G];
   assign n_g = d[D_O] / d[D_G];
   assign k_len = cin_g * d[D_KH] * d[D_KW];
   assign m_len = d[D_OH] * d[D_OW];
   assign plane_in = d[D_H] * d[D_W];
   assign taps = d[D_KH] * d[D_KW];
+  // a fold's cycles: the wavefront (K + R + C - 2), and at least 2R - 1 so that the previous fold's results
+  // (one every other cycle per column) have left the output chains before the next fold's arrive
+  assign period = k_len + R + C - 2 > 2 * R - 1 ? k_len + R + C - 2 : 2 * R - 1;
   assign done = state == FIN;
 
   // the input node's table entry: lut[channel][pixel]
@@ -55,8 +63,10 @@ module potq_core import potq_pkg::*; #(
 
   // ---- feeders: im2col addresses, zero point, padding, skew ----
   logic signed [CODE_W:0] x_now[R], x_left[R], xsk[R][R];
+  logic last_now, last_left[R], lsk[R][R];
+  assign last_now = state == FEED && t == k_len - 1;  // the fold's last product: travels with x
   logic signed [CODE_W-1:0] w_now[C], w_top[C], wsk[C][C];
-  logic signed [ACC_W-1:0] acc_bottom[C];
+  logic signed [ACC_W-1:0] out_top[C];
   for (genvar i = 0; i < R; i++) begin : g_xfeed
     int m, oh, ow, ih, iw;
     logic ok;
@@ -73,11 +83,17 @@ module potq_core import potq_pkg::*; #(
     assign x_now[i] = ok ? (CODE_W+1)'(x_data[i] - d[D_ZP0]) : '0;  // padding: zp_in in code space, 0 here
     if (i == 0) begin : g_noskew
       assign x_left[0] = x_now[0];
+      assign last_left[0] = last_now;
     end else begin : g_skew
       assign x_left[i] = xsk[i][i-1];
+      assign last_left[i] = lsk[i][i-1];
       always_ff @(posedge clk) begin
         xsk[i][0] <= x_now[i];
-        for (int s = 1; s < i; s++) xsk[i][s] <= xsk[i][s-1];
+        lsk[i][0] <= rst ? 1'b0 : last_now;
+        for (int s = 1; s < i; s++) begin
+          xsk[i][s] <= xsk[i][s-1];
+          lsk[i][s] <= rst ? 1'b0 : lsk[i][s-1];
+        end
       end
     end
   end
@@ -101,7 +117,7 @@ module potq_core import potq_pkg::*; #(
   end
 
   potq_array_os #(.R(R), .C(C)) u_array (
-      .clk(clk), .rst(rst), .drain(state == DRAIN), .x_left(x_left), .w_top(w_top), .acc_bottom(acc_bottom)
+      .clk(clk), .rst(rst), .x_left(x_left), .last_left(last_left), .w_top(w_top), .out_top(out_top)
   );
 
   // ---- the vector unit's element: addresses and the value it computes ----
@@ -149,21 +165,28 @@ module potq_core import potq_pkg::*; #(
 
   // ---- the PPUs: one per column and rounding rule; column 0's also serves the vector unit ----
   for (genvar j = 0; j < C; j++) begin : g_ppu
-    int ch, m;
-    logic ok;
+    int ec, ep, e, m, ch, n;
+    logic hc, hp, ok;
     logic signed [ACC_W-1:0] acc, y[NUM_ROUNDINGS];
     logic signed [SHIFT_W-1:0] sh;
     always_comb begin
-      ch = g * n_g + n0 + j;
-      m = m0 + R - 1 - dcnt;  // the drain shows the bottom row first
-      ok = state == DRAIN && n0 + j < n_g && m < m_len;
+      // PE (i, j)'s result of the fold that began `age` cycles ago shows at out_top[j] when age = K + 2i + j
+      ec = t - k_len - j;  // the current fold
+      ep = t + period - k_len - j;  // the previous one
+      hc = state == FEED && ec >= 0 && ec % 2 == 0 && ec < 2 * R;
+      hp = pv && (state == FEED || state == TAIL) && ep >= 0 && ep % 2 == 0 && ep < 2 * R;
+      e = hc ? ec : ep;
+      n = (hc ? n0 : pn0) + j;
+      m = (hc ? m0 : pm0) + e / 2;
+      ch = (hc ? g : pg) * n_g + n;
+      ok = (hc || hp) && n < n_g && m < m_len;
       b_addr[j] = 32'(d[D_BB] + (ok ? ch : 0));
       s_addr[j] = 32'(d[D_SB] + (ok && d[D_SHIFT_PER_CH] != 0 ? ch : 0));
       o_addr[j] = j == 0 && state == VEC ? 32'(d[D_OUT] + idx) : 32'(d[D_OUT] + ch * m_len + m);
     end
     always_comb begin
       sh = s_data[j] > 127 ? 8'sd127 : s_data[j] < -128 ? -8'sd128 : SHIFT_W'(s_data[j]);
-      acc = j == 0 && state == VEC ? v_acc : acc_bottom[j] + b_data[j];
+      acc = j == 0 && state == VEC ? v_acc : out_top[j] + b_data[j];
       we[j] = ok || (j == 0 && state == VEC && vlast_tap);
       o_data[j] = j == 0 && state == VEC && !v_ppu ? v_out : y[rounding];
     end
@@ -183,7 +206,8 @@ module potq_core import potq_pkg::*; #(
       case (state)
         IDLE: if (start) begin
           for (int f = 0; f < DESC_WORDS; f++) d[f] <= desc[f];
-          {g, n0, m0, t, dcnt, ci, kh, kw, idx, th, tw, acc_r} <= '0;
+          {g, n0, m0, t, ci, kh, kw, idx, th, tw, acc_r} <= '0;
+          pv <= 1'b0;
           state <= desc[D_OP] == OP_MAC ? FEED : VEC;
         end
         FEED: begin
@@ -197,16 +221,9 @@ module potq_core import potq_pkg::*; #(
               ci <= ci + 1;
             end
           end
-          if (t == k_len + R + C - 3) begin
-            state <= DRAIN;
-            dcnt <= 0;
-          end
-        end
-        DRAIN: begin
-          dcnt <= dcnt + 1;
-          if (dcnt == R - 1) begin
+          if (t == period - 1) begin  // the next fold starts now; this one's results are still leaving
             {t, ci, kh, kw} <= '0;
-            state <= FEED;
+            {pv, pg, pn0, pm0} <= {1'b1, g, n0, m0};
             if (m0 + R < m_len) m0 <= m0 + R;
             else begin
               m0 <= 0;
@@ -214,10 +231,14 @@ module potq_core import potq_pkg::*; #(
               else begin
                 n0 <= 0;
                 g <= g + 1;
-                if (g + 1 == d[D_G]) state <= FIN;
+                if (g + 1 == d[D_G]) state <= TAIL;
               end
             end
           end
+        end
+        TAIL: begin  // the last fold's results leave; the last one (PE (R-1, C-1)) at age K + 2R + C - 3
+          t <= t + 1;
+          if (t + period == k_len + 2 * R + C - 3) state <= FIN;
         end
         VEC: begin
           acc_r <= d[D_OP] == OP_MAXPOOL ? vmax : vsum;

@@ -138,13 +138,21 @@ def write_image(graph: Graph, p: Program, values: dict[str, np.ndarray], folder:
     (folder / f"img{k}.hex").write_text(_hex(np.concatenate([np.asarray(values[v]).reshape(-1) for v in order]), 8))
 
 
+def scale_sim_os_cycles(m: int, n: int, k: int, rows: int, cols: int, groups: int = 1) -> int:
+    """SCALE-Sim 3.0.0's output-stationary compute cycles of a GEMM (M x K by K x N, per group): every fold,
+    padded to the whole array, takes K + R + C - 2 (the rows of its skewed demand matrices)."""
+    return groups * math.ceil(m / rows) * math.ceil(n / cols) * (k + rows + cols - 2)
+
+
 def mac_cycles(m: int, n: int, k: int, rows: int, cols: int, groups: int = 1) -> int:
-    """Cycles of one GEMM (per group M x N outputs, K deep) on the R x C output-stationary array: per fold
-    (R output pixels x C channels) K + R + C - 2 cycles to fill, compute and empty the skewed wavefront, R to
-    drain the accumulators through the PPUs: SCALE-Sim's output-stationary 2R + C + K - 2 per fold, every
-    fold padded to the whole array; plus 1 cycle in which the controller latches the descriptor."""
+    """Cycles of one MAC node (per group an M x N output, K deep) on potq's R x C output-stationary array: 1 to
+    latch the descriptor, then back-to-back folds of P = max(K + R + C - 2, 2R - 1) cycles each (results leave
+    through the output chains while the next fold computes), then a tail of K + 2R + C - 2 - P cycles in which
+    the last fold's results leave. Whenever R <= K + C - 1 (every square array) this is SCALE-Sim's
+    output-stationary count plus 1 + R: `scale_sim_os_cycles(...) + 1 + rows`."""
     folds = groups * math.ceil(m / rows) * math.ceil(n / cols)
-    return 1 + folds * (k + 2 * rows + cols - 2)
+    period = max(k + rows + cols - 2, 2 * rows - 1)
+    return 1 + folds * period + (k + 2 * rows + cols - 2 - period)
 
 
 def rtl_cycles(d: dict[str, int], rows: int, cols: int) -> int:
