@@ -22,6 +22,8 @@ SOURCES = ("potq_ppu.sv", "potq_pe.sv", "potq_array_os.sv", "potq_core.sv")  # t
 TB = ("potq_tb.sv", "tb_main.cpp")  # the simulation top and its C++ driver
 SWEEP = ("potq_ppu_sweep.sv", "ppu_sweep.cpp")  # the PPU's edge-sweep harness
 PACKAGE = "verilator"  # Debian's package
+# -O1 for the generated C++: as fast a model as Verilator's default -Os, built in about 3/4 of the time
+MAKE = ("-MAKEFLAGS", "OPT_FAST=-O1")
 LINT = ("-Wall", "-Wno-DECLFILENAME", "-Wno-UNUSEDSIGNAL", "-Wno-UNUSEDPARAM", "-Wno-BLKSEQ")
 
 
@@ -77,7 +79,7 @@ def build_sim(
     extra = SWEEP if sweep else TB
     with tempfile.TemporaryDirectory(prefix="potq-rtl-src-") as tmp:
         srcs = rtl_sources(Path(tmp), ppu, pe, extra)
-        key = hashlib.sha256(f"{version} {rows}x{cols} {LINT}".encode())
+        key = hashlib.sha256(f"{version} {rows}x{cols} {LINT} {MAKE}".encode())
         for s in srcs:
             key.update(s.name.encode() + s.read_bytes())
         top = "potq_ppu_sweep" if sweep else "potq_tb"
@@ -90,7 +92,7 @@ def build_sim(
         try:
             for s in srcs:
                 shutil.copy(s, work / s.name)
-            cmd = [exe_tool, "--cc", "--exe", "--build", "-j", "2", *LINT, "--top-module", top, "-o", "potq_sim"]
+            cmd = [exe_tool, "--cc", "--exe", "--build", "-j", "2", *MAKE, *LINT, "--top-module", top, "-o", "potq_sim"]
             if not sweep:
                 cmd += [f"-GR={rows}", f"-GC={cols}"]
             cmd += [s.name for s in srcs]

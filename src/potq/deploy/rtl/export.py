@@ -14,7 +14,10 @@ from potq.deploy.rtl.program import build_program, write_image, write_program
 from potq.ir.graph import Graph
 from potq.ir.rules import Rounding
 
-BUILD = "verilator --cc --exe --build {lint} --top-module potq_tb -o potq_sim -GR=16 -GC=16 potq_pkg.sv {sources}"
+BUILD = (
+    "verilator --cc --exe --build -MAKEFLAGS OPT_FAST=-O1 {lint} --top-module potq_tb -o potq_sim -GR=16 -GC=16 "
+    "potq_pkg.sv {sources}"
+)
 
 
 def write_rtl(graph: Graph, folder: Path, images, record: dict[str, torch.Tensor]) -> dict:
