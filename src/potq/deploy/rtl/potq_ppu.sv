@@ -40,10 +40,10 @@ module potq_shift_round import potq_pkg::*; #(
     output logic signed [WIDE_W-1:0]  y
 );
   logic signed [WIDE_W-1:0] a, q, rem, half;
-  int sh, s;
+  logic signed [31:0] sh, s;  // (not `int`: Yosys 0.23 reads only this form)
   always_comb begin
     a = {{(WIDE_W - ACC_W){acc[ACC_W-1]}}, acc};
-    sh = int'(shift);
+    sh = {{(32 - SHIFT_W){shift[SHIFT_W-1]}}, shift};
     s = sh > SHIFT_CAP ? SHIFT_CAP : (sh < 0 ? 0 : sh);
     q = a >>> s;
     rem = a - (q <<< s);
