@@ -1,6 +1,6 @@
 """Verilator simulation time of potq's RTL: one image of a zoo net through every node on an R x C array.
 
-The model is the zoo net with untrained (randomized BatchNorm) weights, quantized by potq.quantize on random
+The model is the zoo net with untrained weights (BatchNorm randomized as training would leave it), quantized by potq.quantize on random
 uint8 images: the RTL's cycles and its simulation time do not depend on the weights' values. The build (once
 per array size, then cached) is timed apart from the simulation; the simulation's time is the Verilator model's
 own run (memory loads, every descriptor, the checker), not the Python side.
@@ -23,6 +23,18 @@ from potq.deploy.rtl_check import check_rtl, parse_array
 from potq.models import build_model
 
 
+def trained_like(model: torch.nn.Module) -> torch.nn.Module:
+    """BatchNorm statistics and affine parameters as training would leave them (fresh ones make some layers'
+    outputs vanish on random images), in eval mode."""
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.3, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
@@ -33,7 +45,7 @@ def main() -> None:
     rows, cols = parse_array(a.array)
     torch.manual_seed(0)
     calib = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
-    graph = potq.quantize(build_model(a.model).eval(), calib, rounding=a.rounding).graph
+    graph = potq.quantize(trained_like(build_model(a.model)), calib, rounding=a.rounding).graph
     images = torch.randint(0, 256, (a.images, 3, 32, 32), dtype=torch.uint8).numpy()
     os.environ.setdefault("POTQ_RTL_CACHE", tempfile.mkdtemp(prefix="potq-rtl-bench-"))  # a cold build
     t0 = time.perf_counter()
