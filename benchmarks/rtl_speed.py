@@ -1,9 +1,10 @@
 """Verilator simulation time of potq's RTL: one image of a zoo net through every node on an R x C array.
 
-The model is the zoo net with untrained weights (BatchNorm randomized as training would leave it), quantized by potq.quantize on random
-uint8 images: the RTL's cycles and its simulation time do not depend on the weights' values. The build (once
-per array size, then cached) is timed apart from the simulation; the simulation's time is the Verilator model's
-own run (memory loads, every descriptor, the checker), not the Python side.
+The model is the zoo net with untrained weights (BatchNorm randomized as training would leave it), quantized
+by potq.quantize on random uint8 images: the RTL's cycles and its simulation time do not depend on the
+weights' values. The build (once per array size, then cached) is timed apart from the simulation; the
+simulation's time is the Verilator model's own run (memory loads, every descriptor, the checker), not the
+Python side.
 
     python benchmarks/rtl_speed.py --model resnet20 --array 16x16 --images 1
 """
