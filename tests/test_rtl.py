@@ -207,3 +207,17 @@ def test_export_format_rtl_runs_in_the_testbench(tmp_path):
     assert all(bad == 0 for *_, bad in lines)
     assert [c for img, _, c, _ in lines if img == 0] == [rtl_cycles(d, 4, 4) for d in desc["descriptors"]]
     assert subprocess.run(["verilator", "--version"], capture_output=True).returncode == 0
+
+
+@needs_verilator
+def test_potq_run_deploy_step_runs_the_rtl_when_verilator_is_here(tiny_run, monkeypatch):
+    from potq.deploy import check
+
+    assert main(["quantize", "--run", str(tiny_run), "--calib", "64"]) == 0
+    monkeypatch.setattr(check, "check_run", lambda *a, **k: {"skipped": k["skipped"]})  # the other consumers
+    r = check.deploy_checks(tiny_run, "pot-channel")
+    assert r["rtl"]["mismatches"] == 0 and r["rtl"]["array"] == "4x4" and "rtl" not in r["skipped"]
+    assert any(line.startswith("RTL (Verilator, 4x4") for line in check.deploy_summary(r))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    r = check.deploy_checks(tiny_run, "pot-channel")
+    assert "rtl" not in r and "apt-get install verilator" in r["skipped"]["rtl"]

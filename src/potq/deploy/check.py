@@ -224,7 +224,15 @@ def deploy_checks(run: Path, name: str, cache=None) -> dict:
         skipped["onnx"] = f"onnx and onnxruntime are not installed (pip install 'potq[{EXTRA}]')"
     if not have_cc:
         skipped["c"] = "no C compiler (cc, gcc or clang) on PATH"
-    return check_run(run, name, have_onnx, have_cc, None, cache, skipped=skipped)
+    have_rtl = shutil.which("verilator") is not None
+    if not have_rtl:
+        skipped["rtl"] = "Verilator is not installed (apt-get install verilator)"
+    result = check_run(run, name, have_onnx, have_cc, None, cache, skipped=skipped)
+    if have_rtl:  # potq's RTL on a 4x4 array (a quick build, then cached), one class-spread test vector
+        from potq.deploy.rtl_check import RUN_ARRAY, check_rtl_run
+
+        result["rtl"] = check_rtl_run(run, name, RUN_ARRAY, vectors=1, cache=cache)
+    return result
 
 
 def deploy_summary(r: dict) -> list[str]:
@@ -243,6 +251,13 @@ def deploy_summary(r: dict) -> list[str]:
         lines.append(
             f"C99 runtime ({c['flags']}): {c['logit_mismatches']} mismatching logits and {c['class_mismatches']} "
             f"differing classes in {c['vectors']} test images; {c['images_per_second']:.1f} images/s"
+        )
+    if "rtl" in r:
+        t = r["rtl"]
+        lines.append(
+            f"RTL (Verilator, {t['array']} output-stationary array): {t['mismatches']:,} mismatching values of "
+            f"{t['compared_values']:,} (every node, {t['images']} test image{'s' if t['images'] > 1 else ''}); "
+            f"{t['cycles_per_image']:,} cycles per image (closed form {t['predicted_cycles_per_image']:,})"
         )
     lines += [f"{k}: not checked: {why}" for k, why in r.get("skipped", {}).items()]
     return lines

@@ -112,6 +112,7 @@ def causes(graph: Graph, n: Node, xs: list[torch.Tensor], got: torch.Tensor, wan
     return out
 
 
+RUN_ARRAY = "4x4"  # `potq run`'s deploy step: the array that builds quickest
 LINE = re.compile(r"img (\d+) desc (\d+) cycles (\d+) mismatches (\d+)")
 
 
