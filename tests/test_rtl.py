@@ -112,6 +112,23 @@ def test_program_describes_every_node():
     assert sum(d.get("CHK_SIZE", 0) for d in prog.desc) == sum(math.prod(graph.shapes[n.output]) for n in graph.nodes)
 
 
+def test_causes_name_a_wrong_rounding_and_a_clamp():
+    from potq.deploy.rtl_check import accumulator, candidates, causes
+    from potq.golden import IntegerModel
+
+    graph, images = tiny_graph("half-even", n=1)
+    record: dict = {}
+    IntegerModel(graph).run(torch.from_numpy(images), record)
+    n = next(n for n in graph.nodes if n.op is OpType.CONV)
+    xs, want = [record[n.inputs[0]]], record[n.output][0].to(torch.int64)
+    floor = dict(candidates(graph, n, accumulator(graph, n, xs)[0]))["rounds as floor, the model half-even"]
+    assert bool((floor != want).any())
+    assert causes(graph, n, xs, floor, want) == {"rounds as floor, the model half-even": int((floor != want).sum())}
+    got = want.clone()
+    got.view(-1)[0] = 300  # beyond every code
+    assert causes(graph, n, xs, got, want) == {f"outside the clamp [{graph.q[n.output].lo}, {graph.q[n.output].hi}]": 1}
+
+
 def test_bad_array_is_one_line():
     for bad in ("16", "0x4", "4x65", "axb"):
         with pytest.raises(UserError, match="--array"):

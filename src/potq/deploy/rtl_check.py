@@ -57,51 +57,43 @@ def accumulator(graph: Graph, n: Node, xs: list[torch.Tensor]) -> torch.Tensor |
     return None
 
 
-def causes(graph: Graph, n: Node, xs: list[torch.Tensor], got: torch.Tensor, want: torch.Tensor) -> dict[str, int]:
-    """Each mismatching value of node n's output (got against want, one image) counted under one cause."""
-    bad = got != want
-    acc = accumulator(graph, n, xs)
-    q = graph.q[n.output]
-    if acc is None or q.bits == 32:
-        what = (
-            "the int32 accumulator differs (MAC, bias or drain: no rounding involved)"
-            if q.bits == 32
-            else (f"a wrong value ({n.op.value} moves codes: no arithmetic involved)")
-        )
-        return {what: int(bad.sum())}
-    acc = acc[0]
+def candidates(graph: Graph, n: Node, acc: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The codes a requantizing node would give from its exact accumulator under the wrong rounding: each
+    rule other than the model's, and truncation toward zero (C's integer division), each labelled."""
+    q, rule = graph.q[n.output], Rounding.of(graph.rounding)
     shift = n.tensors["shift"].to(torch.int64)
     shift = shift.view(-1, *[1] * (acc.dim() - 1)) if shift.numel() > 1 else shift.reshape(())
     s = shift.clamp(min=0)
+    trunc = torch.where(shift < 0, acc << (-shift).clamp(min=0), torch.where(acc < 0, -((-acc) >> s), acc >> s))
+    out = [(f"rounds as {r.label}, the model {rule.label}", shift_round(acc, shift, r)) for r in Rounding if r != rule]
+    out.append(("truncates toward zero instead of rounding", trunc))
+    return [(label, (r + q.zero_point).clamp(q.lo, q.hi)) for label, r in out]
 
-    def finish(r):
-        return (r + q.zero_point).clamp(q.lo, q.hi)
 
-    rule = Rounding.of(graph.rounding)
-    labelled = [
-        (f"rounds as {r.label}, the model {rule.label}", finish(shift_round(acc, shift, r)))
-        for r in Rounding
-        if r is not rule
-    ]
-    trunc = torch.where(acc < 0, -((-acc) >> s), acc >> s)
-    labelled.append(
-        (
-            "truncates toward zero instead of rounding",
-            finish(torch.where(shift < 0, acc << (-shift).clamp(min=0), trunc)),
-        )
-    )
-    tie = (s > 0) & ((acc & ((1 << s) - 1)) == (1 << (s - 1).clamp(min=0)))
-    for label, cand in labelled:  # one rule that explains every mismatch of the node names them all
+def causes(graph: Graph, n: Node, xs: list[torch.Tensor], got: torch.Tensor, want: torch.Tensor) -> dict[str, int]:
+    """Each mismatching value of node n's output (got against want, one image) counted under one cause: a
+    wrong rounding that explains every mismatch of the node names them all; else value by value, the first
+    of: outside the clamp, a wrong rounding, a tie rounded the other way, off by one, off by more."""
+    bad = got != want
+    acc = accumulator(graph, n, xs)
+    q = graph.q[n.output]
+    if q.bits == 32:
+        return {"the int32 accumulator differs (MAC, bias or output chain: no rounding involved)": int(bad.sum())}
+    if acc is None:
+        return {f"a wrong value ({n.op.value} moves codes: no arithmetic involved)": int(bad.sum())}
+    acc = acc[0]
+    labelled = candidates(graph, n, acc)
+    for label, cand in labelled:
         if bool((got[bad] == cand[bad]).all()):
             return {label: int(bad.sum())}
-    out = {}
-    left = bad.clone()
+    shift = n.tensors["shift"].to(torch.int64)
+    s = (shift.view(-1, *[1] * (acc.dim() - 1)) if shift.numel() > 1 else shift.reshape(())).clamp(min=0)
+    tie = (s > 0) & ((acc & ((1 << s) - 1)) == (1 << (s - 1).clamp(min=0)))
+    one = (got - want).abs() == 1
     checks = [(f"outside the clamp [{q.lo}, {q.hi}]", (got < q.lo) | (got > q.hi))]
     checks += [(label, got == cand) for label, cand in labelled]
-    checks += [
-        ("a tie rounded the other way", tie & ((got - want).abs() == 1)),
-        ("off by one, not at a tie", (got - want).abs() == 1),
-    ]
+    checks += [("a tie rounded the other way", tie & one), ("off by one, not at a tie", one)]
+    out, left = {}, bad.clone()
     for label, hit in checks:
         count = int((left & hit).sum())
         if count:
