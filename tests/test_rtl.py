@@ -37,6 +37,7 @@ needs_verilator = pytest.mark.skipif(
 )
 ROUNDINGS = ["half-up", "half-even", "floor"]
 BROKEN_PPU = Path(__file__).parent / "fixtures" / "rtl" / "truncating_ppu.sv"
+BROKEN_PE = Path(__file__).parent / "fixtures" / "rtl" / "unsigned_pe.sv"
 
 
 class Tiny(nn.Module):
@@ -193,6 +194,18 @@ def test_a_truncating_ppu_is_caught_with_its_causes():
     assert "truncates toward zero instead of rounding" in causes
     assert "off by more than one" not in causes and "unexplained" not in causes
     assert {n["op"] for n in r["mismatching_nodes"]} <= {"conv", "linear", "add", "avgpool"}  # only rounding nodes
+
+
+@needs_verilator
+def test_a_user_pe_replaces_potqs_and_a_bad_file_is_one_line(tmp_path):
+    graph, images = tiny_graph("half-even", n=1)
+    r = check_rtl(graph, images, 4, 4, pe=BROKEN_PE)  # |x - zp| * w: wrong where the input's zero point is 128
+    assert r["mismatches"] > 0 and r["pe"] == str(BROKEN_PE)
+    assert {n["op"] for n in r["mismatching_nodes"]} <= {"conv", "linear"}
+    bad = tmp_path / "bad.sv"
+    bad.write_text("module potq_ppu(; endmodule\n")
+    with pytest.raises(UserError, match=f"Verilator rejects your --ppu/--pe file: %Error: {bad}:1"):
+        check_rtl(graph, images, 4, 4, ppu=bad)
 
 
 @needs_verilator
