@@ -139,8 +139,10 @@ def write_image(graph: Graph, p: Program, values: dict[str, np.ndarray], folder:
 
 
 def scale_sim_os_cycles(m: int, n: int, k: int, rows: int, cols: int, groups: int = 1) -> int:
-    """SCALE-Sim 3.0.0's output-stationary compute cycles of a GEMM (M x K by K x N, per group): every fold,
-    padded to the whole array, takes K + R + C - 2 (the rows of its skewed demand matrices)."""
+    """SCALE-Sim's output-stationary compute schedule of a GEMM (M x K by K x N, per group): every fold, padded
+    to the whole array, is K + R + C - 2 rows of its skewed demand matrices (systolic_compute_os in
+    scalesim-project/SCALE-Sim, read, not run here). SCALE-Sim's reported total is the cycle at which its
+    memory system serves the last of those rows, so it adds that model's start-up and stalls to this."""
     return groups * math.ceil(m / rows) * math.ceil(n / cols) * (k + rows + cols - 2)
 
 
