@@ -92,16 +92,17 @@ def test_package_constants_come_from_potq_rules(tmp_path):
         assert str(SHIFT_CAP) not in sv and "SHIFT_CAP" in (tmp_path / "potq_ppu.sv").read_text()
 
 
-def test_cycle_closed_form_is_scale_sim_output_stationary_plus_a_constant():
-    # SCALE-Sim's output-stationary fold is K + R + C - 2 cycles; potq's array runs its folds back to back at
-    # that period whenever R <= K + C - 1, plus 1 cycle (the descriptor) and R (the last fold's results leave)
-    for m, n, k, rows, cols in [(1024, 16, 27, 16, 16), (64, 10, 9, 4, 4), (1, 10, 64, 16, 16), (81, 3, 5, 4, 8)]:
-        folds = math.ceil(m / rows) * math.ceil(n / cols)
-        assert scale_sim_os_cycles(m, n, k, rows, cols) == folds * (k + rows + cols - 2)
-        assert mac_cycles(m, n, k, rows, cols) == scale_sim_os_cycles(m, n, k, rows, cols) + 1 + rows
-    assert mac_cycles(16, 1, 9, 4, 4, groups=6) == 1 + 6 * 4 * (9 + 4 + 4 - 2) + 4
+def test_cycle_closed_form_is_scale_sims_output_stationary_count_plus_2_plus_r():
+    # SCALE-Sim 3.0.0's own "Total Cycles" (fixture made by benchmarks/rtl_vs_scalesim.py, command inside)
+    fixture = json.loads((Path(__file__).parent / "fixtures" / "rtl" / "scalesim_os.json").read_text())
+    assert fixture["scalesim"] == "3.0.0" and len(fixture["cases"]) == 12
+    for c in fixture["cases"]:
+        shape = (c["M"], c["N"], c["K"], c["rows"], c["cols"])
+        assert scale_sim_os_cycles(*shape) == c["scalesim_total_cycles"], c
+        assert mac_cycles(*shape) == c["scalesim_total_cycles"] + 2 + c["rows"], c  # R <= K + C - 1 in each
     # a tall array with a short K: folds wait for the output chains (2R - 1), and the tail is K + C - 1
     assert mac_cycles(64, 2, 3, 16, 2) == 1 + 4 * (2 * 16 - 1) + (3 + 2 - 1)
+    assert mac_cycles(16, 1, 9, 4, 4, groups=6) == 1 + 6 * 4 * (9 + 4 + 4 - 2) + 4
 
 
 def test_program_describes_every_node():

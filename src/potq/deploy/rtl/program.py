@@ -139,11 +139,11 @@ def write_image(graph: Graph, p: Program, values: dict[str, np.ndarray], folder:
 
 
 def scale_sim_os_cycles(m: int, n: int, k: int, rows: int, cols: int, groups: int = 1) -> int:
-    """SCALE-Sim's output-stationary compute schedule of a GEMM (M x K by K x N, per group): every fold, padded
-    to the whole array, is K + R + C - 2 rows of its skewed demand matrices (systolic_compute_os in
-    scalesim-project/SCALE-Sim, read, not run here). SCALE-Sim's reported total is the cycle at which its
-    memory system serves the last of those rows, so it adds that model's start-up and stalls to this."""
-    return groups * math.ceil(m / rows) * math.ceil(n / cols) * (k + rows + cols - 2)
+    """SCALE-Sim 3.0.0's output-stationary "Total Cycles" of a GEMM (M x K by K x N, per group) when nothing
+    stalls: every fold, padded to the whole array, is K + R + C - 2 rows of its skewed demand matrices, and the
+    total is the (0-based) cycle of the last row. tests/fixtures/rtl/scalesim_os.json holds SCALE-Sim's own
+    numbers (benchmarks/rtl_vs_scalesim.py) and tests/test_rtl.py checks this against them."""
+    return groups * math.ceil(m / rows) * math.ceil(n / cols) * (k + rows + cols - 2) - 1
 
 
 def mac_cycles(m: int, n: int, k: int, rows: int, cols: int, groups: int = 1) -> int:
@@ -151,7 +151,7 @@ def mac_cycles(m: int, n: int, k: int, rows: int, cols: int, groups: int = 1) ->
     latch the descriptor, then back-to-back folds of P = max(K + R + C - 2, 2R - 1) cycles each (results leave
     through the output chains while the next fold computes), then a tail of K + 2R + C - 2 - P cycles in which
     the last fold's results leave. Whenever R <= K + C - 1 (every square array) this is SCALE-Sim's
-    output-stationary count plus 1 + R: `scale_sim_os_cycles(...) + 1 + rows`."""
+    output-stationary "Total Cycles" plus 2 + R: `scale_sim_os_cycles(...) + 2 + rows`."""
     folds = groups * math.ceil(m / rows) * math.ceil(n / cols)
     period = max(k + rows + cols - 2, 2 * rows - 1)
     return 1 + folds * period + (k + 2 * rows + cols - 2 - period)
