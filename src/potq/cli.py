@@ -364,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--format",
         default="hw",
-        help=f"one of {', '.join(FORMAT_CHOICES)} or a comma-separated list (default: hw, the RTL testbench files)",
+        help=f"one of {', '.join(FORMAT_CHOICES)} or a comma-separated list (default: hw, hex files and vectors; "
+        "rtl: potq's SystemVerilog, its Verilator testbench and memory images)",
     )
     e.set_defaults(func=cmd_export)
 
