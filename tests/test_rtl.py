@@ -187,6 +187,14 @@ def test_zoo_and_user_nets_are_bit_and_cycle_exact(name, rounding, array):
 
 
 @needs_verilator
+@pytest.mark.parametrize("name,scheme,array", [(EXAMPLE, "pot-seed", (4, 4)), ("resnet20", "pot-tensor", (16, 16))])
+def test_other_schemes_are_bit_exact(name, scheme, array):
+    # pot-seed: zero point 128 on every value (the feeders, the Add and the pools subtract it everywhere)
+    graph, images = graph_of(name, scheme, "half-up", n=1)
+    assert_exact(graph, check_rtl(graph, images, *array), 1)
+
+
+@needs_verilator
 def test_a_truncating_ppu_is_caught_with_its_causes():
     graph, images = graph_of(EXAMPLE, rounding="half-even", n=1)
     r = check_rtl(graph, images, 4, 4, ppu=BROKEN_PPU)
