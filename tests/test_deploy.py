@@ -169,9 +169,9 @@ def test_export_formats_and_verify_consumers(quantized_run, tmp_path, capsys):
     out = tmp_path / "all"
     assert main(["export", "--run", str(quantized_run), "--scheme", LABEL, "--format", "all", "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
-    assert {"model.onnx", "potq_model.c", "potq_model.h", "main.c", "potq_vectors.h", "model.h", "hex"} <= names
+    assert {"model.onnx", "potq_model.c", "potq_model.h", "main.c", "potq_vectors.h", "model.h", "hex", "rtl"} <= names
     desc = json.loads((out / "model.json").read_text())
-    assert desc["formats"] == ["hw", "c", "onnx"] and desc["onnx"]["opset"] == OPSET
+    assert desc["formats"] == ["hw", "c", "onnx", "rtl"] and desc["onnx"]["opset"] == OPSET
     assert desc["onnx"]["weights"] == "uint8"  # exact in onnxruntime on every CPU (tests/test_saturation.py)
     src = desc["quantized_model"]  # which quantized model this is, and the weights it came from
     assert (src["label"], src["scheme"], src["rounding"], src["exponent"]) == (
@@ -202,7 +202,7 @@ def test_export_formats_and_verify_consumers(quantized_run, tmp_path, capsys):
 def test_export_format_bad_input(quantized_run, tmp_path, capsys, monkeypatch):
     base = ["export", "--run", str(quantized_run), "--scheme", LABEL]
     assert main([*base, "--format", "verilog", "--out", str(tmp_path / "x")]) == 2
-    assert "--format 'verilog': choose from hw, c, onnx, all" in capsys.readouterr().err
+    assert "--format 'verilog': choose from hw, c, onnx, rtl, all" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     afile = tmp_path / "afile"
     afile.write_text("mine")

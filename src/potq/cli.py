@@ -116,6 +116,8 @@ def cmd_compare(a: argparse.Namespace) -> None:
 
 def cmd_verify(a: argparse.Namespace) -> None:
     check_run_model(a)
+    if a.rtl or a.ppu or a.pe:
+        return _verify_rtl(a)
     if a.onnx or a.c or a.tvm:
         return _verify_consumers(a)
     from potq.verify import verify_run
@@ -184,6 +186,20 @@ def _verify_consumers(a: argparse.Namespace) -> None:
     print(f"-> {a.run}/deploy_{a.scheme}.json")
     if bad:
         raise StepFailed("verify: " + "; ".join(bad))
+
+
+def _verify_rtl(a: argparse.Namespace) -> None:
+    from potq.deploy.rtl_check import check_rtl_run, rtl_lines
+
+    if not a.rtl:
+        raise UserError("--ppu and --pe replace a module of the RTL: give them with --rtl")
+    if a.onnx or a.c:
+        raise UserError("--rtl runs alone: check --onnx and --c in another call")
+    r = check_rtl_run(a.run, a.scheme, a.array, a.ppu, a.pe, a.rtl_vectors, a.data, a.cache)
+    print("\n".join(rtl_lines(r)))
+    print(f"-> {a.run}/deploy_{a.scheme}.json")
+    if r["mismatches"]:
+        raise StepFailed(f"verify: the RTL differs from the golden model in {r['mismatches']:,} values")
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -490,6 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="test images the C check runs, drawn across the classes as export draws its vectors (default: 200)",
     )
     _onnx_weights_arg(v)
+    v.add_argument("--rtl", action="store_true", help="instead: potq's RTL under Verilator against the golden model")
+    v.add_argument("--array", default="16x16", help="--rtl: the systolic array's rows x columns (default: 16x16)")
+    v.add_argument("--ppu", type=Path, help="--rtl: your potq_ppu module (a .sv file) in place of potq's")
+    v.add_argument("--pe", type=Path, help="--rtl: your potq_pe module (a .sv file) in place of potq's")
+    v.add_argument("--rtl-vectors", type=int, default=2, help="--rtl: test images to simulate (default: 2)")
     v.set_defaults(func=cmd_verify)
 
     e = sub.add_parser("export", help="integer weights, shifts, C header, hex files and test vectors")
@@ -499,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--format",
         default="hw",
-        help=f"one of {', '.join(FORMAT_CHOICES)} or a comma-separated list (default: hw, the RTL testbench files)",
+        help=f"one of {', '.join(FORMAT_CHOICES)} or a comma-separated list (default: hw, hex files and vectors; "
+        "rtl: potq's SystemVerilog, its Verilator testbench and memory images)",
     )
     _onnx_weights_arg(e)
     e.set_defaults(func=cmd_export)

@@ -245,6 +245,10 @@ def write_export(
             for name, text in c_files(graph, images, logits).items():
                 (tmp / name).write_text(text)
             desc["c_runtime"] = {"build": C_BUILD, "run": "./potq_main", "vectors": len(images)}
+        if "rtl" in formats:
+            from potq.deploy.rtl.export import write_rtl
+
+            desc["rtl"] = write_rtl(graph, tmp / "rtl", images, record)
         if onnx_model is not None:
             (tmp / ONNX_FILE).write_bytes(onnx_model.SerializeToString())
             desc["onnx"] = {"file": ONNX_FILE, "opset": OPSET, "input": INPUT, "output": OUTPUT}

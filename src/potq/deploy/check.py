@@ -335,8 +335,9 @@ def _have_onnx() -> bool:
 
 
 def available_formats() -> tuple[str, ...]:
-    """What `potq run` exports: every format whose library is installed."""
-    return tuple(f for f in FORMATS if f != "onnx" or _have_onnx())
+    """What `potq run` exports: every format whose library is installed (rtl only on request: its memory
+    images hold every value of every vector)."""
+    return tuple(f for f in FORMATS if f != "rtl" and (f != "onnx" or _have_onnx()))
 
 
 def _have_tvm() -> bool:
@@ -357,7 +358,15 @@ def deploy_checks(run: Path, name: str, cache=None) -> dict:
         skipped["c"] = "no C compiler (cc, gcc or clang) on PATH"
     if not have_tvm:
         skipped["tvm"] = f"apache-tvm is not installed (pip install 'potq[{TVM_EXTRA}]')"
-    return check_run(run, name, have_onnx, have_cc, None, cache, skipped=skipped, tvm=have_tvm)
+    have_rtl = shutil.which("verilator") is not None
+    if not have_rtl:
+        skipped["rtl"] = "Verilator is not installed (apt-get install verilator)"
+    result = check_run(run, name, have_onnx, have_cc, None, cache, skipped=skipped, tvm=have_tvm)
+    if have_rtl:  # potq's RTL on a 4x4 array (a quick build, then cached), one class-spread test vector
+        from potq.deploy.rtl_check import RUN_ARRAY, check_rtl_run
+
+        result["rtl"] = check_rtl_run(run, name, RUN_ARRAY, vectors=1, cache=cache)
+    return result
 
 
 def deploy_summary(r: dict) -> list[str]:
@@ -391,6 +400,13 @@ def deploy_summary(r: dict) -> list[str]:
         lines.append(
             f"C99 runtime ({c['flags']}): {c['logit_mismatches']} mismatching logits and {c['class_mismatches']} "
             f"differing classes in {c['vectors']} test images; {c['images_per_second']:.1f} images/s"
+        )
+    if "rtl" in r:
+        t = r["rtl"]
+        lines.append(
+            f"RTL (Verilator, {t['array']} output-stationary array): {t['mismatches']:,} mismatching values of "
+            f"{t['compared_values']:,} (every node, {t['images']} test image{'s' if t['images'] > 1 else ''}); "
+            f"{t['cycles_per_image']:,} cycles per image (closed form {t['predicted_cycles_per_image']:,})"
         )
     lines += [f"{k}: not checked: {why}" for k, why in r.get("skipped", {}).items()]
     return lines

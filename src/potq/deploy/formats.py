@@ -8,7 +8,8 @@ from potq.errors import UserError
 #   hw: weights.npz, model.h, $readmemh hex files and test vectors for an RTL testbench
 #   c: model.h and the C99 runtime (potq_model.c, potq_model.h, main.c, potq_vectors.h)
 #   onnx: model.onnx, power-of-two QDQ (needs the onnx extra)
-FORMATS = ("hw", "c", "onnx")
+#   rtl: rtl/, potq's SystemVerilog accelerator, its Verilator testbench and memory images of the vectors
+FORMATS = ("hw", "c", "onnx", "rtl")
 FORMAT_CHOICES = (*FORMATS, "all")
 # model.onnx's stored weight type: uint8 (w + 128, zero point 128; exact in onnxruntime on every CPU, see
 # potq.deploy.saturation) or int8 (zero point 0; its int16 pair sums saturate on x86-64 without VNNI)

@@ -1,0 +1,167 @@
+"""The accelerator's program and memories, generated from the integer graph: one descriptor per node (a concat
+is one COPY per input), the weight and parameter memories, the address of every value, and per image a memory
+image holding every value's golden integers. Also the closed form of the cycles each descriptor takes
+(`rtl_cycles`), which tests/test_rtl.py holds equal to Verilator's count.
+
+Layout: every value (the image included) gets a contiguous region of the activation memory, one 32-bit word
+per element (codes 0..255, the logits int32), row-major over its shape (C, H, W), in graph order. Weights are
+bytes (int8 weights, uint8 input tables), biases and shifts 32-bit words: the hex files of potq export."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from potq.deploy.rtl.pkg import DESC_FIELDS, DESC_WORDS, OPCODES
+from potq.errors import UserError
+from potq.ir.graph import Graph, Node, OpType, _pair
+
+# memory sizes of potq_tb (its ACT_AW, W_AW, P_AW, D_AW parameters)
+ACT_WORDS, W_BYTES, P_WORDS, D_WORDS = 1 << 22, 1 << 22, 1 << 18, 1 << 16
+
+
+@dataclass
+class Program:
+    desc: list[dict[str, int]] = field(default_factory=list)
+    node_of: list[str] = field(default_factory=list)  # the node of each descriptor
+    base: dict[str, int] = field(default_factory=dict)  # value -> its first activation address
+    act_words: int = 0
+    wgt: list[np.ndarray] = field(default_factory=list)  # byte chunks, in address order
+    par: list[np.ndarray] = field(default_factory=list)  # int32 chunks, in address order
+    w_next: int = 0
+    p_next: int = 0
+
+    def add_wgt(self, a: np.ndarray) -> int:
+        self.wgt.append(np.asarray(a).reshape(-1).astype(np.int64) & 0xFF)
+        self.w_next += self.wgt[-1].size
+        return self.w_next - self.wgt[-1].size
+
+    def add_par(self, a: np.ndarray) -> int:
+        self.par.append(np.asarray(a).reshape(-1).astype(np.int64))
+        self.p_next += self.par[-1].size
+        return self.p_next - self.par[-1].size
+
+
+def _chw(graph: Graph, v: str) -> tuple[int, int, int]:
+    s = graph.shapes[v]
+    return (s[0], 1, 1) if len(s) == 1 else (s[0], s[1], s[2])
+
+
+def _desc(graph: Graph, p: Program, n: Node) -> list[dict[str, int]]:
+    """The descriptors of one node (several for a concat)."""
+    q_out, out = graph.q[n.output], n.output
+    c, h, w = _chw(graph, n.inputs[0])
+    o, oh, ow = _chw(graph, out)
+    d = {"IN0": p.base[n.inputs[0]], "OUT": p.base[out], "C": c, "H": h, "W": w, "O": o, "OH": oh, "OW": ow}
+    d.update(
+        G=1,
+        KH=1,
+        KW=1,
+        SH=1,
+        SW=1,
+        ZP0=graph.q[n.inputs[0]].zero_point if n.inputs[0] in graph.q else 0,
+        SIZE=o * oh * ow,
+    )
+    if q_out.bits == 8:
+        d.update(ZPO=q_out.zero_point, LO=q_out.lo, HI=q_out.hi)
+    if "shift" in n.tensors:
+        d.update(SB=p.add_par(n.tensors["shift"].numpy()), SHIFT_PER_CH=int(n.tensors["shift"].numel() > 1))
+    if n.op in (OpType.CONV, OpType.MAXPOOL, OpType.AVGPOOL):
+        (kh, kw), (sh, sw), (ph, pw) = (_pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
+        d.update(KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, G=n.attrs.get("groups", 1))
+    if n.op is OpType.LINEAR:  # a 1x1 convolution of a 1x1 image of C*H*W channels
+        d.update(C=math.prod(graph.shapes[n.inputs[0]]), H=1, W=1)
+    if n.op in (OpType.CONV, OpType.LINEAR):
+        d.update(OP=OPCODES["MAC"], WB=p.add_wgt(n.tensors["weight"].numpy()), BB=p.add_par(n.tensors["bias"].numpy()))
+        d.update(REQUANT=int(q_out.bits == 8))
+    elif n.op is OpType.INPUT:
+        d.update(OP=OPCODES["LUT"], WB=p.add_wgt(n.tensors["lut"].numpy()))
+    elif n.op is OpType.ADD:
+        al = [int(a) for a in n.tensors["align"].tolist()]
+        d.update(OP=OPCODES["ADD"], IN1=p.base[n.inputs[1]], ZP1=graph.q[n.inputs[1]].zero_point, AL0=al[0], AL1=al[1])
+    elif n.op in (OpType.MAXPOOL, OpType.AVGPOOL):
+        d.update(OP=OPCODES[n.op.name])
+    elif n.op is OpType.FLATTEN:
+        d.update(OP=OPCODES["COPY"])
+    elif n.op is OpType.CONCAT:
+        pieces, offset = [], 0
+        for v in n.inputs:
+            size = math.prod(graph.shapes[v])
+            pieces.append({**d, "OP": OPCODES["COPY"], "IN0": p.base[v], "OUT": p.base[out] + offset, "SIZE": size})
+            offset += size
+        pieces[-1].update(CHK_BASE=p.base[out], CHK_SIZE=math.prod(graph.shapes[out]))
+        return pieces
+    d.update(CHK_BASE=p.base[out], CHK_SIZE=math.prod(graph.shapes[out]))
+    return [d]
+
+
+def build_program(graph: Graph) -> Program:
+    p = Program()
+    for v in [graph.input] + [n.output for n in graph.nodes]:
+        p.base[v] = p.act_words
+        p.act_words += math.prod(graph.shapes[v])
+    for n in graph.nodes:
+        for d in _desc(graph, p, n):
+            p.desc.append(d)
+            p.node_of.append(n.name)
+    for what, used, room in (
+        ("activation", p.act_words, ACT_WORDS),
+        ("weight", p.w_next, W_BYTES),
+        ("parameter", p.p_next, P_WORDS),
+        ("descriptor", len(p.desc) * DESC_WORDS, D_WORDS),
+    ):
+        if used > room:
+            raise UserError(f"the model needs {used:,} words of {what} memory; potq's RTL testbench has {room:,}")
+    return p
+
+
+def _hex(values: np.ndarray, digits: int) -> str:
+    mask = (1 << (4 * digits)) - 1
+    fmt = f"{{:0{digits}x}}".format
+    return "\n".join(map(fmt, (np.asarray(values, dtype=np.int64).reshape(-1) & mask).tolist())) + "\n"
+
+
+def write_program(p: Program, folder: Path) -> None:
+    """desc.hex, wgt.hex, par.hex for potq_tb's $readmemh."""
+    words = np.array([[d.get(f, 0) for f in DESC_FIELDS] + [0] * (DESC_WORDS - len(DESC_FIELDS)) for d in p.desc])
+    (folder / "desc.hex").write_text(_hex(words, 8))
+    (folder / "wgt.hex").write_text(_hex(np.concatenate(p.wgt or [np.zeros(1)]), 2))
+    (folder / "par.hex").write_text(_hex(np.concatenate(p.par or [np.zeros(1)]), 8))
+
+
+def write_image(graph: Graph, p: Program, values: dict[str, np.ndarray], folder: Path, k: int) -> None:
+    """img<k>.hex: every value of image k (values: by name, each without the batch axis) at its address."""
+    order = [graph.input] + [n.output for n in graph.nodes]
+    (folder / f"img{k}.hex").write_text(_hex(np.concatenate([np.asarray(values[v]).reshape(-1) for v in order]), 8))
+
+
+def scale_sim_os_cycles(m: int, n: int, k: int, rows: int, cols: int, groups: int = 1) -> int:
+    """SCALE-Sim 3.0.0's output-stationary "Total Cycles" of a GEMM (M x K by K x N, per group) when nothing
+    stalls: every fold, padded to the whole array, is K + R + C - 2 rows of its skewed demand matrices, and the
+    total is the (0-based) cycle of the last row. tests/fixtures/rtl/scalesim_os.json holds SCALE-Sim's own
+    numbers (benchmarks/rtl_vs_scalesim.py) and tests/test_rtl.py checks this against them."""
+    return groups * math.ceil(m / rows) * math.ceil(n / cols) * (k + rows + cols - 2) - 1
+
+
+def mac_cycles(m: int, n: int, k: int, rows: int, cols: int, groups: int = 1) -> int:
+    """Cycles of one MAC node (per group an M x N output, K deep) on potq's R x C output-stationary array: 1 to
+    latch the descriptor, then back-to-back folds of P = max(K + R + C - 2, 2R - 1) cycles each (results leave
+    through the output chains while the next fold computes), then a tail of K + 2R + C - 2 - P cycles in which
+    the last fold's results leave. Whenever R <= K + C - 1 (every square array) this is SCALE-Sim's
+    output-stationary "Total Cycles" plus 2 + R: `scale_sim_os_cycles(...) + 2 + rows`."""
+    folds = groups * math.ceil(m / rows) * math.ceil(n / cols)
+    period = max(k + rows + cols - 2, 2 * rows - 1)
+    return 1 + folds * period + (k + 2 * rows + cols - 2 - period)
+
+
+def rtl_cycles(d: dict[str, int], rows: int, cols: int) -> int:
+    """The cycles of one descriptor on an R x C array, from its fields (see potq_core.sv)."""
+    if d["OP"] == OPCODES["MAC"]:
+        g = d.get("G", 1)
+        k = d["C"] // g * d["KH"] * d["KW"]
+        return mac_cycles(d["OH"] * d["OW"], d["O"] // g, k, rows, cols, g)
+    taps = d["KH"] * d["KW"] if d["OP"] in (OPCODES["MAXPOOL"], OPCODES["AVGPOOL"]) else 1
+    return 1 + d["SIZE"] * taps  # the vector unit: one window tap (or element) per cycle
