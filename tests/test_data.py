@@ -371,3 +371,40 @@ def test_an_image_header_claiming_a_huge_size_is_one_line_without_decoding(tmp_p
         warnings.simplefilter("error")  # PIL's DecompressionBombWarning would be a second line on stderr
         with pytest.raises(UserError, match=r"imgs\.tar\.gz:imgs/train/cat/bomb\.png: 10000x10000 pixels"):
             load_dataset(str(archive), tmp_path / "cache")
+
+
+def test_verify_refuses_data_whose_classes_are_not_the_runs(tmp_path, tiny_run, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["quantize", "--run", str(run), "--scheme", "pot-channel", "--calib", "20"]) == 0
+    other = write_image_folder(tmp_path / "other", per_class=4, classes=("cat", "dog", "fox"))
+    capsys.readouterr()
+    assert main(["verify", "--run", str(run), "--scheme", "pot-channel", "--data", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "classes cat, dog, fox, but the run was trained on cat, dog, frog" in err and err.count("\n") == 1
+    assert not (run / "verify_pot-channel.json").exists()
+
+
+def test_cache_option_naming_a_file_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("mine")
+    with pytest.raises(UserError, match="--cache .*a_file: is a file"):
+        load_dataset(str(write_image_folder(tmp_path / "imgs", per_class=2)), tmp_path / "a_file")
+
+
+def test_a_file_too_large_in_a_folder_is_refused_before_it_is_read(tmp_path):
+    root = write_image_folder(tmp_path / "imgs", per_class=2)
+    with open(root / "train" / "cat" / "huge.png", "wb") as f:
+        f.truncate(80 << 20)  # sparse: 80 MB declared, no disk used
+    with pytest.raises(UserError, match=r"huge\.png: 80\.0 MB, more than potq reads"):
+        load_dataset(str(root), tmp_path / "cache")
+
+
+def test_a_gzip_idx_file_that_unpacks_too_large_is_refused(tmp_path):
+    root = tmp_path / "fm"
+    root.mkdir()
+    with gzip.open(root / "train-images-idx3-ubyte.gz", "wb", compresslevel=1) as f:
+        f.write(b"\0\0\x08\x03" + bytes(80 << 20))
+    with pytest.raises(UserError, match="train-images-idx3-ubyte.gz: unpacks to more than 64 MB"):
+        load_dataset(str(root), tmp_path / "cache")

@@ -86,9 +86,10 @@ def cache_folder(cache_dir: Path | None) -> Path:
     return cache_dir
 
 
-def load_dataset(spec: str, cache_dir: Path | None = None) -> Dataset:
+def load_dataset(spec: str, cache_dir: Path | None = None, classes: list[str] | None = None) -> Dataset:
     """`spec` is 'cifar10', or a path to a CIFAR-10 archive or folder, an image folder (or its .tar.gz),
-    or a folder of Fashion-MNIST IDX files."""
+    or a folder of Fashion-MNIST IDX files. `classes`: the class list a run recorded, which the data's
+    must equal (check_classes)."""
     cache_dir = cache_folder(cache_dir)
     if spec == "cifar10":
         path = download(CIFAR10_URL, cache_dir / "cifar-10-python.tar.gz", CIFAR10_MD5)
@@ -98,12 +99,13 @@ def load_dataset(spec: str, cache_dir: Path | None = None) -> Dataset:
             raise UserError(f"--data {spec}: no such file or directory")
     path = path.resolve()
     key = _cache_key(path)
-    cached = _read_cache(cache_dir / key, spec)
-    if cached is not None:
-        return cached
-    data = _decode(path)
-    check_dataset(data, spec)
-    _write_cache(cache_dir / key, data)
+    data = _read_cache(cache_dir / key, spec)
+    if data is None:
+        data = _decode(path)
+        check_dataset(data, spec)
+        _write_cache(cache_dir / key, data)
+    if classes:
+        check_classes(data, classes)
     return data
 
 
@@ -353,7 +355,7 @@ def _open_image(raw: bytes, name: str) -> Image.Image:
             )
         img.load()
     except Image.DecompressionBombError as e:  # beyond twice PIL's limit, refused by PIL's open itself
-        raise UserError(f"{name}: {one_line(e)}; more than potq decodes") from None
+        raise UserError(f"{name}: more pixels than potq decodes (PIL: {one_line(e)})") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise UserError(f"unreadable image {name}: {e}") from None
     return img
@@ -446,7 +448,7 @@ def _write_cache(folder: Path, data: Dataset) -> None:
         save_text("\n".join([data.source, *data.classes]), folder / "classes.txt")
     except (OSError, UserError) as e:  # a full or read-only cache only costs speed
         cause = e if isinstance(e, OSError) else e.__context__  # atomic_write's UserError wraps the OSError
-        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else one_line(e)
+        reason = (cause.strerror or one_line(cause)) if isinstance(cause, OSError) else one_line(e)
         _warn(f"data cache {folder}: can't write it ({reason}); going on without it, which costs only speed")
         if not (folder / "classes.txt").exists():  # an incomplete entry: give its space back
             shutil.rmtree(folder, ignore_errors=True)

@@ -187,7 +187,7 @@ def check_run(
             compiler()  # before the long ONNX check: is there a compiler at all?
         if onnx:
             _session(graph)
-        ds = load_dataset(data or cfg.data, cache)
+        ds = load_dataset(data or cfg.data, cache, cfg.classes)
         images, labels = np.array(ds.test_x), np.array(ds.test_y)
         if onnx:
             result["onnx"] = check_onnx(graph, images, labels)
