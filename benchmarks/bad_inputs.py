@@ -314,6 +314,10 @@ def issue21_cases(tmp: Path, data: Path, run: Path) -> list[tuple]:
             lambda: ["quantize", "--run", str(run), "--data", str(renamed_class())],
         ),
         (
+            "verify: --data with another class list",
+            lambda: ["verify", "--run", str(run), "--scheme", "pot-channel", "--data", str(tmp / "renamed")],
+        ),
+        (
             "cache write fails (RLIMIT_FSIZE: EFBIG; costs speed only)",
             lambda: [*t[:4], str(uncached()), *t[5:], "--out", str(tmp / "u2")],
             {"code": 0, "fsize": 600_000},
@@ -321,7 +325,7 @@ def issue21_cases(tmp: Path, data: Path, run: Path) -> list[tuple]:
         ("POTQ_CACHE empty", lambda: [*t, "--out", str(tmp / "u3")], {"env": {"POTQ_CACHE": ""}}),
         ("POTQ_CACHE a file", lambda: [*t, "--out", str(tmp / "u4")], {"env": {"POTQ_CACHE": str(a_file)}}),
         (
-            "tar.gz member of 1.5 GB (7 MB archive)",
+            "tar.gz member of 1.5 GB (a PNG header, then zeros)",
             lambda: [*t[:4], str(png_bomb_archive()), *t[5:], "--out", str(tmp / "u5")],
             rss,
         ),
