@@ -1,8 +1,10 @@
 import gzip
 import hashlib
+import io
 import os
 import pickle
 import tarfile
+import zlib
 
 import numpy as np
 import pytest
@@ -236,4 +238,173 @@ def test_an_image_too_large_to_decode_is_refused(tmp_path):
     big = next((root / "train" / "cat").iterdir())
     Image.new("L", (5000, 4000)).save(big)
     with pytest.raises(UserError, match="5000x4000 pixels, more than potq decodes"):
+        load_dataset(str(root), tmp_path / "cache")
+
+
+# ---- issue 21: checks on every load, a cache that costs speed only, bounded reads -----------------
+
+
+def test_a_cache_entry_with_labels_out_of_range_is_rebuilt_from_the_source(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "imgs", per_class=2)
+    first = load_dataset(str(root), tmp_path / "cache")
+    (entry,) = (tmp_path / "cache").iterdir()
+    np.save(entry / "train_y.npy", np.full(len(first.train_y), 7, dtype=np.int64))  # 3 classes
+    again = load_dataset(str(root), tmp_path / "cache")
+    np.testing.assert_array_equal(again.train_y, first.train_y)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning" in err and str(entry) in err
+    capsys.readouterr()
+    load_dataset(str(root), tmp_path / "cache")  # the rebuilt entry holds
+    assert capsys.readouterr().err == ""
+
+
+def test_the_class_list_must_equal_the_runs(tmp_path):
+    from potq.train import TrainConfig, prepare_data
+
+    ds = load_dataset(str(write_image_folder(tmp_path / "imgs", per_class=2, classes=("cat", "dog", "fox"))))
+    cfg = TrainConfig(data="x", val_size=1, in_shape=[3, 32, 32], classes=["cat", "dog", "frog"])
+    with pytest.raises(UserError, match="classes cat, dog, fox, but the run was trained on cat, dog, frog"):
+        prepare_data(cfg, ds)
+
+
+def test_a_full_cache_disk_costs_speed_only(tmp_path, monkeypatch, capsys):
+    import errno
+
+    def full(path, array):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(potq_data, "_save_npy", full)
+    root = write_image_folder(tmp_path / "imgs", per_class=4)
+    out = tmp_path / "run"
+    assert (
+        main(["train", "--model", "tiny", "--data", str(root), "--out", str(out), "--epochs", "1", "--val-size", "3"])
+        == 0
+    )
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "cache" in line]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0] and "potq: warning:" in warnings[0]
+    assert (out / "weights.pt").exists()
+
+
+@pytest.mark.parametrize("value", ["", "a_file"])
+def test_potq_cache_empty_or_a_file_is_one_line(tmp_path, monkeypatch, value):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("mine")
+    monkeypatch.setenv("POTQ_CACHE", value)
+    root = write_image_folder(tmp_path / "imgs", per_class=2)
+    with pytest.raises(UserError, match="POTQ_CACHE"):
+        load_dataset(str(root))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "imgs"]
+    assert (tmp_path / "a_file").read_text() == "mine"
+
+
+class _Zeros(io.RawIOBase):
+    """`n` zero bytes, read in blocks: an archive member as large as a bomb's without holding it."""
+
+    def __init__(self, n: int):
+        self.left = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        k = min(len(b), self.left)
+        b[:k] = bytes(k)
+        self.left -= k
+        return k
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height grey pixels; its pixel data is a few zero rows."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(bytes(width + 1)))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _archive_with(tmp_path, name: str, head: bytes, size: int):
+    root = write_image_folder(tmp_path / "imgs", per_class=2)
+    archive = tmp_path / "imgs.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        tar.add(root, arcname="imgs")
+        info = tarfile.TarInfo(f"imgs/train/cat/{name}")
+        info.size = size
+        tar.addfile(info, io.BufferedReader(_ConcatReader(head, _Zeros(size - len(head)))))
+    return archive
+
+
+class _ConcatReader(io.RawIOBase):
+    def __init__(self, head: bytes, rest: io.RawIOBase):
+        self.head, self.rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self.head:
+            k = min(len(b), len(self.head))
+            b[:k], self.head = self.head[:k], self.head[k:]
+            return k
+        return self.rest.readinto(b)
+
+
+def test_an_archive_member_too_large_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    small = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(small, format="PNG")  # a valid image, then 80 MB of zeros
+    archive = _archive_with(tmp_path, "huge.png", small.getvalue(), 80 << 20)
+    with pytest.raises(UserError, match=r"imgs\.tar\.gz:imgs/train/cat/huge\.png: 80\.0 MB, more than"):
+        load_dataset(str(archive), tmp_path / "cache")
+
+
+def test_an_image_header_claiming_a_huge_size_is_one_line_without_decoding(tmp_path):
+    import warnings
+
+    archive = _archive_with(tmp_path, "bomb.png", _png_header(10000, 10000), len(_png_header(10000, 10000)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's DecompressionBombWarning would be a second line on stderr
+        with pytest.raises(UserError, match=r"imgs\.tar\.gz:imgs/train/cat/bomb\.png: 10000x10000 pixels"):
+            load_dataset(str(archive), tmp_path / "cache")
+
+
+def test_verify_refuses_data_whose_classes_are_not_the_runs(tmp_path, tiny_run, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["quantize", "--run", str(run), "--scheme", "pot-channel", "--calib", "20"]) == 0
+    other = write_image_folder(tmp_path / "other", per_class=4, classes=("cat", "dog", "fox"))
+    capsys.readouterr()
+    assert main(["verify", "--run", str(run), "--scheme", "pot-channel", "--data", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "classes cat, dog, fox, but the run was trained on cat, dog, frog" in err and err.count("\n") == 1
+    assert not (run / "verify_pot-channel.json").exists()
+
+
+def test_cache_option_naming_a_file_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("mine")
+    with pytest.raises(UserError, match="--cache .*a_file: is a file"):
+        load_dataset(str(write_image_folder(tmp_path / "imgs", per_class=2)), tmp_path / "a_file")
+
+
+def test_a_file_too_large_in_a_folder_is_refused_before_it_is_read(tmp_path):
+    root = write_image_folder(tmp_path / "imgs", per_class=2)
+    with open(root / "train" / "cat" / "huge.png", "wb") as f:
+        f.truncate(80 << 20)  # sparse: 80 MB declared, no disk used
+    with pytest.raises(UserError, match=r"huge\.png: 80\.0 MB, more than potq reads"):
+        load_dataset(str(root), tmp_path / "cache")
+
+
+def test_a_gzip_idx_file_that_unpacks_too_large_is_refused(tmp_path):
+    root = tmp_path / "fm"
+    root.mkdir()
+    with gzip.open(root / "train-images-idx3-ubyte.gz", "wb", compresslevel=1) as f:
+        f.write(b"\0\0\x08\x03" + bytes(80 << 20))
+    with pytest.raises(UserError, match="train-images-idx3-ubyte.gz: unpacks to more than 64 MB"):
         load_dataset(str(root), tmp_path / "cache")

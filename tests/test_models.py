@@ -5,6 +5,7 @@ from potq.cli import main
 from potq.errors import UserError
 from potq.models import ZOO, build_model
 from potq.summary import summarize
+from tests.conftest import write_image_folder
 
 REFERENCE_ROWS = [
     ("Conv2d", [-1, 32, 32, 32], 896),
@@ -95,3 +96,41 @@ def test_help_and_argument_errors_answer_before_torch_loads():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("False") and "(default: pot-channel)" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("import sys\nsys.exit(0)\n", "importing {path} called sys.exit(0)"),
+        ("import sys\nsys.exit('msg')\n", "importing {path} called sys.exit('msg')"),
+        ("raise RuntimeError('broken')\n", "importing {path} failed: RuntimeError: broken"),
+        ("import sys\ndef build(shape, classes):\n    sys.exit(0)\n", "the factory called sys.exit(0)"),
+        ("def build(shape, classes):\n    raise GeneratorExit('odd')\n", "the factory failed: GeneratorExit: odd"),
+    ],
+)
+@pytest.mark.parametrize("command", ["summary", "train"])
+def test_a_model_file_that_exits_or_raises_is_one_line_exit_2(tmp_path, source, message, command, capsys):
+    path = tmp_path / "mine.py"
+    path.write_text(source)
+    out = tmp_path / "run"
+    args = ["--model", f"{path}:build"]
+    if command == "train":
+        args += [
+            "--data",
+            str(write_image_folder(tmp_path / "imgs", per_class=2)),
+            "--out",
+            str(out),
+            "--val-size",
+            "1",
+        ]
+    assert main([command, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("potq: error:") and err.count("\n") == 1 and message.format(path=path) in err
+    assert not out.exists()
+
+
+def test_a_keyboard_interrupt_in_a_model_file_is_not_swallowed(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text("raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        build_model(f"{path}:build")

@@ -320,3 +320,34 @@ def test_whitened_first_convolution_decorrelates_its_patches():
     y = torch.nn.functional.conv2d(x, conv.weight[:27], None, 1, 1)  # every patch, as the estimate saw them
     cov = torch.cov(y.transpose(0, 1).reshape(27, -1))
     assert torch.allclose(cov, torch.eye(27), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--seed", str(2**64)], "--seed must be an integer from 0 to 4294967295"),
+        (["--seed", str(2**32)], "--seed must be an integer from 0 to 4294967295"),
+        (["--lr", "1e308"], "--lr must be a positive finite number of at most"),
+        (["--lr=-inf"], "--lr must be a positive finite number"),
+    ],
+)
+def test_absurd_numbers_are_refused_before_anything_is_written(tmp_path, learnable_data, extra, message, capsys):
+    out = tmp_path / "out"
+    out.mkdir()  # an empty folder of the user's: it stays empty
+    args = [
+        "train",
+        "--model",
+        "tiny",
+        "--data",
+        str(learnable_data),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--val-size",
+        "60",
+        *extra,
+    ]
+    code, err = _cli_error(args, capsys)
+    assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("potq: error:")
+    assert list(out.iterdir()) == []

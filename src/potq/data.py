@@ -3,6 +3,12 @@
 Every source is decoded once into uint8 arrays (N, C, H, W) and cached as .npy files, so a second
 load is a memory map away. Augmentation (random crop with padding, horizontal flip) runs on whole
 batches as tensor operations.
+
+What a load promises, cache hit or not (tests/test_data.py): the arrays pass `check_dataset` (a cache
+entry that fails it is decoded again from the source, since a cache holds nothing the source does not);
+a cache that can't be written costs speed only (one warning line); no file, archive member or image is
+read or decoded beyond MAX_MEMBER_BYTES and MAX_IMAGE_PIXELS, both checked from sizes declared before
+the bytes are read (a tar header, a file's size, an image header), so a bomb costs no memory.
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
+import sys
 import tarfile
 import urllib.request
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from potq.errors import UserError
+from potq.errors import UserError, one_line
 from potq.files import atomic_write, save_text
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -39,6 +48,8 @@ FMNIST_FILES = {
 FMNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 CACHE_VERSION = "1"
 MAX_IMAGE_PIXELS = 4096 * 4096  # compact classifiers take small images; a larger one is refused, not decoded
+# any one file read whole: a CIFAR-10 batch is 31 MB, Fashion-MNIST's training images 47 MB, an image far less
+MAX_MEMBER_BYTES = 64 << 20
 
 
 @dataclass
@@ -56,13 +67,30 @@ class Dataset:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("POTQ_CACHE", Path.home() / ".cache" / "potq"))
+    """$POTQ_CACHE, else ~/.cache/potq. An empty POTQ_CACHE is a mistake (it would mean the current
+    folder), not a request for the default."""
+    value = os.environ.get("POTQ_CACHE")
+    if value is None:
+        return Path.home() / ".cache" / "potq"
+    if not value.strip():
+        raise UserError("POTQ_CACHE is set but empty; unset it or name a folder for potq's data cache")
+    return Path(value)
 
 
-def load_dataset(spec: str, cache_dir: Path | None = None) -> Dataset:
-    """`spec` is 'cifar10', or a path to a CIFAR-10 archive or folder, an image folder (or its .tar.gz),
-    or a folder of Fashion-MNIST IDX files."""
+def cache_folder(cache_dir: Path | None) -> Path:
+    """The cache folder: --cache, else default_cache_dir(); one that is a file is one line naming it."""
+    where = f"--cache {cache_dir}" if cache_dir else None
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise UserError(f"{where or f'POTQ_CACHE={cache_dir}'}: is a file, not a folder for potq's data cache")
+    return cache_dir
+
+
+def load_dataset(spec: str, cache_dir: Path | None = None, classes: list[str] | None = None) -> Dataset:
+    """`spec` is 'cifar10', or a path to a CIFAR-10 archive or folder, an image folder (or its .tar.gz),
+    or a folder of Fashion-MNIST IDX files. `classes`: the class list a run recorded, which the data's
+    must equal (check_classes)."""
+    cache_dir = cache_folder(cache_dir)
     if spec == "cifar10":
         path = download(CIFAR10_URL, cache_dir / "cifar-10-python.tar.gz", CIFAR10_MD5)
     else:
@@ -71,12 +99,13 @@ def load_dataset(spec: str, cache_dir: Path | None = None) -> Dataset:
             raise UserError(f"--data {spec}: no such file or directory")
     path = path.resolve()
     key = _cache_key(path)
-    cached = _read_cache(cache_dir / key)
-    if cached is not None:
-        return cached
-    data = _decode(path)
-    check_dataset(data, spec)
-    _write_cache(cache_dir / key, data)
+    data = _read_cache(cache_dir / key, spec)
+    if data is None:
+        data = _decode(path)
+        check_dataset(data, spec)
+        _write_cache(cache_dir / key, data)
+    if classes:
+        check_classes(data, classes)
     return data
 
 
@@ -85,6 +114,10 @@ def check_dataset(ds: Dataset, spec: str) -> None:
     for split, x, y in (("training", ds.train_x, ds.train_y), ("test", ds.test_x, ds.test_y)):
         if x.ndim != 4 or y.ndim != 1:
             raise UserError(f"--data {spec}: {split} images must be (N, C, H, W) with labels (N,), got {x.shape}")
+        if x.dtype != np.uint8 or y.dtype.kind not in "iu":
+            raise UserError(
+                f"--data {spec}: {split} images must be uint8 with integer labels, got {x.dtype}, {y.dtype}"
+            )
         if len(x) != len(y):
             raise UserError(f"--data {spec}: {len(x)} {split} images but {len(y)} labels")
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(ds.classes)):
@@ -94,6 +127,20 @@ def check_dataset(ds: Dataset, spec: str) -> None:
             )
     if ds.train_x.shape[1:] != ds.test_x.shape[1:]:
         raise UserError(f"--data {spec}: training and test images differ in shape")
+
+
+def _names(classes: list[str]) -> str:
+    shown = ", ".join(classes[:8])
+    return shown if len(classes) <= 8 else f"{shown}, ... ({len(classes)} in all)"
+
+
+def check_classes(ds: Dataset, expected: list[str]) -> None:
+    """The data's class list is the one a run was trained on, names and order: label k must mean the
+    same class to the model and to the data."""
+    if list(ds.classes) != list(expected):
+        raise UserError(
+            f"--data {ds.source}: classes {_names(ds.classes)}, but the run was trained on {_names(expected)}"
+        )
 
 
 # ---- download -------------------------------------------------------------------------------
@@ -143,16 +190,41 @@ def _decode(path: Path) -> Dataset:
     raise UserError(f"--data {path}: not a folder or a .tar.gz archive")
 
 
+def _check_size(size: int, name: str) -> None:
+    """Refuse, from its declared size and before a byte is read, a file potq would read whole."""
+    if size > MAX_MEMBER_BYTES:
+        raise UserError(
+            f"{name}: {size / 2**20:.1f} MB, more than potq reads as one file ({MAX_MEMBER_BYTES >> 20} MB); "
+            "is it really part of a small-image dataset?"
+        )
+
+
+def _file_reader(p: Path):
+    def read() -> bytes:
+        _check_size(p.stat().st_size, str(p))
+        return p.read_bytes()
+
+    return read
+
+
+def _member_reader(tar: tarfile.TarFile, m: tarfile.TarInfo, path: Path):
+    def read() -> bytes:
+        _check_size(m.size, f"{path}:{m.name}")
+        return tar.extractfile(m).read(MAX_MEMBER_BYTES)  # type: ignore[union-attr]
+
+    return read
+
+
 def _decode_dir(path: Path) -> Dataset:
     if (path / CIFAR10_DIR).is_dir():
         path = path / CIFAR10_DIR
     if (path / "data_batch_1").exists():
-        return _cifar_from_files({p.name: p.read_bytes for p in path.iterdir() if p.is_file()}, path)
+        return _cifar_from_files({p.name: _file_reader(p) for p in path.iterdir() if p.is_file()}, path)
     if any((path / f).exists() or (path / (f + ".gz")).exists() for f in FMNIST_FILES.values()):
         return _fashion_mnist(path)
     if (path / "train").is_dir() and (path / "test").is_dir():
         files = {
-            split: [(p.parent.name, p.read_bytes, str(p)) for p in sorted((path / split).glob("*/*"))]
+            split: [(p.parent.name, _file_reader(p), str(p)) for p in sorted((path / split).glob("*/*"))]
             for split in ("train", "test")
         }
         return _image_folder(files, path)
@@ -166,12 +238,12 @@ def _decode_tar(tar: tarfile.TarFile, path: Path) -> Dataset:
     names = {m.name: m for m in members}
     batches = {Path(n).name: m for n, m in names.items() if Path(n).parent.name == CIFAR10_DIR}
     if "data_batch_1" in batches:
-        return _cifar_from_files({k: (lambda m=m: tar.extractfile(m).read()) for k, m in batches.items()}, path)
+        return _cifar_from_files({k: _member_reader(tar, m, path) for k, m in batches.items()}, path)
     files: dict[str, list] = {"train": [], "test": []}
     for m in sorted(members, key=lambda m: m.name):
         parts = Path(m.name).parts
         if len(parts) >= 3 and parts[-3] in files:
-            files[parts[-3]].append((parts[-2], lambda m=m: tar.extractfile(m).read(), f"{path}:{m.name}"))
+            files[parts[-3]].append((parts[-2], _member_reader(tar, m, path), f"{path}:{m.name}"))
     if not files["train"] or not files["test"]:
         raise UserError(f"--data {path}: archive holds neither CIFAR-10 batches nor train/<class>/ and test/<class>/")
     return _image_folder(files, path)
@@ -253,13 +325,7 @@ def _image_folder(files: dict[str, list], path: Path) -> Dataset:
         for cls, read, name in files[split]:
             if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            try:
-                img = Image.open(io.BytesIO(read()))
-                if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:  # known from the header, before decoding
-                    raise UserError(f"image {name}: {img.size[0]}x{img.size[1]} pixels, more than potq decodes")
-                img.load()
-            except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
-                raise UserError(f"unreadable image {name}: {e}") from None
+            img = _open_image(read(), name)
             arr = np.asarray(img.convert("RGB" if img.mode not in ("L", "1") else "L"))
             images.append(arr if arr.ndim == 3 else arr[:, :, None])
             labels.append(index[cls])
@@ -275,11 +341,37 @@ def _image_folder(files: dict[str, list], path: Path) -> Dataset:
     return Dataset(train_x, train_y, test_x, test_y, classes, str(path))
 
 
+def _open_image(raw: bytes, name: str) -> Image.Image:
+    """Decode one image, its pixel count checked from its header first (PIL reads only the header on
+    open); PIL's own bomb warning is silenced, as this check comes first and is stricter."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))
+        if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:  # known from the header, before decoding
+            raise UserError(
+                f"{name}: {img.size[0]}x{img.size[1]} pixels, more than potq decodes "
+                f"({MAX_IMAGE_PIXELS:,}: is it really part of a small-image dataset?)"
+            )
+        img.load()
+    except Image.DecompressionBombError as e:  # beyond twice PIL's limit, refused by PIL's open itself
+        raise UserError(f"{name}: more pixels than potq decodes (PIL: {one_line(e)})") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(f"unreadable image {name}: {e}") from None
+    return img
+
+
 def _read_idx(path: Path) -> np.ndarray:
     gz = path.with_name(path.name + ".gz")
     if not path.exists() and not gz.exists():
         raise UserError(f"--data {path.parent}: missing Fashion-MNIST file {path.name}[.gz]")
-    raw = gzip.open(gz).read() if gz.exists() else path.read_bytes()
+    if gz.exists():
+        with gzip.open(gz) as f:
+            raw = f.read(MAX_MEMBER_BYTES + 1)  # a gzip bomb stops here
+        if len(raw) > MAX_MEMBER_BYTES:
+            raise UserError(f"{gz}: unpacks to more than {MAX_MEMBER_BYTES >> 20} MB, more than potq reads as one file")
+    else:
+        raw = _file_reader(path)()
     if len(raw) < 8 or raw[:2] != b"\0\0" or raw[2] != 8:
         raise UserError(f"{path}: not an IDX file of unsigned bytes")
     ndim = raw[3]
@@ -321,16 +413,25 @@ def _cache_key(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _read_cache(folder: Path) -> Dataset | None:
+def _warn(message: str) -> None:
+    print(f"potq: warning: {message}", file=sys.stderr)
+
+
+def _read_cache(folder: Path, spec: str) -> Dataset | None:
+    """A complete cache entry that passes check_dataset, else None (decode the source again): a cache
+    entry is derived data, so one that is broken or edited is not the user's mistake, only lost speed."""
     done = folder / "classes.txt"
-    if not done.exists():
-        return None
     try:
+        if not done.exists():
+            return None
         arrays = {k: np.load(folder / f"{k}.npy", mmap_mode="r") for k in ("train_x", "train_y", "test_x", "test_y")}
-    except (OSError, ValueError):
+        lines = done.read_text().splitlines()
+        data = Dataset(**arrays, classes=lines[1:], source=lines[0])
+        check_dataset(data, spec)
+    except (OSError, ValueError, IndexError, UserError) as e:
+        _warn(f"cache entry {folder} is unreadable or fails its check ({one_line(e)}); decoding --data again")
         return None
-    lines = done.read_text().splitlines()
-    return Dataset(**arrays, classes=lines[1:], source=lines[0])
+    return data
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -345,8 +446,12 @@ def _write_cache(folder: Path, data: Dataset) -> None:
             atomic_write(folder / f"{k}.npy", lambda tmp, k=k: _save_npy(tmp, getattr(data, k)))
         # written last: its presence marks a complete cache entry
         save_text("\n".join([data.source, *data.classes]), folder / "classes.txt")
-    except OSError:
-        pass  # a read-only cache only costs speed
+    except (OSError, UserError) as e:  # a full or read-only cache only costs speed
+        cause = e if isinstance(e, OSError) else e.__context__  # atomic_write's UserError wraps the OSError
+        reason = (cause.strerror or one_line(cause)) if isinstance(cause, OSError) else one_line(e)
+        _warn(f"data cache {folder}: can't write it ({reason}); going on without it, which costs only speed")
+        if not (folder / "classes.txt").exists():  # an incomplete entry: give its space back
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 # ---- splits and batches ---------------------------------------------------------------------

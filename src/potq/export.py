@@ -169,7 +169,7 @@ def export_run(
     out, run = Path(out), Path(run)
     check_output_dir(out, EXPORT_KIND, protect=(run,))
     graph, cfg = load_quantized(run, name)
-    ds = load_dataset(data or cfg.data, cache)
+    ds = load_dataset(data or cfg.data, cache, cfg.classes)
     if vectors > len(ds.test_x):
         raise UserError(f"--vectors {vectors} is more than the {len(ds.test_x)} test images")
     indices = vector_indices(np.asarray(ds.test_y), vectors)

@@ -9,6 +9,9 @@ The zoo: the reference lab's sequential `seed` family (layer table of the refere
 the CIFAR ResNets of He et al. 2016 (option B: 1x1 projection shortcuts where the shape changes)
 and a MobileNet-style depthwise-separable net. Every one is captured into potq's integer graph
 (potq.ir.capture), so any stage takes any of them, and any user model built from the same ops.
+
+A user's file that raises or calls sys.exit at import or in its factory is one line naming the file and
+what happened (exit 2), never potq ending with the user's status and no word; Ctrl-C still interrupts.
 """
 
 from __future__ import annotations
@@ -207,10 +210,10 @@ def build_model(spec: str, in_shape: Shape = (3, 32, 32), classes: int = 10) -> 
     try:
         params = [p for p in inspect.signature(factory).parameters.values() if p.default is inspect.Parameter.empty]
         model = factory(tuple(in_shape), classes) if params else factory()
-    except UserError:
+    except (UserError, KeyboardInterrupt):
         raise
-    except Exception as e:
-        raise UserError(f"--model {spec}: the factory failed: {type(e).__name__}: {e}") from None
+    except BaseException as e:  # the user's code: SystemExit included, which must not end potq silently
+        raise _user_code_error(spec, "the factory", e) from None
     if not isinstance(model, nn.Module):
         raise UserError(f"--model {spec}: the factory returned a {type(model).__name__}, not an nn.Module")
     return model
@@ -228,18 +231,32 @@ def load_factory(spec: str) -> Callable:
         sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
         try:
             loader.loader.exec_module(module)  # type: ignore[union-attr]
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
             sys.modules.pop(module_name, None)
-            raise UserError(f"--model {spec}: importing {where} failed: {type(e).__name__}: {e}") from None
+            raise _user_code_error(spec, f"importing {where}", e) from None
     else:
         try:
             module = importlib.import_module(where)
-        except Exception as e:
+        except ImportError as e:
             raise UserError(f"--model {spec}: can't import {where}: {type(e).__name__}: {e}") from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
+            raise _user_code_error(spec, f"importing {where}", e) from None
     factory = getattr(module, name, None)
     if not callable(factory):
         raise UserError(f"--model {spec}: {where} has no function {name!r}")
     return factory
+
+
+def _user_code_error(spec: str, doing: str, e: BaseException) -> UserError:
+    """One line for whatever the user's code raised: an exception by type and text; a sys.exit (which
+    would otherwise end potq with the user's status and no word) named as such."""
+    if isinstance(e, SystemExit):
+        return UserError(f"--model {spec}: {doing} called sys.exit({e.code!r}); a model file must not exit")
+    return UserError(f"--model {spec}: {doing} failed: {type(e).__name__}: {e}")
 
 
 def check_model(spec: str) -> None:

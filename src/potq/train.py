@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from potq.data import Dataset, augment, channel_stats, load_dataset, split_train_val
+from potq.data import Dataset, augment, channel_stats, check_classes, load_dataset, split_train_val
 from potq.errors import UserError
 from potq.files import read_json, save_json, save_text, save_torch
 from potq.ir.tensor import nhwc, normalize
@@ -55,7 +55,14 @@ class TrainConfig:
         return Recipe(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
 
 
+# the epoch generators seed torch with seed * 1,000,003 + epoch * 101 + rank, which must fit its 64 bits; 32 bits
+# leave that room and are what other seeds take (numpy's legacy seed, DataLoader workers)
+MAX_SEED = 2**32 - 1
+MAX_LR = 100.0  # far above any recipe's (0.1, 0.2); beyond it training only diverges or overflows float32
+
+
 def check_config(cfg: TrainConfig) -> None:
+    """Every training option, before anything is read or written: one line naming the option."""
     if cfg.recipe not in RECIPES:
         raise UserError(f"unknown recipe {cfg.recipe!r}; choose from {', '.join(RECIPES)}")
     if cfg.epochs is not None and cfg.epochs < 1:
@@ -64,8 +71,12 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--train-limit must be a positive integer, got {cfg.train_limit}")
     if cfg.lr is not None and not 0 < cfg.lr < math.inf:
         raise UserError(f"--lr must be a positive finite number, got {cfg.lr}")
+    if cfg.lr is not None and cfg.lr > MAX_LR:
+        raise UserError(f"--lr must be a positive finite number of at most {MAX_LR:g}, got {cfg.lr:g}")
     if cfg.seed < 0:
         raise UserError(f"--seed must be a non-negative integer, got {cfg.seed}")
+    if cfg.seed > MAX_SEED:
+        raise UserError(f"--seed must be an integer from 0 to {MAX_SEED}, got {cfg.seed}")
     if cfg.precision is not None and cfg.precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     if cfg.batch_size is not None and cfg.batch_size < 1:
@@ -281,6 +292,8 @@ def prepare_data(cfg: TrainConfig, data: Dataset) -> dict[str, np.ndarray]:
             f"--data {data.source}: images of shape {list(data.shape)} in {len(data.classes)} classes, but the run "
             f"was trained on {list(cfg.in_shape)} in {len(cfg.classes)} classes"
         )
+    if cfg.classes:
+        check_classes(data, cfg.classes)
     cfg.in_shape = list(data.shape)
     cfg.classes = list(data.classes)
     if not cfg.mean:

@@ -77,7 +77,7 @@ def verify_run(run, name: str, data: str | None = None, cache=None, batch: int =
     """`potq verify`: compare_models on the whole test set, saved as verify_<label>.json."""
     run = Path(run)
     graph, cfg = load_quantized(run, name)
-    ds = load_dataset(data or cfg.data, cache)
+    ds = load_dataset(data or cfg.data, cache, cfg.classes)
     images, labels = torch.from_numpy(np.array(ds.test_x)), torch.from_numpy(np.array(ds.test_y))
     result = {"label": name, **compare_models(graph, cfg, images, labels, batch)}
     save_json(result, verify_json(run, name))

@@ -305,7 +305,7 @@ def check_run(
             _session(graph, weights=onnx_weights)
         if tvm:
             require_tvm()
-        ds = load_dataset(data or cfg.data, cache)
+        ds = load_dataset(data or cfg.data, cache, cfg.classes)
         images, labels = np.array(ds.test_x), np.array(ds.test_y)
         if onnx:
             result["onnx"] = check_onnx(graph, images, labels, weights=onnx_weights)
