@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from potq.cli import main
-from potq.data import normalize
 from potq.deploy.rtl import SOURCES, build_sim, rtl_sources
 from potq.deploy.rtl.pkg import package_text
 from potq.deploy.rtl.program import build_program, mac_cycles, rtl_cycles, scale_sim_os_cycles
@@ -26,6 +25,7 @@ from potq.export import write_export
 from potq.ir.capture import capture
 from potq.ir.graph import OpType
 from potq.ir.rules import SHIFT_CAP, Rounding
+from potq.ir.tensor import normalize
 from potq.quant.lower import calibrate, lower
 from potq.quant.scheme import QuantSettings
 from tests.test_deploy import graph_of
@@ -65,7 +65,7 @@ def tiny_graph(rounding: str, n: int = 2):
     torch.manual_seed(3)
     images = torch.randint(0, 256, (n, 3, 9, 9), dtype=torch.uint8)
     fgraph = capture(randomized(Tiny()), (3, 9, 9), MEAN, STD)
-    settings = QuantSettings("pot-channel", rounding=rounding)
+    settings = QuantSettings.parse("pot-channel", rounding=rounding)
     return lower(fgraph, calibrate(fgraph, normalize(images, MEAN, STD), settings), settings), images.numpy()
 
 

@@ -24,7 +24,7 @@ from potq.deploy.rtl.program import build_program, rtl_cycles, write_image, writ
 from potq.errors import UserError
 from potq.golden import IntegerModel
 from potq.ir.arith import shift_round
-from potq.ir.graph import Graph, Node, OpType, _pair
+from potq.ir.graph import Graph, Node, OpType, pair
 from potq.ir.rules import Rounding
 
 
@@ -45,14 +45,14 @@ def accumulator(graph: Graph, n: Node, xs: list[torch.Tensor]) -> torch.Tensor |
         if n.op is OpType.LINEAR:
             return F.linear(x.flatten(1), w, b).to(torch.int64)  # exact: |acc| < 2^31 < 2^53
         a = n.attrs
-        return F.conv2d(x, w, b, tuple(_pair(a["stride"])), tuple(_pair(a["padding"])), 1, a["groups"]).to(torch.int64)
+        return F.conv2d(x, w, b, tuple(pair(a["stride"])), tuple(pair(a["padding"])), 1, a["groups"]).to(torch.int64)
     if n.op is OpType.ADD:
         align = n.tensors["align"].tolist()
         return sum((x.to(torch.int64) - q[v].zero_point) << int(s) for x, v, s in zip(xs, n.inputs, align, strict=True))
     if n.op is OpType.AVGPOOL:
         a = n.attrs
         x = xs[0].to(torch.float64) - q[n.inputs[0]].zero_point
-        k, s, p = (tuple(_pair(a[key])) for key in ("kernel", "stride", "padding"))
+        k, s, p = (tuple(pair(a[key])) for key in ("kernel", "stride", "padding"))
         return F.avg_pool2d(x, k, s, p, divisor_override=1).to(torch.int64)
     return None
 
@@ -60,7 +60,7 @@ def accumulator(graph: Graph, n: Node, xs: list[torch.Tensor]) -> torch.Tensor |
 def candidates(graph: Graph, n: Node, acc: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
     """The codes a requantizing node would give from its exact accumulator under the wrong rounding: each
     rule other than the model's, and truncation toward zero (C's integer division), each labelled."""
-    q, rule = graph.q[n.output], Rounding.of(graph.rounding)
+    q, rule = graph.q[n.output], graph.rounding
     shift = n.tensors["shift"].to(torch.int64)
     shift = shift.view(-1, *[1] * (acc.dim() - 1)) if shift.numel() > 1 else shift.reshape(())
     s = shift.clamp(min=0)
@@ -137,7 +137,7 @@ def check_rtl(
         for k in range(len(images)):
             write_image(graph, prog, {v: t[k].numpy() for v, t in record.items()}, folder, k)
         t1 = time.perf_counter()
-        lines = run_sim(exe, folder, len(images), len(prog.desc), Rounding.of(graph.rounding))
+        lines = run_sim(exe, folder, len(images), len(prog.desc), graph.rounding)
         t_sim = time.perf_counter() - t1
         nodes = _per_node(graph, prog, lines, record, folder, rows, cols)
     bad = sum(n["mismatches"] for n in nodes)
@@ -146,7 +146,7 @@ def check_rtl(
         "array": f"{rows}x{cols}",
         "ppu": str(ppu) if ppu else "potq_ppu.sv",
         "pe": str(pe) if pe else "potq_pe.sv",
-        "rounding": graph.rounding,
+        "rounding": graph.rounding.label,
         "images": len(images),
         "compared_values": sum(n["values"] for n in nodes),
         "mismatches": bad,
@@ -263,7 +263,7 @@ def check_rtl_run(
     from potq.deploy.rtl import verilator
     from potq.export import vector_indices
     from potq.files import read_json, save_json
-    from potq.quant.pipeline import load_quantized
+    from potq.runs.quantize import load_quantized
 
     rows, cols = parse_array(array)
     if vectors < 1:
@@ -274,7 +274,7 @@ def check_rtl_run(
     verilator()  # before anything slow: is it installed?
     run = Path(run)
     graph, cfg = load_quantized(run, name)
-    ds = load_dataset(data or cfg.data, cache)
+    ds = load_dataset(data or cfg.data, cache, cfg.classes)
     labels = np.array(ds.test_y)
     picked = vector_indices(labels, min(vectors, len(labels)))
     result = check_rtl(graph, np.array(ds.test_x[picked]), rows, cols, ppu, pe)

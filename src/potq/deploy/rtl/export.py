@@ -12,7 +12,6 @@ from potq.deploy.rtl import LINT, SOURCES, TB, rtl_sources
 from potq.deploy.rtl.pkg import DESC_FIELDS, DESC_WORDS
 from potq.deploy.rtl.program import build_program, write_image, write_program
 from potq.ir.graph import Graph
-from potq.ir.rules import Rounding
 
 BUILD = (
     "verilator --cc --exe --build -MAKEFLAGS OPT_FAST=-O1 {lint} --top-module potq_tb -o potq_sim -GR=16 -GC=16 "
@@ -33,7 +32,7 @@ def write_rtl(graph: Graph, folder: Path, images, record: dict[str, torch.Tensor
     return {
         "folder": "rtl",
         "build": BUILD.format(lint=" ".join(LINT), sources=sources),
-        "run": f"obj_dir/potq_sim +dir=. {len(images)} {len(prog.desc)} {int(Rounding.of(graph.rounding))}",
+        "run": f"obj_dir/potq_sim +dir=. {len(images)} {len(prog.desc)} {int(graph.rounding)}",
         "run_note": "arguments: images, descriptors, rounding code; prints cycles and mismatches per descriptor",
         "descriptors": [{"node": n, **d} for n, d in zip(prog.node_of, prog.desc, strict=True)],
         "descriptor_fields": list(DESC_FIELDS),

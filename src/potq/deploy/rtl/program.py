@@ -17,7 +17,7 @@ import numpy as np
 
 from potq.deploy.rtl.pkg import DESC_FIELDS, DESC_WORDS, OPCODES
 from potq.errors import UserError
-from potq.ir.graph import Graph, Node, OpType, _pair
+from potq.ir.graph import Graph, Node, OpType, pair
 
 # memory sizes of potq_tb (its ACT_AW, W_AW, P_AW, D_AW parameters)
 ACT_WORDS, W_BYTES, P_WORDS, D_WORDS = 1 << 22, 1 << 22, 1 << 18, 1 << 16
@@ -70,7 +70,7 @@ def _desc(graph: Graph, p: Program, n: Node) -> list[dict[str, int]]:
     if "shift" in n.tensors:
         d.update(SB=p.add_par(n.tensors["shift"].numpy()), SHIFT_PER_CH=int(n.tensors["shift"].numel() > 1))
     if n.op in (OpType.CONV, OpType.MAXPOOL, OpType.AVGPOOL):
-        (kh, kw), (sh, sw), (ph, pw) = (_pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
+        (kh, kw), (sh, sw), (ph, pw) = (pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
         d.update(KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, G=n.attrs.get("groups", 1))
     if n.op is OpType.LINEAR:  # a 1x1 convolution of a 1x1 image of C*H*W channels
         d.update(C=math.prod(graph.shapes[n.inputs[0]]), H=1, W=1)
