@@ -114,6 +114,24 @@ def test_program_describes_every_node():
     assert sum(d.get("CHK_SIZE", 0) for d in prog.desc) == sum(math.prod(graph.shapes[n.output]) for n in graph.nodes)
 
 
+@pytest.mark.parametrize("name", ["mobilenet-cifar", EXAMPLE])
+def test_accelerator_model_predicts_every_mac_nodes_rtl_cycles(name):
+    """The accelerator model (potq.accel, read from the graph's workloads) and the RTL's descriptors give the
+    same cycles for every MAC node, grouped and depthwise included, on square, tall and wide arrays; the
+    Verilator tests hold the descriptors' count equal to the simulation's."""
+    from potq.accel.systolic import rtl_cycles as accel_rtl_cycles
+    from potq.accel.workload import workloads
+
+    graph, _ = graph_of(name, rounding="half-even", n=1)
+    prog = build_program(graph)
+    macs = [w for w in workloads(graph) if w.is_mac]
+    assert macs and any(w.groups > 1 for w in macs) == (name == "mobilenet-cifar")
+    for rows, cols in ((4, 4), (16, 16), (8, 2), (2, 8)):
+        for w in macs:
+            (d,) = (prog.desc[i] for i, node in enumerate(prog.node_of) if node == w.node)
+            assert accel_rtl_cycles(w, rows, cols) == rtl_cycles(d, rows, cols), (w.node, rows, cols)
+
+
 def test_causes_name_a_wrong_rounding_and_a_clamp():
     from potq.deploy.rtl_check import accumulator, candidates, causes
     from potq.golden import IntegerModel

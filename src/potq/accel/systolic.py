@@ -71,6 +71,33 @@ def compute_cycles(w: Workload, rows: int, cols: int, dataflow: str) -> int:
     return w.groups * (fr * fc * fold_cycles(g, rows, cols) - 1)
 
 
+def os_gemm_cycles(pixels: int, filters: int, window: int, rows: int, cols: int) -> int:
+    """SCALE-Sim 3.0.0's output-stationary "Total Cycles" of one GEMM (pixels x window by window x filters)."""
+    g = Gemm("os", window, pixels, filters, pixels, filters, window)
+    fr, fc = folds(g, rows, cols)
+    return fr * fc * fold_cycles(g, rows, cols) - 1
+
+
+def rtl_gemm_cycles(pixels: int, filters: int, window: int, rows: int, cols: int, groups: int = 1) -> int:
+    """Cycles of potq's own RTL (potq.deploy.rtl, docs/rtl.md) on one MAC node: an output-stationary array whose
+    folds run back to back at SCALE-Sim's output-stationary fold length (results leave through the output
+    chains while the next fold computes), the overheads this model learned from the RTL added: 1 cycle to
+    latch the node's descriptor, and the last fold's drain (its results leave the top edge: `rows` cycles
+    past its fold). A tall array (rows > window + cols - 1) waits 2 * rows - 1 cycles per fold for its output
+    chains. On a square array this is SCALE-Sim's count + 2 + rows for one group. tests/test_rtl.py holds it
+    equal to Verilator's count of every MAC node, to the cycle."""
+    g = Gemm("os", window, pixels, filters, pixels, filters, window)
+    fr, fc = folds(g, rows, cols)
+    fold = fold_cycles(g, rows, cols)
+    period = max(fold, 2 * rows - 1)
+    return 1 + groups * fr * fc * period + (fold + rows - period)
+
+
+def rtl_cycles(w: Workload, rows: int, cols: int) -> int:
+    """`rtl_gemm_cycles` of a conv/linear workload: per group N*E*F pixels, M filters, a C*R*S window."""
+    return rtl_gemm_cycles(w.N * w.E * w.F, w.M, w.C * w.R * w.S, rows, cols, w.groups)
+
+
 def _ceil_bytes(values: int, bits: int) -> int:
     return cdiv(values * bits, 8)
 

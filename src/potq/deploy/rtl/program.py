@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from potq.accel.systolic import os_gemm_cycles, rtl_gemm_cycles
 from potq.deploy.rtl.pkg import DESC_FIELDS, DESC_WORDS, OPCODES
 from potq.errors import UserError
 from potq.ir.graph import Graph, Node, OpType, pair
@@ -138,23 +139,18 @@ def write_image(graph: Graph, p: Program, values: dict[str, np.ndarray], folder:
     (folder / f"img{k}.hex").write_text(_hex(np.concatenate([np.asarray(values[v]).reshape(-1) for v in order]), 8))
 
 
-def scale_sim_os_cycles(m: int, n: int, k: int, rows: int, cols: int, groups: int = 1) -> int:
-    """SCALE-Sim 3.0.0's output-stationary "Total Cycles" of a GEMM (M x K by K x N, per group) when nothing
-    stalls: every fold, padded to the whole array, is K + R + C - 2 rows of its skewed demand matrices, and the
-    total is the (0-based) cycle of the last row. tests/fixtures/rtl/scalesim_os.json holds SCALE-Sim's own
+def scale_sim_os_cycles(m: int, n: int, k: int, rows: int, cols: int) -> int:
+    """SCALE-Sim 3.0.0's output-stationary "Total Cycles" of a GEMM (M x K by K x N) when nothing stalls: the
+    accelerator model's count (potq.accel.systolic). tests/fixtures/rtl/scalesim_os.json holds SCALE-Sim's own
     numbers (benchmarks/rtl_vs_scalesim.py) and tests/test_rtl.py checks this against them."""
-    return groups * math.ceil(m / rows) * math.ceil(n / cols) * (k + rows + cols - 2) - 1
+    return os_gemm_cycles(m, n, k, rows, cols)
 
 
 def mac_cycles(m: int, n: int, k: int, rows: int, cols: int, groups: int = 1) -> int:
-    """Cycles of one MAC node (per group an M x N output, K deep) on potq's R x C output-stationary array: 1 to
-    latch the descriptor, then back-to-back folds of P = max(K + R + C - 2, 2R - 1) cycles each (results leave
-    through the output chains while the next fold computes), then a tail of K + 2R + C - 2 - P cycles in which
-    the last fold's results leave. Whenever R <= K + C - 1 (every square array) this is SCALE-Sim's
-    output-stationary "Total Cycles" plus 2 + R: `scale_sim_os_cycles(...) + 2 + rows`."""
-    folds = groups * math.ceil(m / rows) * math.ceil(n / cols)
-    period = max(k + rows + cols - 2, 2 * rows - 1)
-    return 1 + folds * period + (k + 2 * rows + cols - 2 - period)
+    """Cycles of one MAC node (per group an M x N output, K deep) on potq's R x C output-stationary array: the
+    accelerator model's prediction for this RTL (potq.accel.systolic.rtl_gemm_cycles), which tests/test_rtl.py
+    holds equal to Verilator's count."""
+    return rtl_gemm_cycles(m, n, k, rows, cols, groups)
 
 
 def rtl_cycles(d: dict[str, int], rows: int, cols: int) -> int:
