@@ -15,57 +15,27 @@ import csv
 import json
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
+from potq.accel.arch import load_arch
+from potq.accel.peers import LAYOUT_FIELDS, LAYOUT_ROW, scalesim_config
 from potq.deploy.rtl.program import mac_cycles, scale_sim_os_cycles
 
 # name, ifmap height = width (padding included: SCALE-Sim does not pad), kernel, channels, filters, stride
 LAYERS = [("conv1", 34, 3, 3, 16, 1), ("l2conv", 18, 3, 32, 32, 1), ("fc", 1, 1, 64, 10, 1), ("dw", 10, 3, 1, 1, 1)]
 ARRAYS = [(4, 4), (16, 16), (8, 4)]
-CONFIG = """[general]
-run_name = potq_os
-[architecture_presets]
-ArrayHeight : {rows}
-ArrayWidth : {cols}
-IfmapSramSzkB : 4096
-FilterSramSzkB : 4096
-OfmapSramSzkB : 4096
-IfmapOffset : 0
-FilterOffset : 10000000
-OfmapOffset : 20000000
-Dataflow : os
-Bandwidth : 10
-ReadRequestBuffer : 32
-WriteRequestBuffer : 32
-[layout]
-IfmapCustomLayout : False
-FilterCustomLayout : False
-IfmapSRAMBankBandwidth : 10
-IfmapSRAMBankNum : 10
-IfmapSRAMBankPort : 2
-FilterSRAMBankBandwidth : 10
-FilterSRAMBankNum : 10
-FilterSRAMBankPort : 2
-[sparsity]
-SparsitySupport : false
-SparseRep : ellpack_block
-OptimizedMapping : false
-BlockSize : 8
-RandomNumberGeneratorSeed : 40
-[run_presets]
-InterfaceBandwidth : CALC
-UseRamulatorTrace : False
-"""
-LAYOUT = "1,1,1,1,1,1,0,1,2,0,1,2,0,1,2,3,0,1,2,3,"
 
 
 def run_scalesim(python: str, rows: int, cols: int, folder: Path) -> list[int]:
-    (folder / "scale.cfg").write_text(CONFIG.format(rows=rows, cols=cols))
+    # potq's own SCALE-Sim config writer (accel.peers), on an array of rows x cols with 4 MB per SRAM
+    arch = replace(load_arch("systolic-16"), pe_rows=rows, pe_cols=cols, glb_bytes=3 * 4096 * 1024)
+    (folder / "scale.cfg").write_text(scalesim_config(arch, "os", "potq_os"))
     topo = ["Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,"]
     topo += [f"{n}, {h}, {h}, {k}, {k}, {c}, {f}, {s}," for n, h, k, c, f, s in LAYERS]
     (folder / "topology.csv").write_text("\n".join(topo) + "\n")
-    head = "Layer name," + ",".join(f"f{i}" for i in range(20)) + ","
-    (folder / "layout.csv").write_text("\n".join([head] + [f"{n[0]},{LAYOUT}" for n in LAYERS]) + "\n")
+    head = "Layer name," + ",".join(f"f{i}" for i in range(LAYOUT_FIELDS)) + ","
+    (folder / "layout.csv").write_text("\n".join([head] + [f"{n[0]},{LAYOUT_ROW}," for n in LAYERS]) + "\n")
     cmd = [python, "-m", "scalesim.scale", "-c", "scale.cfg", "-t", "topology.csv", "-l", "layout.csv", "-p", "out"]
     subprocess.run([*cmd, "-s", "N"], cwd=folder, check=True, capture_output=True)
     report = next((folder / "out").rglob("COMPUTE_REPORT.csv"))

@@ -38,6 +38,7 @@ from potq.runs.paths import (
     SUMMARY,
     VERIFY_GLOB,
     deploy_json,
+    label_of,
 )
 from potq.runs.quantize import change
 from potq.summary import LayerRow, Summary, format_summary
@@ -148,8 +149,8 @@ class Records:
             _read(run / METRICS),
             _read(run / CONFIG) or {},
             _read(run / STEPS) or {},
-            {p.stem.removeprefix("quant_"): read_json(p) for p in sorted(run.glob(QUANT_GLOB))},
-            {p.stem.removeprefix("verify_"): read_json(p) for p in sorted(run.glob(VERIFY_GLOB))},
+            {label_of(p): read_json(p) for p in sorted(run.glob(QUANT_GLOB))},
+            {label_of(p): read_json(p) for p in sorted(run.glob(VERIFY_GLOB))},
             _read(run / ENERGY_JSON),
         )
 

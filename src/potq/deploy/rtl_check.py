@@ -263,6 +263,7 @@ def check_rtl_run(
     from potq.deploy.rtl import verilator
     from potq.export import vector_indices
     from potq.files import read_json, save_json
+    from potq.runs.paths import deploy_json
     from potq.runs.quantize import load_quantized
 
     rows, cols = parse_array(array)
@@ -279,7 +280,7 @@ def check_rtl_run(
     picked = vector_indices(labels, min(vectors, len(labels)))
     result = check_rtl(graph, np.array(ds.test_x[picked]), rows, cols, ppu, pe)
     result["test_indices"] = picked.tolist()
-    path = run / f"deploy_{name}.json"
+    path = deploy_json(run, name)
     saved = read_json(path) if path.exists() else {"label": name}
     saved["rtl"] = result
     save_json(saved, path)

@@ -25,14 +25,12 @@ class Rounding(IntEnum):
         return self.name.lower().replace("_", "-")
 
     @classmethod
-    def of(cls, rule: Rounding | str) -> Rounding:
+    def of(cls, label: str) -> Rounding:
         """Parse a label at the edge (CLI, API, a file); inside potq a rule is always a Rounding."""
-        if isinstance(rule, Rounding):
-            return rule
         for r in cls:
-            if r.label == rule:
+            if r.label == label:
                 return r
-        raise ValueError(f"unknown rounding rule {rule!r}; choose from {', '.join(ROUNDING)}")
+        raise ValueError(f"unknown rounding rule {label!r}; choose from {', '.join(ROUNDING)}")
 
 
 ROUNDING = tuple(r.label for r in Rounding)  # the labels, in code order

@@ -90,7 +90,7 @@ class SimNet(nn.Module):
         or float values (float net), keyed by value name."""
         if not self.training:
             x = x.float() if self.quantize and self.all_float32() else x.double()  # exact: see the docstring
-            x = nhwc(x)  # the layers after it keep the layout (see potq.data.nhwc)
+            x = nhwc(x)  # the layers after it keep the layout (see potq.ir.tensor.nhwc)
         env = {self.graph.input: x}
         for n in self.graph.nodes:
             y = SIM_KERNELS[n.op](self, n, [env[v] for v in n.inputs])

@@ -56,6 +56,11 @@ def quant_paths(run: Path, label: str) -> tuple[Path, Path]:
     return Path(run) / f"quant_{label}.pt", Path(run) / f"quant_{label}.json"
 
 
+def label_of(record: Path) -> str:
+    """The quantized model's label in a per-model file's name: quant_<label>.json -> <label>."""
+    return Path(record).stem.split("_", 1)[1]
+
+
 def verify_json(run: Path, label: str) -> Path:
     return Path(run) / f"verify_{label}.json"
 
