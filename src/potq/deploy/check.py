@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from potq.deploy.formats import FORMATS
-from potq.deploy.onnx_qdq import EXTRA, INPUT, OUTPUT, WEIGHTS_UINT8, to_onnx
+from potq.deploy.onnx_qdq import EXTRA, INPUT, OPSET, OUTPUT, WEIGHTS_UINT8, to_onnx
 from potq.deploy.saturation import predict, this_cpu
 from potq.errors import UserError
 from potq.golden import IntegerModel
@@ -375,7 +375,7 @@ def deploy_summary(r: dict) -> list[str]:
     if "onnx" in r:
         o = r["onnx"]
         lines.append(
-            f"ONNX (onnxruntime, QDQ opset 13): {o['mismatches']:,} of {o['compared_values']:,} values differ from "
+            f"ONNX (onnxruntime, QDQ opset {OPSET}): {o['mismatches']:,} of {o['compared_values']:,} values differ from "
             f"the golden model ({o['mismatch_rate']:.2%}; logits {o['logit_mismatches']:,}), class agreement "
             f"{o['class_agreement']:.4f}, accuracy {o['onnx_accuracy']:.4f} on {o['images']:,} test images; "
             f"rounding {o['rounding']}" + ("" if not o["mismatches"] else f"; causes: {_causes_text(o)}")
