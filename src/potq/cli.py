@@ -51,18 +51,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     data = a.data if a.data == "cifar10" else str(Path(a.data).resolve())
     from potq.models import model_spec
 
-    cfg = TrainConfig(
-        model=model_spec(a.model),
-        data=data,
-        recipe=a.recipe,
-        epochs=a.epochs,
-        seed=a.seed,
-        train_limit=a.train_limit,
-        val_size=a.val_size,
-        batch_size=a.batch_size,
-        lr=a.lr,
-        precision=a.precision,
-    )
+    a.model, a.data = model_spec(a.model), data
+    cfg = TrainConfig.from_options(a)
     resume = None
     if a.resume is not None:
         resume = Path(a.resume) if a.resume else a.out / CHECKPOINT
@@ -398,39 +388,46 @@ def _add(p: argparse.ArgumentParser, options: dict[str, dict], *flags: str, **ov
 
 
 def _training_options() -> dict[str, dict]:
-    """The training options `train` and `run` share: flag -> add_argument's keywords."""
-    # torch-free modules only: --help and argument errors answer before torch loads
-    from potq.recipes import PRECISIONS, RECIPES
+    """The training options `train` and `run` share: flag -> add_argument's keywords (defaults: TrainConfig's)."""
+    from potq.recipes import PRECISIONS, RECIPES, TrainConfig
 
     precision_help = (
         f"training arithmetic, one of {', '.join(PRECISIONS)} (default: the recipe's; fast: auto, which is bf16 "
         "autocast on a CPU with AMX or a GPU with bf16); weights and evaluation stay float32"
     )
     return {
-        "--data": dict(default="cifar10", help="cifar10, or a path to an archive or folder"),
-        "--model": dict(default="seed", help=MODEL_HELP),
-        "--recipe": dict(default="seed", help=f"one of {', '.join(RECIPES)}"),
+        "--data": dict(default=TrainConfig.data, help="cifar10, or a path to an archive or folder"),
+        "--model": dict(default=TrainConfig.model, help=MODEL_HELP),
+        "--recipe": dict(default=TrainConfig.recipe, help=f"one of {', '.join(RECIPES)}"),
         "--epochs": dict(type=int, help="default: the recipe's (50 for seed)"),
         "--precision": dict(help=precision_help),
-        "--seed": dict(type=int, default=0, help="seed of the split, the initialization and the shuffles"),
+        "--seed": dict(
+            type=int, default=TrainConfig.seed, help="seed of the split, the initialization and the shuffles"
+        ),
         "--train-limit": dict(type=int, help="train on the first N training images only"),
-        "--val-size": dict(type=int, default=5000, help="validation images held out of the training set"),
+        "--val-size": dict(
+            type=int, default=TrainConfig.val_size, help="validation images held out of the training set"
+        ),
     }
 
 
 def _quantization_options() -> dict[str, dict]:
-    """The quantization options `quantize` and `run` share: flag -> add_argument's keywords."""
+    """The quantization options `quantize` and `run` share: flag -> add_argument's keywords (defaults: RunOptions')."""
+    from potq.workflow import RunOptions
+
     return {
-        "--qat": dict(type=int, default=0, metavar="EPOCHS"),
+        "--qat": dict(type=int, default=RunOptions.qat, metavar="EPOCHS"),
         "--qat-lr": dict(type=float, help="QAT peak learning rate (default 5e-4)"),
-        "--calib": dict(type=int, default=1000, help="calibration images from the training split"),
+        "--calib": dict(type=int, default=RunOptions.calib, help="calibration images from the training split"),
     }
 
 
 def _quantized_model_args(p: argparse.ArgumentParser) -> None:
+    from potq.quant.rules import QuantSettings
+
     p.add_argument("--run", type=Path, required=True, help="run folder")
     p.add_argument("--model", help="optional: the run records its model; if given, it must be the same")
-    p.add_argument("--scheme", default="pot-channel", help="the quantized model's label, e.g. pot-channel-qat")
+    p.add_argument("--scheme", default=QuantSettings.scheme, help="the quantized model's label, e.g. pot-channel-qat")
     p.add_argument("--data", help="dataset path, if it moved since training")
     p.add_argument("--cache", type=Path, help=CACHE_ENV_HELP)
 
@@ -455,6 +452,7 @@ def _onnx_weights_arg(p: argparse.ArgumentParser) -> None:
 
 def _run_parser(sub) -> None:
     from potq.quant.rules import POT_SCHEMES
+    from potq.workflow import RunOptions
 
     r = sub.add_parser(
         "run",
@@ -465,20 +463,24 @@ def _run_parser(sub) -> None:
     r.add_argument("--out", type=Path, required=True, help="run folder (a second call resumes it)")
     _add(r, train, "--model", "--epochs", "--precision", "--recipe")
     _add(r, quant, "--qat", help="also fine-tune with QAT")
-    r.add_argument("--qat-scheme", default="pot-channel", choices=POT_SCHEMES, help="scheme to fine-tune")
+    r.add_argument("--qat-scheme", default=RunOptions.qat_scheme, choices=POT_SCHEMES, help="scheme to fine-tune")
     _add(r, quant, "--qat-lr")
     _add(r, train, "--train-limit", "--val-size", "--seed")
     _add(r, quant, "--calib")
-    r.add_argument("--vectors", type=int, default=10, help="test images exported with every value's integers")
-    r.add_argument("--memory", default="dram", help="memory level for the energy model")
+    r.add_argument(
+        "--vectors", type=int, default=RunOptions.vectors, help="test images exported with every value's integers"
+    )
+    r.add_argument("--memory", default=RunOptions.memory, help="memory level for the energy model")
     r.add_argument("--force", action="store_true", help="redo every step")
     r.add_argument("--cache", type=Path, help=CACHE_ENV_HELP)
     r.set_defaults(func=cmd_run)
 
 
 def _summary_parser(sub) -> None:
+    from potq.recipes import TrainConfig
+
     s = sub.add_parser("summary", help="layer table, parameters and sizes of a zoo model")
-    s.add_argument("--model", default="seed", help=MODEL_HELP)
+    s.add_argument("--model", default=TrainConfig.model, help=MODEL_HELP)
     _model_input_args(s)
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
     s.set_defaults(func=cmd_summary)
@@ -505,18 +507,22 @@ def _train_parser(sub) -> None:
 
 
 def _quantize_parser(sub) -> None:
-    from potq.quant.rules import EXPONENT_RULES, ROUNDING, SCHEMES
+    from potq.quant.rules import EXPONENT_RULES, ROUNDING, SCHEMES, QuantSettings
 
     q = sub.add_parser("quantize", help="INT8 quantization of a trained run (PTQ, or QAT with --qat)")
     quant = _quantization_options()
     q.add_argument("--run", type=Path, required=True, help="run folder written by potq train")
     q.add_argument("--model", help="optional: the run records its model; if given, it must be the same")
-    q.add_argument("--scheme", default="pot-channel", choices=list(SCHEMES), help="quantization scheme")
+    q.add_argument("--scheme", default=QuantSettings.scheme, choices=list(SCHEMES), help="quantization scheme")
     _add(q, quant, "--calib")
     _add(q, quant, "--qat", help="quantization-aware fine-tuning epochs")
     _add(q, quant, "--qat-lr")
-    q.add_argument("--exponent", default="ceil", choices=EXPONENT_RULES, help="power-of-two exponent rule")
-    q.add_argument("--rounding", default="half-up", choices=ROUNDING, help="rounding rule of every shift")
+    q.add_argument(
+        "--exponent", default=QuantSettings.exponent, choices=EXPONENT_RULES, help="power-of-two exponent rule"
+    )
+    q.add_argument(
+        "--rounding", default=QuantSettings.rounding.label, choices=ROUNDING, help="rounding rule of every shift"
+    )
     q.add_argument("--max-shift", type=int, help="longest right shift the hardware allows")
     q.add_argument("--data", help="dataset path, if it moved since training")
     q.add_argument("--cache", type=Path, help=CACHE_ENV_HELP)
@@ -553,11 +559,14 @@ def _verify_parser(sub) -> None:
 
 def _export_parser(sub) -> None:
     from potq.deploy.formats import FORMAT_CHOICES
+    from potq.workflow import RunOptions
 
     e = sub.add_parser("export", help="integer weights, shifts, C header, hex files and test vectors")
     _quantized_model_args(e)
     e.add_argument("--out", type=Path, required=True, help="export folder (replaced whole)")
-    e.add_argument("--vectors", type=int, default=10, help="test images with every layer's integer output")
+    e.add_argument(
+        "--vectors", type=int, default=RunOptions.vectors, help="test images with every layer's integer output"
+    )
     e.add_argument(
         "--format",
         default="hw",
@@ -569,10 +578,14 @@ def _export_parser(sub) -> None:
 
 
 def _energy_parser(sub) -> None:
+    from potq.quant.rules import QuantSettings
+    from potq.recipes import TrainConfig
+    from potq.workflow import RunOptions
+
     en = sub.add_parser("energy", help="op counts and energy per layer, FP32 against INT8")
-    en.add_argument("--model", default="seed", help=MODEL_HELP)
+    en.add_argument("--model", default=TrainConfig.model, help=MODEL_HELP)
     en.add_argument("--run", type=Path, help="cost this run's quantized model (see --scheme) instead of --model")
-    en.add_argument("--scheme", default="pot-channel", help="with --run: the quantized model's label")
+    en.add_argument("--scheme", default=QuantSettings.scheme, help="with --run: the quantized model's label")
     _model_input_args(en)
     en.add_argument("--linear", type=int, nargs=2, metavar=("IN", "OUT"), help="one Linear layer instead")
     en.add_argument(
@@ -582,17 +595,20 @@ def _energy_parser(sub) -> None:
         help="128: the reference convention everywhere; default: potq's (0 after ReLU)",
     )
     en.add_argument("--table", type=Path, help="energy table JSON (default: 45 nm, Horowitz 2014)")
-    en.add_argument("--memory", default="dram", help="memory level for weights and activations")
+    en.add_argument("--memory", default=RunOptions.memory, help="memory level for weights and activations")
     en.add_argument("--out", type=Path, help="per-layer bar chart (PNG)")
     en.add_argument("--json", action="store_true", help="print JSON instead of tables")
     en.set_defaults(func=cmd_energy)
 
 
 def _accel_parser(sub) -> None:
+    from potq.quant.rules import QuantSettings
+    from potq.recipes import TrainConfig
+
     ac = sub.add_parser("accel", help="cycles, memory traffic and energy per layer on an accelerator (docs/accel.md)")
-    ac.add_argument("--model", default="seed", help=MODEL_HELP + " (its captured graph, at 8 bits)")
+    ac.add_argument("--model", default=TrainConfig.model, help=MODEL_HELP + " (its captured graph, at 8 bits)")
     ac.add_argument("--run", type=Path, help="model this run's quantized graph (see --scheme) instead of --model")
-    ac.add_argument("--scheme", default="pot-channel", help="with --run: the quantized model's label")
+    ac.add_argument("--scheme", default=QuantSettings.scheme, help="with --run: the quantized model's label")
     _model_input_args(ac)
     ac.add_argument(
         "--arch", default="eyeriss", help="eyeriss, eyeriss-45nm, systolic-8/16/32, systolic-16-45nm or a JSON file"
@@ -645,6 +661,8 @@ SUBCOMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Each part imports only torch-free modules: --help and argument errors answer before torch loads. The
+    defaults are read from the settings dataclasses (TrainConfig, QuantSettings, RunOptions), never retyped."""
     p = _Parser(prog="potq", description="Compact CNNs from design to integer hardware.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add_subcommand in SUBCOMMANDS:  # in this order in --help

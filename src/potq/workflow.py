@@ -2,6 +2,8 @@
 
 Each step writes its own artifacts into the run folder and is skipped when they are there (unless
 --force); training resumes from its last checkpoint. steps.json records what ran and how long.
+No torch at import: the CLI reads `RunOptions`' defaults for --help (potq.files, which imports torch, is
+imported where used).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from functools import partial
 from pathlib import Path
 
 from potq.errors import StepFailed, UserError
-from potq.files import read_json, save_json
+from potq.quant.rules import QuantSettings
+from potq.recipes import TrainConfig
 from potq.runs.paths import (
     ACCEL_ENERGY_PNG,
     ACCEL_JSON,
@@ -44,16 +47,16 @@ ACCEL_RUNS = (("eyeriss", "rs"), ("systolic-16", "os"))
 class RunOptions:
     data: str
     out: Path
-    model: str = "seed"
+    model: str = TrainConfig.model
     epochs: int | None = None
-    recipe: str = "seed"
+    recipe: str = TrainConfig.recipe
     precision: str | None = None  # None: the recipe's
     qat: int = 0
-    qat_scheme: str = "pot-channel"
+    qat_scheme: str = QuantSettings.scheme
     qat_lr: float | None = None
     train_limit: int | None = None
-    val_size: int = 5000
-    seed: int = 0
+    val_size: int = TrainConfig.val_size
+    seed: int = TrainConfig.seed
     calib: int = 1000
     vectors: int = 10
     memory: str = "dram"
@@ -64,13 +67,12 @@ class RunOptions:
     @property
     def headline(self) -> str:
         """The quantized model that the report, verify and export lead with."""
-        from potq.quant.rules import QuantSettings
-
-        return QuantSettings(self.qat_scheme).label(qat=True) if self.qat else "pot-channel"
+        return QuantSettings(self.qat_scheme).label(qat=True) if self.qat else QuantSettings.scheme
 
 
 def _summary_step(o: RunOptions) -> None:
     from potq.data import load_dataset
+    from potq.files import save_json
     from potq.ir.capture import capture
     from potq.models import build_model
     from potq.summary import format_summary, summarize
@@ -85,22 +87,12 @@ def _summary_step(o: RunOptions) -> None:
 
 
 def _train_step(o: RunOptions) -> None:
-    from potq.train import CHECKPOINT, TrainConfig
+    from potq.train import CHECKPOINT
     from potq.train import train as run_training
 
-    cfg = TrainConfig(
-        model=o.model,
-        data=o.data,
-        recipe=o.recipe,
-        precision=o.precision,
-        epochs=o.epochs,
-        seed=o.seed,
-        train_limit=o.train_limit,
-        val_size=o.val_size,
-    )
     out = o.out
     resume = out / CHECKPOINT if (out / CHECKPOINT).exists() else None
-    m = run_training(cfg, out, o.cache, resume)
+    m = run_training(TrainConfig.from_options(o), out, o.cache, resume)
     print(f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f}")
 
 
@@ -137,6 +129,7 @@ def _verify_step(o: RunOptions) -> None:
 
 def _energy_step(o: RunOptions) -> None:
     from potq import energy as en
+    from potq.files import save_json
     from potq.runs.quantize import load_quantized
 
     table = en.load_table()
@@ -154,6 +147,7 @@ def _accel_step(o: RunOptions) -> None:
     from potq.accel.arch import load_arch
     from potq.accel.model import accel_report, format_table
     from potq.accel.plots import plot_energy_levels, plot_roofline
+    from potq.files import save_json
     from potq.runs.quantize import load_quantized
 
     out = o.out
@@ -220,19 +214,9 @@ def _pot_labels(o: RunOptions) -> list[str]:
 
 def check_options(o: RunOptions) -> None:
     from potq.quant.scheme import SCHEMES
-    from potq.train import TrainConfig, check_config
+    from potq.train import check_config
 
-    check_config(
-        TrainConfig(
-            model=o.model,
-            data=o.data,
-            recipe=o.recipe,
-            precision=o.precision,
-            epochs=o.epochs,
-            train_limit=o.train_limit,
-            val_size=o.val_size,
-        )
-    )
+    check_config(TrainConfig.from_options(o))
     if o.qat < 0:
         raise UserError(f"--qat must be >= 0, got {o.qat}")
     if o.qat_scheme not in SCHEMES or not o.qat_scheme.startswith("pot-"):
@@ -277,6 +261,8 @@ def result_options(o: RunOptions) -> dict:
 
 def check_same_question(o: RunOptions) -> None:
     """A folder made with other options is not resumed: stop with one line naming the first that differs."""
+    from potq.files import read_json
+
     path = o.out / RUN_OPTIONS
     try:
         saved = json.loads(path.read_text()) if path.exists() else None
@@ -336,6 +322,8 @@ def run_all(o: RunOptions) -> dict:
 
 
 def _run_steps(o: RunOptions) -> dict:
+    from potq.files import read_json, save_json
+
     save_json(result_options(o), o.out / RUN_OPTIONS)
     steps_path = o.out / STEPS
     times = read_json(steps_path) if steps_path.exists() else {}
