@@ -51,18 +51,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     data = a.data if a.data == "cifar10" else str(Path(a.data).resolve())
     from potq.models import model_spec
 
-    cfg = TrainConfig(
-        model=model_spec(a.model),
-        data=data,
-        recipe=a.recipe,
-        epochs=a.epochs,
-        seed=a.seed,
-        train_limit=a.train_limit,
-        val_size=a.val_size,
-        batch_size=a.batch_size,
-        lr=a.lr,
-        precision=a.precision,
-    )
+    a.model, a.data = model_spec(a.model), data
+    cfg = TrainConfig.from_options(a)
     resume = None
     if a.resume is not None:
         resume = Path(a.resume) if a.resume else a.out / CHECKPOINT
@@ -386,12 +376,66 @@ def cmd_run(a: argparse.Namespace) -> None:
     run_all(opts)
 
 
+MODEL_HELP = "a zoo model (seed, resnet20, ...: the README lists them) or your own: file.py:factory"
+CACHE_HELP = "cache folder for downloads and decoded data"
+CACHE_ENV_HELP = CACHE_HELP + " (default: $POTQ_CACHE)"
+
+
+def _add(p: argparse.ArgumentParser, options: dict[str, dict], *flags: str, **override) -> None:
+    """Add the named shared options, in this order; keywords in override replace a single option's own."""
+    for flag in flags:
+        p.add_argument(flag, **{**options[flag], **override})
+
+
+def _training_options() -> dict[str, dict]:
+    """The training options `train` and `run` share: flag -> add_argument's keywords (defaults: TrainConfig's)."""
+    from potq.recipes import PRECISIONS, RECIPES, TrainConfig
+
+    precision_help = (
+        f"training arithmetic, one of {', '.join(PRECISIONS)} (default: the recipe's; fast: auto, which is bf16 "
+        "autocast on a CPU with AMX or a GPU with bf16); weights and evaluation stay float32"
+    )
+    return {
+        "--data": dict(default=TrainConfig.data, help="cifar10, or a path to an archive or folder"),
+        "--model": dict(default=TrainConfig.model, help=MODEL_HELP),
+        "--recipe": dict(default=TrainConfig.recipe, help=f"one of {', '.join(RECIPES)}"),
+        "--epochs": dict(type=int, help="default: the recipe's (50 for seed)"),
+        "--precision": dict(help=precision_help),
+        "--seed": dict(
+            type=int, default=TrainConfig.seed, help="seed of the split, the initialization and the shuffles"
+        ),
+        "--train-limit": dict(type=int, help="train on the first N training images only"),
+        "--val-size": dict(
+            type=int, default=TrainConfig.val_size, help="validation images held out of the training set"
+        ),
+    }
+
+
+def _quantization_options() -> dict[str, dict]:
+    """The quantization options `quantize` and `run` share: flag -> add_argument's keywords (defaults: RunOptions')."""
+    from potq.workflow import RunOptions
+
+    return {
+        "--qat": dict(type=int, default=RunOptions.qat, metavar="EPOCHS"),
+        "--qat-lr": dict(type=float, help="QAT peak learning rate (default 5e-4)"),
+        "--calib": dict(type=int, default=RunOptions.calib, help="calibration images from the training split"),
+    }
+
+
 def _quantized_model_args(p: argparse.ArgumentParser) -> None:
+    from potq.quant.rules import QuantSettings
+
     p.add_argument("--run", type=Path, required=True, help="run folder")
     p.add_argument("--model", help="optional: the run records its model; if given, it must be the same")
-    p.add_argument("--scheme", default="pot-channel", help="the quantized model's label, e.g. pot-channel-qat")
+    p.add_argument("--scheme", default=QuantSettings.scheme, help="the quantized model's label, e.g. pot-channel-qat")
     p.add_argument("--data", help="dataset path, if it moved since training")
-    p.add_argument("--cache", type=Path, help="cache folder for downloads and decoded data (default: $POTQ_CACHE)")
+    p.add_argument("--cache", type=Path, help=CACHE_ENV_HELP)
+
+
+def _model_input_args(p: argparse.ArgumentParser) -> None:
+    """--input and --classes: the shape a zoo model is built for."""
+    p.add_argument("--input", default="3,32,32", help="input shape C,H,W")
+    p.add_argument("--classes", type=int, default=10, help="number of classes (outputs)")
 
 
 def _onnx_weights_arg(p: argparse.ArgumentParser) -> None:
@@ -406,63 +450,51 @@ def _onnx_weights_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    model_help = "a zoo model (seed, resnet20, ...: the README lists them) or your own: file.py:factory"
-    # torch-free modules only: --help and argument errors answer before torch loads
-    from potq.deploy.formats import FORMAT_CHOICES
-    from potq.quant.rules import EXPONENT_RULES, POT_SCHEMES, ROUNDING, SCHEMES
-    from potq.recipes import PRECISIONS, RECIPES
-
-    precision_help = (
-        f"training arithmetic, one of {', '.join(PRECISIONS)} (default: the recipe's; fast: auto, which is bf16 "
-        "autocast on a CPU with AMX or a GPU with bf16); weights and evaluation stay float32"
-    )
-
-    p = _Parser(prog="potq", description="Compact CNNs from design to integer hardware.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _run_parser(sub) -> None:
+    from potq.quant.rules import POT_SCHEMES
+    from potq.workflow import RunOptions
 
     r = sub.add_parser(
         "run",
         help="the whole path: summary, training, quantization, golden check, energy, accelerator, export and report",
     )
-    r.add_argument("--data", default="cifar10", help="cifar10, or a path to an archive or folder")
+    train, quant = _training_options(), _quantization_options()
+    _add(r, train, "--data")
     r.add_argument("--out", type=Path, required=True, help="run folder (a second call resumes it)")
-    r.add_argument("--model", default="seed", help=model_help)
-    r.add_argument("--epochs", type=int, help="default: the recipe's (50 for seed)")
-    r.add_argument("--precision", help=precision_help)
-    r.add_argument("--recipe", default="seed", help=f"one of {', '.join(RECIPES)}")
-    r.add_argument("--qat", type=int, default=0, metavar="EPOCHS", help="also fine-tune with QAT")
-    r.add_argument("--qat-scheme", default="pot-channel", choices=POT_SCHEMES, help="scheme to fine-tune")
-    r.add_argument("--qat-lr", type=float, help="QAT peak learning rate (default 5e-4)")
-    r.add_argument("--train-limit", type=int, help="train on the first N training images only")
-    r.add_argument("--val-size", type=int, default=5000, help="validation images held out of the training set")
-    r.add_argument("--seed", type=int, default=0, help="seed of the split, the initialization and the shuffles")
-    r.add_argument("--calib", type=int, default=1000, help="calibration images from the training split")
-    r.add_argument("--vectors", type=int, default=10, help="test images exported with every value's integers")
-    r.add_argument("--memory", default="dram", help="memory level for the energy model")
+    _add(r, train, "--model", "--epochs", "--precision", "--recipe")
+    _add(r, quant, "--qat", help="also fine-tune with QAT")
+    r.add_argument("--qat-scheme", default=RunOptions.qat_scheme, choices=POT_SCHEMES, help="scheme to fine-tune")
+    _add(r, quant, "--qat-lr")
+    _add(r, train, "--train-limit", "--val-size", "--seed")
+    _add(r, quant, "--calib")
+    r.add_argument(
+        "--vectors", type=int, default=RunOptions.vectors, help="test images exported with every value's integers"
+    )
+    r.add_argument("--memory", default=RunOptions.memory, help="memory level for the energy model")
     r.add_argument("--force", action="store_true", help="redo every step")
-    r.add_argument("--cache", type=Path, help="cache folder for downloads and decoded data (default: $POTQ_CACHE)")
+    r.add_argument("--cache", type=Path, help=CACHE_ENV_HELP)
     r.set_defaults(func=cmd_run)
 
+
+def _summary_parser(sub) -> None:
+    from potq.recipes import TrainConfig
+
     s = sub.add_parser("summary", help="layer table, parameters and sizes of a zoo model")
-    s.add_argument("--model", default="seed", help=model_help)
-    s.add_argument("--input", default="3,32,32", help="input shape C,H,W")
-    s.add_argument("--classes", type=int, default=10, help="number of classes (outputs)")
+    s.add_argument("--model", default=TrainConfig.model, help=MODEL_HELP)
+    _model_input_args(s)
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
     s.set_defaults(func=cmd_summary)
 
+
+def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a zoo model and write history, curves, metrics and weights")
-    t.add_argument("--model", default="seed", help=model_help)
-    t.add_argument("--data", default="cifar10", help="cifar10, or a path to an archive or folder")
+    train = _training_options()
+    _add(t, train, "--model", "--data")
     t.add_argument("--out", type=Path, required=True, help="run folder")
-    t.add_argument("--recipe", default="seed", help=f"one of {', '.join(RECIPES)}")
-    t.add_argument("--epochs", type=int, help="default: the recipe's (50 for seed)")
+    _add(t, train, "--recipe", "--epochs")
     t.add_argument("--batch-size", type=int, help="images per step (default: the recipe's)")
     t.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
-    t.add_argument("--precision", help=precision_help)
-    t.add_argument("--seed", type=int, default=0, help="seed of the split, the initialization and the shuffles")
-    t.add_argument("--train-limit", type=int, help="train on the first N training images only")
-    t.add_argument("--val-size", type=int, default=5000, help="validation images held out of the training set")
+    _add(t, train, "--precision", "--seed", "--train-limit", "--val-size")
     t.add_argument(
         "--resume",
         nargs="?",
@@ -470,23 +502,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="continue from OUT/checkpoint.pt, or from the checkpoint given",
     )
-    t.add_argument("--cache", type=Path, help="cache folder for downloads and decoded data")
+    t.add_argument("--cache", type=Path, help=CACHE_HELP)
     t.set_defaults(func=cmd_train)
 
+
+def _quantize_parser(sub) -> None:
+    from potq.quant.rules import EXPONENT_RULES, ROUNDING, SCHEMES, QuantSettings
+
     q = sub.add_parser("quantize", help="INT8 quantization of a trained run (PTQ, or QAT with --qat)")
+    quant = _quantization_options()
     q.add_argument("--run", type=Path, required=True, help="run folder written by potq train")
     q.add_argument("--model", help="optional: the run records its model; if given, it must be the same")
-    q.add_argument("--scheme", default="pot-channel", choices=list(SCHEMES), help="quantization scheme")
-    q.add_argument("--calib", type=int, default=1000, help="calibration images from the training split")
-    q.add_argument("--qat", type=int, default=0, metavar="EPOCHS", help="quantization-aware fine-tuning epochs")
-    q.add_argument("--qat-lr", type=float, help="QAT peak learning rate (default 5e-4)")
-    q.add_argument("--exponent", default="ceil", choices=EXPONENT_RULES, help="power-of-two exponent rule")
-    q.add_argument("--rounding", default="half-up", choices=ROUNDING, help="rounding rule of every shift")
+    q.add_argument("--scheme", default=QuantSettings.scheme, choices=list(SCHEMES), help="quantization scheme")
+    _add(q, quant, "--calib")
+    _add(q, quant, "--qat", help="quantization-aware fine-tuning epochs")
+    _add(q, quant, "--qat-lr")
+    q.add_argument(
+        "--exponent", default=QuantSettings.exponent, choices=EXPONENT_RULES, help="power-of-two exponent rule"
+    )
+    q.add_argument(
+        "--rounding", default=QuantSettings.rounding.label, choices=ROUNDING, help="rounding rule of every shift"
+    )
     q.add_argument("--max-shift", type=int, help="longest right shift the hardware allows")
     q.add_argument("--data", help="dataset path, if it moved since training")
-    q.add_argument("--cache", type=Path, help="cache folder for downloads and decoded data (default: $POTQ_CACHE)")
+    q.add_argument("--cache", type=Path, help=CACHE_ENV_HELP)
     q.set_defaults(func=cmd_quantize)
 
+
+def _verify_parser(sub) -> None:
     v = sub.add_parser("verify", help="integer golden model against the simulated model, bit for bit")
     _quantized_model_args(v)
     v.add_argument(
@@ -513,10 +556,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--rtl-vectors", type=int, default=2, help="--rtl: test images to simulate (default: 2)")
     v.set_defaults(func=cmd_verify)
 
+
+def _export_parser(sub) -> None:
+    from potq.deploy.formats import FORMAT_CHOICES
+    from potq.workflow import RunOptions
+
     e = sub.add_parser("export", help="integer weights, shifts, C header, hex files and test vectors")
     _quantized_model_args(e)
     e.add_argument("--out", type=Path, required=True, help="export folder (replaced whole)")
-    e.add_argument("--vectors", type=int, default=10, help="test images with every layer's integer output")
+    e.add_argument(
+        "--vectors", type=int, default=RunOptions.vectors, help="test images with every layer's integer output"
+    )
     e.add_argument(
         "--format",
         default="hw",
@@ -526,12 +576,17 @@ def build_parser() -> argparse.ArgumentParser:
     _onnx_weights_arg(e)
     e.set_defaults(func=cmd_export)
 
+
+def _energy_parser(sub) -> None:
+    from potq.quant.rules import QuantSettings
+    from potq.recipes import TrainConfig
+    from potq.workflow import RunOptions
+
     en = sub.add_parser("energy", help="op counts and energy per layer, FP32 against INT8")
-    en.add_argument("--model", default="seed", help=model_help)
+    en.add_argument("--model", default=TrainConfig.model, help=MODEL_HELP)
     en.add_argument("--run", type=Path, help="cost this run's quantized model (see --scheme) instead of --model")
-    en.add_argument("--scheme", default="pot-channel", help="with --run: the quantized model's label")
-    en.add_argument("--input", default="3,32,32", help="input shape C,H,W")
-    en.add_argument("--classes", type=int, default=10, help="number of classes (outputs)")
+    en.add_argument("--scheme", default=QuantSettings.scheme, help="with --run: the quantized model's label")
+    _model_input_args(en)
     en.add_argument("--linear", type=int, nargs=2, metavar=("IN", "OUT"), help="one Linear layer instead")
     en.add_argument(
         "--act-zero-point",
@@ -540,17 +595,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="128: the reference convention everywhere; default: potq's (0 after ReLU)",
     )
     en.add_argument("--table", type=Path, help="energy table JSON (default: 45 nm, Horowitz 2014)")
-    en.add_argument("--memory", default="dram", help="memory level for weights and activations")
+    en.add_argument("--memory", default=RunOptions.memory, help="memory level for weights and activations")
     en.add_argument("--out", type=Path, help="per-layer bar chart (PNG)")
     en.add_argument("--json", action="store_true", help="print JSON instead of tables")
     en.set_defaults(func=cmd_energy)
 
+
+def _accel_parser(sub) -> None:
+    from potq.quant.rules import QuantSettings
+    from potq.recipes import TrainConfig
+
     ac = sub.add_parser("accel", help="cycles, memory traffic and energy per layer on an accelerator (docs/accel.md)")
-    ac.add_argument("--model", default="seed", help=model_help + " (its captured graph, at 8 bits)")
+    ac.add_argument("--model", default=TrainConfig.model, help=MODEL_HELP + " (its captured graph, at 8 bits)")
     ac.add_argument("--run", type=Path, help="model this run's quantized graph (see --scheme) instead of --model")
-    ac.add_argument("--scheme", default="pot-channel", help="with --run: the quantized model's label")
-    ac.add_argument("--input", default="3,32,32", help="input shape C,H,W")
-    ac.add_argument("--classes", type=int, default=10, help="number of classes (outputs)")
+    ac.add_argument("--scheme", default=QuantSettings.scheme, help="with --run: the quantized model's label")
+    _model_input_args(ac)
     ac.add_argument(
         "--arch", default="eyeriss", help="eyeriss, eyeriss-45nm, systolic-8/16/32, systolic-16-45nm or a JSON file"
     )
@@ -566,21 +625,48 @@ def build_parser() -> argparse.ArgumentParser:
     ac.add_argument("--csv", type=Path, help="write the per-layer results as CSV")
     ac.add_argument("--scalesim-out", type=Path, help="write a SCALE-Sim topology, layout and configs into this folder")
     ac.add_argument("--mappings-csv", type=Path, help="rs: every legal mapping of every conv block (the lab's columns)")
-    ac.add_argument(
-        "--dse", action="store_true", help="sweep PE array, global buffer and dataflow; print the Pareto front"
-    )
-    ac.add_argument("--dse-with", help="--dse: further base architectures, comma-separated (e.g. systolic-16)")
-    ac.add_argument("--dse-arrays", help="--dse: PE arrays ROWSxCOLS,... (default: each base's halved, own, doubled)")
-    ac.add_argument(
-        "--dse-glb", help="--dse: global buffers in KiB, comma-separated (default: each base's /4, own, x2)"
-    )
-    ac.add_argument("--dse-out", type=Path, help="--dse: latency-vs-energy plot (PNG)")
+    _dse_args(ac)
     ac.add_argument("--json", action="store_true", help="print JSON instead of the table")
     ac.set_defaults(func=cmd_accel)
 
+
+def _dse_args(p: argparse.ArgumentParser) -> None:
+    """accel's design-space sweep (--dse and its sizes)."""
+    p.add_argument(
+        "--dse", action="store_true", help="sweep PE array, global buffer and dataflow; print the Pareto front"
+    )
+    p.add_argument("--dse-with", help="--dse: further base architectures, comma-separated (e.g. systolic-16)")
+    p.add_argument("--dse-arrays", help="--dse: PE arrays ROWSxCOLS,... (default: each base's halved, own, doubled)")
+    p.add_argument("--dse-glb", help="--dse: global buffers in KiB, comma-separated (default: each base's /4, own, x2)")
+    p.add_argument("--dse-out", type=Path, help="--dse: latency-vs-energy plot (PNG)")
+
+
+def _compare_parser(sub) -> None:
     c = sub.add_parser("compare", help="table and chart of every quantized model of a run")
     c.add_argument("--run", type=Path, required=True, help="run folder")
     c.set_defaults(func=cmd_compare)
+
+
+SUBCOMMANDS = (
+    _run_parser,
+    _summary_parser,
+    _train_parser,
+    _quantize_parser,
+    _verify_parser,
+    _export_parser,
+    _energy_parser,
+    _accel_parser,
+    _compare_parser,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Each part imports only torch-free modules: --help and argument errors answer before torch loads. The
+    defaults are read from the settings dataclasses (TrainConfig, QuantSettings, RunOptions), never retyped."""
+    p = _Parser(prog="potq", description="Compact CNNs from design to integer hardware.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add_subcommand in SUBCOMMANDS:  # in this order in --help
+        add_subcommand(sub)
     return p
 
 

@@ -1,8 +1,9 @@
-"""Training recipes: one dataclass of hyperparameters, the named recipes (no torch: --help lists them)."""
+"""Training recipes: one dataclass of hyperparameters, the named recipes, and a run's training settings
+(`TrainConfig`, the one home of their defaults). No torch: --help lists the recipes and shows the defaults."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 # the arithmetic of training's forward and backward passes; the weights, their updates and every
 # evaluation stay float32. "bf16": autocast to bfloat16; "auto": bf16 where the hardware multiplies it
@@ -59,3 +60,35 @@ RECIPES: dict[str, Recipe] = {
         precision="auto",
     ),
 }
+
+
+@dataclass
+class TrainConfig:
+    model: str = "seed"
+    data: str = "cifar10"
+    recipe: str = "seed"
+    epochs: int | None = None  # None: the recipe's
+    seed: int = 0
+    train_limit: int | None = None
+    val_size: int = 5000
+    batch_size: int | None = None
+    lr: float | None = None  # None: the recipe's
+    precision: str | None = None  # None: the recipe's (see potq.recipes.PRECISIONS)
+    # filled in from the data
+    in_shape: list[int] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+    def recipe_values(self) -> Recipe:
+        base = RECIPES[self.recipe]
+        overrides = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "precision": self.precision}
+        return Recipe(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
+
+    @classmethod
+    def from_options(cls, options) -> TrainConfig:
+        """The training settings among a command's options (`potq train`'s arguments, `potq run`'s RunOptions):
+        each option named as a field the user sets; the options lack the rest, which keep their defaults."""
+        data_fields = ("in_shape", "classes", "mean", "std")
+        names = [f.name for f in fields(cls) if f.name not in data_fields and hasattr(options, f.name)]
+        return cls(**{n: getattr(options, n) for n in names})

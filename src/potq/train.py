@@ -12,7 +12,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,33 +27,8 @@ from potq.files import read_json, save_json, save_text, save_torch
 from potq.ir.tensor import nhwc, normalize
 from potq.models import build_model, check_model
 from potq.plots import plot_curves
-from potq.recipes import PRECISIONS, RECIPES, Recipe
+from potq.recipes import PRECISIONS, RECIPES, Recipe, TrainConfig  # noqa: F401  (TrainConfig: re-exported)
 from potq.runs.paths import CHECKPOINT, CONFIG, CURVES, HISTORY, METRICS, WEIGHTS
-
-
-@dataclass
-class TrainConfig:
-    model: str = "seed"
-    data: str = "cifar10"
-    recipe: str = "seed"
-    epochs: int | None = None  # None: the recipe's
-    seed: int = 0
-    train_limit: int | None = None
-    val_size: int = 5000
-    batch_size: int | None = None
-    lr: float | None = None  # None: the recipe's
-    precision: str | None = None  # None: the recipe's (see potq.recipes.PRECISIONS)
-    # filled in from the data
-    in_shape: list[int] = field(default_factory=list)
-    classes: list[str] = field(default_factory=list)
-    mean: list[float] = field(default_factory=list)
-    std: list[float] = field(default_factory=list)
-
-    def recipe_values(self) -> Recipe:
-        base = RECIPES[self.recipe]
-        overrides = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "precision": self.precision}
-        return Recipe(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
-
 
 # the epoch generators seed torch with seed * 1,000,003 + epoch * 101 + rank, which must fit its 64 bits; 32 bits
 # leave that room and are what other seeds take (numpy's legacy seed, DataLoader workers)

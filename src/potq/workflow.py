@@ -2,6 +2,8 @@
 
 Each step writes its own artifacts into the run folder and is skipped when they are there (unless
 --force); training resumes from its last checkpoint. steps.json records what ran and how long.
+No torch at import: the CLI reads `RunOptions`' defaults for --help (potq.files, which imports torch, is
+imported where used).
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from potq.errors import StepFailed, UserError
-from potq.files import read_json, save_json
+from potq.quant.rules import QuantSettings
+from potq.recipes import TrainConfig
 from potq.runs.paths import (
     ACCEL_ENERGY_PNG,
     ACCEL_JSON,
@@ -43,16 +47,16 @@ ACCEL_RUNS = (("eyeriss", "rs"), ("systolic-16", "os"))
 class RunOptions:
     data: str
     out: Path
-    model: str = "seed"
+    model: str = TrainConfig.model
     epochs: int | None = None
-    recipe: str = "seed"
+    recipe: str = TrainConfig.recipe
     precision: str | None = None  # None: the recipe's
     qat: int = 0
-    qat_scheme: str = "pot-channel"
+    qat_scheme: str = QuantSettings.scheme
     qat_lr: float | None = None
     train_limit: int | None = None
-    val_size: int = 5000
-    seed: int = 0
+    val_size: int = TrainConfig.val_size
+    seed: int = TrainConfig.seed
     calib: int = 1000
     vectors: int = 10
     memory: str = "dram"
@@ -63,9 +67,119 @@ class RunOptions:
     @property
     def headline(self) -> str:
         """The quantized model that the report, verify and export lead with."""
-        from potq.quant.rules import QuantSettings
+        return QuantSettings(self.qat_scheme).label(qat=True) if self.qat else QuantSettings.scheme
 
-        return QuantSettings(self.qat_scheme).label(qat=True) if self.qat else "pot-channel"
+
+def _summary_step(o: RunOptions) -> None:
+    from potq.data import load_dataset
+    from potq.files import save_json
+    from potq.ir.capture import capture
+    from potq.models import build_model
+    from potq.summary import format_summary, summarize
+
+    ds = load_dataset(o.data, o.cache)
+    model = build_model(o.model, ds.shape, len(ds.classes))
+    # before hours of training: can potq capture this model's graph at all?
+    capture(model, ds.shape, [0.0] * ds.shape[0], [1.0] * ds.shape[0])
+    s = summarize(model, ds.shape)
+    print(format_summary(s))
+    save_json({**s.to_dict(), "model": o.model, "input_shape": list(ds.shape)}, o.out / SUMMARY)
+
+
+def _train_step(o: RunOptions) -> None:
+    from potq.train import CHECKPOINT
+    from potq.train import train as run_training
+
+    out = o.out
+    resume = out / CHECKPOINT if (out / CHECKPOINT).exists() else None
+    m = run_training(TrainConfig.from_options(o), out, o.cache, resume)
+    print(f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f}")
+
+
+def _quantize_step(o: RunOptions) -> None:
+    from potq.quant.scheme import QuantSettings
+    from potq.runs.quantize import compare, quantize_run
+
+    out = o.out
+    stats: dict = {}  # the calibration statistics, collected once for every scheme
+    for scheme in o.schemes:
+        if not (quant_paths(out, scheme)[1]).exists():
+            r = quantize_run(out, QuantSettings(scheme), o.calib, cache=o.cache, stats_cache=stats)
+            print(f"{scheme}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
+    if o.qat and not (quant_paths(out, o.headline)[1]).exists():
+        r = quantize_run(out, QuantSettings(o.qat_scheme), o.calib, o.qat, o.qat_lr, cache=o.cache)
+        print(f"{o.headline}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
+    print(compare(out))
+
+
+def _verify_step(o: RunOptions) -> None:
+    from potq.verify import verify_run
+
+    for name in _pot_labels(o):
+        if (verify_json(o.out, name)).exists():
+            continue
+        r = verify_run(o.out, name, None, o.cache)
+        print(
+            f"{name}: {r['mismatches']} mismatching values of {r['compared_values']:,}; "
+            f"golden accuracy {r['golden_accuracy']:.4f}"
+        )
+        if r["mismatches"]:
+            raise StepFailed(f"verify: golden and simulated {name} differ in {r['mismatches']} values")
+
+
+def _energy_step(o: RunOptions) -> None:
+    from potq import energy as en
+    from potq.files import save_json
+    from potq.runs.quantize import load_quantized
+
+    table = en.load_table()
+    graph, _ = load_quantized(o.out, o.headline)
+    r = en.report(en.graph_costs(graph), table, o.memory)
+    r["scheme"] = o.headline
+    r["linear_example"] = {str(zp): en.linear_example(128, 10, zp, table) for zp in (128, 0)}
+    r["markdown"] = en.format_report(r)
+    en.plot_report(r, o.out / ENERGY_PNG)
+    save_json(r, o.out / ENERGY_JSON)
+    print(r["markdown"])
+
+
+def _accel_step(o: RunOptions) -> None:
+    from potq.accel.arch import load_arch
+    from potq.accel.model import accel_report, format_table
+    from potq.accel.plots import plot_energy_levels, plot_roofline
+    from potq.files import save_json
+    from potq.runs.quantize import load_quantized
+
+    out = o.out
+    graph, _ = load_quantized(out, o.headline)
+    reports = [accel_report(graph, load_arch(arch), df) for arch, df in ACCEL_RUNS]
+    plot_roofline(reports, out / ACCEL_ROOFLINE_PNG)
+    plot_energy_levels(reports, out / ACCEL_ENERGY_PNG)
+    save_json({"scheme": o.headline, "reports": reports}, out / ACCEL_JSON)  # last: the step's done mark
+    for r in reports:
+        print(format_table(r) + "\n")
+
+
+def _export_step(o: RunOptions) -> None:
+    from potq.deploy.check import available_formats
+    from potq.export import export_run
+
+    r = export_run(o.out, o.headline, o.out / EXPORT_DIR, o.vectors, None, o.cache, available_formats())
+    print(f"exported {r['nodes']} nodes and {r['vectors']} test vectors ({', '.join(r['formats'])}) -> {r['out']}")
+
+
+def _deploy_step(o: RunOptions) -> None:
+    from potq.deploy.check import deploy_checks, deploy_summary
+
+    for line in deploy_summary(deploy_checks(o.out, o.headline, o.cache)):
+        print(line)
+
+
+def _report_step(o: RunOptions) -> None:
+    from potq.report import write_report
+
+    write_report(o.out)
+    print(f"report -> {o.out / 'report.md'}, {o.out / 'report.html'}")
 
 
 def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], None]]]:
@@ -73,124 +187,20 @@ def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], No
     from potq.export import MODEL_JSON
 
     out = o.out
-
-    def summary():
-        from potq.data import load_dataset
-        from potq.ir.capture import capture
-        from potq.models import build_model
-        from potq.summary import format_summary, summarize
-
-        ds = load_dataset(o.data, o.cache)
-        model = build_model(o.model, ds.shape, len(ds.classes))
-        # before hours of training: can potq capture this model's graph at all?
-        capture(model, ds.shape, [0.0] * ds.shape[0], [1.0] * ds.shape[0])
-        s = summarize(model, ds.shape)
-        print(format_summary(s))
-        save_json({**s.to_dict(), "model": o.model, "input_shape": list(ds.shape)}, out / SUMMARY)
-
-    def train():
-        from potq.train import CHECKPOINT, TrainConfig
-        from potq.train import train as run_training
-
-        cfg = TrainConfig(
-            model=o.model,
-            data=o.data,
-            recipe=o.recipe,
-            precision=o.precision,
-            epochs=o.epochs,
-            seed=o.seed,
-            train_limit=o.train_limit,
-            val_size=o.val_size,
-        )
-        resume = out / CHECKPOINT if (out / CHECKPOINT).exists() else None
-        m = run_training(cfg, out, o.cache, resume)
-        print(f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f}")
-
-    def quantize():
-        from potq.quant.scheme import QuantSettings
-        from potq.runs.quantize import compare, quantize_run
-
-        stats: dict = {}  # the calibration statistics, collected once for every scheme
-        for scheme in o.schemes:
-            if not (quant_paths(out, scheme)[1]).exists():
-                r = quantize_run(out, QuantSettings(scheme), o.calib, cache=o.cache, stats_cache=stats)
-                print(f"{scheme}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
-        if o.qat and not (quant_paths(out, o.headline)[1]).exists():
-            r = quantize_run(out, QuantSettings(o.qat_scheme), o.calib, o.qat, o.qat_lr, cache=o.cache)
-            print(f"{o.headline}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
-        print(compare(out))
-
-    def verify():
-        from potq.verify import verify_run
-
-        for name in _pot_labels(o):
-            if (verify_json(out, name)).exists():
-                continue
-            r = verify_run(out, name, None, o.cache)
-            print(
-                f"{name}: {r['mismatches']} mismatching values of {r['compared_values']:,}; "
-                f"golden accuracy {r['golden_accuracy']:.4f}"
-            )
-            if r["mismatches"]:
-                raise StepFailed(f"verify: golden and simulated {name} differ in {r['mismatches']} values")
-
-    def energy():
-        from potq import energy as en
-        from potq.runs.quantize import load_quantized
-
-        table = en.load_table()
-        graph, _ = load_quantized(out, o.headline)
-        r = en.report(en.graph_costs(graph), table, o.memory)
-        r["scheme"] = o.headline
-        r["linear_example"] = {str(zp): en.linear_example(128, 10, zp, table) for zp in (128, 0)}
-        r["markdown"] = en.format_report(r)
-        en.plot_report(r, out / ENERGY_PNG)
-        save_json(r, out / ENERGY_JSON)
-        print(r["markdown"])
-
-    def accel():
-        from potq.accel.arch import load_arch
-        from potq.accel.model import accel_report, format_table
-        from potq.accel.plots import plot_energy_levels, plot_roofline
-        from potq.runs.quantize import load_quantized
-
-        graph, _ = load_quantized(out, o.headline)
-        reports = [accel_report(graph, load_arch(arch), df) for arch, df in ACCEL_RUNS]
-        plot_roofline(reports, out / ACCEL_ROOFLINE_PNG)
-        plot_energy_levels(reports, out / ACCEL_ENERGY_PNG)
-        save_json({"scheme": o.headline, "reports": reports}, out / ACCEL_JSON)  # last: the step's done mark
-        for r in reports:
-            print(format_table(r) + "\n")
-
-    def export():
-        from potq.deploy.check import available_formats
-        from potq.export import export_run
-
-        r = export_run(out, o.headline, out / EXPORT_DIR, o.vectors, None, o.cache, available_formats())
-        print(f"exported {r['nodes']} nodes and {r['vectors']} test vectors ({', '.join(r['formats'])}) -> {r['out']}")
-
-    def deploy():
-        from potq.deploy.check import deploy_checks, deploy_summary
-
-        for line in deploy_summary(deploy_checks(out, o.headline, o.cache)):
-            print(line)
-
-    def report():
-        from potq.report import write_report
-
-        write_report(out)
-        print(f"report -> {out / 'report.md'}, {out / 'report.html'}")
-
     return [
-        ("summary", lambda: (out / SUMMARY).exists(), summary),
-        ("train", lambda: (out / METRICS).exists(), train),
-        ("quantize", lambda: all((quant_paths(out, s)[1]).exists() for s in _all_labels(o)), quantize),
-        ("verify", lambda: all((verify_json(out, s)).exists() for s in _pot_labels(o)), verify),
-        ("energy", lambda: (out / ENERGY_JSON).exists(), energy),
-        ("accel", lambda: (out / ACCEL_JSON).exists(), accel),
-        ("export", lambda: (out / EXPORT_DIR / MODEL_JSON).exists(), export),
-        ("deploy", lambda: (deploy_json(out, o.headline)).exists(), deploy),
-        ("report", lambda: False, report),
+        ("summary", lambda: (out / SUMMARY).exists(), partial(_summary_step, o)),
+        ("train", lambda: (out / METRICS).exists(), partial(_train_step, o)),
+        (
+            "quantize",
+            lambda: all((quant_paths(out, s)[1]).exists() for s in _all_labels(o)),
+            partial(_quantize_step, o),
+        ),
+        ("verify", lambda: all((verify_json(out, s)).exists() for s in _pot_labels(o)), partial(_verify_step, o)),
+        ("energy", lambda: (out / ENERGY_JSON).exists(), partial(_energy_step, o)),
+        ("accel", lambda: (out / ACCEL_JSON).exists(), partial(_accel_step, o)),
+        ("export", lambda: (out / EXPORT_DIR / MODEL_JSON).exists(), partial(_export_step, o)),
+        ("deploy", lambda: (deploy_json(out, o.headline)).exists(), partial(_deploy_step, o)),
+        ("report", lambda: False, partial(_report_step, o)),
     ]
 
 
@@ -204,19 +214,9 @@ def _pot_labels(o: RunOptions) -> list[str]:
 
 def check_options(o: RunOptions) -> None:
     from potq.quant.scheme import SCHEMES
-    from potq.train import TrainConfig, check_config
+    from potq.train import check_config
 
-    check_config(
-        TrainConfig(
-            model=o.model,
-            data=o.data,
-            recipe=o.recipe,
-            precision=o.precision,
-            epochs=o.epochs,
-            train_limit=o.train_limit,
-            val_size=o.val_size,
-        )
-    )
+    check_config(TrainConfig.from_options(o))
     if o.qat < 0:
         raise UserError(f"--qat must be >= 0, got {o.qat}")
     if o.qat_scheme not in SCHEMES or not o.qat_scheme.startswith("pot-"):
@@ -261,6 +261,8 @@ def result_options(o: RunOptions) -> dict:
 
 def check_same_question(o: RunOptions) -> None:
     """A folder made with other options is not resumed: stop with one line naming the first that differs."""
+    from potq.files import read_json
+
     path = o.out / RUN_OPTIONS
     try:
         saved = json.loads(path.read_text()) if path.exists() else None
@@ -320,6 +322,8 @@ def run_all(o: RunOptions) -> dict:
 
 
 def _run_steps(o: RunOptions) -> dict:
+    from potq.files import read_json, save_json
+
     save_json(result_options(o), o.out / RUN_OPTIONS)
     steps_path = o.out / STEPS
     times = read_json(steps_path) if steps_path.exists() else {}
