@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 
 from potq.errors import StepFailed, UserError
-from potq.quant.rules import QuantSettings
+from potq.quant.rules import SCHEMES, QuantSettings
 from potq.recipes import TrainConfig
 from potq.runs.paths import (
     ACCEL_ENERGY_PNG,
@@ -97,7 +97,6 @@ def _train_step(o: RunOptions) -> None:
 
 
 def _quantize_step(o: RunOptions) -> None:
-    from potq.quant.scheme import QuantSettings
     from potq.runs.quantize import compare, quantize_run
 
     out = o.out
@@ -209,17 +208,17 @@ def _all_labels(o: RunOptions) -> list[str]:
 
 
 def _pot_labels(o: RunOptions) -> list[str]:
-    return [s for s in _all_labels(o) if s.startswith("pot-")]
+    """The power-of-two models: the golden model checks these (QAT fine-tunes one: check_options)."""
+    return [s for s in o.schemes if SCHEMES[s].pot] + ([o.headline] if o.qat else [])
 
 
 def check_options(o: RunOptions) -> None:
-    from potq.quant.scheme import SCHEMES
     from potq.train import check_config
 
     check_config(TrainConfig.from_options(o))
     if o.qat < 0:
         raise UserError(f"--qat must be >= 0, got {o.qat}")
-    if o.qat_scheme not in SCHEMES or not o.qat_scheme.startswith("pot-"):
+    if o.qat_scheme not in SCHEMES or not SCHEMES[o.qat_scheme].pot:
         raise UserError(f"--qat-scheme must be a power-of-two scheme, got {o.qat_scheme!r}")
     if o.calib < 1 or o.vectors < 1:
         raise UserError("--calib and --vectors must be at least 1")
