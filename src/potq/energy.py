@@ -140,6 +140,7 @@ class LayerCost:
     in_acts: int
     terms: dict[str, list[Term]]
     requant: bool = True
+    mac: bool = False  # a Conv or Linear: k multiply-accumulates per output
 
     def count(self, model: str, kind: str) -> int:
         """Total operations of a kind ('mult', 'add', 'shift') for a model."""
@@ -159,7 +160,7 @@ class LayerCost:
 
     @property
     def macs(self) -> int:
-        return self.k * self.outputs if self.type in ("Conv2d", "Linear") else 0
+        return self.k * self.outputs if self.mac else 0
 
 
 def mac_cost(
@@ -175,19 +176,22 @@ def mac_cost(
     requant: bool,
 ) -> LayerCost:
     terms = {m: mac_terms(m, k, in_zp, out_zp, requant) for m in MODELS}
-    return LayerCost(name, type_, k, outputs, weights, biases, in_acts, terms, requant)
+    return LayerCost(name, type_, k, outputs, weights, biases, in_acts, terms, requant, mac=True)
 
 
 # ---- kernels: one per op type (None: not counted, as in the reference report) --------------------
 
 
+# the reference report's names for the layers it counts (the tables' "Type" column)
+LAYER_TYPES = {OpType.CONV: "Conv2d", OpType.LINEAR: "Linear", OpType.ADD: "Add", OpType.AVGPOOL: "AvgPool"}
+
+
 def _mac(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
     w = n.tensors["weight"]
     requant = not g.emits_accumulators(n)
-    type_ = "Conv2d" if n.op is OpType.CONV else "Linear"
     return mac_cost(
         n.name,
-        type_,
+        LAYER_TYPES[n.op],
         w[0].numel(),
         math.prod(g.shapes[n.output]),
         w.numel(),
@@ -205,13 +209,14 @@ def _add(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
         m: add_terms(m, sum(zp[v] != 0 for v in n.inputs), sum(a > 0 for a in align), zp[n.output] != 0) for m in MODELS
     }
     outputs = math.prod(g.shapes[n.output])
-    return LayerCost(n.name, "Add", 2, outputs, 0, 0, 2 * outputs, terms)
+    return LayerCost(n.name, LAYER_TYPES[n.op], 2, outputs, 0, 0, 2 * outputs, terms)
 
 
 def _avgpool(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
     k = window(n)
     terms = {m: avgpool_terms(m, k, zp[n.inputs[0]] != 0, zp[n.output] != 0) for m in MODELS}
-    return LayerCost(n.name, "AvgPool", k, math.prod(g.shapes[n.output]), 0, 0, math.prod(g.shapes[n.inputs[0]]), terms)
+    outputs, in_acts = math.prod(g.shapes[n.output]), math.prod(g.shapes[n.inputs[0]])
+    return LayerCost(n.name, LAYER_TYPES[n.op], k, outputs, 0, 0, in_acts, terms)
 
 
 def _free(g: Graph, n: Node, zp: dict[str, int]) -> None:
@@ -246,7 +251,7 @@ def linear_cost(n_in: int, n_out: int, act_zero_point: int) -> LayerCost:
     if n_in < 1 or n_out < 1:
         raise UserError(f"--linear sizes must be positive, got {n_in} {n_out}")
     zp = act_zero_point != 0
-    return mac_cost("linear", "Linear", n_in, n_out, n_in * n_out, n_out, n_in, zp, zp, requant=True)
+    return mac_cost("linear", LAYER_TYPES[OpType.LINEAR], n_in, n_out, n_in * n_out, n_out, n_in, zp, zp, requant=True)
 
 
 def fmt(x: float) -> str:
