@@ -24,6 +24,7 @@ from potq.errors import UserError
 from potq.ir.graph import Graph
 from potq.ir.tensor import normalize
 from potq.quant.scheme import QuantSettings
+from potq.workflow import RunOptions
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Quantized:
 
         return IntegerModel(self.graph)
 
-    def energy(self, table: Path | None = None, memory: str = "dram") -> dict:
+    def energy(self, table: Path | None = None, memory: str = RunOptions.memory) -> dict:
         from potq import energy
 
         return energy.report(energy.graph_costs(self.graph), energy.load_table(table), memory)
@@ -93,7 +94,7 @@ def network_costs(model: nn.Module, in_shape: tuple[int, int, int], act_zero_poi
 def quantize(
     model: nn.Module,
     calib_images: torch.Tensor,
-    scheme: str = "pot-channel",
+    scheme: str = QuantSettings.scheme,
     *,
     mean: list[float] | None = None,
     std: list[float] | None = None,

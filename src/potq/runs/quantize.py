@@ -35,6 +35,7 @@ from potq.train import (
     setup_dist,
     train_epoch,
 )
+from potq.workflow import RunOptions
 
 # fine-tuning a converged model: a small learning rate, cosine-annealed (see benchmarks/RESULTS.md)
 QAT_RECIPE = Recipe(lr=5e-4, weight_decay=5e-4, nesterov=True, eta_min=1e-6)
@@ -117,7 +118,7 @@ def fp32_metrics(
 def quantize_run(
     run: Path,
     settings: QuantSettings,
-    calib: int = 1000,
+    calib: int = RunOptions.calib,
     qat_epochs: int = 0,
     qat_lr: float | None = None,
     data: str | None = None,
