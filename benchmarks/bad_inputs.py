@@ -124,6 +124,24 @@ def main() -> None:
     )
     assert code == 0, err
     assert potq("quantize", "--run", str(run), "--scheme", "pot-channel", "--calib", "20")[0] == 0
+    cases = command_and_step_cases(tmp, data, run) + issue21_cases(tmp, data, run)
+    assert potq("quantize", "--run", str(run), "--scheme", "float-channel", "--calib", "20")[0] == 0
+    failed = run_cases(cases, tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\n{len(cases) - failed} of {len(cases)} cases end as they should (one line and exit status 2, or exit 0)")
+    sys.exit(1 if failed else 0)
+
+
+def user_folder(tmp: Path) -> Path:
+    """A folder of the user's: no command may write into it."""
+    d = tmp / "mine"
+    d.mkdir(exist_ok=True)
+    (d / "notes.txt").write_text("mine")
+    return d
+
+
+def command_and_step_cases(tmp: Path, data: Path, run: Path) -> list[tuple]:
+    """The cases of every command before issue 21, and the files they point at (made when a case runs)."""
 
     def copy_run(name: str) -> Path:
         dst = tmp / name
@@ -149,12 +167,6 @@ def main() -> None:
                     Image.new("L", (28, 28)).save(d / split / cls / f"{i}.png")
         return d
 
-    def user_folder() -> Path:
-        d = tmp / "mine"
-        d.mkdir(exist_ok=True)
-        (d / "notes.txt").write_text("mine")
-        return d
-
     bad_table = tmp / "table.json"
     bad_table.write_text(json.dumps({"fp32_mult": "a lot"}))
     nan_table = tmp / "nan.json"
@@ -165,7 +177,13 @@ def main() -> None:
     a_file = tmp / "a_file"
     a_file.write_text("mine")
     q = ["--run", str(run), "--scheme", "pot-channel"]
-    cases: list[tuple[str, Callable[[], list[str]]]] = [
+    q = ["--run", str(run), "--scheme", "pot-channel"]
+    files = {"a_file": a_file, "bad_table": bad_table, "nan_table": nan_table, "not_object": not_object}
+    return summary_and_train_cases(tmp, data, run, big_image) + step_cases(tmp, data, run, q, edit, other_shape, files)
+
+
+def summary_and_train_cases(tmp: Path, data: Path, run: Path, big_image: Callable[[], Path]) -> list[tuple]:
+    return [
         ("unknown command", lambda: ["fly"]),
         ("unknown model", lambda: ["summary", "--model", "vgg99"]),
         ("model file missing", lambda: ["summary", "--model", "nothere.py:build"]),
@@ -184,6 +202,12 @@ def main() -> None:
             "--resume without checkpoint",
             lambda: ["train", "--data", str(data), "--out", str(tmp / "t8"), "--val-size", "6", "--resume"],
         ),  # fmt: skip
+    ]
+
+
+def step_cases(tmp, data, run, q, edit, other_shape, files: dict[str, Path]) -> list[tuple]:
+    a_file, bad_table, nan_table, not_object = (files[k] for k in ("a_file", "bad_table", "nan_table", "not_object"))
+    return [
         ("quantize: no run", lambda: ["quantize", "--run", str(tmp / "nothere")]),
         ("quantize: corrupt config.json", lambda: ["quantize", "--run", str(edit("c1", "config.json", "{"))]),
         ("quantize: config.json a list", lambda: ["quantize", "--run", str(edit("c2", "config.json", "[]"))]),
@@ -197,7 +221,7 @@ def main() -> None:
         ("verify: --c-vectors 0", lambda: ["verify", *q, "--c", "--c-vectors", "0"]),
         ("export: unknown --format", lambda: ["export", *q, "--format", "verilog", "--out", str(tmp / "e1")]),
         ("export: --out an existing file", lambda: ["export", *q, "--out", str(a_file)]),
-        ("export: --out a folder of the user's", lambda: ["export", *q, "--out", str(user_folder())]),
+        ("export: --out a folder of the user's", lambda: ["export", *q, "--out", str(user_folder(tmp))]),
         ("export: --out the run itself", lambda: ["export", *q, "--out", str(run)]),
         ("export: --vectors 0", lambda: ["export", *q, "--vectors", "0", "--out", str(tmp / "e2")]),
         (
@@ -229,21 +253,24 @@ def main() -> None:
             lambda: ["run", "--data", str(data), "--out", str(tmp / "r3"), "--memory", "tape"],
         ),  # fmt: skip
     ]
-    cases += issue21_cases(tmp, data, run)
-    assert potq("quantize", "--run", str(run), "--scheme", "float-channel", "--calib", "20")[0] == 0
+
+
+def run_cases(cases: list[tuple], tmp: Path) -> int:
+    """Run each case in a fresh process, print its table row; the number of cases that fell short."""
+    a_file = tmp / "a_file"
     print("| Case | Exit | stderr (one line) | Peak RSS | OK |")
     print("|---|---:|---|---:|---|")
     failed = 0
     for name, make, *opts in cases:
         o = opts[0] if opts else {}
-        before = sorted(p.name for p in user_folder().iterdir()) + [a_file.read_text()]
+        before = sorted(p.name for p in user_folder(tmp).iterdir()) + [a_file.read_text()]
         args = make()
         out = Path(args[args.index("--out") + 1]) if "--out" in args else None
         fresh = out is not None and not out.exists()  # an --out that potq refuses must not appear
         code, _, err, rss = potq(*args, cwd=tmp, env=o.get("env"), fsize=o.get("fsize"))
         lines = err.strip().splitlines()
         warnings = [line for line in lines if line.startswith("potq: warning:")]
-        after = sorted(p.name for p in user_folder().iterdir()) + [a_file.read_text()]
+        after = sorted(p.name for p in user_folder(tmp).iterdir()) + [a_file.read_text()]
         expected = o.get("code", 2)
         ok = code == expected and "Traceback" not in err and before == after
         # exit 0 (a fault that costs speed only): its one warning line; the rest is tqdm's progress
@@ -253,9 +280,7 @@ def main() -> None:
         shown = warnings[0] if expected == 0 and warnings else lines[-1] if lines else ""
         shown = shown.replace("|", "\\|").replace(str(tmp), "TMP")[:150]
         print(f"| {name} | {code} | {shown} | {rss:.0f} MB | {'yes' if ok else '**no**'} |")
-    shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\n{len(cases) - failed} of {len(cases)} cases end as they should (one line and exit status 2, or exit 0)")
-    sys.exit(1 if failed else 0)
+    return failed
 
 
 def issue21_cases(tmp: Path, data: Path, run: Path) -> list[tuple]:
@@ -292,10 +317,6 @@ def issue21_cases(tmp: Path, data: Path, run: Path) -> list[tuple]:
 
     def uncached() -> Path:  # data the cache has not seen, its training images (920 KB) over the size limit
         return image_folder(tmp / "uncached", per_class=100)
-
-    def model_file(name: str, text: str) -> str:
-        (tmp / name).write_text(text)
-        return f"{tmp / name}:build"
 
     def png_bomb_archive() -> Path:  # the reported case: a 1.5 GB member (a PNG header, then zeros) in a small tar.gz
         return archive_with(data, tmp / "bomb.tar.gz", "huge.png", png_claiming(22000, 22000), 1_500_000_000)
@@ -336,6 +357,18 @@ def issue21_cases(tmp: Path, data: Path, run: Path) -> list[tuple]:
         ),
         ("--seed 2**64", lambda: [*t, "--out", str(tmp / "u7"), "--seed", str(2**64)]),
         ("--lr 1e308", lambda: [*t, "--out", str(tmp / "u8"), "--lr", "1e308"]),
+        *user_code_cases(tmp, t),
+    ]
+
+
+def user_code_cases(tmp: Path, t: list[str]) -> list[tuple]:
+    """A model file that exits or raises, at import or in its factory: one line with potq's prefix, exit 2."""
+
+    def model_file(name: str, text: str) -> str:
+        (tmp / name).write_text(text)
+        return f"{tmp / name}:build"
+
+    return [
         (
             "model file: sys.exit(0) at import",
             lambda: ["summary", "--model", model_file("m1.py", "import sys\nsys.exit(0)\n")],
