@@ -17,6 +17,7 @@ from potq.accel.model import accel_report, format_table, to_csv
 from potq.accel.peers import scalesim_topology
 from potq.accel.workload import Workload, scalesim_compat, scalesim_out_size, workloads
 from potq.cli import main
+from potq.energy import Arith
 from potq.errors import UserError
 from potq.ir.capture import capture
 from potq.models import build_model
@@ -245,7 +246,7 @@ def test_45nm_compute_energy_equals_the_energy_model_per_node(tiny_q, graphs, ar
     a = load_arch(arch)
     flows = _flows(a)
     for g in (tiny_q[0].graph, graphs["resnet20"]):
-        costs = {c.name: c.compute_pj("int8-pot", energy.load_table()) for c in energy.graph_costs(g, _zp(g))}
+        costs = {c.name: c.compute_pj(Arith.INT8_POT, energy.load_table()) for c in energy.graph_costs(g, _zp(g))}
         for df in flows:
             r = accel_report(g, a, df, zero_points=_zp(g))
             for lay in r["layers"]:

@@ -5,15 +5,16 @@ import pytest
 from potq import energy
 from potq.api import network_costs
 from potq.cli import main
+from potq.energy import Arith
 from potq.models import build_model
 
 
 def test_reference_worked_example_term_by_term():
     table = energy.load_table()
     cost = energy.linear_cost(128, 10, act_zero_point=128)
-    assert cost.compute_pj("fp32", table) == pytest.approx(5888)
-    assert cost.compute_pj("int8-pot", table) == pytest.approx(422.8)
-    terms = [(t.what, t.op, t.count) for t in cost.terms["int8-pot"]]
+    assert cost.compute_pj(Arith.FP32, table) == pytest.approx(5888)
+    assert cost.compute_pj(Arith.INT8_POT, table) == pytest.approx(422.8)
+    terms = [(t.what, t.op, t.count) for t in cost.terms[Arith.INT8_POT]]
     assert terms == [
         ("subtract zero point", "int8_add", 128),
         ("input times weight", "int8_mult", 128),
@@ -22,9 +23,9 @@ def test_reference_worked_example_term_by_term():
         ("power-of-two scale shift", "shift", 1),
         ("add zero point", "int8_add", 1),
     ]
-    assert [(t.op, t.count) for t in cost.terms["fp32"]] == [("fp32_mult", 128), ("fp32_add", 127), ("fp32_add", 1)]
+    assert [(t.op, t.count) for t in cost.terms[Arith.FP32]] == [("fp32_mult", 128), ("fp32_add", 127), ("fp32_add", 1)]
     # potq's convention: zero point 0 after ReLU removes the zero-point additions
-    assert energy.linear_cost(128, 10, 0).compute_pj("int8-pot", table) == pytest.approx(384.1)
+    assert energy.linear_cost(128, 10, 0).compute_pj(Arith.INT8_POT, table) == pytest.approx(384.1)
 
 
 def test_linear_command_shows_every_term(capsys):
@@ -42,7 +43,7 @@ def test_network_counts_for_seed():
     assert [c.type for c in costs] == ["Conv2d"] * 5 + ["Linear"] * 3
     assert costs[0].macs == 27 * 32 * 32 * 32 and costs[1].macs == 288 * 64 * 16 * 16
     assert sum(c.macs for c in costs) == 29_467_264
-    subtracts = [any(t.what == "subtract zero point" for t in c.terms["int8-pot"]) for c in costs]
+    subtracts = [any(t.what == "subtract zero point" for t in c.terms[Arith.INT8_POT]) for c in costs]
     assert subtracts == [True] + [False] * 7  # only the signed input has zero point 128
     assert not costs[-1].requant and all(c.requant for c in costs[:-1])
     r = energy.report(costs, energy.load_table(), "sram_1mb")
@@ -53,7 +54,7 @@ def test_network_counts_for_seed():
     assert r["total"]["compute_pj"]["int8-float"] > r["total"]["compute_pj"]["int8-pot"]
     assert r["total"]["memory_bytes"]["fp32"] > 3.9 * r["total"]["memory_bytes"]["int8-pot"]
     assert r["layers"][0]["memory_pj"]["fp32"] == pytest.approx(
-        -(-first.memory_bytes("fp32") // 8) * table.memory["sram_1mb"]
+        -(-first.memory_bytes(Arith.FP32) // 8) * table.memory["sram_1mb"]
     )
 
 

@@ -23,6 +23,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from importlib import resources
 from pathlib import Path
 
@@ -39,7 +40,18 @@ OP_NAMES = {
     "int8_add": "INT8 add",
     "shift": "bit shift",
 }
-MODELS = {"fp32": "FP32", "int8-float": "INT8, float requant", "int8-pot": "INT8, power-of-two"}
+
+
+class Arith(Enum):
+    """The arithmetic a layer is costed in: the energy model's columns. Its value names it in the JSON."""
+
+    FP32 = "fp32"
+    INT8_FLOAT = "int8-float"  # INT8 with float scales: a multiplier per output requantizes
+    INT8_POT = "int8-pot"  # INT8 with power-of-two scales: a shift requantizes
+
+
+ARITH_LABELS = {Arith.FP32: "FP32", Arith.INT8_FLOAT: "INT8, float requant", Arith.INT8_POT: "INT8, power-of-two"}
+MODELS = {a.value: ARITH_LABELS[a] for a in Arith}  # the report's columns, by their JSON keys
 
 
 @dataclass
@@ -82,18 +94,18 @@ class Term:
     count: int  # per output
 
 
-def requant_terms(model: str, out_zp: bool) -> list[Term]:
+def requant_terms(model: Arith, out_zp: bool) -> list[Term]:
     terms = [
         Term("power-of-two scale shift", "shift", 1)
-        if model == "int8-pot"
+        if model is Arith.INT8_POT
         else Term("float requantization", "fp32_mult", 1)
     ]
     return terms + ([Term("add zero point", "int8_add", 1)] if out_zp else [])
 
 
-def mac_terms(model: str, k: int, in_zp: bool, out_zp: bool, requant: bool) -> list[Term]:
+def mac_terms(model: Arith, k: int, in_zp: bool, out_zp: bool, requant: bool) -> list[Term]:
     """The operations behind one output of a layer with k inputs per output."""
-    if model == "fp32":
+    if model is Arith.FP32:
         return [
             Term("input times weight", "fp32_mult", k),
             Term("summation", "fp32_add", k - 1),
@@ -108,20 +120,20 @@ def mac_terms(model: str, k: int, in_zp: bool, out_zp: bool, requant: bool) -> l
     return terms + (requant_terms(model, out_zp) if requant else [])
 
 
-def add_terms(model: str, in_zps: int, aligned: int, out_zp: bool) -> list[Term]:
+def add_terms(model: Arith, in_zps: int, aligned: int, out_zp: bool) -> list[Term]:
     """One output of a residual addition; `aligned` inputs need a left shift to the common scale."""
-    if model == "fp32":
+    if model is Arith.FP32:
         return [Term("add", "fp32_add", 1)]
     terms = [Term("subtract zero point", "int8_add", in_zps)] if in_zps else []
-    if model == "int8-pot":
+    if model is Arith.INT8_POT:
         terms += [Term("align scales", "shift", aligned)] if aligned else []
     else:
         terms += [Term("rescale input", "fp32_mult", 2)]
     return terms + [Term("add", "int32_add", 1)] + requant_terms(model, out_zp)
 
 
-def avgpool_terms(model: str, k: int, in_zp: bool, out_zp: bool) -> list[Term]:
-    if model == "fp32":
+def avgpool_terms(model: Arith, k: int, in_zp: bool, out_zp: bool) -> list[Term]:
+    if model is Arith.FP32:
         return [Term("summation", "fp32_add", k - 1), Term("times 1/k", "fp32_mult", 1)]
     terms = [Term("subtract zero point", "int8_add", k)] if in_zp else []
     return terms + [Term("summation", "int32_add", k - 1)] + requant_terms(model, out_zp)
@@ -138,24 +150,26 @@ class LayerCost:
     weights: int
     biases: int
     in_acts: int
-    terms: dict[str, list[Term]]
+    terms: dict[Arith, list[Term]]
     requant: bool = True
     mac: bool = False  # a Conv or Linear: k multiply-accumulates per output
 
-    def count(self, model: str, kind: str) -> int:
+    def count(self, model: Arith, kind: str) -> int:
         """Total operations of a kind ('mult', 'add', 'shift') for a model."""
         return self.outputs * sum(t.count for t in self.terms[model] if t.op.endswith(kind))
 
-    def compute_pj(self, model: str, table: Table) -> float:
+    def compute_pj(self, model: Arith, table: Table) -> float:
         return self.outputs * sum(t.count * table.compute[t.op] for t in self.terms[model])
 
-    def memory_bytes(self, model: str) -> int:
-        if model == "fp32":
+    def memory_bytes(self, model: Arith) -> int:
+        if not isinstance(model, Arith):  # a label would fall through to the INT8 branch unnoticed
+            raise TypeError(f"{model!r} is not an Arith (parse labels with Arith(label) at the edge)")
+        if model is Arith.FP32:
             return 4 * (self.weights + self.biases + self.in_acts + self.outputs)
         out_bytes = 4 if not self.requant else 1  # int32 logits, else uint8
         return self.weights + 4 * self.biases + self.in_acts + out_bytes * self.outputs
 
-    def memory_pj(self, model: str, table: Table, level: str) -> float:
+    def memory_pj(self, model: Arith, table: Table, level: str) -> float:
         return math.ceil(self.memory_bytes(model) / 8) * table.memory[level]
 
     @property
@@ -175,7 +189,7 @@ def mac_cost(
     out_zp: bool,
     requant: bool,
 ) -> LayerCost:
-    terms = {m: mac_terms(m, k, in_zp, out_zp, requant) for m in MODELS}
+    terms = {m: mac_terms(m, k, in_zp, out_zp, requant) for m in Arith}
     return LayerCost(name, type_, k, outputs, weights, biases, in_acts, terms, requant, mac=True)
 
 
@@ -206,7 +220,7 @@ def _mac(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
 def _add(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
     align = n.tensors["align"].tolist() if "align" in n.tensors else [1, 0]  # a float graph: assume one
     terms = {
-        m: add_terms(m, sum(zp[v] != 0 for v in n.inputs), sum(a > 0 for a in align), zp[n.output] != 0) for m in MODELS
+        m: add_terms(m, sum(zp[v] != 0 for v in n.inputs), sum(a > 0 for a in align), zp[n.output] != 0) for m in Arith
     }
     outputs = math.prod(g.shapes[n.output])
     return LayerCost(n.name, LAYER_TYPES[n.op], 2, outputs, 0, 0, 2 * outputs, terms)
@@ -214,7 +228,7 @@ def _add(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
 
 def _avgpool(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
     k = window(n)
-    terms = {m: avgpool_terms(m, k, zp[n.inputs[0]] != 0, zp[n.output] != 0) for m in MODELS}
+    terms = {m: avgpool_terms(m, k, zp[n.inputs[0]] != 0, zp[n.output] != 0) for m in Arith}
     outputs, in_acts = math.prod(g.shapes[n.output]), math.prod(g.shapes[n.inputs[0]])
     return LayerCost(n.name, LAYER_TYPES[n.op], k, outputs, 0, 0, in_acts, terms)
 
@@ -258,12 +272,12 @@ def fmt(x: float) -> str:
     return f"{round(x, 6):,.6g}" if abs(x) < 1e6 else f"{x:,.0f}"
 
 
-def worked_example(cost: LayerCost, table: Table, model: str) -> str:
+def worked_example(cost: LayerCost, table: Table, model: Arith) -> str:
     """'10 x (128 x FP32 mult 3.7 [input times weight] + ...) = 5888 pJ', each term shown."""
     terms = " + ".join(f"{t.count} x {OP_NAMES[t.op]} {fmt(table.compute[t.op])} [{t.what}]" for t in cost.terms[model])
     per_output = sum(t.count * table.compute[t.op] for t in cost.terms[model])
     return (
-        f"{MODELS[model]}: {cost.outputs} x ({terms}) = {cost.outputs} x {fmt(per_output)} = "
+        f"{ARITH_LABELS[model]}: {cost.outputs} x ({terms}) = {cost.outputs} x {fmt(per_output)} = "
         f"{fmt(cost.compute_pj(model, table))} pJ"
     )
 
@@ -272,8 +286,8 @@ def linear_example(n_in: int, n_out: int, act_zero_point: int, table: Table) -> 
     """The worked example of one Linear layer: every model's sum, term by term, and its energy."""
     cost = linear_cost(n_in, n_out, act_zero_point)
     return {
-        "terms": [worked_example(cost, table, m) for m in MODELS],
-        "pj": {m: cost.compute_pj(m, table) for m in MODELS},
+        "terms": [worked_example(cost, table, m) for m in Arith],
+        "pj": {m.value: cost.compute_pj(m, table) for m in Arith},
     }
 
 
@@ -292,12 +306,12 @@ def report(costs: list[LayerCost], table: Table, memory: str) -> dict:
                 "params": c.weights + c.biases,
                 "activations_in": c.in_acts,
                 "activations_out": c.outputs,
-                "mults": {m: c.count(m, "mult") for m in MODELS},
-                "adds": {m: c.count(m, "add") for m in MODELS},
-                "shifts": c.count("int8-pot", "shift"),
-                "compute_pj": {m: c.compute_pj(m, table) for m in MODELS},
-                "memory_bytes": {m: c.memory_bytes(m) for m in MODELS},
-                "memory_pj": {m: c.memory_pj(m, table, memory) for m in MODELS},
+                "mults": {m.value: c.count(m, "mult") for m in Arith},
+                "adds": {m.value: c.count(m, "add") for m in Arith},
+                "shifts": c.count(Arith.INT8_POT, "shift"),
+                "compute_pj": {m.value: c.compute_pj(m, table) for m in Arith},
+                "memory_bytes": {m.value: c.memory_bytes(m) for m in Arith},
+                "memory_pj": {m.value: c.memory_pj(m, table, memory) for m in Arith},
             }
         )
     total = {
@@ -354,7 +368,7 @@ def plot_report(r: dict, path: Path) -> None:
 
     labels = [lay["layer"] for lay in r["layers"]]
     series = {f"{MODELS[m]}, compute": [lay["compute_pj"][m] for lay in r["layers"]] for m in MODELS}
-    for m in ("fp32", "int8-pot"):
+    for m in (Arith.FP32.value, Arith.INT8_POT.value):
         series[f"{MODELS[m]}, memory ({r['memory_level']})"] = [lay["memory_pj"][m] for lay in r["layers"]]
     plot_bars(
         labels, series, "energy per image (pJ, log scale)", "Energy per layer: compute and memory", path, log=True

@@ -29,6 +29,7 @@ from potq.accel.row_stationary import balance_point, bound
 from potq.accel.search import fused_pools, search
 from potq.accel.systolic import cdiv
 from potq.accel.workload import Workload, scalesim_compat, spad_traffic, workloads
+from potq.energy import Arith
 from potq.errors import UserError
 from potq.ir.graph import Graph
 
@@ -38,14 +39,14 @@ ARRAY_TERMS = ("subtract zero point", "input times weight", "summation", "add bi
 FREE_MOVES = ("flatten", "concat")  # a view, and outputs written side by side: no data moves
 
 
-def _energy_key(graph: Graph) -> str:
+def _energy_key(graph: Graph) -> Arith:
     """potq.energy's model of this graph: power-of-two shifts, or float requantization (float-* schemes)."""
     if graph.quantized and any(q.exponent is None for q in graph.q.values()):
-        return "int8-float"
-    return "int8-pot"
+        return Arith.INT8_FLOAT
+    return Arith.INT8_POT
 
 
-def ppu_ops(w: Workload, cost, key: str) -> int:
+def ppu_ops(w: Workload, cost, key: Arith) -> int:
     """Operations of the PPU for one node: potq.energy's terms outside the MAC array (requantization,
     alignment, zero points, additions), max-pool comparisons (window - 1 per output), one table lookup
     per input pixel."""
@@ -58,7 +59,7 @@ def ppu_ops(w: Workload, cost, key: str) -> int:
     return cost.outputs * sum(t.count for t in cost.terms[key] if not (w.is_mac and t.what in ARRAY_TERMS))
 
 
-def _table_energy(w: Workload, cost, key: str, table) -> tuple[float, float]:
+def _table_energy(w: Workload, cost, key: Arith, table) -> tuple[float, float]:
     """(MAC array, PPU) energy priced term by term from potq's energy table: their sum is potq.energy's
     compute energy of the node. Max-pool comparisons and the input table are free there, as in the
     reference report, so they are here."""
@@ -96,7 +97,7 @@ def _ppu_traffic(w: Workload) -> dict:
 
 
 def node_result(
-    w: Workload, arch: Arch, dataflow: str, cost, key: str, table, compat: bool, objective: str, pool: int = 1
+    w: Workload, arch: Arch, dataflow: str, cost, key: Arith, table, compat: bool, objective: str, pool: int = 1
 ) -> dict:
     """Every term of one node; see the module docstring and docs/accel.md. pool: the k x k max pool fused
     after a row-stationary conv (1: none)."""
