@@ -350,7 +350,8 @@ def _have_tvm() -> bool:
 
 def deploy_checks(run: Path, name: str, cache=None) -> dict:
     """`potq run`'s deploy step: every consumer check this machine can run; what it can't, it says why."""
-    have_onnx, have_cc, have_tvm = _have_onnx(), find_compiler() is not None, _have_onnx() and _have_tvm()
+    have_onnx, have_cc = _have_onnx(), find_compiler() is not None
+    have_tvm = have_onnx and _have_tvm()
     skipped = {}
     if not have_onnx:
         skipped["onnx"] = f"onnx and onnxruntime are not installed (pip install 'potq[{EXTRA}]')"

@@ -24,7 +24,7 @@ from potq.deploy.rtl.program import build_program, rtl_cycles, write_image, writ
 from potq.errors import UserError
 from potq.golden import IntegerModel
 from potq.ir.arith import shift_round
-from potq.ir.graph import Graph, Node, OpType, pair
+from potq.ir.graph import Graph, Node, OpType, pair, row_view
 from potq.ir.rules import Rounding
 
 
@@ -57,12 +57,17 @@ def accumulator(graph: Graph, n: Node, xs: list[torch.Tensor]) -> torch.Tensor |
     return None
 
 
+def _shift(n: Node, acc: torch.Tensor) -> torch.Tensor:
+    """The node's right shift(s) shaped to broadcast over one image's accumulator (per output channel)."""
+    shift = n.tensors["shift"].to(torch.int64)
+    return row_view(shift, acc.dim()) if shift.numel() > 1 else shift.reshape(())
+
+
 def candidates(graph: Graph, n: Node, acc: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
     """The codes a requantizing node would give from its exact accumulator under the wrong rounding: each
     rule other than the model's, and truncation toward zero (C's integer division), each labelled."""
     q, rule = graph.q[n.output], graph.rounding
-    shift = n.tensors["shift"].to(torch.int64)
-    shift = shift.view(-1, *[1] * (acc.dim() - 1)) if shift.numel() > 1 else shift.reshape(())
+    shift = _shift(n, acc)
     s = shift.clamp(min=0)
     trunc = torch.where(shift < 0, acc << (-shift).clamp(min=0), torch.where(acc < 0, -((-acc) >> s), acc >> s))
     out = [(f"rounds as {r.label}, the model {rule.label}", shift_round(acc, shift, r)) for r in Rounding if r != rule]
@@ -86,8 +91,7 @@ def causes(graph: Graph, n: Node, xs: list[torch.Tensor], got: torch.Tensor, wan
     for label, cand in labelled:
         if bool((got[bad] == cand[bad]).all()):
             return {label: int(bad.sum())}
-    shift = n.tensors["shift"].to(torch.int64)
-    s = (shift.view(-1, *[1] * (acc.dim() - 1)) if shift.numel() > 1 else shift.reshape(())).clamp(min=0)
+    s = _shift(n, acc).clamp(min=0)
     tie = (s > 0) & ((acc & ((1 << s) - 1)) == (1 << (s - 1).clamp(min=0)))
     one = (got - want).abs() == 1
     checks = [(f"outside the clamp [{q.lo}, {q.hi}]", (got < q.lo) | (got > q.hi))]
