@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from potq.accel.arch import DEFAULT_ARCH
 from potq.data import channel_stats
 from potq.errors import UserError
 from potq.ir.graph import Graph
@@ -54,7 +55,7 @@ class Quantized:
         return energy.report(energy.graph_costs(self.graph), energy.load_table(table), memory)
 
     def accel(
-        self, arch: str | Path = "eyeriss", dataflow: str | None = None, batch: int = 1, objective: str = "latency"
+        self, arch: str | Path = DEFAULT_ARCH, dataflow: str | None = None, batch: int = 1, objective: str = "latency"
     ) -> dict:
         """Cycles, traffic and energy per node on an accelerator (a preset name or a JSON file); see
         potq.accel.model.format_table for the per-layer table and docs/accel.md for the model."""

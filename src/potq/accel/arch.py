@@ -22,6 +22,7 @@ from pathlib import Path
 from potq.errors import UserError
 
 PRESETS = ("eyeriss", "eyeriss-45nm", "systolic-8", "systolic-16", "systolic-32", "systolic-16-45nm")
+DEFAULT_ARCH = "eyeriss"  # the course lab's accelerator: `potq accel` and `q.accel()` without --arch
 DATAFLOWS = ("rs", "ws", "os", "is")
 SPADS = ("ifmap", "filter", "psum")
 ENERGIES = ("mac", "spad", "glb", "dram", "ppu_op")
