@@ -36,6 +36,13 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{command}: {message}" if command else message)
 
 
+def folder_path(text: str) -> Path:
+    """A folder option (--cache): an empty one would quietly mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty string")
+    return Path(text)
+
+
 def cmd_summary(a: argparse.Namespace) -> None:
     from potq.models import build_model, parse_shape
     from potq.summary import format_summary, summarize
@@ -429,7 +436,7 @@ def _quantized_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="optional: the run records its model; if given, it must be the same")
     p.add_argument("--scheme", default=QuantSettings.scheme, help="the quantized model's label, e.g. pot-channel-qat")
     p.add_argument("--data", help="dataset path, if it moved since training")
-    p.add_argument("--cache", type=Path, help=CACHE_ENV_HELP)
+    p.add_argument("--cache", type=folder_path, help=CACHE_ENV_HELP)
 
 
 def _model_input_args(p: argparse.ArgumentParser) -> None:
@@ -472,7 +479,7 @@ def _run_parser(sub) -> None:
     )
     r.add_argument("--memory", default=RunOptions.memory, help="memory level for the energy model")
     r.add_argument("--force", action="store_true", help="redo every step")
-    r.add_argument("--cache", type=Path, help=CACHE_ENV_HELP)
+    r.add_argument("--cache", type=folder_path, help=CACHE_ENV_HELP)
     r.set_defaults(func=cmd_run)
 
 
@@ -502,7 +509,7 @@ def _train_parser(sub) -> None:
         default=None,
         help="continue from OUT/checkpoint.pt, or from the checkpoint given",
     )
-    t.add_argument("--cache", type=Path, help=CACHE_HELP)
+    t.add_argument("--cache", type=folder_path, help=CACHE_HELP)
     t.set_defaults(func=cmd_train)
 
 
@@ -525,7 +532,7 @@ def _quantize_parser(sub) -> None:
     )
     q.add_argument("--max-shift", type=int, help="longest right shift the hardware allows")
     q.add_argument("--data", help="dataset path, if it moved since training")
-    q.add_argument("--cache", type=Path, help=CACHE_ENV_HELP)
+    q.add_argument("--cache", type=folder_path, help=CACHE_ENV_HELP)
     q.set_defaults(func=cmd_quantize)
 
 

@@ -27,6 +27,7 @@ from potq.ir import io
 from potq.ir.graph import OP_SPEC, Graph, OpType
 from potq.ir.rules import ROUNDING_DEFINITIONS, Rounding
 from potq.runs.paths import quant_paths
+from potq.runs.provenance import derived_inputs
 from potq.runs.quantize import load_quantized, weights_digest
 
 EXPORT_KIND = "potq-export/2"
@@ -169,12 +170,12 @@ def export_run(
     out, run = Path(out), Path(run)
     check_output_dir(out, EXPORT_KIND, protect=(run,))
     graph, cfg = load_quantized(run, name)
-    ds = load_dataset(data or cfg.data, cache, cfg.classes)
+    ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
     if vectors > len(ds.test_x):
         raise UserError(f"--vectors {vectors} is more than the {len(ds.test_x)} test images")
     indices = vector_indices(np.asarray(ds.test_y), vectors)
     images, labels = np.array(ds.test_x[indices]), np.array(ds.test_y[indices])
-    source = quantized_model_record(run, name)
+    source = {**quantized_model_record(run, name), "inputs": derived_inputs(run, name, ds.digest)}
     return write_export(graph, out, images, labels, cfg.classes, (run,), formats, source, indices, onnx_weights)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -18,8 +20,9 @@ import torch
 from potq.errors import UserError
 
 
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call write(tmp) on a temporary file beside `path`, then rename it into place."""
+def atomic_write(path: Path, write: Callable[[Path], Any], size: int | None = None) -> None:
+    """Call write(tmp) on a temporary file beside `path`, then rename it into place; `size`, the bytes it
+    writes where known, goes into the message of a full disk."""
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError(f"{path}: folder {path.parent} does not exist")
@@ -32,7 +35,10 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
         os.replace(tmp, path)
     except OSError as e:  # a full disk, a quota: name the user's file, not potq's temporary one
         Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"{path}: can't write it ({e.strerror or e}); the old file, if any, is unchanged") from None
+        need = f", {size:,} bytes needed" if size is not None else ""
+        raise UserError(
+            f"{path}: can't write it ({e.strerror or e}{need}); the old file, if any, is unchanged"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -71,12 +77,32 @@ def _umask() -> int:
     return mask
 
 
+def save_bytes(data: bytes, path: Path) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), len(data))
+
+
 def save_torch(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """Serialized in memory first: torch's own writer turns a full disk into a RuntimeError of its own
+    words; written by save_bytes it is an OSError, one line naming the file and the bytes needed."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    save_bytes(buffer.getvalue(), path)
 
 
 def save_text(text: str, path: Path) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    save_bytes(text.encode(), path)
+
+
+def file_digest(path: Path) -> str | None:
+    """SHA-256 of a file's bytes, None where there is no file: what a run's records fingerprint."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def save_json(obj: Any, path: Path) -> None:

@@ -32,6 +32,7 @@ from potq.errors import UserError
 Shape = tuple[int, int, int]
 # compact image classifiers: far beyond these, building the model only fails to allocate memory
 MAX_CHANNELS, MAX_PIXELS, MAX_CLASSES = 1024, 4096 * 4096, 100_000
+MAX_PARAMS = 100_000_000  # 400 MB of float32: the zoo's nets have 0.07-2.7 million
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,7 @@ def build_model(spec: str, in_shape: Shape = (3, 32, 32), classes: int = 10) -> 
     if not 2 <= classes <= MAX_CLASSES:
         raise UserError(f"--classes must be from 2 to {MAX_CLASSES:,}, got {classes}")
     if spec in ZOO:
+        _check_zoo_size(spec, tuple(in_shape), classes)
         return ZOO[spec].factory(tuple(in_shape), classes)
     if ":" not in spec:
         raise UserError(
@@ -217,6 +219,41 @@ def build_model(spec: str, in_shape: Shape = (3, 32, 32), classes: int = 10) -> 
     if not isinstance(model, nn.Module):
         raise UserError(f"--model {spec}: the factory returned a {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _check_zoo_size(spec: str, in_shape: Shape, classes: int) -> None:
+    """A zoo model whose size grows with the input (seed's flatten) is counted on the meta device first:
+    seed at 3x4096x4096 would be 4.3 billion parameters, tens of GB before any error."""
+    with torch.device("meta"):
+        params = sum(p.numel() for p in ZOO[spec].factory(in_shape, classes).parameters())
+    if params > MAX_PARAMS:
+        shape = ",".join(map(str, in_shape))
+        raise UserError(
+            f"model {spec} on inputs of {shape} would have {params:,} parameters ({4 * params / 1e9:.1f} GB); "
+            f"potq is for compact classifiers (at most {MAX_PARAMS:,}): use smaller images"
+        )
+
+
+def source_file(spec: str) -> Path | None:
+    """The file a user's model is defined in (a run fingerprints it); None for a zoo model."""
+    if spec in ZOO or ":" not in spec:
+        return None
+    where = spec.rpartition(":")[0]
+    if where.endswith(".py") or Path(where).is_file():
+        return Path(where)
+    try:
+        found = importlib.util.find_spec(where)
+    except (ImportError, ValueError):
+        return None
+    return Path(found.origin) if found is not None and found.origin and Path(found.origin).is_file() else None
+
+
+def source_digest(spec: str) -> str | None:
+    """SHA-256 of the user's model file (None for a zoo model): what a run's weights were trained from."""
+    from potq.files import file_digest
+
+    path = source_file(spec)
+    return file_digest(path) if path is not None else None
 
 
 def load_factory(spec: str) -> Callable:

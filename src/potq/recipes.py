@@ -79,6 +79,10 @@ class TrainConfig:
     classes: list[str] = field(default_factory=list)
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
+    # the fingerprints of what the weights were trained from (potq.data.Dataset.digest; the SHA-256 of the
+    # user's model file, None for a zoo model): a later step made from other ones is refused
+    data_digest: str | None = None
+    model_digest: str | None = None
 
     def recipe_values(self) -> Recipe:
         base = RECIPES[self.recipe]
@@ -89,6 +93,6 @@ class TrainConfig:
     def from_options(cls, options) -> TrainConfig:
         """The training settings among a command's options (`potq train`'s arguments, `potq run`'s RunOptions):
         each option named as a field the user sets; the options lack the rest, which keep their defaults."""
-        data_fields = ("in_shape", "classes", "mean", "std")
+        data_fields = ("in_shape", "classes", "mean", "std", "data_digest", "model_digest")
         names = [f.name for f in fields(cls) if f.name not in data_fields and hasattr(options, f.name)]
         return cls(**{n: getattr(options, n) for n in names})

@@ -23,12 +23,13 @@ from tqdm import tqdm
 
 from potq.data import Dataset, augment, channel_stats, check_classes, load_dataset, split_train_val
 from potq.errors import UserError
-from potq.files import read_json, save_json, save_text, save_torch
+from potq.files import file_digest, save_json, save_text, save_torch
 from potq.ir.tensor import nhwc, normalize
-from potq.models import build_model, check_model
+from potq.models import build_model, check_model, source_digest, source_file
 from potq.plots import plot_curves
 from potq.recipes import PRECISIONS, RECIPES, Recipe, TrainConfig  # noqa: F401  (TrainConfig: re-exported)
 from potq.runs.paths import CHECKPOINT, CONFIG, CURVES, HISTORY, METRICS, WEIGHTS
+from potq.runs.provenance import check_model_file, read_config
 
 # the epoch generators seed torch with seed * 1,000,003 + epoch * 101 + rank, which must fit its 64 bits; 32 bits
 # leave that room and are what other seeds take (numpy's legacy seed, DataLoader workers)
@@ -269,8 +270,14 @@ def prepare_data(cfg: TrainConfig, data: Dataset) -> dict[str, np.ndarray]:
         )
     if cfg.classes:
         check_classes(data, cfg.classes)
+    if cfg.data_digest and cfg.data_digest != data.digest:
+        raise UserError(
+            f"--data {data.source}: not the data the run was trained on (its content changed: fingerprint "
+            f"{data.digest[:12]}, the run's {cfg.data_digest[:12]}); give the run's data, or train anew"
+        )
     cfg.in_shape = list(data.shape)
     cfg.classes = list(data.classes)
+    cfg.data_digest = data.digest
     if not cfg.mean:
         cfg.mean, cfg.std = channel_stats(data.train_x[train_idx])
     return {
@@ -301,6 +308,10 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
     except Exception as e:  # torch raises many types for a corrupt file
         raise UserError(f"--resume: {path} is not a readable checkpoint ({type(e).__name__})") from None
     saved = ckpt.get("config", {}) if isinstance(ckpt, dict) else {}
+    for key in ("data_digest", "model_digest"):  # a checkpoint of potq 0.3 has none: nothing to compare
+        if saved.get(key) and saved[key] != getattr(cfg, key):
+            what = "the data's content" if key == "data_digest" else f"the model's file {source_file(cfg.model)}"
+            raise UserError(f"--resume: {path} was trained from other inputs: {what} changed since; train anew")
     for key in ("model", "in_shape", "classes", "recipe", "seed"):
         if saved.get(key) != getattr(cfg, key):
             raise UserError(
@@ -361,6 +372,7 @@ def set_up(cfg: TrainConfig, out: Path, data_cache: Path | None, resume: Path | 
     check_config(cfg)
     d = setup_dist()
     arrays = prepare_data(cfg, load_dataset(cfg.data, data_cache))
+    cfg.model_digest = source_digest(cfg.model)
     recipe = cfg.recipe_values()
     ckpt = load_checkpoint(resume, cfg) if resume else None
     if ckpt is None and (out / CHECKPOINT).exists():
@@ -461,6 +473,7 @@ def finish(s: Session, out: Path, seconds: float) -> dict:
         "test_loss": test_loss,
         "test_accuracy": test_acc,
         "model_size_mb": (out / WEIGHTS).stat().st_size / 1e6,
+        "weights_sha256": file_digest(out / WEIGHTS),  # the weights these figures are of (potq.runs.provenance)
         "epochs": s.recipe.epochs,
         "seconds": seconds,
         "train_images": len(t["train_x"]),
@@ -495,10 +508,8 @@ def load_trained(run: Path) -> tuple[nn.Module, TrainConfig]:
     run = Path(run)
     if not (run / CONFIG).exists() or not (run / WEIGHTS).exists():
         raise UserError(f"--run {run}: no trained weights there (expected {CONFIG} and {WEIGHTS})")
-    try:
-        cfg = TrainConfig(**read_json(run / CONFIG))
-    except TypeError as e:
-        raise UserError(f"{run / CONFIG}: not a potq training config ({e})") from None
+    cfg = read_config(run)
+    check_model_file(cfg, run / WEIGHTS)
     model = build_model(cfg.model, tuple(cfg.in_shape), len(cfg.classes))
     try:
         model.load_state_dict(torch.load(run / WEIGHTS, map_location="cpu", weights_only=True))

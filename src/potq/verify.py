@@ -16,6 +16,7 @@ from potq.golden import IntegerModel
 from potq.ir.tensor import normalize
 from potq.quant.simulate import simulated
 from potq.runs.paths import verify_json
+from potq.runs.provenance import derived_inputs
 from potq.runs.quantize import load_quantized
 
 
@@ -77,8 +78,9 @@ def verify_run(run, name: str, data: str | None = None, cache=None, batch: int =
     """`potq verify`: compare_models on the whole test set, saved as verify_<label>.json."""
     run = Path(run)
     graph, cfg = load_quantized(run, name)
-    ds = load_dataset(data or cfg.data, cache, cfg.classes)
+    ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
     images, labels = torch.from_numpy(np.array(ds.test_x)), torch.from_numpy(np.array(ds.test_y))
     result = {"label": name, **compare_models(graph, cfg, images, labels, batch)}
+    result["inputs"] = derived_inputs(run, name, ds.digest)  # potq.runs.provenance
     save_json(result, verify_json(run, name))
     return result

@@ -13,7 +13,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 from potq.errors import StepFailed, UserError
@@ -70,7 +70,26 @@ class RunOptions:
         return QuantSettings(self.qat_scheme).label(qat=True) if self.qat else QuantSettings.scheme
 
 
-def _summary_step(o: RunOptions) -> None:
+class Now:
+    """What is there now, fingerprinted once per `potq run` (potq.runs.provenance): the data's content takes
+    a load (a cache hit) and a hash, about 0.3 s for CIFAR-10."""
+
+    def __init__(self, o: RunOptions):
+        self.o = o
+
+    @cached_property
+    def data(self) -> str:
+        from potq.data import load_dataset
+
+        return load_dataset(self.o.data, self.o.cache).digest
+
+    def summary_inputs(self) -> dict:
+        from potq.models import source_digest
+
+        return {"data": self.data, "model file": source_digest(self.o.model)}
+
+
+def _summary_step(o: RunOptions, now: Now) -> None:
     from potq.data import load_dataset
     from potq.files import save_json
     from potq.ir.capture import capture
@@ -83,7 +102,8 @@ def _summary_step(o: RunOptions) -> None:
     capture(model, ds.shape, [0.0] * ds.shape[0], [1.0] * ds.shape[0])
     s = summarize(model, ds.shape)
     print(format_summary(s))
-    save_json({**s.to_dict(), "model": o.model, "input_shape": list(ds.shape)}, o.out / SUMMARY)
+    record = {**s.to_dict(), "model": o.model, "input_shape": list(ds.shape), "inputs": now.summary_inputs()}
+    save_json(record, o.out / SUMMARY)
 
 
 def _train_step(o: RunOptions) -> None:
@@ -96,26 +116,28 @@ def _train_step(o: RunOptions) -> None:
     print(f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f}")
 
 
-def _quantize_step(o: RunOptions) -> None:
+def _quantize_step(o: RunOptions, now: Now) -> None:
+    from potq.runs.provenance import quantized_change
     from potq.runs.quantize import compare, quantize_run
 
     out = o.out
     stats: dict = {}  # the calibration statistics, collected once for every scheme
     for scheme in o.schemes:
-        if not (quant_paths(out, scheme)[1]).exists():
+        if quantized_change(out, scheme, now.data):
             r = quantize_run(out, QuantSettings(scheme), o.calib, cache=o.cache, stats_cache=stats)
             print(f"{scheme}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
-    if o.qat and not (quant_paths(out, o.headline)[1]).exists():
+    if o.qat and quantized_change(out, o.headline, now.data):
         r = quantize_run(out, QuantSettings(o.qat_scheme), o.calib, o.qat, o.qat_lr, cache=o.cache)
         print(f"{o.headline}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
     print(compare(out))
 
 
-def _verify_step(o: RunOptions) -> None:
+def _verify_step(o: RunOptions, now: Now) -> None:
+    from potq.runs.provenance import derived_change, derived_inputs
     from potq.verify import verify_run
 
     for name in _pot_labels(o):
-        if (verify_json(o.out, name)).exists():
+        if not derived_change(verify_json(o.out, name), derived_inputs(o.out, name, now.data)):
             continue
         r = verify_run(o.out, name, None, o.cache)
         print(
@@ -129,12 +151,14 @@ def _verify_step(o: RunOptions) -> None:
 def _energy_step(o: RunOptions) -> None:
     from potq import energy as en
     from potq.files import save_json
+    from potq.runs.provenance import derived_inputs
     from potq.runs.quantize import load_quantized
 
     table = en.load_table()
     graph, _ = load_quantized(o.out, o.headline)
     r = en.report(en.graph_costs(graph), table, o.memory)
     r["scheme"] = o.headline
+    r["inputs"] = derived_inputs(o.out, o.headline)
     r["linear_example"] = {str(zp): en.linear_example(128, 10, zp, table) for zp in (128, 0)}
     r["markdown"] = en.format_report(r)
     en.plot_report(r, o.out / ENERGY_PNG)
@@ -147,6 +171,7 @@ def _accel_step(o: RunOptions) -> None:
     from potq.accel.model import accel_report, format_table
     from potq.accel.plots import plot_energy_levels, plot_roofline
     from potq.files import save_json
+    from potq.runs.provenance import derived_inputs
     from potq.runs.quantize import load_quantized
 
     out = o.out
@@ -154,7 +179,8 @@ def _accel_step(o: RunOptions) -> None:
     reports = [accel_report(graph, load_arch(arch), df) for arch, df in ACCEL_RUNS]
     plot_roofline(reports, out / ACCEL_ROOFLINE_PNG)
     plot_energy_levels(reports, out / ACCEL_ENERGY_PNG)
-    save_json({"scheme": o.headline, "reports": reports}, out / ACCEL_JSON)  # last: the step's done mark
+    record = {"scheme": o.headline, "reports": reports, "inputs": derived_inputs(out, o.headline)}
+    save_json(record, out / ACCEL_JSON)  # last: the step's done mark
     for r in reports:
         print(format_table(r) + "\n")
 
@@ -181,26 +207,84 @@ def _report_step(o: RunOptions) -> None:
     print(f"report -> {o.out / 'report.md'}, {o.out / 'report.html'}")
 
 
-def _steps(o: RunOptions) -> list[tuple[str, Callable[[], bool], Callable[[], None]]]:
-    """(name, is it done?, do it) for every step, in order."""
-    from potq.export import MODEL_JSON
+@dataclass
+class Step:
+    name: str
+    present: Callable[[], bool]  # are its artifacts there?
+    stale: Callable[[], str | None]  # then, why they are not what is there now would make (None: they are)
+    do: Callable[[], None]
 
-    out = o.out
+
+def _steps(o: RunOptions, now: Now) -> list[Step]:
+    """Every step, in order: a step is done when its artifacts are there and made from what is there now
+    (potq.runs.provenance); else it runs, or runs again."""
+    from potq.export import MODEL_JSON
+    from potq.runs.provenance import derived_change, derived_inputs, quantized_change
+
+    out, head = o.out, o.headline
+    pot = _pot_labels(o)
     return [
-        ("summary", lambda: (out / SUMMARY).exists(), partial(_summary_step, o)),
-        ("train", lambda: (out / METRICS).exists(), partial(_train_step, o)),
-        (
-            "quantize",
-            lambda: all((quant_paths(out, s)[1]).exists() for s in _all_labels(o)),
-            partial(_quantize_step, o),
+        Step(
+            "summary",
+            (out / SUMMARY).exists,
+            lambda: derived_change(out / SUMMARY, now.summary_inputs()),
+            partial(_summary_step, o, now),
         ),
-        ("verify", lambda: all((verify_json(out, s)).exists() for s in _pot_labels(o)), partial(_verify_step, o)),
-        ("energy", lambda: (out / ENERGY_JSON).exists(), partial(_energy_step, o)),
-        ("accel", lambda: (out / ACCEL_JSON).exists(), partial(_accel_step, o)),
-        ("export", lambda: (out / EXPORT_DIR / MODEL_JSON).exists(), partial(_export_step, o)),
-        ("deploy", lambda: (deploy_json(out, o.headline)).exists(), partial(_deploy_step, o)),
-        ("report", lambda: False, partial(_report_step, o)),
+        Step("train", (out / METRICS).exists, partial(_training_stale, o, now), partial(_train_step, o)),
+        Step(
+            "quantize",
+            lambda: all(quant_paths(out, s)[1].exists() for s in _all_labels(o)),
+            lambda: _first(quantized_change(out, s, now.data) for s in _all_labels(o)),
+            partial(_quantize_step, o, now),
+        ),
+        Step(
+            "verify",
+            lambda: all(verify_json(out, s).exists() for s in pot),
+            lambda: _first(derived_change(verify_json(out, s), derived_inputs(out, s, now.data)) for s in pot),
+            partial(_verify_step, o, now),
+        ),
+        Step(
+            "energy",
+            (out / ENERGY_JSON).exists,
+            lambda: derived_change(out / ENERGY_JSON, derived_inputs(out, head)),
+            partial(_energy_step, o),
+        ),
+        Step(
+            "accel",
+            (out / ACCEL_JSON).exists,
+            lambda: derived_change(out / ACCEL_JSON, derived_inputs(out, head)),
+            partial(_accel_step, o),
+        ),
+        Step(
+            "export",
+            (out / EXPORT_DIR / MODEL_JSON).exists,
+            lambda: derived_change(
+                out / EXPORT_DIR / MODEL_JSON, derived_inputs(out, head, now.data), ("quantized_model",)
+            ),
+            partial(_export_step, o),
+        ),
+        Step(
+            "deploy",
+            deploy_json(out, head).exists,
+            lambda: derived_change(deploy_json(out, head), derived_inputs(out, head, now.data)),
+            partial(_deploy_step, o),
+        ),
+        Step("report", lambda: False, lambda: None, partial(_report_step, o)),
     ]
+
+
+def _first(reasons) -> str | None:
+    return next((r for r in reasons if r), None)
+
+
+def _training_stale(o: RunOptions, now: Now) -> None:
+    """A finished training made from other inputs than those there now is the user's work: never redone
+    silently, refused with one line naming what changed."""
+    from potq.runs.provenance import training_change
+
+    reason = training_change(o.out, o.model, now.data)
+    if reason:
+        raise UserError(f"--out {o.out}: {reason}; use --force to train again there, or another --out")
 
 
 def _all_labels(o: RunOptions) -> list[str]:
@@ -235,6 +319,20 @@ def check_options(o: RunOptions) -> None:
         check_same_question(o)
 
 
+def check_sizes(o: RunOptions, train_images: int, test_images: int) -> None:
+    """The options of later steps that the data bounds, checked before the first step rather than an hour
+    into the run: the validation split, the calibration images, the test vectors."""
+    if not 0 <= o.val_size < train_images:
+        raise UserError(
+            f"--val-size must be in [0, {train_images - 1}] for these {train_images} images, got {o.val_size}"
+        )
+    trained_on = min(train_images - o.val_size, o.train_limit or train_images)
+    if o.calib > trained_on:
+        raise UserError(f"--calib {o.calib} is more than the {trained_on} training images of this run")
+    if o.vectors > test_images:
+        raise UserError(f"--vectors {o.vectors} is more than the {test_images} test images")
+
+
 # every option that determines a step's result: a folder answers only the question it was made for
 RESULT_OPTIONS = (
     "model",
@@ -267,6 +365,10 @@ def check_same_question(o: RunOptions) -> None:
         saved = json.loads(path.read_text()) if path.exists() else None
     except (OSError, ValueError):
         raise UserError(f"--out {o.out}: {RUN_OPTIONS} is not readable; use --force or another --out") from None
+    if saved is not None and not isinstance(saved, dict):
+        raise UserError(
+            f"--out {o.out}: {RUN_OPTIONS} is not a potq run record (edited?); use --force or another --out"
+        )
     if saved is None:  # a folder of potq 0.1, or of `potq train`: its model at least must match
         config = o.out / CONFIG
         saved = {"model": read_json(config).get("model")} if config.exists() else {}
@@ -304,6 +406,10 @@ def run_all(o: RunOptions) -> dict:
     if o.data != "cifar10":
         o.data = str(Path(o.data).resolve())
     check_options(o)
+    from potq.data import load_dataset
+
+    ds = load_dataset(o.data, o.cache)  # the summary step's load, a cache hit from here on
+    check_sizes(o, len(ds.train_x), len(ds.test_x))
     created = not o.out.exists()
     o.out.mkdir(parents=True, exist_ok=True)
     from potq.files import folder_lock
@@ -326,21 +432,24 @@ def _run_steps(o: RunOptions) -> dict:
     save_json(result_options(o), o.out / RUN_OPTIONS)
     steps_path = o.out / STEPS
     times = read_json(steps_path) if steps_path.exists() else {}
-    steps = _steps(o)
-    for k, (name, done, do) in enumerate(steps, 1):
-        if done():
-            print(f"[{k}/{len(steps)}] {name}: already done")
+    steps = _steps(o, Now(o))
+    for k, step in enumerate(steps, 1):
+        stale = step.stale() if step.present() else None
+        if step.present() and not stale:
+            print(f"[{k}/{len(steps)}] {step.name}: already done")
             continue
-        print(f"[{k}/{len(steps)}] {name} ...", flush=True)
+        print(f"[{k}/{len(steps)}] {step.name} ..." + (f" again: {stale}" if stale else ""), flush=True)
         t0 = time.perf_counter()
         try:
-            do()
+            step.do()
         except UserError as e:
-            raise UserError(f"step {name} failed: {e}") from None
+            raise UserError(f"step {step.name} failed: {e}") from None
         except StepFailed:
             raise
+        except OSError as e:  # a full disk, a file the user's system refuses: one line naming it, exit 2
+            raise UserError(f"step {step.name} failed: {e.filename or ''}: {e.strerror or e}") from None
         except Exception as e:  # a bug or a broken environment: still one line, naming the step
-            raise StepFailed(f"step {name} failed: {type(e).__name__}: {e}") from e
-        times[name] = {"seconds": time.perf_counter() - t0, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            raise StepFailed(f"step {step.name} failed: {type(e).__name__}: {e}") from e
+        times[step.name] = {"seconds": time.perf_counter() - t0, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         save_json(times, steps_path)
     return times

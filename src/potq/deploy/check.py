@@ -286,8 +286,7 @@ def check_run(
     step), saved as deploy_<label>.json for the report's Deployment section; `skipped`: the checks this
     machine can't run, and why."""
     from potq.data import load_dataset
-    from potq.files import read_json, save_json
-    from potq.runs.paths import deploy_json
+    from potq.runs.provenance import derived_inputs
     from potq.runs.quantize import load_quantized
 
     if c_vectors < 1:
@@ -295,8 +294,7 @@ def check_run(
     if tvm_images < 1:
         raise UserError(f"--tvm-images must be at least 1, got {tvm_images}")
     run = Path(run)
-    path = deploy_json(run, name)
-    result = read_json(path) if path.exists() else {"label": name}
+    result: dict = {}
     if onnx or c or tvm:
         graph, cfg = load_quantized(run, name)
         if c:
@@ -305,7 +303,7 @@ def check_run(
             _session(graph, weights=onnx_weights)
         if tvm:
             require_tvm()
-        ds = load_dataset(data or cfg.data, cache, cfg.classes)
+        ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
         images, labels = np.array(ds.test_x), np.array(ds.test_y)
         if onnx:
             result["onnx"] = check_onnx(graph, images, labels, weights=onnx_weights)
@@ -319,10 +317,25 @@ def check_run(
 
             picked = vector_indices(labels, min(c_vectors, len(labels)))
             result["c"] = {**check_c(graph, images[picked]), "test_indices": picked.tolist()}
+        result["inputs"] = derived_inputs(run, name, ds.digest)
     if skipped is not None:
         result["skipped"] = skipped
-    save_json(result, path)
-    return result
+    return save_deploy_record(run, name, result)
+
+
+def save_deploy_record(run: Path, name: str, checks: dict) -> dict:
+    """Add the checks to deploy_<label>.json: the record of every consumer check of one quantized model. A
+    record of other inputs (potq.runs.provenance: the model requantized, other data) is replaced whole."""
+    from potq.files import read_json, save_json
+    from potq.runs.paths import deploy_json
+
+    path = deploy_json(run, name)
+    saved = read_json(path) if path.exists() else {}
+    if "inputs" in checks and saved.get("inputs") != checks["inputs"]:
+        saved = {}
+    record = {"label": name, **saved, **checks}
+    save_json(record, path)
+    return record
 
 
 def _have_onnx() -> bool:

@@ -264,10 +264,10 @@ def check_rtl_run(
     """`potq verify --rtl`: check_rtl on `vectors` test images drawn across the classes as `potq export` draws
     its vectors; saved under "rtl" in deploy_<label>.json."""
     from potq.data import load_dataset
+    from potq.deploy.check import save_deploy_record
     from potq.deploy.rtl import verilator
     from potq.export import vector_indices
-    from potq.files import read_json, save_json
-    from potq.runs.paths import deploy_json
+    from potq.runs.provenance import derived_inputs
     from potq.runs.quantize import load_quantized
 
     rows, cols = parse_array(array)
@@ -279,15 +279,12 @@ def check_rtl_run(
     verilator()  # before anything slow: is it installed?
     run = Path(run)
     graph, cfg = load_quantized(run, name)
-    ds = load_dataset(data or cfg.data, cache, cfg.classes)
+    ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
     labels = np.array(ds.test_y)
     picked = vector_indices(labels, min(vectors, len(labels)))
     result = check_rtl(graph, np.array(ds.test_x[picked]), rows, cols, ppu, pe)
     result["test_indices"] = picked.tolist()
-    path = deploy_json(run, name)
-    saved = read_json(path) if path.exists() else {"label": name}
-    saved["rtl"] = result
-    save_json(saved, path)
+    save_deploy_record(run, name, {"rtl": result, "inputs": derived_inputs(run, name, ds.digest)})
     return result
 
 

@@ -4,7 +4,6 @@ optionally fine-tune (QAT, with the trainer), evaluate, record. The quantized mo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -15,7 +14,7 @@ from torch import nn
 
 from potq.data import load_dataset
 from potq.errors import UserError
-from potq.files import read_json, save_json, save_text, save_torch
+from potq.files import file_digest, read_json, save_json, save_text, save_torch
 from potq.ir import io
 from potq.ir.graph import Graph
 from potq.ir.tensor import normalize
@@ -25,7 +24,8 @@ from potq.quant.pipeline import layer_table, quantize_graph
 from potq.quant.scheme import QuantSettings
 from potq.quant.simulate import SimNet, simulated
 from potq.recipes import Recipe
-from potq.runs.paths import COMPARE_MD, COMPARE_PNG, METRICS, QUANT_GLOB, WEIGHTS, quant_paths
+from potq.runs.paths import COMPARE_MD, COMPARE_PNG, CONFIG, METRICS, QUANT_GLOB, WEIGHTS, quant_paths
+from potq.runs.provenance import check_model_file, quantized_change, quantized_inputs, read_config
 from potq.train import (
     TrainConfig,
     evaluate,
@@ -74,8 +74,7 @@ def qat(
 
 def weights_digest(run: Path) -> str | None:
     """SHA-256 of a run's trained weights: every quantized model records the weights it came from."""
-    path = Path(run) / WEIGHTS
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    return file_digest(Path(run) / WEIGHTS)
 
 
 def save_quantized(graph: Graph, cfg: TrainConfig, path: Path, weights: str | None) -> None:
@@ -94,11 +93,12 @@ def load_quantized(run: Path, name: str) -> tuple[Graph, TrainConfig]:
         cfg, made_from = TrainConfig(**saved["config"]), saved.get("weights_sha256")
     except Exception as e:
         raise UserError(f"{path}: not a potq quantized model of this version ({type(e).__name__}: {e})") from None
+    again = f"quantize this run again with `potq quantize --run {run} --scheme {name}`"
     if made_from != weights_digest(run):
-        raise UserError(
-            f"{path}: made from other weights than this run's {WEIGHTS} (copied from another run?); "
-            f"quantize this run again with `potq quantize --run {run}`"
-        )
+        raise UserError(f"{path}: made from other weights than this run's {WEIGHTS} (replaced since?); {again}")
+    if (Path(run) / CONFIG).exists() and read_config(Path(run)).model != cfg.model:
+        raise UserError(f"{path}: a model {cfg.model!r}, but {Path(run) / CONFIG} names another (edited?); {again}")
+    check_model_file(cfg, path)
     return graph, cfg
 
 
@@ -108,7 +108,7 @@ def fp32_metrics(
     """The FP32 model's (test loss, test accuracy): training measured them on the same test set."""
     try:
         m = json.loads((Path(run) / METRICS).read_text())
-        if m.get("test_images") == len(x):
+        if m.get("test_images") == len(x) and m.get("weights_sha256") in (None, weights_digest(run)):
             return float(m["test_loss"]), float(m["test_accuracy"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -136,7 +136,7 @@ def quantize_run(
         raise UserError(f"--qat-lr must be positive, got {qat_lr}")
     t0 = time.perf_counter()
     model, cfg = load_trained(run)
-    arrays = prepare_data(cfg, load_dataset(data or cfg.data, cache))
+    arrays = prepare_data(cfg, load_dataset(data or cfg.data, cache))  # the data the run was trained on
     if calib > len(arrays["train_x"]):
         raise UserError(f"--calib {calib} is more than the {len(arrays['train_x'])} training images of this run")
     calib_x = normalize(torch.from_numpy(arrays["train_x"][:calib]), cfg.mean, cfg.std)
@@ -170,6 +170,8 @@ def quantize_run(
         "nodes": len(graph.nodes),
         "layers": layer_table(graph),
         "seconds": time.perf_counter() - t0,
+        "inputs": quantized_inputs(run, cfg.data_digest),  # potq.runs.provenance
+        "quant_sha256": file_digest(model_path),
     }
     save_json(result, json_path)
     return result
@@ -197,6 +199,11 @@ def compare(run: Path) -> str:
     results = [read_json(p) for p in sorted(run.glob(QUANT_GLOB))]
     if not results:
         raise UserError(f"--run {run}: no quantized models yet; run `potq quantize` first")
+    data_digest = read_config(run).data_digest  # what quantize checked the data against
+    for r in results:
+        stale = quantized_change(run, r["label"], data_digest)
+        if stale:
+            raise UserError(f"--run {run}: {r['label']}: {stale}; run `potq quantize --scheme {r['label']}` again")
     lines = [
         "| Model | Test accuracy | Change vs FP32 (points) | Test loss | Size (MB) | Rounding | Exponent |",
         "|---|---:|---:|---:|---:|---|---|",

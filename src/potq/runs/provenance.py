@@ -1,0 +1,115 @@
+"""Provenance: what each artifact of a run was computed from, and whether it still is.
+
+The records (every fingerprint a SHA-256):
+- config.json (TrainConfig): `data_digest`, the data's content (potq.data.Dataset.digest, never its path), and
+  `model_digest`, the user's model file (None for a zoo model); metrics.json: `weights_sha256`, the weights.pt
+  its figures are of;
+- quant_<label>.json: `inputs` {weights, data} and `quant_sha256`, its quant_<label>.pt's own fingerprint (the
+  .pt itself keeps the training config and `weights_sha256`);
+- verify_/deploy_<label>.json, energy.json, accel.json and export/model.json's `quantized_model`: `inputs`
+  {quantized model, data (where it reads images)}, made by `derived_inputs`.
+
+Who checks: `potq run` calls a step done only when its artifacts are there and their inputs are what is there
+now (a stale step is redone; a stale training, the user's work, is refused with one line naming what changed);
+every command that reads a trained or quantized model refuses one whose inputs changed (load_trained,
+load_quantized, and potq.data.load_dataset for the data). Evidence: tests/test_provenance.py, one test per
+kind of change, each failing on potq 0.3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from potq.errors import UserError
+from potq.files import file_digest, read_json
+from potq.models import source_digest, source_file
+from potq.recipes import TrainConfig
+from potq.runs.paths import CONFIG, METRICS, WEIGHTS, quant_paths
+
+# the inputs by the names that the messages give them
+WEIGHTS_INPUT, DATA_INPUT, QUANT_INPUT = "weights", "data", "quantized model"
+
+
+def first_change(recorded: dict | None, current: dict) -> str | None:
+    """The first input whose fingerprint differs from the record, in words; a record without inputs (an
+    older potq's) counts as changed: redoing a derived step costs only time."""
+    if not isinstance(recorded, dict):
+        return "it records no inputs (an older potq wrote it)"
+    for name, value in current.items():
+        if recorded.get(name) != value:
+            return f"the {name} changed since it was made"
+    return None
+
+
+def check_model_file(cfg: TrainConfig, where: Path) -> None:
+    """The user's model file is the one the weights were trained with (a zoo model records nothing)."""
+    if cfg.model_digest and source_digest(cfg.model) != cfg.model_digest:
+        raise UserError(
+            f"{where}: trained with another version of the model file {source_file(cfg.model)} (edited since); "
+            "train anew, or restore the file"
+        )
+
+
+def read_config(run: Path) -> TrainConfig:
+    try:
+        return TrainConfig(**read_json(run / CONFIG))
+    except TypeError as e:
+        raise UserError(f"{run / CONFIG}: not a potq training config ({e})") from None
+
+
+def training_change(run: Path, model: str, data_digest: str) -> str | None:
+    """What changed since `run` was trained, in words, or None: config.json naming another model, a
+    replaced or missing weights.pt, other data at the same path, an edited model file."""
+    cfg = read_config(run)
+    if cfg.model != model:
+        return f"{CONFIG} names model {cfg.model!r}, but the run is of {model!r} (edited?)"
+    weights = file_digest(run / WEIGHTS)
+    if weights is None:
+        return f"{WEIGHTS} is missing"
+    if read_json(run / METRICS).get("weights_sha256") not in (None, weights):
+        return f"{WEIGHTS} is not the file that training wrote (replaced?)"
+    if cfg.data_digest not in (None, data_digest):
+        return f"the data at {cfg.data} is not what it was trained on (its content changed)"
+    if cfg.model_digest not in (None, source_digest(model)):
+        return f"the model file {source_file(model)} changed since"
+    return None
+
+
+def quantized_inputs(run: Path, data_digest: str | None) -> dict:
+    """What a quantized model is made from: the trained weights and the data (calibration, the splits)."""
+    return {WEIGHTS_INPUT: file_digest(Path(run) / WEIGHTS), DATA_INPUT: data_digest}
+
+
+def quantized_change(run: Path, label: str, data_digest: str | None) -> str | None:
+    """Why quant_<label> is not today's (missing, replaced, made from other weights or data), or None."""
+    model, record = quant_paths(run, label)
+    for p in (model, record):
+        if not p.exists():
+            return f"{p.name} is missing"
+    try:
+        saved = read_json(record)
+    except UserError:
+        return f"{record.name} is unreadable"
+    if saved.get("quant_sha256") != file_digest(model):
+        return f"{model.name} is not the file that {record.name} describes (replaced?)"
+    return first_change(saved.get("inputs"), quantized_inputs(run, data_digest))
+
+
+def derived_inputs(run: Path, label: str, data_digest: str | None = None) -> dict:
+    """What a result of quant_<label> is made from: the quantized model's file, and the data where the
+    result reads images (verify, export, deploy; not energy and accel)."""
+    inputs = {QUANT_INPUT: file_digest(quant_paths(run, label)[0])}
+    return inputs if data_digest is None else {**inputs, DATA_INPUT: data_digest}
+
+
+def derived_change(path: Path, current: dict, key: tuple[str, ...] = ()) -> str | None:
+    """Why the result at `path` (its inputs under `key` in the JSON) is not today's, or None."""
+    if not path.exists():
+        return f"{path.name} is missing"
+    try:
+        record: object = read_json(path)
+    except UserError:
+        return f"{path.name} is unreadable"
+    for k in key:
+        record = record.get(k) if isinstance(record, dict) else None
+    return first_change(record.get("inputs") if isinstance(record, dict) else None, current)
