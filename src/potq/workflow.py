@@ -117,19 +117,28 @@ def _train_step(o: RunOptions) -> None:
 
 
 def _quantize_step(o: RunOptions, now: Now) -> None:
-    from potq.runs.provenance import quantized_change
     from potq.runs.quantize import compare, quantize_run
 
     out = o.out
     stats: dict = {}  # the calibration statistics, collected once for every scheme
     for scheme in o.schemes:
-        if quantized_change(out, scheme, now.data):
+        if _quant_stale(o, now, scheme):
             r = quantize_run(out, QuantSettings(scheme), o.calib, cache=o.cache, stats_cache=stats)
             print(f"{scheme}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
-    if o.qat and quantized_change(out, o.headline, now.data):
+    if o.qat and _quant_stale(o, now, o.headline):
         r = quantize_run(out, QuantSettings(o.qat_scheme), o.calib, o.qat, o.qat_lr, cache=o.cache)
         print(f"{o.headline}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
     print(compare(out))
+
+
+def _quant_stale(o: RunOptions, now: Now, label: str) -> str | None:
+    """Why quant_<label> must be made (again): see potq.runs.provenance.quantized_change."""
+    from potq.runs.provenance import quantized_change
+
+    options = {"--calib": ("calib_images", o.calib)}
+    if o.qat and label == o.headline:
+        options["--qat"] = ("qat_epochs", o.qat)
+    return quantized_change(o.out, label, now.data, options)
 
 
 def _verify_step(o: RunOptions, now: Now) -> None:
@@ -219,7 +228,7 @@ def _steps(o: RunOptions, now: Now) -> list[Step]:
     """Every step, in order: a step is done when its artifacts are there and made from what is there now
     (potq.runs.provenance); else it runs, or runs again."""
     from potq.export import MODEL_JSON
-    from potq.runs.provenance import derived_change, derived_inputs, quantized_change
+    from potq.runs.provenance import derived_change, derived_inputs
 
     out, head = o.out, o.headline
     pot = _pot_labels(o)
@@ -234,7 +243,7 @@ def _steps(o: RunOptions, now: Now) -> list[Step]:
         Step(
             "quantize",
             lambda: all(quant_paths(out, s)[1].exists() for s in _all_labels(o)),
-            lambda: _first(quantized_change(out, s, now.data) for s in _all_labels(o)),
+            lambda: _first(_quant_stale(o, now, s) for s in _all_labels(o)),
             partial(_quantize_step, o, now),
         ),
         Step(
@@ -367,7 +376,7 @@ def check_same_question(o: RunOptions) -> None:
         raise UserError(f"--out {o.out}: {RUN_OPTIONS} is not readable; use --force or another --out") from None
     if saved is not None and not isinstance(saved, dict):
         raise UserError(
-            f"--out {o.out}: {RUN_OPTIONS} is not a potq run record (edited?); use --force or another --out"
+            f"--out {o.out}: {RUN_OPTIONS} is not a run record (edited?); use --force or another --out"
         )
     if saved is None:  # a folder of potq 0.1, or of `potq train`: its model at least must match
         config = o.out / CONFIG

@@ -50,6 +50,14 @@ def check_model_file(cfg: TrainConfig, where: Path) -> None:
         )
 
 
+def same_model(a: TrainConfig, b: TrainConfig) -> bool:
+    """The same zoo model, or the same factory of the same model file (by content: a moved file is the same)."""
+    if a.model == b.model:
+        return True
+    factory = a.model.rpartition(":")[2] == b.model.rpartition(":")[2]
+    return factory and a.model_digest is not None and a.model_digest == b.model_digest
+
+
 def read_config(run: Path) -> TrainConfig:
     try:
         return TrainConfig(**read_json(run / CONFIG))
@@ -80,8 +88,9 @@ def quantized_inputs(run: Path, data_digest: str | None) -> dict:
     return {WEIGHTS_INPUT: file_digest(Path(run) / WEIGHTS), DATA_INPUT: data_digest}
 
 
-def quantized_change(run: Path, label: str, data_digest: str | None) -> str | None:
-    """Why quant_<label> is not today's (missing, replaced, made from other weights or data), or None."""
+def quantized_change(run: Path, label: str, data_digest: str | None, options: dict | None = None) -> str | None:
+    """Why quant_<label> is not today's (missing, replaced, made from other weights or data, or with other
+    `options`: {flag: (its key in the record, the value wanted)}), or None."""
     model, record = quant_paths(run, label)
     for p in (model, record):
         if not p.exists():
@@ -92,6 +101,9 @@ def quantized_change(run: Path, label: str, data_digest: str | None) -> str | No
         return f"{record.name} is unreadable"
     if saved.get("quant_sha256") != file_digest(model):
         return f"{model.name} is not the file that {record.name} describes (replaced?)"
+    for flag, (key, wanted) in (options or {}).items():
+        if saved.get(key) != wanted:
+            return f"{record.name} was made with {flag} {saved.get(key)}, not {wanted}"
     return first_change(saved.get("inputs"), quantized_inputs(run, data_digest))
 
 

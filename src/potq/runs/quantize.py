@@ -25,7 +25,7 @@ from potq.quant.scheme import QuantSettings
 from potq.quant.simulate import SimNet, simulated
 from potq.recipes import Recipe
 from potq.runs.paths import COMPARE_MD, COMPARE_PNG, CONFIG, METRICS, QUANT_GLOB, WEIGHTS, quant_paths
-from potq.runs.provenance import check_model_file, quantized_change, quantized_inputs, read_config
+from potq.runs.provenance import check_model_file, quantized_change, quantized_inputs, read_config, same_model
 from potq.train import (
     TrainConfig,
     evaluate,
@@ -96,9 +96,10 @@ def load_quantized(run: Path, name: str) -> tuple[Graph, TrainConfig]:
     again = f"quantize this run again with `potq quantize --run {run} --scheme {name}`"
     if made_from != weights_digest(run):
         raise UserError(f"{path}: made from other weights than this run's {WEIGHTS} (replaced since?); {again}")
-    if (Path(run) / CONFIG).exists() and read_config(Path(run)).model != cfg.model:
+    trained = read_config(Path(run)) if (Path(run) / CONFIG).exists() else cfg
+    if not same_model(trained, cfg):
         raise UserError(f"{path}: a model {cfg.model!r}, but {Path(run) / CONFIG} names another (edited?); {again}")
-    check_model_file(cfg, path)
+    check_model_file(trained, path)
     return graph, cfg
 
 

@@ -1,0 +1,187 @@
+"""A finished run answers for what is in it now (issue 21): every artifact records the fingerprints of its
+inputs, `potq run` redoes a stale step or refuses a stale training with one line, and the commands that read
+a quantized model refuse one whose inputs changed. Each test here fails on potq 0.3, where the second
+`potq run` said "already done" to every step whatever had changed."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from potq import workflow
+from potq.cli import main
+from tests.test_graph import EXAMPLE
+from tests.test_run import small_run_args
+
+
+@pytest.fixture(autouse=True)
+def _no_deploy(monkeypatch):
+    """The consumers' checks (onnxruntime, TVM, C, Verilator) are test_run's and test_deploy's; here they
+    would only cost minutes."""
+    monkeypatch.setattr(workflow, "_deploy_step", lambda o: None)
+
+
+@pytest.fixture(scope="module")
+def finished(learnable_data, tmp_path_factory):
+    """A finished run of the README's user net (a model file to edit) on its own copy of the data."""
+    root = tmp_path_factory.mktemp("provenance")
+    data = shutil.copytree(learnable_data, root / "data")
+    model = root / "user_resnet.py"
+    shutil.copy(EXAMPLE.split(":")[0], model)
+    args = small_run_args(data, root / "run", "--vectors", "2")
+    args[args.index("tiny")] = f"{model}:build"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(workflow, "_deploy_step", lambda o: None)
+        assert main(args) == 0
+    return root
+
+
+@pytest.fixture
+def run(finished, tmp_path):
+    """A private copy of the finished run, its data and its model file, at the same relative places: the
+    records name absolute paths, which are rewritten (what a run compares is content, never a path)."""
+    root = shutil.copytree(finished, tmp_path / "root")
+    for name in ("run.json", "config.json"):
+        path = root / "run" / name
+        text = path.read_text().replace(str(finished), str(root))
+        path.write_text(text)
+    args = small_run_args(root / "data", root / "run", "--vectors", "2")
+    args[args.index("tiny")] = f"{root / 'user_resnet.py'}:build"
+    return root, args
+
+
+def rerun(args, capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    status = main(args)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_an_unchanged_run_redoes_nothing(run, capsys):
+    root, args = run
+    status, out, _ = rerun(args, capsys)
+    assert status == 0
+    for step in ("summary", "train", "quantize", "verify", "energy", "accel", "export"):
+        assert f"{step}: already done" in out
+
+
+def test_replaced_weights_stop_the_run_with_one_line(run, capsys, tiny_run):
+    root, args = run
+    shutil.copy(tiny_run / "weights.pt", root / "run" / "weights.pt")  # another run's weights
+    status, _, err = rerun(args, capsys)
+    assert status == 2 and err.count("\n") == 1
+    assert "weights.pt is not the file that training wrote" in err and "--force" in err
+
+
+def _add_class(data) -> None:
+    for split in ("train", "test"):
+        d = data / split / "zebra"
+        d.mkdir()
+        for i in range(4):
+            Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(d / f"{i}.png")
+
+
+def _replace_an_image(data) -> None:
+    """Other data at the same path, with the same classes and sizes: only its content tells."""
+    victim = sorted((data / "test" / "cat").iterdir())[0]
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(victim)
+
+
+@pytest.mark.parametrize("change", [_add_class, _replace_an_image])
+def test_changed_data_stops_the_run_and_every_reader(run, capsys, change):
+    root, args = run
+    change(root / "data")
+    status, _, err = rerun(args, capsys)
+    assert status == 2 and err.count("\n") == 1
+    assert "is not what it was trained on (its content changed)" in err
+    data = ["--data", str(root / "data")]  # the quantized models name the first copy's path
+    for command in (["verify", *data], ["export", "--out", str(root / "exp"), *data], ["quantize"]):
+        status, _, err = rerun(
+            [command[0], "--run", str(root / "run"), "--scheme", "pot-channel", *command[1:]], capsys
+        )
+        assert status == 2 and err.count("\n") == 1, command
+        assert "data" in err and ("content changed" in err or "classes" in err), err
+    assert not (root / "exp").exists()
+
+
+def test_an_edited_model_file_stops_the_run_and_quantize(run, capsys):
+    root, args = run
+    model = root / "user_resnet.py"
+    model.write_text(model.read_text() + "\n# edited after training\n")
+    status, _, err = rerun(args, capsys)
+    assert status == 2 and err.count("\n") == 1 and "user_resnet.py changed since" in err
+    for command in ("quantize", "verify", "accel"):
+        status, _, err = rerun([command, "--run", str(root / "run"), "--scheme", "pot-channel"], capsys)
+        assert status == 2 and "user_resnet.py" in err and "edited since" in err, command
+
+
+def test_a_config_naming_another_model_stops_the_run(run, capsys):
+    root, args = run
+    config = root / "run" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "model": "seed"}))
+    status, _, err = rerun(args, capsys)
+    assert status == 2 and err.count("\n") == 1 and "config.json names model 'seed'" in err
+    status, _, err = rerun(["accel", "--run", str(root / "run"), "--scheme", "pot-channel"], capsys)
+    assert status == 2 and "names another" in err
+
+
+def test_a_deleted_quantized_model_is_made_again(run, capsys):
+    root, args = run
+    (root / "run" / "quant_pot-channel.pt").unlink()
+    status, out, _ = rerun(args, capsys)
+    assert status == 0
+    assert "quantize ... again: quant_pot-channel.pt is missing" in out
+    assert (root / "run" / "quant_pot-channel.pt").exists()
+    status, out, _ = rerun(["export", "--run", str(root / "run"), "--out", str(root / "exp")], capsys)
+    assert status == 0
+
+
+def test_a_model_quantized_with_other_options_is_made_again(run, capsys):
+    from potq.files import file_digest
+
+    root, args = run
+    assert main(["quantize", "--run", str(root / "run"), "--scheme", "pot-channel", "--calib", "20"]) == 0
+    status, out, _ = rerun(args, capsys)
+    assert status == 0 and "quantize ... again: quant_pot-channel.json was made with --calib 20, not 30" in out
+    assert json.loads((root / "run" / "quant_pot-channel.json").read_text())["calib_images"] == 30
+    record = json.loads((root / "run" / "verify_pot-channel.json").read_text())
+    assert record["inputs"]["quantized model"] == file_digest(root / "run" / "quant_pot-channel.pt")
+
+
+def test_results_of_another_quantized_model_are_made_again(run, capsys):
+    root, args = run
+    path = root / "run" / "verify_pot-channel.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "inputs": {"quantized model": "0" * 64}}))
+    energy = root / "run" / "energy.json"
+    energy.write_text(json.dumps({k: v for k, v in json.loads(energy.read_text()).items() if k != "inputs"}))
+    status, out, _ = rerun(args, capsys)
+    assert status == 0
+    assert "verify ... again: the quantized model changed since it was made" in out
+    assert "energy ... again: it records no inputs (an older potq wrote it)" in out
+    assert "accel: already done" in out and "quantize: already done" in out
+
+
+def test_compare_refuses_a_replaced_quantized_model(run, capsys):
+    root, _ = run
+    shutil.copy(root / "run" / "quant_pot-tensor.pt", root / "run" / "quant_pot-channel.pt")
+    status, _, err = rerun(["compare", "--run", str(root / "run")], capsys)
+    assert status == 2 and err.count("\n") == 1 and "quant_pot-channel.pt is not the file" in err
+
+
+def test_a_run_json_that_is_not_an_object_is_one_line(run, capsys):
+    root, args = run
+    (root / "run" / "run.json").write_text("[1, 2]\n")
+    status, _, err = rerun(args, capsys)
+    assert status == 2 and err.count("\n") == 1 and "run.json is not a run record" in err
+
+
+def test_data_fingerprint_is_content_not_path(learnable_data, tmp_path):
+    from potq.data import load_dataset
+
+    a = load_dataset(str(learnable_data))
+    b = load_dataset(str(shutil.copytree(learnable_data, tmp_path / "elsewhere")))
+    assert a.digest == b.digest
+    _replace_an_image(tmp_path / "elsewhere")
+    assert load_dataset(str(tmp_path / "elsewhere")).digest != a.digest
