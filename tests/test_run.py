@@ -197,7 +197,17 @@ def test_run_bad_input(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "bad, message",
-    [(["--memory", "tape"], "--memory 'tape'"), (["--qat-lr", "-1"], "--qat-lr"), (["--vectors", "0"], "--vectors")],
+    [
+        (["--memory", "tape"], "--memory 'tape'"),
+        (["--qat-lr", "-1"], "--qat-lr"),
+        (["--vectors", "0"], "--vectors"),
+        # bounded by the data (360 training images, 60 held out; 180 test images): checked before the first step
+        (["--calib", "301"], "--calib 301 is more than the 300 training images"),
+        (["--calib", "101", "--train-limit", "100"], "--calib 101 is more than the 100 training images"),
+        (["--vectors", "181"], "--vectors 181 is more than the 180 test images"),
+        (["--val-size", "360"], "--val-size must be in [0, 359]"),
+        (["--cache", ""], "--cache: must name a folder"),
+    ],
 )
 def test_options_of_later_steps_are_checked_before_training(learnable_data, tmp_path, capsys, bad, message):
     assert main([*small_run_args(learnable_data, tmp_path / "o"), *bad]) == 2
@@ -323,3 +333,47 @@ def test_report_names_the_fast_recipes_schedule():
 
     text = schedule_text(asdict(RECIPES["fast"]))
     assert text.startswith("linear warm-up over the first 10% of the steps from 0.1 x lr") and "Cosine" not in text
+
+
+def _limited_file_size(limit: int):
+    """A full disk without root: files may grow to `limit` bytes; a write beyond fails with EFBIG, as one on a
+    full disk fails with ENOSPC (SIGXFSZ ignored, so the write returns the error instead of killing)."""
+    import resource
+    import signal
+
+    def limit_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limit_files
+
+
+def _potq(args: list[str], limit: int):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "potq", *args], capture_output=True, text=True, preexec_fn=_limited_file_size(limit)
+    )
+
+
+def test_quantize_on_a_full_disk_is_one_line_and_writes_nothing(tiny_run, tmp_path):
+    """potq 0.3: torch's own error (its writer's RuntimeError) and exit 1."""
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    before = sorted(p.name for p in run.iterdir())
+    r = _potq(["quantize", "--run", str(run), "--scheme", "pot-tensor", "--calib", "20"], 2048)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert re.search(r"quant_pot-tensor\.pt: can't write it \(File too large, [0-9,]+ bytes needed\)", r.stderr)
+    assert sorted(p.name for p in run.iterdir()) == before  # no half-written file, no temporary one
+
+
+def test_run_on_a_full_disk_is_one_line_exit_2(learnable_data, tmp_path):
+    """potq 0.3: inside `potq run`, torch's message and exit 1."""
+    out = tmp_path / "run"
+    r = _potq(small_run_args(learnable_data, out), 64 * 1024)
+    last = r.stderr.strip().splitlines()[-1]  # after the progress bars
+    assert r.returncode == 2 and "Traceback" not in r.stderr and last.startswith("potq: error: step train failed")
+    assert re.search(r"checkpoint\.pt: can't write it \(File too large, [0-9,]+ bytes needed\)", last)
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".potq.lock"]
