@@ -73,6 +73,9 @@ def test_input_and_classes_change_the_model(capsys):
         ["--input", "3,100000,100000"],
         ["--classes", "1"],
         ["--classes", "100000000000"],
+        # seed's flatten grows with the input: 4.3 billion parameters, counted on the meta device, never built
+        ["--input", "3,4096,4096"],
+        ["--input", "3,1024,1024"],
     ],
 )
 def test_summary_bad_input_is_one_line_exit_2(args, capsys):

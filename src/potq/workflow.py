@@ -375,9 +375,7 @@ def check_same_question(o: RunOptions) -> None:
     except (OSError, ValueError):
         raise UserError(f"--out {o.out}: {RUN_OPTIONS} is not readable; use --force or another --out") from None
     if saved is not None and not isinstance(saved, dict):
-        raise UserError(
-            f"--out {o.out}: {RUN_OPTIONS} is not a run record (edited?); use --force or another --out"
-        )
+        raise UserError(f"--out {o.out}: {RUN_OPTIONS} is not a run record (edited?); use --force or another --out")
     if saved is None:  # a folder of potq 0.1, or of `potq train`: its model at least must match
         config = o.out / CONFIG
         saved = {"model": read_json(config).get("model")} if config.exists() else {}
