@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -307,3 +308,60 @@ def test_calibration_stats_fast_path_draws_what_the_masked_path_draws():
     with_inf[0, 0, 0, 1] = float("nan")
     with pytest.raises(UserError, match="NaN"):
         Stats().add(with_inf, "x", torch.Generator())
+
+
+def test_calibration_sample_is_drawn_in_logical_order_in_any_layout():
+    """Stats.add gathers its sample with torch.take (issue 22): the values that indexing by unravelled
+    logical positions gives, in a contiguous, a channels-last and a strided (non-dense) tensor."""
+    from potq.quant.lower import Stats
+
+    base = torch.randn(3, 8, 6, 5)
+    for x in (base, base.contiguous(memory_format=torch.channels_last), base[:, ::2].transpose(2, 3)):
+        st = Stats(keep=40)
+        st.add(x, "x", torch.Generator().manual_seed(2))
+        idx = torch.randint(0, x.numel(), (40,), generator=torch.Generator().manual_seed(2))
+        assert torch.equal(st.sample(), x[torch.unravel_index(idx, x.shape)].double())
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+@pytest.mark.parametrize("exponent", ["ceil", "round", "mse"])
+def test_float32_calibration_gives_the_float64_models(scheme, exponent):
+    """Calibration runs the float graph in float32, as the FP32 model computes (issue 22); the float64 path
+    it replaced gives the same integer graph on a model with BatchNorm, for every scheme and exponent rule,
+    while its statistics do differ in the last bits (so the two paths really are different)."""
+    from potq.ir import io
+    from potq.quant.lower import collect_stats
+
+    model = random_bn_model("tiny", seed=3)
+    x = torch.randn(96, 3, 32, 32)
+    graph = capture(model, (3, 32, 32), [0.5] * 3, [0.25] * 3)
+    s32, s64 = collect_stats(graph, x, batch=40), collect_stats(graph, x, batch=40, dtype=torch.float64)
+    assert any(s32[v].max != s64[v].max for v in s32)
+    for v in s32:  # the float32 values are the float64 ones to float32's precision
+        assert math.isclose(s32[v].max, s64[v].max, rel_tol=1e-5, abs_tol=1e-5)
+    settings = QuantSettings(scheme, exponent=exponent)
+    g32 = lower(graph, calibrate(graph, x, settings, s32), settings)
+    g64 = lower(graph, calibrate(graph, x, settings, s64), settings)
+    if not SCHEMES[scheme].pot:  # float scales take max|x| itself: equal to float32's precision
+        assert all(math.isclose(g32.q[v].scale, g64.q[v].scale, rel_tol=1e-5) for v in g32.q)
+        return
+    d32, t32 = io.to_dict(g32)
+    d64, t64 = io.to_dict(g64)
+    assert d32 == d64 and all(torch.equal(t32[k], t64[k]) for k in t32)
+
+
+@pytest.mark.parametrize("exponent", ["ceil", "round"])
+def test_closed_form_activation_exponent_is_choose_exponent(exponent):
+    """activation_scale skips the sample for the closed-form exponent rules: the exponent choose_exponent
+    gives with the sample, for signed and unsigned zero points, on ranges across powers of two."""
+    from potq.quant.arith import choose_exponent
+    from potq.quant.lower import Stats
+    from potq.quant.scheme import A_MAX, A_MIN, activation_scale
+
+    settings = QuantSettings("pot-tensor", exponent=exponent)
+    for scale in (1e-3, 0.37, 1.0, 2.0, 255.0, 3e4):
+        st = Stats()
+        st.add(torch.randn(2, 3, 4, 4) * scale, "x", torch.Generator().manual_seed(0))
+        for zp in (0, 128):
+            e = choose_exponent(st.sample(), A_MIN, A_MAX, zp, exponent, settings.rounding, "", max_abs=st.max_abs)
+            assert activation_scale(st, zp, settings) == (2.0**e, e)

@@ -47,7 +47,9 @@ class Stats:
         if math.isfinite(lo) and math.isfinite(hi):
             self.min, self.max = min(self.min, lo), max(self.max, hi)
             idx = torch.randint(0, x.numel(), (min(self.keep, x.numel()),), generator=g)
-            self.parts.append(x[torch.unravel_index(idx, x.shape)].double())  # logical order, any layout
+            # torch.take indexes in logical (row-major) order in any memory layout, without a copy: the
+            # values x[unravel_index(idx)] gave, at a hundredth of the cost (benchmarks/calib_stats.py)
+            self.parts.append(torch.take(x, idx).double())
             return
         if torch.isnan(x).any():
             raise UserError(f"{what}: NaN in the calibration activations")
@@ -97,11 +99,25 @@ def nonnegative(graph: Graph) -> dict[str, bool]:
     return nonneg
 
 
+CALIB_DTYPE = torch.float32  # the arithmetic of the model being quantized: see collect_stats
+
+
 @torch.no_grad()
-def collect_stats(graph: Graph, x: torch.Tensor, batch: int = 250) -> dict[str, Stats]:
+def collect_stats(
+    graph: Graph, x: torch.Tensor, batch: int = 250, dtype: torch.dtype = CALIB_DTYPE
+) -> dict[str, Stats]:
     """Every value's calibration statistics: the float graph's values on x (normalized images). They
-    depend on the graph and the images only, so every scheme of a run can share them."""
-    net = SimNet(graph).eval()
+    depend on the graph and the images only, so every scheme of a run can share them.
+
+    The values are the FP32 model's: the graph runs in float32 (oneDNN), as the trained model does and as
+    every other PTQ tool calibrates. SimNet's eval mode would carry them in float64 (its exact reference),
+    which CPUs compute ~8x slower (no oneDNN kernels) and which gave the same quantized models on every
+    model measured (issue 22, benchmarks/RESULTS.md); dtype=torch.float64 keeps that path. A folded float
+    graph has no dropout and no batch statistics, so SimNet's train mode differs from eval only in this:
+    it keeps the input's dtype and layout."""
+    net = SimNet(graph)
+    net.train(dtype != torch.float64)
+    x = x.to(dtype)
     g = torch.Generator().manual_seed(0)
     stats = {n.output: Stats() for n in graph.nodes}
     for i in range(0, len(x), batch):

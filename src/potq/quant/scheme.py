@@ -17,7 +17,7 @@ import torch
 from potq.errors import UserError
 from potq.ir.arith import round_values
 from potq.ir.graph import Graph, QType
-from potq.quant.arith import choose_exponent, finite_max, pot_exponents, seed_exponent
+from potq.quant.arith import choose_exponent, finite_max, pot_exponent, pot_exponents, seed_exponent
 from potq.quant.rules import EXPONENT_ROUND_MODES, POT_SCHEMES, SCHEMES, QuantSettings, Scheme  # noqa: F401
 
 W_MIN, W_MAX = -127, 127
@@ -48,6 +48,10 @@ def activation_scale(stats, zp: int, settings: QuantSettings) -> tuple[float, in
     spec = settings.spec
     if spec.seed:
         e = seed_exponent(stats.min, stats.max, A_MAX)
+        return 2.0**e, e
+    if spec.pot and settings.exponent in EXPONENT_ROUND_MODES:
+        # choose_exponent's closed form, which reads max|x| only: no sample to concatenate (issue 22)
+        e = pot_exponent(stats.max_abs, A_MAX - zp, settings.exponent)
         return 2.0**e, e
     if spec.pot:
         e = choose_exponent(
