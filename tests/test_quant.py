@@ -365,3 +365,28 @@ def test_closed_form_activation_exponent_is_choose_exponent(exponent):
         for zp in (0, 128):
             e = choose_exponent(st.sample(), A_MIN, A_MAX, zp, exponent, settings.rounding, "", max_abs=st.max_abs)
             assert activation_scale(st, zp, settings) == (2.0**e, e)
+
+
+def test_range_only_statistics_give_the_same_models_and_refuse_a_sample():
+    """Rules that read only min and max skip the sample (issue 22): the same ranges and the same QTypes as
+    with it, for every scheme but mse; asking such statistics for a sample is an error, and a shared cache
+    collects again (with the sample) when an mse scheme comes after one that needed none."""
+    from potq.quant.lower import collect_stats
+    from potq.quant.pipeline import quantize_graph
+
+    model = random_bn_model("tiny", seed=4)
+    x = torch.randn(48, 3, 32, 32)
+    graph = capture(model, (3, 32, 32), MEAN, STD)
+    full, ranges = collect_stats(graph, x, batch=20), collect_stats(graph, x, batch=20, sample=False)
+    assert all((full[v].min, full[v].max) == (ranges[v].min, ranges[v].max) for v in full)
+    with pytest.raises(ValueError, match="without a sample"):
+        ranges[graph.output].sample()
+    for scheme in SCHEMES:
+        settings = QuantSettings(scheme, exponent="round")
+        assert calibrate(graph, x, settings, full) == calibrate(graph, x, settings, ranges)
+    cache: dict = {}
+    quantize_graph(model, (3, 32, 32), MEAN, STD, x, QuantSettings("pot-tensor"), cache)
+    mse = QuantSettings("pot-tensor", exponent="mse")
+    _, shared = quantize_graph(model, (3, 32, 32), MEAN, STD, x, mse, cache)
+    _, alone = quantize_graph(model, (3, 32, 32), MEAN, STD, x, mse)
+    assert shared.q == alone.q and all(st.keep for st in next(iter(cache.values())).values())

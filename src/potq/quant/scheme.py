@@ -43,6 +43,12 @@ def policy_zero_points(graph: Graph, act_zero_point: int | None = None) -> dict[
     return {v: zero_point(settings, not nn) for v, nn in nonnegative(graph).items()}
 
 
+def needs_sample(settings: QuantSettings) -> bool:
+    """Whether the activation scales read the calibration sample (the mse search), not only min and max."""
+    spec = settings.spec
+    return spec.pot and not spec.seed and settings.exponent not in EXPONENT_ROUND_MODES
+
+
 def activation_scale(stats, zp: int, settings: QuantSettings) -> tuple[float, int | None]:
     """(scale, exponent or None) of an activation from its calibration statistics."""
     spec = settings.spec
