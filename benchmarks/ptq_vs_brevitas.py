@@ -23,6 +23,7 @@ import copy
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -82,6 +83,7 @@ def brevitas_ptq(model: nn.Module, calib_x: torch.Tensor, granularity: str, batc
     from brevitas.graph.quantize import preprocess_for_quantize
     from brevitas_examples.imagenet_classification.ptq.ptq_common import quantize_model
 
+    warnings.filterwarnings("ignore", module=r"brevitas.*")  # its tracer's deprecation notes, once per call
     model = preprocess_for_quantize(model, equalize_iters=0, merge_bn=True)
     qmodel = quantize_model(
         model,
