@@ -390,3 +390,31 @@ def test_range_only_statistics_give_the_same_models_and_refuse_a_sample():
     _, shared = quantize_graph(model, (3, 32, 32), MEAN, STD, x, mse, cache)
     _, alone = quantize_graph(model, (3, 32, 32), MEAN, STD, x, mse)
     assert shared.q == alone.q and all(st.keep for st in next(iter(cache.values())).values())
+
+
+class _Tanh(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return torch.tanh(self.conv(x)).flatten(1)
+
+
+def test_capture_records_source_lines_only_for_its_errors():
+    """capture traces without stack traces (recording them imports torch._dynamo: seconds per process, issue
+    22) and traces again with them only to word an error: the same graphs, and the message names the line."""
+    import inspect
+
+    from potq.ir import capture as cap
+    from potq.ir.io import to_dict
+
+    for name in ("tiny", "resnet20"):
+        model = random_bn_model(name)
+        fast = cap._Builder(cap._traced(model, (3, 32, 32), False), (3, 32, 32), MEAN, STD).build()
+        slow = cap._Builder(cap._traced(model, (3, 32, 32), True), (3, 32, 32), MEAN, STD).build()
+        (d1, t1), (d2, t2) = to_dict(fast), to_dict(slow)
+        assert d1 == d2 and all(torch.equal(t1[k], t2[k]) for k in t1)
+    line = inspect.getsourcelines(_Tanh.forward)[1] + 1
+    with pytest.raises(UserError, match=rf"model node tanh \(test_quant.py:{line}\): function torch.tanh\(\)"):
+        capture(_Tanh(), (3, 8, 8), MEAN, STD)
