@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -307,3 +308,113 @@ def test_calibration_stats_fast_path_draws_what_the_masked_path_draws():
     with_inf[0, 0, 0, 1] = float("nan")
     with pytest.raises(UserError, match="NaN"):
         Stats().add(with_inf, "x", torch.Generator())
+
+
+def test_calibration_sample_is_drawn_in_logical_order_in_any_layout():
+    """Stats.add gathers its sample with torch.take (issue 22): the values that indexing by unravelled
+    logical positions gives, in a contiguous, a channels-last and a strided (non-dense) tensor."""
+    from potq.quant.lower import Stats
+
+    base = torch.randn(3, 8, 6, 5)
+    for x in (base, base.contiguous(memory_format=torch.channels_last), base[:, ::2].transpose(2, 3)):
+        st = Stats(keep=40)
+        st.add(x, "x", torch.Generator().manual_seed(2))
+        idx = torch.randint(0, x.numel(), (40,), generator=torch.Generator().manual_seed(2))
+        assert torch.equal(st.sample(), x[torch.unravel_index(idx, x.shape)].double())
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+@pytest.mark.parametrize("exponent", ["ceil", "round", "mse"])
+def test_float32_calibration_gives_the_float64_models(scheme, exponent):
+    """Calibration runs the float graph in float32, as the FP32 model computes (issue 22); the float64 path
+    it replaced gives the same integer graph on a model with BatchNorm, for every scheme and exponent rule,
+    while its statistics do differ in the last bits (so the two paths really are different)."""
+    from potq.ir import io
+    from potq.quant.lower import collect_stats
+
+    model = random_bn_model("tiny", seed=3)
+    x = torch.randn(96, 3, 32, 32)
+    graph = capture(model, (3, 32, 32), [0.5] * 3, [0.25] * 3)
+    s32, s64 = collect_stats(graph, x, batch=40), collect_stats(graph, x, batch=40, dtype=torch.float64)
+    assert any(s32[v].max != s64[v].max for v in s32)
+    for v in s32:  # the float32 values are the float64 ones to float32's precision
+        assert math.isclose(s32[v].max, s64[v].max, rel_tol=1e-5, abs_tol=1e-5)
+    settings = QuantSettings(scheme, exponent=exponent)
+    g32 = lower(graph, calibrate(graph, x, settings, s32), settings)
+    g64 = lower(graph, calibrate(graph, x, settings, s64), settings)
+    if not SCHEMES[scheme].pot:  # float scales take max|x| itself: equal to float32's precision
+        assert all(math.isclose(g32.q[v].scale, g64.q[v].scale, rel_tol=1e-5) for v in g32.q)
+        return
+    d32, t32 = io.to_dict(g32)
+    d64, t64 = io.to_dict(g64)
+    assert d32 == d64 and all(torch.equal(t32[k], t64[k]) for k in t32)
+
+
+@pytest.mark.parametrize("exponent", ["ceil", "round"])
+def test_closed_form_activation_exponent_is_choose_exponent(exponent):
+    """activation_scale skips the sample for the closed-form exponent rules: the exponent choose_exponent
+    gives with the sample, for signed and unsigned zero points, on ranges across powers of two."""
+    from potq.quant.arith import choose_exponent
+    from potq.quant.lower import Stats
+    from potq.quant.scheme import A_MAX, A_MIN, activation_scale
+
+    settings = QuantSettings("pot-tensor", exponent=exponent)
+    for scale in (1e-3, 0.37, 1.0, 2.0, 255.0, 3e4):
+        st = Stats()
+        st.add(torch.randn(2, 3, 4, 4) * scale, "x", torch.Generator().manual_seed(0))
+        for zp in (0, 128):
+            e = choose_exponent(st.sample(), A_MIN, A_MAX, zp, exponent, settings.rounding, "", max_abs=st.max_abs)
+            assert activation_scale(st, zp, settings) == (2.0**e, e)
+
+
+def test_range_only_statistics_give_the_same_models_and_refuse_a_sample():
+    """Rules that read only min and max skip the sample (issue 22): the same ranges and the same QTypes as
+    with it, for every scheme but mse; asking such statistics for a sample is an error, and a shared cache
+    collects again (with the sample) when an mse scheme comes after one that needed none."""
+    from potq.quant.lower import collect_stats
+    from potq.quant.pipeline import quantize_graph
+
+    model = random_bn_model("tiny", seed=4)
+    x = torch.randn(48, 3, 32, 32)
+    graph = capture(model, (3, 32, 32), MEAN, STD)
+    full, ranges = collect_stats(graph, x, batch=20), collect_stats(graph, x, batch=20, sample=False)
+    assert all((full[v].min, full[v].max) == (ranges[v].min, ranges[v].max) for v in full)
+    with pytest.raises(ValueError, match="without a sample"):
+        ranges[graph.output].sample()
+    for scheme in SCHEMES:
+        settings = QuantSettings(scheme, exponent="round")
+        assert calibrate(graph, x, settings, full) == calibrate(graph, x, settings, ranges)
+    cache: dict = {}
+    quantize_graph(model, (3, 32, 32), MEAN, STD, x, QuantSettings("pot-tensor"), cache)
+    mse = QuantSettings("pot-tensor", exponent="mse")
+    _, shared = quantize_graph(model, (3, 32, 32), MEAN, STD, x, mse, cache)
+    _, alone = quantize_graph(model, (3, 32, 32), MEAN, STD, x, mse)
+    assert shared.q == alone.q and all(st.keep for st in next(iter(cache.values())).values())
+
+
+class _Tanh(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return torch.tanh(self.conv(x)).flatten(1)
+
+
+def test_capture_records_source_lines_only_for_its_errors():
+    """capture traces without stack traces (recording them imports torch._dynamo: seconds per process, issue
+    22) and traces again with them only to word an error: the same graphs, and the message names the line."""
+    import inspect
+
+    from potq.ir import capture as cap
+    from potq.ir.io import to_dict
+
+    for name in ("tiny", "resnet20"):
+        model = random_bn_model(name)
+        fast = cap._Builder(cap._traced(model, (3, 32, 32), False), (3, 32, 32), MEAN, STD).build()
+        slow = cap._Builder(cap._traced(model, (3, 32, 32), True), (3, 32, 32), MEAN, STD).build()
+        (d1, t1), (d2, t2) = to_dict(fast), to_dict(slow)
+        assert d1 == d2 and all(torch.equal(t1[k], t2[k]) for k in t1)
+    line = inspect.getsourcelines(_Tanh.forward)[1] + 1
+    with pytest.raises(UserError, match=rf"model node tanh \(test_quant.py:{line}\): function torch.tanh\(\)"):
+        capture(_Tanh(), (3, 8, 8), MEAN, STD)

@@ -36,9 +36,11 @@ NOOP_METHODS = {"contiguous", "clone", "detach"}
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self):
+    def __init__(self, stack_traces: bool):
         super().__init__()
-        self.record_stack_traces = True  # error messages name the source line
+        # error messages name the source line; recording it imports torch._dynamo (seconds, once per process),
+        # so `capture` records it only to word an error (issue 22)
+        self.record_stack_traces = stack_traces
 
 
 def where(node: fx.Node) -> str:
@@ -69,10 +71,19 @@ def _op_text(node: fx.Node) -> str:
 
 def capture(model: nn.Module, in_shape: tuple[int, int, int], mean: list[float], std: list[float]) -> Graph:
     """The float graph of `model` for images of `in_shape`, normalized by mean and std per channel."""
+    gm = _traced(model, in_shape, False)
+    try:
+        return _Builder(gm, in_shape, mean, std).build()
+    except UserError:  # once more with the source lines, which the message names
+        return _Builder(_traced(model, in_shape, True), in_shape, mean, std).build()
+
+
+def _traced(model: nn.Module, in_shape: tuple[int, int, int], stack_traces: bool) -> fx.GraphModule:
+    """The model's fx graph with every value's shape."""
     was_training = model.training
     model.eval()
     try:
-        gm = fx.GraphModule(model, _Tracer().trace(model))
+        gm = fx.GraphModule(model, _Tracer(stack_traces).trace(model))
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise UserError(
@@ -87,7 +98,7 @@ def capture(model: nn.Module, in_shape: tuple[int, int, int], mean: list[float],
     except Exception as e:
         shape = tuple(in_shape)
         raise UserError(f"--model: the model does not run on input {shape}: {type(e).__name__}: {e}") from None
-    return _Builder(gm, in_shape, mean, std).build()
+    return gm
 
 
 class _Builder:

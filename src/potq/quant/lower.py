@@ -27,14 +27,17 @@ from potq.ir.graph import MAC_OPS, SHARED_QTYPE_OPS, Graph, Node, OpType, QType,
 from potq.ir.rules import INT32_MAX
 from potq.ir.tensor import normalize
 from potq.quant.arith import quantize
-from potq.quant.scheme import W_MAX, W_MIN, QuantSettings, activation_qtype, weight_scales
+from potq.quant.scheme import W_MAX, W_MIN, QuantSettings, activation_qtype, needs_sample, weight_scales
 from potq.quant.simulate import SimNet
+
+SAMPLE_KEEP = 1 << 16  # sampled values per batch of a value, for the exponent rules that search (mse)
 
 
 class Stats:
-    """Running min, max and a bounded random sample of one value."""
+    """Running min, max and a bounded random sample of one value: `keep` values per batch, or none
+    (keep=0) for the rules that read only the range (scheme.needs_sample), which then skip the gather."""
 
-    def __init__(self, keep: int = 1 << 16):
+    def __init__(self, keep: int = SAMPLE_KEEP):
         self.min, self.max, self.keep, self.parts = float("inf"), float("-inf"), keep, []
 
     def add(self, x: torch.Tensor, what: str, g: torch.Generator) -> None:
@@ -46,27 +49,39 @@ class Stats:
         lo, hi = (float(v) for v in torch.aminmax(x))
         if math.isfinite(lo) and math.isfinite(hi):
             self.min, self.max = min(self.min, lo), max(self.max, hi)
-            idx = torch.randint(0, x.numel(), (min(self.keep, x.numel()),), generator=g)
-            self.parts.append(x[torch.unravel_index(idx, x.shape)].double())  # logical order, any layout
+            if self.keep:
+                idx = torch.randint(0, x.numel(), (min(self.keep, x.numel()),), generator=g)
+                # torch.take indexes in logical (row-major) order in any memory layout, without a copy: the
+                # values x[unravel_index(idx)] gave, far cheaper; float64 comes in `sample`
+                self.parts.append(torch.take(x, idx))
             return
         if torch.isnan(x).any():
             raise UserError(f"{what}: NaN in the calibration activations")
         finite = x[torch.isfinite(x)].flatten()
         if finite.numel():
             self.min, self.max = min(self.min, float(finite.min())), max(self.max, float(finite.max()))
-            idx = torch.randint(0, finite.numel(), (min(self.keep, finite.numel()),), generator=g)
-            self.parts.append(finite[idx].double())
+            if self.keep:
+                idx = torch.randint(0, finite.numel(), (min(self.keep, finite.numel()),), generator=g)
+                self.parts.append(finite[idx])
 
     def merge(self, other: Stats) -> None:
         self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+        self.keep = min(self.keep, other.keep)
         self.parts += other.parts
 
+    @property
+    def seen(self) -> bool:
+        """Whether any finite value was seen."""
+        return self.min <= self.max
+
     def sample(self) -> torch.Tensor:
-        return torch.cat(self.parts) if self.parts else torch.zeros(1, dtype=torch.float64)
+        if not self.keep:
+            raise ValueError("these statistics were collected without a sample (keep=0)")
+        return torch.cat([p.double() for p in self.parts]) if self.parts else torch.zeros(1, dtype=torch.float64)
 
     @property
     def max_abs(self) -> float:
-        return max(abs(self.min), abs(self.max)) if self.parts else 0.0
+        return max(abs(self.min), abs(self.max)) if self.seen else 0.0
 
 
 def shared_groups(graph: Graph) -> dict[str, str]:
@@ -97,13 +112,27 @@ def nonnegative(graph: Graph) -> dict[str, bool]:
     return nonneg
 
 
+CALIB_DTYPE = torch.float32  # the arithmetic of the model being quantized: see collect_stats
+
+
 @torch.no_grad()
-def collect_stats(graph: Graph, x: torch.Tensor, batch: int = 250) -> dict[str, Stats]:
+def collect_stats(
+    graph: Graph, x: torch.Tensor, batch: int = 250, dtype: torch.dtype = CALIB_DTYPE, sample: bool = True
+) -> dict[str, Stats]:
     """Every value's calibration statistics: the float graph's values on x (normalized images). They
-    depend on the graph and the images only, so every scheme of a run can share them."""
-    net = SimNet(graph).eval()
+    depend on the graph and the images only, so every scheme of a run can share them.
+
+    The values are the FP32 model's: the graph runs in float32 (oneDNN), as the trained model does and as
+    every other PTQ tool calibrates. SimNet's eval mode would carry them in float64 (its exact reference),
+    which CPUs compute ~8x slower (no oneDNN kernels) and which gave the same quantized models on every
+    model measured (issue 22, benchmarks/RESULTS.md); dtype=torch.float64 keeps that path. A folded float
+    graph has no dropout and no batch statistics, so SimNet's train mode differs from eval only in this:
+    it keeps the input's dtype and layout. sample=False: min and max only (see Stats)."""
+    net = SimNet(graph)
+    net.train(dtype != torch.float64)
+    x = x.to(dtype)
     g = torch.Generator().manual_seed(0)
-    stats = {n.output: Stats() for n in graph.nodes}
+    stats = {n.output: Stats(SAMPLE_KEEP if sample else 0) for n in graph.nodes}
     for i in range(0, len(x), batch):
         record: dict[str, torch.Tensor] = {}
         net(x[i : i + batch], record)
@@ -118,11 +147,11 @@ def calibrate(
     """QTypes of every value (except the int32 logits: see `lower`) from the float graph's values on
     x (normalized images), or from `stats` that collect_stats made of them."""
     settings.check()
-    stats = stats if stats is not None else collect_stats(graph, x)
+    stats = stats if stats is not None else collect_stats(graph, x, sample=needs_sample(settings))
     group = shared_groups(graph)
     merged: dict[str, Stats] = {}
     for v, st in stats.items():
-        merged.setdefault(group[v], Stats()).merge(st)
+        merged.setdefault(group[v], Stats(st.keep)).merge(st)
     nonneg = nonnegative(graph)
     signed = {r: not all(nonneg[v] for v in stats if group[v] == r) for r in merged}
     q: dict[str, QType] = {}

@@ -52,7 +52,7 @@ class PowerOfTwoObserver(MinMaxObserver):
         lo, hi = (-127, 127) if weight else (0, 255)
         if self.rule == "seed":
             zp = 0 if weight else 128
-            return 2.0 ** seed_exponent(st.min if st.parts else 0.0, st.max if st.parts else 0.0, hi), zp
+            return 2.0 ** seed_exponent(st.min if st.seen else 0.0, st.max if st.seen else 0.0, hi), zp
         zp = 0 if weight or st.min >= 0 else 128
         e = choose_exponent(st.sample(), lo, hi, zp, self.rule, self.rounding, "observed tensor", max_abs=st.max_abs)
         return 2.0**e, zp

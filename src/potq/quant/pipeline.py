@@ -9,7 +9,7 @@ from torch import nn
 from potq.ir.capture import capture
 from potq.ir.graph import Graph
 from potq.quant.lower import calibrate, collect_stats, lower
-from potq.quant.scheme import QuantSettings
+from potq.quant.scheme import QuantSettings, needs_sample
 
 
 def quantize_graph(
@@ -25,13 +25,14 @@ def quantize_graph(
     dict shared by the calls for one model and one set of calibration images (several schemes), which
     then collect the calibration statistics once."""
     fgraph = capture(model, tuple(in_shape), mean, std)
+    sample = needs_sample(settings)  # only the mse rule reads the sample: the others skip gathering it
     if stats_cache is None:
         stats = None
     else:
         key = (len(calib_x), float(calib_x.sum()))
         stats = stats_cache.get(key)
-        if stats is None:
-            stats = stats_cache[key] = collect_stats(fgraph, calib_x)
+        if stats is None or (sample and not all(st.keep for st in stats.values())):
+            stats = stats_cache[key] = collect_stats(fgraph, calib_x, sample=sample)
     return fgraph, lower(fgraph, calibrate(fgraph, calib_x, settings, stats), settings)
 
 

@@ -17,7 +17,7 @@ import torch
 from potq.errors import UserError
 from potq.ir.arith import round_values
 from potq.ir.graph import Graph, QType
-from potq.quant.arith import choose_exponent, finite_max, pot_exponents, seed_exponent
+from potq.quant.arith import choose_exponent, finite_max, pot_exponent, pot_exponents, seed_exponent
 from potq.quant.rules import EXPONENT_ROUND_MODES, POT_SCHEMES, SCHEMES, QuantSettings, Scheme  # noqa: F401
 
 W_MIN, W_MAX = -127, 127
@@ -43,11 +43,21 @@ def policy_zero_points(graph: Graph, act_zero_point: int | None = None) -> dict[
     return {v: zero_point(settings, not nn) for v, nn in nonnegative(graph).items()}
 
 
+def needs_sample(settings: QuantSettings) -> bool:
+    """Whether the activation scales read the calibration sample (the mse search), not only min and max."""
+    spec = settings.spec
+    return spec.pot and not spec.seed and settings.exponent not in EXPONENT_ROUND_MODES
+
+
 def activation_scale(stats, zp: int, settings: QuantSettings) -> tuple[float, int | None]:
     """(scale, exponent or None) of an activation from its calibration statistics."""
     spec = settings.spec
     if spec.seed:
         e = seed_exponent(stats.min, stats.max, A_MAX)
+        return 2.0**e, e
+    if spec.pot and settings.exponent in EXPONENT_ROUND_MODES:
+        # choose_exponent's closed form, which reads max|x| only: no sample to concatenate (issue 22)
+        e = pot_exponent(stats.max_abs, A_MAX - zp, settings.exponent)
         return 2.0**e, e
     if spec.pot:
         e = choose_exponent(
