@@ -31,6 +31,7 @@ from potq.runs.paths import (
     EXPORT_DIR,
     HISTORY,
     METRICS,
+    PLAN,
     QUANT_GLOB,
     REPORT_HTML,
     REPORT_MD,
@@ -189,7 +190,21 @@ def _title(r: Records) -> list[str]:
             "that the path works, not what the model can reach.",
             "",
         ]
-    return out
+    return out + _plan_note(r.run)
+
+
+def _plan_note(run: Path) -> list[str]:
+    """A run sized to a time budget (`potq run --budget`): what it chose, from plan.json."""
+    plan = _read(run / PLAN)
+    if not plan:
+        return []
+    tp, why = plan["throughput"], plan["reasons"]
+    return [
+        f"> **Sized to a budget of {plan['budget_s']:.0f} s** on this machine ({tp['train']:.0f} training and "
+        f"{tp['evaluate']:.0f} evaluation images/s measured; plan.json): {why['train']}; {why['test_limit']}; "
+        f"schemes {', '.join(plan['schemes'])}.",
+        "",
+    ]
 
 
 def _headline(r: Records) -> list[str]:
