@@ -146,11 +146,13 @@ def test_run_with_a_budget(learnable_data, tmp_path, monkeypatch, capsys):
     assert "the plan" in capsys.readouterr().out
 
 
-def test_test_limit_is_applied(learnable_data, tmp_path, capsys):
-    out = tmp_path / "run"
-    args = ["run", "--data", str(learnable_data), "--out", str(out), "--model", "tiny", "--epochs", "1"]
-    args += ["--val-size", "60", "--calib", "30", "--vectors", "2", "--schemes", "pot-channel", "--test-limit", "50"]
-    assert main(args) == 0
-    assert json.loads((out / "quant_pot-channel.json").read_text())["test_images"] == 50
-    assert json.loads((out / "verify_pot-channel.json").read_text())["images"] == 50
-    assert not (out / "quant_pot-tensor.json").exists()
+def test_test_limit_is_applied(tiny_run):
+    """quantize and verify on the first N test images (the FP32 accuracy beside it on the same images)."""
+    from potq.quant.rules import QuantSettings
+    from potq.runs.quantize import quantize_run
+    from potq.verify import verify_run
+
+    r = quantize_run(tiny_run, QuantSettings("pot-channel"), calib=30, test_limit=50)
+    assert r["test_images"] == 50
+    assert verify_run(tiny_run, "pot-channel", test_limit=50)["images"] == 50
+    assert quantize_run(tiny_run, QuantSettings("pot-channel"), calib=30)["test_images"] == 180

@@ -218,7 +218,7 @@ def _per_test_image(schemes: tuple[str, ...], deploy: set[str]) -> float:
 def measure(model_name: str, shape: tuple[int, ...], classes: int, recipe, min_seconds: float = 2.0) -> Throughput:
     """Training and evaluation images/s of `model_name` on this machine: optimizer steps at the recipe's
     batch size and arithmetic (one untimed warm-up step, then at least 2 and until `min_seconds` have
-    passed, at most 6), and evaluation batches of 500 (one untimed), channels-last as potq trains and
+    passed, at most 6), and evaluation batches of 250 (one untimed), channels-last as potq trains and
     evaluates. The pixels are random: the speed does not depend on them."""
     import torch
     from torch import nn
@@ -244,7 +244,7 @@ def measure(model_name: str, shape: tuple[int, ...], classes: int, recipe, min_s
     model.train()
     train = len(x) / _timed(step, min_seconds)
     model.eval()
-    xe = torch.randn(500, *shape)
+    xe = torch.randn(250, *shape)
     with torch.no_grad():
         evaluate = len(xe) / _timed(lambda: model(nhwc(xe)).argmax(1), min_seconds / 2)
     return Throughput(train, evaluate, time.perf_counter() - t_start)
