@@ -42,7 +42,7 @@ def test_the_plan_fits_its_budget(tp, seconds):
     assert predicted_total(p) <= seconds
     full = p.epochs == budget.MAX_EPOCHS and p.train_limit == 49_000 and p.test_limit is None
     assert predicted_total(p) >= 0.6 * seconds or full  # it uses the time, up to the recipe's full run
-    assert set(ESSENTIAL_SCHEMES) <= set(p.schemes) and p.schemes[0] == "pot-channel"
+    assert p.schemes[: len(ESSENTIAL_SCHEMES)] == ESSENTIAL_SCHEMES == ("pot-channel",)
     assert p.epochs >= budget.MIN_EPOCHS and p.train_limit >= budget.MIN_TRAIN
     assert set(p.reasons) >= {"train", "schemes", "test_limit", "calib", "deploy"}
 
@@ -134,7 +134,7 @@ def test_run_with_a_budget(learnable_data, tmp_path, monkeypatch, capsys):
     steps = json.loads((out / "steps.json").read_text())
     assert list(steps)[:2] == ["plan", "summary"] and steps["plan"]["seconds"] == 1.5
     options = json.loads((out / "run.json").read_text())
-    assert options["recipe"] == "fast" and options["epochs"] == saved["epochs"]
+    assert options["recipe"] == "fast" and options["model"] == "tiny" and options["epochs"] == saved["epochs"]
     assert options["calib"] == saved["calib"] and options["schemes"] == saved["schemes"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == saved["epochs"] and metrics["train_images"] == saved["train_limit"]

@@ -352,7 +352,7 @@ def cmd_accel(a: argparse.Namespace) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> None:
-    from potq.budget import QUICK_RECIPE
+    from potq.budget import QUICK_MODEL, QUICK_RECIPE
     from potq.recipes import TrainConfig
     from potq.workflow import RunOptions, run_all
 
@@ -361,7 +361,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     opts = RunOptions(
         data=a.data,
         out=a.out,
-        model=a.model,
+        model=a.model or (QUICK_MODEL if budget else TrainConfig.model),
         epochs=a.epochs,
         recipe=a.recipe or (QUICK_RECIPE if budget else TrainConfig.recipe),
         precision=a.precision,
@@ -477,7 +477,7 @@ def _onnx_weights_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _run_parser(sub) -> None:
-    from potq.budget import QUICK_BUDGET, QUICK_RECIPE
+    from potq.budget import QUICK_BUDGET, QUICK_MODEL, QUICK_RECIPE
     from potq.quant.rules import POT_SCHEMES, QuantSettings
     from potq.recipes import TrainConfig
     from potq.workflow import PTQ_SCHEMES, RunOptions
@@ -499,9 +499,17 @@ def _run_parser(sub) -> None:
         metavar="DURATION",
         help="e.g. 3m, 90s, 10m: measure this machine's training and evaluation speed in the first seconds and "
         "size the epochs, training images, calibration, test images, schemes and checks to finish within it "
-        f"(recipe {QUICK_RECIPE} unless --recipe; the choices are printed and saved in plan.json)",
+        f"(model {QUICK_MODEL} and recipe {QUICK_RECIPE} unless given; the choices are printed and saved in "
+        "plan.json)",
     )
-    _add(r, train, "--model", "--epochs", "--precision")
+    _add(
+        r,
+        train,
+        "--model",
+        default=None,
+        help=f"{train['--model']['help']} (default: {TrainConfig.model}; {QUICK_MODEL} with --quick or --budget)",
+    )
+    _add(r, train, "--epochs", "--precision")
     _add(
         r,
         train,
