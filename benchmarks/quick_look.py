@@ -59,12 +59,12 @@ def report(a: argparse.Namespace, wall: float, rc: int, load_before, load_after)
     rows = []
     fixed = 0.0
     for name, step in steps.items():
-        key = "measure" if name == "plan" else name
+        key = "measure" if name == "plan" else name  # plan: process start to the end of measuring
         if key in predicted:
             rows.append(f"| {name} | {predicted[key]:.0f} | {step['seconds']:.1f} |")
         else:
             fixed += step["seconds"]
-    rows.append(f"| the rest ({', '.join(PLAN_STEPS['fixed'])}) | {predicted['fixed']:.0f} | {fixed:.1f} |")
+    rows.append(f"| other steps ({', '.join(PLAN_STEPS['fixed'])}) | {predicted['other steps']:.0f} | {fixed:.1f} |")
     tp = plan["throughput"]
     quant = {p.stem.split("_", 1)[1]: json.loads(p.read_text()) for p in a.out.glob("quant_*.json")}
     accs = ", ".join(f"{k} {v['test_accuracy']:.4f} on {v['test_images']:,}" for k, v in sorted(quant.items()))

@@ -146,6 +146,17 @@ def test_run_with_a_budget(learnable_data, tmp_path, monkeypatch, capsys):
     assert "the plan" in capsys.readouterr().out
 
 
+def test_a_test_subset_spans_the_classes():
+    import numpy as np
+
+    from potq.export import test_subset
+
+    y = np.repeat(np.arange(10), 100)  # class-sorted, as an image folder's test split is
+    x, sub_y = test_subset(np.arange(1000), y, 50)
+    assert np.bincount(sub_y).tolist() == [5] * 10 and (y[x] == sub_y).all()
+    assert len(test_subset(np.arange(1000), y, None)[1]) == len(test_subset(np.arange(1000), y, 5000)[1]) == 1000
+
+
 def test_test_limit_is_applied(tiny_run):
     """quantize and verify on the first N test images (the FP32 accuracy beside it on the same images)."""
     from potq.quant.rules import QuantSettings

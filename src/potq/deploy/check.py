@@ -285,7 +285,7 @@ def check_run(
 ) -> dict:
     """The consumers' checks of a run's quantized model (`potq verify --onnx/--c/--tvm`, `potq run`'s deploy
     step), saved as deploy_<label>.json for the report's Deployment section; `skipped`: the checks this
-    machine can't run, and why; test_limit: onnxruntime on the first N test images only."""
+    machine can't run, and why; test_limit: the checks on N test images drawn across the classes."""
     from potq.data import load_dataset
     from potq.files import read_json, save_json
     from potq.runs.paths import deploy_json
@@ -307,17 +307,15 @@ def check_run(
         if tvm:
             require_tvm()
         ds = load_dataset(data or cfg.data, cache, cfg.classes)
-        images, labels = np.array(ds.test_x[:test_limit]), np.array(ds.test_y[:test_limit])
+        from potq.export import test_subset, vector_indices
+
+        images, labels = test_subset(ds.test_x, ds.test_y, test_limit)
         if onnx:
             result["onnx"] = check_onnx(graph, images, labels, weights=onnx_weights)
         if tvm:  # TVM's untuned llvm build runs a few images per second: the class-spread draw, as for C
-            from potq.export import vector_indices
-
             picked = vector_indices(labels, min(tvm_images, len(labels)))
             result["tvm"] = {**check_tvm(graph, images[picked], labels[picked]), "test_indices": picked.tolist()}
         if c:  # the class-spread test images that `potq export` draws as its vectors
-            from potq.export import vector_indices
-
             picked = vector_indices(labels, min(c_vectors, len(labels)))
             result["c"] = {**check_c(graph, images[picked]), "test_indices": picked.tolist()}
     if skipped is not None:

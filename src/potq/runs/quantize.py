@@ -127,8 +127,8 @@ def quantize_run(
     test_limit: int | None = None,
 ) -> dict:
     """Quantize the trained model in `run` and write quant_<label>.pt and quant_<label>.json;
-    stats_cache: see quantize_graph (`potq run` shares one across its schemes); test_limit: evaluate on the
-    first N test images only (the FP32 model too, on the same images: `potq run --budget`)."""
+    stats_cache: see quantize_graph (`potq run` shares one across its schemes); test_limit: evaluate on N
+    test images drawn across the classes only (potq.export.test_subset; the FP32 model on the same ones)."""
     settings.check()
     if calib < 1:
         raise UserError(f"--calib must be at least 1, got {calib}")
@@ -145,7 +145,9 @@ def quantize_run(
     fgraph, graph = quantize_graph(model, cfg.in_shape, cfg.mean, cfg.std, calib_x, settings, stats_cache)
     if qat_epochs:
         graph = qat(fgraph, graph, settings, arrays, cfg, qat_epochs, qat_lr)
-    test_x, test_y = torch.from_numpy(arrays["test_x"][:test_limit]), torch.from_numpy(arrays["test_y"][:test_limit])
+    from potq.export import test_subset  # potq.export imports this module
+
+    test_x, test_y = (torch.from_numpy(a) for a in test_subset(arrays["test_x"], arrays["test_y"], test_limit))
     fp_loss, fp_acc = fp32_metrics(run, model, test_x, test_y, cfg)
     q_loss, q_acc = evaluate(simulated(graph), test_x, test_y, cfg.mean, cfg.std)
     name = label(settings, qat_epochs)
