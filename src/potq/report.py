@@ -219,9 +219,12 @@ def _headline(r: Records) -> list[str]:
     ]
     if best:
         q = r.pot[best]
+        n = q.get("test_images", m.get("test_images"))
+        subset = f" (on {n:,} test images)" if n != m.get("test_images") else ""  # potq run --budget
+        same = f" (FP32 on the same {n:,} test images)" if subset else ""
         head += [
-            f"| Best INT8 power-of-two ({best}) test accuracy | {100 * q['test_accuracy']:.2f}% |",
-            f"| Change against FP32 | {change(q['accuracy_drop'])} points |",
+            f"| Best INT8 power-of-two ({best}) test accuracy{subset} | {100 * q['test_accuracy']:.2f}% |",
+            f"| Change against FP32{same} | {change(q['accuracy_drop'])} points |",
             f"| INT8 model size | {q['model_size_mb']:.6f} MB |",
         ]
     if energy:
