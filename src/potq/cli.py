@@ -397,7 +397,7 @@ def _run_budget(a: argparse.Namespace) -> str | None:
     flag = "--quick" if a.quick else "--budget"
     parse_duration(budget)
     for name in BUDGET_SIZED:
-        if getattr(a, name):
+        if getattr(a, name) is not None and (name != "qat" or a.qat):
             raise UserError(f"--{name.replace('_', '-')}: {flag} sizes the run itself; leave one of them out")
     return budget
 
@@ -528,7 +528,10 @@ def _run_parser(sub) -> None:
         "--vectors", type=int, help=f"test images exported with every value's integers (default: {RunOptions.vectors})"
     )
     r.add_argument(
-        "--test-limit", type=int, metavar="N", help="the steps after training evaluate the first N test images only"
+        "--test-limit",
+        type=int,
+        metavar="N",
+        help="the steps after training evaluate N test images drawn across the classes (default: all)",
     )
     r.add_argument(
         "--schemes",

@@ -63,7 +63,7 @@ class RunOptions:
     force: bool = False
     cache: Path | None = None
     schemes: tuple[str, ...] = field(default=PTQ_SCHEMES)
-    test_limit: int | None = None  # the steps after training evaluate the first N test images only
+    test_limit: int | None = None  # the steps after training evaluate N test images (across the classes)
     budget: str | None = None  # "3m": size the run to this time on this machine (potq.budget)
     plan: dict | None = None  # what the budget chose (potq.budget.Plan.to_dict), filled in by run_all
 
