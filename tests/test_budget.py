@@ -167,3 +167,12 @@ def test_test_limit_is_applied(tiny_run):
     assert r["test_images"] == 50
     assert verify_run(tiny_run, "pot-channel", test_limit=50)["images"] == 50
     assert quantize_run(tiny_run, QuantSettings("pot-channel"), calib=30)["test_images"] == 180
+
+
+def test_a_foreign_plan_is_one_line(learnable_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "plan.json").write_text('{"budget_s": 180}')
+    assert main(["run", "--data", str(learnable_data), "--out", str(out), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "plan.json is not a plan potq wrote" in err and err.count("\n") == 1

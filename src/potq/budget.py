@@ -7,8 +7,8 @@ run's sizes (epochs, training subset, calibration images, the test images the st
 evaluate, the schemes, the exported vectors, the deploy checks' image counts), each with its reason, and
 the seconds it expects each step to take. `plan` is pure: tests/test_budget.py drives it with synthetic
 throughputs. The cost model's constants are per-image costs relative to one FP32 evaluation image,
-read off the steps' own timings on the "AMD EPYC" of benchmarks/RESULTS.md (sections 17 and 18); the
-record of each quick look there (planned against measured seconds) is the evidence that they hold.
+measured by benchmarks/budget_costs.py on the "AMD EPYC" of benchmarks/RESULTS.md (section 18), where each
+quick look's planned against measured seconds per step are the evidence of how well they hold.
 No torch at import (the CLI imports this module for --help).
 """
 
@@ -315,6 +315,7 @@ def size_run(o) -> Plan:
     """`potq run --budget`: measure this machine (or, resuming a folder without --force, take the plan its
     first call saved), size the run's options `o` (potq.workflow.RunOptions) to the budget and say so."""
     from potq.data import load_dataset
+    from potq.errors import UserError
     from potq.files import read_json
     from potq.recipes import TrainConfig
     from potq.runs.paths import PLAN
@@ -323,7 +324,10 @@ def size_run(o) -> Plan:
     saved = o.out / PLAN
     p = None
     if not o.force and saved.exists():
-        p = Plan.from_dict(read_json(saved))
+        try:
+            p = Plan.from_dict(read_json(saved))
+        except (TypeError, KeyError, ValueError, AttributeError):
+            raise UserError(f"--out {o.out}: {PLAN} is not a plan potq wrote; use --force or another --out") from None
         if p.budget_s != budget_s:
             p = None
     if p is None:
@@ -332,7 +336,8 @@ def size_run(o) -> Plan:
         p = plan(tp, budget_s, len(ds.train_x), len(ds.test_x), deploy_consumers())
         if o.model == QUICK_MODEL and p.epochs * p.train_limit < QUICK_PASSES:
             p.reasons["train"] += (
-                f"; fewer than the {QUICK_PASSES:,} passes that gave {QUICK_MODEL} 60% FP32 on CIFAR-10: expect less"
+                f"; fewer than the {QUICK_PASSES:,} passes that gave {QUICK_MODEL} 64% FP32 on CIFAR-10 "
+                "(JPEG copy): expect less"
             )
         print("\n".join(p.lines()), flush=True)
     else:
