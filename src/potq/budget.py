@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from potq.quant.rules import SCHEMES
+
 QUICK_BUDGET = "3m"  # `potq run --quick`
 QUICK_RECIPE = "fast"  # what --quick and --budget train with unless --recipe is given
 # and the model unless --model is given: `seed` at half width trains 2-3x more images per second; under
@@ -200,8 +202,8 @@ def _post_training(tp: Throughput, seconds: float, test_total: int, deploy: set[
         schemes += (extra,)
     fits = int(room / (_per_test_image(schemes, deploy) * e)) if room > 0 else 0
     test = min(test_total, max(MIN_TEST, fits // 100 * 100))
-    pots = sum(1 for s in schemes if s.startswith("pot-"))
-    simulated = sum(SIMULATED_COST["pot" if s.startswith("pot-") else "float"] + FP32_COST for s in schemes)
+    pots = sum(1 for s in schemes if SCHEMES[s].pot)
+    simulated = sum(SIMULATED_COST["pot" if SCHEMES[s].pot else "float"] + FP32_COST for s in schemes)
     predicted = {
         "quantize": (calib * CALIB_COST + test * simulated) * e,
         "verify": test * pots * VERIFY_COST * e,
@@ -231,8 +233,8 @@ def _post_training(tp: Throughput, seconds: float, test_total: int, deploy: set[
 
 def _per_test_image(schemes: tuple[str, ...], deploy: set[str]) -> float:
     """Cost of one more test image for the steps after training, in FP32 evaluation images."""
-    pots = sum(1 for s in schemes if s.startswith("pot-"))
-    simulated = sum(SIMULATED_COST["pot" if s.startswith("pot-") else "float"] + FP32_COST for s in schemes)
+    pots = sum(1 for s in schemes if SCHEMES[s].pot)
+    simulated = sum(SIMULATED_COST["pot" if SCHEMES[s].pot else "float"] + FP32_COST for s in schemes)
     return simulated + pots * VERIFY_COST + ONNX_COST * ("onnx" in deploy)
 
 
