@@ -500,7 +500,7 @@ def _run_parser(sub) -> None:
         help="e.g. 3m, 90s, 10m: measure this machine's training and evaluation speed in the first seconds and "
         "size the epochs, training images, calibration, test images, schemes and checks to finish within it "
         f"(model {QUICK_MODEL} and recipe {QUICK_RECIPE} unless given; the choices are printed and saved in "
-        "plan.json)",
+        "plan.json; the options it sizes are refused beside it)",
     )
     _add(
         r,
