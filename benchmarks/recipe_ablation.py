@@ -51,6 +51,8 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--val-size", type=int, default=5000, help="0 trains on all 50,000 training images")
+    p.add_argument("--epochs", type=int, help="default: each variant's (10)")
+    p.add_argument("--train-limit", type=int, help="train on the first N training images only")
     p.add_argument("--log", type=Path, help="JSON lines of results (default: OUT/results.jsonl)")
     a = p.parse_args()
     log = a.log or a.out / "results.jsonl"
@@ -59,15 +61,28 @@ def main() -> None:
         for name in a.variants:
             recipe_name = f"ablation-{name}"
             RECIPES[recipe_name] = VARIANTS[name]  # train() reads recipes by name
-            run = a.out / f"{a.model}-{name}-s{seed}" if a.val_size else a.out / f"{a.model}-{name}-all-s{seed}"
+            tag = f"-e{a.epochs}-n{a.train_limit}" if a.epochs or a.train_limit else ""
+            run = (
+                a.out / f"{a.model}-{name}{tag}-s{seed}" if a.val_size else a.out / f"{a.model}-{name}{tag}-all-s{seed}"
+            )
             t0 = time.perf_counter()
-            m = train(TrainConfig(model=a.model, data=a.data, recipe=recipe_name, seed=seed, val_size=a.val_size), run)
+            cfg = TrainConfig(
+                model=a.model,
+                data=a.data,
+                recipe=recipe_name,
+                seed=seed,
+                val_size=a.val_size,
+                epochs=a.epochs,
+                train_limit=a.train_limit,
+            )
+            m = train(cfg, run)
             row = {
                 "model": a.model,
                 "variant": name,
                 "seed": seed,
                 "test_accuracy": m["test_accuracy"],
                 "train_images": m["train_images"],
+                "epochs": m["epochs"],
                 "best_val": max(h["val_acc"] for h in _history(run)) if a.val_size else None,
                 "seconds": time.perf_counter() - t0,
                 "recipe": asdict(VARIANTS[name]),

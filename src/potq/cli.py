@@ -359,28 +359,54 @@ def cmd_accel(a: argparse.Namespace) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> None:
+    from potq.budget import QUICK_MODEL, QUICK_RECIPE
+    from potq.recipes import TrainConfig
     from potq.workflow import RunOptions, run_all
 
+    budget = _run_budget(a)
+    given = {k: getattr(a, k) for k in ("val_size", "calib", "vectors") if getattr(a, k) is not None}
     opts = RunOptions(
         data=a.data,
         out=a.out,
-        model=a.model,
+        model=a.model or (QUICK_MODEL if budget else TrainConfig.model),
         epochs=a.epochs,
-        recipe=a.recipe,
+        recipe=a.recipe or (QUICK_RECIPE if budget else TrainConfig.recipe),
         precision=a.precision,
         qat=a.qat,
         qat_scheme=a.qat_scheme,
         qat_lr=a.qat_lr,
         train_limit=a.train_limit,
-        val_size=a.val_size,
         seed=a.seed,
-        calib=a.calib,
-        vectors=a.vectors,
         memory=a.memory,
         force=a.force,
         cache=a.cache,
+        test_limit=a.test_limit,
+        budget=budget,
+        **given,
+        **({"schemes": tuple(a.schemes)} if a.schemes else {}),
     )
     run_all(opts)
+
+
+# the options a budget sizes itself: given as well, they are one line and exit 2
+BUDGET_SIZED = ("epochs", "train_limit", "val_size", "calib", "vectors", "test_limit", "schemes", "qat")
+
+
+def _run_budget(a: argparse.Namespace) -> str | None:
+    """--quick (--budget 3m) or --budget DURATION, checked before anything loads; None without either."""
+    from potq.budget import QUICK_BUDGET, parse_duration
+
+    if a.quick and a.budget is not None:
+        raise UserError(f"--quick is --budget {QUICK_BUDGET}: give one of them")
+    budget = QUICK_BUDGET if a.quick else a.budget
+    if budget is None:
+        return None
+    flag = "--quick" if a.quick else "--budget"
+    parse_duration(budget)
+    for name in BUDGET_SIZED:
+        if getattr(a, name) is not None and (name != "qat" or a.qat):
+            raise UserError(f"--{name.replace('_', '-')}: {flag} sizes the run itself; leave one of them out")
+    return budget
 
 
 MODEL_HELP = "a zoo model (seed, resnet20, ...: the README lists them) or your own: file.py:factory"
@@ -458,8 +484,10 @@ def _onnx_weights_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _run_parser(sub) -> None:
-    from potq.quant.rules import POT_SCHEMES
-    from potq.workflow import RunOptions
+    from potq.budget import QUICK_BUDGET, QUICK_MODEL, QUICK_RECIPE
+    from potq.quant.rules import POT_SCHEMES, QuantSettings
+    from potq.recipes import TrainConfig
+    from potq.workflow import PTQ_SCHEMES, RunOptions
 
     r = sub.add_parser(
         "run",
@@ -468,14 +496,56 @@ def _run_parser(sub) -> None:
     train, quant = _training_options(), _quantization_options()
     _add(r, train, "--data")
     r.add_argument("--out", type=Path, required=True, help="run folder (a second call resumes it)")
-    _add(r, train, "--model", "--epochs", "--precision", "--recipe")
+    r.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a quick look: --budget {QUICK_BUDGET}",
+    )
+    r.add_argument(
+        "--budget",
+        metavar="DURATION",
+        help="e.g. 3m, 90s, 10m: measure this machine's training and evaluation speed in the first seconds and "
+        "size the epochs, training images, calibration, test images, schemes and checks to finish within it "
+        f"(model {QUICK_MODEL} and recipe {QUICK_RECIPE} unless given; the choices are printed and saved in "
+        "plan.json; the options it sizes are refused beside it)",
+    )
+    _add(
+        r,
+        train,
+        "--model",
+        default=None,
+        help=f"{train['--model']['help']} (default: {TrainConfig.model}; {QUICK_MODEL} with --quick or --budget)",
+    )
+    _add(r, train, "--epochs", "--precision")
+    _add(
+        r,
+        train,
+        "--recipe",
+        default=None,
+        help=f"{train['--recipe']['help']} (default: {TrainConfig.recipe}; {QUICK_RECIPE} with --quick or --budget)",
+    )
     _add(r, quant, "--qat", help="also fine-tune with QAT")
     r.add_argument("--qat-scheme", default=RunOptions.qat_scheme, choices=POT_SCHEMES, help="scheme to fine-tune")
     _add(r, quant, "--qat-lr")
-    _add(r, train, "--train-limit", "--val-size", "--seed")
-    _add(r, quant, "--calib")
+    _add(r, train, "--train-limit")
+    _add(r, train, "--val-size", default=None, help=f"validation images held out (default: {TrainConfig.val_size})")
+    _add(r, train, "--seed")
+    _add(r, quant, "--calib", default=None, help=f"calibration images (default: {RunOptions.calib})")
     r.add_argument(
-        "--vectors", type=int, default=RunOptions.vectors, help="test images exported with every value's integers"
+        "--vectors", type=int, help=f"test images exported with every value's integers (default: {RunOptions.vectors})"
+    )
+    r.add_argument(
+        "--test-limit",
+        type=int,
+        metavar="N",
+        help="the steps after training evaluate N test images drawn across the classes (default: all)",
+    )
+    r.add_argument(
+        "--schemes",
+        nargs="+",
+        choices=PTQ_SCHEMES,
+        metavar="SCHEME",
+        help=f"the PTQ schemes, among {', '.join(PTQ_SCHEMES)} (default: all; with {QuantSettings.scheme})",
     )
     r.add_argument("--memory", default=RunOptions.memory, help="memory level for the energy model")
     r.add_argument("--force", action="store_true", help="redo every step")

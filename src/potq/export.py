@@ -195,6 +195,16 @@ def vector_indices(labels: np.ndarray, count: int, seed: int = VECTOR_SEED) -> n
     return np.array(sorted(picked), dtype=np.int64)
 
 
+def test_subset(x, y, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The test images and labels the steps after training evaluate: `limit` of them drawn across the classes
+    (vector_indices: a class-sorted test set's first N would hold one or two classes), or all of them."""
+    y = np.array(y)  # copies: a cached dataset's arrays are read-only memory maps
+    if limit is None or limit >= len(y):
+        return np.array(x), y
+    picked = vector_indices(y, limit)
+    return np.array(x[picked]), y[picked]
+
+
 SOURCE_KEYS = ("label", "scheme", "exponent", "rounding", "max_shift", "calib_images", "qat_epochs", "qat_lr")
 
 

@@ -31,6 +31,7 @@ from potq.runs.paths import (
     EXPORT_DIR,
     HISTORY,
     METRICS,
+    PLAN,
     QUANT_GLOB,
     REPORT_HTML,
     REPORT_MD,
@@ -189,7 +190,21 @@ def _title(r: Records) -> list[str]:
             "that the path works, not what the model can reach.",
             "",
         ]
-    return out
+    return out + _plan_note(r.run)
+
+
+def _plan_note(run: Path) -> list[str]:
+    """A run sized to a time budget (`potq run --budget`): what it chose, from plan.json."""
+    plan = _read(run / PLAN)
+    if not plan:
+        return []
+    tp, why = plan["throughput"], plan["reasons"]
+    return [
+        f"> **Sized to a budget of {plan['budget_s']:.0f} s** on this machine ({tp['train']:.0f} training and "
+        f"{tp['evaluate']:.0f} evaluation images/s measured; plan.json): {why['train']}; {why['test_limit']}; "
+        f"schemes {', '.join(plan['schemes'])}.",
+        "",
+    ]
 
 
 def _headline(r: Records) -> list[str]:
@@ -204,9 +219,12 @@ def _headline(r: Records) -> list[str]:
     ]
     if best:
         q = r.pot[best]
+        n = q.get("test_images", m.get("test_images"))
+        subset = f" (on {n:,} test images)" if n != m.get("test_images") else ""  # potq run --budget
+        same = f" (FP32 on the same {n:,} test images)" if subset else ""
         head += [
-            f"| Best INT8 power-of-two ({best}) test accuracy | {100 * q['test_accuracy']:.2f}% |",
-            f"| Change against FP32 | {change(q['accuracy_drop'])} points |",
+            f"| Best INT8 power-of-two ({best}) test accuracy{subset} | {100 * q['test_accuracy']:.2f}% |",
+            f"| Change against FP32{same} | {change(q['accuracy_drop'])} points |",
             f"| INT8 model size | {q['model_size_mb']:.6f} MB |",
         ]
     if energy:

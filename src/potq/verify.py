@@ -74,12 +74,17 @@ def count_mismatches(a: torch.Tensor, b: torch.Tensor) -> int:
     return int(torch.ne(a.double(), b.double()).sum())
 
 
-def verify_run(run, name: str, data: str | None = None, cache=None, batch: int = 500) -> dict:
-    """`potq verify`: compare_models on the whole test set, saved as verify_<label>.json."""
+def verify_run(
+    run, name: str, data: str | None = None, cache=None, batch: int = 500, test_limit: int | None = None
+) -> dict:
+    """`potq verify`: compare_models on the whole test set (or `test_limit` images drawn across its classes), saved as
+    verify_<label>.json."""
     run = Path(run)
     graph, cfg = load_quantized(run, name)
     ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
-    images, labels = torch.from_numpy(np.array(ds.test_x)), torch.from_numpy(np.array(ds.test_y))
+    from potq.export import test_subset
+
+    images, labels = (torch.from_numpy(a) for a in test_subset(ds.test_x, ds.test_y, test_limit))
     result = {"label": name, **compare_models(graph, cfg, images, labels, batch)}
     result["inputs"] = derived_inputs(run, name, ds.digest)  # potq.runs.provenance
     save_json(result, verify_json(run, name))

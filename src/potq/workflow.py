@@ -63,6 +63,9 @@ class RunOptions:
     force: bool = False
     cache: Path | None = None
     schemes: tuple[str, ...] = field(default=PTQ_SCHEMES)
+    test_limit: int | None = None  # the steps after training evaluate N test images (across the classes)
+    budget: str | None = None  # "3m": size the run to this time on this machine (potq.budget)
+    plan: dict | None = None  # what the budget chose (potq.budget.Plan.to_dict), filled in by run_all
 
     @property
     def headline(self) -> str:
@@ -123,10 +126,14 @@ def _quantize_step(o: RunOptions, now: Now) -> None:
     stats: dict = {}  # the calibration statistics, collected once for every scheme
     for scheme in o.schemes:
         if _quant_stale(o, now, scheme):
-            r = quantize_run(out, QuantSettings(scheme), o.calib, cache=o.cache, stats_cache=stats)
+            r = quantize_run(
+                out, QuantSettings(scheme), o.calib, cache=o.cache, stats_cache=stats, test_limit=o.test_limit
+            )
             print(f"{scheme}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
     if o.qat and _quant_stale(o, now, o.headline):
-        r = quantize_run(out, QuantSettings(o.qat_scheme), o.calib, o.qat, o.qat_lr, cache=o.cache)
+        r = quantize_run(
+            out, QuantSettings(o.qat_scheme), o.calib, o.qat, o.qat_lr, cache=o.cache, test_limit=o.test_limit
+        )
         print(f"{o.headline}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
     print(compare(out))
 
@@ -148,7 +155,7 @@ def _verify_step(o: RunOptions, now: Now) -> None:
     for name in _pot_labels(o):
         if not derived_change(verify_json(o.out, name), derived_inputs(o.out, name, now.data)):
             continue
-        r = verify_run(o.out, name, None, o.cache)
+        r = verify_run(o.out, name, None, o.cache, test_limit=o.test_limit)
         print(
             f"{name}: {r['mismatches']} mismatching values of {r['compared_values']:,}; "
             f"golden accuracy {r['golden_accuracy']:.4f}"
@@ -205,7 +212,8 @@ def _export_step(o: RunOptions) -> None:
 def _deploy_step(o: RunOptions) -> None:
     from potq.deploy.check import deploy_checks, deploy_summary
 
-    for line in deploy_summary(deploy_checks(o.out, o.headline, o.cache)):
+    counts = {k: o.plan[k] for k in ("c_vectors", "tvm_images")} if o.plan else {}
+    for line in deploy_summary(deploy_checks(o.out, o.headline, o.cache, o.test_limit, **counts)):
         print(line)
 
 
@@ -315,6 +323,13 @@ def check_options(o: RunOptions) -> None:
         raise UserError(f"--qat-scheme must be a power-of-two scheme, got {o.qat_scheme!r}")
     if o.calib < 1 or o.vectors < 1:
         raise UserError("--calib and --vectors must be at least 1")
+    if o.test_limit is not None and o.test_limit < 1:
+        raise UserError(f"--test-limit must be at least 1, got {o.test_limit}")
+    unknown = [s for s in o.schemes if s not in SCHEMES]
+    if unknown or not o.schemes:
+        raise UserError(f"--schemes: {', '.join(unknown) or 'none given'}; choose from {', '.join(PTQ_SCHEMES)}")
+    if not o.qat and o.headline not in o.schemes:
+        raise UserError(f"--schemes must include {o.headline}: the energy, export and deploy steps use it")
     if o.qat_lr is not None and not o.qat_lr > 0:
         raise UserError(f"--qat-lr must be positive, got {o.qat_lr}")
     from potq.energy import load_table
@@ -358,6 +373,7 @@ RESULT_OPTIONS = (
     "vectors",
     "memory",
     "schemes",
+    "test_limit",
 )
 
 
@@ -412,6 +428,10 @@ def run_all(o: RunOptions) -> dict:
     o.model = model_spec(o.model)
     if o.data != "cifar10":
         o.data = str(Path(o.data).resolve())
+    if o.budget is not None:  # measure this machine, size the run (or take the plan a first call saved)
+        from potq.budget import size_run
+
+        size_run(o)
     check_options(o)
     from potq.data import load_dataset
 
@@ -425,6 +445,10 @@ def run_all(o: RunOptions) -> dict:
         with folder_lock(o.out, "--out"):
             if o.force:
                 clear(o.out)
+            if o.plan is not None:
+                from potq.budget import save_plan
+
+                save_plan(o.plan, o.out)
             return _run_steps(o)
     except BaseException:
         # a first run stopped before its first step finished leaves no folder behind

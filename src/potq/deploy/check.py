@@ -281,10 +281,11 @@ def check_run(
     onnx_weights: str = WEIGHTS_UINT8,
     tvm: bool = False,
     tvm_images: int = 100,
+    test_limit: int | None = None,
 ) -> dict:
     """The consumers' checks of a run's quantized model (`potq verify --onnx/--c/--tvm`, `potq run`'s deploy
     step), saved as deploy_<label>.json for the report's Deployment section; `skipped`: the checks this
-    machine can't run, and why."""
+    machine can't run, and why; test_limit: the checks on N test images drawn across the classes."""
     from potq.data import load_dataset
     from potq.runs.provenance import derived_inputs
     from potq.runs.quantize import load_quantized
@@ -304,17 +305,15 @@ def check_run(
         if tvm:
             require_tvm()
         ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
-        images, labels = np.array(ds.test_x), np.array(ds.test_y)
+        from potq.export import test_subset, vector_indices
+
+        images, labels = test_subset(ds.test_x, ds.test_y, test_limit)
         if onnx:
             result["onnx"] = check_onnx(graph, images, labels, weights=onnx_weights)
         if tvm:  # TVM's untuned llvm build runs a few images per second: the class-spread draw, as for C
-            from potq.export import vector_indices
-
             picked = vector_indices(labels, min(tvm_images, len(labels)))
             result["tvm"] = {**check_tvm(graph, images[picked], labels[picked]), "test_indices": picked.tolist()}
         if c:  # the class-spread test images that `potq export` draws as its vectors
-            from potq.export import vector_indices
-
             picked = vector_indices(labels, min(c_vectors, len(labels)))
             result["c"] = {**check_c(graph, images[picked]), "test_indices": picked.tolist()}
         result["inputs"] = derived_inputs(run, name, ds.digest)
@@ -361,8 +360,11 @@ def _have_tvm() -> bool:
     return True
 
 
-def deploy_checks(run: Path, name: str, cache=None) -> dict:
-    """`potq run`'s deploy step: every consumer check this machine can run; what it can't, it says why."""
+def deploy_checks(
+    run: Path, name: str, cache=None, test_limit: int | None = None, c_vectors: int = 200, tvm_images: int = 100
+) -> dict:
+    """`potq run`'s deploy step: every consumer check this machine can run; what it can't, it says why
+    (the image counts: check_run's; `potq run --budget` sizes them)."""
     have_onnx, have_cc = _have_onnx(), find_compiler() is not None
     have_tvm = have_onnx and _have_tvm()
     skipped = {}
@@ -375,7 +377,19 @@ def deploy_checks(run: Path, name: str, cache=None) -> dict:
     have_rtl = shutil.which("verilator") is not None
     if not have_rtl:
         skipped["rtl"] = "Verilator is not installed (apt-get install verilator)"
-    result = check_run(run, name, have_onnx, have_cc, None, cache, skipped=skipped, tvm=have_tvm)
+    result = check_run(
+        run,
+        name,
+        have_onnx,
+        have_cc,
+        None,
+        cache,
+        c_vectors=c_vectors,
+        skipped=skipped,
+        tvm=have_tvm,
+        tvm_images=tvm_images,
+        test_limit=test_limit,
+    )
     if have_rtl:  # potq's RTL on a 4x4 array (a quick build, then cached), one class-spread test vector
         from potq.deploy.rtl_check import RUN_ARRAY, check_rtl_run
 

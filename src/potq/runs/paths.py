@@ -23,6 +23,7 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 STEPS = "steps.json"
 RUN_OPTIONS = "run.json"
+PLAN = "plan.json"  # what `potq run --budget` measured and chose (potq.budget)
 EXPORT_DIR = "export"
 QUANT_GLOB = "quant_*.json"  # the records of quant_paths
 VERIFY_GLOB = "verify_*.json"
@@ -47,6 +48,7 @@ POTQ_FILES = (
     REPORT_HTML,
     STEPS,
     RUN_OPTIONS,
+    PLAN,
 )
 PER_MODEL_GLOBS = ("quant_*", "verify_*", "deploy_*")  # quant_paths, verify_json, deploy_json
 

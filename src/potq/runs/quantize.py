@@ -125,9 +125,11 @@ def quantize_run(
     data: str | None = None,
     cache: Path | None = None,
     stats_cache: dict | None = None,
+    test_limit: int | None = None,
 ) -> dict:
     """Quantize the trained model in `run` and write quant_<label>.pt and quant_<label>.json;
-    stats_cache: see quantize_graph (`potq run` shares one across its schemes)."""
+    stats_cache: see quantize_graph (`potq run` shares one across its schemes); test_limit: evaluate on N
+    test images drawn across the classes only (potq.export.test_subset; the FP32 model on the same ones)."""
     settings.check()
     if calib < 1:
         raise UserError(f"--calib must be at least 1, got {calib}")
@@ -144,7 +146,9 @@ def quantize_run(
     fgraph, graph = quantize_graph(model, cfg.in_shape, cfg.mean, cfg.std, calib_x, settings, stats_cache)
     if qat_epochs:
         graph = qat(fgraph, graph, settings, arrays, cfg, qat_epochs, qat_lr)
-    test_x, test_y = torch.from_numpy(arrays["test_x"]), torch.from_numpy(arrays["test_y"])
+    from potq.export import test_subset  # potq.export imports this module
+
+    test_x, test_y = (torch.from_numpy(a) for a in test_subset(arrays["test_x"], arrays["test_y"], test_limit))
     fp_loss, fp_acc = fp32_metrics(run, model, test_x, test_y, cfg)
     q_loss, q_acc = evaluate(simulated(graph), test_x, test_y, cfg.mean, cfg.std)
     name = label(settings, qat_epochs)
@@ -162,6 +166,7 @@ def quantize_run(
         "qat_lr": (qat_lr or QAT_RECIPE.lr) if qat_epochs else None,
         "test_accuracy": q_acc,
         "test_loss": q_loss,
+        "test_images": len(test_x),
         "fp32_test_accuracy": fp_acc,
         "fp32_test_loss": fp_loss,
         "accuracy_drop": 100 * (fp_acc - q_acc),
