@@ -48,6 +48,10 @@ class IntegerModel:
         self.three_pass_adds = plan.three_pass_adds if float32 else set()
         self._tensors: dict[tuple[str, str], torch.Tensor] = {}
         self._folded: dict[str, tuple[torch.Tensor, torch.Tensor, Rounding]] = {}
+        # verify (potq.verify): the float32 requantizing MAC nodes whose scaled accumulator (the folded
+        # GEMM's output, before its rounding) run() keeps a copy of in `kept`, for the simulated model
+        self.keep_gemms: set[str] = set()
+        self.kept: dict[str, torch.Tensor] = {}
 
     def run(
         self, images: torch.Tensor, record: dict[str, torch.Tensor] | None = None, record_int32: bool = True
@@ -141,7 +145,10 @@ def _mac(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
         if not n.requant:  # int32 logits
             return _gemm(n, xf, m.tensor(n, "weight", torch.float32), m.tensor(n, "bias", torch.float32))
         w, b, rule = m.folded(n)  # the shift (and half-up's half) inside the GEMM: the same numbers
-        return _codes(round_inplace(_gemm(n, xf, w, b), rule), q)
+        y = _gemm(n, xf, w, b)
+        if n.name in m.keep_gemms:
+            m.kept[n.name] = y.clone()
+        return _codes(round_inplace(y, rule), q)
     wf = m.tensor(n, "weight", g.dtype)
     acc = channel_view(n.tensors["bias"], xs[0].dim())
     for lo, hi in g.slices:

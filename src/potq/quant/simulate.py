@@ -82,6 +82,9 @@ class SimNet(nn.Module):
         self.plan: ExactPlan | None = None
         self._check: Check | None = None  # forward's check, while it runs
         self._checked: set[str] = set()  # the values `finish` handed to it in this forward
+        # verify (potq.verify): per float32 requantizing MAC node, its folded GEMM's output where verify has
+        # proven it equal to the golden model's, which computed it; _mac takes it instead of computing it
+        self.shared_gemms: dict[str, torch.Tensor] = {}
 
     @property
     def rule(self) -> str | None:
@@ -244,7 +247,8 @@ def _mac(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
         return y.float() if n.requant else y
     if exact32 and n.requant:  # the output scale (and half-up's half) inside the GEMM: the same numbers
         w, b, rule = net.folded(n)
-        return net.finish(n, _linear_op(n, x, w, b), rule)
+        y = net.shared_gemms.pop(n.name, None)
+        return net.finish(n, _linear_op(n, x, w, b) if y is None else y, rule)
     w, b = net.mac_params(n, torch.float64 if exact32 else x.dtype)  # float64: exact quantized weights
     if exact32:
         y = _linear_op(n, x, w.float(), b.float())  # all_float32: the whole node is exact in float32
