@@ -54,6 +54,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--images", type=int, default=0, help="the first N test images (default: all)")
+    p.add_argument("--batch", type=int, default=500, help="verify's images per batch (potq verify: 500)")
     p.add_argument("--no-share", action="store_true", help="both models compute every GEMM")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -66,11 +67,11 @@ def main() -> None:
     out: dict = {}
     with torch.no_grad():
         evaluate(model, x[:500], y[:500], cfg.mean, cfg.std)  # warm-up of both
-        compare_models(graph, cfg, x[:500], y[:500], share_gemms=not a.no_share)
+        compare_models(graph, cfg, x[:500], y[:500], a.batch, share_gemms=not a.no_share)
         fp32, ver = [], []
         for _ in range(a.repeats):
             fp32.append(timed(lambda: evaluate(model, x, y, cfg.mean, cfg.std)))
-            ver.append(timed(lambda: out.update(compare_models(graph, cfg, x, y, share_gemms=not a.no_share))))
+            ver.append(timed(lambda: out.update(compare_models(graph, cfg, x, y, a.batch, share_gemms=not a.no_share))))
     best = {k: (min(w for w, _ in t), min(c for _, c in t)) for k, t in (("fp32", fp32), ("verify", ver))}
     row = {
         **cpu_name(),
@@ -80,6 +81,7 @@ def main() -> None:
         "torch_threads": a.threads,
         "test_images": len(x),
         "shared_gemms": not a.no_share,
+        "verify_batch": a.batch,
         "fp32_wall_s": round(best["fp32"][0], 2),
         "verify_wall_s": round(best["verify"][0], 2),
         "verify_over_fp32_wall": round(best["verify"][0] / best["fp32"][0], 2),
