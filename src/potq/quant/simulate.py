@@ -10,6 +10,8 @@ bias and rounding included) stays below 2^24 steps (`node_float32`), in float64 
 cast back exactly.
 In train mode (QAT) it runs in float32 with straight-through rounding, and with `track_weights` it
 re-derives the weight scales from the weights at every step.
+For verify (potq.verify), forward's `check` receives every value's codes as soon as they exist, and
+`shared_gemms` holds GEMM outputs that verify proved equal to this model's own (tests/test_verify.py).
 """
 
 from __future__ import annotations
