@@ -34,6 +34,10 @@ from potq.ir.tensor import nhwc
 
 
 class IntegerModel:
+    # verify (potq.verify): the float32 requantizing MAC nodes whose scaled accumulator (the folded GEMM's
+    # output, before its rounding) run() keeps a copy of in `kept`, for the simulated model; none by default
+    keep_gemms: frozenset[str] | set[str] = frozenset()
+
     def __init__(self, graph: Graph, float32: bool = True):
         """float32=False: every shift in int64 (the reference path the tests hold the fast one to)."""
         if not graph.quantized or any(q.exponent is None for q in graph.q.values()):
@@ -48,6 +52,7 @@ class IntegerModel:
         self.three_pass_adds = plan.three_pass_adds if float32 else set()
         self._tensors: dict[tuple[str, str], torch.Tensor] = {}
         self._folded: dict[str, tuple[torch.Tensor, torch.Tensor, Rounding]] = {}
+        self.kept: dict[str, torch.Tensor] = {}  # see keep_gemms
 
     def run(
         self, images: torch.Tensor, record: dict[str, torch.Tensor] | None = None, record_int32: bool = True
@@ -141,7 +146,10 @@ def _mac(m: IntegerModel, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
         if not n.requant:  # int32 logits
             return _gemm(n, xf, m.tensor(n, "weight", torch.float32), m.tensor(n, "bias", torch.float32))
         w, b, rule = m.folded(n)  # the shift (and half-up's half) inside the GEMM: the same numbers
-        return _codes(round_inplace(_gemm(n, xf, w, b), rule), q)
+        y = _gemm(n, xf, w, b)
+        if n.name in m.keep_gemms:
+            m.kept[n.name] = y.clone()
+        return _codes(round_inplace(y, rule), q)
     wf = m.tensor(n, "weight", g.dtype)
     acc = channel_view(n.tensors["bias"], xs[0].dim())
     for lo, hi in g.slices:

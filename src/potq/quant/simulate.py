@@ -10,6 +10,8 @@ bias and rounding included) stays below 2^24 steps (`node_float32`), in float64 
 cast back exactly.
 In train mode (QAT) it runs in float32 with straight-through rounding, and with `track_weights` it
 re-derives the weight scales from the weights at every step.
+For verify (potq.verify), forward's `check` receives every value's codes as soon as they exist, and
+`shared_gemms` holds GEMM outputs that verify proved equal to this model's own (tests/test_verify.py).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def _dequantize_scaled(y: torch.Tensor, scale, zp: int, lo: int, hi: int, rule: 
     """The rest of fake_quant for y already in units of the scale: rounded, clamped to the codes less the
     zero point, back to real units; in place."""
     return round_inplace(y, rule).clamp_(lo - zp, hi - zp).mul_(scale)
+
+
+Check = Callable[[str, torch.Tensor], None]  # SimNet.forward's check(value name, codes)
 
 
 def _key(name: str) -> str:
@@ -77,6 +82,11 @@ class SimNet(nn.Module):
         # the lowered graph's exactness plan (potq.ir.bounds), set by `simulated`: it decides which nodes
         # evaluate in float32; None (float nets, QAT) keeps eval in float64
         self.plan: ExactPlan | None = None
+        self._check: Check | None = None  # forward's check, while it runs
+        self._checked: set[str] = set()  # the values `finish` handed to it in this forward
+        # verify (potq.verify): per float32 requantizing MAC node, its folded GEMM's output where verify has
+        # proven it equal to the golden model's, which computed it; _mac takes it instead of computing it
+        self.shared_gemms: dict[str, torch.Tensor] = {}
 
     @property
     def rule(self) -> str | None:
@@ -85,18 +95,28 @@ class SimNet(nn.Module):
     def params_of(self, n: Node) -> tuple[torch.Tensor, torch.Tensor]:
         return self.weight[_key(n.name)], self.bias[_key(n.name)]
 
-    def forward(self, x: torch.Tensor, record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, record: dict[str, torch.Tensor] | None = None, check: Check | None = None
+    ) -> torch.Tensor:
         """Logits of normalized images x. With `record`: every value's integer codes (quantized net)
-        or float values (float net), keyed by value name."""
+        or float values (float net), keyed by value name. With `check` (quantized net): check(name, codes)
+        for every value as soon as its codes exist (verify compares them and drops them); the tensor may be
+        overwritten once check returns, so compare, don't keep."""
         if not self.training:
             x = x.float() if self.quantize and self.all_float32() else x.double()  # exact: see the docstring
             x = nhwc(x)  # the layers after it keep the layout (see potq.ir.tensor.nhwc)
         env = {self.graph.input: x}
-        for n in self.graph.nodes:
-            y = SIM_KERNELS[n.op](self, n, [env[v] for v in n.inputs])
-            env[n.output] = y
-            if record is not None:
-                record[n.output] = self.codes(n.output, y) if self.quantize else y
+        self._check, self._checked = (check if self.quantize else None), set()
+        try:
+            for n in self.graph.nodes:
+                y = SIM_KERNELS[n.op](self, n, [env[v] for v in n.inputs])
+                env[n.output] = y
+                if record is not None:
+                    record[n.output] = self.codes(n.output, y) if self.quantize else y
+                if self._check is not None and n.output not in self._checked:
+                    self._check(n.output, record[n.output] if record is not None else self.codes(n.output, y))
+        finally:
+            self._check = None
         return env[self.graph.output]
 
     def codes(self, value: str, y: torch.Tensor) -> torch.Tensor:
@@ -104,8 +124,20 @@ class SimNet(nn.Module):
         q = self.q[value]
         if y.dtype == torch.float32 and q.bits == 8 and q.exponent is not None:
             # codes 0..255 are exact in float32, and y / 2^e is one already (y lies on the grid): no rounding
-            return torch.mul(y.detach(), 2.0**-q.exponent).add_(q.zero_point)
+            c = torch.mul(y.detach(), 2.0**-q.exponent)
+            return c.add_(q.zero_point) if q.zero_point else c
         return torch.round(y.detach() / q.scale).to(torch.int64) + q.zero_point
+
+    def finish(self, n: Node, y: torch.Tensor, rule: Rounding) -> torch.Tensor:
+        """The rest of fake_quant for node n's output y, already in units of its scale, in place: rounded,
+        clamped to its codes less the zero point, handed to forward's `check` as codes while they are at hand
+        (sparing the pass that `codes` makes back from real units), then scaled to real units."""
+        q = self.q[n.output]
+        y = round_inplace(y, rule).clamp_(q.lo - q.zero_point, q.hi - q.zero_point)
+        if self._check is not None:
+            self._check(n.output, y.add(q.zero_point) if q.zero_point else y)
+            self._checked.add(n.output)
+        return y.mul_(q.scale)
 
     def mac_params(self, n: Node, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """A MAC node's weight and bias in `dtype`, fake-quantized in a quantized net."""
@@ -201,7 +233,11 @@ class SimNet(nn.Module):
 
 
 def _input(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
-    return net.requantize(n, xs[0]) if net.quantize else xs[0]
+    if not net.quantize:
+        return xs[0]
+    if xs[0].dtype == torch.float32 and not net.training:  # all_float32: a power-of-two scale, exact
+        return net.finish(n, xs[0] / net.q[n.output].scale, net.rule)
+    return net.requantize(n, xs[0])
 
 
 def _mac(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
@@ -213,8 +249,8 @@ def _mac(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
         return y.float() if n.requant else y
     if exact32 and n.requant:  # the output scale (and half-up's half) inside the GEMM: the same numbers
         w, b, rule = net.folded(n)
-        q = net.q[n.output]
-        return _dequantize_scaled(_linear_op(n, x, w, b), q.scale, q.zero_point, q.lo, q.hi, rule)
+        y = net.shared_gemms.pop(n.name, None)
+        return net.finish(n, _linear_op(n, x, w, b) if y is None else y, rule)
     w, b = net.mac_params(n, torch.float64 if exact32 else x.dtype)  # float64: exact quantized weights
     if exact32:
         y = _linear_op(n, x, w.float(), b.float())  # all_float32: the whole node is exact in float32
@@ -242,7 +278,7 @@ def _add(net: SimNet, n: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     if xs[0].dtype == torch.float32 and not net.training and q is not None and q.exponent is not None:
         # x0 / 2^e + x1 / 2^e in two passes, then the rest of fake_quant: the same exact numbers
         y = torch.mul(xs[0], 2.0**-q.exponent).add_(xs[1], alpha=2.0**-q.exponent)
-        return _dequantize_scaled(y, q.scale, q.zero_point, q.lo, q.hi, net.rule)
+        return net.finish(n, y, net.rule)
     return net.requantize(n, xs[0] + xs[1])  # exact in float64 (float32: node_float32): power-of-two grids
 
 
