@@ -379,3 +379,17 @@ def test_run_on_a_full_disk_is_one_line_exit_2(learnable_data, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and last.startswith("potq: error: step train failed")
     assert re.search(r"checkpoint\.pt: can't write it \(File too large, [0-9,]+ bytes needed\)", last)
     assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".potq.lock"]
+
+
+def test_export_on_a_full_disk_is_one_line_and_keeps_the_old_export(tiny_run, tmp_path):
+    """numpy's and zipfile's writers raise an OSError that names no file: potq names the export."""
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    assert main(["quantize", "--run", str(run), "--scheme", "pot-channel", "--calib", "20"]) == 0
+    out = tmp_path / "exp"
+    r = _potq(["export", "--run", str(run), "--scheme", "pot-channel", "--out", str(out)], 4096)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert last.startswith(f"potq: error: --out {out}: can't write the export (File too large"), last
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["run"]  # no temporary folder left

@@ -272,6 +272,13 @@ def write_export(
                 del t["npz"], t["hex"]
         save_json(desc, tmp / MODEL_JSON)
         replace_dir(tmp, out, EXPORT_KIND, protect)
+    except OSError as e:  # a full disk: numpy's and zipfile's writers name no file
+        size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"--out {out}: can't write the export ({e.strerror or e}{f' at {size:,} bytes' if size else ''}); "
+            "nothing of it was kept, an old export is unchanged"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

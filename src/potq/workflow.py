@@ -478,7 +478,8 @@ def _run_steps(o: RunOptions) -> dict:
         except StepFailed:
             raise
         except OSError as e:  # a full disk, a file the user's system refuses: one line naming it, exit 2
-            raise UserError(f"step {step.name} failed: {e.filename or ''}: {e.strerror or e}") from None
+            where = f"{e.filename}: " if e.filename else ""
+            raise UserError(f"step {step.name} failed: {where}{e.strerror or e}") from None
         except Exception as e:  # a bug or a broken environment: still one line, naming the step
             raise StepFailed(f"step {step.name} failed: {type(e).__name__}: {e}") from e
         times[step.name] = {"seconds": time.perf_counter() - t0, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
