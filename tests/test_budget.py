@@ -157,12 +157,15 @@ def test_a_test_subset_spans_the_classes():
     assert len(test_subset(np.arange(1000), y, None)[1]) == len(test_subset(np.arange(1000), y, 5000)[1]) == 1000
 
 
-def test_test_limit_is_applied(tiny_run):
+def test_test_limit_is_applied(tiny_run, tmp_path):
     """quantize and verify on the first N test images (the FP32 accuracy beside it on the same images)."""
+    import shutil
+
     from potq.quant.rules import QuantSettings
     from potq.runs.quantize import quantize_run
     from potq.verify import verify_run
 
+    tiny_run = shutil.copytree(tiny_run, tmp_path / "run")  # a private copy: the session's run stays unverified
     r = quantize_run(tiny_run, QuantSettings("pot-channel"), calib=30, test_limit=50)
     assert r["test_images"] == 50
     assert verify_run(tiny_run, "pot-channel", test_limit=50)["images"] == 50
