@@ -3,7 +3,7 @@
 `potq.quantize(model, calib_images)` is the Python entry point (potq.api); `potq` the command.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 
 def __getattr__(name: str):
