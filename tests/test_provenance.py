@@ -185,3 +185,20 @@ def test_data_fingerprint_is_content_not_path(learnable_data, tmp_path):
     assert a.digest == b.digest
     _replace_an_image(tmp_path / "elsewhere")
     assert load_dataset(str(tmp_path / "elsewhere")).digest != a.digest
+
+
+def test_a_run_of_potq_0_3_is_brought_up_to_date_not_refused(run, capsys):
+    """Records without fingerprints (potq 0.3's): the training is taken as it is, the quantized models and the
+    results read from them are made again, saying why."""
+    root, args = run
+    folder = root / "run"
+    for name, keys in (("config.json", ("data_digest", "model_digest")), ("metrics.json", ("weights_sha256",))):
+        record = json.loads((folder / name).read_text())
+        (folder / name).write_text(json.dumps({k: v for k, v in record.items() if k not in keys}))
+    for path in folder.glob("quant_*.json"):
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in record.items() if k not in ("inputs", "quant_sha256")}))
+    status, out, err = rerun(args, capsys)
+    assert status == 0 and "train: already done" in out, err
+    assert "quantize ... again: it records no inputs (an older potq wrote it)" in out
+    assert "quant_sha256" in json.loads((folder / "quant_pot-tensor.json").read_text())

@@ -84,8 +84,10 @@ def training_change(run: Path, model: str, data_digest: str) -> str | None:
 
 
 def quantized_inputs(run: Path, data_digest: str | None) -> dict:
-    """What a quantized model is made from: the trained weights and the data (calibration, the splits)."""
-    return {WEIGHTS_INPUT: file_digest(Path(run) / WEIGHTS), DATA_INPUT: data_digest}
+    """What a quantized model is made from: the trained weights and the data (calibration, the splits); the
+    data left out where it is not known (`compare` on a run of potq 0.3, whose config.json records none)."""
+    weights = {WEIGHTS_INPUT: file_digest(Path(run) / WEIGHTS)}
+    return weights if data_digest is None else {**weights, DATA_INPUT: data_digest}
 
 
 def quantized_change(run: Path, label: str, data_digest: str | None, options: dict | None = None) -> str | None:
@@ -99,6 +101,8 @@ def quantized_change(run: Path, label: str, data_digest: str | None, options: di
         saved = read_json(record)
     except UserError:
         return f"{record.name} is unreadable"
+    if "quant_sha256" not in saved:
+        return first_change(None, {})  # a record of potq 0.3: made again, its inputs recorded this time
     if saved.get("quant_sha256") != file_digest(model):
         return f"{model.name} is not the file that {record.name} describes (replaced?)"
     for flag, (key, wanted) in (options or {}).items():
