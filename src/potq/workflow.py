@@ -17,7 +17,7 @@ from functools import cached_property, partial
 from pathlib import Path
 
 from potq.errors import StepFailed, UserError
-from potq.quant.rules import SCHEMES, QuantSettings
+from potq.quant.rules import CALIB_IMAGES, SCHEMES, QuantSettings
 from potq.recipes import TrainConfig
 from potq.runs.paths import (
     ACCEL_ENERGY_PNG,
@@ -57,7 +57,7 @@ class RunOptions:
     train_limit: int | None = None
     val_size: int = TrainConfig.val_size
     seed: int = TrainConfig.seed
-    calib: int = 1000
+    calib: int = CALIB_IMAGES
     vectors: int = 10
     memory: str = "dram"
     force: bool = False

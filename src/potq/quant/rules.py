@@ -28,6 +28,9 @@ SCHEMES: dict[str, Scheme] = {
     "pot-channel": Scheme(True, True, False, "power-of-two, per output channel, zero point 0 after ReLU"),
 }
 POT_SCHEMES = tuple(name for name, s in SCHEMES.items() if s.pot)
+# calibration images, the first of the training split (`--calib`): the default of every figure in
+# benchmarks/RESULTS.md (section 2's sweep chose the other defaults with it)
+CALIB_IMAGES = 1000
 
 
 @dataclass(frozen=True)

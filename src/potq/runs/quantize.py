@@ -21,6 +21,7 @@ from potq.ir.tensor import normalize
 from potq.plots import plot_bars
 from potq.quant.lower import lower, min_weight_exponents, weight_scales_of
 from potq.quant.pipeline import layer_table, quantize_graph
+from potq.quant.rules import CALIB_IMAGES
 from potq.quant.scheme import QuantSettings
 from potq.quant.simulate import SimNet, simulated
 from potq.recipes import Recipe
@@ -35,7 +36,6 @@ from potq.train import (
     setup_dist,
     train_epoch,
 )
-from potq.workflow import RunOptions
 
 # fine-tuning a converged model: a small learning rate, cosine-annealed (see benchmarks/RESULTS.md)
 QAT_RECIPE = Recipe(lr=5e-4, weight_decay=5e-4, nesterov=True, eta_min=1e-6)
@@ -119,7 +119,7 @@ def fp32_metrics(
 def quantize_run(
     run: Path,
     settings: QuantSettings,
-    calib: int = RunOptions.calib,
+    calib: int = CALIB_IMAGES,
     qat_epochs: int = 0,
     qat_lr: float | None = None,
     data: str | None = None,
