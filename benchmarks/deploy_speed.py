@@ -46,7 +46,7 @@ def main() -> None:
 
     c = check_c(graph, images, repeats=a.repeats)
     o = check_onnx(graph, images, labels, batch=100, threads=1)
-    onnx_ips = len(images) / o["onnx_seconds"]
+    onnx_ips = len(images) / o["consumer_seconds"]
     row = {
         "run": str(a.run),
         "scheme": a.scheme,

@@ -147,7 +147,7 @@ def _verify_consumers(a: argparse.Namespace) -> None:
             f"onnxruntime: {o['mismatches']:,} mismatching values of {o['compared_values']:,} "
             f"({o['mismatch_rate']:.2e}; {o['images']} images, logits and every quantized value), "
             f"{o['logit_mismatches']:,} mismatching logits, class agreement {o['class_agreement']:.4f}, "
-            f"onnxruntime accuracy {o['onnx_accuracy']:.4f} (rounding {o['rounding']})"
+            f"onnxruntime accuracy {o['accuracy']:.4f} (rounding {o['rounding']})"
         )
         for k in o["mismatch_kinds"]:
             print(f"  {k['value']}: {k['mismatches']:,} values: {'; '.join(k['causes'])}")

@@ -164,7 +164,7 @@ def check_onnx(
 
     r = _compare(graph, "onnxruntime", run, images, labels, batch, count, saturating)
     r["avx2_saturating_dot_products"] = {k: v for k, v in saturating.items() if v}
-    r["weights"], r["onnx_accuracy"], r["onnx_seconds"] = weights, r["accuracy"], r["consumer_seconds"]
+    r["weights"] = weights
     return r
 
 
@@ -405,7 +405,7 @@ def deploy_summary(r: dict) -> list[str]:
         lines.append(
             f"ONNX (onnxruntime, QDQ opset {OPSET}): {o['mismatches']:,} of {o['compared_values']:,} values differ "
             f"from the golden model ({o['mismatch_rate']:.2%}; logits {o['logit_mismatches']:,}), class agreement "
-            f"{o['class_agreement']:.4f}, accuracy {o['onnx_accuracy']:.4f} on {o['images']:,} test images; "
+            f"{o['class_agreement']:.4f}, accuracy {o['accuracy']:.4f} on {o['images']:,} test images; "
             f"rounding {o['rounding']}" + ("" if not o["mismatches"] else f"; causes: {_causes_text(o)}")
         )
         if "weights" in o:  # written since the export's weight type became a choice
