@@ -122,11 +122,7 @@ def load_dataset(
         _write_cache(cache_dir / key, data)
     if classes:
         check_classes(data, classes)
-    if digest and data.digest != digest:
-        raise UserError(
-            f"--data {spec}: not the data the run was made from (its content changed: fingerprint "
-            f"{data.digest[:12]}, the run's {digest[:12]}); give the run's data, or train anew"
-        )
+    check_digest(data, digest)
     return data
 
 
@@ -161,6 +157,15 @@ def check_classes(ds: Dataset, expected: list[str]) -> None:
     if list(ds.classes) != list(expected):
         raise UserError(
             f"--data {ds.source}: classes {_names(ds.classes)}, but the run was trained on {_names(expected)}"
+        )
+
+
+def check_digest(ds: Dataset, digest: str | None) -> None:
+    """The data's content is the one a run recorded (Dataset.digest; None: a run of potq 0.3 recorded none)."""
+    if digest and ds.digest != digest:
+        raise UserError(
+            f"--data {ds.source}: not the data the run was made from (its content changed: fingerprint "
+            f"{ds.digest[:12]}, the run's {digest[:12]}); give the run's data, or train anew"
         )
 
 

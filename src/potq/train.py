@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from potq.data import Dataset, augment, channel_stats, check_classes, load_dataset, split_train_val
+from potq.data import Dataset, augment, channel_stats, check_classes, check_digest, load_dataset, split_train_val
 from potq.errors import UserError
 from potq.files import file_digest, save_json, save_text, save_torch
 from potq.ir.tensor import nhwc, normalize
@@ -270,11 +270,7 @@ def prepare_data(cfg: TrainConfig, data: Dataset) -> dict[str, np.ndarray]:
         )
     if cfg.classes:
         check_classes(data, cfg.classes)
-    if cfg.data_digest and cfg.data_digest != data.digest:
-        raise UserError(
-            f"--data {data.source}: not the data the run was trained on (its content changed: fingerprint "
-            f"{data.digest[:12]}, the run's {cfg.data_digest[:12]}); give the run's data, or train anew"
-        )
+    check_digest(data, cfg.data_digest)
     cfg.in_shape = list(data.shape)
     cfg.classes = list(data.classes)
     cfg.data_digest = data.digest

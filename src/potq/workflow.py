@@ -13,8 +13,9 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property, partial
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from potq.errors import StepFailed, UserError
 from potq.quant.rules import CALIB_IMAGES, SCHEMES, QuantSettings
@@ -37,6 +38,9 @@ from potq.runs.paths import (
     quant_paths,
     verify_json,
 )
+
+if TYPE_CHECKING:  # potq.data imports torch, which --help must not wait for
+    from potq.data import Dataset
 
 PTQ_SCHEMES = ("float-tensor", "float-channel", "pot-seed", "pot-tensor", "pot-channel")
 # the accelerators the `accel` step models the headline graph on: (architecture preset, dataflow)
@@ -73,39 +77,33 @@ class RunOptions:
         return QuantSettings(self.qat_scheme).label(qat=True) if self.qat else QuantSettings.scheme
 
 
+@dataclass
 class Now:
-    """What is there now, fingerprinted once per `potq run` (potq.runs.provenance): the data's content takes
-    a load (a cache hit) and a hash, about 0.3 s for CIFAR-10."""
+    """What is there now, for the steps' checks (potq.runs.provenance): the run's data, loaded once by run_all;
+    its fingerprint is hashed on first use (Dataset.digest, about 0.2 s for CIFAR-10)."""
 
-    def __init__(self, o: RunOptions):
-        self.o = o
+    dataset: Dataset
 
-    @cached_property
+    @property
     def data(self) -> str:
-        from potq.data import load_dataset
-
-        return load_dataset(self.o.data, self.o.cache).digest
-
-    def summary_inputs(self) -> dict:
-        from potq.models import source_digest
-
-        return {"data": self.data, "model file": source_digest(self.o.model)}
+        return self.dataset.digest
 
 
 def _summary_step(o: RunOptions, now: Now) -> None:
-    from potq.data import load_dataset
     from potq.files import save_json
     from potq.ir.capture import capture
     from potq.models import build_model
+    from potq.runs.provenance import summary_inputs
     from potq.summary import format_summary, summarize
 
-    ds = load_dataset(o.data, o.cache)
+    ds = now.dataset
     model = build_model(o.model, ds.shape, len(ds.classes))
     # before hours of training: can potq capture this model's graph at all?
     capture(model, ds.shape, [0.0] * ds.shape[0], [1.0] * ds.shape[0])
     s = summarize(model, ds.shape)
     print(format_summary(s))
-    record = {**s.to_dict(), "model": o.model, "input_shape": list(ds.shape), "inputs": now.summary_inputs()}
+    inputs = summary_inputs(o.model, now.data)
+    record = {**s.to_dict(), "model": o.model, "input_shape": list(ds.shape), "inputs": inputs}
     save_json(record, o.out / SUMMARY)
 
 
@@ -148,12 +146,18 @@ def _quant_stale(o: RunOptions, now: Now, label: str) -> str | None:
     return quantized_change(o.out, label, now.data, options)
 
 
-def _verify_step(o: RunOptions, now: Now) -> None:
+def _verify_stale(o: RunOptions, now: Now, label: str) -> str | None:
+    """Why verify_<label>.json must be made (again): missing, or not of today's quantized model and data."""
     from potq.runs.provenance import derived_change, derived_inputs
+
+    return derived_change(verify_json(o.out, label), derived_inputs(o.out, label, now.data))
+
+
+def _verify_step(o: RunOptions, now: Now) -> None:
     from potq.verify import verify_run
 
     for name in _pot_labels(o):
-        if not derived_change(verify_json(o.out, name), derived_inputs(o.out, name, now.data)):
+        if not _verify_stale(o, now, name):
             continue
         r = verify_run(o.out, name, None, o.cache, test_limit=o.test_limit)
         print(
@@ -236,7 +240,7 @@ def _steps(o: RunOptions, now: Now) -> list[Step]:
     """Every step, in order: a step is done when its artifacts are there and made from what is there now
     (potq.runs.provenance); else it runs, or runs again."""
     from potq.export import MODEL_JSON
-    from potq.runs.provenance import derived_change, derived_inputs
+    from potq.runs.provenance import derived_change, derived_inputs, summary_inputs
 
     out, head = o.out, o.headline
     pot = _pot_labels(o)
@@ -244,7 +248,7 @@ def _steps(o: RunOptions, now: Now) -> list[Step]:
         Step(
             "summary",
             (out / SUMMARY).exists,
-            lambda: derived_change(out / SUMMARY, now.summary_inputs()),
+            lambda: derived_change(out / SUMMARY, summary_inputs(o.model, now.data)),
             partial(_summary_step, o, now),
         ),
         Step("train", (out / METRICS).exists, partial(_training_stale, o, now), partial(_train_step, o)),
@@ -257,7 +261,7 @@ def _steps(o: RunOptions, now: Now) -> list[Step]:
         Step(
             "verify",
             lambda: all(verify_json(out, s).exists() for s in pot),
-            lambda: _first(derived_change(verify_json(out, s), derived_inputs(out, s, now.data)) for s in pot),
+            lambda: _first(_verify_stale(o, now, s) for s in pot),
             partial(_verify_step, o, now),
         ),
         Step(
@@ -449,7 +453,7 @@ def run_all(o: RunOptions) -> dict:
                 from potq.budget import save_plan
 
                 save_plan(o.plan, o.out)
-            return _run_steps(o)
+            return _run_steps(o, Now(ds))
     except BaseException:
         # a first run stopped before its first step finished leaves no folder behind
         if created and {p.name for p in o.out.iterdir()} <= {RUN_OPTIONS}:
@@ -457,16 +461,17 @@ def run_all(o: RunOptions) -> dict:
         raise
 
 
-def _run_steps(o: RunOptions) -> dict:
+def _run_steps(o: RunOptions, now: Now) -> dict:
     from potq.files import read_json, save_json
 
     save_json(result_options(o), o.out / RUN_OPTIONS)
     steps_path = o.out / STEPS
     times = read_json(steps_path) if steps_path.exists() else {}
-    steps = _steps(o, Now(o))
+    steps = _steps(o, now)
     for k, step in enumerate(steps, 1):
-        stale = step.stale() if step.present() else None
-        if step.present() and not stale:
+        present = step.present()
+        stale = step.stale() if present else None
+        if present and not stale:
             print(f"[{k}/{len(steps)}] {step.name}: already done")
             continue
         print(f"[{k}/{len(steps)}] {step.name} ..." + (f" again: {stale}" if stale else ""), flush=True)

@@ -7,7 +7,7 @@ The records (every fingerprint a SHA-256):
 - quant_<label>.json: `inputs` {weights, data} and `quant_sha256`, its quant_<label>.pt's own fingerprint (the
   .pt itself keeps the training config and `weights_sha256`);
 - verify_/deploy_<label>.json, energy.json, accel.json and export/model.json's `quantized_model`: `inputs`
-  {quantized model, data (where it reads images)}, made by `derived_inputs`.
+  {quantized model, data (where it reads images)}, made by `derived_inputs`; summary.json: {data, model file}.
 
 Who checks: `potq run` calls a step done only when its artifacts are there and their inputs are what is there
 now (a stale step is redone; a stale training, the user's work, is refused with one line naming what changed);
@@ -27,7 +27,7 @@ from potq.recipes import TrainConfig
 from potq.runs.paths import CONFIG, METRICS, WEIGHTS, quant_paths
 
 # the inputs by the names that the messages give them
-WEIGHTS_INPUT, DATA_INPUT, QUANT_INPUT = "weights", "data", "quantized model"
+WEIGHTS_INPUT, DATA_INPUT, QUANT_INPUT, MODEL_INPUT = "weights", "data", "quantized model", "model file"
 
 
 def first_change(recorded: dict | None, current: dict) -> str | None:
@@ -109,6 +109,11 @@ def quantized_change(run: Path, label: str, data_digest: str | None, options: di
         if saved.get(key) != wanted:
             return f"{record.name} was made with {flag} {saved.get(key)}, not {wanted}"
     return first_change(saved.get("inputs"), quantized_inputs(run, data_digest))
+
+
+def summary_inputs(model: str, data_digest: str) -> dict:
+    """What summary.json is made from: the model (its file, for a user's) and the data (its image shape)."""
+    return {DATA_INPUT: data_digest, MODEL_INPUT: source_digest(model)}
 
 
 def derived_inputs(run: Path, label: str, data_digest: str | None = None) -> dict:
