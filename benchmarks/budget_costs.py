@@ -19,17 +19,17 @@ import torch
 
 from potq import budget
 from potq.allocator import retain_freed_memory
-from potq.data import load_dataset
-from potq.export import test_subset
+from potq.data import load_dataset, test_subset
 from potq.ir.capture import capture
 from potq.ir.tensor import normalize
+from potq.jobs.quantize import quantize_run
+from potq.jobs.verify import verify_run
 from potq.quant.lower import collect_stats
 from potq.quant.rules import QuantSettings
 from potq.quant.simulate import simulated
 from potq.runs.paths import quant_paths
-from potq.runs.quantize import load_quantized, quantize_run
+from potq.runs.quantized import load_quantized
 from potq.train import evaluate, load_trained, prepare_data
-from potq.verify import verify_run
 
 
 def timed(fn) -> float:
@@ -63,7 +63,7 @@ def main() -> None:
     v = timed(lambda: verify_run(a.run, "pot-channel", test_limit=a.images)) / len(x) / e
     rows.append(("verify pot-channel", v, budget.VERIFY_COST, ""))
     try:
-        from potq.deploy.check import check_onnx
+        from potq.deploy.consumers import check_onnx
 
         graph = load_quantized(a.run, "pot-channel")[0]
         o = timed(lambda: check_onnx(graph, x.numpy(), y.numpy())) / len(x) / e

@@ -19,9 +19,9 @@ import torch
 
 from potq.allocator import retain_freed_memory
 from potq.data import load_dataset
-from potq.deploy.check import check_c, check_onnx
+from potq.deploy.consumers import check_c, check_onnx
 from potq.golden import IntegerModel
-from potq.runs.quantize import load_quantized
+from potq.runs.quantized import load_quantized
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from potq.allocator import retain_freed_memory
 from potq.data import load_dataset
 from potq.golden import IntegerModel
 from potq.ir.tensor import nhwc, normalize
-from potq.runs.quantize import load_quantized
+from potq.runs.quantized import load_quantized
 from potq.train import load_trained
 
 

@@ -21,11 +21,11 @@ from potq.allocator import retain_freed_memory
 from potq.data import load_dataset
 from potq.golden import IntegerModel
 from potq.ir.tensor import normalize
+from potq.jobs.verify import compare_models
 from potq.quant.pipeline import quantize_graph
 from potq.quant.scheme import QuantSettings
 from potq.quant.simulate import simulated
 from potq.train import evaluate, load_trained, prepare_data
-from potq.verify import compare_models
 
 
 def seconds(fn) -> float:

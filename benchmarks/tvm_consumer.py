@@ -17,7 +17,7 @@ import torch
 from tests.test_deploy import graph_of
 from tests.test_graph import EXAMPLE
 
-from potq.deploy.check import check_onnx, check_tvm
+from potq.deploy.consumers import check_onnx, check_tvm
 from potq.deploy.saturation import this_cpu
 
 NETS = ["seed", "resnet20", "mobilenet-cifar", EXAMPLE]

@@ -25,9 +25,9 @@ import torch
 
 from potq.allocator import retain_freed_memory
 from potq.data import load_dataset
-from potq.runs.quantize import load_quantized
+from potq.jobs.verify import compare_models
+from potq.runs.quantized import load_quantized
 from potq.train import evaluate, load_trained
-from potq.verify import compare_models
 
 
 def cpu_name() -> dict:

@@ -357,7 +357,7 @@ def test_cli_and_api(tiny_q, tmp_path, capsys):
 
 def test_cli_on_a_runs_quantized_graph(tiny_q, tmp_path, capsys):
     from potq.runs.paths import quant_paths
-    from potq.runs.quantize import save_quantized
+    from potq.runs.quantized import save_quantized
     from potq.train import TrainConfig
 
     save_quantized(tiny_q[0].graph, TrainConfig(model="tiny"), quant_paths(tmp_path, "pot-channel")[0], None)

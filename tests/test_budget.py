@@ -149,7 +149,7 @@ def test_run_with_a_budget(learnable_data, tmp_path, monkeypatch, capsys):
 def test_a_test_subset_spans_the_classes():
     import numpy as np
 
-    from potq.export import test_subset
+    from potq.data import test_subset
 
     y = np.repeat(np.arange(10), 100)  # class-sorted, as an image folder's test split is
     x, sub_y = test_subset(np.arange(1000), y, 50)
@@ -161,9 +161,9 @@ def test_test_limit_is_applied(tiny_run, tmp_path):
     """quantize and verify on the first N test images (the FP32 accuracy beside it on the same images)."""
     import shutil
 
+    from potq.jobs.quantize import quantize_run
+    from potq.jobs.verify import verify_run
     from potq.quant.rules import QuantSettings
-    from potq.runs.quantize import quantize_run
-    from potq.verify import verify_run
 
     tiny_run = shutil.copytree(tiny_run, tmp_path / "run")  # a private copy: the session's run stays unverified
     r = quantize_run(tiny_run, QuantSettings("pot-channel"), calib=30, test_limit=50)

@@ -13,7 +13,7 @@ import torch
 from potq.cli import main
 from potq.data import load_dataset
 from potq.deploy.c_runtime import C_KERNELS
-from potq.deploy.check import check_c, check_onnx
+from potq.deploy.consumers import check_c, check_onnx
 from potq.deploy.onnx_qdq import ONNX_KERNELS, OPSET, to_onnx
 from potq.ir.capture import capture
 from potq.ir.graph import Graph, OpType
@@ -132,7 +132,7 @@ def test_c_runtime_under_address_and_undefined_behaviour_sanitizers():
 
 @needs_cc
 def test_c_runtime_catches_a_wrong_integer(tmp_path):
-    from potq.deploy import check as deploy_check
+    from potq.deploy import consumers as deploy_check
 
     graph, images = graph_of(EXAMPLE, n=4)
     from potq.golden import IntegerModel
@@ -140,7 +140,7 @@ def test_c_runtime_catches_a_wrong_integer(tmp_path):
     logits = IntegerModel(graph).run(torch.from_numpy(images)).numpy().astype(np.int32)
     logits[2, 3] += 1  # a golden model that differs by one
     from potq.deploy.c_runtime import c_files
-    from potq.export import build_model_json, c_header
+    from potq.deploy.export import build_model_json, c_header
 
     desc, arrays = build_model_json(graph, IntegerModel(graph), (3, 32, 32), [])
     (tmp_path / "model.h").write_text(c_header(desc, arrays))
@@ -181,7 +181,7 @@ def test_export_formats_and_verify_consumers(quantized_run, tmp_path, capsys):
         "ceil",
     )
     assert len(src["weights_sha256"]) == 64 and src["calib_images"] == 50
-    from potq.deploy.check import build_c, run_c
+    from potq.deploy.consumers import build_c, run_c
 
     assert run_c(build_c(out))["logit_mismatches"] == 0  # the exported folder builds and passes as shipped
     c_only = tmp_path / "c"
@@ -192,7 +192,7 @@ def test_export_formats_and_verify_consumers(quantized_run, tmp_path, capsys):
     assert "onnxruntime: 0 mismatching values" in text and "0 mismatching logits in 20 test images" in text
     saved = json.loads((quantized_run / f"deploy_{LABEL}.json").read_text())
     assert saved["onnx"]["mismatches"] == 0 and saved["c"]["logit_mismatches"] == 0
-    from potq.export import vector_indices
+    from potq.data import vector_indices
 
     labels = np.array(load_dataset(json.loads((quantized_run / "config.json").read_text())["data"]).test_y)
     assert saved["c"]["test_indices"] == vector_indices(labels, 20).tolist()  # the export's class-spread draw

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from potq.cli import main
-from potq.export import hex_lines, read_hex, write_export
+from potq.deploy.export import hex_lines, read_hex, write_export
 from potq.ir.capture import capture
 from potq.ir.tensor import normalize
 from potq.models import build_model
@@ -227,7 +227,7 @@ def test_export_never_deletes_what_potq_did_not_write(tiny_run, tmp_path, capsys
 
 
 def test_vectors_are_drawn_across_the_classes():
-    from potq.export import vector_indices
+    from potq.data import vector_indices
 
     labels = np.repeat(np.arange(10), 100)  # a class-sorted test set
     idx = vector_indices(labels, 10)

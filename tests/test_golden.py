@@ -165,7 +165,7 @@ def test_verify_without_quantized_model(tiny_run, capsys):
 
 
 def test_count_mismatches_counts_integers_across_dtypes():
-    from potq.verify import count_mismatches
+    from potq.jobs.verify import count_mismatches
 
     codes = torch.tensor([[0.0, 255.0], [17.0, -0.0]])
     assert count_mismatches(codes, codes.clone()) == 0

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from potq.cli import main
+from potq.deploy.export import OP_RULES
 from potq.energy import ENERGY_KERNELS
 from potq.errors import UserError
-from potq.export import OP_RULES
 from potq.golden import GOLDEN_KERNELS, IntegerModel
 from potq.ir import io
 from potq.ir.capture import capture

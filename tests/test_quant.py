@@ -9,12 +9,13 @@ from potq.cli import main
 from potq.errors import UserError
 from potq.ir.capture import capture
 from potq.ir.graph import OpType
+from potq.jobs.quantize import compare, quantize_run
 from potq.models import build_model
 from potq.quant.lower import calibrate, lower
 from potq.quant.pipeline import layer_table
 from potq.quant.scheme import SCHEMES, QuantSettings
 from potq.quant.simulate import SimNet, simulated
-from potq.runs.quantize import compare, load_quantized, quantize_run
+from potq.runs.quantized import load_quantized
 
 MEAN, STD = [0.0] * 3, [1.0] * 3
 

@@ -48,8 +48,8 @@ def test_export_matches_potq_0_1(fixture_run, real_data, scheme, tmp_path):
     # potq 0.1 exported the first 4 test images; potq now draws its vectors across the classes, so
     # the same golden model runs on those 4 images here
     from potq.data import load_dataset
-    from potq.export import write_export
-    from potq.runs.quantize import load_quantized
+    from potq.deploy.export import write_export
+    from potq.runs.quantized import load_quantized
 
     graph, _ = load_quantized(fixture_run, label)
     ds = load_dataset(str(real_data))

@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from potq.cli import main
+from potq.deploy.export import write_export
 from potq.deploy.rtl import SOURCES, build_sim, rtl_sources
 from potq.deploy.rtl.pkg import package_text
 from potq.deploy.rtl.program import build_program, mac_cycles, rtl_cycles, scale_sim_os_cycles
 from potq.deploy.rtl_check import check_rtl, parse_array, ppu_sweep, run_sim
 from potq.errors import UserError
-from potq.export import write_export
 from potq.ir.capture import capture
 from potq.ir.graph import OpType
 from potq.ir.rules import SHIFT_CAP, Rounding
@@ -269,7 +269,7 @@ def test_export_format_rtl_runs_in_the_testbench(tmp_path):
 
 @needs_verilator
 def test_potq_run_deploy_step_runs_the_rtl_when_verilator_is_here(tiny_run, monkeypatch):
-    from potq.deploy import check
+    from potq.jobs import deploy as check
 
     assert main(["quantize", "--run", str(tiny_run), "--calib", "64"]) == 0
     monkeypatch.setattr(check, "check_run", lambda *a, **k: {"skipped": k["skipped"]})  # the other consumers

@@ -151,7 +151,7 @@ def small_run_args(data, out, *extra: str) -> list[str]:
 def test_interrupted_run_resumes(learnable_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     args = small_run_args(learnable_data, out, "--vectors", "2")
-    from potq.runs import quantize as pipeline
+    from potq.jobs import quantize as pipeline
 
     real = pipeline.quantize_run
     calls = {"n": 0}

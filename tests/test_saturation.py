@@ -98,7 +98,7 @@ def test_the_old_export_saturates_per_node_on_a_crafted_case():
 
 def test_verify_names_saturation_as_the_cause(monkeypatch):
     """A simulated AVX2-only CPU: onnxruntime's output of the saturating node made to differ."""
-    from potq.deploy import check
+    from potq.deploy import consumers as check
 
     graph, images = graph_of("seed", "pot-channel", "half-even", n=4)
     first = graph.mac_nodes()[0]

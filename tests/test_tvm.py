@@ -22,7 +22,7 @@ have_tvm = pytest.mark.skipif(
 @have_tvm
 @pytest.mark.parametrize("name,scheme", [("tiny", "pot-channel"), ("seed", "pot-tensor")])
 def test_tvm_is_bit_exact_with_half_even_rounding(name, scheme):
-    from potq.deploy.check import check_tvm
+    from potq.deploy.consumers import check_tvm
 
     graph, images = graph_of(name, scheme, "half-even", n=6)
     r = check_tvm(graph, images, np.zeros(len(images), dtype=np.int64), batch=4)  # a padded last batch too
@@ -32,7 +32,7 @@ def test_tvm_is_bit_exact_with_half_even_rounding(name, scheme):
 
 @have_tvm
 def test_tvm_mismatches_of_another_rounding_are_explained():
-    from potq.deploy.check import check_tvm
+    from potq.deploy.consumers import check_tvm
 
     graph, images = graph_of(EXAMPLE, "pot-channel", "half-up", n=16)
     r = check_tvm(graph, images, np.zeros(len(images), dtype=np.int64))
@@ -61,7 +61,7 @@ def test_verify_tvm_without_tvm_is_one_line(tmp_path, capsys, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tvm)
-    from potq.deploy.check import _have_tvm, require_tvm
+    from potq.deploy.consumers import _have_tvm, require_tvm
     from potq.errors import UserError
 
     assert not _have_tvm()

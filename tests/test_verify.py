@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from potq import golden as golden_mod
-from potq import verify
 from potq.ir.graph import OpType
 from potq.ir.tensor import normalize
+from potq.jobs import verify
 from potq.quant.simulate import simulated
 from tests.test_golden import MEAN, STD, quantized
 

@@ -72,7 +72,7 @@ class Quantized:
         classes: list[str] | None = None,
         formats: tuple[str, ...] = ("hw",),
     ) -> dict:
-        from potq.export import write_export
+        from potq.deploy.export import write_export
 
         images = np.asarray(images.numpy() if isinstance(images, torch.Tensor) else images, dtype=np.uint8)
         labels = np.zeros(len(images), dtype=np.int64) if labels is None else np.asarray(labels)
@@ -85,11 +85,9 @@ def network_costs(model: nn.Module, in_shape: tuple[int, int, int], act_zero_poi
     """Energy costs of a float model (potq.energy.LayerCost per node), from its captured graph at potq's
     zero-point policy (act_zero_point=128: the reference report's convention)."""
     from potq import energy
-    from potq.ir.capture import capture
-    from potq.quant.scheme import policy_zero_points
+    from potq.jobs.costs import model_graph
 
-    graph = capture(model, in_shape, [0.0] * in_shape[0], [1.0] * in_shape[0])
-    return energy.graph_costs(graph, policy_zero_points(graph, act_zero_point))
+    return energy.graph_costs(*model_graph(model, in_shape, act_zero_point))
 
 
 def quantize(

@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from potq.jobs import EXPORT_VECTORS
 from potq.quant.rules import SCHEMES
 
 QUICK_BUDGET = "3m"  # `potq run --quick`
@@ -70,7 +71,7 @@ SUBSET_EPOCHS = 3  # below this many passes over the whole training split, train
 MIN_TEST, MIN_CALIB, MAX_CALIB = 500, 128, 1000
 POST_SHARE = 0.35  # at most this share of the time left after the fixed part goes to the steps after training
 CALIB_SHARE = 0.15  # of that, at most this to calibration
-VECTORS = 10  # exported test vectors (every value's integers: cheap, a few MB)
+VECTORS = EXPORT_VECTORS  # exported test vectors (every value's integers: cheap, a few MB)
 
 
 @dataclass(frozen=True)
@@ -298,7 +299,7 @@ def _timed(fn, min_seconds: float, least: int = 2, most: int = 6) -> float:
 
 def deploy_consumers() -> set[str]:
     """The consumer checks this machine can run (as the deploy step finds them)."""
-    from potq.deploy.check import available_formats, find_compiler, require_tvm
+    from potq.deploy.consumers import available_formats, find_compiler, require_tvm
     from potq.errors import UserError
 
     found = {"onnx"} if "onnx" in available_formats() else set()

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from potq.allocator import retain_freed_memory
 from potq.errors import StepFailed, UserError, one_line
+from potq.ir.rules import SIGNED_ZERO_POINT
+from potq.jobs import C_VECTORS, RTL_VECTORS, TVM_IMAGES
+from potq.runs.paths import deploy_json, quant_paths
 
 
 class _Defaults(argparse.HelpFormatter):
@@ -93,20 +96,25 @@ def check_run_model(a: argparse.Namespace) -> None:
 def cmd_quantize(a: argparse.Namespace) -> None:
     check_run_model(a)
     from potq.files import folder_lock
+    from potq.jobs.quantize import quantize_run
+    from potq.quant.precision import read_precision
     from potq.quant.scheme import QuantSettings
-    from potq.runs.quantize import quantize_run
 
-    settings = QuantSettings.parse(a.scheme, a.exponent, a.rounding, a.max_shift)
+    precision = read_precision(a.precision) if a.precision else ()
+    settings = QuantSettings.parse(
+        a.scheme, a.exponent, a.rounding, a.max_shift, a.bits, a.weights, a.bits_all, precision
+    )
     with folder_lock(a.run, "--run"):
         r = quantize_run(a.run, settings, a.calib, a.qat, a.qat_lr, a.data, a.cache)
     print(
         f"{r['label']}: test accuracy {r['test_accuracy']:.4f} (FP32 {r['fp32_test_accuracy']:.4f}, "
-        f"drop {r['accuracy_drop']:+.2f} points)  size {r['model_size_mb']:.6f} MB  -> {a.run}/quant_{r['label']}.json"
+        f"drop {r['accuracy_drop']:+.2f} points)  size {r['model_size_mb']:.6f} MB  "
+        f"-> {quant_paths(a.run, r['label'])[1]}"
     )
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
-    from potq.runs.quantize import compare
+    from potq.jobs.quantize import compare
 
     print(compare(a.run))
 
@@ -117,7 +125,7 @@ def cmd_verify(a: argparse.Namespace) -> None:
         return _verify_rtl(a)
     if a.onnx or a.c or a.tvm:
         return _verify_consumers(a)
-    from potq.verify import verify_run
+    from potq.jobs.verify import verify_run
 
     r = verify_run(a.run, a.scheme, a.data, a.cache)
     print("| Node | Op | Worst-case accumulator | Bits | int32 headroom (bits) | Exact GEMM |")
@@ -137,7 +145,7 @@ def cmd_verify(a: argparse.Namespace) -> None:
 
 
 def _verify_consumers(a: argparse.Namespace) -> None:
-    from potq.deploy.check import check_run
+    from potq.jobs.deploy import check_run
 
     r = check_run(a.run, a.scheme, a.onnx, a.c, a.data, a.cache, a.c_vectors, None, a.onnx_weights, a.tvm, a.tvm_images)
     bad = []
@@ -180,13 +188,13 @@ def _verify_consumers(a: argparse.Namespace) -> None:
         )
         if c["logit_mismatches"] or c["class_mismatches"]:
             bad.append(f"the C runtime differs from the golden model in {c['logit_mismatches']} logits")
-    print(f"-> {a.run}/deploy_{a.scheme}.json")
+    print(f"-> {deploy_json(a.run, a.scheme)}")
     if bad:
         raise StepFailed("verify: " + "; ".join(bad))
 
 
 def _verify_rtl(a: argparse.Namespace) -> None:
-    from potq.deploy.rtl_check import check_rtl_run, rtl_lines
+    from potq.jobs.deploy import check_rtl_run, rtl_lines
 
     if not a.rtl:
         raise UserError("--ppu and --pe replace a module of the RTL: give them with --rtl")
@@ -194,7 +202,7 @@ def _verify_rtl(a: argparse.Namespace) -> None:
         raise UserError("--rtl runs alone: check --onnx and --c in another call")
     r = check_rtl_run(a.run, a.scheme, a.array, a.ppu, a.pe, a.rtl_vectors, a.data, a.cache)
     print("\n".join(rtl_lines(r)))
-    print(f"-> {a.run}/deploy_{a.scheme}.json")
+    print(f"-> {deploy_json(a.run, a.scheme)}")
     if r["mismatches"]:
         raise StepFailed(f"verify: the RTL differs from the golden model in {r['mismatches']:,} values")
 
@@ -202,7 +210,7 @@ def _verify_rtl(a: argparse.Namespace) -> None:
 def cmd_export(a: argparse.Namespace) -> None:
     check_run_model(a)
     from potq.deploy.formats import parse_formats
-    from potq.export import export_run
+    from potq.jobs.export import export_run
 
     formats = parse_formats(a.format)
     r = export_run(a.run, a.scheme, a.out, a.vectors, a.data, a.cache, formats, a.onnx_weights)
@@ -214,11 +222,10 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 def cmd_energy(a: argparse.Namespace) -> None:
     from potq import energy
-    from potq.models import build_model, parse_shape
 
     table = energy.load_table(a.table)
     if a.linear:
-        zps = [a.act_zero_point] if a.act_zero_point is not None else [128, 0]
+        zps = [a.act_zero_point] if a.act_zero_point is not None else [SIGNED_ZERO_POINT, 0]
         results = {}
         for zp in zps:
             example = energy.linear_example(a.linear[0], a.linear[1], zp, table)
@@ -228,36 +235,26 @@ def cmd_energy(a: argparse.Namespace) -> None:
         if a.json:
             print(json.dumps(results, indent=2))
         return
-    if a.run:  # the quantized graph itself, with its real zero points and shifts
-        from potq.quant.scheme import policy_zero_points
-        from potq.runs.quantize import load_quantized
-
-        graph = load_quantized(a.run, a.scheme)[0]
-        costs = energy.graph_costs(graph, policy_zero_points(graph, a.act_zero_point))
-    else:
-        from potq.api import network_costs
-
-        shape = parse_shape(a.input)
-        costs = network_costs(build_model(a.model, shape, a.classes), shape, a.act_zero_point)
+    costs = energy.graph_costs(*_costed_graph(a))
     r = energy.report(costs, table, a.memory)
     print(json.dumps(r, indent=2) if a.json else energy.format_report(r))
     if a.out:
         energy.plot_report(r, a.out)
 
 
-def _accel_graph(a: argparse.Namespace):
-    """The graph `potq accel` models and its zero points for the energy terms (None: the graph's own)."""
-    if a.run:  # the run's quantized graph: its real bit widths
-        from potq.runs.quantize import load_quantized
+def _costed_graph(a: argparse.Namespace):
+    """The graph `potq energy` and `potq accel` cost and its zero points (None: the graph's own): the run's
+    quantized graph, or the model's captured float graph at 8 bits with potq's zero-point policy."""
+    zero_point = getattr(a, "act_zero_point", None)  # `potq energy` asks; `potq accel` takes potq's policy
+    if a.run:
+        from potq.jobs.costs import run_graph
 
-        return load_quantized(a.run, a.scheme)[0], None
-    from potq.ir.capture import capture
+        return run_graph(a.run, a.scheme, zero_point)
+    from potq.jobs.costs import model_graph
     from potq.models import build_model, parse_shape
-    from potq.quant.scheme import policy_zero_points
 
-    shape = parse_shape(a.input)  # the captured float graph, taken at 8 bits, zero points by potq's policy
-    graph = capture(build_model(a.model, shape, a.classes).eval(), shape, [0.0] * shape[0], [1.0] * shape[0])
-    return graph, policy_zero_points(graph)
+    shape = parse_shape(a.input)
+    return model_graph(build_model(a.model, shape, a.classes), shape, zero_point)
 
 
 def _dse_sizes(a: argparse.Namespace) -> tuple[list[tuple[int, int]] | None, list[int] | None]:
@@ -320,7 +317,7 @@ def cmd_accel(a: argparse.Namespace) -> None:
     if a.mappings_csv and (a.dataflow or arch.dataflows[0]) != "rs":
         df = a.dataflow or arch.dataflows[0]
         raise UserError(f"--mappings-csv: lists row-stationary (rs) mappings; the dataflow here is {df}")
-    graph, zero_points = _accel_graph(a)
+    graph, zero_points = _costed_graph(a)
     r = accel_report(
         graph, arch, a.dataflow, batch=a.batch, compat=a.scalesim_compat, objective=a.objective, zero_points=zero_points
     )
@@ -584,6 +581,7 @@ def _train_parser(sub) -> None:
 
 
 def _quantize_parser(sub) -> None:
+    from potq.ir.codes import WeightCode
     from potq.quant.rules import EXPONENT_RULES, ROUNDING, SCHEMES, QuantSettings
 
     q = sub.add_parser("quantize", help="INT8 quantization of a trained run (PTQ, or QAT with --qat)")
@@ -601,6 +599,23 @@ def _quantize_parser(sub) -> None:
         "--rounding", default=QuantSettings.rounding.label, choices=ROUNDING, help="rounding rule of every shift"
     )
     q.add_argument("--max-shift", type=int, help="longest right shift the hardware allows")
+    q.add_argument(
+        "--bits",
+        default=f"{QuantSettings.w_bits}/{QuantSettings.a_bits}",
+        help="W/A: the weights' and the activations' bits, 2-8 each (e.g. 4/4); the first and the last layer "
+        "stay 8-bit unless --bits-all",
+    )
+    q.add_argument(
+        "--weights",
+        default=QuantSettings.weights.value,
+        choices=[c.value for c in WeightCode],
+        help="the weights' format: int (uniform), pot (0 or +-2^k: a shift per product, 2-4 bits) or apot (a sum of "
+        "two powers of two, 3-5 bits); docs/graph-format.md gives each value set",
+    )
+    q.add_argument("--bits-all", action="store_true", help="--bits for the first and the last layer too")
+    q.add_argument(
+        "--precision", type=Path, help="a JSON file of per-node bits and weight formats (what `potq mixed` writes)"
+    )
     q.add_argument("--data", help="dataset path, if it moved since training")
     q.add_argument("--cache", type=folder_path, help=CACHE_ENV_HELP)
     q.set_defaults(func=cmd_quantize)
@@ -617,20 +632,20 @@ def _verify_parser(sub) -> None:
         "--tvm", action="store_true", help="instead: model.onnx in TVM (llvm) against the golden model (potq[tvm])"
     )
     v.add_argument(
-        "--tvm-images", type=int, default=100, help="test images the TVM check runs, drawn as for --c-vectors"
+        "--tvm-images", type=int, default=TVM_IMAGES, help="test images the TVM check runs, drawn as for --c-vectors"
     )
     v.add_argument(
         "--c-vectors",
         type=int,
-        default=200,
-        help="test images the C check runs, drawn across the classes as export draws its vectors (default: 200)",
+        default=C_VECTORS,
+        help="test images the C check runs, drawn across the classes as export draws its vectors",
     )
     _onnx_weights_arg(v)
     v.add_argument("--rtl", action="store_true", help="instead: potq's RTL under Verilator against the golden model")
     v.add_argument("--array", default="16x16", help="--rtl: the systolic array's rows x columns (default: 16x16)")
     v.add_argument("--ppu", type=Path, help="--rtl: your potq_ppu module (a .sv file) in place of potq's")
     v.add_argument("--pe", type=Path, help="--rtl: your potq_pe module (a .sv file) in place of potq's")
-    v.add_argument("--rtl-vectors", type=int, default=2, help="--rtl: test images to simulate (default: 2)")
+    v.add_argument("--rtl-vectors", type=int, default=RTL_VECTORS, help="--rtl: test images to simulate")
     v.set_defaults(func=cmd_verify)
 
 
@@ -668,7 +683,7 @@ def _energy_parser(sub) -> None:
     en.add_argument(
         "--act-zero-point",
         type=int,
-        choices=[0, 128],
+        choices=[0, SIGNED_ZERO_POINT],
         help="128: the reference convention everywhere; default: potq's (0 after ReLU)",
     )
     en.add_argument("--table", type=Path, help="energy table JSON (default: 45 nm, Horowitz 2014)")

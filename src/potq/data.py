@@ -522,3 +522,31 @@ def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -
         return out
     flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
     return torch.where(flips[:, None, None, None], out.flip(3), out)
+
+
+# ---- samplers: which test images the steps after training use ----
+
+VECTOR_SEED = 0
+
+
+def vector_indices(labels: np.ndarray, count: int, seed: int = VECTOR_SEED) -> np.ndarray:
+    """Test-set indices of `count` test vectors drawn across the classes in turn (fixed by `seed`): a
+    class-sorted test set still gives vectors of every class."""
+    rng = np.random.default_rng(seed)
+    pools = [rng.permutation(np.flatnonzero(labels == c)).tolist() for c in np.unique(labels)]
+    picked: list[int] = []
+    while len(picked) < count:
+        for pool in pools:
+            if pool and len(picked) < count:
+                picked.append(pool.pop())
+    return np.array(sorted(picked), dtype=np.int64)
+
+
+def test_subset(x, y, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The test images and labels the steps after training evaluate: `limit` of them drawn across the classes
+    (vector_indices: a class-sorted test set's first N would hold one or two classes), or all of them."""
+    y = np.array(y)  # copies: a cached dataset's arrays are read-only memory maps
+    if limit is None or limit >= len(y):
+        return np.array(x), y
+    picked = vector_indices(y, limit)
+    return np.array(x[picked]), y[picked]

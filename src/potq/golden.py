@@ -27,14 +27,18 @@ from torch.nn import functional as F
 
 from potq.errors import UserError
 from potq.ir.arith import fold_requant, round_inplace, shift_round, shift_round_float32
-from potq.ir.bounds import FLOAT64_EXACT, exact_gemm, exactness_plan, headroom_bits  # noqa: F401 (exact_gemm: tests)
+from potq.ir.bounds import exact_gemm, exactness_plan, headroom_bits  # noqa: F401 (exact_gemm: tests)
 from potq.ir.graph import Graph, Node, OpType, QType, channel_view
-from potq.ir.rules import FLOAT32_EXACT, Rounding  # noqa: F401 (FLOAT32_EXACT: tests)
+from potq.ir.rules import (  # noqa: F401 (FLOAT32_EXACT: tests)
+    FLOAT32_EXACT,
+    FLOAT64_EXACT,  # noqa: F401
+    Rounding,
+)
 from potq.ir.tensor import nhwc
 
 
 class IntegerModel:
-    # verify (potq.verify): the float32 requantizing MAC nodes whose scaled accumulator (the folded GEMM's
+    # verify (potq.jobs.verify): the float32 requantizing MAC nodes whose scaled accumulator (the folded GEMM's
     # output, before its rounding) run() keeps a copy of in `kept`, for the simulated model; none by default
     keep_gemms: frozenset[str] | set[str] = frozenset()
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import markdown
 
+from potq.deploy.export import MODEL_JSON
 from potq.energy import MODELS, fmt
-from potq.export import MODEL_JSON
 from potq.files import read_json, save_text
 from potq.ir.rules import Rounding
+from potq.jobs.quantize import change
 from potq.quant.rules import SCHEMES
 from potq.recipes import RECIPES
 from potq.runs.paths import (
@@ -26,8 +27,11 @@ from potq.runs.paths import (
     ACCEL_JSON,
     ACCEL_ROOFLINE_PNG,
     COMPARE_MD,
+    COMPARE_PNG,
     CONFIG,
+    CURVES,
     ENERGY_JSON,
+    ENERGY_PNG,
     EXPORT_DIR,
     HISTORY,
     METRICS,
@@ -41,7 +45,6 @@ from potq.runs.paths import (
     deploy_json,
     label_of,
 )
-from potq.runs.quantize import change
 from potq.summary import LayerRow, Summary, format_summary
 
 CSS = """
@@ -419,7 +422,7 @@ def _export_section(run: Path) -> list[str]:
 def _deployment(run: Path, m: dict) -> list[str]:
     """Which formats were exported and what each consumer's check found."""
     from potq.deploy.c_runtime import BUILD
-    from potq.deploy.check import deploy_summary
+    from potq.jobs.deploy import deploy_summary
 
     formats = m.get("formats", ["hw"])
     out = ["### Deployment", "", f"Formats exported: {', '.join(formats)}.", ""]
@@ -499,7 +502,7 @@ def _accelerator(run: Path) -> list[str]:
 
 
 def _embed_images(html: str, run: Path) -> str:
-    for name in ("curves.png", "compare.png", "energy.png", ACCEL_ROOFLINE_PNG, ACCEL_ENERGY_PNG):
+    for name in (CURVES, COMPARE_PNG, ENERGY_PNG, ACCEL_ROOFLINE_PNG, ACCEL_ENERGY_PNG):
         path = run / name
         if path.exists():
             data = base64.b64encode(path.read_bytes()).decode()

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from potq.errors import StepFailed, UserError
+from potq.ir.rules import SIGNED_ZERO_POINT
+from potq.jobs import EXPORT_VECTORS
 from potq.quant.rules import CALIB_IMAGES, SCHEMES, QuantSettings
 from potq.recipes import TrainConfig
 from potq.runs.paths import (
@@ -42,7 +44,7 @@ from potq.runs.paths import (
 if TYPE_CHECKING:  # potq.data imports torch, which --help must not wait for
     from potq.data import Dataset
 
-PTQ_SCHEMES = ("float-tensor", "float-channel", "pot-seed", "pot-tensor", "pot-channel")
+PTQ_SCHEMES = tuple(SCHEMES)  # `potq run` quantizes in every scheme
 # the accelerators the `accel` step models the headline graph on: (architecture preset, dataflow)
 ACCEL_RUNS = (("eyeriss", "rs"), ("systolic-16", "os"))
 
@@ -62,7 +64,7 @@ class RunOptions:
     val_size: int = TrainConfig.val_size
     seed: int = TrainConfig.seed
     calib: int = CALIB_IMAGES
-    vectors: int = 10
+    vectors: int = EXPORT_VECTORS
     memory: str = "dram"
     force: bool = False
     cache: Path | None = None
@@ -118,7 +120,7 @@ def _train_step(o: RunOptions) -> None:
 
 
 def _quantize_step(o: RunOptions, now: Now) -> None:
-    from potq.runs.quantize import compare, quantize_run
+    from potq.jobs.quantize import compare, quantize_run
 
     out = o.out
     stats: dict = {}  # the calibration statistics, collected once for every scheme
@@ -154,7 +156,7 @@ def _verify_stale(o: RunOptions, now: Now, label: str) -> str | None:
 
 
 def _verify_step(o: RunOptions, now: Now) -> None:
-    from potq.verify import verify_run
+    from potq.jobs.verify import verify_run
 
     for name in _pot_labels(o):
         if not _verify_stale(o, now, name):
@@ -172,14 +174,14 @@ def _energy_step(o: RunOptions) -> None:
     from potq import energy as en
     from potq.files import save_json
     from potq.runs.provenance import derived_inputs
-    from potq.runs.quantize import load_quantized
+    from potq.runs.quantized import load_quantized
 
     table = en.load_table()
     graph, _ = load_quantized(o.out, o.headline)
     r = en.report(en.graph_costs(graph), table, o.memory)
     r["scheme"] = o.headline
     r["inputs"] = derived_inputs(o.out, o.headline)
-    r["linear_example"] = {str(zp): en.linear_example(128, 10, zp, table) for zp in (128, 0)}
+    r["linear_example"] = {str(zp): en.linear_example(128, 10, zp, table) for zp in (SIGNED_ZERO_POINT, 0)}
     r["markdown"] = en.format_report(r)
     en.plot_report(r, o.out / ENERGY_PNG)
     save_json(r, o.out / ENERGY_JSON)
@@ -192,7 +194,7 @@ def _accel_step(o: RunOptions) -> None:
     from potq.accel.plots import plot_energy_levels, plot_roofline
     from potq.files import save_json
     from potq.runs.provenance import derived_inputs
-    from potq.runs.quantize import load_quantized
+    from potq.runs.quantized import load_quantized
 
     out = o.out
     graph, _ = load_quantized(out, o.headline)
@@ -206,15 +208,15 @@ def _accel_step(o: RunOptions) -> None:
 
 
 def _export_step(o: RunOptions) -> None:
-    from potq.deploy.check import available_formats
-    from potq.export import export_run
+    from potq.deploy.consumers import available_formats
+    from potq.jobs.export import export_run
 
     r = export_run(o.out, o.headline, o.out / EXPORT_DIR, o.vectors, None, o.cache, available_formats())
     print(f"exported {r['nodes']} nodes and {r['vectors']} test vectors ({', '.join(r['formats'])}) -> {r['out']}")
 
 
 def _deploy_step(o: RunOptions) -> None:
-    from potq.deploy.check import deploy_checks, deploy_summary
+    from potq.jobs.deploy import deploy_checks, deploy_summary
 
     counts = {k: o.plan[k] for k in ("c_vectors", "tvm_images")} if o.plan else {}
     for line in deploy_summary(deploy_checks(o.out, o.headline, o.cache, o.test_limit, **counts)):
@@ -239,7 +241,7 @@ class Step:
 def _steps(o: RunOptions, now: Now) -> list[Step]:
     """Every step, in order: a step is done when its artifacts are there and made from what is there now
     (potq.runs.provenance); else it runs, or runs again."""
-    from potq.export import MODEL_JSON
+    from potq.deploy.export import MODEL_JSON
     from potq.runs.provenance import derived_change, derived_inputs, summary_inputs
 
     out, head = o.out, o.headline
@@ -412,7 +414,7 @@ def check_same_question(o: RunOptions) -> None:
 def clear(out: Path) -> None:
     """--force: remove what earlier runs of potq wrote (and nothing else); an export folder that holds
     files potq did not write stops it before anything is removed."""
-    from potq.export import EXPORT_KIND
+    from potq.deploy.export import EXPORT_KIND
     from potq.files import check_output_dir
 
     if (out / EXPORT_DIR).exists():

@@ -33,12 +33,13 @@ from potq.deploy.formats import WEIGHT_FORMS, WEIGHTS_INT8, WEIGHTS_UINT8  # noq
 from potq.errors import UserError
 from potq.ir.graph import Graph, Node, OpType, pair, weight_scale
 from potq.ir.io import tensor_name
+from potq.ir.rules import ACT_MAX, SIGNED_ZERO_POINT
 
 OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear (13), Clip with min/max inputs (11)
 EXTRA = "onnx"  # pip install 'potq[onnx]'
 INPUT = "image"
 OUTPUT = "logits"
-UINT8_WEIGHT_ZERO_POINT = 128
+UINT8_WEIGHT_ZERO_POINT = SIGNED_ZERO_POINT  # int8 weights stored as uint8: w + 128
 
 
 def require_onnx():
@@ -89,12 +90,12 @@ class Builder:
         q = self.graph.q[n.output]
         s = 2.0**q.exponent
         lo, hi = (q.lo - q.zero_point) * s, (q.hi - q.zero_point) * s
-        if q.lo > 0 and q.lo == q.zero_point and q.hi == 255:
+        if q.lo > 0 and q.lo == q.zero_point and q.hi == ACT_MAX:
             real = self.node("Relu", [real], f"{n.output}.relu", f"{n.name}.relu")
-        elif q.lo > 0 or q.hi < 255:
+        elif q.lo > 0 or q.hi < ACT_MAX:
             bounds = [
                 self.const(f"{n.output}.clip_lo", np.array(lo, dtype=np.float32)) if q.lo > 0 else "",
-                self.const(f"{n.output}.clip_hi", np.array(hi, dtype=np.float32)) if q.hi < 255 else "",
+                self.const(f"{n.output}.clip_hi", np.array(hi, dtype=np.float32)) if q.hi < ACT_MAX else "",
             ]
             real = self.node("Clip", [real, *bounds], f"{n.output}.clip", f"{n.name}.clip")
         scale, zp = self.qparams(n.output)
@@ -200,14 +201,14 @@ def to_onnx(graph: Graph, intermediates: bool = False, weights: str = WEIGHTS_UI
     c, h, w = graph.shapes[graph.input]
     inputs = [helper.make_tensor_value_info(graph.input, TP.UINT8, ["N", c, h, w])]
     out_shape = ["N", *graph.shapes[graph.output]]
-    if graph.q[graph.output].bits == 8:  # a clamped last layer: its real values are the outputs
+    if not graph.q[graph.output].accumulator:  # a clamped last layer: its real values are the outputs
         b.nodes.append(helper.make_node("DequantizeLinear", [graph.output, *b.qparams(graph.output)], [OUTPUT]))
     outputs = [helper.make_tensor_value_info(OUTPUT, TP.FLOAT, out_shape)]
     if intermediates:
         outputs += [
             helper.make_tensor_value_info(n.output, TP.UINT8, ["N", *graph.shapes[n.output]])
             for n in graph.nodes
-            if graph.q[n.output].bits == 8
+            if not graph.q[n.output].accumulator
         ]
     g = helper.make_graph(b.nodes, "potq", inputs, outputs, b.inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="potq")

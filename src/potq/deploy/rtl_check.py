@@ -108,7 +108,6 @@ def causes(graph: Graph, n: Node, xs: list[torch.Tensor], got: torch.Tensor, wan
     return out
 
 
-RUN_ARRAY = "4x4"  # `potq run`'s deploy step: the array that builds quickest
 LINE = re.compile(r"img (\d+) desc (\d+) cycles (\d+) mismatches (\d+)")
 
 
@@ -249,56 +248,3 @@ def ppu_sweep(ppu: Path | None = None) -> dict:
             "ppu_mismatches": int((torch.from_numpy(out[:, len(Rounding) + int(rule)]) != want_y).sum()),
         }
     return result
-
-
-def check_rtl_run(
-    run: Path,
-    name: str,
-    array: str = "16x16",
-    ppu: Path | None = None,
-    pe: Path | None = None,
-    vectors: int = 2,
-    data: str | None = None,
-    cache=None,
-) -> dict:
-    """`potq verify --rtl`: check_rtl on `vectors` test images drawn across the classes as `potq export` draws
-    its vectors; saved under "rtl" in deploy_<label>.json."""
-    from potq.data import load_dataset
-    from potq.deploy.check import save_deploy_record
-    from potq.deploy.rtl import verilator
-    from potq.export import vector_indices
-    from potq.runs.provenance import derived_inputs
-    from potq.runs.quantize import load_quantized
-
-    rows, cols = parse_array(array)
-    if vectors < 1:
-        raise UserError(f"--rtl-vectors must be at least 1, got {vectors}")
-    for flag, path in (("--ppu", ppu), ("--pe", pe)):
-        if path is not None and not Path(path).is_file():
-            raise UserError(f"{flag} {path}: no such file")
-    verilator()  # before anything slow: is it installed?
-    run = Path(run)
-    graph, cfg = load_quantized(run, name)
-    ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
-    labels = np.array(ds.test_y)
-    picked = vector_indices(labels, min(vectors, len(labels)))
-    result = check_rtl(graph, np.array(ds.test_x[picked]), rows, cols, ppu, pe)
-    result["test_indices"] = picked.tolist()
-    save_deploy_record(run, name, {"rtl": result, "inputs": derived_inputs(run, name, ds.digest)})
-    return result
-
-
-def rtl_lines(r: dict) -> list[str]:
-    """What `potq verify --rtl` prints: the totals, then one row per node (cycles, mismatches by cause)."""
-    lines = [
-        f"RTL (Verilator; {r['array']} output-stationary array; PPU {r['ppu']}; PE {r['pe']}): {r['mismatches']:,} "
-        f"mismatching values of {r['compared_values']:,} ({r['images']} images, every value of every node), "
-        f"rounding {r['rounding']}; {r['cycles_per_image']:,} cycles per image (closed form "
-        f"{r['predicted_cycles_per_image']:,}); simulation {r['simulation_seconds']:.1f} s",
-        "| Node | Op | Cycles | Mismatches | Causes |",
-        "|---|---|---:|---:|---|",
-    ]
-    for n in r["nodes"]:
-        causes = "; ".join(f"{c}: {k:,}" for c, k in n["causes"].items()) or "-"
-        lines.append(f"| {n['node']} | {n['op']} | {n['cycles']:,} | {n['mismatches']:,} | {causes} |")
-    return lines

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from potq.ir.rules import ACT_MAX, INT32_MAX
+
 
 @dataclass(frozen=True)
 class PairKernel:
@@ -50,7 +52,7 @@ class PairKernel:
 
 
 U8S8 = PairKernel("u8 x s8, VPMADDUBSW: pairs of products summed into a saturating int16", -(2**15), 2**15 - 1)
-U8U8 = PairKernel("u8 x u8, VPMOVZXBW + VPMADDWD: pairs of products summed into int32", -(2**31), 2**31 - 1)
+U8U8 = PairKernel("u8 x u8, VPMOVZXBW + VPMADDWD: pairs of products summed into int32", -INT32_MAX - 1, INT32_MAX)
 
 
 def avx2_kernel(weight_dtype: np.dtype) -> PairKernel:
@@ -122,7 +124,7 @@ def risky_pairs(m: MacOperands, kernel: PairKernel | None = None) -> torch.Tenso
     kernel = kernel or avx2_kernel(m.weight.dtype)
     masks = []
     for p in _pairs(m):
-        hi, lo = 255 * p.clamp(min=0).sum(-1), 255 * p.clamp(max=0).sum(-1)
+        hi, lo = ACT_MAX * p.clamp(min=0).sum(-1), ACT_MAX * p.clamp(max=0).sum(-1)
         masks.append((hi > kernel.hi) | (lo < kernel.lo))
     return torch.stack(masks) if masks else torch.zeros(0)
 

@@ -20,10 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from potq.errors import UserError
-from potq.ir.graph import MAC_OPS, Graph, Node, OpType, window
+from potq.ir.graph import MAC_OPS, SHARED_QTYPE_OPS, Graph, Node, OpType, window
 from potq.ir.rules import FLOAT32_EXACT, INT32_MAX
-
-FLOAT64_EXACT = 2**53
 
 
 def input_range(graph: Graph, value: str) -> int:
@@ -135,3 +133,31 @@ def exactness_plan(graph: Graph) -> ExactPlan:
         and raw_sum_bound(graph.q, n) < FLOAT32_EXACT
     }
     return ExactPlan(bounds, gemms, float32, three_pass)
+
+
+def nonnegative(graph: Graph) -> dict[str, bool]:
+    """Values that can't be negative: a ReLU's output, and what pooling, flattening or concatenating
+    only such values makes. The zero-point policy keys on it."""
+    nonneg = {graph.input: False}
+    for n in graph.nodes:
+        if n.op in (OpType.MAXPOOL, OpType.AVGPOOL, OpType.FLATTEN, OpType.CONCAT):
+            nonneg[n.output] = all(nonneg[v] for v in n.inputs)
+        else:
+            nonneg[n.output] = n.act is not None and n.act[0] >= 0
+    return nonneg
+
+
+def shared_groups(graph: Graph) -> dict[str, str]:
+    """value -> the representative of the values that must share its scale and zero point."""
+    parent = {v: v for v in graph.shapes}
+
+    def find(v: str) -> str:
+        while parent[v] != v:
+            v = parent[v]
+        return v
+
+    for n in graph.nodes:
+        if n.op in SHARED_QTYPE_OPS:
+            for v in n.inputs:
+                parent[find(v)] = find(n.output)
+    return {v: find(v) for v in graph.shapes}

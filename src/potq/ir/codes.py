@@ -28,7 +28,8 @@ from functools import cache
 
 import numpy as np
 
-ACT_BITS = range(2, 9)  # activation code widths
+from potq.ir.rules import ACT_BITS, act_range, act_zero_point  # noqa: F401 (the formats' module names them)
+
 WORD_BITS = 32  # packed hex words
 
 
@@ -65,16 +66,6 @@ def check_weight_format(code: WeightCode, bits: int) -> None:
 def check_act_bits(bits: int) -> None:
     if bits not in ACT_BITS:
         raise ValueError(f"activations take {ACT_BITS.start} to {ACT_BITS.stop - 1} bits, not {bits}")
-
-
-def act_range(bits: int) -> tuple[int, int]:
-    """The codes of a b-bit activation: [0, 2^b - 1]."""
-    return 0, (1 << bits) - 1
-
-
-def act_zero_point(bits: int, signed: bool) -> int:
-    """0 after a ReLU; 2^(b-1), the middle code, for a value that can be negative."""
-    return 1 << (bits - 1) if signed else 0
 
 
 def _apot_fields(bits: int) -> tuple[int, int, int]:
@@ -163,3 +154,4 @@ def unpack_words(words: np.ndarray, bits: int, count: int) -> np.ndarray:
 def packed_bytes(count: int, bits: int) -> int:
     """Bytes of `count` b-bit codes packed into 32-bit words."""
     return -(-count // codes_per_word(bits)) * (WORD_BITS // 8)
+

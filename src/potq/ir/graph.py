@@ -20,7 +20,8 @@ from enum import Enum
 import torch
 
 from potq.errors import UserError
-from potq.ir.rules import Rounding
+from potq.ir.codes import WeightCode, weight_values
+from potq.ir.rules import CODE_BITS, Rounding, act_range
 
 
 class OpType(Enum):
@@ -43,7 +44,12 @@ class QType:
     hi: int
     scale: float  # 2.0**exponent in power-of-two schemes
     exponent: int | None = None  # None: a float scale (the float-* baselines)
-    bits: int = 8  # 8: an activation code (uint8); 32: an int32 accumulator (the logits)
+    bits: int = CODE_BITS  # 2-8: an activation code (unsigned, in a uint8); 32: an int32 accumulator (the logits)
+
+    @property
+    def accumulator(self) -> bool:
+        """An int32 accumulator (the logits), not a code."""
+        return self.bits == 32
 
 
 @dataclass
@@ -60,6 +66,16 @@ class Node:
         """The fused activation as a float clamp (ReLU: (0, inf), ReLU6: (0, 6)), or None."""
         a = self.attrs.get("act")
         return (float(a[0]), float(a[1])) if a is not None else None
+
+    @property
+    def weight_bits(self) -> int:
+        """A MAC node's weight width (attrs w_bits; 8 in graphs made before potq 0.5)."""
+        return int(self.attrs.get("w_bits", CODE_BITS))
+
+    @property
+    def weight_code(self) -> WeightCode:
+        """A MAC node's weight format (attrs w_code: int, pot or apot; potq.ir.codes defines each)."""
+        return WeightCode.of(self.attrs.get("w_code", WeightCode.INT.value))
 
     @property
     def requant(self) -> bool:
@@ -99,7 +115,8 @@ class Graph:
         """Raise ValueError naming the node unless the graph is valid:
         - topological: every input is the image or an earlier node's output; every value made once;
         - arity and shapes: each node's output shape is what its op makes of its inputs' shapes;
-        - a quantized graph: every value has a QType; MAC weights are int8 in [-127, 127], biases int32;
+        - a quantized graph: every value has a QType whose [lo, hi] lies in its b-bit codes; MAC weights are int8
+          tensors holding values of the node's weight format (potq.ir.codes: w_bits, w_code), biases int32;
           power-of-two requantizing nodes carry their shifts; MAXPOOL/FLATTEN keep their input's QType
           and CONCAT's inputs share the output's; only the output of the last MAC node is int32."""
         made = {self.input}
@@ -127,9 +144,9 @@ class Graph:
             where = f"node {n.name} ({n.op.value})"
             q_out = self.q[n.output]
             if n.op in MAC_OPS:
-                w, b = n.tensors["weight"], n.tensors["bias"]
-                if w.dtype != torch.int8 or int(w.min()) < -127 or b.dtype != torch.int32:
-                    raise ValueError(f"{where}: weights must be int8 in [-127, 127] and biases int32")
+                self._check_weights(n, where)
+            if q_out.bits != 32 and not act_range(q_out.bits)[0] <= q_out.lo <= q_out.hi <= act_range(q_out.bits)[1]:
+                raise ValueError(f"{where}: codes [{q_out.lo}, {q_out.hi}] outside {q_out.bits}-bit codes")
             if (q_out.bits == 32) != (n.op in MAC_OPS and not n.requant):
                 raise ValueError(f"{where}: only a MAC node's unrequantized output is int32")
             if n.op in REQUANT_OPS and n.requant and q_out.exponent is not None and n.op is not OpType.INPUT:
@@ -140,6 +157,16 @@ class Graph:
                     q_in = self.q[v]
                     if (q_in.zero_point, q_in.scale) != (q_out.zero_point, q_out.scale):
                         raise ValueError(f"{where}: input {v} and output must share one scale and zero point")
+
+
+    @staticmethod
+    def _check_weights(n: Node, where: str) -> None:
+        w, b = n.tensors["weight"], n.tensors["bias"]
+        if w.dtype != torch.int8 or b.dtype != torch.int32:
+            raise ValueError(f"{where}: weights must be int8 tensors and biases int32")
+        allowed = torch.tensor(weight_values(n.weight_code, n.weight_bits), dtype=torch.int8)
+        if not torch.isin(w, allowed).all():
+            raise ValueError(f"{where}: weights outside the {n.weight_bits}-bit {n.weight_code.value} values")
 
 
 # ---- the op table: every fact about an op type, in one row ----------------------------------------

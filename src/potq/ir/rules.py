@@ -44,3 +44,26 @@ ROUNDING_DEFINITIONS = {  # acc * 2^-s for s > 0, exactly; `//` is floor divisio
 SHIFT_CAP = 62
 INT32_MAX = 2**31 - 1
 FLOAT32_EXACT = 2**24  # float32 holds every integer below it exactly
+FLOAT64_EXACT = 2**53  # and float64 below this
+
+# ---- activation codes: b bits, unsigned, with a zero point (potq.ir.codes has the weights' formats) ----
+
+ACT_BITS = range(2, 9)  # activation code widths
+
+
+def act_range(bits: int) -> tuple[int, int]:
+    """The codes of a b-bit activation: [0, 2^b - 1]."""
+    return 0, (1 << bits) - 1
+
+
+def act_zero_point(bits: int, signed: bool) -> int:
+    """0 after a ReLU; 2^(b-1), the middle code, for a value that can be negative."""
+    return 1 << (bits - 1) if signed else 0
+
+
+# today's INT8 formats, named once: every interpreter and the C and SystemVerilog generators read these
+CODE_BITS = 8  # activation codes and int weights unless a node says otherwise
+ACT_MIN, ACT_MAX = act_range(CODE_BITS)  # uint8 codes
+SIGNED_ZERO_POINT = act_zero_point(CODE_BITS, signed=True)  # 128: a value that can be negative
+W_MAX = (1 << (CODE_BITS - 1)) - 1  # int8 weights in [-127, 127]: symmetric, never -128
+W_MIN = -W_MAX

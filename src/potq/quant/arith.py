@@ -12,6 +12,7 @@ import math
 import torch
 
 from potq.ir.arith import round_float, round_values
+from potq.ir.codes import WeightCode, weight_values
 from potq.ir.rules import Rounding
 
 # exponents stay where float32 holds 2**e exactly; a tensor below 2**-100 is as good as zero
@@ -21,6 +22,35 @@ E_MIN, E_MAX = -100, 100
 def quantize(x: torch.Tensor, scale, zp: int, lo: int, hi: int, rule: Rounding) -> torch.Tensor:
     """The codes clamp(round(x / scale) + zp, lo, hi), as floats (straight-through gradient)."""
     return torch.clamp(round_float(x / scale, rule) + zp, lo, hi)
+
+
+def project_weights(x: torch.Tensor, code: WeightCode, bits: int, rule: Rounding) -> torch.Tensor:
+    """Weights in units of their scale onto the nearest value of their format (potq.ir.codes), as floats with a
+    straight-through gradient. int: round by the graph's rule, clamp to +-(2^(b-1) - 1) (today's INT8 at 8 bits);
+    pot and apot: the nearest magnitude, a tie going to the larger one (away from zero), the sign kept."""
+    if code is WeightCode.INT:
+        top = (1 << (bits - 1)) - 1
+        return torch.clamp(round_float(x, rule), -top, top)
+    mags = torch.tensor([v for v in weight_values(code, bits) if v >= 0], dtype=x.dtype, device=x.device)
+    a = x.detach().abs()
+    q = mags[torch.bucketize(a, (mags[1:] + mags[:-1]) / 2, right=True)] * torch.sign(x.detach())
+    return x + (q - x).detach() if x.requires_grad else q
+
+
+def weight_error(w: torch.Tensor, e: torch.Tensor, code: WeightCode, bits: int, rule: Rounding) -> torch.Tensor:
+    """Per row of w (rows, k), the squared error of its weights in the format at scale 2^e[row]."""
+    s = torch.exp2(e.double())[:, None]
+    return ((project_weights(w / s, code, bits, rule) * s - w) ** 2).sum(1)
+
+
+def mse_weight_exponents(
+    w: torch.Tensor, top: torch.Tensor, code: WeightCode, bits: int, rule: Rounding, steps: int = 4
+) -> torch.Tensor:
+    """Per row, the exponent among the never-clipping one (top) and the `steps` - 1 finer ones with the least
+    squared error: below 8 bits the largest weight is worth clipping to resolve the many small ones."""
+    candidates = torch.stack([top - k for k in range(steps)])  # (steps, rows)
+    errors = torch.stack([weight_error(w, e, code, bits, rule) for e in candidates])
+    return candidates.gather(0, errors.argmin(0, keepdim=True))[0]
 
 
 # ---- choosing power-of-two exponents ------------------------------------------------------------

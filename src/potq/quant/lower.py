@@ -22,12 +22,13 @@ import torch
 
 from potq.errors import UserError
 from potq.ir.arith import round_float
-from potq.ir.bounds import analyse
+from potq.ir.bounds import analyse, nonnegative, shared_groups
 from potq.ir.graph import MAC_OPS, SHARED_QTYPE_OPS, Graph, Node, OpType, QType, pool_shift_bits, row_view, weight_scale
 from potq.ir.rules import INT32_MAX
 from potq.ir.tensor import normalize
-from potq.quant.arith import quantize
-from potq.quant.scheme import W_MAX, W_MIN, QuantSettings, activation_qtype, needs_sample, weight_scales
+from potq.quant.arith import project_weights, quantize
+from potq.quant.precision import annotate, value_bits
+from potq.quant.scheme import QuantSettings, activation_qtype, needs_sample, weight_scales
 from potq.quant.simulate import SimNet
 
 SAMPLE_KEEP = 1 << 16  # sampled values per batch of a value, for the exponent rules that search (mse)
@@ -84,34 +85,6 @@ class Stats:
         return max(abs(self.min), abs(self.max)) if self.seen else 0.0
 
 
-def shared_groups(graph: Graph) -> dict[str, str]:
-    """value -> the representative of the values that must share its scale and zero point."""
-    parent = {v: v for v in graph.shapes}
-
-    def find(v: str) -> str:
-        while parent[v] != v:
-            v = parent[v]
-        return v
-
-    for n in graph.nodes:
-        if n.op in SHARED_QTYPE_OPS:
-            for v in n.inputs:
-                parent[find(v)] = find(n.output)
-    return {v: find(v) for v in graph.shapes}
-
-
-def nonnegative(graph: Graph) -> dict[str, bool]:
-    """Values that can't be negative: a ReLU's output, and what pooling, flattening or concatenating
-    only such values makes. The zero-point policy keys on it."""
-    nonneg = {graph.input: False}
-    for n in graph.nodes:
-        if n.op in (OpType.MAXPOOL, OpType.AVGPOOL, OpType.FLATTEN, OpType.CONCAT):
-            nonneg[n.output] = all(nonneg[v] for v in n.inputs)
-        else:
-            nonneg[n.output] = n.act is not None and n.act[0] >= 0
-    return nonneg
-
-
 CALIB_DTYPE = torch.float32  # the arithmetic of the model being quantized: see collect_stats
 
 
@@ -147,6 +120,8 @@ def calibrate(
     """QTypes of every value (except the int32 logits: see `lower`) from the float graph's values on
     x (normalized images), or from `stats` that collect_stats made of them."""
     settings.check()
+    annotate(graph, settings)  # each MAC node's weight format, which lowering and the simulator read
+    bits = value_bits(graph, settings)
     stats = stats if stats is not None else collect_stats(graph, x, sample=needs_sample(settings))
     group = shared_groups(graph)
     merged: dict[str, Stats] = {}
@@ -159,10 +134,11 @@ def calibrate(
         v = n.output
         if n.op in SHARED_QTYPE_OPS:
             ins = [q[u] for u in n.inputs]
-            base = activation_qtype(merged[group[v]], signed[group[v]], None, settings)
-            q[v] = QType(base.zero_point, min(i.lo for i in ins), max(i.hi for i in ins), base.scale, base.exponent)
+            base = activation_qtype(merged[group[v]], signed[group[v]], None, settings, bits[v])
+            lo, hi = min(i.lo for i in ins), max(i.hi for i in ins)
+            q[v] = QType(base.zero_point, lo, hi, base.scale, base.exponent, base.bits)
         else:
-            q[v] = activation_qtype(merged[group[v]], signed[group[v]], n.act, settings)
+            q[v] = activation_qtype(merged[group[v]], signed[group[v]], n.act, settings, bits[v])
     return q
 
 
@@ -210,10 +186,11 @@ def lower(fgraph: Graph, q: dict[str, QType], settings: QuantSettings) -> Graph:
             floor = None
             if pot and settings.max_shift is not None and not last:
                 floor = torch.full((n.tensors["weight"].shape[0],), q_out.exponent - q_in.exponent - settings.max_shift)
-            ws, we = weight_scales(n.tensors["weight"], settings, not last, f"weights of {n.name}", floor)
+            fmt = (n.weight_bits, n.weight_code)
+            ws, we = weight_scales(n.tensors["weight"], settings, not last, f"weights of {n.name}", floor, fmt)
             w, b = n.tensors["weight"].double(), n.tensors["bias"].double()
             view = row_view(ws, w.dim())
-            t["weight"] = torch.clamp(round_float(w / view, settings.rounding), W_MIN, W_MAX).to(torch.int8)
+            t["weight"] = project_weights(w / view, fmt[1], fmt[0], settings.rounding).to(torch.int8)
             t["bias"] = int32_bias(n, b, q_in, ws, settings.rounding)
             if we is None:
                 t["w_scale"] = ws

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch.ao.quantization.observer import MinMaxObserver
 
+from potq.ir.rules import ACT_MAX, ACT_MIN, SIGNED_ZERO_POINT, W_MAX, W_MIN
 from potq.quant.arith import choose_exponent, seed_exponent
 from potq.quant.lower import Stats
 from potq.quant.rules import Rounding
@@ -33,8 +34,8 @@ class PowerOfTwoObserver(MinMaxObserver):
         **kwargs,
     ):
         if dtype == torch.qint8:
-            kwargs.setdefault("quant_min", -127)  # symmetric: never -128
-            kwargs.setdefault("quant_max", 127)
+            kwargs.setdefault("quant_min", W_MIN)  # symmetric: never -128
+            kwargs.setdefault("quant_max", W_MAX)
         super().__init__(dtype=dtype, qscheme=qscheme, **kwargs)
         self.rule, self.rounding = rule, Rounding.of(rounding)
         self._stats = Stats()
@@ -49,11 +50,11 @@ class PowerOfTwoObserver(MinMaxObserver):
         """(scale, zero point) by potq's rule for everything observed so far."""
         st = self._stats
         weight = self.dtype == torch.qint8
-        lo, hi = (-127, 127) if weight else (0, 255)
+        lo, hi = (W_MIN, W_MAX) if weight else (ACT_MIN, ACT_MAX)
         if self.rule == "seed":
-            zp = 0 if weight else 128
+            zp = 0 if weight else SIGNED_ZERO_POINT
             return 2.0 ** seed_exponent(st.min if st.seen else 0.0, st.max if st.seen else 0.0, hi), zp
-        zp = 0 if weight or st.min >= 0 else 128
+        zp = 0 if weight or st.min >= 0 else SIGNED_ZERO_POINT
         e = choose_exponent(st.sample(), lo, hi, zp, self.rule, self.rounding, "observed tensor", max_abs=st.max_abs)
         return 2.0**e, zp
 

@@ -1,5 +1,5 @@
 """Post-training quantization as a library call: capture, calibrate, lower (the integer graph), and the
-table of what each node became. No run folder, no trainer, no data module (see potq.runs.quantize)."""
+table of what each node became. No run folder, no trainer, no data module (see potq.jobs.quantize)."""
 
 from __future__ import annotations
 

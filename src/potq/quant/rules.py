@@ -3,10 +3,12 @@ rounding rules, exponent rules, schemes, and the settings object that holds a ch
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from potq.errors import UserError
-from potq.ir.rules import ROUNDING, Rounding  # noqa: F401  (the quantizer's choices name the graph's rules)
+from potq.ir.codes import WeightCode, check_act_bits, check_weight_format
+from potq.ir.rules import CODE_BITS, ROUNDING, Rounding  # noqa: F401  (the quantizer's choices name the graph's rules)
 
 EXPONENT_ROUND_MODES = ("ceil", "round")  # closed-form rules; mse searches
 EXPONENT_RULES = (*EXPONENT_ROUND_MODES, "mse")
@@ -42,6 +44,12 @@ class QuantSettings:
     exponent: str = "ceil"  # ceil | round | mse; ceil measured best (benchmarks/RESULTS.md)
     rounding: Rounding = Rounding.HALF_UP
     max_shift: int | None = None
+    w_bits: int = CODE_BITS  # --bits W/A: the weights' and the activations' widths (2-8)
+    a_bits: int = CODE_BITS
+    weights: WeightCode = WeightCode.INT  # --weights: int, pot or apot (potq.ir.codes)
+    bits_all: bool = False  # --bits-all: the first and the last layer too (else they stay 8-bit int)
+    # --precision FILE: per node (name, w_bits, w_code label, a_bits of its output), over the above
+    precision: tuple[tuple[str, int, str, int], ...] = ()
 
     @classmethod
     def parse(
@@ -50,13 +58,30 @@ class QuantSettings:
         exponent: str = exponent,
         rounding: str = rounding.label,
         max_shift: int | None = None,
+        bits: str = f"{CODE_BITS}/{CODE_BITS}",
+        weights: str = WeightCode.INT.value,
+        bits_all: bool = False,
+        precision: tuple[tuple[str, int, str, int], ...] = (),
     ) -> QuantSettings:
         """Settings from a user's words (CLI, API, a run's records), checked: one UserError naming the bad one."""
         if rounding not in ROUNDING:
             raise UserError(f"unknown rounding {rounding!r}; choose from {', '.join(ROUNDING)}")
-        settings = cls(scheme, exponent, Rounding.of(rounding), max_shift)
+        w_bits, a_bits = parse_bits(bits)
+        try:
+            code = WeightCode.of(weights)
+        except ValueError as e:
+            raise UserError(f"--weights: {e}") from None
+        settings = cls(scheme, exponent, Rounding.of(rounding), max_shift, w_bits, a_bits, code, bits_all, precision)
         settings.check()
         return settings
+
+    @property
+    def low_bit(self) -> bool:
+        """Whether any node may take other than 8-bit int weights and 8-bit activations."""
+        default = (CODE_BITS, CODE_BITS, WeightCode.INT)
+        return (self.w_bits, self.a_bits, self.weights) != default or any(
+            (w, a, WeightCode.of(c)) != default for _, w, c, a in self.precision
+        )
 
     @property
     def spec(self) -> Scheme:
@@ -81,6 +106,12 @@ class QuantSettings:
             parts.append(self.rounding.label)
         if self.max_shift is not None:
             parts.append(f"shift{self.max_shift}")
+        if (self.w_bits, self.a_bits) != (CODE_BITS, CODE_BITS) or self.weights is not WeightCode.INT:
+            parts.append(f"w{self.w_bits}a{self.a_bits}" + ("-all" if self.bits_all else ""))
+        if self.weights is not WeightCode.INT:
+            parts.append(self.weights.value)
+        if self.precision:
+            parts.append("mixed-" + hashlib.sha256(repr(self.precision).encode()).hexdigest()[:8])
         return "-".join(parts + (["qat"] if qat else []))
 
     def check(self) -> None:
@@ -92,3 +123,19 @@ class QuantSettings:
             raise UserError(f"unknown rounding {self.rounding!r}; choose from {', '.join(ROUNDING)}")
         if self.max_shift is not None and self.max_shift < 0:
             raise UserError(f"--max-shift must be >= 0, got {self.max_shift}")
+        try:
+            check_weight_format(self.weights, self.w_bits)
+            check_act_bits(self.a_bits)
+        except ValueError as e:
+            raise UserError(f"--bits {self.w_bits}/{self.a_bits} --weights {self.weights.value}: {e}") from None
+        if self.low_bit and not self.spec.pot:
+            raise UserError(f"--bits and --weights: power-of-two schemes only (pot-*), not {self.scheme}")
+
+
+def parse_bits(text: str) -> tuple[int, int]:
+    """--bits W/A: the weights' and the activations' widths, as two integers (their ranges are checked later)."""
+    try:
+        w, a = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise UserError(f"--bits {text}: give the weights' and the activations' bits as W/A, e.g. 4/4") from None
+    return w, a

@@ -10,7 +10,7 @@ bias and rounding included) stays below 2^24 steps (`node_float32`), in float64 
 cast back exactly.
 In train mode (QAT) it runs in float32 with straight-through rounding, and with `track_weights` it
 re-derives the weight scales from the weights at every step.
-For verify (potq.verify), forward's `check` receives every value's codes as soon as they exist, and
+For verify (potq.jobs.verify), forward's `check` receives every value's codes as soon as they exist, and
 `shared_gemms` holds GEMM outputs that verify proved equal to this model's own (tests/test_verify.py).
 """
 
@@ -27,8 +27,8 @@ from potq.ir.bounds import ExactPlan, exactness_plan
 from potq.ir.graph import MAC_OPS, Graph, Node, OpType, QType, channel_view, row_view, weight_scale
 from potq.ir.rules import FLOAT32_EXACT, INT32_MAX, Rounding
 from potq.ir.tensor import nhwc
-from potq.quant.arith import quantize
-from potq.quant.scheme import W_MAX, W_MIN, QuantSettings, weight_scales
+from potq.quant.arith import project_weights, quantize
+from potq.quant.scheme import QuantSettings, weight_scales
 
 
 def fake_quant(x: torch.Tensor, scale, zp: int, lo: int, hi: int, rule: str) -> torch.Tensor:
@@ -84,7 +84,7 @@ class SimNet(nn.Module):
         self.plan: ExactPlan | None = None
         self._check: Check | None = None  # forward's check, while it runs
         self._checked: set[str] = set()  # the values `finish` handed to it in this forward
-        # verify (potq.verify): per float32 requantizing MAC node, its folded GEMM's output where verify has
+        # verify (potq.jobs.verify): per float32 requantizing MAC node, its folded GEMM's output where verify has
         # proven it equal to the golden model's, which computed it; _mac takes it instead of computing it
         self.shared_gemms: dict[str, torch.Tensor] = {}
 
@@ -122,7 +122,7 @@ class SimNet(nn.Module):
     def codes(self, value: str, y: torch.Tensor) -> torch.Tensor:
         """The integer codes of a fake-quantized value (exact: it lies on its grid)."""
         q = self.q[value]
-        if y.dtype == torch.float32 and q.bits == 8 and q.exponent is not None:
+        if y.dtype == torch.float32 and q.bits <= 8 and q.exponent is not None:
             # codes 0..255 are exact in float32, and y / 2^e is one already (y lies on the grid): no rounding
             c = torch.mul(y.detach(), 2.0**-q.exponent)
             return c.add_(q.zero_point) if q.zero_point else c
@@ -147,10 +147,12 @@ class SimNet(nn.Module):
             return w, b
         if self.track_weights:
             floor = self.min_exponent.get(n.name)  # per channel where the node requantizes (not the logits)
-            self.w_scale[n.name] = weight_scales(w, self.settings, n.requant, n.name, floor)[0]
+            fmt = (n.weight_bits, n.weight_code)
+            self.w_scale[n.name] = weight_scales(w, self.settings, n.requant, n.name, floor, fmt)[0]
         ws = self.w_scale[n.name].to(w.device, w.dtype)
         s_in = self.q[n.inputs[0]].scale
-        w = fake_quant(w, row_view(ws, w.dim()), 0, W_MIN, W_MAX, self.rule)
+        view = row_view(ws, w.dim())
+        w = project_weights(w / view, n.weight_code, n.weight_bits, self.rule) * view
         b = fake_quant(b, s_in * ws, 0, -INT32_MAX, INT32_MAX, self.rule)
         return w, b
 

@@ -1,3 +1,3 @@
-"""A run folder: every artifact's name (runs.paths) and the jobs that read and write them beside potq's
-libraries (runs.quantize: quantize a trained run, QAT, compare). The libraries (ir, quant, the
-interpreters) know no run folder."""
+"""A run folder's facts: every artifact's name (runs.paths), the fingerprints that say what each was made from
+(runs.provenance) and the quantized models saved there (runs.quantized). The jobs that read and write them are
+potq.jobs; the libraries (ir, quant, the interpreters) know no run folder."""

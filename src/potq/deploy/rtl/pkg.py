@@ -5,10 +5,10 @@ next to the .sv files, and tests/test_rtl.py checks the shipped text equals a fr
 
 from __future__ import annotations
 
-from potq.ir.rules import INT32_MAX, SHIFT_CAP, Rounding
+from potq.ir.rules import CODE_BITS, INT32_MAX, SHIFT_CAP, Rounding
 
 ACC_W = INT32_MAX.bit_length() + 1  # the int32 accumulator
-CODE_W = 8  # uint8 activation codes (QType.bits of every requantized value)
+CODE_W = CODE_BITS  # uint8 activation codes (QType.bits of every requantized value)
 SHIFT_W = 8  # a signed shift amount: -128..127 (shifts beyond the cap round like the cap)
 WIDE_W = SHIFT_CAP + 2  # the rounding shifter's width: an int32 plus half of 2^SHIFT_CAP fits
 LSHIFT_CAP = ACC_W - 1  # a nonzero int32 shifted left this far is beyond every code: the clamp decides

@@ -66,7 +66,7 @@ def _desc(graph: Graph, p: Program, n: Node) -> list[dict[str, int]]:
         ZP0=graph.q[n.inputs[0]].zero_point if n.inputs[0] in graph.q else 0,
         SIZE=o * oh * ow,
     )
-    if q_out.bits == 8:
+    if not q_out.accumulator:
         d.update(ZPO=q_out.zero_point, LO=q_out.lo, HI=q_out.hi)
     if "shift" in n.tensors:
         d.update(SB=p.add_par(n.tensors["shift"].numpy()), SHIFT_PER_CH=int(n.tensors["shift"].numel() > 1))
@@ -77,7 +77,7 @@ def _desc(graph: Graph, p: Program, n: Node) -> list[dict[str, int]]:
         d.update(C=math.prod(graph.shapes[n.inputs[0]]), H=1, W=1)
     if n.op in (OpType.CONV, OpType.LINEAR):
         d.update(OP=OPCODES["MAC"], WB=p.add_wgt(n.tensors["weight"].numpy()), BB=p.add_par(n.tensors["bias"].numpy()))
-        d.update(REQUANT=int(q_out.bits == 8))
+        d.update(REQUANT=int(not q_out.accumulator))
     elif n.op is OpType.INPUT:
         d.update(OP=OPCODES["LUT"], WB=p.add_wgt(n.tensors["lut"].numpy()))
     elif n.op is OpType.ADD:

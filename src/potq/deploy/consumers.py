@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from potq.deploy.export import write_export
 from potq.deploy.formats import FORMATS
-from potq.deploy.onnx_qdq import EXTRA, INPUT, OPSET, OUTPUT, WEIGHTS_UINT8, to_onnx
+from potq.deploy.onnx_qdq import EXTRA, INPUT, OUTPUT, WEIGHTS_UINT8, to_onnx
 from potq.deploy.saturation import predict, this_cpu
 from potq.errors import UserError
 from potq.golden import IntegerModel
@@ -69,7 +70,7 @@ def _causes(
             "VPMADDUBSW on x86-64 without VNNI; export with uint8 weights, the default)"
         )
     # every shift rounds by the model's rule; the input's table does not differ (the graph holds it)
-    shifts = n.op in REQUANT_OPS and n.op is not OpType.INPUT and graph.q[value].bits == 8
+    shifts = n.op in REQUANT_OPS and n.op is not OpType.INPUT and not graph.q[value].accumulator
     if shifts and graph.rounding is not Rounding.HALF_EVEN:
         causes.append(f"{consumer} rounds half to even, this model {graph.rounding.label}")
     bound = golden.bounds.get(n.name)
@@ -259,82 +260,12 @@ def run_c(exe: Path, repeats: int = 1) -> dict:
 def check_c(graph: Graph, images: np.ndarray, sanitize: bool = False, repeats: int = 1) -> dict:
     """Export the C runtime for `images` into a temporary folder (as `potq export --format c` does),
     compile it strictly, run it."""
-    from potq.export import write_export
-
     with tempfile.TemporaryDirectory(prefix="potq-c-") as tmp:
         folder = Path(tmp) / "c"
         classes = [str(i) for i in range(graph.shapes[graph.output][0])]
         write_export(graph, folder, images, np.zeros(len(images), dtype=np.int64), classes, formats=("c",))
         result = run_c(build_c(folder, sanitize), repeats)
     return {"consumer": "C99 runtime", "compiler": compiler(), "flags": " ".join(C_FLAGS), **result}
-
-
-def check_run(
-    run: Path,
-    name: str,
-    onnx: bool,
-    c: bool,
-    data: str | None = None,
-    cache=None,
-    c_vectors: int = 200,
-    skipped: dict[str, str] | None = None,
-    onnx_weights: str = WEIGHTS_UINT8,
-    tvm: bool = False,
-    tvm_images: int = 100,
-    test_limit: int | None = None,
-) -> dict:
-    """The consumers' checks of a run's quantized model (`potq verify --onnx/--c/--tvm`, `potq run`'s deploy
-    step), saved as deploy_<label>.json for the report's Deployment section; `skipped`: the checks this
-    machine can't run, and why; test_limit: the checks on N test images drawn across the classes."""
-    from potq.data import load_dataset
-    from potq.runs.provenance import derived_inputs
-    from potq.runs.quantize import load_quantized
-
-    if c_vectors < 1:
-        raise UserError(f"--c-vectors must be at least 1, got {c_vectors}")
-    if tvm_images < 1:
-        raise UserError(f"--tvm-images must be at least 1, got {tvm_images}")
-    run = Path(run)
-    result: dict = {}
-    if onnx or c or tvm:
-        graph, cfg = load_quantized(run, name)
-        if c:
-            compiler()  # before the long ONNX check: is there a compiler at all?
-        if onnx:
-            _session(graph, weights=onnx_weights)
-        if tvm:
-            require_tvm()
-        ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
-        from potq.export import test_subset, vector_indices
-
-        images, labels = test_subset(ds.test_x, ds.test_y, test_limit)
-        if onnx:
-            result["onnx"] = check_onnx(graph, images, labels, weights=onnx_weights)
-        if tvm:  # TVM's untuned llvm build runs a few images per second: the class-spread draw, as for C
-            picked = vector_indices(labels, min(tvm_images, len(labels)))
-            result["tvm"] = {**check_tvm(graph, images[picked], labels[picked]), "test_indices": picked.tolist()}
-        if c:  # the class-spread test images that `potq export` draws as its vectors
-            picked = vector_indices(labels, min(c_vectors, len(labels)))
-            result["c"] = {**check_c(graph, images[picked]), "test_indices": picked.tolist()}
-        result["inputs"] = derived_inputs(run, name, ds.digest)
-    if skipped is not None:
-        result["skipped"] = skipped
-    return save_deploy_record(run, name, result)
-
-
-def save_deploy_record(run: Path, name: str, checks: dict) -> dict:
-    """Add the checks to deploy_<label>.json: the record of every consumer check of one quantized model. A
-    record of other inputs (potq.runs.provenance: the model requantized, other data) is replaced whole."""
-    from potq.files import read_json, save_json
-    from potq.runs.paths import deploy_json
-
-    path = deploy_json(run, name)
-    saved = read_json(path) if path.exists() else {}
-    if "inputs" in checks and saved.get("inputs") != checks["inputs"]:
-        saved = {}
-    record = {"label": name, **saved, **checks}
-    save_json(record, path)
-    return record
 
 
 def _have_onnx() -> bool:
@@ -358,90 +289,3 @@ def _have_tvm() -> bool:
     except UserError:
         return False
     return True
-
-
-def deploy_checks(
-    run: Path, name: str, cache=None, test_limit: int | None = None, c_vectors: int = 200, tvm_images: int = 100
-) -> dict:
-    """`potq run`'s deploy step: every consumer check this machine can run; what it can't, it says why
-    (the image counts: check_run's; `potq run --budget` sizes them)."""
-    have_onnx, have_cc = _have_onnx(), find_compiler() is not None
-    have_tvm = have_onnx and _have_tvm()
-    skipped = {}
-    if not have_onnx:
-        skipped["onnx"] = f"onnx and onnxruntime are not installed (pip install 'potq[{EXTRA}]')"
-    if not have_cc:
-        skipped["c"] = "no C compiler (cc, gcc or clang) on PATH"
-    if not have_tvm:
-        skipped["tvm"] = f"apache-tvm is not installed (pip install 'potq[{TVM_EXTRA}]')"
-    have_rtl = shutil.which("verilator") is not None
-    if not have_rtl:
-        skipped["rtl"] = "Verilator is not installed (apt-get install verilator)"
-    result = check_run(
-        run,
-        name,
-        have_onnx,
-        have_cc,
-        None,
-        cache,
-        c_vectors=c_vectors,
-        skipped=skipped,
-        tvm=have_tvm,
-        tvm_images=tvm_images,
-        test_limit=test_limit,
-    )
-    if have_rtl:  # potq's RTL on a 4x4 array (a quick build, then cached), one class-spread test vector
-        from potq.deploy.rtl_check import RUN_ARRAY, check_rtl_run
-
-        result["rtl"] = check_rtl_run(run, name, RUN_ARRAY, vectors=1, cache=cache)
-    return result
-
-
-def deploy_summary(r: dict) -> list[str]:
-    """One line per consumer: what its check found (the report's Deployment section too)."""
-    lines = []
-    if "onnx" in r:
-        o = r["onnx"]
-        lines.append(
-            f"ONNX (onnxruntime, QDQ opset {OPSET}): {o['mismatches']:,} of {o['compared_values']:,} values differ "
-            f"from the golden model ({o['mismatch_rate']:.2%}; logits {o['logit_mismatches']:,}), class agreement "
-            f"{o['class_agreement']:.4f}, accuracy {o['accuracy']:.4f} on {o['images']:,} test images; "
-            f"rounding {o['rounding']}" + ("" if not o["mismatches"] else f"; causes: {_causes_text(o)}")
-        )
-        if "weights" in o:  # written since the export's weight type became a choice
-            sat = sum(o["avx2_saturating_dot_products"].values())
-            lines.append(
-                f"ONNX weights {o['weights']}: on an x86-64 CPU without VNNI onnxruntime's kernels "
-                + (f"would get {sat:,} dot products wrong (int16 pair sums saturate)" if sat else "are exact")
-                + f" (potq.deploy.saturation); checked on {o['cpu']['model']} ({', '.join(o['cpu']['flags'])})"
-            )
-    if "tvm" in r:
-        t = r["tvm"]
-        lines.append(
-            f"TVM {t['tvm_version']} (Relax ONNX frontend, {t['target']}): {t['mismatches']:,} of "
-            f"{t['compared_values']:,} values differ from the golden model (logits {t['logit_mismatches']:,}), "
-            f"class agreement {t['class_agreement']:.4f} on {t['images']:,} test images; rounding {t['rounding']}"
-            + ("" if not t["mismatches"] else f"; causes: {_causes_text(t)}")
-        )
-    if "c" in r:
-        c = r["c"]
-        lines.append(
-            f"C99 runtime ({c['flags']}): {c['logit_mismatches']} mismatching logits and {c['class_mismatches']} "
-            f"differing classes in {c['vectors']} test images; {c['images_per_second']:.1f} images/s"
-        )
-    if "rtl" in r:
-        t = r["rtl"]
-        lines.append(
-            f"RTL (Verilator, {t['array']} output-stationary array): {t['mismatches']:,} mismatching values of "
-            f"{t['compared_values']:,} (every node, {t['images']} test image{'s' if t['images'] > 1 else ''}); "
-            f"{t['cycles_per_image']:,} cycles per image (closed form {t['predicted_cycles_per_image']:,})"
-        )
-    lines += [f"{k}: not checked: {why}" for k, why in r.get("skipped", {}).items()]
-    return lines
-
-
-def _causes_text(o: dict) -> str:
-    causes: set[str] = set()
-    for k in o["mismatch_kinds"]:
-        causes.update(c for c in k["causes"] if not c.startswith("input "))
-    return "; ".join(sorted(causes)) or "inherited"

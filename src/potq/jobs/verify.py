@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from potq.data import load_dataset
+from potq.data import load_dataset, test_subset
 from potq.errors import UserError
 from potq.files import save_json
 from potq.golden import IntegerModel
@@ -29,7 +29,7 @@ from potq.ir.tensor import normalize
 from potq.quant.simulate import simulated
 from potq.runs.paths import verify_json
 from potq.runs.provenance import derived_inputs
-from potq.runs.quantize import load_quantized
+from potq.runs.quantized import load_quantized
 
 
 def compare_models(
@@ -143,8 +143,6 @@ def verify_run(
     run = Path(run)
     graph, cfg = load_quantized(run, name)
     ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
-    from potq.export import test_subset
-
     images, labels = (torch.from_numpy(a) for a in test_subset(ds.test_x, ds.test_y, test_limit))
     result = {"label": name, **compare_models(graph, cfg, images, labels, batch)}
     result["inputs"] = derived_inputs(run, name, ds.digest)  # potq.runs.provenance

@@ -16,19 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from potq.data import load_dataset
 from potq.deploy.c_runtime import BUILD as C_BUILD
 from potq.deploy.c_runtime import c_files, c_ident
 from potq.deploy.onnx_qdq import INPUT, OPSET, OUTPUT, WEIGHTS_UINT8, to_onnx
 from potq.errors import UserError
-from potq.files import check_output_dir, clear_stale, read_json, replace_dir, save_json, temp_prefix
+from potq.files import check_output_dir, clear_stale, replace_dir, save_json, temp_prefix
 from potq.golden import IntegerModel
 from potq.ir import io
 from potq.ir.graph import OP_SPEC, Graph, OpType
 from potq.ir.rules import ROUNDING_DEFINITIONS, Rounding
-from potq.runs.paths import quant_paths
-from potq.runs.provenance import derived_inputs
-from potq.runs.quantize import load_quantized, weights_digest
 
 EXPORT_KIND = "potq-export/2"
 ONNX_FILE = "model.onnx"
@@ -151,74 +147,6 @@ def c_header(desc: dict, arrays: dict[str, np.ndarray]) -> str:
     out += [_c_array(name, array) for name, array in arrays.items()]
     out += ["#endif"]
     return "\n".join(out) + "\n"
-
-
-def export_run(
-    run: Path,
-    name: str,
-    out: Path,
-    vectors: int = 10,
-    data: str | None = None,
-    cache=None,
-    formats: tuple[str, ...] = ("hw",),
-    onnx_weights: str = WEIGHTS_UINT8,
-) -> dict:
-    """Export a run's quantized model, with `vectors` test images (across the classes) as test vectors;
-    onnx_weights: the ONNX model's stored weight type (potq.deploy.onnx_qdq.WEIGHT_FORMS)."""
-    if vectors < 1:
-        raise UserError(f"--vectors must be at least 1, got {vectors}")
-    out, run = Path(out), Path(run)
-    check_output_dir(out, EXPORT_KIND, protect=(run,))
-    graph, cfg = load_quantized(run, name)
-    ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
-    if vectors > len(ds.test_x):
-        raise UserError(f"--vectors {vectors} is more than the {len(ds.test_x)} test images")
-    indices = vector_indices(np.asarray(ds.test_y), vectors)
-    images, labels = np.array(ds.test_x[indices]), np.array(ds.test_y[indices])
-    source = {**quantized_model_record(run, name), "inputs": derived_inputs(run, name, ds.digest)}
-    return write_export(graph, out, images, labels, cfg.classes, (run,), formats, source, indices, onnx_weights)
-
-
-VECTOR_SEED = 0
-
-
-def vector_indices(labels: np.ndarray, count: int, seed: int = VECTOR_SEED) -> np.ndarray:
-    """Test-set indices of `count` test vectors drawn across the classes in turn (fixed by `seed`): a
-    class-sorted test set still gives vectors of every class."""
-    rng = np.random.default_rng(seed)
-    pools = [rng.permutation(np.flatnonzero(labels == c)).tolist() for c in np.unique(labels)]
-    picked: list[int] = []
-    while len(picked) < count:
-        for pool in pools:
-            if pool and len(picked) < count:
-                picked.append(pool.pop())
-    return np.array(sorted(picked), dtype=np.int64)
-
-
-def test_subset(x, y, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """The test images and labels the steps after training evaluate: `limit` of them drawn across the classes
-    (vector_indices: a class-sorted test set's first N would hold one or two classes), or all of them."""
-    y = np.array(y)  # copies: a cached dataset's arrays are read-only memory maps
-    if limit is None or limit >= len(y):
-        return np.array(x), y
-    picked = vector_indices(y, limit)
-    return np.array(x[picked]), y[picked]
-
-
-SOURCE_KEYS = ("label", "scheme", "exponent", "rounding", "max_shift", "calib_images", "qat_epochs", "qat_lr")
-
-
-def quantized_model_record(run: Path, name: str) -> dict:
-    """Which quantized model an export holds: its label and settings, and the weights it came from."""
-    _, meta_path = quant_paths(run, name)
-    meta = read_json(meta_path) if meta_path.exists() else {}
-    return {
-        "run": str(run.resolve()),
-        **{k: meta.get(k) for k in SOURCE_KEYS},
-        "label": name,
-        "test_accuracy": meta.get("test_accuracy"),
-        "weights_sha256": weights_digest(run),
-    }
 
 
 def write_export(

@@ -1,6 +1,5 @@
 """`potq quantize` and `potq compare` on a run folder: quantize its trained model (potq.quant.pipeline),
-optionally fine-tune (QAT, with the trainer), evaluate, record. The quantized model file is the integer graph
-(potq.ir.io)."""
+optionally fine-tune (QAT, with the trainer), evaluate, record (potq.runs.quantized saves the integer graph)."""
 
 from __future__ import annotations
 
@@ -12,10 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from potq.data import load_dataset
+from potq.data import load_dataset, test_subset
 from potq.errors import UserError
-from potq.files import file_digest, read_json, save_json, save_text, save_torch
-from potq.ir import io
+from potq.files import file_digest, read_json, save_json, save_text
 from potq.ir.graph import Graph
 from potq.ir.tensor import normalize
 from potq.plots import plot_bars
@@ -25,8 +23,9 @@ from potq.quant.rules import CALIB_IMAGES
 from potq.quant.scheme import QuantSettings
 from potq.quant.simulate import SimNet, simulated
 from potq.recipes import Recipe
-from potq.runs.paths import COMPARE_MD, COMPARE_PNG, CONFIG, METRICS, QUANT_GLOB, WEIGHTS, quant_paths
-from potq.runs.provenance import check_model_file, quantized_change, quantized_inputs, read_config, same_model
+from potq.runs.paths import COMPARE_MD, COMPARE_PNG, METRICS, QUANT_GLOB, quant_paths
+from potq.runs.provenance import quantized_change, quantized_inputs, read_config
+from potq.runs.quantized import save_quantized, weights_digest
 from potq.train import (
     TrainConfig,
     evaluate,
@@ -68,39 +67,8 @@ def qat(
         sched.step()
         print(f"qat epoch {epoch}/{epochs}  train loss {loss:.4f} acc {acc:.4f}")
     net.cpu().eval()
-    activations = {v: q for v, q in qgraph.q.items() if q.bits == 8}
+    activations = {v: q for v, q in qgraph.q.items() if not q.accumulator}
     return lower(net.float_graph(), activations, settings)
-
-
-def weights_digest(run: Path) -> str | None:
-    """SHA-256 of a run's trained weights: every quantized model records the weights it came from."""
-    return file_digest(Path(run) / WEIGHTS)
-
-
-def save_quantized(graph: Graph, cfg: TrainConfig, path: Path, weights: str | None) -> None:
-    desc, tensors = io.to_dict(graph)
-    save_torch({"graph": desc, "tensors": tensors, "config": asdict(cfg), "weights_sha256": weights}, path)
-
-
-def load_quantized(run: Path, name: str) -> tuple[Graph, TrainConfig]:
-    """The integer graph and the training config of a quantized model of a run."""
-    path, _ = quant_paths(Path(run), name)
-    if not path.exists():
-        raise UserError(f"--run {run}: no quantized model {path.name}; run `potq quantize --scheme {name}` first")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        graph = io.from_dict(saved["graph"], saved["tensors"].__getitem__)
-        cfg, made_from = TrainConfig(**saved["config"]), saved.get("weights_sha256")
-    except Exception as e:
-        raise UserError(f"{path}: not a potq quantized model of this version ({type(e).__name__}: {e})") from None
-    again = f"quantize this run again with `potq quantize --run {run} --scheme {name}`"
-    if made_from != weights_digest(run):
-        raise UserError(f"{path}: made from other weights than this run's {WEIGHTS} (replaced since?); {again}")
-    trained = read_config(Path(run)) if (Path(run) / CONFIG).exists() else cfg
-    if not same_model(trained, cfg):
-        raise UserError(f"{path}: a model {cfg.model!r}, but {Path(run) / CONFIG} names another (edited?); {again}")
-    check_model_file(trained, path)
-    return graph, cfg
 
 
 def fp32_metrics(
@@ -129,7 +97,7 @@ def quantize_run(
 ) -> dict:
     """Quantize the trained model in `run` and write quant_<label>.pt and quant_<label>.json;
     stats_cache: see quantize_graph (`potq run` shares one across its schemes); test_limit: evaluate on N
-    test images drawn across the classes only (potq.export.test_subset; the FP32 model on the same ones)."""
+    test images drawn across the classes only (potq.data.test_subset; the FP32 model on the same ones)."""
     settings.check()
     if calib < 1:
         raise UserError(f"--calib must be at least 1, got {calib}")
@@ -146,8 +114,6 @@ def quantize_run(
     fgraph, graph = quantize_graph(model, cfg.in_shape, cfg.mean, cfg.std, calib_x, settings, stats_cache)
     if qat_epochs:
         graph = qat(fgraph, graph, settings, arrays, cfg, qat_epochs, qat_lr)
-    from potq.export import test_subset  # potq.export imports this module
-
     test_x, test_y = (torch.from_numpy(a) for a in test_subset(arrays["test_x"], arrays["test_y"], test_limit))
     fp_loss, fp_acc = fp32_metrics(run, model, test_x, test_y, cfg)
     q_loss, q_acc = evaluate(simulated(graph), test_x, test_y, cfg.mean, cfg.std)
@@ -161,6 +127,10 @@ def quantize_run(
         "exponent": settings.exponent_rule,
         "rounding": settings.rounding.label,
         "max_shift": settings.max_shift,
+        "bits": f"{settings.w_bits}/{settings.a_bits}",
+        "weights": settings.weights.value,
+        "bits_all": settings.bits_all,
+        "precision": [list(e) for e in settings.precision],
         "calib_images": calib,
         "qat_epochs": qat_epochs,
         "qat_lr": (qat_lr or QAT_RECIPE.lr) if qat_epochs else None,

@@ -1,0 +1,116 @@
+"""Below eight bits (issue 27): every node's precision in the graph, the integer golden model equal to the
+simulated model bit for bit at every format and rounding, the first and last layers kept at 8 bits, and the
+user's mistakes (a width out of range, a format the bits can't hold, a precision file naming no node) refused
+in one line with nothing written."""
+
+import json
+
+import pytest
+import torch
+
+from potq.cli import main
+from potq.ir.capture import capture
+from potq.ir.codes import WeightCode, weight_values
+from potq.ir.tensor import normalize
+from potq.quant.lower import calibrate, lower
+from potq.quant.rules import QuantSettings
+from tests.test_golden import MEAN, STD, compare, random_bn_model
+
+FORMATS = [("4/4", "int"), ("4/8", "pot"), ("4/4", "apot"), ("2/8", "int"), ("3/3", "pot"), ("5/6", "apot")]
+
+
+def lowbit(model: str, bits: str, code: str, rounding: str = "half-up", bits_all: bool = False, precision=()):
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
+    settings = QuantSettings.parse("pot-channel", "ceil", rounding, None, bits, code, bits_all, precision)
+    fgraph = capture(random_bn_model(model, 0), (3, 32, 32), MEAN, STD)
+    return lower(fgraph, calibrate(fgraph, normalize(images[:16], MEAN, STD), settings), settings), images
+
+
+@pytest.mark.parametrize(("bits", "code"), FORMATS)
+@pytest.mark.parametrize("rounding", ["half-up", "half-even", "floor"])
+def test_golden_equals_simulated_below_eight_bits(bits, code, rounding):
+    graph, images = lowbit("tiny", bits, code, rounding, bits_all=True)
+    rec = compare(graph, images)
+    w_bits, a_bits = (int(b) for b in bits.split("/"))
+    for n in graph.mac_nodes():
+        assert (n.weight_bits, n.weight_code) == (w_bits, WeightCode.of(code))
+        assert torch.isin(n.tensors["weight"], torch.tensor(weight_values(n.weight_code, w_bits))).all()
+    for v, q in graph.q.items():
+        if not q.accumulator:
+            assert q.bits == a_bits and 0 <= int(rec[v].min()) and int(rec[v].max()) < 1 << a_bits
+
+
+@pytest.mark.parametrize("model", ["resnet20", "mobilenet-cifar", "seed"])
+def test_the_zoo_below_eight_bits(model):
+    for bits, code in [("4/4", "apot"), ("2/8", "int")]:
+        compare(*lowbit(model, bits, code, "half-even"))
+
+
+def test_first_and_last_layers_stay_at_eight_bits_unless_bits_all():
+    graph, _ = lowbit("resnet20", "4/4", "apot")
+    macs = graph.mac_nodes()
+    assert [(n.weight_bits, n.weight_code.value) for n in (macs[0], macs[-1])] == [(8, "int"), (8, "int")]
+    assert {(n.weight_bits, n.weight_code.value) for n in macs[1:-1]} == {(4, "apot")}
+    assert graph.q[graph.nodes[0].output].bits == 8  # the image's codes
+    assert graph.q[macs[-1].inputs[0]].bits == 8  # what the last layer reads
+    assert {graph.q[n.output].bits for n in macs[1:-1]} == {4}
+
+
+def test_a_precision_file_sets_each_node(tmp_path):
+    graph, _ = lowbit("tiny", "8/8", "int")
+    mac = graph.mac_nodes()[1].name
+    entries = ((mac, 3, "pot", 5),)
+    graph, images = lowbit("tiny", "8/8", "int", precision=entries)
+    node = next(n for n in graph.nodes if n.name == mac)
+    assert (node.weight_bits, node.weight_code.value, graph.q[node.output].bits) == (3, "pot", 5)
+    compare(graph, images)
+    assert QuantSettings.parse(precision=entries).label().startswith("pot-channel-mixed-")
+
+
+def test_labels_name_the_precision():
+    assert QuantSettings.parse(bits="4/4", weights="apot").label() == "pot-channel-w4a4-apot"
+    assert QuantSettings.parse(bits="4/8", weights="pot").label(qat=True) == "pot-channel-w4a8-pot-qat"
+    assert QuantSettings.parse(bits="2/8").label() == "pot-channel-w2a8"
+    assert QuantSettings.parse().label() == "pot-channel"  # 0.4's labels unchanged
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bits", "1/8"], "int weights take 2 to 8 bits, not 1"),
+        (["--bits", "9/8"], "int weights take 2 to 8 bits, not 9"),
+        (["--bits", "4/9"], "activations take 2 to 8 bits, not 9"),
+        (["--bits", "5/8", "--weights", "pot"], "pot weights take 2 to 4 bits, not 5"),
+        (["--bits", "2/8", "--weights", "apot"], "apot weights take 3 to 5 bits, not 2"),
+        (["--bits", "four"], "give the weights' and the activations' bits as W/A"),
+        (["--bits", "4/4", "--scheme", "float-channel"], "power-of-two schemes only"),
+    ],
+)
+def test_bad_bits_are_one_line_and_write_nothing(tiny_run, capsys, args, message):
+    before = sorted(p.name for p in tiny_run.iterdir())
+    assert main(["quantize", "--run", str(tiny_run), "--calib", "16", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tiny_run.iterdir()) == before
+
+
+def test_a_precision_file_naming_no_node_is_refused(tiny_run, tmp_path, capsys):
+    path = tmp_path / "precision.json"
+    path.write_text(json.dumps({"nodes": {"no.such.layer": {"w_bits": 4, "w_code": "int", "a_bits": 4}}}))
+    before = sorted(p.name for p in tiny_run.iterdir())
+    assert main(["quantize", "--run", str(tiny_run), "--calib", "16", "--precision", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no node 'no.such.layer' in this model" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tiny_run.iterdir()) == before
+    path.write_text(json.dumps({"nodes": {"x": {"w_bits": 6, "w_code": "pot"}}}))
+    assert main(["quantize", "--run", str(tiny_run), "--calib", "16", "--precision", str(path)]) == 2
+    assert "pot weights take 2 to 4 bits, not 6" in capsys.readouterr().err
+
+
+def test_quantize_a_run_below_eight_bits(tiny_run, capsys):
+    assert main(["quantize", "--run", str(tiny_run), "--calib", "32", "--bits", "4/4", "--weights", "apot"]) == 0
+    record = json.loads((tiny_run / "quant_pot-channel-w4a4-apot.json").read_text())
+    assert (record["bits"], record["weights"]) == ("4/4", "apot")
+    assert main(["verify", "--run", str(tiny_run), "--scheme", "pot-channel-w4a4-apot"]) == 0
+    assert "0 mismatching values" in capsys.readouterr().out
