@@ -42,11 +42,22 @@ MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 
 
 def test_every_op_type_has_a_row_in_the_op_table_and_a_kernel_in_every_interpreter():
+    from potq.accel.workload import WORKLOAD_KERNELS
     from potq.deploy.c_runtime import C_KERNELS
     from potq.deploy.onnx_qdq import ONNX_KERNELS
+    from potq.deploy.rtl.program import DESC_KERNELS
 
     assert set(OP_SPEC) == set(OpType)
-    for kernels in (SIM_KERNELS, GOLDEN_KERNELS, ENERGY_KERNELS, OP_RULES, C_KERNELS, ONNX_KERNELS):
+    for kernels in (
+        SIM_KERNELS,
+        GOLDEN_KERNELS,
+        ENERGY_KERNELS,
+        OP_RULES,
+        C_KERNELS,
+        ONNX_KERNELS,
+        WORKLOAD_KERNELS,
+        DESC_KERNELS,
+    ):
         assert set(kernels) == set(OP_SPEC)
 
 
