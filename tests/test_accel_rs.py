@@ -11,20 +11,9 @@ from dataclasses import replace
 import pytest
 
 from potq.accel.arch import load_arch, preset_path
+from potq.accel.dse import DesignPoint, dse, format_dse, pareto, plot_dse
 from potq.accel.row_stationary import FIELDS, Mapping, evaluate, legal, space, space_size
-from potq.accel.search import (
-    LAB_COLUMNS,
-    DesignPoint,
-    conv_blocks,
-    dse,
-    format_dse,
-    legal_mappings,
-    mappings_csv,
-    pareto,
-    plot_dse,
-    search,
-    search_scalar,
-)
+from potq.accel.search import LAB_COLUMNS, conv_blocks, legal_mappings, mappings_csv, search, search_scalar
 from potq.accel.workload import Workload
 from potq.errors import UserError
 

@@ -14,7 +14,21 @@ from potq.errors import UserError
 from potq.golden import GOLDEN_KERNELS, IntegerModel
 from potq.ir import io
 from potq.ir.capture import capture
-from potq.ir.graph import MAC_OPS, OP_SPEC, REQUANT_OPS, SHARED_QTYPE_OPS, Graph, Node, OpType, QType
+from potq.ir.graph import (
+    MAC_OPS,
+    OP_SPEC,
+    POOL_OPS,
+    RELU_FUSING_OPS,
+    REQUANT_OPS,
+    SHARED_QTYPE_OPS,
+    SIGN_KEEPING_OPS,
+    WINDOW_OPS,
+    Graph,
+    Node,
+    OpType,
+    QType,
+    _window_shape,
+)
 from potq.ir.rules import Rounding
 from potq.ir.tensor import normalize
 from potq.models import ZOO, build_model
@@ -28,11 +42,22 @@ MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 
 
 def test_every_op_type_has_a_row_in_the_op_table_and_a_kernel_in_every_interpreter():
+    from potq.accel.workload import WORKLOAD_KERNELS
     from potq.deploy.c_runtime import C_KERNELS
     from potq.deploy.onnx_qdq import ONNX_KERNELS
+    from potq.deploy.rtl.program import DESC_KERNELS
 
     assert set(OP_SPEC) == set(OpType)
-    for kernels in (SIM_KERNELS, GOLDEN_KERNELS, ENERGY_KERNELS, OP_RULES, C_KERNELS, ONNX_KERNELS):
+    for kernels in (
+        SIM_KERNELS,
+        GOLDEN_KERNELS,
+        ENERGY_KERNELS,
+        OP_RULES,
+        C_KERNELS,
+        ONNX_KERNELS,
+        WORKLOAD_KERNELS,
+        DESC_KERNELS,
+    ):
         assert set(kernels) == set(OP_SPEC)
 
 
@@ -41,6 +66,11 @@ def test_op_groups_come_from_the_op_table():
     assert set(REQUANT_OPS) == {OpType.INPUT, OpType.CONV, OpType.LINEAR, OpType.ADD, OpType.AVGPOOL}
     assert set(SHARED_QTYPE_OPS) == {OpType.MAXPOOL, OpType.FLATTEN, OpType.CONCAT}
     assert {op for op, s in OP_SPEC.items() if s.arity != 1} == {OpType.ADD, OpType.CONCAT}
+    assert WINDOW_OPS == (OpType.CONV, OpType.MAXPOOL, OpType.AVGPOOL)
+    assert {op for op, s in OP_SPEC.items() if s.shape is _window_shape} == set(WINDOW_OPS)
+    assert POOL_OPS == (OpType.MAXPOOL, OpType.AVGPOOL) == tuple(op for op in WINDOW_OPS if op not in MAC_OPS)
+    assert set(SIGN_KEEPING_OPS) == {OpType.MAXPOOL, OpType.AVGPOOL, OpType.FLATTEN, OpType.CONCAT}
+    assert RELU_FUSING_OPS == (OpType.CONV, OpType.LINEAR, OpType.ADD)  # this order in capture's error message
 
 
 def params(name: str) -> int:

@@ -278,7 +278,7 @@ def _accel_dse(a: argparse.Namespace, arch, graph, zero_points) -> list:
     """The design-space sweep of --dse: --arch and the --dse-with bases, each over PE arrays (default: its
     own halved, as is, doubled) x global buffers (default: its own / 4, as is, x 2) x its dataflows."""
     from potq.accel.arch import load_arch
-    from potq.accel.search import dse
+    from potq.accel.dse import dse
 
     bases = [arch, *(load_arch(n) for n in (a.dse_with.split(",") if a.dse_with else []))]
     arrays, glbs = _dse_sizes(a)
@@ -323,7 +323,7 @@ def cmd_accel(a: argparse.Namespace) -> None:
     )
     points, dse_text = [], ""
     if a.dse:
-        from potq.accel.search import format_dse, format_pareto
+        from potq.accel.dse import format_dse, format_pareto
 
         points = _accel_dse(a, arch, graph, zero_points)
         dse_text = format_dse(points) + "\n" + format_pareto(points)  # refuses mixed energy units: before writing
@@ -344,7 +344,7 @@ def cmd_accel(a: argparse.Namespace) -> None:
     if files:
         write_scalesim(files, a.scalesim_out)
     if a.dse_out:
-        from potq.accel.search import plot_dse
+        from potq.accel.dse import plot_dse
 
         plot_dse(points, a.dse_out, Path(a.run).name if a.run else a.model)
     if a.json:

@@ -11,6 +11,8 @@ legal mappings are costed, by row_stationary.terms, the scalar evaluate's own fo
 Evidence: tests/test_accel_rs.py checks that both give the same best mapping and the same metrics on
 several layers and objectives; benchmarks/accel_search.py times both on every convolution of resnet20.
 A layer with no legal mapping is one UserError line naming the layer and the rule that leaves none.
+The accelerator model (model.py) maps its row-stationary layers with this search; the design-space sweep
+over the model is dse.py, so nothing here imports the model.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import csv
 import io
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,9 @@ from potq.accel.row_stationary import (
     space,
     terms,
 )
+from potq.accel.workload import node_workload
 from potq.errors import UserError
+from potq.files import save_text
 
 OBJECTIVES = {"latency": "latency", "energy": "energy_total", "edp": "edp"}
 # The lab's CSV columns (its EyerissAnalyzer.summary: layer, the hardware, the mapping, then the
@@ -62,7 +65,7 @@ LAB_COLUMNS = (
 _EMPTY_AXIS_RULE = {"e": "pe_rows", "r": "pe_rows", "t": "pe_rows", "p": "spad_psum", "q": "spad_ifmap"}
 
 
-def _objective_key(objective: str) -> str:
+def objective_key(objective: str) -> str:
     if objective not in OBJECTIVES:
         raise UserError(f"--objective {objective}: must be one of {', '.join(OBJECTIVES)}")
     return OBJECTIVES[objective]
@@ -137,7 +140,7 @@ def legal_mappings(wl, arch, pool: int = 1) -> tuple[dict[str, np.ndarray], int]
 
 def ranked(wl, arch, objective: str = "latency", pool: int = 1) -> tuple[dict[str, np.ndarray], int]:
     """All legal mappings and their terms, best first: by the objective, then by (m, n, e, p, q, r, t)."""
-    key = _objective_key(objective)
+    key = objective_key(objective)
     params, size = legal_mappings(wl, arch, pool)
     d = terms(wl, arch, pool, *(params[k] for k in FIELDS))
     n = len(params["m"])
@@ -162,7 +165,7 @@ def search(wl, arch, objective: str = "latency", pool: int = 1) -> tuple[Mapping
 def search_scalar(wl, arch, objective: str = "latency", pool: int = 1) -> tuple[Mapping, dict[str, Any]]:
     """The reference search: every mapping of the product in turn, legal() then evaluate(), keeping
     the smallest (objective, mapping tuple)."""
-    key = _objective_key(objective)
+    key = objective_key(objective)
     check_workload(wl)
     sp = space(wl, arch)
     best, best_key, size, count = None, None, 0, 0
@@ -204,8 +207,6 @@ def fused_pools(graph) -> dict[str, tuple[int, str]]:
 def conv_blocks(graph, batch: int = 1) -> list[tuple[Any, int]]:
     """The lab's convolution blocks of a graph: each conv (and linear) node's Workload with the k of the
     max pool fused after it into the post-processing unit, as the lab does (1: none)."""
-    from potq.accel.workload import node_workload
-
     return [(node_workload(graph, n, batch), _fused_pool(graph, n)) for n in graph.mac_nodes()]
 
 
@@ -225,8 +226,6 @@ def mappings_csv(
     """Write every legal mapping of every layer, best first per layer, under the lab's column names
     (then potq's: rank, the objective, every term of row_stationary.terms). Nothing is written unless
     every layer has a mapping. Returns the number of rows."""
-    from potq.files import save_text  # torch-importing; only the CSV needs it
-
     hw = [arch.pe_rows, arch.pe_cols, *(arch.spad_bytes[k] for k in ("ifmap", "filter", "psum"))]
     hw += [arch.glb_bytes, arch.bus_bytes_per_cycle, arch.noc_bytes_per_cycle]
     tables = [ranked(wl, arch, objective, (pools or [1] * len(layers))[i])[0] for i, wl in enumerate(layers)]
@@ -243,152 +242,3 @@ def mappings_csv(
             rows += 1
     save_text(buf.getvalue(), Path(path))
     return rows
-
-
-# ---- design-space exploration: array size x global buffer x dataflow, and the Pareto front ----------
-
-
-@dataclass(frozen=True)
-class DesignPoint:
-    """One architecture variant running a whole network: its totals, or why it cannot run it."""
-
-    arch: str  # the variant's name: base-<rows>x<cols>-glb<KiB>k
-    dataflow: str
-    pe_rows: int
-    pe_cols: int
-    glb_bytes: int
-    latency: int = 0  # cycles, the network's total
-    energy: float = 0.0  # the network's total, in the architecture's unit
-    energy_unit: str = ""
-    fits: bool = True
-    reason: str = ""  # the first layer no mapping fits, when fits is False
-
-    @property
-    def label(self) -> str:
-        return f"{self.arch} {self.dataflow}"
-
-    @property
-    def edp(self) -> float:
-        return self.energy * self.latency
-
-
-def variant(arch, rows: int, cols: int, glb_bytes: int):
-    """The architecture with another PE array and global buffer, everything else kept."""
-    return replace(
-        arch, name=f"{arch.name}-{rows}x{cols}-glb{glb_bytes // 1024}k", pe_rows=rows, pe_cols=cols, glb_bytes=glb_bytes
-    )
-
-
-def dse(
-    graph,
-    archs: Sequence,
-    pe_arrays: Sequence[tuple[int, int]] | None = None,
-    glb_sizes: Sequence[int] | None = None,
-    objective: str = "latency",
-    batch: int = 1,
-    zero_points: dict[str, int] | None = None,
-) -> list[DesignPoint]:
-    """Every base architecture x PE array (rows, cols) x global buffer x each of its dataflows, the whole
-    network run by potq.accel.model (row-stationary layers mapped by `search` under `objective`). A
-    variant that some layer cannot run is kept as a point with fits=False and the one-line reason.
-    Defaults: each base's own array and buffer. Order: the loops' order, so the list is deterministic.
-    zero_points: as model.accel_report's (a float graph's, from a zero-point policy)."""
-    from potq.accel.model import accel_report  # model.py imports this module for its rs layers
-
-    _objective_key(objective)
-    points = []
-    for base in archs:
-        for rows, cols in pe_arrays or [(base.pe_rows, base.pe_cols)]:
-            for glb in glb_sizes or [base.glb_bytes]:
-                arch = variant(base, rows, cols, glb)
-                for df in arch.dataflows:
-                    point = DesignPoint(arch.name, df, rows, cols, glb, energy_unit=arch.energy_unit)
-                    try:
-                        r = accel_report(graph, arch, df, batch=batch, objective=objective, zero_points=zero_points)
-                    except UserError as e:
-                        points.append(replace(point, fits=False, reason=str(e)))
-                        continue
-                    total = r["total"]
-                    points.append(
-                        replace(point, latency=int(total["cycles"]["latency"]), energy=float(total["energy"]["total"]))
-                    )
-    return points
-
-
-def pareto(points: Sequence[DesignPoint]) -> list[DesignPoint]:
-    """The points no other point dominates (latency and energy both no worse, one strictly better),
-    among those that fit and share one energy unit; sorted by (latency, energy, label)."""
-    live = [p for p in points if p.fits]
-    units = {p.energy_unit for p in live}
-    if len(units) > 1:
-        raise UserError(f"pareto: energies in different units ({', '.join(sorted(units))}) cannot be compared")
-
-    def dominated(p: DesignPoint) -> bool:
-        return any(
-            o.latency <= p.latency and o.energy <= p.energy and (o.latency < p.latency or o.energy < p.energy)
-            for o in live
-        )
-
-    return sorted((p for p in live if not dominated(p)), key=lambda p: (p.latency, p.energy, p.label))
-
-
-def plot_dse(points: Sequence[DesignPoint], path: Path | str, title: str = "") -> None:
-    """Latency against energy, one marker per dataflow, the Pareto front joined and labelled."""
-    from potq.plots import plt, save_figure
-
-    front = pareto(points)
-    live = [p for p in points if p.fits]
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for df, marker in zip(("rs", "ws", "os", "is"), "o^sD", strict=True):
-        pts = [p for p in live if p.dataflow == df]
-        if pts:
-            ax.scatter([p.latency for p in pts], [p.energy for p in pts], marker=marker, label=df, alpha=0.7)
-    ax.step([p.latency for p in front], [p.energy for p in front], where="post", color="k", lw=1, label="Pareto front")
-    labels: dict[tuple[int, float], list[str]] = {}  # equal points share one label
-    for p in front:
-        labels.setdefault((p.latency, p.energy), []).append(
-            f"{p.pe_rows}x{p.pe_cols} {p.glb_bytes // 1024}K {p.dataflow}"
-        )
-    for (lat, en), names in labels.items():
-        ax.annotate(", ".join(names), (lat, en), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    unit = live[0].energy_unit if live else ""
-    ax.set(xlabel="latency (cycles)", ylabel=f"energy ({unit})", title=title or "Design-space exploration")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    save_figure(fig, Path(path))
-
-
-def format_dse(points: Sequence[DesignPoint]) -> str:
-    """The sweep as a markdown table, Pareto points marked; variants that cannot run say why."""
-    front = {(p.arch, p.dataflow) for p in pareto(points)}
-    unit = next((p.energy_unit for p in points if p.fits), "")
-    lines = [
-        f"| architecture | dataflow | PE array | global buffer | latency (cycles) | energy ({unit}) | EDP | Pareto |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for p in points:
-        size = f"{p.pe_rows}x{p.pe_cols}"
-        glb = f"{p.glb_bytes // 1024} KiB" if p.glb_bytes >= 1024 else f"{p.glb_bytes} B"
-        if not p.fits:
-            lines.append(f"| {p.arch} | {p.dataflow} | {size} | {glb} | does not fit: {p.reason} | | | |")
-            continue
-        mark = "yes" if (p.arch, p.dataflow) in front else ""
-        lines.append(
-            f"| {p.arch} | {p.dataflow} | {size} | {glb} | {p.latency:,} | {p.energy:,.0f} | {p.edp:.4g} | {mark} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def format_pareto(points: Sequence[DesignPoint]) -> str:
-    """The Pareto front of latency against energy, fastest first, one line per point."""
-    front = pareto(points)
-    lines = [f"Pareto front, latency vs energy ({len(front)} of {len(points)} design points):"]
-    for p in front:
-        glb = f"{p.glb_bytes / 1024:g} KiB"
-        lines.append(
-            f"  {p.dataflow:<2} {p.pe_rows}x{p.pe_cols} PEs, {glb} buffer: {p.latency:,} cycles, "
-            f"{p.energy:,.0f} {p.energy_unit} ({p.arch})"
-        )
-    return "\n".join(lines) + "\n"

@@ -14,11 +14,12 @@ mobilenet-cifar, and the shapes against the graph's own.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from potq.ir.graph import Graph, Node, OpType
+from potq.ir.graph import MAC_OPS, Graph, Node, OpType, pair
 
-MAC_OP_NAMES = (OpType.CONV.value, OpType.LINEAR.value)
+MAC_OP_NAMES = tuple(op.value for op in MAC_OPS)  # Workload.op is the OpType's value
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,6 @@ def spad_traffic(w: Workload) -> dict[str, int]:
     }
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def scalesim_out_size(padded: int, kernel: int, stride: int) -> int:
     """SCALE-Sim 3.0.0's output size over a padded input (its topology has no padding field):
     ceil((padded - kernel + stride) / stride) = floor((padded - kernel) / stride) + 1 whenever
@@ -118,51 +115,81 @@ def _bits(graph: Graph, value: str) -> int:
     return q.bits if q is not None else 8  # a float graph is taken at 8 bits
 
 
-def _spatial(node: Node, shape: tuple[int, ...]) -> tuple[int, int]:
+def _spatial(shape: tuple[int, ...]) -> tuple[int, int]:
     return (int(shape[1]), int(shape[2])) if len(shape) == 3 else (1, 1)
+
+
+def _maps(graph: Graph, n: Node) -> tuple[int, tuple[int, int], tuple[int, int]]:
+    """A post-processing node's channels (its output's), input (H, W) and output (E, F)."""
+    return int(graph.shapes[n.output][0]), _spatial(graph.shapes[n.inputs[0]]), _spatial(graph.shapes[n.output])
+
+
+def _window(n: Node) -> tuple[tuple[int, int], ...]:
+    """A windowed node's (kernel, stride, padding), each as (height, width)."""
+    return tuple(pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
+
+
+# One loop nest per op kind: (graph, node, batch, the operand widths) -> Workload.
+Bits = dict[str, int]
+
+
+def _conv(graph: Graph, n: Node, batch: int, bits: Bits) -> Workload:
+    in_shape, out_shape = graph.shapes[n.inputs[0]], graph.shapes[n.output]
+    w = n.tensors["weight"]
+    groups = int(n.attrs.get("groups", 1))
+    (r, s), (sh, sw), (ph, pw) = _window(n)
+    c, m = int(w.shape[1]), int(w.shape[0]) // groups
+    h, w_, e, f = int(in_shape[1]), int(in_shape[2]), int(out_shape[1]), int(out_shape[2])
+    return Workload(n.name, n.op.value, batch, c, m, groups, h, w_, r, s, e, f, sh, sw, ph, pw, **bits)
+
+
+def _linear(graph: Graph, n: Node, batch: int, bits: Bits) -> Workload:
+    """A 1x1 convolution on a 1x1 map."""
+    w = n.tensors["weight"]
+    return Workload(n.name, n.op.value, batch, int(w.shape[1]), int(w.shape[0]), 1, 1, 1, 1, 1, 1, 1, **bits)
+
+
+def _pool(graph: Graph, n: Node, batch: int, bits: Bits) -> Workload:
+    """R x S = the pooling window, one group per channel."""
+    channels, (h, w_), (e, f) = _maps(graph, n)
+    (r, s), (sh, sw), (ph, pw) = _window(n)
+    return Workload(n.name, n.op.value, batch, 1, 1, channels, h, w_, r, s, e, f, sh, sw, ph, pw, **bits)
+
+
+def _pointwise(graph: Graph, n: Node, batch: int, bits: Bits) -> Workload:
+    """The input table and an add: one output per position, read from each input (`inputs`)."""
+    channels, (h, w_), (e, f) = _maps(graph, n)
+    return Workload(n.name, n.op.value, batch, 1, 1, channels, h, w_, 1, 1, e, f, **bits, inputs=len(n.inputs))
+
+
+def _flatten(graph: Graph, n: Node, batch: int, bits: Bits) -> Workload:
+    """(C, H, W) -> (C*H*W): an address change, kept as channels x 1 x 1."""
+    channels = math.prod(graph.shapes[n.output])
+    return Workload(n.name, n.op.value, batch, 1, 1, channels, 1, 1, 1, 1, 1, 1, **bits)
+
+
+def _concat(graph: Graph, n: Node, batch: int, bits: Bits) -> Workload:
+    """The inputs' channels add up; each output value is read from one input (inputs = 1)."""
+    channels, (h, w_), (e, f) = _maps(graph, n)
+    return Workload(n.name, n.op.value, batch, 1, 1, channels, h, w_, 1, 1, e, f, **bits)
+
+
+WORKLOAD_KERNELS: dict[OpType, Callable[[Graph, Node, int, Bits], Workload]] = {
+    OpType.INPUT: _pointwise,
+    OpType.CONV: _conv,
+    OpType.LINEAR: _linear,
+    OpType.ADD: _pointwise,
+    OpType.MAXPOOL: _pool,
+    OpType.AVGPOOL: _pool,
+    OpType.CONCAT: _concat,
+    OpType.FLATTEN: _flatten,
+}
 
 
 def node_workload(graph: Graph, n: Node, batch: int = 1) -> Workload:
     """The loop nest of one node, its bounds and operand widths from the graph alone."""
-    in_shape, out_shape = graph.shapes[n.inputs[0]], graph.shapes[n.output]
     bits = {"bits_ifmap": _bits(graph, n.inputs[0]), "bits_ofmap": _bits(graph, n.output)}
-    if n.op is OpType.CONV:
-        w = n.tensors["weight"]
-        groups = int(n.attrs.get("groups", 1))
-        (r, s), (sh, sw), (ph, pw) = _pair(n.attrs["kernel"]), _pair(n.attrs["stride"]), _pair(n.attrs["padding"])
-        return Workload(
-            n.name,
-            n.op.value,
-            batch,
-            int(w.shape[1]),
-            int(w.shape[0]) // groups,
-            groups,
-            int(in_shape[1]),
-            int(in_shape[2]),
-            r,
-            s,
-            int(out_shape[1]),
-            int(out_shape[2]),
-            sh,
-            sw,
-            ph,
-            pw,
-            **bits,
-        )
-    if n.op is OpType.LINEAR:
-        w = n.tensors["weight"]
-        return Workload(n.name, n.op.value, batch, int(w.shape[1]), int(w.shape[0]), 1, 1, 1, 1, 1, 1, 1, **bits)
-    channels = int(out_shape[0])
-    h, w_ = _spatial(n, in_shape)
-    e, f = _spatial(n, out_shape)
-    if n.op in (OpType.MAXPOOL, OpType.AVGPOOL):
-        (r, s), (sh, sw), (ph, pw) = _pair(n.attrs["kernel"]), _pair(n.attrs["stride"]), _pair(n.attrs["padding"])
-        return Workload(n.name, n.op.value, batch, 1, 1, channels, h, w_, r, s, e, f, sh, sw, ph, pw, **bits)
-    if n.op is OpType.FLATTEN:  # (C, H, W) -> (C*H*W): an address change, kept as channels x 1 x 1
-        channels, h, w_, e, f = math.prod(out_shape), 1, 1, 1, 1
-    if n.op is OpType.CONCAT:  # the inputs' channels add up; each output value is read from one input
-        return Workload(n.name, n.op.value, batch, 1, 1, channels, h, w_, 1, 1, e, f, **bits)
-    return Workload(n.name, n.op.value, batch, 1, 1, channels, h, w_, 1, 1, e, f, **bits, inputs=len(n.inputs))
+    return WORKLOAD_KERNELS[n.op](graph, n, batch, bits)
 
 
 def workloads(graph: Graph, batch: int = 1) -> list[Workload]:

@@ -18,7 +18,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
 from potq.errors import UserError
-from potq.ir.graph import Graph, Node, OpType, pair
+from potq.ir.graph import RELU_FUSING_OPS, Graph, Node, OpType, pair
 
 IMAGE = "image"
 SUPPORTED = (
@@ -242,7 +242,7 @@ class _Builder:
     def fuse(self, node: fx.Node, lo: float, hi: float) -> None:
         if not lo == 0.0 or not hi > 0:
             raise _unsupported(node, f"a clamp to [{lo}, {hi}]", "potq fuses clamps with a lower bound of 0")
-        producer = self._sole_producer(node, (OpType.CONV, OpType.LINEAR, OpType.ADD), "ReLU")
+        producer = self._sole_producer(node, RELU_FUSING_OPS, "ReLU")
         old = producer.act or (0.0, INF)
         producer.attrs["act"] = [max(lo, old[0]), min(hi, old[1])]
         self.value[node] = producer.output

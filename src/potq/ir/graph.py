@@ -215,49 +215,67 @@ def _flatten_shape(n: Node, ins: list[Shape]) -> Shape:
 
 @dataclass(frozen=True)
 class OpSpec:
-    """What an op type is, for every interpreter: how many inputs, what shape it makes, whether it multiplies
-    int8 weights (a MAC node: a PE array's work), whether its output is a fresh quantization (a rounding
-    shift), whether its inputs and output share one QType (codes move unchanged), and its integer rule in one
-    line (written into model.json for implementers)."""
+    """What an op type is, for every interpreter, one column per fact:
+    - arity: how many inputs (None: two or more);
+    - shape: the output shape it makes of its inputs' shapes;
+    - macs: it multiplies int8 weights (a MAC node: a PE array's work);
+    - requantizes: its output is a fresh quantization (a rounding shift);
+    - shares_qtype: its inputs and output share one QType (codes move unchanged);
+    - windowed: it slides a window over (C, H, W), so it has kernel, stride and padding attributes;
+    - pools: a pooling window per channel, without weights (the windowed ops that are not MACs);
+    - keeps_sign: its output is nonnegative whenever all its inputs are (it selects, averages, reshapes or
+      stacks them), so a ReLU's sign carries through it; ADD is not marked: without its fused ReLU its
+      output is taken as signed;
+    - fuses_relu: a ReLU (or ReLU6) that alone follows it fuses into its output clamp (the node's `act`);
+    - rule: its integer rule in one line (written into model.json for implementers)."""
 
-    arity: int | None  # None: two or more
+    arity: int | None
     shape: Callable[[Node, list[Shape]], Shape]
     macs: bool
     requantizes: bool
     shares_qtype: bool
+    windowed: bool
+    pools: bool
+    keeps_sign: bool
+    fuses_relu: bool
     rule: str
 
 
 # fmt: off
 OP_SPEC: dict[OpType, OpSpec] = {
-    #                 arity  shape         macs   requant shares rule
-    OpType.INPUT: OpSpec(1, _same_shape, False, True, False,
+    #                      arity  shape            macs    requant shares  window  pools   sign    relu
+    OpType.INPUT:   OpSpec(1,     _same_shape,     False,  True,   False,  False,  False,  False,  False,
         "y[c,h,w] = lut[c][image[c,h,w]] (normalization and input quantization in one table)"),
-    OpType.CONV: OpSpec(1, _window_shape, True, True, False,
+    OpType.CONV:    OpSpec(1,     _window_shape,   True,   True,   False,  True,   False,  False,  True,
         "acc[o] = bias[o] + sum over the group's input channels i and the kernel of (x[i] - zp_in) * weight[o,i]; "
         "padding adds zeros to x - zp_in (it pads with zp_in in code space); y = clamp(round_shift(acc, shift[o]) "
         "+ zp_out, lo, hi), or y = acc when requant is false (the int32 logits)"),
-    OpType.LINEAR: OpSpec(1, _linear_shape, True, True, False,
+    OpType.LINEAR:  OpSpec(1,     _linear_shape,   True,   True,   False,  False,  False,  False,  True,
         "acc[o] = bias[o] + sum_i (x[i] - zp_in) * weight[o,i]; then as conv"),
-    OpType.ADD: OpSpec(2, _add_shape, False, True, False,
+    OpType.ADD:     OpSpec(2,     _add_shape,      False,  True,   False,  False,  False,  False,  True,
         "acc = ((a - zp_a) << align[0]) + ((b - zp_b) << align[1]); y = clamp(round_shift(acc, shift[0]) + zp_out, "
         "lo, hi)"),
-    OpType.MAXPOOL: OpSpec(1, _window_shape, False, False, True,
+    OpType.MAXPOOL: OpSpec(1,     _window_shape,   False,  False,  True,   True,   True,   True,   False,
         "y = max over the window of x (codes; padding never wins); y shares x's scale and zero point"),
-    OpType.AVGPOOL: OpSpec(1, _window_shape, False, True, False,
+    OpType.AVGPOOL: OpSpec(1,     _window_shape,   False,  True,   False,  True,   True,   True,   False,
         "acc = sum over the window of (x - zp_in) (padding adds zeros); y = clamp(round_shift(acc, shift[0]) + "
         "zp_out, lo, hi): the division by the window's 2^n values is part of the shift"),
-    OpType.CONCAT: OpSpec(None, _concat_shape, False, False, True,
+    OpType.CONCAT:  OpSpec(None,  _concat_shape,   False,  False,  True,   False,  False,  True,   False,
         "y = the inputs' codes stacked along channels; all share one scale and zero point"),
-    OpType.FLATTEN: OpSpec(1, _flatten_shape, False, False, True,
+    OpType.FLATTEN: OpSpec(1,     _flatten_shape,  False,  False,  True,   False,  False,  True,   False,
         "y = x reshaped (C, H, W) -> (C*H*W), in C, H, W order"),
 }
 # fmt: on
 
+# The op groups, each one column of the table, in OpType order.
 MAC_OPS = tuple(op for op, spec in OP_SPEC.items() if spec.macs)
 # nodes whose output is a fresh quantization (a rounding shift); the others move codes unchanged
 REQUANT_OPS = tuple(op for op, spec in OP_SPEC.items() if spec.requantizes)
 SHARED_QTYPE_OPS = tuple(op for op, spec in OP_SPEC.items() if spec.shares_qtype)
+WINDOW_OPS = tuple(op for op, spec in OP_SPEC.items() if spec.windowed)  # kernel, stride, padding attributes
+POOL_OPS = tuple(op for op, spec in OP_SPEC.items() if spec.pools)
+SIGN_KEEPING_OPS = tuple(op for op, spec in OP_SPEC.items() if spec.keeps_sign)
+RELU_FUSING_OPS = tuple(op for op, spec in OP_SPEC.items() if spec.fuses_relu)
 
 
 def out_shape(n: Node, ins: list[Shape]) -> Shape:

@@ -10,6 +10,7 @@ bytes (int8 weights, uint8 input tables), biases and shifts 32-bit words: the he
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,10 +19,11 @@ import numpy as np
 from potq.accel.systolic import os_gemm_cycles, rtl_gemm_cycles
 from potq.deploy.rtl.pkg import DESC_FIELDS, DESC_WORDS, OPCODES
 from potq.errors import UserError
-from potq.ir.graph import Graph, Node, OpType, pair
+from potq.ir.graph import POOL_OPS, WINDOW_OPS, Graph, Node, OpType, pair
 
 # memory sizes of potq_tb (its ACT_AW, W_AW, P_AW, D_AW parameters)
 ACT_WORDS, W_BYTES, P_WORDS, D_WORDS = 1 << 22, 1 << 22, 1 << 18, 1 << 16
+POOL_OPCODES = tuple(OPCODES[op.name] for op in POOL_OPS)  # the vector unit's pooling opcodes, one per pool op
 
 
 @dataclass
@@ -51,8 +53,69 @@ def _chw(graph: Graph, v: str) -> tuple[int, int, int]:
     return (s[0], 1, 1) if len(s) == 1 else (s[0], s[1], s[2])
 
 
-def _desc(graph: Graph, p: Program, n: Node) -> list[dict[str, int]]:
-    """The descriptors of one node (several for a concat)."""
+# One function per op kind: (graph, program, node, the descriptor's shared fields) -> the node's descriptors.
+Desc = dict[str, int]
+
+
+def _mac(graph: Graph, p: Program, n: Node, d: Desc) -> list[Desc]:
+    d.update(OP=OPCODES["MAC"], WB=p.add_wgt(n.tensors["weight"].numpy()), BB=p.add_par(n.tensors["bias"].numpy()))
+    d.update(REQUANT=int(not graph.q[n.output].accumulator))
+    return [d]
+
+
+def _linear(graph: Graph, p: Program, n: Node, d: Desc) -> list[Desc]:
+    """A 1x1 convolution of a 1x1 image of C*H*W channels."""
+    d.update(C=math.prod(graph.shapes[n.inputs[0]]), H=1, W=1)
+    return _mac(graph, p, n, d)
+
+
+def _lut(graph: Graph, p: Program, n: Node, d: Desc) -> list[Desc]:
+    d.update(OP=OPCODES["LUT"], WB=p.add_wgt(n.tensors["lut"].numpy()))
+    return [d]
+
+
+def _add(graph: Graph, p: Program, n: Node, d: Desc) -> list[Desc]:
+    al = [int(a) for a in n.tensors["align"].tolist()]
+    d.update(OP=OPCODES["ADD"], IN1=p.base[n.inputs[1]], ZP1=graph.q[n.inputs[1]].zero_point, AL0=al[0], AL1=al[1])
+    return [d]
+
+
+def _pool(graph: Graph, p: Program, n: Node, d: Desc) -> list[Desc]:
+    d.update(OP=OPCODES[n.op.name])  # the vector unit's MAXPOOL or AVGPOOL
+    return [d]
+
+
+def _copy(graph: Graph, p: Program, n: Node, d: Desc) -> list[Desc]:
+    """A flatten moves the codes unchanged: the layout is already row-major over (C, H, W)."""
+    d.update(OP=OPCODES["COPY"])
+    return [d]
+
+
+def _concat(graph: Graph, p: Program, n: Node, d: Desc) -> list[Desc]:
+    """One COPY per input, each into its slice of the output."""
+    pieces, offset = [], 0
+    for v in n.inputs:
+        size = math.prod(graph.shapes[v])
+        pieces.append({**d, "OP": OPCODES["COPY"], "IN0": p.base[v], "OUT": p.base[n.output] + offset, "SIZE": size})
+        offset += size
+    return pieces
+
+
+DESC_KERNELS: dict[OpType, Callable[[Graph, Program, Node, Desc], list[Desc]]] = {
+    OpType.INPUT: _lut,
+    OpType.CONV: _mac,
+    OpType.LINEAR: _linear,
+    OpType.ADD: _add,
+    OpType.MAXPOOL: _pool,
+    OpType.AVGPOOL: _pool,
+    OpType.CONCAT: _concat,
+    OpType.FLATTEN: _copy,
+}
+
+
+def _desc(graph: Graph, p: Program, n: Node) -> list[Desc]:
+    """The descriptors of one node (several for a concat): the fields every op fills, then its kernel's; the
+    last descriptor checks the whole output."""
     q_out, out = graph.q[n.output], n.output
     c, h, w = _chw(graph, n.inputs[0])
     o, oh, ow = _chw(graph, out)
@@ -68,35 +131,14 @@ def _desc(graph: Graph, p: Program, n: Node) -> list[dict[str, int]]:
     )
     if not q_out.accumulator:
         d.update(ZPO=q_out.zero_point, LO=q_out.lo, HI=q_out.hi)
-    if "shift" in n.tensors:
+    if "shift" in n.tensors:  # before the kernel: the parameter memory's order is shifts, then biases
         d.update(SB=p.add_par(n.tensors["shift"].numpy()), SHIFT_PER_CH=int(n.tensors["shift"].numel() > 1))
-    if n.op in (OpType.CONV, OpType.MAXPOOL, OpType.AVGPOOL):
+    if n.op in WINDOW_OPS:
         (kh, kw), (sh, sw), (ph, pw) = (pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
         d.update(KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, G=n.attrs.get("groups", 1))
-    if n.op is OpType.LINEAR:  # a 1x1 convolution of a 1x1 image of C*H*W channels
-        d.update(C=math.prod(graph.shapes[n.inputs[0]]), H=1, W=1)
-    if n.op in (OpType.CONV, OpType.LINEAR):
-        d.update(OP=OPCODES["MAC"], WB=p.add_wgt(n.tensors["weight"].numpy()), BB=p.add_par(n.tensors["bias"].numpy()))
-        d.update(REQUANT=int(not q_out.accumulator))
-    elif n.op is OpType.INPUT:
-        d.update(OP=OPCODES["LUT"], WB=p.add_wgt(n.tensors["lut"].numpy()))
-    elif n.op is OpType.ADD:
-        al = [int(a) for a in n.tensors["align"].tolist()]
-        d.update(OP=OPCODES["ADD"], IN1=p.base[n.inputs[1]], ZP1=graph.q[n.inputs[1]].zero_point, AL0=al[0], AL1=al[1])
-    elif n.op in (OpType.MAXPOOL, OpType.AVGPOOL):
-        d.update(OP=OPCODES[n.op.name])
-    elif n.op is OpType.FLATTEN:
-        d.update(OP=OPCODES["COPY"])
-    elif n.op is OpType.CONCAT:
-        pieces, offset = [], 0
-        for v in n.inputs:
-            size = math.prod(graph.shapes[v])
-            pieces.append({**d, "OP": OPCODES["COPY"], "IN0": p.base[v], "OUT": p.base[out] + offset, "SIZE": size})
-            offset += size
-        pieces[-1].update(CHK_BASE=p.base[out], CHK_SIZE=math.prod(graph.shapes[out]))
-        return pieces
-    d.update(CHK_BASE=p.base[out], CHK_SIZE=math.prod(graph.shapes[out]))
-    return [d]
+    pieces = DESC_KERNELS[n.op](graph, p, n, d)
+    pieces[-1].update(CHK_BASE=p.base[out], CHK_SIZE=math.prod(graph.shapes[out]))
+    return pieces
 
 
 def build_program(graph: Graph) -> Program:
@@ -159,5 +201,5 @@ def rtl_cycles(d: dict[str, int], rows: int, cols: int) -> int:
         g = d.get("G", 1)
         k = d["C"] // g * d["KH"] * d["KW"]
         return mac_cycles(d["OH"] * d["OW"], d["O"] // g, k, rows, cols, g)
-    taps = d["KH"] * d["KW"] if d["OP"] in (OPCODES["MAXPOOL"], OPCODES["AVGPOOL"]) else 1
+    taps = d["KH"] * d["KW"] if d["OP"] in POOL_OPCODES else 1
     return 1 + d["SIZE"] * taps  # the vector unit: one window tap (or element) per cycle
