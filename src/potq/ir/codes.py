@@ -75,6 +75,13 @@ def _apot_fields(bits: int) -> tuple[int, int, int]:
     return m1, m2, top
 
 
+def apot_fields(bits: int) -> tuple[int, int, int]:
+    """(m1, m2, T) of b-bit APoT weights: the widths of the f1 and f2 fields and t1's top exponent (the RTL's
+    shift-add PE takes them as parameters: potq.deploy.rtl.pe)."""
+    check_weight_format(WeightCode.APOT, bits)
+    return _apot_fields(bits)
+
+
 def _magnitudes(code: WeightCode, bits: int) -> dict[int, int]:
     """Storage field (the code without its sign bit) -> magnitude, for pot and apot."""
     if code is WeightCode.POT:

@@ -69,50 +69,60 @@ def cache_root() -> Path:
     return Path(os.environ.get("POTQ_RTL_CACHE", default_cache_dir() / "rtl"))
 
 
+class VerilatorError(Exception):
+    """Verilator rejected the sources; the message is its first error line."""
+
+
+def verilate(top: str, srcs: list[Path], args: list[str], tag: str, lenient: bool = False) -> tuple[Path, bool]:
+    """The Verilator model of `srcs` (top module `top`, extra Verilator `args`), built once per source text
+    and arguments into the cache folder `<top>-<tag>-<key>`; returns (the executable, whether it was built
+    now). `lenient`: lint warnings do not stop the build (a user's module). Raises VerilatorError."""
+    exe_tool = verilator()
+    version = subprocess.run([exe_tool, "--version"], capture_output=True, text=True).stdout.strip()
+    key = hashlib.sha256(f"{version} {tag} {args} {LINT} {MAKE} {lenient}".encode())
+    for s in srcs:
+        key.update(s.name.encode() + s.read_bytes())
+    cached = cache_root() / f"{top}-{tag}-{key.hexdigest()[:16]}"
+    exe = cached / "obj_dir" / "potq_sim"
+    if exe.exists():
+        return exe, False
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+    try:
+        for s in srcs:
+            shutil.copy(s, work / s.name)
+        cmd = [exe_tool, "--cc", "--exe", "--build", "-j", "2", *MAKE, *LINT, "--top-module", top, "-o", "potq_sim"]
+        cmd += [*args, *(["-Wno-fatal"] if lenient else []), *(s.name for s in srcs)]
+        r = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+        if r.returncode:
+            errors = [line for line in (r.stderr + r.stdout).splitlines() if line.startswith("%")]
+            raise VerilatorError((errors or ["(no message)"])[0])
+        try:
+            work.rename(cached)
+        except OSError:  # another process built the same model meanwhile
+            shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return exe, True
+
+
 def build_sim(
     rows: int, cols: int, ppu: Path | None = None, pe: Path | None = None, sweep: bool = False
 ) -> tuple[Path, bool]:
     """The Verilator model (potq_tb, or the PPU sweep harness), built once per source text and array size
     into the cache; returns (the executable, whether it was built now)."""
-    exe_tool = verilator()
-    version = subprocess.run([exe_tool, "--version"], capture_output=True, text=True).stdout.strip()
     extra = SWEEP if sweep else TB
+    top = "potq_ppu_sweep" if sweep else "potq_tb"
+    args = [] if sweep else [f"-GR={rows}", f"-GC={cols}"]
     with tempfile.TemporaryDirectory(prefix="potq-rtl-src-") as tmp:
         srcs = rtl_sources(Path(tmp), ppu, pe, extra)
-        key = hashlib.sha256(f"{version} {rows}x{cols} {LINT} {MAKE}".encode())
-        for s in srcs:
-            key.update(s.name.encode() + s.read_bytes())
-        top = "potq_ppu_sweep" if sweep else "potq_tb"
-        cached = cache_root() / f"{top}-{rows}x{cols}-{key.hexdigest()[:16]}"
-        exe = cached / "obj_dir" / "potq_sim"
-        if exe.exists():
-            return exe, False
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
-        try:
-            for s in srcs:
-                shutil.copy(s, work / s.name)
-            cmd = [exe_tool, "--cc", "--exe", "--build", "-j", "2", *MAKE, *LINT, "--top-module", top, "-o", "potq_sim"]
-            if not sweep:
-                cmd += [f"-GR={rows}", f"-GC={cols}"]
-            if ppu or pe:  # a user's module: lint warnings are theirs to weigh, errors still stop the build
-                cmd.append("-Wno-fatal")
-            cmd += [s.name for s in srcs]
-            r = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
-            if r.returncode:
-                shutil.rmtree(work, ignore_errors=True)
-                errors = [line for line in (r.stderr + r.stdout).splitlines() if line.startswith("%")]
-                first = (errors or ["(no message)"])[0]
-                for name, user in (("potq_ppu.sv", ppu), ("potq_pe.sv", pe)):
-                    if user is not None:
-                        first = first.replace(f" {name}:", f" {user}:")
-                where = "your --ppu/--pe file" if (ppu or pe) else "potq's RTL"
-                raise UserError(f"Verilator rejects {where}: {first}")
-            try:
-                work.rename(cached)
-            except OSError:  # another process built the same model meanwhile
-                shutil.rmtree(work, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-    return exe, True
+        try:  # a user's module: lint warnings are theirs to weigh, errors still stop the build
+            return verilate(top, srcs, args, f"{rows}x{cols}", lenient=bool(ppu or pe))
+        except VerilatorError as e:
+            first = str(e)
+            for name, user in (("potq_ppu.sv", ppu), ("potq_pe.sv", pe)):
+                if user is not None:
+                    first = first.replace(f" {name}:", f" {user}:")
+            where = "your --ppu/--pe file" if (ppu or pe) else "potq's RTL"
+            raise UserError(f"Verilator rejects {where}: {first}") from None
