@@ -23,7 +23,7 @@ from potq.errors import UserError
 from potq.files import check_output_dir, clear_stale, replace_dir, save_json, temp_prefix
 from potq.golden import IntegerModel
 from potq.ir import io
-from potq.ir.graph import OP_SPEC, Graph, OpType
+from potq.ir.graph import OP_SPEC, POOL_OPS, Graph, OpType
 from potq.ir.rules import ROUNDING_DEFINITIONS, Rounding
 
 EXPORT_KIND = "potq-export/2"
@@ -93,7 +93,7 @@ def build_model_json(graph: Graph, golden: IntegerModel, in_shape, classes) -> t
             node["attrs"]["pad_code"] = graph.q[node["inputs"][0]].zero_point
         if op is OpType.MAXPOOL:
             node["attrs"]["pad_code"] = None  # padding never wins the max
-        if op in (OpType.MAXPOOL, OpType.AVGPOOL):
+        if op in POOL_OPS:
             node["attrs"]["ceil_mode"] = False  # output size floor((h + 2p - k) / s) + 1
         if node["name"] in bounds:
             node["worst_case_accumulator"] = bounds[node["name"]]

@@ -24,7 +24,7 @@ from potq.deploy.rtl.program import build_program, rtl_cycles, write_image, writ
 from potq.errors import UserError
 from potq.golden import IntegerModel
 from potq.ir.arith import shift_round
-from potq.ir.graph import Graph, Node, OpType, pair, row_view
+from potq.ir.graph import MAC_OPS, Graph, Node, OpType, pair, row_view
 from potq.ir.rules import Rounding
 
 
@@ -39,7 +39,7 @@ def parse_array(text: str) -> tuple[int, int]:
 def accumulator(graph: Graph, n: Node, xs: list[torch.Tensor]) -> torch.Tensor | None:
     """A requantizing node's exact accumulator (int64), from its golden inputs; None for the others."""
     q = graph.q
-    if n.op in (OpType.CONV, OpType.LINEAR):
+    if n.op in MAC_OPS:
         x = xs[0].to(torch.float64) - q[n.inputs[0]].zero_point
         w, b = n.tensors["weight"].to(torch.float64), n.tensors["bias"].to(torch.float64)
         if n.op is OpType.LINEAR:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from potq.errors import UserError
-from potq.ir.graph import MAC_OPS, SHARED_QTYPE_OPS, Graph, Node, OpType, window
+from potq.ir.graph import MAC_OPS, SHARED_QTYPE_OPS, SIGN_KEEPING_OPS, Graph, Node, OpType, window
 from potq.ir.rules import FLOAT32_EXACT, INT32_MAX
 
 
@@ -140,7 +140,7 @@ def nonnegative(graph: Graph) -> dict[str, bool]:
     only such values makes. The zero-point policy keys on it."""
     nonneg = {graph.input: False}
     for n in graph.nodes:
-        if n.op in (OpType.MAXPOOL, OpType.AVGPOOL, OpType.FLATTEN, OpType.CONCAT):
+        if n.op in SIGN_KEEPING_OPS:
             nonneg[n.output] = all(nonneg[v] for v in n.inputs)
         else:
             nonneg[n.output] = n.act is not None and n.act[0] >= 0
