@@ -114,3 +114,13 @@ def test_quantize_a_run_below_eight_bits(tiny_run, capsys):
     assert (record["bits"], record["weights"]) == ("4/4", "apot")
     assert main(["verify", "--run", str(tiny_run), "--scheme", "pot-channel-w4a4-apot"]) == 0
     assert "0 mismatching values" in capsys.readouterr().out
+
+
+def test_the_accelerator_model_moves_weights_at_their_width():
+    from potq.accel.workload import workloads
+
+    w8 = {w.node: w for w in workloads(lowbit("resnet20", "8/8", "int", bits_all=True)[0])}
+    w4 = {w.node: w for w in workloads(lowbit("resnet20", "4/8", "pot", bits_all=True)[0])}
+    filters = [name for name, w in w8.items() if w.filter_values]
+    assert filters and all(2 * w4[n].bytes_of("filter") == w8[n].bytes_of("filter") for n in filters)
+    assert all(w4[n].bits_filter == 4 and w8[n].bits_filter == 8 for n in filters)

@@ -85,7 +85,7 @@ class Workload:
         bits = {"ifmap": self.bits_ifmap, "filter": self.bits_filter, "bias": self.bits_bias, "ofmap": self.bits_ofmap}[
             operand
         ]
-        return values * bits // 8
+        return -(-values * bits // 8)  # b-bit codes packed densely (exact at 8 bits, as before)
 
 
 def spad_traffic(w: Workload) -> dict[str, int]:
@@ -189,6 +189,8 @@ WORKLOAD_KERNELS: dict[OpType, Callable[[Graph, Node, int, Bits], Workload]] = {
 def node_workload(graph: Graph, n: Node, batch: int = 1) -> Workload:
     """The loop nest of one node, its bounds and operand widths from the graph alone."""
     bits = {"bits_ifmap": _bits(graph, n.inputs[0]), "bits_ofmap": _bits(graph, n.output)}
+    if n.op in MAC_OPS:  # the node's weight format (potq.ir.codes): 8 in a float graph or a 0.4 graph
+        bits["bits_filter"] = n.weight_bits
     return WORKLOAD_KERNELS[n.op](graph, n, batch, bits)
 
 
