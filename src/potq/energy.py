@@ -15,6 +15,16 @@ subtractions (non-zero zero point), k-1 INT32 additions, then requantization (th
 the shift). BatchNorm is folded into the convolution; ReLU (a clamp), max pooling (comparisons),
 concatenation and flattening are not counted, as in the reference report. Memory energy reads every
 weight and input activation and writes every output activation once, in 64-bit accesses, from one memory level.
+
+Below eight bits (a quantized graph's node formats, potq.ir.codes) only the product and the bytes change:
+- `int` weights of b_w bits times b_x-bit codes: one multiply priced at INT8 mult x (b_x * b_w) / 64. An array
+  multiplier has one partial-product cell per pair of operand bits, so its energy follows the product of the
+  widths; the 45 nm table itself bears the rule out (Horowitz, ISSCC 2014: 8-bit mult 0.2 pJ, 32-bit 3.1 pJ,
+  against (32 / 8)^2 x 0.2 = 3.2 pJ).
+- `pot` weights: the product is one shift of the input (a bit shift in the table), no multiply.
+- `apot` weights: two shifts and one INT8 add (the two terms' sum).
+- The summation stays an INT32 add per product, as at 8 bits: the accumulator is still int32.
+- Memory: weights at their bits, packed; activations at their codes' bits (int32 logits at 4 bytes).
 """
 
 from __future__ import annotations
@@ -28,7 +38,9 @@ from importlib import resources
 from pathlib import Path
 
 from potq.errors import UserError
+from potq.ir.codes import WeightCode
 from potq.ir.graph import Graph, Node, OpType, window
+from potq.ir.rules import CODE_BITS
 
 OPS = ("fp32_mult", "fp32_add", "int32_mult", "int32_add", "int8_mult", "int8_add", "shift")
 OP_NAMES = {
@@ -92,6 +104,33 @@ class Term:
     what: str
     op: str
     count: int  # per output
+    scale: float = 1.0  # of the table's energy for `op` (a multiplier narrower than 8 x 8 bits)
+
+    def pj(self, table: Table) -> float:
+        """Energy of this term for one output."""
+        return self.count * self.scale * table.compute[self.op]
+
+
+@dataclass(frozen=True)
+class Operands:
+    """A MAC node's operand widths and weight format (8-bit int codes and weights unless the graph says)."""
+
+    x_bits: int = CODE_BITS
+    w_bits: int = CODE_BITS
+    code: WeightCode = WeightCode.INT
+
+    def product_terms(self, k: int) -> list[Term]:
+        """The k products behind one output, by the weights' format (see the module's docstring)."""
+        if self.code is WeightCode.POT:
+            return [Term("input times weight: one shift (pot weight)", "shift", k)]
+        if self.code is WeightCode.APOT:
+            return [
+                Term("input times weight: two shifts (apot weight)", "shift", 2 * k),
+                Term("add the two shifted terms (apot weight)", "int8_add", k),
+            ]
+        scale = self.x_bits * self.w_bits / CODE_BITS**2
+        what = "input times weight" + ("" if scale == 1 else f" ({self.x_bits} x {self.w_bits}-bit multiply)")
+        return [Term(what, "int8_mult", k, scale)]
 
 
 def requant_terms(model: Arith, out_zp: bool) -> list[Term]:
@@ -103,7 +142,9 @@ def requant_terms(model: Arith, out_zp: bool) -> list[Term]:
     return terms + ([Term("add zero point", "int8_add", 1)] if out_zp else [])
 
 
-def mac_terms(model: Arith, k: int, in_zp: bool, out_zp: bool, requant: bool) -> list[Term]:
+def mac_terms(
+    model: Arith, k: int, in_zp: bool, out_zp: bool, requant: bool, operands: Operands = Operands()
+) -> list[Term]:
     """The operations behind one output of a layer with k inputs per output."""
     if model is Arith.FP32:
         return [
@@ -113,7 +154,7 @@ def mac_terms(model: Arith, k: int, in_zp: bool, out_zp: bool, requant: bool) ->
         ]
     terms = [Term("subtract zero point", "int8_add", k)] if in_zp else []
     terms += [
-        Term("input times weight", "int8_mult", k),
+        *operands.product_terms(k),
         Term("summation", "int32_add", k - 1),
         Term("add bias", "int32_add", 1),
     ]
@@ -153,21 +194,23 @@ class LayerCost:
     terms: dict[Arith, list[Term]]
     requant: bool = True
     mac: bool = False  # a Conv or Linear: k multiply-accumulates per output
+    bits: tuple[int, int, int] = (CODE_BITS, CODE_BITS, CODE_BITS)  # weights, input codes, output codes
 
     def count(self, model: Arith, kind: str) -> int:
         """Total operations of a kind ('mult', 'add', 'shift') for a model."""
         return self.outputs * sum(t.count for t in self.terms[model] if t.op.endswith(kind))
 
     def compute_pj(self, model: Arith, table: Table) -> float:
-        return self.outputs * sum(t.count * table.compute[t.op] for t in self.terms[model])
+        return self.outputs * sum(t.pj(table) for t in self.terms[model])
 
     def memory_bytes(self, model: Arith) -> int:
         if not isinstance(model, Arith):  # a label would fall through to the INT8 branch unnoticed
             raise TypeError(f"{model!r} is not an Arith (parse labels with Arith(label) at the edge)")
         if model is Arith.FP32:
             return 4 * (self.weights + self.biases + self.in_acts + self.outputs)
-        out_bytes = 4 if not self.requant else 1  # int32 logits, else uint8
-        return self.weights + 4 * self.biases + self.in_acts + out_bytes * self.outputs
+        w_bits, in_bits, out_bits = self.bits
+        out_bytes = 4 * self.outputs if not self.requant else _packed(self.outputs, out_bits)  # int32 logits
+        return _packed(self.weights, w_bits) + 4 * self.biases + _packed(self.in_acts, in_bits) + out_bytes
 
     def memory_pj(self, model: Arith, table: Table, level: str) -> float:
         return math.ceil(self.memory_bytes(model) / 8) * table.memory[level]
@@ -175,6 +218,11 @@ class LayerCost:
     @property
     def macs(self) -> int:
         return self.k * self.outputs if self.mac else 0
+
+
+def _packed(values: int, bits: int) -> int:
+    """Bytes of `values` codes of `bits` bits, packed densely (8 bits: one byte each, as before)."""
+    return -(-values * bits // 8)
 
 
 def mac_cost(
@@ -188,9 +236,12 @@ def mac_cost(
     in_zp: bool,
     out_zp: bool,
     requant: bool,
+    operands: Operands = Operands(),
+    out_bits: int = CODE_BITS,
 ) -> LayerCost:
-    terms = {m: mac_terms(m, k, in_zp, out_zp, requant) for m in Arith}
-    return LayerCost(name, type_, k, outputs, weights, biases, in_acts, terms, requant, mac=True)
+    terms = {m: mac_terms(m, k, in_zp, out_zp, requant, operands) for m in Arith}
+    bits = (operands.w_bits, operands.x_bits, out_bits)
+    return LayerCost(name, type_, k, outputs, weights, biases, in_acts, terms, requant, mac=True, bits=bits)
 
 
 # ---- kernels: one per op type (None: not counted, as in the reference report) --------------------
@@ -214,7 +265,16 @@ def _mac(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
         zp[n.inputs[0]] != 0,
         requant and zp[n.output] != 0,
         requant,
+        _operands(g, n),
+        g.q[n.output].bits if g.quantized else CODE_BITS,
     )
+
+
+def _operands(g: Graph, n: Node) -> Operands:
+    """A MAC node's operand widths and weight format: the quantized graph's, else 8-bit int."""
+    if not g.quantized:
+        return Operands()
+    return Operands(g.q[n.inputs[0]].bits, n.weight_bits, n.weight_code)
 
 
 def _add(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
@@ -223,14 +283,22 @@ def _add(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
         m: add_terms(m, sum(zp[v] != 0 for v in n.inputs), sum(a > 0 for a in align), zp[n.output] != 0) for m in Arith
     }
     outputs = math.prod(g.shapes[n.output])
-    return LayerCost(n.name, LAYER_TYPES[n.op], 2, outputs, 0, 0, 2 * outputs, terms)
+    return LayerCost(n.name, LAYER_TYPES[n.op], 2, outputs, 0, 0, 2 * outputs, terms, bits=_code_bits(g, n))
 
 
 def _avgpool(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
     k = window(n)
     terms = {m: avgpool_terms(m, k, zp[n.inputs[0]] != 0, zp[n.output] != 0) for m in Arith}
     outputs, in_acts = math.prod(g.shapes[n.output]), math.prod(g.shapes[n.inputs[0]])
-    return LayerCost(n.name, LAYER_TYPES[n.op], k, outputs, 0, 0, in_acts, terms)
+    return LayerCost(n.name, LAYER_TYPES[n.op], k, outputs, 0, 0, in_acts, terms, bits=_code_bits(g, n))
+
+
+def _code_bits(g: Graph, n: Node) -> tuple[int, int, int]:
+    """(weights, input codes, output codes) widths of a node without weights (an add's inputs share a width
+    in every graph potq makes: the widest is taken)."""
+    if not g.quantized:
+        return (CODE_BITS, CODE_BITS, CODE_BITS)
+    return (CODE_BITS, max(g.q[v].bits for v in n.inputs), g.q[n.output].bits)
 
 
 def _free(g: Graph, n: Node, zp: dict[str, int]) -> None:
@@ -274,8 +342,10 @@ def fmt(x: float) -> str:
 
 def worked_example(cost: LayerCost, table: Table, model: Arith) -> str:
     """'10 x (128 x FP32 mult 3.7 [input times weight] + ...) = 5888 pJ', each term shown."""
-    terms = " + ".join(f"{t.count} x {OP_NAMES[t.op]} {fmt(table.compute[t.op])} [{t.what}]" for t in cost.terms[model])
-    per_output = sum(t.count * table.compute[t.op] for t in cost.terms[model])
+    terms = " + ".join(
+        f"{t.count} x {OP_NAMES[t.op]} {fmt(t.scale * table.compute[t.op])} [{t.what}]" for t in cost.terms[model]
+    )
+    per_output = sum(t.pj(table) for t in cost.terms[model])
     return (
         f"{ARITH_LABELS[model]}: {cost.outputs} x ({terms}) = {cost.outputs} x {fmt(per_output)} = "
         f"{fmt(cost.compute_pj(model, table))} pJ"
