@@ -148,3 +148,44 @@ def test_the_energy_model_prices_each_format():
     assert per_mac[("4/8", "pot", "mac")] / per_mac[("8/8", "int", "mac")] < 0.4
     (b8, weights), (b4, _) = per_mac[("8/8", "int", "bytes")], per_mac[("4/8", "pot", "bytes")]
     assert b8 - b4 == weights // 2  # 4-bit weights move half the bytes; the 8-bit activations the same
+
+
+def test_the_export_packs_low_bit_weights_and_the_accelerator_model_moves_those_bytes(tmp_path):
+    import numpy as np
+
+    from potq.accel.workload import node_workload
+    from potq.deploy.export import write_export
+    from potq.ir.codes import decode_weights, unpack_words
+
+    graph, images = lowbit("resnet20", "4/4", "apot")
+    out = tmp_path / "export"
+    write_export(graph, out, images[:2].numpy(), np.zeros(2, dtype=np.int64), [str(i) for i in range(10)])
+    files = json.loads((out / "model.json").read_text())["tensor_files"]
+    packed = 0
+    for n in graph.mac_nodes():
+        entry = files[f"{n.name}.weight"]
+        assert (entry["w_bits"], entry["w_code"]) == (n.weight_bits, n.weight_code.value)
+        if n.weight_bits == 8:
+            assert "packed_hex" not in entry
+            continue
+        words = [int(line, 16) for line in (out / entry["packed_hex"]).read_text().split()]
+        codes = unpack_words(np.array(words), n.weight_bits, n.tensors["weight"].numel())
+        assert (decode_weights(codes, n.weight_code, n.weight_bits) == n.tensors["weight"].numpy().reshape(-1)).all()
+        assert 4 * len(words) == entry["packed_bytes"] == node_workload(graph, n).bytes_of("filter")
+        packed += 1
+    assert packed == len(graph.mac_nodes()) - 2  # all but the first and the last layer
+
+
+@pytest.mark.skipif(__import__("shutil").which("cc") is None, reason="no C compiler (CI installs gcc)")
+def test_the_c_runtime_and_onnxruntime_compute_the_golden_integers_below_eight_bits():
+    import numpy as np
+
+    from potq.deploy.consumers import check_c, check_onnx
+
+    pytest.importorskip("onnxruntime")
+    for bits, code in [("4/4", "apot"), ("4/8", "pot"), ("2/8", "int")]:
+        graph, images = lowbit("resnet20", bits, code, "half-even")
+        c = check_c(graph, images[:4].numpy())
+        assert (c["logit_mismatches"], c["class_mismatches"]) == (0, 0)
+        o = check_onnx(graph, images.numpy(), np.zeros(len(images), dtype=np.int64))
+        assert o["mismatches"] == 0 and o["compared_values"] > 0

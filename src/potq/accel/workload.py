@@ -17,7 +17,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from potq.ir.codes import packed_bytes
 from potq.ir.graph import MAC_OPS, Graph, Node, OpType, pair
+from potq.ir.rules import CODE_BITS
 
 MAC_OP_NAMES = tuple(op.value for op in MAC_OPS)  # Workload.op is the OpType's value
 
@@ -85,7 +87,9 @@ class Workload:
         bits = {"ifmap": self.bits_ifmap, "filter": self.bits_filter, "bias": self.bits_bias, "ofmap": self.bits_ofmap}[
             operand
         ]
-        return -(-values * bits // 8)  # b-bit codes packed densely (exact at 8 bits, as before)
+        if operand == "filter" and bits < CODE_BITS:  # low-bit weights: packed words, as the export writes them
+            return packed_bytes(values, bits)
+        return values * bits // 8
 
 
 def spad_traffic(w: Workload) -> dict[str, int]:

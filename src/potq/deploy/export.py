@@ -23,8 +23,9 @@ from potq.errors import UserError
 from potq.files import check_output_dir, clear_stale, replace_dir, save_json, temp_prefix
 from potq.golden import IntegerModel
 from potq.ir import io
-from potq.ir.graph import OP_SPEC, POOL_OPS, Graph, OpType
-from potq.ir.rules import ROUNDING_DEFINITIONS, Rounding
+from potq.ir.codes import WeightCode, encode_weights, pack_words, packed_bytes
+from potq.ir.graph import OP_SPEC, POOL_OPS, Graph, Node, OpType
+from potq.ir.rules import CODE_BITS, ROUNDING_DEFINITIONS, Rounding
 
 EXPORT_KIND = "potq-export/2"
 ONNX_FILE = "model.onnx"
@@ -44,6 +45,11 @@ TENSOR_LAYOUTS = {  # by tensor key, all row-major (C order)
 FORMAT_NOTE = (
     "potq-graph version 2: nodes in topological order, values by name with their QType, integer tensors "
     "per node; every field is in docs/graph-format.md. A reader of version 2 needs nothing else."
+)
+PACKED_ENCODING = (
+    "the weights' storage codes (w_bits wide: docs/graph-format.md, 'Weight formats'), row-major, LSB first, "
+    "floor(32 / w_bits) to a 32-bit word (no code straddles two words), the last word zero-padded; one word per "
+    "line, 8 hex digits"
 )
 ROUND_SHIFT = (
     "round_shift(acc, s) for s > 0: acc * 2^-s rounded by the model's rule (each defined exactly under "
@@ -117,7 +123,22 @@ def build_model_json(graph: Graph, golden: IntegerModel, in_shape, classes) -> t
             for k, v in arrays.items()
         },
     )
+    for n in graph.mac_nodes():  # the weights' format, and their storage codes packed into 32-bit words
+        entry = desc["tensor_files"][io.tensor_name(n, "weight")]
+        entry.update(w_bits=n.weight_bits, w_code=n.weight_code.value)
+        if (n.weight_bits, n.weight_code) != (CODE_BITS, WeightCode.INT):
+            entry.update(
+                packed_hex=f"hex/{io.tensor_name(n, 'weight')}.packed.hex",
+                packed_bytes=packed_bytes(n.tensors["weight"].numel(), n.weight_bits),
+                packed_encoding=PACKED_ENCODING,
+            )
     return desc, arrays
+
+
+def packed_weights(n: Node) -> np.ndarray:
+    """A MAC node's weights as their storage codes packed into 32-bit words (docs/graph-format.md)."""
+    values = n.tensors["weight"].numpy().reshape(-1)
+    return pack_words(encode_weights(values, n.weight_code, n.weight_bits), n.weight_bits)
 
 
 def c_header(desc: dict, arrays: dict[str, np.ndarray]) -> str:
@@ -225,6 +246,10 @@ def _write_hw(graph: Graph, tmp: Path, arrays, images, labels, logits, record) -
     (tmp / "vectors").mkdir()
     for k, v in arrays.items():
         (tmp / "hex" / f"{k}.hex").write_text(hex_lines(v, _bits(v)))
+    for n in graph.mac_nodes():
+        if (n.weight_bits, n.weight_code) != (CODE_BITS, WeightCode.INT):
+            words = packed_weights(n)
+            (tmp / "hex" / f"{io.tensor_name(n, 'weight')}.packed.hex").write_text(hex_lines(words, 32))
     np.savez(tmp / "weights.npz", **arrays)
     vec = {graph.input: images, "labels": labels, "logits": logits}
     vec.update({v: t.numpy().astype(np.int32) for v, t in record.items()})
