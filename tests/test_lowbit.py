@@ -189,3 +189,40 @@ def test_the_c_runtime_and_onnxruntime_compute_the_golden_integers_below_eight_b
         assert (c["logit_mismatches"], c["class_mismatches"]) == (0, 0)
         o = check_onnx(graph, images.numpy(), np.zeros(len(images), dtype=np.int64))
         assert o["mismatches"] == 0 and o["compared_values"] > 0
+
+
+@pytest.mark.parametrize(("bits", "code"), [("4/4", "int"), ("4/4", "apot"), ("3/8", "pot")])
+def test_qat_below_eight_bits_ends_in_the_integer_model_exactly(bits, code):
+    """A few straight-through steps, then the fake-quantized net (weight scales tracked, formats projected) and
+    the integer graph lowered from it give the same codes at every value."""
+    from potq.golden import IntegerModel
+    from potq.quant.lower import min_weight_exponents, weight_scales_of
+    from potq.quant.simulate import SimNet
+
+    torch.manual_seed(1)
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
+    settings = QuantSettings.parse("pot-channel", "ceil", "half-even", None, bits, code, True)
+    fgraph = capture(random_bn_model("tiny", 0), (3, 32, 32), MEAN, STD)
+    qgraph = lower(fgraph, calibrate(fgraph, normalize(images[:16], MEAN, STD), settings), settings)
+    net = SimNet(fgraph, settings, qgraph.q, weight_scales_of(qgraph))
+    net.track_weights, net.min_exponent = True, min_weight_exponents(qgraph, settings)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    x, y = normalize(images, MEAN, STD).float(), torch.randint(0, 10, (24,))
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    net.eval()
+    activations = {v: q for v, q in qgraph.q.items() if not q.accumulator}
+    lowered = lower(net.float_graph(), activations, settings)
+    fake, exact = {}, {}
+    net(normalize(images, MEAN, STD), fake)
+    IntegerModel(lowered).run(images, exact)
+    for v in exact:
+        assert torch.equal(exact[v].long(), fake[v].long()), v
+    changed = [
+        n
+        for n, m in zip(lowered.mac_nodes(), qgraph.mac_nodes(), strict=True)
+        if not torch.equal(n.tensors["weight"], m.tensors["weight"])
+    ]
+    assert changed  # the steps moved some weight across a level

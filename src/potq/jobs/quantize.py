@@ -14,6 +14,7 @@ from torch import nn
 from potq.data import load_dataset, test_subset
 from potq.errors import UserError
 from potq.files import file_digest, read_json, save_json, save_text
+from potq.ir.codes import packed_bytes
 from potq.ir.graph import Graph
 from potq.ir.tensor import normalize
 from potq.plots import plot_bars
@@ -141,6 +142,12 @@ def quantize_run(
         "fp32_test_loss": fp_loss,
         "accuracy_drop": 100 * (fp_acc - q_acc),
         "model_size_mb": model_path.stat().st_size / 1e6,
+        # what a weight memory holds: every weight at its bits (packed words), int32 biases
+        "packed_weights_mb": sum(
+            packed_bytes(n.tensors["weight"].numel(), n.weight_bits) + 4 * n.tensors["bias"].numel()
+            for n in graph.mac_nodes()
+        )
+        / 1e6,
         "input_exponent": q_in.exponent,
         "input_zero_point": q_in.zero_point,
         "nodes": len(graph.nodes),

@@ -23,8 +23,9 @@ import torch
 from potq.errors import UserError
 from potq.ir.arith import round_float
 from potq.ir.bounds import analyse, nonnegative, shared_groups
+from potq.ir.codes import WeightCode
 from potq.ir.graph import MAC_OPS, SHARED_QTYPE_OPS, Graph, Node, OpType, QType, pool_shift_bits, row_view, weight_scale
-from potq.ir.rules import INT32_MAX
+from potq.ir.rules import CODE_BITS, INT32_MAX
 from potq.ir.tensor import normalize
 from potq.quant.arith import project_weights, quantize
 from potq.quant.precision import annotate, value_bits
@@ -114,6 +115,46 @@ def collect_stats(
     return stats
 
 
+@torch.no_grad()
+def input_means(graph: Graph, x: torch.Tensor, batch: int = 250) -> dict[str, torch.Tensor]:
+    """Per MAC node with low-bit weights, the mean of each of its input channels over the calibration images
+    (the float graph's values): what `bias_correction` needs."""
+    wanted = {n.inputs[0] for n in graph.mac_nodes() if _low_bit(n)}
+    if not wanted:
+        return {}
+    net = SimNet(graph)
+    net.train(True)  # float32, as collect_stats
+    sums: dict[str, torch.Tensor] = {}
+    for i in range(0, len(x), batch):
+        record: dict[str, torch.Tensor] = {}
+        net(x[i : i + batch].float(), record)
+        for v in wanted:
+            t = record[v].double()
+            s = t.sum(dim=[d for d in range(t.dim()) if d != 1])
+            sums[v] = sums[v] + s if v in sums else s
+    per_channel = {v: math.prod(graph.shapes[v][1:]) * len(x) for v in wanted}
+    return {v: s / per_channel[v] for v, s in sums.items()}
+
+
+def _low_bit(n: Node) -> bool:
+    return (n.weight_bits, n.weight_code) != (CODE_BITS, WeightCode.INT)
+
+
+def bias_correction(n: Node, w: torch.Tensor, w_q: torch.Tensor, mean_in: torch.Tensor) -> torch.Tensor:
+    """The shift that quantizing the weights gives each output channel's mean, E[(W_q - W) x] = (W_q - W) E[x]
+    (empirical bias correction, Nagel et al., "Data-free quantization", ICCV 2019, section 4.2): subtracted
+    from the bias, so that the low-bit layer keeps its float mean. Padding's zeros are counted as E[x]."""
+    err = w_q - w  # (O, I / groups, ...) or (O, I)
+    if err.dim() == 2:
+        return err @ mean_in
+    groups = n.attrs.get("groups", 1)
+    per_group = err.shape[1]
+    means = mean_in.view(groups, per_group)  # the input channels each group reads
+    out_per_group = err.shape[0] // groups
+    summed = err.sum(dim=list(range(2, err.dim())))  # (O, I / groups)
+    return torch.stack([summed[o] @ means[o // out_per_group] for o in range(err.shape[0])])
+
+
 def calibrate(
     graph: Graph, x: torch.Tensor, settings: QuantSettings, stats: dict[str, Stats] | None = None
 ) -> dict[str, QType]:
@@ -168,8 +209,11 @@ def int32_bias(n: Node, b: torch.Tensor, q_in: QType, ws: torch.Tensor, rounding
     return codes.to(torch.int32)
 
 
-def lower(fgraph: Graph, q: dict[str, QType], settings: QuantSettings) -> Graph:
-    """The integer graph of a float graph whose values have QTypes."""
+def lower(
+    fgraph: Graph, q: dict[str, QType], settings: QuantSettings, means: dict[str, torch.Tensor] | None = None
+) -> Graph:
+    """The integer graph of a float graph whose values have QTypes; `means` (input_means): bias-correct the
+    MAC nodes with low-bit weights (PTQ; QAT learns its biases instead)."""
     settings.check()
     pot = settings.spec.pot
     q = dict(q)
@@ -191,6 +235,8 @@ def lower(fgraph: Graph, q: dict[str, QType], settings: QuantSettings) -> Graph:
             w, b = n.tensors["weight"].double(), n.tensors["bias"].double()
             view = row_view(ws, w.dim())
             t["weight"] = project_weights(w / view, fmt[1], fmt[0], settings.rounding).to(torch.int8)
+            if means and n.inputs[0] in means and _low_bit(n):
+                b = b - bias_correction(n, w, t["weight"].double() * view, means[n.inputs[0]])
             t["bias"] = int32_bias(n, b, q_in, ws, settings.rounding)
             if we is None:
                 t["w_scale"] = ws

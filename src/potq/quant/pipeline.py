@@ -8,7 +8,7 @@ from torch import nn
 
 from potq.ir.capture import capture
 from potq.ir.graph import Graph
-from potq.quant.lower import calibrate, collect_stats, lower
+from potq.quant.lower import calibrate, collect_stats, input_means, lower
 from potq.quant.scheme import QuantSettings, needs_sample
 
 
@@ -33,7 +33,8 @@ def quantize_graph(
         stats = stats_cache.get(key)
         if stats is None or (sample and not all(st.keep for st in stats.values())):
             stats = stats_cache[key] = collect_stats(fgraph, calib_x, sample=sample)
-    return fgraph, lower(fgraph, calibrate(fgraph, calib_x, settings, stats), settings)
+    q = calibrate(fgraph, calib_x, settings, stats)  # also sets each MAC node's weight format
+    return fgraph, lower(fgraph, q, settings, input_means(fgraph, calib_x))
 
 
 def _range(values: list[int]) -> str | int | None:
