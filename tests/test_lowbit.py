@@ -4,6 +4,7 @@ user's mistakes (a width out of range, a format the bits can't hold, a precision
 in one line with nothing written."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -108,12 +109,24 @@ def test_a_precision_file_naming_no_node_is_refused(tiny_run, tmp_path, capsys):
     assert "pot weights take 2 to 4 bits, not 6" in capsys.readouterr().err
 
 
-def test_quantize_a_run_below_eight_bits(tiny_run, capsys):
+def test_quantize_a_run_below_eight_bits(tiny_run, tmp_path, capsys):
+    tiny_run = shutil.copytree(tiny_run, tmp_path / "run")  # a private copy: the session's run stays as it was
     assert main(["quantize", "--run", str(tiny_run), "--calib", "32", "--bits", "4/4", "--weights", "apot"]) == 0
     record = json.loads((tiny_run / "quant_pot-channel-w4a4-apot.json").read_text())
     assert (record["bits"], record["weights"]) == ("4/4", "apot")
     assert main(["verify", "--run", str(tiny_run), "--scheme", "pot-channel-w4a4-apot"]) == 0
     assert "0 mismatching values" in capsys.readouterr().out
+    assert record["costs"]["compute_pj"] > 0 and record["costs"]["energy_pj"] > record["costs"]["compute_pj"]
+    assert main(["quantize", "--run", str(tiny_run), "--calib", "32"]) == 0  # 8-bit, for the comparison
+    eight = json.loads((tiny_run / "quant_pot-channel.json").read_text())
+    assert record["packed_weights_mb"] < eight["packed_weights_mb"]
+    assert record["costs"]["dram_bytes"] < eight["costs"]["dram_bytes"]
+    assert main(["compare", "--run", str(tiny_run)]) == 0 and (tiny_run / "precision.png").exists()
+    from potq.report import build_markdown
+
+    md = build_markdown(tiny_run)
+    assert "### Precision: accuracy against size and energy" in md
+    assert "| pot-channel-w4a4-apot | 4/4 | apot |" in md
 
 
 def test_the_accelerator_model_moves_weights_at_their_width():

@@ -33,6 +33,17 @@ def plot_curves(history: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
+def plot_points(points: dict[str, tuple[float, float]], xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    """One labelled point per entry: (x, y), e.g. a quantized model's energy and accuracy."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, (x, y) in points.items():
+        ax.plot([x], [y], "o")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
 def plot_bars(
     labels: list[str],
     series: dict[str, list[float]],

@@ -36,6 +36,7 @@ from potq.runs.paths import (
     HISTORY,
     METRICS,
     PLAN,
+    PRECISION_PNG,
     QUANT_GLOB,
     REPORT_HTML,
     REPORT_MD,
@@ -171,7 +172,17 @@ class Records:
 
 def build_markdown(run: Path) -> str:
     r = Records.read(run)
-    sections = (_title, _headline, _steps_table, _architecture, _training, _training_config, _quantization, _energy)
+    sections = (
+        _title,
+        _headline,
+        _steps_table,
+        _architecture,
+        _training,
+        _training_config,
+        _quantization,
+        _precision,
+        _energy,
+    )
     out = [line for section in sections for line in section(r)]
     out += _export_section(run)
     out += _accelerator(run)
@@ -348,6 +359,37 @@ def _quantization(r: Records) -> list[str]:
     return out + _golden_table(r.verifies)
 
 
+def _precision(r: Records) -> list[str]:
+    """Every quantized model's precision, accuracy, size and modeled energy (its record's `costs`, made when it
+    was quantized), and the plot `potq compare` drew of them."""
+    priced = {k: q for k, q in r.quants.items() if "costs" in q}
+    if not priced:
+        return []
+    arch = next(iter(priced.values()))["costs"]["arch"]
+    out = [
+        "### Precision: accuracy against size and energy",
+        "",
+        "Every quantized model of this run at its bits and weight format (docs/graph-format.md): its packed "
+        f"weights and int32 biases, its compute energy (45 nm table, its own formats) and its energy per image "
+        f"with data movement on {arch} (the accelerator model, every level's bytes at the values' bits).",
+        "",
+        "| Model | Bits (W/A) | Weights | Test accuracy | Packed weights (kB) | Compute (uJ) | With data movement (uJ) "
+        "| DRAM bytes |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, q in priced.items():
+        c = q["costs"]
+        out.append(
+            f"| {label} | {q.get('bits', '8/8')} | {q.get('weights', 'int')} | {q['test_accuracy']:.4f} | "
+            f"{1e3 * q['packed_weights_mb']:.1f} | {c['compute_pj'] / 1e6:.3f} | {c['energy_pj'] / 1e6:.3f} | "
+            f"{c['dram_bytes']:,} |"
+        )
+    out.append("")
+    if (r.run / PRECISION_PNG).exists():
+        out += [f"![Accuracy against energy]({PRECISION_PNG})", ""]
+    return out
+
+
 def _golden_table(verifies: dict[str, dict]) -> list[str]:
     if not verifies:
         return []
@@ -502,7 +544,7 @@ def _accelerator(run: Path) -> list[str]:
 
 
 def _embed_images(html: str, run: Path) -> str:
-    for name in (CURVES, COMPARE_PNG, ENERGY_PNG, ACCEL_ROOFLINE_PNG, ACCEL_ENERGY_PNG):
+    for name in (CURVES, COMPARE_PNG, PRECISION_PNG, ENERGY_PNG, ACCEL_ROOFLINE_PNG, ACCEL_ENERGY_PNG):
         path = run / name
         if path.exists():
             data = base64.b64encode(path.read_bytes()).decode()

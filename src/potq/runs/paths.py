@@ -14,6 +14,7 @@ CURVES = "curves.png"
 METRICS = "metrics.json"
 COMPARE_MD = "compare.md"
 COMPARE_PNG = "compare.png"
+PRECISION_PNG = "precision.png"  # accuracy against modeled energy, every quantized model (potq compare)
 ENERGY_JSON = "energy.json"
 ENERGY_PNG = "energy.png"
 ACCEL_JSON = "accel.json"
@@ -39,6 +40,7 @@ POTQ_FILES = (
     METRICS,
     COMPARE_MD,
     COMPARE_PNG,
+    PRECISION_PNG,
     ENERGY_JSON,
     ENERGY_PNG,
     ACCEL_JSON,
