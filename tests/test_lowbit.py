@@ -5,6 +5,7 @@ in one line with nothing written."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,8 +43,11 @@ def test_golden_equals_simulated_below_eight_bits(bits, code, rounding):
             assert q.bits == a_bits and 0 <= int(rec[v].min()) and int(rec[v].max()) < 1 << a_bits
 
 
-@pytest.mark.parametrize("model", ["resnet20", "mobilenet-cifar", "seed"])
-def test_the_zoo_below_eight_bits(model):
+USER_NET = str(Path(__file__).resolve().parents[1] / "examples" / "user_resnet.py") + ":build"
+
+
+@pytest.mark.parametrize("model", ["resnet20", "mobilenet-cifar", "seed", USER_NET])
+def test_the_zoo_and_the_readmes_user_net_below_eight_bits(model):
     for bits, code in [("4/4", "apot"), ("2/8", "int")]:
         compare(*lowbit(model, bits, code, "half-even"))
 
