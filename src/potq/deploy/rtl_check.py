@@ -202,8 +202,9 @@ def _per_node(graph, prog, lines, record, folder: Path, rows: int, cols: int) ->
 
 def sweep_cases(seed: int = 0) -> np.ndarray:
     """The PPU's edge cases (acc, shift, zp, lo, hi, requant): every shift from -32 to SHIFT_CAP and beyond,
-    accumulators at the int32 edges, at ties and next to them (both signs), and random ones."""
-    from potq.ir.rules import INT32_MAX, SHIFT_CAP
+    accumulators at the int32 edges, at ties and next to them (both signs), and random ones; the zero points
+    and code ranges of every activation width (potq.ir.rules: 2^(b-1), [0, 2^b - 1]) and random ones."""
+    from potq.ir.rules import ACT_BITS, INT32_MAX, SHIFT_CAP, act_range, act_zero_point
 
     rng = np.random.default_rng(seed)
     lo32, hi32 = -INT32_MAX - 1, INT32_MAX
@@ -217,8 +218,9 @@ def sweep_cases(seed: int = 0) -> np.ndarray:
         accs.update(int(v) for v in rng.integers(lo32, hi32 + 1, 20))
         accs.update(int(v) for v in rng.integers(-(1 << 12), 1 << 12, 20))
         for a in sorted(accs):
-            zp = int(rng.choice([0, 128, int(rng.integers(0, 256))]))
-            lo, hi = sorted(int(v) for v in rng.integers(0, 256, 2)) if rng.random() < 0.3 else (0, 255)
+            b = int(rng.choice(ACT_BITS))
+            zp = int(rng.choice([0, act_zero_point(b, signed=True), int(rng.integers(0, 256))]))
+            lo, hi = sorted(int(v) for v in rng.integers(0, 256, 2)) if rng.random() < 0.3 else act_range(b)
             rows.append((a, s, zp, lo, hi, int(rng.random() < 0.9)))
     return np.array(rows, dtype=np.int64)
 
