@@ -121,7 +121,7 @@ def cmd_compare(a: argparse.Namespace) -> None:
 
 def cmd_verify(a: argparse.Namespace) -> None:
     check_run_model(a)
-    if a.rtl or a.ppu or a.pe:
+    if a.rtl or a.ppu or a.pe or a.pe_kind != "mac":
         return _verify_rtl(a)
     if a.onnx or a.c or a.tvm:
         return _verify_consumers(a)
@@ -197,10 +197,10 @@ def _verify_rtl(a: argparse.Namespace) -> None:
     from potq.jobs.deploy import check_rtl_run, rtl_lines
 
     if not a.rtl:
-        raise UserError("--ppu and --pe replace a module of the RTL: give them with --rtl")
+        raise UserError("--ppu, --pe and --pe-kind choose the RTL's modules: give them with --rtl")
     if a.onnx or a.c:
         raise UserError("--rtl runs alone: check --onnx and --c in another call")
-    r = check_rtl_run(a.run, a.scheme, a.array, a.ppu, a.pe, a.rtl_vectors, a.data, a.cache)
+    r = check_rtl_run(a.run, a.scheme, a.array, a.ppu, a.pe, a.rtl_vectors, a.data, a.cache, a.pe_kind)
     print("\n".join(rtl_lines(r)))
     print(f"-> {deploy_json(a.run, a.scheme)}")
     if r["mismatches"]:
@@ -622,6 +622,8 @@ def _quantize_parser(sub) -> None:
 
 
 def _verify_parser(sub) -> None:
+    from potq.deploy.rtl import PE_KINDS
+
     v = sub.add_parser("verify", help="integer golden model against the simulated model, bit for bit")
     _quantized_model_args(v)
     v.add_argument(
@@ -644,7 +646,19 @@ def _verify_parser(sub) -> None:
     v.add_argument("--rtl", action="store_true", help="instead: potq's RTL under Verilator against the golden model")
     v.add_argument("--array", default="16x16", help="--rtl: the systolic array's rows x columns (default: 16x16)")
     v.add_argument("--ppu", type=Path, help="--rtl: your potq_ppu module (a .sv file) in place of potq's")
-    v.add_argument("--pe", type=Path, help="--rtl: your potq_pe module (a .sv file) in place of potq's")
+    v.add_argument(
+        "--pe",
+        type=Path,
+        help="--rtl: your PE module (a .sv file) in place of potq's: potq_pe (--pe-kind mac) or potq_pe_shift (shift)",
+    )
+    v.add_argument(
+        "--pe-kind",
+        choices=PE_KINDS,
+        default="mac",
+        help="--rtl: the array's PE: mac (a multiplier fed int8 weight values; default) or shift (the shift-add PE "
+        "of one pot/apot format, fed the weights' storage codes: every conv and linear node must share that format, "
+        "as quantize --bits-all --weights pot|apot makes)",
+    )
     v.add_argument("--rtl-vectors", type=int, default=RTL_VECTORS, help="--rtl: test images to simulate")
     v.set_defaults(func=cmd_verify)
 

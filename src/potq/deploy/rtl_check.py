@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from potq.deploy.rtl import build_sim
+from potq.deploy.rtl import PE_KINDS, Params, build_sim
+from potq.deploy.rtl.pe import pe_shift_params, shift_format
 from potq.deploy.rtl.program import build_program, rtl_cycles, write_image, write_program
 from potq.errors import UserError
 from potq.golden import IntegerModel
@@ -122,18 +123,38 @@ def run_sim(exe: Path, folder: Path, images: int, descriptors: int, rounding: Ro
     return rows
 
 
+def pe_build(graph: Graph, pe_kind: str) -> tuple[Params | None, str | None]:
+    """(potq_pe_shift's parameters, the format's words) for --pe-kind shift, from the graph's one pot/apot
+    format (UserError naming the first node that differs); (None, None) for mac. Before any build."""
+    if pe_kind not in PE_KINDS:
+        raise UserError(f"--pe-kind {pe_kind!r}: choose from {', '.join(PE_KINDS)}")
+    if pe_kind == "mac":
+        return None, None
+    code, bits = shift_format(graph)
+    return pe_shift_params(code, bits), f"{bits}-bit {code.value}"
+
+
 def check_rtl(
-    graph: Graph, images: np.ndarray, rows: int = 16, cols: int = 16, ppu: Path | None = None, pe: Path | None = None
+    graph: Graph,
+    images: np.ndarray,
+    rows: int = 16,
+    cols: int = 16,
+    ppu: Path | None = None,
+    pe: Path | None = None,
+    pe_kind: str = "mac",
 ) -> dict:
-    """Every node of every image (uint8, (N, C, H, W)) through the RTL against the golden model."""
+    """Every node of every image (uint8, (N, C, H, W)) through the RTL against the golden model. pe_kind:
+    "mac" (potq_pe, weight values) or "shift" (potq_pe_shift for the graph's one pot/apot format, fed the
+    weights' storage codes); `pe` replaces that kind's module file."""
+    shift, pe_format = pe_build(graph, pe_kind)  # a graph the shift PE can't take is refused before the build
     t0 = time.perf_counter()
-    exe, built = build_sim(rows, cols, ppu, pe)
+    exe, built = build_sim(rows, cols, ppu, pe, shift=shift)
     t_build = time.perf_counter() - t0
     golden = IntegerModel(graph)
     record: dict[str, torch.Tensor] = {}
     golden.run(torch.from_numpy(np.ascontiguousarray(images)), record)
     record[graph.input] = torch.from_numpy(np.ascontiguousarray(images)).to(torch.int32)
-    prog = build_program(graph)
+    prog = build_program(graph, codes=shift is not None)
     with tempfile.TemporaryDirectory(prefix="potq-rtl-") as tmp:
         folder = Path(tmp)
         write_program(prog, folder)
@@ -148,7 +169,9 @@ def check_rtl(
         "consumer": "RTL (Verilator)",
         "array": f"{rows}x{cols}",
         "ppu": str(ppu) if ppu else "potq_ppu.sv",
-        "pe": str(pe) if pe else "potq_pe.sv",
+        "pe": str(pe) if pe else ("potq_pe_shift.sv" if shift else "potq_pe.sv"),
+        "pe_kind": pe_kind,
+        "pe_format": pe_format,  # the shift PE's weight format (its parameters); None for mac (values)
         "rounding": graph.rounding.label,
         "images": len(images),
         "compared_values": sum(n["values"] for n in nodes),
@@ -202,8 +225,9 @@ def _per_node(graph, prog, lines, record, folder: Path, rows: int, cols: int) ->
 
 def sweep_cases(seed: int = 0) -> np.ndarray:
     """The PPU's edge cases (acc, shift, zp, lo, hi, requant): every shift from -32 to SHIFT_CAP and beyond,
-    accumulators at the int32 edges, at ties and next to them (both signs), and random ones."""
-    from potq.ir.rules import INT32_MAX, SHIFT_CAP
+    accumulators at the int32 edges, at ties and next to them (both signs), and random ones; the zero points
+    and code ranges of every activation width (potq.ir.rules: 2^(b-1), [0, 2^b - 1]) and random ones."""
+    from potq.ir.rules import ACT_BITS, INT32_MAX, SHIFT_CAP, act_range, act_zero_point
 
     rng = np.random.default_rng(seed)
     lo32, hi32 = -INT32_MAX - 1, INT32_MAX
@@ -217,8 +241,9 @@ def sweep_cases(seed: int = 0) -> np.ndarray:
         accs.update(int(v) for v in rng.integers(lo32, hi32 + 1, 20))
         accs.update(int(v) for v in rng.integers(-(1 << 12), 1 << 12, 20))
         for a in sorted(accs):
-            zp = int(rng.choice([0, 128, int(rng.integers(0, 256))]))
-            lo, hi = sorted(int(v) for v in rng.integers(0, 256, 2)) if rng.random() < 0.3 else (0, 255)
+            b = int(rng.choice(ACT_BITS))
+            zp = int(rng.choice([0, act_zero_point(b, signed=True), int(rng.integers(0, 256))]))
+            lo, hi = sorted(int(v) for v in rng.integers(0, 256, 2)) if rng.random() < 0.3 else act_range(b)
             rows.append((a, s, zp, lo, hi, int(rng.random() < 0.9)))
     return np.array(rows, dtype=np.int64)
 

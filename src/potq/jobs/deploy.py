@@ -24,7 +24,7 @@ from potq.deploy.consumers import (
 )
 from potq.deploy.onnx_qdq import EXTRA, OPSET, WEIGHTS_UINT8
 from potq.deploy.rtl import verilator
-from potq.deploy.rtl_check import check_rtl, parse_array
+from potq.deploy.rtl_check import check_rtl, parse_array, pe_build
 from potq.errors import UserError
 from potq.files import read_json, save_json
 from potq.jobs import C_VECTORS, RTL_VECTORS, TVM_IMAGES
@@ -194,9 +194,10 @@ def check_rtl_run(
     vectors: int = RTL_VECTORS,
     data: str | None = None,
     cache=None,
+    pe_kind: str = "mac",
 ) -> dict:
     """`potq verify --rtl`: check_rtl on `vectors` test images drawn across the classes as `potq export` draws
-    its vectors; saved under "rtl" in deploy_<label>.json."""
+    its vectors, on the array of `pe_kind`'s PE (mac or shift); saved under "rtl" in deploy_<label>.json."""
 
     rows, cols = parse_array(array)
     if vectors < 1:
@@ -207,10 +208,11 @@ def check_rtl_run(
     verilator()  # before anything slow: is it installed?
     run = Path(run)
     graph, cfg = load_quantized(run, name)
+    pe_build(graph, pe_kind)  # a format the shift PE can't take: refused before the data and the build
     ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
     labels = np.array(ds.test_y)
     picked = vector_indices(labels, min(vectors, len(labels)))
-    result = check_rtl(graph, np.array(ds.test_x[picked]), rows, cols, ppu, pe)
+    result = check_rtl(graph, np.array(ds.test_x[picked]), rows, cols, ppu, pe, pe_kind)
     result["test_indices"] = picked.tolist()
     save_deploy_record(run, name, {"rtl": result, "inputs": derived_inputs(run, name, ds.digest)})
     return result
@@ -218,8 +220,10 @@ def check_rtl_run(
 
 def rtl_lines(r: dict) -> list[str]:
     """What `potq verify --rtl` prints: the totals, then one row per node (cycles, mismatches by cause)."""
+    kind = r.get("pe_kind", "mac")  # records saved before --pe-kind: the multiplier PE
+    pe = f"{r['pe']} ({kind}" + (f", {r['pe_format']} storage codes)" if r.get("pe_format") else ", weight values)")
     lines = [
-        f"RTL (Verilator; {r['array']} output-stationary array; PPU {r['ppu']}; PE {r['pe']}): {r['mismatches']:,} "
+        f"RTL (Verilator; {r['array']} output-stationary array; PPU {r['ppu']}; PE {pe}): {r['mismatches']:,} "
         f"mismatching values of {r['compared_values']:,} ({r['images']} images, every value of every node), "
         f"rounding {r['rounding']}; {r['cycles_per_image']:,} cycles per image (closed form "
         f"{r['predicted_cycles_per_image']:,}); simulation {r['simulation_seconds']:.1f} s",

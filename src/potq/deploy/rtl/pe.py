@@ -2,7 +2,8 @@
 weight format, read from potq.ir.codes (never retyped in SystemVerilog), and a Verilator harness that runs
 several PEs side by side on the same operands, one instance per format.
 
-- `potq_pe_shift.sv`: pot and apot weights, fed their storage codes; shifts and an add, no multiplier.
+- `potq_pe_shift.sv`: pot and apot weights, fed their storage codes; shifts and an add, no multiplier. Also the
+  array's PE with `potq verify --rtl --pe-kind shift`, for a graph of one format (`shift_format`).
 - `potq_pe_mac.sv`: int weights, fed their values; potq_pe's multiplier with X_BITS and W_BITS parameters.
 - `potq_pe.sv`: the shipped INT8 PE, which the harness runs beside them as the reference design.
 
@@ -17,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from potq.deploy.rtl import PKG, source_text, verilate
+from potq.deploy.rtl import PKG, Params, source_text, sv_value, verilate
 from potq.deploy.rtl.pkg import CODE_W
+from potq.errors import UserError
 from potq.ir.codes import WeightCode, apot_fields, check_act_bits, check_weight_format
+from potq.ir.graph import Graph
 
 PE_SOURCES = ("potq_pe.sv", "potq_pe_mac.sv", "potq_pe_shift.sv")
 HARNESS = "pe_tb_main.cpp"  # the C++ loop: operands in on stdin, the PEs' registers out on stdout
-Params = dict[str, int | str]
 
 
 def pe_shift_params(code: WeightCode | str, bits: int) -> Params:
@@ -40,6 +42,25 @@ def pe_shift_params(code: WeightCode | str, bits: int) -> Params:
     return params
 
 
+def shift_format(graph: Graph) -> tuple[WeightCode, int]:
+    """The one pot or apot format (code, bits) of every MAC node: what `--pe-kind shift` builds its PE for,
+    since the shift-add PE's format is fixed at build time. UserError naming the first node that differs."""
+    macs = graph.mac_nodes()
+    if not macs:
+        raise UserError("--pe-kind shift: the graph has no conv or linear node to run on the shift-add PE")
+    first = macs[0]
+    want = (first.weight_code, first.weight_bits)
+    for n in macs:
+        if n.weight_code is WeightCode.INT or (n.weight_code, n.weight_bits) != want:
+            shift_first = first.weight_code is not WeightCode.INT  # then name the format the others differ from
+            other = f" (node {first.name}: {want[1]}-bit {want[0].value})" if shift_first else ""
+            raise UserError(
+                f"--pe-kind shift: node {n.name} holds {n.weight_bits}-bit {n.weight_code.value} weights{other}; "
+                "the shift-add PE takes one pot/apot format (quantize with --bits-all)"
+            )
+    return want
+
+
 def pe_params(code: WeightCode | str, bits: int, act_bits: int = CODE_W) -> tuple[str, Params]:
     """(module, parameters) of the PE for b-bit weights of this code and act_bits-bit activation codes:
     potq_pe_shift for pot and apot (whose x port is always CODE_W + 1 bits), potq_pe_mac for int."""
@@ -51,11 +72,6 @@ def pe_params(code: WeightCode | str, bits: int, act_bits: int = CODE_W) -> tupl
     if act_bits != CODE_W:
         raise ValueError(f"the shift-add PE takes {CODE_W}-bit activation codes, not {act_bits}")
     return "potq_pe_shift", pe_shift_params(code, bits)
-
-
-def sv_value(v: int | str) -> str:
-    """A parameter value as SystemVerilog (and Yosys's chparam) write it: strings quoted."""
-    return f'"{v}"' if isinstance(v, str) else str(v)
 
 
 def _instance(i: int, module: str, params: Params) -> list[str]:

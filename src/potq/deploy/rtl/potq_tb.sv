@@ -1,10 +1,10 @@
 // potq_tb: the simulation top (not synthesizable: memories loaded with $readmemh, a checker). It holds
 // the memories potq.deploy.rtl.program writes (+dir=FOLDER): desc.hex (DESC_WORDS words per descriptor),
-// wgt.hex (int8 weights and uint8 input tables), par.hex (int32 biases, shifts), and per image
-// img<k>.hex: every value of the graph at its address, the golden model's integers. Each node reads its
-// inputs there and writes its output into `res`; `check` compares the descriptor's region of `res` with
-// the golden values, sets `mismatches`, writes the region to out_img<k>_d<node>.hex when any differ, and
-// poisons it for the next node. Memories read combinationally (an idealization: banked SRAMs in a chip).
+// wgt.hex (int8 weights, or their storage codes for the shift PE; uint8 input tables), par.hex (int32 biases,
+// shifts), and per image img<k>.hex: every value of the graph at its address, the golden model's integers.
+// Each node reads its inputs there and writes its output into `res`; `check` compares the descriptor's region
+// of `res` with the golden values, sets `mismatches`, writes the region to out_img<k>_d<node>.hex when any
+// differ, and poisons it for the next node. Memories read combinationally (an idealization: banked SRAMs in a chip).
 module potq_tb import potq_pkg::*; #(
     parameter int R = 4,
     parameter int C = 4,

@@ -4,8 +4,9 @@ image holding every value's golden integers. Also the closed form of the cycles 
 (`rtl_cycles`), which tests/test_rtl.py holds equal to Verilator's count.
 
 Layout: every value (the image included) gets a contiguous region of the activation memory, one 32-bit word
-per element (codes 0..255, the logits int32), row-major over its shape (C, H, W), in graph order. Weights are
-bytes (int8 weights, uint8 input tables), biases and shifts 32-bit words: the hex files of potq export."""
+per element (b-bit codes 0..2^b - 1, the logits int32), row-major over its shape (C, H, W), in graph order.
+Weights are bytes (uint8 input tables; a MAC node's int8 weight values, or for the shift-add PE their b-bit
+storage codes, potq.ir.codes.encode_weights), biases and shifts 32-bit words: the hex files of potq export."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 from potq.accel.systolic import os_gemm_cycles, rtl_gemm_cycles
 from potq.deploy.rtl.pkg import DESC_FIELDS, DESC_WORDS, OPCODES
 from potq.errors import UserError
+from potq.ir.codes import encode_weights
 from potq.ir.graph import POOL_OPS, WINDOW_OPS, Graph, Node, OpType, pair
 
 # memory sizes of potq_tb (its ACT_AW, W_AW, P_AW, D_AW parameters)
@@ -36,6 +38,7 @@ class Program:
     par: list[np.ndarray] = field(default_factory=list)  # int32 chunks, in address order
     w_next: int = 0
     p_next: int = 0
+    codes: bool = False  # the weight memory holds MAC weights' storage codes (the shift-add PE), not their values
 
     def add_wgt(self, a: np.ndarray) -> int:
         self.wgt.append(np.asarray(a).reshape(-1).astype(np.int64) & 0xFF)
@@ -58,7 +61,10 @@ Desc = dict[str, int]
 
 
 def _mac(graph: Graph, p: Program, n: Node, d: Desc) -> list[Desc]:
-    d.update(OP=OPCODES["MAC"], WB=p.add_wgt(n.tensors["weight"].numpy()), BB=p.add_par(n.tensors["bias"].numpy()))
+    w = n.tensors["weight"].numpy()  # the values (int8), whatever the node's format
+    if p.codes:  # the shift-add PE decodes storage codes (below 8 bits: they fit the byte, upper bits zero)
+        w = encode_weights(w, n.weight_code, n.weight_bits)
+    d.update(OP=OPCODES["MAC"], WB=p.add_wgt(w), BB=p.add_par(n.tensors["bias"].numpy()))
     d.update(REQUANT=int(not graph.q[n.output].accumulator))
     return [d]
 
@@ -141,8 +147,9 @@ def _desc(graph: Graph, p: Program, n: Node) -> list[Desc]:
     return pieces
 
 
-def build_program(graph: Graph) -> Program:
-    p = Program()
+def build_program(graph: Graph, codes: bool = False) -> Program:
+    """The descriptors and memories of the graph; codes: MAC weights as storage codes (--pe-kind shift)."""
+    p = Program(codes=codes)
     for v in [graph.input] + [n.output for n in graph.nodes]:
         p.base[v] = p.act_words
         p.act_words += math.prod(graph.shapes[v])
