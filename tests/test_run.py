@@ -115,7 +115,7 @@ def test_report_has_every_section_with_numbers(full_run):
     assert "| features.3 | maxpool | 0 | 0 | 0.0% | fused into features.0 |" in acc  # eyeriss rs: the lab's block
     assert acc.count("Share of energy by level: compute ") == 2 and "![Roofline](accel_roofline.png)" in acc
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5 and "<table>" in html and "@media print" in html
+    assert html.count("data:image/png;base64,") == 6 and "<table>" in html and "@media print" in html  # + precision.png
     assert 'src="curves.png"' not in html  # self-contained
 
 

@@ -114,9 +114,16 @@ def cmd_quantize(a: argparse.Namespace) -> None:
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
+    from potq.jobs.costs import price_run
     from potq.jobs.quantize import compare
 
     print(compare(a.run))
+    priced = price_run(a.run)
+    for label, p in priced.items():
+        print(
+            f"{label}: {p['bits'] or '8/8'} {p['weights'] or 'int'}, accuracy {p['test_accuracy']:.4f}, compute "
+            f"{p['compute_pj'] / 1e6:.3f} uJ, with data movement {p['energy_pj'] / 1e6:.3f} uJ ({p['arch']})"
+        )
 
 
 def cmd_verify(a: argparse.Namespace) -> None:

@@ -36,6 +36,7 @@ from potq.runs.paths import (
     HISTORY,
     METRICS,
     PLAN,
+    PRECISION_JSON,
     PRECISION_PNG,
     QUANT_GLOB,
     REPORT_HTML,
@@ -360,29 +361,31 @@ def _quantization(r: Records) -> list[str]:
 
 
 def _precision(r: Records) -> list[str]:
-    """Every quantized model's precision, accuracy, size and modeled energy (its record's `costs`, made when it
-    was quantized), and the plot `potq compare` drew of them."""
-    priced = {k: q for k, q in r.quants.items() if "costs" in q}
+    """Every quantized model's precision, accuracy, size and modeled energy (precision.json, which `potq run`'s
+    energy step and `potq compare` write; an entry of a model quantized again since is left out)."""
+    saved = _read(r.run / PRECISION_JSON) or {}
+    priced = {
+        k: p for k, p in saved.items() if k in r.quants and p.get("quant_sha256") == r.quants[k].get("quant_sha256")
+    }
     if not priced:
         return []
-    arch = next(iter(priced.values()))["costs"]["arch"]
+    arch = next(iter(priced.values()))["arch"]
     out = [
         "### Precision: accuracy against size and energy",
         "",
-        "Every quantized model of this run at its bits and weight format (docs/graph-format.md): its packed "
-        f"weights and int32 biases, its compute energy (45 nm table, its own formats) and its energy per image "
-        f"with data movement on {arch} (the accelerator model, every level's bytes at the values' bits).",
+        "Every power-of-two quantized model of this run at its bits and weight format (docs/graph-format.md): its "
+        "packed weights and int32 biases, its compute energy (45 nm table, its own formats) and its energy per "
+        f"image with data movement on {arch} (the accelerator model, every level's bytes at the values' bits).",
         "",
         "| Model | Bits (W/A) | Weights | Test accuracy | Packed weights (kB) | Compute (uJ) | With data movement (uJ) "
         "| DRAM bytes |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    for label, q in priced.items():
-        c = q["costs"]
+    for label, p in priced.items():
         out.append(
-            f"| {label} | {q.get('bits', '8/8')} | {q.get('weights', 'int')} | {q['test_accuracy']:.4f} | "
-            f"{1e3 * q['packed_weights_mb']:.1f} | {c['compute_pj'] / 1e6:.3f} | {c['energy_pj'] / 1e6:.3f} | "
-            f"{c['dram_bytes']:,} |"
+            f"| {label} | {p['bits'] or '8/8'} | {p['weights'] or 'int'} | {p['test_accuracy']:.4f} | "
+            f"{1e3 * p['packed_weights_mb']:.1f} | {p['compute_pj'] / 1e6:.3f} | {p['energy_pj'] / 1e6:.3f} | "
+            f"{p['dram_bytes']:,} |"
         )
     out.append("")
     if (r.run / PRECISION_PNG).exists():

@@ -186,6 +186,9 @@ def _energy_step(o: RunOptions) -> None:
     en.plot_report(r, o.out / ENERGY_PNG)
     save_json(r, o.out / ENERGY_JSON)
     print(r["markdown"])
+    from potq.jobs.costs import price_run
+
+    price_run(o.out)  # every quantized model at its own precision: the report's Precision section
 
 
 def _accel_step(o: RunOptions) -> None:

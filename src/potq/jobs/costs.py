@@ -1,6 +1,8 @@
-"""The graph that `potq energy` and `potq accel` cost, and its zero points, made once: a run's quantized graph
-with its own zero points and shifts, or a float model's captured graph at potq's zero-point policy (or the
-reference report's 128 everywhere). The API's network_costs reads the same."""
+"""What a model costs, made once: the graph that `potq energy` and `potq accel` cost and its zero points (a run's
+quantized graph with its own zero points and shifts, or a float model's captured graph at potq's zero-point
+policy, or the reference report's 128 everywhere; the API's network_costs reads the same), and the price of
+every quantized model of a run at its own precision (`price_run`: precision.json and precision.png, which the
+report's Precision section reads)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,16 @@ from pathlib import Path
 
 from torch import nn
 
+from potq import energy
+from potq.accel.arch import load_arch
+from potq.accel.model import accel_report
+from potq.files import read_json, save_json
 from potq.ir.capture import capture
 from potq.ir.graph import Graph
+from potq.plots import plot_points
+from potq.quant.rules import SCHEMES
 from potq.quant.scheme import policy_zero_points
+from potq.runs.paths import PRECISION_JSON, PRECISION_PNG, QUANT_GLOB, label_of
 from potq.runs.quantized import load_quantized
 
 
@@ -24,3 +33,51 @@ def run_graph(run: Path, scheme: str, act_zero_point: int | None = None) -> tupl
     """A run's quantized graph; its own zero points (None) unless act_zero_point asks for the policy's."""
     graph = load_quantized(run, scheme)[0]
     return graph, policy_zero_points(graph, act_zero_point)
+
+
+# the accelerator every quantized model is priced on: a 16x16 output-stationary array with the 45 nm table
+COST_ARCH, COST_DATAFLOW = "systolic-16-45nm", "os"
+
+
+def model_costs(graph: Graph) -> dict:
+    """A quantized model's compute energy (potq.energy: its own formats, the 45 nm table) and its energy with
+    data movement on COST_ARCH (potq.accel: every level's bytes at the values' bits), per image."""
+    table = energy.load_table(None)
+    compute = sum(c.compute_pj(energy.Arith.INT8_POT, table) for c in energy.graph_costs(graph))
+    accel = accel_report(graph, load_arch(COST_ARCH), COST_DATAFLOW)["total"]
+    return {
+        "compute_pj": compute,
+        "energy_pj": accel["energy"]["total"],
+        "dram_bytes": sum(accel["bytes"]["dram"].values()),
+        "arch": f"{COST_ARCH} ({COST_DATAFLOW})",
+    }
+
+
+RECORD_KEYS = ("test_accuracy", "bits", "weights", "packed_weights_mb", "quant_sha256")
+
+
+def price_run(run: Path) -> dict[str, dict]:
+    """Every power-of-two quantized model of a run, priced at its own precision: precision.json (each entry with
+    the quant_sha256 of the model it priced, so a model quantized again since is told apart) and precision.png
+    (accuracy against energy with data movement). `potq run`'s energy step and `potq compare` call it."""
+    run = Path(run)
+    priced = {}
+    for path in sorted(run.glob(QUANT_GLOB)):
+        record = read_json(path)
+        if not SCHEMES[record["scheme"]].pot:
+            continue  # float scales: no integer-only datapath to price
+        label = label_of(path)
+        graph, _ = load_quantized(run, label)
+        priced[label] = {**{k: record.get(k) for k in RECORD_KEYS}, **model_costs(graph)}
+    if priced:
+        save_json(priced, run / PRECISION_JSON)
+        arch = next(iter(priced.values()))["arch"]
+        points = {k: (p["energy_pj"] / 1e6, 100 * p["test_accuracy"]) for k, p in priced.items()}
+        plot_points(
+            points,
+            f"energy per image with data movement (uJ, {arch})",
+            "test accuracy (%)",
+            "Accuracy against modeled energy",
+            run / PRECISION_PNG,
+        )
+    return priced

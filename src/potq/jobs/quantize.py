@@ -11,23 +11,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from potq import energy
-from potq.accel.arch import load_arch
-from potq.accel.model import accel_report
 from potq.data import load_dataset, test_subset
 from potq.errors import UserError
 from potq.files import file_digest, read_json, save_json, save_text
 from potq.ir.codes import packed_bytes
 from potq.ir.graph import Graph
 from potq.ir.tensor import normalize
-from potq.plots import plot_bars, plot_points
+from potq.plots import plot_bars
 from potq.quant.lower import lower, min_weight_exponents, weight_scales_of
 from potq.quant.pipeline import layer_table, quantize_graph
 from potq.quant.rules import CALIB_IMAGES
 from potq.quant.scheme import QuantSettings
 from potq.quant.simulate import SimNet, simulated
 from potq.recipes import Recipe
-from potq.runs.paths import COMPARE_MD, COMPARE_PNG, METRICS, PRECISION_PNG, QUANT_GLOB, quant_paths
+from potq.runs.paths import COMPARE_MD, COMPARE_PNG, METRICS, QUANT_GLOB, quant_paths
 from potq.runs.provenance import quantized_change, quantized_inputs, read_config
 from potq.runs.quantized import save_quantized, weights_digest
 from potq.train import (
@@ -156,30 +153,11 @@ def quantize_run(
         "nodes": len(graph.nodes),
         "layers": layer_table(graph),
         "seconds": time.perf_counter() - t0,
-        "costs": model_costs(graph),
         "inputs": quantized_inputs(run, cfg.data_digest),  # potq.runs.provenance
         "quant_sha256": file_digest(model_path),
     }
     save_json(result, json_path)
     return result
-
-
-# the accelerator every quantized model is priced on: a 16x16 output-stationary array with the 45 nm table
-COST_ARCH, COST_DATAFLOW = "systolic-16-45nm", "os"
-
-
-def model_costs(graph: Graph) -> dict:
-    """A quantized model's compute energy (potq.energy: its own formats, the 45 nm table) and its energy with
-    data movement on COST_ARCH (potq.accel: every level's bytes at the values' bits), per image."""
-    table = energy.load_table(None)
-    compute = sum(c.compute_pj(energy.Arith.INT8_POT, table) for c in energy.graph_costs(graph))
-    accel = accel_report(graph, load_arch(COST_ARCH), COST_DATAFLOW)["total"]
-    return {
-        "compute_pj": compute,
-        "energy_pj": accel["energy"]["total"],
-        "dram_bytes": sum(accel["bytes"]["dram"].values()),
-        "arch": f"{COST_ARCH} ({COST_DATAFLOW})",
-    }
 
 
 def change(drop: float) -> str:
@@ -221,17 +199,6 @@ def compare(run: Path) -> str:
         )
     table = "\n".join(lines)
     save_text(table + "\n", run / COMPARE_MD)
-    priced = {r["label"]: r for r in results if "costs" in r}
-    if priced:
-        points = {k: (r["costs"]["energy_pj"] / 1e6, 100 * r["test_accuracy"]) for k, r in priced.items()}
-        arch = next(iter(priced.values()))["costs"]["arch"]
-        plot_points(
-            points,
-            f"energy per image with data movement (uJ, {arch})",
-            "test accuracy (%)",
-            "Accuracy against modeled energy",
-            run / PRECISION_PNG,
-        )
     accs = [100 * fp["test_accuracy"]] + [100 * r["test_accuracy"] for r in results]
     plot_bars(
         ["FP32"] + [r["label"] for r in results],

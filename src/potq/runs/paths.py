@@ -14,7 +14,8 @@ CURVES = "curves.png"
 METRICS = "metrics.json"
 COMPARE_MD = "compare.md"
 COMPARE_PNG = "compare.png"
-PRECISION_PNG = "precision.png"  # accuracy against modeled energy, every quantized model (potq compare)
+PRECISION_JSON = "precision.json"  # every quantized model priced (potq.jobs.costs.price_run)
+PRECISION_PNG = "precision.png"  # its accuracy against modeled energy
 ENERGY_JSON = "energy.json"
 ENERGY_PNG = "energy.png"
 ACCEL_JSON = "accel.json"
@@ -40,6 +41,7 @@ POTQ_FILES = (
     METRICS,
     COMPARE_MD,
     COMPARE_PNG,
+    PRECISION_JSON,
     PRECISION_PNG,
     ENERGY_JSON,
     ENERGY_PNG,
