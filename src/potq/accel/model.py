@@ -213,7 +213,8 @@ def compulsory_bytes(w: Workload) -> int:
     return w.bytes_of("filter") + w.bytes_of("bias") + w.bytes_of("ofmap") + image
 
 
-def _check_dataflow(arch: Arch, dataflow: str | None) -> str:
+def check_dataflow(arch: Arch, dataflow: str | None) -> str:
+    """The dataflow asked for (None: the architecture's first), one the architecture runs."""
     df = dataflow or arch.dataflows[0]
     if df not in arch.dataflows:
         raise UserError(f"--dataflow {df}: architecture {arch.name} runs {', '.join(arch.dataflows)}")
@@ -235,7 +236,7 @@ def accel_report(
     zero_points: potq.energy.graph_costs' (None for a quantized graph: its own; a float graph's come from
     a zero-point policy, potq.quant.scheme.policy_zero_points, which the caller reads: this interpreter
     does not import the quantizer)."""
-    df = _check_dataflow(arch, dataflow)
+    df = check_dataflow(arch, dataflow)
     ws = workloads(graph, batch)
     opts = {"objective": objective, "compat": compat, "zero_points": zero_points}
     layers = _layer_results(graph, arch, df, ws, opts)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from potq import energy
-from potq.accel.arch import load_arch
+from potq.accel.arch import COST_ARCH, COST_DATAFLOW, load_arch
 from potq.accel.model import accel_report
 from potq.data import load_dataset, test_subset
 from potq.errors import UserError
@@ -162,10 +162,6 @@ def quantize_run(
     }
     save_json(result, json_path)
     return result
-
-
-# the accelerator every quantized model is priced on: a 16x16 output-stationary array with the 45 nm table
-COST_ARCH, COST_DATAFLOW = "systolic-16-45nm", "os"
 
 
 def model_costs(graph: Graph) -> dict:
