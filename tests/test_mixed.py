@@ -254,7 +254,11 @@ def test_mixed_writes_a_precision_file_that_quantizes_and_verifies(tiny_run, tmp
     assert f"-> {path}" in out and "solver" in out and "| features.4 |" in out
     record = json.loads(path.read_text())
     entries = read_precision(path)
-    assert {e[0] for e in entries} == set(record["nodes"]) == set(record["choice"]) | set(record["fixed"])
+    assert entries == tuple((n, e["w_bits"], e["w_code"], e["a_bits"]) for n, e in sorted(record["nodes"].items()))
+    assert set(record["nodes"]) == set(record["choice"]) | set(record["fixed"])
+    assert all(
+        f"{w}" in record["choice"].get(n, "int8") and c in record["choice"].get(n, "int8") for n, w, c, _ in entries
+    )
     assert record["fraction"] <= 0.95 and any(c != "int8" for c in record["choice"].values())
     assert any(fnmatch.fnmatch(path.name, g) for g in PER_MODEL_GLOBS)  # potq run --force clears it
     assert main(["quantize", "--run", str(run), "--calib", "32", "--precision", str(path)]) == 0
