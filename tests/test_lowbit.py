@@ -145,6 +145,25 @@ def test_the_accelerator_model_moves_weights_at_their_width():
     assert all(w4[n].bits_filter == 4 and w8[n].bits_filter == 8 for n in filters)
 
 
+def test_the_accelerator_model_runs_low_bit_products_in_the_array():
+    """A product below 8 bits (a narrower multiply, a shift, apot's two shifts and their add) is a MAC of the PE
+    array as at 8 bits: each node's PPU operations and compute cycles stay 8-bit's, its latency does not grow, and
+    its array and PPU energy is potq.energy's compute energy of it (a narrower multiply priced narrower)."""
+    from potq import energy
+    from potq.accel.arch import COST_ARCH, COST_DATAFLOW, load_arch
+    from potq.accel.model import accel_report
+
+    arch, table = load_arch(COST_ARCH), energy.load_table(None)
+    eight = accel_report(lowbit("resnet20", "8/8", "int", bits_all=True)[0], arch, COST_DATAFLOW)["layers"]
+    for bits, code in [("4/8", "int"), ("3/8", "pot"), ("4/8", "apot")]:
+        graph, _ = lowbit("resnet20", bits, code, bits_all=True)
+        costs = {c.name: c.compute_pj(energy.Arith.INT8_POT, table) for c in energy.graph_costs(graph)}
+        for r, r8 in zip(accel_report(graph, arch, COST_DATAFLOW)["layers"], eight, strict=True):
+            assert (r["ppu_ops"], r["cycles"]["compute"]) == (r8["ppu_ops"], r8["cycles"]["compute"]), r["node"]
+            assert r["cycles"]["latency"] <= r8["cycles"]["latency"]
+            assert r["energy"]["compute"] + r["energy"]["ppu"] == pytest.approx(costs.get(r["node"], 0.0), rel=1e-12)
+
+
 def test_the_energy_model_prices_each_format():
     from potq import energy
 

@@ -113,6 +113,22 @@ def cmd_quantize(a: argparse.Namespace) -> None:
     )
 
 
+def cmd_mixed(a: argparse.Namespace) -> None:
+    check_run_model(a)
+    from potq.files import folder_lock
+    from potq.jobs.mixed import mixed_lines, mixed_run
+    from potq.quant.rules import QuantSettings, parse_codes, parse_menu
+
+    settings = QuantSettings.parse(a.scheme, bits_all=a.bits_all)
+    menu = parse_menu(a.menu) if a.menu is not None else None
+    codes = parse_codes(a.codes) if a.codes is not None else None
+    with folder_lock(a.run, "--run"):
+        r = mixed_run(
+            a.run, settings, a.objective, a.budget, a.arch, a.dataflow, menu, codes, a.method, a.calib, a.data, a.cache
+        )
+    print("\n".join(mixed_lines(r)))
+
+
 def cmd_compare(a: argparse.Namespace) -> None:
     from potq.jobs.costs import price_run
     from potq.jobs.quantize import compare
@@ -628,6 +644,66 @@ def _quantize_parser(sub) -> None:
     q.set_defaults(func=cmd_quantize)
 
 
+def _mixed_parser(sub) -> None:
+    from potq.accel.arch import COST_ARCH, COST_DATAFLOW
+    from potq.ir.codes import WEIGHT_BITS
+    from potq.quant.rules import (
+        MIXED_CALIB,
+        MIXED_CODES,
+        MIXED_MENU,
+        MIXED_METHODS,
+        MIXED_OBJECTIVE,
+        MIXED_OBJECTIVES,
+        POT_SCHEMES,
+        QuantSettings,
+    )
+
+    m = sub.add_parser(
+        "mixed",
+        help="each layer's weight bits and format under an energy, latency or size budget (an exact ILP); "
+        "writes precision_<label>.json for quantize --precision",
+    )
+    m.add_argument("--run", type=Path, required=True, help="run folder written by potq train")
+    m.add_argument("--model", help="optional: the run records its model; if given, it must be the same")
+    m.add_argument("--scheme", default=QuantSettings.scheme, choices=POT_SCHEMES, help="quantization scheme")
+    own = "; ".join(f"{k}: {v}" for k, v in MIXED_OBJECTIVE.items())
+    widths = ", ".join(f"{c.value} {r.start}-{r.stop - 1} bits" for c, r in WEIGHT_BITS.items())
+    m.add_argument(
+        "--objective",
+        choices=MIXED_OBJECTIVES,
+        help="the cost budgeted, per image: energy with data movement or latency (cycles) on --arch, compute "
+        f"energy, size (packed weight bytes) or bit operations (default: the method's, {own})",
+    )
+    m.add_argument(
+        "--budget", type=float, required=True, help="the cost allowed, a fraction of the all-INT8 model's, e.g. 0.5"
+    )
+    m.add_argument("--arch", default=COST_ARCH, help="the accelerator that prices energy and latency (preset or JSON)")
+    m.add_argument("--dataflow", help=f"default: {COST_DATAFLOW} on {COST_ARCH}, else the architecture's first")
+    m.add_argument(
+        "--menu", help=f"weight bits to choose from, 2-8 (default: {','.join(map(str, MIXED_MENU))})", metavar="BITS"
+    )
+    m.add_argument(
+        "--codes",
+        metavar="CODES",
+        help=f"weight codes to choose from (default: {','.join(c.value for c in MIXED_CODES)}); each width of the "
+        f"menu takes those it can hold ({widths})",
+    )
+    m.add_argument(
+        "--method",
+        choices=MIXED_METHODS,
+        default=MIXED_METHODS[0],
+        help="potq: each choice's measured effect on the logits; hawq: HAWQ-V3's baseline, 4- and 8-bit int weights, "
+        "Hessian trace x ||W_q - W||^2",
+    )
+    m.add_argument("--bits-all", action="store_true", help="search the first and the last layer too (else 8-bit int)")
+    m.add_argument(
+        "--calib", type=int, default=MIXED_CALIB, help="calibration images: the statistics and each choice's effect"
+    )
+    m.add_argument("--data", help="dataset path, if it moved since training")
+    m.add_argument("--cache", type=folder_path, help=CACHE_ENV_HELP)
+    m.set_defaults(func=cmd_mixed)
+
+
 def _verify_parser(sub) -> None:
     from potq.deploy.rtl import PE_KINDS
 
@@ -766,6 +842,7 @@ SUBCOMMANDS = (
     _summary_parser,
     _train_parser,
     _quantize_parser,
+    _mixed_parser,
     _verify_parser,
     _export_parser,
     _energy_parser,

@@ -23,6 +23,9 @@ from potq.errors import UserError
 
 PRESETS = ("eyeriss", "eyeriss-45nm", "systolic-8", "systolic-16", "systolic-32", "systolic-16-45nm")
 DEFAULT_ARCH = "eyeriss"  # the course lab's accelerator: `potq accel` and `q.accel()` without --arch
+# the accelerator every quantized model is priced on (its record's costs, `potq mixed`'s default): a 16x16
+# output-stationary array with the 45 nm table
+COST_ARCH, COST_DATAFLOW = "systolic-16-45nm", "os"
 DATAFLOWS = ("rs", "ws", "os", "is")
 SPADS = ("ifmap", "filter", "psum")
 ENERGIES = ("mac", "spad", "glb", "dram", "ppu_op")

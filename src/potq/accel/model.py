@@ -35,7 +35,9 @@ from potq.ir.graph import Graph
 
 LEVELS = ("compute", "ppu", "spad", "glb", "dram", "leakage")
 OPERANDS = ("ifmap", "filter", "bias", "psum", "ofmap")
-ARRAY_TERMS = ("subtract zero point", "input times weight", "summation", "add bias")  # potq.energy's MAC terms
+# potq.energy's MAC terms, by how their words begin: a product below 8 bits is "input times weight (8 x 4-bit
+# multiply)", "input times weight: one shift (pot weight)", or apot's two shifts and "add the two shifted terms"
+ARRAY_TERMS = ("subtract zero point", "input times weight", "add the two shifted terms", "summation", "add bias")
 FREE_MOVES = ("flatten", "concat")  # a view, and outputs written side by side: no data moves
 
 
@@ -56,7 +58,12 @@ def ppu_ops(w: Workload, cost, key: Arith) -> int:
         return w.outputs
     if cost is None:
         return 0
-    return cost.outputs * sum(t.count for t in cost.terms[key] if not (w.is_mac and t.what in ARRAY_TERMS))
+    return cost.outputs * sum(t.count for t in cost.terms[key] if not in_array(w, t))
+
+
+def in_array(w: Workload, t: energy_model.Term) -> bool:
+    """Whether an energy term of node w runs in the PE array (a MAC node's ARRAY_TERMS), not on the PPU."""
+    return w.is_mac and t.what.startswith(ARRAY_TERMS)
 
 
 def _table_energy(w: Workload, cost, key: Arith, table) -> tuple[float, float]:
@@ -65,8 +72,8 @@ def _table_energy(w: Workload, cost, key: Arith, table) -> tuple[float, float]:
     reference report, so they are here."""
     if cost is None:
         return 0.0, 0.0
-    array = sum(t.count * table.compute[t.op] for t in cost.terms[key] if w.is_mac and t.what in ARRAY_TERMS)
-    ppu = sum(t.count * table.compute[t.op] for t in cost.terms[key] if not (w.is_mac and t.what in ARRAY_TERMS))
+    array = sum(t.pj(table) for t in cost.terms[key] if in_array(w, t))
+    ppu = sum(t.pj(table) for t in cost.terms[key] if not in_array(w, t))
     return cost.outputs * array, cost.outputs * ppu
 
 
@@ -206,7 +213,8 @@ def compulsory_bytes(w: Workload) -> int:
     return w.bytes_of("filter") + w.bytes_of("bias") + w.bytes_of("ofmap") + image
 
 
-def _check_dataflow(arch: Arch, dataflow: str | None) -> str:
+def check_dataflow(arch: Arch, dataflow: str | None) -> str:
+    """The dataflow asked for (None: the architecture's first), one the architecture runs."""
     df = dataflow or arch.dataflows[0]
     if df not in arch.dataflows:
         raise UserError(f"--dataflow {df}: architecture {arch.name} runs {', '.join(arch.dataflows)}")
@@ -228,7 +236,7 @@ def accel_report(
     zero_points: potq.energy.graph_costs' (None for a quantized graph: its own; a float graph's come from
     a zero-point policy, potq.quant.scheme.policy_zero_points, which the caller reads: this interpreter
     does not import the quantizer)."""
-    df = _check_dataflow(arch, dataflow)
+    df = check_dataflow(arch, dataflow)
     ws = workloads(graph, batch)
     opts = {"objective": objective, "compat": compat, "zero_points": zero_points}
     layers = _layer_results(graph, arch, df, ws, opts)

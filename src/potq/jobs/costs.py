@@ -11,7 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from potq import energy
-from potq.accel.arch import load_arch
+from potq.accel.arch import COST_ARCH, COST_DATAFLOW, load_arch
 from potq.accel.model import accel_report
 from potq.files import read_json, save_json
 from potq.ir.capture import capture
@@ -33,10 +33,6 @@ def run_graph(run: Path, scheme: str, act_zero_point: int | None = None) -> tupl
     """A run's quantized graph; its own zero points (None) unless act_zero_point asks for the policy's."""
     graph = load_quantized(run, scheme)[0]
     return graph, policy_zero_points(graph, act_zero_point)
-
-
-# the accelerator every quantized model is priced on: a 16x16 output-stationary array with the 45 nm table
-COST_ARCH, COST_DATAFLOW = "systolic-16-45nm", "os"
 
 
 def model_costs(graph: Graph) -> dict:

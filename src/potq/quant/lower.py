@@ -116,10 +116,13 @@ def collect_stats(
 
 
 @torch.no_grad()
-def input_means(graph: Graph, x: torch.Tensor, batch: int = 250) -> dict[str, torch.Tensor]:
-    """Per MAC node with low-bit weights, the mean of each of its input channels over the calibration images
-    (the float graph's values): what `bias_correction` needs."""
-    wanted = {n.inputs[0] for n in graph.mac_nodes() if _low_bit(n)}
+def input_means(
+    graph: Graph, x: torch.Tensor, batch: int = 250, nodes: set[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Per MAC node with low-bit weights (or each MAC node named in `nodes`: a search that lowers them at many
+    formats), the mean of each of its input channels over the calibration images (the float graph's values):
+    what `bias_correction` needs."""
+    wanted = {n.inputs[0] for n in graph.mac_nodes() if (_low_bit(n) if nodes is None else n.name in nodes)}
     if not wanted:
         return {}
     net = SimNet(graph)

@@ -47,14 +47,19 @@ def read_precision(path: Path) -> tuple[Entry, ...]:
 
 def annotate(fgraph: Graph, settings: QuantSettings) -> None:
     """Set every MAC node's w_bits and w_code (attrs) by the settings' rules."""
-    macs = fgraph.mac_nodes()
-    edge = {macs[0].name, macs[-1].name} if macs and not settings.bits_all else set()
+    edge = edge_nodes(fgraph, settings)
     overrides = _overrides(fgraph, settings)
-    for n in macs:
+    for n in fgraph.mac_nodes():
         bits, code = (CODE_BITS, WeightCode.INT) if n.name in edge else (settings.w_bits, settings.weights)
         if n.name in overrides:
             bits, code = overrides[n.name][0], WeightCode.of(overrides[n.name][1])
         n.attrs["w_bits"], n.attrs["w_code"] = bits, code.value
+
+
+def edge_nodes(fgraph: Graph, settings: QuantSettings) -> set[str]:
+    """The first and the last MAC node: 8-bit int weights whatever --bits says, unless --bits-all."""
+    macs = fgraph.mac_nodes()
+    return {macs[0].name, macs[-1].name} if macs and not settings.bits_all else set()
 
 
 def value_bits(fgraph: Graph, settings: QuantSettings) -> dict[str, int]:

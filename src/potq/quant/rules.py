@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass
 
 from potq.errors import UserError
-from potq.ir.codes import WeightCode, check_act_bits, check_weight_format
+from potq.ir.codes import WEIGHT_BITS, WeightCode, check_act_bits, check_weight_format
 from potq.ir.rules import CODE_BITS, ROUNDING, Rounding  # noqa: F401  (the quantizer's choices name the graph's rules)
 
 EXPONENT_ROUND_MODES = ("ceil", "round")  # closed-form rules; mse searches
@@ -33,6 +33,14 @@ POT_SCHEMES = tuple(name for name, s in SCHEMES.items() if s.pot)
 # calibration images, the first of the training split (`--calib`): the default of every figure in
 # benchmarks/RESULTS.md (section 2's sweep chose the other defaults with it)
 CALIB_IMAGES = 1000
+
+# `potq mixed` (potq.quant.mixed): its methods, the costs it can budget, the method's default cost, its menu
+MIXED_METHODS = ("potq", "hawq")
+MIXED_OBJECTIVES = ("energy", "latency", "size", "compute", "bops")
+MIXED_OBJECTIVE = {"potq": "energy", "hawq": "bops"}
+MIXED_MENU = (2, 3, 4, 8)  # weight bits, crossed with the codes that each width can hold
+MIXED_CODES = tuple(WeightCode)
+MIXED_CALIB = 256  # calibration images: the statistics, and each choice's measured sensitivity on them
 
 
 @dataclass(frozen=True)
@@ -139,3 +147,32 @@ def parse_bits(text: str) -> tuple[int, int]:
     except ValueError:
         raise UserError(f"--bits {text}: give the weights' and the activations' bits as W/A, e.g. 4/4") from None
     return w, a
+
+
+def check_menu(menu: tuple[int, ...]) -> None:
+    """--menu: weight bits, each a width some weight code takes (int's 2-8 hold every code's)."""
+    widths = WEIGHT_BITS[WeightCode.INT]
+    if not menu:
+        raise UserError("--menu: give at least one width of weights, e.g. 2,3,4,8")
+    bad = [b for b in menu if b not in widths]
+    if bad:
+        given = ",".join(map(str, menu))
+        raise UserError(f"--menu {given}: weights take {widths.start} to {widths.stop - 1} bits, not {bad[0]}")
+
+
+def parse_menu(text: str) -> tuple[int, ...]:
+    """--menu 2,3,4,8: the weight widths `potq mixed` may give a node, checked."""
+    try:
+        menu = tuple(sorted({int(v) for v in str(text).split(",")}))
+    except ValueError:
+        raise UserError(f"--menu {text}: give weight bits as a comma-separated list, e.g. 2,3,4,8") from None
+    check_menu(menu)
+    return menu
+
+
+def parse_codes(text: str) -> tuple[WeightCode, ...]:
+    """--codes int,pot,apot: the weight codes `potq mixed` may give a node."""
+    try:
+        return tuple(dict.fromkeys(WeightCode.of(v.strip()) for v in str(text).split(",")))
+    except ValueError as e:
+        raise UserError(f"--codes {text}: {e}") from None

@@ -102,10 +102,7 @@ class SimNet(nn.Module):
         or float values (float net), keyed by value name. With `check` (quantized net): check(name, codes)
         for every value as soon as its codes exist (verify compares them and drops them); the tensor may be
         overwritten once check returns, so compare, don't keep."""
-        if not self.training:
-            x = x.float() if self.quantize and self.all_float32() else x.double()  # exact: see the docstring
-            x = nhwc(x)  # the layers after it keep the layout (see potq.ir.tensor.nhwc)
-        env = {self.graph.input: x}
+        env = {self.graph.input: x if self.training else self.carried(x)}
         self._check, self._checked = (check if self.quantize else None), set()
         try:
             for n in self.graph.nodes:
@@ -118,6 +115,12 @@ class SimNet(nn.Module):
         finally:
             self._check = None
         return env[self.graph.output]
+
+    def carried(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized images as eval carries them into the input node: float32 where every value is exact there
+        (all_float32), else float64 (see the module docstring); channels last, which the layers after it keep
+        (see potq.ir.tensor.nhwc)."""
+        return nhwc(x.float() if self.quantize and self.all_float32() else x.double())
 
     def codes(self, value: str, y: torch.Tensor) -> torch.Tensor:
         """The integer codes of a fake-quantized value (exact: it lies on its grid)."""

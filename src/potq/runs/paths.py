@@ -54,7 +54,8 @@ POTQ_FILES = (
     RUN_OPTIONS,
     PLAN,
 )
-PER_MODEL_GLOBS = ("quant_*", "verify_*", "deploy_*")  # quant_paths, verify_json, deploy_json
+# quant_paths, verify_json, deploy_json, precision_json
+PER_MODEL_GLOBS = ("quant_*", "verify_*", "deploy_*", "precision_*")
 
 
 def quant_paths(run: Path, label: str) -> tuple[Path, Path]:
@@ -73,3 +74,8 @@ def verify_json(run: Path, label: str) -> Path:
 
 def deploy_json(run: Path, label: str) -> Path:
     return Path(run) / f"deploy_{label}.json"
+
+
+def precision_json(run: Path, label: str) -> Path:
+    """What `potq mixed` chose: a precision file (`potq quantize --precision` reads it) and its search."""
+    return Path(run) / f"precision_{label}.json"

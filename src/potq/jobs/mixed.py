@@ -1,0 +1,116 @@
+"""`potq mixed` on a run folder: each node's weight format chosen under a budget (potq.quant.mixed) for the run's
+trained model, on the first calibration images of its training split (their labels: hawq's loss); writes
+precision_<label>.json, the precision file `potq quantize --precision` reads, with the search beside it."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from potq.accel.arch import COST_ARCH, COST_DATAFLOW, load_arch
+from potq.accel.model import check_dataflow
+from potq.data import load_dataset
+from potq.errors import UserError
+from potq.files import save_json
+from potq.ir.capture import capture
+from potq.ir.codes import WeightCode
+from potq.ir.tensor import normalize
+from potq.quant.mixed import ACCEL_OBJECTIVES, base_settings, check_search, search_precision, search_record, sqnr_db
+from potq.quant.rules import MIXED_CALIB, MIXED_METHODS, QuantSettings
+from potq.runs.paths import precision_json
+from potq.runs.provenance import quantized_inputs
+from potq.train import load_trained, prepare_data
+
+
+def label(method: str, objective: str, budget: float) -> str:
+    """mixed-energy-0.5 (potq's method), hawq-bops-0.5: what precision_<label>.json was searched with."""
+    return f"{'mixed' if method == MIXED_METHODS[0] else method}-{objective}-{budget:g}"
+
+
+def mixed_run(
+    run: Path,
+    settings: QuantSettings,
+    objective: str | None,
+    budget: float,
+    arch: str = COST_ARCH,
+    dataflow: str | None = None,
+    menu: tuple[int, ...] | None = None,
+    codes: tuple[WeightCode, ...] | None = None,
+    method: str = MIXED_METHODS[0],
+    calib: int = MIXED_CALIB,
+    data: str | None = None,
+    cache: Path | None = None,
+) -> dict:
+    """Search the run's model (objective None: the method's own; dataflow None: COST_DATAFLOW on COST_ARCH, else
+    the architecture's first) and write precision_<label>.json; every argument is checked before the run loads,
+    and nothing is written unless the search ends."""
+    t0 = time.perf_counter()
+    _, objective = check_search(method, objective, budget, menu, codes)
+    base_settings(settings)
+    target = load_arch(arch)
+    dataflow = check_dataflow(target, dataflow or (COST_DATAFLOW if arch == COST_ARCH else None))
+    if calib < 1:
+        raise UserError(f"--calib must be at least 1, got {calib}")
+    model, cfg = load_trained(run)
+    arrays = prepare_data(cfg, load_dataset(data or cfg.data, cache))
+    if calib > len(arrays["train_x"]):
+        raise UserError(f"--calib {calib} is more than the {len(arrays['train_x'])} training images of this run")
+    x = normalize(torch.from_numpy(arrays["train_x"][:calib]), cfg.mean, cfg.std)
+    labels = torch.from_numpy(arrays["train_y"][:calib]).long()
+    fgraph = capture(model, tuple(cfg.in_shape), cfg.mean, cfg.std)
+    options = {"method": method, "objective": objective, "menu": menu, "codes": codes, "labels": labels}
+    r = search_precision(fgraph, x, settings, budget, target, dataflow, **options)
+    name = label(method, objective, budget)
+    record = {
+        "label": name,
+        **search_record(r),
+        "scheme": settings.scheme,
+        "bits_all": settings.bits_all,
+        "arch": target.name,
+        "dataflow": dataflow,
+        "calib_images": calib,
+        "seconds": time.perf_counter() - t0,
+        "inputs": quantized_inputs(run, cfg.data_digest),  # the weights and the data it was searched on
+    }
+    path = precision_json(run, name)
+    save_json(record, path)
+    return {**record, "path": str(path)}
+
+
+def _sqnr(record: dict, sensitivity: float) -> str:
+    """The logits' SQNR of potq's sensitivity (a noise-to-signal ratio); hawq's has none."""
+    if record["method"] != MIXED_METHODS[0]:
+        return "-"
+    db = sqnr_db(sensitivity)
+    return "inf" if math.isinf(db) else f"{db:.1f}"
+
+
+def mixed_lines(record: dict) -> list[str]:
+    """What `potq mixed` prints: each node's choice, its cost and sensitivity, the total against the all-INT8
+    model's, the solver's seconds, the front and the file written."""
+    unit, int8 = record["unit"], record["menu"].index("int8") if "int8" in record["menu"] else None
+    where = f" on {record['arch']} ({record['dataflow']})" if record["objective"] in ACCEL_OBJECTIVES else ""
+    lines = [
+        f"{record['label']}: {record['objective']} in {unit}{where}; sensitivity: {record['sensitivity_measure']}, "
+        f"on {record['calib_images']} calibration images",
+        f"| Node | Choice | Cost ({unit}) | All-INT8 cost | Sensitivity | Logits SQNR (dB) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for node, choice in record["choice"].items():
+        costs, s = record["costs"][node], record["sensitivities"][node][choice]
+        eight = f"{list(costs.values())[int8]:,.4g}" if int8 is not None else "-"
+        lines.append(f"| {node} | {choice} | {costs[choice]:,.4g} | {eight} | {s:.3g} | {_sqnr(record, s)} |")
+    lines += [
+        f"kept 8-bit int: {', '.join(record['fixed']) or 'none'}",
+        f"total {record['cost']:,.4g} {unit} = {record['fraction']:.4f} of the all-INT8 model's "
+        f"{record['int8_cost']:,.4g} "
+        f"(budget {record['budget']:g}); summed sensitivity {record['sensitivity']:.3g} "
+        f"(logits SQNR {_sqnr(record, record['sensitivity'])} dB); solver {record['solver_seconds']:.3f} s",
+        "front (budget: fraction of all-INT8, summed sensitivity): "
+        + "; ".join(f"{p['budget']:g}: {p['fraction']:.3f}, {p['sensitivity']:.3g}" for p in record["front"]),
+        f"-> {record['path']}",
+    ]
+    return lines

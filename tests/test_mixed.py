@@ -1,0 +1,272 @@
+"""`potq mixed` (issue 28): the program's answer is the brute-force optimum and keeps the budget, the costs it adds
+up are the quantized model's own, each measured sensitivity is the logits' noise of the model it stands for, the
+HAWQ-V3 baseline keeps to 4- and 8-bit int, the user's mistakes are one line with nothing written, and the file it
+writes quantizes and verifies through `potq quantize --precision`."""
+
+import fnmatch
+import itertools
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from potq import energy
+from potq.accel.arch import COST_ARCH, COST_DATAFLOW, load_arch
+from potq.accel.model import accel_report
+from potq.cli import main
+from potq.errors import UserError
+from potq.ir.capture import capture
+from potq.ir.codes import WeightCode, packed_bytes
+from potq.ir.tensor import normalize
+from potq.quant.lower import calibrate, collect_stats, input_means, lower
+from potq.quant.mixed import (
+    FRONT_BUDGETS,
+    INT8,
+    base_settings,
+    check_search,
+    cost_table,
+    hessian_traces,
+    lower_at,
+    search_precision,
+    searched_nodes,
+    solve,
+    solve_budget,
+    with_node,
+)
+from potq.quant.precision import read_precision
+from potq.quant.rules import MIXED_OBJECTIVES, QuantSettings
+from potq.quant.simulate import SimNet, simulated
+from potq.runs.paths import PER_MODEL_GLOBS, precision_json
+from tests.test_golden import MEAN, STD
+from tests.test_quant import random_bn_model
+
+ARCH = load_arch(COST_ARCH)
+SETTINGS = QuantSettings(bits_all=True)  # tiny has four MAC nodes: search them all
+MENU, CODES = (2, 4, 8), (WeightCode.INT, WeightCode.POT)  # five choices: 5^4 assignments to enumerate
+
+
+def tiny(n: int = 32):
+    torch.manual_seed(0)
+    fgraph = capture(random_bn_model("tiny", 0), (3, 32, 32), MEAN, STD)
+    return fgraph, normalize(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8), MEAN, STD)
+
+
+@pytest.fixture(scope="module")
+def searched():
+    fgraph, x = tiny()
+    return fgraph, x, search_precision(fgraph, x, SETTINGS, 1.0, ARCH, COST_DATAFLOW, menu=MENU, codes=CODES)
+
+
+def brute_force(sensitivity: np.ndarray, cost: np.ndarray, limit: float) -> float | None:
+    """The least summed sensitivity of any assignment within the limit, by enumeration."""
+    rows = range(len(sensitivity))
+    best = None
+    for pick in itertools.product(range(sensitivity.shape[1]), repeat=len(sensitivity)):
+        if sum(cost[i, j] for i, j in zip(rows, pick, strict=True)) <= limit:
+            s = sum(sensitivity[i, j] for i, j in zip(rows, pick, strict=True))
+            best = s if best is None else min(best, s)
+    return best
+
+
+def picked(sensitivity: np.ndarray, pick: list[int]) -> float:
+    return sum(sensitivity[i, j] for i, j in enumerate(pick))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_program_is_the_brute_force_optimum_on_random_tables(seed):
+    rng = np.random.default_rng(seed)
+    k, m = int(rng.integers(2, 6)), int(rng.integers(2, 5))
+    sensitivity, cost = rng.exponential(1.0, (k, m)), rng.uniform(1.0, 10.0, (k, m))
+    for limit in np.quantile(cost.sum(0), [0.0, 0.3, 0.6, 1.0]) * rng.uniform(0.8, 1.2):
+        best, pick = brute_force(sensitivity, cost, limit), solve(sensitivity, cost, limit)
+        assert (pick is None) == (best is None)
+        if pick is not None:
+            assert picked(sensitivity, pick) == pytest.approx(best, rel=1e-6)
+            assert picked(cost, pick) <= limit * (1 + 1e-7)
+
+
+def test_the_program_is_the_brute_force_optimum_on_a_measured_model(searched):
+    _, _, r = searched
+    assert r.sensitivity.shape == (4, 5)
+    for budget in FRONT_BUDGETS:
+        limit = budget * r.int8_cost - r.fixed_cost
+        best = brute_force(r.sensitivity, r.cost, limit)
+        pick = solve_budget(r.sensitivity, r.cost, r.int8_cost, r.fixed_cost, budget)
+        assert (pick is None) == (best is None)
+        if pick is not None:
+            assert picked(r.sensitivity, pick) == pytest.approx(best, rel=1e-6, abs=1e-6 * r.sensitivity.max())
+    cheapest = r.fixed_cost + r.cost.min(1).sum()
+    assert [p["budget"] for p in r.front] == [b for b in FRONT_BUDGETS if b * r.int8_cost >= cheapest]
+
+
+def test_a_budget_of_one_keeps_eight_bits_and_every_other_choice_costs_accuracy(searched):
+    _, _, r = searched
+    int8 = r.choices.index(INT8)
+    assert [r.choices[j] for j in r.pick] == [INT8] * 4 and r.total_sensitivity() == 0
+    assert r.total_cost() == pytest.approx(r.int8_cost) and r.fixed == []
+    others = np.delete(r.sensitivity, int8, axis=1)
+    assert (r.sensitivity[:, int8] == 0).all() and (others > 0).all()
+    assert (r.cost[:, int8] >= r.cost.max(1)).all()  # 8-bit int weights cost the most energy here
+    s = [p["sensitivity"] for p in r.front]
+    assert s == sorted(s, reverse=True)  # more budget, less harm
+
+
+def quantized_with(fgraph, x, entries) -> object:
+    """The graph `potq quantize --precision` makes of these entries (its path: calibrate, bias-correct, lower)."""
+    settings = QuantSettings.parse(bits_all=True, precision=tuple(entries))
+    return lower(fgraph, calibrate(fgraph, x, settings), settings, input_means(fgraph, x))
+
+
+def model_total(graph, objective: str) -> float:
+    """A quantized model's whole cost, as potq prices it elsewhere (quantize's record, potq accel)."""
+    if objective in ("energy", "latency"):
+        total = accel_report(graph, ARCH, COST_DATAFLOW)["total"]
+        return total["energy"]["total"] if objective == "energy" else total["cycles"]["latency"]
+    costs = energy.graph_costs(graph)
+    if objective == "compute":
+        return sum(c.compute_pj(energy.Arith.INT8_POT, energy.load_table(None)) for c in costs)
+    if objective == "size":  # quantize's packed_weights_mb, in bytes
+        return sum(
+            packed_bytes(n.tensors["weight"].numel(), n.weight_bits) + 4 * n.tensors["bias"].numel()
+            for n in graph.mac_nodes()
+        )
+    macs = {c.name: c.macs for c in costs}
+    return sum(macs[n.name] * n.weight_bits * graph.q[n.inputs[0]].bits for n in graph.mac_nodes())
+
+
+@pytest.fixture(scope="module")
+def lowered(searched):
+    """The searched nodes and the graph at each choice, every node at it, as the search lowers them."""
+    fgraph, x, r = searched
+    base = base_settings(SETTINGS)
+    names, _ = searched_nodes(fgraph, base)
+    stats, means = collect_stats(fgraph, x, sample=False), input_means(fgraph, x, nodes=set(names))
+    return names, [lower_at(fgraph, x, base, names, c, stats, means) for c in r.choices]
+
+
+@pytest.mark.parametrize("objective", MIXED_OBJECTIVES)
+def test_the_cost_the_program_adds_up_is_the_quantized_models_and_keeps_the_budget(searched, lowered, objective):
+    fgraph, x, r = searched
+    names, alts = lowered
+    ref = alts[r.choices.index(INT8)]
+    cost, int8_cost, fixed_cost = cost_table(ref, alts, names, objective, ARCH, COST_DATAFLOW)
+    assert int8_cost == pytest.approx(model_total(quantized_with(fgraph, x, []), objective), rel=1e-12)
+    budget = 0.7 if objective in ("size", "bops", "compute") else 0.95
+    pick = solve_budget(r.sensitivity, cost, int8_cost, fixed_cost, budget)
+    assert pick is not None and any(r.choices[j] != INT8 for j in pick)
+    chosen = quantized_with(fgraph, x, [r.choices[j].entry(n) for n, j in zip(names, pick, strict=True)])
+    total = model_total(chosen, objective)
+    assert total == pytest.approx(fixed_cost + picked(cost, pick), rel=1e-9)
+    assert total <= budget * int8_cost * (1 + 1e-7)
+
+
+def test_a_node_taken_from_a_graph_at_its_choice_is_that_node_quantized_alone(searched, lowered):
+    fgraph, x, r = searched
+    names, alts = lowered
+    ref = alts[r.choices.index(INT8)]
+    for name in (names[1], names[-1]):  # a hidden layer, and the logits (whose scale follows its weights)
+        for j, alt in enumerate(alts):
+            spliced, alone = with_node(ref, alt, name), quantized_with(fgraph, x, [r.choices[j].entry(name)])
+            assert spliced.q == alone.q
+            for a, b in zip(spliced.nodes, alone.nodes, strict=True):
+                assert (a.name, a.attrs) == (b.name, b.attrs)
+                assert a.tensors.keys() == b.tensors.keys()
+                assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors), (name, a.name)
+
+
+@torch.no_grad()
+def test_each_sensitivity_is_the_logit_noise_of_the_model_with_that_node_alone_at_that_choice(searched):
+    fgraph, x, r = searched
+    y8 = simulated(quantized_with(fgraph, x, [])).forward(x).double()
+    for i, name in enumerate(r.nodes):
+        for j in (0, len(r.choices) - 1):  # int2 and pot4
+            y = simulated(quantized_with(fgraph, x, [r.choices[j].entry(name)]))(x).double()
+            nsr = float((y - y8).pow(2).mean() / y8.pow(2).mean())
+            assert r.sensitivity[i, j] == pytest.approx(nsr, rel=1e-9), (name, r.choices[j].label)
+
+
+def test_hawq_keeps_to_four_and_eight_bit_int_and_prices_bit_operations():
+    fgraph, x = tiny()
+    r = search_precision(fgraph, x, QuantSettings(), 0.8, ARCH, method="hawq")
+    assert [c.label for c in r.choices] == ["int4", "int8"] and r.objective == "bops"
+    assert (r.sensitivity > 0).all() and (r.sensitivity[:, 0] > r.sensitivity[:, 1]).all()
+    macs = [n.name for n in fgraph.mac_nodes()]
+    assert r.fixed == [macs[0], macs[-1]] and r.nodes == macs[1:-1]
+    assert r.cost[:, 0].tolist() == pytest.approx((r.cost[:, 1] / 2).tolist())  # 4-bit weights: half the bit-ops
+    assert r.total_cost() <= 0.8 * r.int8_cost
+    nodes = r.precision()["nodes"]
+    assert {(e["w_bits"], e["w_code"]) for e in nodes.values()} <= {(4, "int"), (8, "int")}
+
+
+def test_hutchinson_estimates_the_hessian_trace():
+    """Against the exact average trace of the last layer's Hessian (160 weights: autograd's hessian)."""
+    fgraph, x = tiny(64)
+    last = fgraph.mac_nodes()[-1]
+    net = SimNet(fgraph).train(True)
+    labels = net(x.float()).argmax(1).detach()
+    w = net.params_of(last)[0]
+    key = next(k for k, p in net.named_parameters() if p is w)
+
+    def loss(weight):
+        logits = torch.func.functional_call(net, {key: weight}, (x.float(),))
+        return torch.nn.functional.cross_entropy(logits, labels)
+
+    exact = float(torch.autograd.functional.hessian(loss, w.detach().clone()).reshape(w.numel(), -1).trace())
+    estimate = hessian_traces(fgraph, x, labels, [last.name], probes=256)[0]
+    assert estimate == pytest.approx(exact / w.numel(), rel=0.1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budget", "0.01"], "--budget 0.01: below the cheapest assignment, 0."),
+        (["--budget", "0.5", "--menu", "1,8"], "--menu 1,8: weights take 2 to 8 bits, not 1"),
+        (["--budget", "0.5", "--menu", "2,9"], "--menu 2,9: weights take 2 to 8 bits, not 9"),
+        (["--budget", "0.5", "--menu", "two"], "--menu two: give weight bits as a comma-separated list"),
+        (["--budget", "0.5", "--menu", "8", "--codes", "pot"], "--menu 8: no width for the codes given"),
+        (["--budget", "0.5", "--codes", "log"], "--codes log: unknown weight code 'log'"),
+        (["--budget", "0.5", "--objective", "speed"], "argument --objective: invalid choice: 'speed'"),
+        (["--budget", "0"], "--budget 0.0: give a positive fraction"),
+        (["--budget", "0.5", "--method", "hawq", "--menu", "4,8"], "--method hawq searches 4- and 8-bit int"),
+        (["--budget", "0.5", "--dataflow", "rs"], "--dataflow rs: architecture systolic-16-45nm runs ws, os, is"),
+    ],
+)
+def test_mistakes_are_one_line_exit_two_and_write_nothing(tiny_run, capsys, args, message):
+    before = sorted(p.name for p in tiny_run.iterdir())
+    assert main(["mixed", "--run", str(tiny_run), "--calib", "16", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tiny_run.iterdir()) == before
+
+
+def test_the_library_names_the_objective_it_does_not_know():
+    with pytest.raises(UserError, match="--objective speed: choose from energy, latency, size, compute, bops"):
+        check_search("potq", "speed", 0.5, None, None)
+
+
+def test_mixed_writes_a_precision_file_that_quantizes_and_verifies(tiny_run, tmp_path, capsys):
+    run = shutil.copytree(tiny_run, tmp_path / "run")  # a private copy: the session's run stays as it was
+    assert main(["mixed", "--run", str(run), "--budget", "0.95", "--calib", "32"]) == 0
+    out = capsys.readouterr().out
+    path = precision_json(run, "mixed-energy-0.95")
+    assert f"-> {path}" in out and "solver" in out and "| features.4 |" in out
+    record = json.loads(path.read_text())
+    entries = read_precision(path)
+    assert entries == tuple((n, e["w_bits"], e["w_code"], e["a_bits"]) for n, e in sorted(record["nodes"].items()))
+    assert set(record["nodes"]) == set(record["choice"]) | set(record["fixed"])
+    assert all(
+        f"{w}" in record["choice"].get(n, "int8") and c in record["choice"].get(n, "int8") for n, w, c, _ in entries
+    )
+    assert record["fraction"] <= 0.95 and any(c != "int8" for c in record["choice"].values())
+    assert any(fnmatch.fnmatch(path.name, g) for g in PER_MODEL_GLOBS)  # potq run --force clears it
+    assert main(["quantize", "--run", str(run), "--calib", "32", "--precision", str(path)]) == 0
+    label = QuantSettings.parse(precision=entries).label()
+    quant = json.loads((run / f"quant_{label}.json").read_text())
+    assert quant["costs"]["energy_pj"] < 0.95 * record["int8_cost"] * 1.01  # other calibration images, same choice
+    assert main(["verify", "--run", str(run), "--scheme", label]) == 0
+    assert "0 mismatching values" in capsys.readouterr().out
+    assert main(["mixed", "--run", str(run), "--budget", "0.8", "--method", "hawq", "--calib", "32"]) == 0
+    hawq = read_precision(precision_json(run, "hawq-bops-0.8"))
+    assert {(w, c, a) for _, w, c, a in hawq} <= {(4, "int", 8), (8, "int", 8)}
