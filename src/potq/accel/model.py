@@ -31,14 +31,14 @@ from potq.accel.systolic import cdiv
 from potq.accel.workload import Workload, scalesim_compat, spad_traffic, workloads
 from potq.energy import Arith
 from potq.errors import UserError
-from potq.ir.graph import Graph
+from potq.ir.graph import Graph, OpType
 
 LEVELS = ("compute", "ppu", "spad", "glb", "dram", "leakage")
 OPERANDS = ("ifmap", "filter", "bias", "psum", "ofmap")
 # potq.energy's MAC terms, by how their words begin: a product below 8 bits is "input times weight (8 x 4-bit
 # multiply)", "input times weight: one shift (pot weight)", or apot's two shifts and "add the two shifted terms"
 ARRAY_TERMS = ("subtract zero point", "input times weight", "add the two shifted terms", "summation", "add bias")
-FREE_MOVES = ("flatten", "concat")  # a view, and outputs written side by side: no data moves
+FREE_MOVES = (OpType.FLATTEN.value, OpType.CONCAT.value)  # a view, and outputs side by side: no data moves
 
 
 def _energy_key(graph: Graph) -> Arith:
@@ -52,9 +52,9 @@ def ppu_ops(w: Workload, cost, key: Arith) -> int:
     """Operations of the PPU for one node: potq.energy's terms outside the MAC array (requantization,
     alignment, zero points, additions), max-pool comparisons (window - 1 per output), one table lookup
     per input pixel."""
-    if w.op == "maxpool":
+    if w.op == OpType.MAXPOOL.value:
         return w.outputs * (w.R * w.S - 1)
-    if w.op == "input":
+    if w.op == OpType.INPUT.value:
         return w.outputs
     if cost is None:
         return 0
@@ -128,7 +128,8 @@ def node_result(
     if table is not None:
         e_compute, e_ppu = _table_energy(w, cost, key, table)
     else:
-        e_compute, e_ppu = w.macs * e["mac"], (0 if w.op == "maxpool" or w.op == "input" else ops) * e["ppu_op"]
+        free = w.op in (OpType.MAXPOOL.value, OpType.INPUT.value)  # comparisons and lookups: no PPU arithmetic
+        e_compute, e_ppu = w.macs * e["mac"], (0 if free else ops) * e["ppu_op"]
     en = {
         "compute": e_compute,
         "ppu": e_ppu,
@@ -209,7 +210,7 @@ def _layer_results(graph: Graph, arch: Arch, df: str, ws: list[Workload], opts: 
 def compulsory_bytes(w: Workload) -> int:
     """Bytes that must cross DRAM once: the node's int8 weights, int32 biases and its output at its width
     (every value of the graph is written once), and the uint8 image read by the input node."""
-    image = w.bytes_of("ifmap") if w.op == "input" else 0
+    image = w.bytes_of("ifmap") if w.op == OpType.INPUT.value else 0
     return w.bytes_of("filter") + w.bytes_of("bias") + w.bytes_of("ofmap") + image
 
 

@@ -40,6 +40,7 @@ from potq.accel.row_stationary import (
 from potq.accel.workload import node_workload
 from potq.errors import UserError
 from potq.files import save_text
+from potq.ir.graph import OpType
 
 OBJECTIVES = {"latency": "latency", "energy": "energy_total", "edp": "edp"}
 # The lab's CSV columns (its EyerissAnalyzer.summary: layer, the hardware, the mapping, then the
@@ -186,7 +187,7 @@ def search_scalar(wl, arch, objective: str = "latency", pool: int = 1) -> tuple[
 def _fused_pool(graph, node) -> int:
     """k when the node's output feeds only a k x k max pool of stride k without padding, else 1."""
     users = graph.consumers(node.output)
-    if len(users) != 1 or users[0].op.value != "maxpool" or node.output == graph.output:
+    if len(users) != 1 or users[0].op is not OpType.MAXPOOL or node.output == graph.output:
         return 1
     kernel, stride, pad = (users[0].attrs[key] for key in ("kernel", "stride", "padding"))
     kernel, stride, pad = ([v, v] if isinstance(v, int) else list(v) for v in (kernel, stride, pad))
