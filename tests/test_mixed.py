@@ -263,8 +263,9 @@ def test_mixed_writes_a_precision_file_that_quantizes_and_verifies(tiny_run, tmp
     assert any(fnmatch.fnmatch(path.name, g) for g in PER_MODEL_GLOBS)  # potq run --force clears it
     assert main(["quantize", "--run", str(run), "--calib", "32", "--precision", str(path)]) == 0
     label = QuantSettings.parse(precision=entries).label()
-    quant = json.loads((run / f"quant_{label}.json").read_text())
-    assert quant["costs"]["energy_pj"] < 0.95 * record["int8_cost"] * 1.01  # other calibration images, same choice
+    assert main(["compare", "--run", str(run)]) == 0  # prices every quantized model (precision.json)
+    priced = json.loads((run / "precision.json").read_text())[label]
+    assert priced["energy_pj"] < 0.95 * record["int8_cost"] * 1.01  # other calibration images, same choice
     assert main(["verify", "--run", str(run), "--scheme", label]) == 0
     assert "0 mismatching values" in capsys.readouterr().out
     assert main(["mixed", "--run", str(run), "--budget", "0.8", "--method", "hawq", "--calib", "32"]) == 0
