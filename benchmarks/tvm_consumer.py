@@ -2,7 +2,7 @@
 the golden model: mismatching values on every node, TVM's build time and both consumers' images per second.
 
 The test suite's nets (randomized BatchNorm, calibrated on random images), half-even rounding, random
-images; every quantized value of every node and the logits are compared (potq.deploy.check).
+images; every quantized value of every node and the logits are compared (potq.deploy.consumers).
 
     PYTHONPATH=src:. python benchmarks/tvm_consumer.py --images 64
 """

@@ -1,7 +1,7 @@
 """`potq verify` against one FP32 evaluation of the same model on the same test set (issue 22: <= 2x).
 
 In one process, alternately: potq's FP32 evaluation (potq.train.evaluate, the baseline) and verify's
-comparison (potq.verify.compare_models: the golden and the simulated model, every value of every node
+comparison (potq.jobs.verify.compare_models: the golden and the simulated model, every value of every node
 compared), each timed `--repeats` times; the best wall time and the best process CPU time of each, and
 their ratios. On a shared machine the CPU time is the steadier figure (another worker's load stretches
 the wall time of many short parallel passes more than that of a few long convolutions). `--no-share`

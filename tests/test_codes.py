@@ -73,3 +73,20 @@ def test_packed_words_unpack_with_shifts_and_masks(bits, raw):
     for i, c in enumerate(codes):  # what a reader does: word i // per, bits (i % per) * b upward
         assert (int(words[i // per]) >> ((i % per) * bits)) & ((1 << bits) - 1) == c
     assert (unpack_words(words, bits, len(codes)) == codes).all()
+
+
+def test_the_docs_table_is_the_formats():
+    """docs/graph-format.md's "Weight formats" table, parsed, against weight_values for every (code, bits)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "graph-format.md").read_text()
+    rows = re.findall(r"^\| `(int|pot|apot)` \| (\d) \| \+-\{([^}]*)\} \|$", text, flags=re.M)
+    assert {(c, int(b)) for c, b, _ in rows} == {(c.value, b) for c, b in FORMATS}
+    for code, bits, cell in rows:
+        if ".." in cell:
+            lo, hi = (int(v) for v in cell.split(".."))
+            documented = list(range(lo, hi + 1))
+        else:
+            documented = [int(v) for v in cell.split(", ")]
+        assert [v for v in weight_values(WeightCode.of(code), int(bits)) if v >= 0] == documented, (code, bits)

@@ -191,14 +191,35 @@ def test_the_energy_model_prices_each_format():
 def test_the_export_packs_low_bit_weights_and_the_accelerator_model_moves_those_bytes(tmp_path):
     import numpy as np
 
-    from potq.accel.workload import node_workload
     from potq.deploy.export import write_export
+
+    for bits, code in [("4/4", "apot"), ("3/8", "pot"), ("7/8", "int")]:  # 3 and 7 bits: words not filled
+        graph, images = lowbit("resnet20", bits, code)
+        out = tmp_path / f"export{bits[0]}"
+        write_export(graph, out, images[:2].numpy(), np.zeros(2, dtype=np.int64), [str(i) for i in range(10)])
+        assert (
+            check_packed(graph, json.loads((out / "model.json").read_text())["tensor_files"], out)
+            == len(graph.mac_nodes()) - 2
+        )  # all but the first and the last layer
+    c_only = tmp_path / "c"
+    write_export(
+        graph, c_only, images[:2].numpy(), np.zeros(2, dtype=np.int64), [str(i) for i in range(10)], formats=("c",)
+    )
+    assert not any("packed_hex" in t for t in json.loads((c_only / "model.json").read_text())["tensor_files"].values())
+
+
+def check_packed(graph, files: dict, out) -> int:
+    """The packed hex of every low-bit weight tensor decodes to its values, in the accelerator model's bytes."""
+    import numpy as np
+
+    from potq.accel.arch import load_arch
+    from potq.accel.model import accel_report
+    from potq.accel.workload import node_workload
     from potq.ir.codes import decode_weights, unpack_words
 
-    graph, images = lowbit("resnet20", "4/4", "apot")
-    out = tmp_path / "export"
-    write_export(graph, out, images[:2].numpy(), np.zeros(2, dtype=np.int64), [str(i) for i in range(10)])
-    files = json.loads((out / "model.json").read_text())["tensor_files"]
+    dram = {
+        r["node"]: r["bytes"]["dram"]["filter"] for r in accel_report(graph, load_arch("systolic-16"), "os")["layers"]
+    }
     packed = 0
     for n in graph.mac_nodes():
         entry = files[f"{n.name}.weight"]
@@ -209,9 +230,9 @@ def test_the_export_packs_low_bit_weights_and_the_accelerator_model_moves_those_
         words = [int(line, 16) for line in (out / entry["packed_hex"]).read_text().split()]
         codes = unpack_words(np.array(words), n.weight_bits, n.tensors["weight"].numel())
         assert (decode_weights(codes, n.weight_code, n.weight_bits) == n.tensors["weight"].numpy().reshape(-1)).all()
-        assert 4 * len(words) == entry["packed_bytes"] == node_workload(graph, n).bytes_of("filter")
+        assert 4 * len(words) == entry["packed_bytes"] == node_workload(graph, n).bytes_of("filter") == dram[n.name]
         packed += 1
-    assert packed == len(graph.mac_nodes()) - 2  # all but the first and the last layer
+    return packed
 
 
 @pytest.mark.skipif(__import__("shutil").which("cc") is None, reason="no C compiler (CI installs gcc)")

@@ -144,6 +144,7 @@ def test_a_signless_shift_pe_is_caught():
 
 @needs_verilator
 def test_verify_pe_kind_shift_runs_one_format_and_refuses_mixed_ones(tiny_run, tmp_path, monkeypatch, capsys):
+    tiny_run = shutil.copytree(tiny_run, tmp_path / "run")  # a private copy: the session's run stays as it was
     quantize = ["quantize", "--run", str(tiny_run), "--calib", "64", "--bits", "4/8", "--weights", "pot"]
     assert main([*quantize, "--bits-all"]) == 0
     verify = ["verify", "--run", str(tiny_run), "--rtl", "--array", "4x4", "--rtl-vectors", "1", "--pe-kind", "shift"]

@@ -61,9 +61,9 @@ def test_verify_tvm_without_tvm_is_one_line(tmp_path, capsys, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tvm)
-    from potq.deploy.consumers import _have_tvm, require_tvm
+    from potq.deploy.consumers import require_tvm, tvm_installed
     from potq.errors import UserError
 
-    assert not _have_tvm()
+    assert not tvm_installed()
     with pytest.raises(UserError, match=r"pip install 'potq\[tvm\]'"):
         require_tvm()

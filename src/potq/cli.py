@@ -130,14 +130,14 @@ def cmd_mixed(a: argparse.Namespace) -> None:
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
-    from potq.jobs.costs import price_run
+    from potq.jobs.costs import precision_words, price_run
     from potq.jobs.quantize import compare
 
     print(compare(a.run))
     priced = price_run(a.run)
     for label, p in priced.items():
         print(
-            f"{label}: {p['bits'] or '8/8'} {p['weights'] or 'int'}, accuracy {p['test_accuracy']:.4f}, compute "
+            f"{label}: {' '.join(precision_words(p))}, accuracy {p['test_accuracy']:.4f}, compute "
             f"{p['compute_pj'] / 1e6:.3f} uJ, with data movement {p['energy_pj'] / 1e6:.3f} uJ ({p['arch']})"
         )
 
@@ -604,10 +604,12 @@ def _train_parser(sub) -> None:
 
 
 def _quantize_parser(sub) -> None:
-    from potq.ir.codes import WeightCode
+    from potq.ir.codes import WEIGHT_BITS, WEIGHT_CODE_NOTES, WeightCode
     from potq.quant.rules import EXPONENT_RULES, ROUNDING, SCHEMES, QuantSettings
 
-    q = sub.add_parser("quantize", help="INT8 quantization of a trained run (PTQ, or QAT with --qat)")
+    q = sub.add_parser(
+        "quantize", help="power-of-two quantization of a trained run, INT8 or 2-8 bits (PTQ, or QAT with --qat)"
+    )
     quant = _quantization_options()
     q.add_argument("--run", type=Path, required=True, help="run folder written by potq train")
     q.add_argument("--model", help="optional: the run records its model; if given, it must be the same")
@@ -632,8 +634,12 @@ def _quantize_parser(sub) -> None:
         "--weights",
         default=QuantSettings.weights.value,
         choices=[c.value for c in WeightCode],
-        help="the weights' format: int (uniform), pot (0 or +-2^k: a shift per product, 2-4 bits) or apot (a sum of "
-        "two powers of two, 3-5 bits); docs/graph-format.md gives each value set",
+        help="the weights' format: "
+        + "; ".join(
+            f"{c.value}, {WEIGHT_BITS[c].start}-{WEIGHT_BITS[c].stop - 1} bits: {WEIGHT_CODE_NOTES[c]}"
+            for c in WeightCode
+        )
+        + " (docs/graph-format.md gives each value set)",
     )
     q.add_argument("--bits-all", action="store_true", help="--bits for the first and the last layer too")
     q.add_argument(

@@ -38,7 +38,7 @@ from importlib import resources
 from pathlib import Path
 
 from potq.errors import UserError
-from potq.ir.codes import WeightCode
+from potq.ir.codes import WeightCode, weight_bytes
 from potq.ir.graph import Graph, Node, OpType, window
 from potq.ir.rules import CODE_BITS
 
@@ -210,7 +210,7 @@ class LayerCost:
             return 4 * (self.weights + self.biases + self.in_acts + self.outputs)
         w_bits, in_bits, out_bits = self.bits
         out_bytes = 4 * self.outputs if not self.requant else _packed(self.outputs, out_bits)  # int32 logits
-        return _packed(self.weights, w_bits) + 4 * self.biases + _packed(self.in_acts, in_bits) + out_bytes
+        return weight_bytes(self.weights, w_bits) + 4 * self.biases + _packed(self.in_acts, in_bits) + out_bytes
 
     def memory_pj(self, model: Arith, table: Table, level: str) -> float:
         return math.ceil(self.memory_bytes(model) / 8) * table.memory[level]

@@ -19,6 +19,7 @@ from potq.deploy.export import MODEL_JSON
 from potq.energy import MODELS, fmt
 from potq.files import read_json, save_text
 from potq.ir.rules import Rounding
+from potq.jobs.costs import precision_words
 from potq.jobs.quantize import change
 from potq.quant.rules import SCHEMES
 from potq.recipes import RECIPES
@@ -383,7 +384,7 @@ def _precision(r: Records) -> list[str]:
     ]
     for label, p in priced.items():
         out.append(
-            f"| {label} | {p['bits'] or '8/8'} | {p['weights'] or 'int'} | {p['test_accuracy']:.4f} | "
+            f"| {label} | {' | '.join(precision_words(p))} | {p['test_accuracy']:.4f} | "
             f"{1e3 * p['packed_weights_mb']:.1f} | {p['compute_pj'] / 1e6:.3f} | {p['energy_pj'] / 1e6:.3f} | "
             f"{p['dram_bytes']:,} |"
         )

@@ -14,7 +14,7 @@ architecture with `energy_table` (the 45 nm presets) the compute + ppu energy of
 compute energy of that node, term by term. Formulas and reasons: docs/accel.md.
 Evidence: tests/test_accel.py (45 nm energy equal to potq.energy's per node; rs blocks equal to
 evaluate(); compulsory DRAM bytes
-equal to the export's int8 weights, int32 biases and activations; determinism; the per-layer table).
+equal to the export's weights (at their bits), int32 biases and activations; determinism; the per-layer table).
 """
 
 from __future__ import annotations
@@ -208,8 +208,8 @@ def _layer_results(graph: Graph, arch: Arch, df: str, ws: list[Workload], opts: 
 
 
 def compulsory_bytes(w: Workload) -> int:
-    """Bytes that must cross DRAM once: the node's int8 weights, int32 biases and its output at its width
-    (every value of the graph is written once), and the uint8 image read by the input node."""
+    """Bytes that must cross DRAM once: the node's weights (packed as exported), int32 biases and its output at its
+    width (every value of the graph is written once), and the uint8 image read by the input node."""
     image = w.bytes_of("ifmap") if w.op == OpType.INPUT.value else 0
     return w.bytes_of("filter") + w.bytes_of("bias") + w.bytes_of("ofmap") + image
 

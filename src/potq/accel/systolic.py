@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from potq.accel.workload import Workload, spad_traffic
+from potq.ir.codes import weight_bytes
 
 DATAFLOWS = ("ws", "os", "is")
 
@@ -123,7 +124,7 @@ def traffic(w: Workload, rows: int, cols: int, dataflow: str, glb_bytes: int) ->
     third = glb_bytes // 3
     bi, bf, bp, bo = w.bits_ifmap, w.bits_filter, w.bits_psum, w.bits_ofmap
     ifmap = _ceil_bytes(w.N * w.C * w.H * w.W, bi)  # one group's raw input
-    filt = _ceil_bytes(g.window * g.filters, bf)
+    filt = weight_bytes(g.window * g.filters, bf)  # the weight memory's words (potq.ir.codes)
     psum_tile = _ceil_bytes(g.T * min(cols, g.Sc), bp)  # one column fold's accumulators (ws, is)
     psums = (fr - 1) * _ceil_bytes(g.T * g.Sc, bp) if dataflow != "os" else 0  # written, then read back
     spill = psums if psums and psum_tile > third else 0

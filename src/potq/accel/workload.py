@@ -17,9 +17,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from potq.ir.codes import packed_bytes
+from potq.ir.codes import weight_bytes
 from potq.ir.graph import MAC_OPS, Graph, Node, OpType, pair
-from potq.ir.rules import CODE_BITS
 
 MAC_OP_NAMES = tuple(op.value for op in MAC_OPS)  # Workload.op is the OpType's value
 
@@ -87,8 +86,8 @@ class Workload:
         bits = {"ifmap": self.bits_ifmap, "filter": self.bits_filter, "bias": self.bits_bias, "ofmap": self.bits_ofmap}[
             operand
         ]
-        if operand == "filter" and bits < CODE_BITS:  # low-bit weights: packed words, as the export writes them
-            return packed_bytes(values, bits)
+        if operand == "filter":  # low-bit weights: packed words, as the export writes them
+            return weight_bytes(values, bits)
         return values * bits // 8
 
 

@@ -268,7 +268,7 @@ def check_c(graph: Graph, images: np.ndarray, sanitize: bool = False, repeats: i
     return {"consumer": "C99 runtime", "compiler": compiler(), "flags": " ".join(C_FLAGS), **result}
 
 
-def _have_onnx() -> bool:
+def onnx_installed() -> bool:
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -280,10 +280,10 @@ def _have_onnx() -> bool:
 def available_formats() -> tuple[str, ...]:
     """What `potq run` exports: every format whose library is installed (rtl only on request: its memory
     images hold every value of every vector)."""
-    return tuple(f for f in FORMATS if f != "rtl" and (f != "onnx" or _have_onnx()))
+    return tuple(f for f in FORMATS if f != "rtl" and (f != "onnx" or onnx_installed()))
 
 
-def _have_tvm() -> bool:
+def tvm_installed() -> bool:
     try:
         require_tvm()
     except UserError:

@@ -219,6 +219,7 @@ def write_export(
         if "hw" not in formats:  # the tensors are in model.h or model.onnx, not in npz and hex files
             for t in desc["tensor_files"].values():
                 del t["npz"], t["hex"]
+                t.pop("packed_hex", None)  # written with the hex files only
         save_json(desc, tmp / MODEL_JSON)
         replace_dir(tmp, out, EXPORT_KIND, protect)
     except OSError as e:  # a full disk: numpy's and zipfile's writers name no file

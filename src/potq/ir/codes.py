@@ -1,5 +1,6 @@
-"""The number formats of the integer graph, each defined once and torch-free (C, SystemVerilog and the docs are
-generated from here): what a stored integer may be at each bit width, how it is stored, how hex files pack it.
+"""The number formats of the integer graph, each defined once and torch-free (the RTL's PE parameters are
+generated from here, and tests/test_codes.py checks docs/graph-format.md's table against it): what a stored
+integer may be at each bit width, how it is stored, how hex files pack it.
 
 Activations: b-bit codes, 2 <= b <= 8, unsigned in [0, 2^b - 1]. Zero point 0 after a ReLU (every code a
 non-negative value); 2^(b-1) for a value that can be negative (a signed b-bit number stored with an offset).
@@ -161,4 +162,10 @@ def unpack_words(words: np.ndarray, bits: int, count: int) -> np.ndarray:
 def packed_bytes(count: int, bits: int) -> int:
     """Bytes of `count` b-bit codes packed into 32-bit words."""
     return -(-count // codes_per_word(bits)) * (WORD_BITS // 8)
+
+
+def weight_bytes(count: int, bits: int) -> int:
+    """Bytes of `count` weights as a weight memory holds them, the one rule every cost model reads: below 8 bits
+    their storage codes packed into 32-bit words (what the export writes), at 8 bits one byte each (as in 0.4)."""
+    return packed_bytes(count, bits) if bits < 8 else count * bits // 8
 

@@ -25,7 +25,7 @@ from potq.runs.quantized import load_quantized
 
 def model_graph(model: nn.Module, in_shape: tuple[int, ...], act_zero_point: int | None = None):
     """A float model's captured graph (no normalization: costs read no values) and its policy zero points."""
-    graph = capture(model.eval(), in_shape, [0.0] * in_shape[0], [1.0] * in_shape[0])
+    graph = capture(model, in_shape, [0.0] * in_shape[0], [1.0] * in_shape[0])  # capture evaluates, then restores
     return graph, policy_zero_points(graph, act_zero_point)
 
 
@@ -49,7 +49,14 @@ def model_costs(graph: Graph) -> dict:
     }
 
 
-RECORD_KEYS = ("test_accuracy", "bits", "weights", "packed_weights_mb", "quant_sha256")
+RECORD_KEYS = ("test_accuracy", "bits", "weights", "precision", "packed_weights_mb", "quant_sha256")
+
+
+def precision_words(priced: dict) -> tuple[str, str]:
+    """(bits, weights) as a table words a priced model: '4/4', 'apot'; 'mixed', 'per node' for a precision file's."""
+    if priced.get("precision"):
+        return "mixed", "per node"
+    return priced.get("bits") or "8/8", priced.get("weights") or "int"
 
 
 def price_run(run: Path) -> dict[str, dict]:

@@ -12,15 +12,15 @@ import numpy as np
 from potq.data import load_dataset, test_subset, vector_indices
 from potq.deploy.consumers import (
     TVM_EXTRA,
-    _have_onnx,
-    _have_tvm,
     _session,
     check_c,
     check_onnx,
     check_tvm,
     compiler,
     find_compiler,
+    onnx_installed,
     require_tvm,
+    tvm_installed,
 )
 from potq.deploy.onnx_qdq import EXTRA, OPSET, WEIGHTS_UINT8
 from potq.deploy.rtl import verilator
@@ -105,8 +105,8 @@ def deploy_checks(
 ) -> dict:
     """`potq run`'s deploy step: every consumer check this machine can run; what it can't, it says why
     (the image counts: check_run's; `potq run --budget` sizes them)."""
-    have_onnx, have_cc = _have_onnx(), find_compiler() is not None
-    have_tvm = have_onnx and _have_tvm()
+    have_onnx, have_cc = onnx_installed(), find_compiler() is not None
+    have_tvm = have_onnx and tvm_installed()
     skipped = {}
     if not have_onnx:
         skipped["onnx"] = f"onnx and onnxruntime are not installed (pip install 'potq[{EXTRA}]')"

@@ -4,6 +4,7 @@ precision_<label>.json, the precision file `potq quantize --precision` reads, wi
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -25,9 +26,14 @@ from potq.runs.provenance import quantized_inputs
 from potq.train import load_trained, prepare_data
 
 
-def label(method: str, objective: str, budget: float) -> str:
-    """mixed-energy-0.5 (potq's method), hawq-bops-0.5: what precision_<label>.json was searched with."""
-    return f"{'mixed' if method == MIXED_METHODS[0] else method}-{objective}-{budget:g}"
+def label(method: str, objective: str, budget: float, options: dict | None = None) -> str:
+    """mixed-energy-0.5 (potq's method), hawq-bops-0.5: what precision_<label>.json was searched with; options
+    (scheme, architecture, menu, ...) that differ from the defaults add a short fingerprint, so that no two
+    searches share a file."""
+    name = f"{'mixed' if method == MIXED_METHODS[0] else method}-{objective}-{budget:g}"
+    if options:
+        name += "-" + hashlib.sha256(repr(sorted(options.items())).encode()).hexdigest()[:8]
+    return name
 
 
 def mixed_run(
@@ -63,7 +69,11 @@ def mixed_run(
     fgraph = capture(model, tuple(cfg.in_shape), cfg.mean, cfg.std)
     options = {"method": method, "objective": objective, "menu": menu, "codes": codes, "labels": labels}
     r = search_precision(fgraph, x, settings, budget, target, dataflow, **options)
-    name = label(method, objective, budget)
+    chosen = {"scheme": settings.scheme, "bits_all": settings.bits_all, "arch": arch, "dataflow": dataflow}
+    chosen.update(menu=menu, codes=codes and tuple(c.value for c in codes), calib=calib)
+    defaults = {"scheme": QuantSettings.scheme, "bits_all": False, "arch": COST_ARCH, "menu": None, "codes": None}
+    defaults.update(calib=MIXED_CALIB, dataflow=COST_DATAFLOW if arch == COST_ARCH else dataflow)
+    name = label(method, objective, budget, {k: v for k, v in chosen.items() if v != defaults[k]})
     record = {
         "label": name,
         **search_record(r),

@@ -14,7 +14,7 @@ from torch import nn
 from potq.data import load_dataset, test_subset
 from potq.errors import UserError
 from potq.files import file_digest, read_json, save_json, save_text
-from potq.ir.codes import packed_bytes
+from potq.ir.codes import weight_bytes
 from potq.ir.graph import Graph
 from potq.ir.tensor import normalize
 from potq.plots import plot_bars
@@ -26,7 +26,7 @@ from potq.quant.simulate import SimNet, simulated
 from potq.recipes import Recipe
 from potq.runs.paths import COMPARE_MD, COMPARE_PNG, METRICS, QUANT_GLOB, quant_paths
 from potq.runs.provenance import quantized_change, quantized_inputs, read_config
-from potq.runs.quantized import save_quantized, weights_digest
+from potq.runs.quantized import quantize_command, save_quantized, weights_digest
 from potq.train import (
     TrainConfig,
     evaluate,
@@ -144,7 +144,7 @@ def quantize_run(
         "model_size_mb": model_path.stat().st_size / 1e6,
         # what a weight memory holds: every weight at its bits (packed words), int32 biases
         "packed_weights_mb": sum(
-            packed_bytes(n.tensors["weight"].numel(), n.weight_bits) + 4 * n.tensors["bias"].numel()
+            weight_bytes(n.tensors["weight"].numel(), n.weight_bits) + 4 * n.tensors["bias"].numel()
             for n in graph.mac_nodes()
         )
         / 1e6,
@@ -186,7 +186,7 @@ def compare(run: Path) -> str:
     for r in results:
         stale = quantized_change(run, r["label"], data_digest)
         if stale:
-            raise UserError(f"--run {run}: {r['label']}: {stale}; run `potq quantize --scheme {r['label']}` again")
+            raise UserError(f"--run {run}: {r['label']}: {stale}; run {quantize_command(run, r['label'])} again")
     lines = [
         "| Model | Test accuracy | Change vs FP32 (points) | Test loss | Size (MB) | Rounding | Exponent |",
         "|---|---:|---:|---:|---:|---|---|",

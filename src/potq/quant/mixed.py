@@ -28,7 +28,7 @@ constant):
   the architecture every quantized model's record is priced on);
 - latency: the node's cycles there (the rows add up to the model's latency);
 - compute: the node's compute energy (potq.energy: its format's products);
-- size: its packed weights (potq.ir.codes.packed_bytes) and int32 biases;
+- size: its packed weights (potq.ir.codes.weight_bytes) and int32 biases;
 - bops: bit operations, MACs x weight bits x input bits (HAWQ-V3's).
 The program: one binary per (node, choice), exactly one choice per node, total cost <= budget x the all-INT8
 model's, least total sensitivity (scipy.optimize.milp: HiGHS, relative gap 0); the front: the same program at
@@ -50,7 +50,7 @@ from potq import energy
 from potq.accel.arch import Arch
 from potq.accel.model import accel_report
 from potq.errors import UserError
-from potq.ir.codes import WEIGHT_BITS, WeightCode, packed_bytes
+from potq.ir.codes import WEIGHT_BITS, WeightCode, weight_bytes
 from potq.ir.graph import Graph
 from potq.ir.rules import CODE_BITS
 from potq.quant.lower import Stats, calibrate, collect_stats, input_means, lower
@@ -173,7 +173,7 @@ def node_costs(qgraph: Graph, objective: str, arch: Arch, dataflow: str | None =
     macs = {n.name: n for n in qgraph.mac_nodes()}
     if objective == "size":
         return {
-            name: float(packed_bytes(n.tensors["weight"].numel(), n.weight_bits) + 4 * n.tensors["bias"].numel())
+            name: float(weight_bytes(n.tensors["weight"].numel(), n.weight_bits) + 4 * n.tensors["bias"].numel())
             for name, n in macs.items()
         }
     return {

@@ -23,17 +23,22 @@ from potq.quant.rules import QuantSettings
 Entry = tuple[str, int, str, int]  # (node name, w_bits, w_code, a_bits): QuantSettings.precision
 
 
+ENTRY_KEYS = {"w_bits": CODE_BITS, "w_code": WeightCode.INT.value, "a_bits": CODE_BITS}  # and their defaults
+
+
 def read_precision(path: Path) -> tuple[Entry, ...]:
-    """A precision file: {"nodes": {name: {"w_bits": 4, "w_code": "apot", "a_bits": 4}, ...}}; each entry
-    checked (the node names against the model come in `annotate`). One UserError line naming the file."""
+    """A precision file: {"nodes": {name: {"w_bits": 4, "w_code": "apot", "a_bits": 4}, ...}} (other top-level keys,
+    such as what `potq mixed` records beside it, are ignored); each entry checked: integer widths, a known code,
+    no unknown key (a typo would leave its node at 8 bits unseen). The node names are checked against the model
+    in `annotate`. One UserError line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--precision {path}: no such file")
     try:
-        nodes = read_json(Path(path))["nodes"]
-        entries = tuple(
-            (str(name), int(e.get("w_bits", CODE_BITS)), str(e.get("w_code", "int")), int(e.get("a_bits", CODE_BITS)))
-            for name, e in sorted(nodes.items())
-        )
-    except FileNotFoundError:
-        raise UserError(f"--precision {path}: no such file") from None
+        nodes = read_json(path)["nodes"]
+        entries = tuple(_entry(str(name), e) for name, e in sorted(nodes.items()))
+    except UserError as e:
+        raise UserError(f"--precision {path}: {e}") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
         raise UserError(f"--precision {path}: not a precision file ({type(e).__name__}: {e})") from None
     for name, w_bits, code, a_bits in entries:
@@ -43,6 +48,16 @@ def read_precision(path: Path) -> tuple[Entry, ...]:
         except ValueError as e:
             raise UserError(f"--precision {path}: node {name}: {e}") from None
     return entries
+
+
+def _entry(name: str, e: dict) -> Entry:
+    unknown = set(e) - set(ENTRY_KEYS)
+    if unknown:
+        raise UserError(f"node {name}: unknown key {sorted(unknown)[0]!r}; a node takes {', '.join(ENTRY_KEYS)}")
+    w_bits, code, a_bits = (e.get(k, default) for k, default in ENTRY_KEYS.items())
+    if type(w_bits) is not int or type(a_bits) is not int or not isinstance(code, str):
+        raise UserError(f"node {name}: w_bits and a_bits must be integers and w_code a name, got {e}")
+    return name, w_bits, code, a_bits
 
 
 def annotate(fgraph: Graph, settings: QuantSettings) -> None:

@@ -79,7 +79,8 @@ class QuantSettings:
             code = WeightCode.of(weights)
         except ValueError as e:
             raise UserError(f"--weights: {e}") from None
-        settings = cls(scheme, exponent, Rounding.of(rounding), max_shift, w_bits, a_bits, code, bits_all, precision)
+        entries = tuple(sorted((str(n), int(w), str(c), int(a)) for n, w, c, a in precision))  # one label per choice
+        settings = cls(scheme, exponent, Rounding.of(rounding), max_shift, w_bits, a_bits, code, bits_all, entries)
         settings.check()
         return settings
 

@@ -27,18 +27,37 @@ def save_quantized(graph: Graph, cfg: TrainConfig, path: Path, weights: str | No
     save_torch({"graph": desc, "tensors": tensors, "config": asdict(cfg), "weights_sha256": weights}, path)
 
 
+def quantize_command(run: Path, label: str) -> str:
+    """The `potq quantize` command that makes quant_<label> again: its flags from the model's record where there
+    is one (a label such as pot-channel-w4a4-apot is no --scheme of its own)."""
+    _, meta = quant_paths(Path(run), label)
+    try:
+        r = read_json(meta)
+    except (OSError, ValueError, UserError):
+        return f"`potq quantize --run {run}` with the settings its label names ({label})"
+    flags = [f"--scheme {r.get('scheme')}", f"--rounding {r.get('rounding')}"]
+    if r.get("exponent") not in (None, "seed"):
+        flags.append(f"--exponent {r['exponent']}")
+    for key, flag in (("max_shift", "--max-shift"), ("bits", "--bits"), ("weights", "--weights")):
+        if r.get(key) is not None:
+            flags.append(f"{flag} {r[key]}")
+    flags += ["--bits-all"] * bool(r.get("bits_all")) + ["--precision FILE"] * bool(r.get("precision"))
+    flags += [f"--qat {r['qat_epochs']}"] * bool(r.get("qat_epochs"))
+    return f"`potq quantize --run {run} {' '.join(flags)}`"
+
+
 def load_quantized(run: Path, name: str) -> tuple[Graph, TrainConfig]:
     """The integer graph and the training config of a quantized model of a run."""
     path, _ = quant_paths(Path(run), name)
     if not path.exists():
-        raise UserError(f"--run {run}: no quantized model {path.name}; run `potq quantize --scheme {name}` first")
+        raise UserError(f"--run {run}: no quantized model {path.name}; make it with {quantize_command(run, name)}")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         graph = io.from_dict(saved["graph"], saved["tensors"].__getitem__)
         cfg, made_from = TrainConfig(**saved["config"]), saved.get("weights_sha256")
     except Exception as e:
         raise UserError(f"{path}: not a potq quantized model of this version ({type(e).__name__}: {e})") from None
-    again = f"quantize this run again with `potq quantize --run {run} --scheme {name}`"
+    again = f"quantize this run again with {quantize_command(run, name)}"
     if made_from != weights_digest(run):
         raise UserError(f"{path}: made from other weights than this run's {WEIGHTS} (replaced since?); {again}")
     trained = read_config(Path(run)) if (Path(run) / CONFIG).exists() else cfg
@@ -49,7 +68,10 @@ def load_quantized(run: Path, name: str) -> tuple[Graph, TrainConfig]:
 
 
 
-SOURCE_KEYS = ("label", "scheme", "exponent", "rounding", "max_shift", "calib_images", "qat_epochs", "qat_lr")
+SOURCE_KEYS = (
+    "label", "scheme", "exponent", "rounding", "max_shift", "bits", "weights", "bits_all", "precision",
+    "calib_images", "qat_epochs", "qat_lr",
+)  # fmt: skip
 
 
 def quantized_model_record(run: Path, name: str) -> dict:
