@@ -46,10 +46,15 @@ def test_golden_equals_simulated_below_eight_bits(bits, code, rounding):
 USER_NET = str(Path(__file__).resolve().parents[1] / "examples" / "user_resnet.py") + ":build"
 
 
+ISSUE_FORMATS = [("8/8", "int"), ("4/4", "int"), ("4/8", "pot"), ("4/4", "apot"), ("2/8", "int")]
+
+
+@pytest.mark.parametrize("rounding", ["half-up", "half-even", "floor"])
 @pytest.mark.parametrize("model", ["resnet20", "mobilenet-cifar", "seed", USER_NET])
-def test_the_zoo_and_the_readmes_user_net_below_eight_bits(model):
-    for bits, code in [("4/4", "apot"), ("2/8", "int")]:
-        compare(*lowbit(model, bits, code, "half-even"))
+def test_the_zoo_and_the_readmes_user_net_below_eight_bits(model, rounding):
+    """Issue 27's matrix: four nets, its five formats, every rounding rule: golden equal to simulated."""
+    for bits, code in ISSUE_FORMATS:
+        compare(*lowbit(model, bits, code, rounding))
 
 
 def test_first_and_last_layers_stay_at_eight_bits_unless_bits_all():
