@@ -130,16 +130,9 @@ def cmd_mixed(a: argparse.Namespace) -> None:
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
-    from potq.jobs.costs import precision_words, price_run
-    from potq.jobs.quantize import compare
+    from potq.jobs.costs import compare_and_price
 
-    print(compare(a.run))
-    priced = price_run(a.run)
-    for label, p in priced.items():
-        print(
-            f"{label}: {' '.join(precision_words(p))}, accuracy {p['test_accuracy']:.4f}, compute "
-            f"{p['compute_pj'] / 1e6:.3f} uJ, with data movement {p['energy_pj'] / 1e6:.3f} uJ ({p['arch']})"
-        )
+    print(compare_and_price(a.run))
 
 
 def cmd_verify(a: argparse.Namespace) -> None:

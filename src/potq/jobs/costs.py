@@ -84,3 +84,17 @@ def price_run(run: Path) -> dict[str, dict]:
             run / PRECISION_PNG,
         )
     return priced
+
+
+def compare_and_price(run: Path) -> str:
+    """`potq compare`: the accuracy table of every quantized model (potq.jobs.quantize.compare), then each
+    power-of-two model priced at its own precision (price_run), one line each."""
+    from potq.jobs.quantize import compare  # it loads the trainer; the report imports this module: not at the top
+
+    lines = [compare(Path(run))]
+    for label, p in price_run(run).items():
+        lines.append(
+            f"{label}: {' '.join(precision_words(p))}, accuracy {p['test_accuracy']:.4f}, compute "
+            f"{p['compute_pj'] / 1e6:.3f} uJ, with data movement {p['energy_pj'] / 1e6:.3f} uJ ({p['arch']})"
+        )
+    return "\n".join(lines)
