@@ -136,8 +136,10 @@ def cmd_compare(a: argparse.Namespace) -> None:
 
 
 def cmd_verify(a: argparse.Namespace) -> None:
+    from potq.deploy.rtl import PE_KINDS
+
     check_run_model(a)
-    if a.rtl or a.ppu or a.pe or a.pe_kind != "mac":
+    if a.rtl or a.ppu or a.pe or a.pe_kind != PE_KINDS[0]:
         return _verify_rtl(a)
     if a.onnx or a.c or a.tvm:
         return _verify_consumers(a)
@@ -736,7 +738,7 @@ def _verify_parser(sub) -> None:
     v.add_argument(
         "--pe-kind",
         choices=PE_KINDS,
-        default="mac",
+        default=PE_KINDS[0],
         help="--rtl: the array's PE: mac (a multiplier fed int8 weight values; default) or shift (the shift-add PE "
         "of one pot/apot format, fed the weights' storage codes: every conv and linear node must share that format, "
         "as quantize --bits-all --weights pot|apot makes)",

@@ -23,9 +23,9 @@ from potq.errors import UserError
 from potq.files import check_output_dir, clear_stale, replace_dir, save_json, temp_prefix
 from potq.golden import IntegerModel
 from potq.ir import io
-from potq.ir.codes import WeightCode, encode_weights, pack_words, packed_bytes
+from potq.ir.codes import encode_weights, pack_words, packed_bytes
 from potq.ir.graph import OP_SPEC, POOL_OPS, Graph, Node, OpType
-from potq.ir.rules import CODE_BITS, ROUNDING_DEFINITIONS, Rounding
+from potq.ir.rules import ROUNDING_DEFINITIONS, Rounding
 
 EXPORT_KIND = "potq-export/2"
 ONNX_FILE = "model.onnx"
@@ -126,7 +126,7 @@ def build_model_json(graph: Graph, golden: IntegerModel, in_shape, classes) -> t
     for n in graph.mac_nodes():  # the weights' format, and their storage codes packed into 32-bit words
         entry = desc["tensor_files"][io.tensor_name(n, "weight")]
         entry.update(w_bits=n.weight_bits, w_code=n.weight_code.value)
-        if (n.weight_bits, n.weight_code) != (CODE_BITS, WeightCode.INT):
+        if n.low_bit:
             entry.update(
                 packed_hex=f"hex/{io.tensor_name(n, 'weight')}.packed.hex",
                 packed_bytes=packed_bytes(n.tensors["weight"].numel(), n.weight_bits),
@@ -248,7 +248,7 @@ def _write_hw(graph: Graph, tmp: Path, arrays, images, labels, logits, record) -
     for k, v in arrays.items():
         (tmp / "hex" / f"{k}.hex").write_text(hex_lines(v, _bits(v)))
     for n in graph.mac_nodes():
-        if (n.weight_bits, n.weight_code) != (CODE_BITS, WeightCode.INT):
+        if n.low_bit:
             words = packed_weights(n)
             (tmp / "hex" / f"{io.tensor_name(n, 'weight')}.packed.hex").write_text(hex_lines(words, 32))
     np.savez(tmp / "weights.npz", **arrays)

@@ -128,7 +128,7 @@ def pe_build(graph: Graph, pe_kind: str) -> tuple[Params | None, str | None]:
     format (UserError naming the first node that differs); (None, None) for mac. Before any build."""
     if pe_kind not in PE_KINDS:
         raise UserError(f"--pe-kind {pe_kind!r}: choose from {', '.join(PE_KINDS)}")
-    if pe_kind == "mac":
+    if pe_kind == PE_KINDS[0]:
         return None, None
     code, bits = shift_format(graph)
     return pe_shift_params(code, bits), f"{bits}-bit {code.value}"
@@ -141,7 +141,7 @@ def check_rtl(
     cols: int = 16,
     ppu: Path | None = None,
     pe: Path | None = None,
-    pe_kind: str = "mac",
+    pe_kind: str = PE_KINDS[0],
 ) -> dict:
     """Every node of every image (uint8, (N, C, H, W)) through the RTL against the golden model. pe_kind:
     "mac" (potq_pe, weight values) or "shift" (potq_pe_shift for the graph's one pot/apot format, fed the

@@ -78,6 +78,11 @@ class Node:
         return WeightCode.of(self.attrs.get("w_code", WeightCode.INT.value))
 
     @property
+    def low_bit(self) -> bool:
+        """A MAC node whose weights are not 8-bit int (packed words in the export, bias correction in PTQ)."""
+        return (self.weight_bits, self.weight_code) != (CODE_BITS, WeightCode.INT)
+
+    @property
     def requant(self) -> bool:
         """False for a MAC node whose int32 accumulator is the graph's output (the logits)."""
         return self.attrs.get("requant", True)

@@ -23,7 +23,7 @@ from potq.deploy.consumers import (
     tvm_installed,
 )
 from potq.deploy.onnx_qdq import EXTRA, OPSET, WEIGHTS_UINT8
-from potq.deploy.rtl import verilator
+from potq.deploy.rtl import PE_KINDS, verilator
 from potq.deploy.rtl_check import check_rtl, parse_array, pe_build
 from potq.errors import UserError
 from potq.files import read_json, save_json
@@ -194,7 +194,7 @@ def check_rtl_run(
     vectors: int = RTL_VECTORS,
     data: str | None = None,
     cache=None,
-    pe_kind: str = "mac",
+    pe_kind: str = PE_KINDS[0],
 ) -> dict:
     """`potq verify --rtl`: check_rtl on `vectors` test images drawn across the classes as `potq export` draws
     its vectors, on the array of `pe_kind`'s PE (mac or shift); saved under "rtl" in deploy_<label>.json."""
@@ -220,7 +220,7 @@ def check_rtl_run(
 
 def rtl_lines(r: dict) -> list[str]:
     """What `potq verify --rtl` prints: the totals, then one row per node (cycles, mismatches by cause)."""
-    kind = r.get("pe_kind", "mac")  # records saved before --pe-kind: the multiplier PE
+    kind = r.get("pe_kind", PE_KINDS[0])  # records saved before --pe-kind: the multiplier PE
     pe = f"{r['pe']} ({kind}" + (f", {r['pe_format']} storage codes)" if r.get("pe_format") else ", weight values)")
     lines = [
         f"RTL (Verilator; {r['array']} output-stationary array; PPU {r['ppu']}; PE {pe}): {r['mismatches']:,} "

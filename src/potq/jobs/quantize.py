@@ -123,15 +123,8 @@ def quantize_run(
     save_quantized(graph, cfg, model_path, weights_digest(run))
     q_in = graph.q[graph.nodes[0].output]
     result = {
-        "scheme": settings.scheme,
         "label": name,
-        "exponent": settings.exponent_rule,
-        "rounding": settings.rounding.label,
-        "max_shift": settings.max_shift,
-        "bits": f"{settings.w_bits}/{settings.a_bits}",
-        "weights": settings.weights.value,
-        "bits_all": settings.bits_all,
-        "precision": [list(e) for e in settings.precision],
+        **settings_record(settings),
         "calib_images": calib,
         "qat_epochs": qat_epochs,
         "qat_lr": (qat_lr or QAT_RECIPE.lr) if qat_epochs else None,
@@ -142,12 +135,7 @@ def quantize_run(
         "fp32_test_loss": fp_loss,
         "accuracy_drop": 100 * (fp_acc - q_acc),
         "model_size_mb": model_path.stat().st_size / 1e6,
-        # what a weight memory holds: every weight at its bits (packed words), int32 biases
-        "packed_weights_mb": sum(
-            weight_bytes(n.tensors["weight"].numel(), n.weight_bits) + 4 * n.tensors["bias"].numel()
-            for n in graph.mac_nodes()
-        )
-        / 1e6,
+        "packed_weights_mb": packed_weights_mb(graph),
         "input_exponent": q_in.exponent,
         "input_zero_point": q_in.zero_point,
         "nodes": len(graph.nodes),
@@ -158,6 +146,31 @@ def quantize_run(
     }
     save_json(result, json_path)
     return result
+
+
+def settings_record(settings: QuantSettings) -> dict:
+    """The settings a quantized model was made with, as its record keeps them (SOURCE_KEYS reads them back)."""
+    return {
+        "scheme": settings.scheme,
+        "exponent": settings.exponent_rule,
+        "rounding": settings.rounding.label,
+        "max_shift": settings.max_shift,
+        "bits": f"{settings.w_bits}/{settings.a_bits}",
+        "weights": settings.weights.value,
+        "bits_all": settings.bits_all,
+        "precision": [list(e) for e in settings.precision],
+    }
+
+
+def packed_weights_mb(graph: Graph) -> float:
+    """What a weight memory holds: every weight at its bits (potq.ir.codes.weight_bytes), int32 biases."""
+    return (
+        sum(
+            weight_bytes(n.tensors["weight"].numel(), n.weight_bits) + 4 * n.tensors["bias"].numel()
+            for n in graph.mac_nodes()
+        )
+        / 1e6
+    )
 
 
 def change(drop: float) -> str:

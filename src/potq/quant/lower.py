@@ -23,9 +23,8 @@ import torch
 from potq.errors import UserError
 from potq.ir.arith import round_float
 from potq.ir.bounds import analyse, nonnegative, shared_groups
-from potq.ir.codes import WeightCode
 from potq.ir.graph import MAC_OPS, SHARED_QTYPE_OPS, Graph, Node, OpType, QType, pool_shift_bits, row_view, weight_scale
-from potq.ir.rules import CODE_BITS, INT32_MAX
+from potq.ir.rules import INT32_MAX
 from potq.ir.tensor import normalize
 from potq.quant.arith import project_weights, quantize
 from potq.quant.precision import annotate, value_bits
@@ -122,7 +121,7 @@ def input_means(
     """Per MAC node with low-bit weights (or each MAC node named in `nodes`: a search that lowers them at many
     formats), the mean of each of its input channels over the calibration images (the float graph's values):
     what `bias_correction` needs."""
-    wanted = {n.inputs[0] for n in graph.mac_nodes() if (_low_bit(n) if nodes is None else n.name in nodes)}
+    wanted = {n.inputs[0] for n in graph.mac_nodes() if (n.low_bit if nodes is None else n.name in nodes)}
     if not wanted:
         return {}
     net = SimNet(graph)
@@ -137,10 +136,6 @@ def input_means(
             sums[v] = sums[v] + s if v in sums else s
     per_channel = {v: math.prod(graph.shapes[v][1:]) * len(x) for v in wanted}
     return {v: s / per_channel[v] for v, s in sums.items()}
-
-
-def _low_bit(n: Node) -> bool:
-    return (n.weight_bits, n.weight_code) != (CODE_BITS, WeightCode.INT)
 
 
 def bias_correction(n: Node, w: torch.Tensor, w_q: torch.Tensor, mean_in: torch.Tensor) -> torch.Tensor:
@@ -238,7 +233,7 @@ def lower(
             w, b = n.tensors["weight"].double(), n.tensors["bias"].double()
             view = row_view(ws, w.dim())
             t["weight"] = project_weights(w / view, fmt[1], fmt[0], settings.rounding).to(torch.int8)
-            if means and n.inputs[0] in means and _low_bit(n):
+            if means and n.inputs[0] in means and n.low_bit:
                 b = b - bias_correction(n, w, t["weight"].double() * view, means[n.inputs[0]])
             t["bias"] = int32_bias(n, b, q_in, ws, settings.rounding)
             if we is None:
