@@ -271,3 +271,14 @@ def test_mixed_writes_a_precision_file_that_quantizes_and_verifies(tiny_run, tmp
     assert main(["mixed", "--run", str(run), "--budget", "0.8", "--method", "hawq", "--calib", "32"]) == 0
     hawq = read_precision(precision_json(run, "hawq-bops-0.8"))
     assert {(w, c, a) for _, w, c, a in hawq} <= {(4, "int", 8), (8, "int", 8)}
+
+
+def test_searches_that_differ_in_their_options_keep_their_own_files(tiny_run, tmp_path):
+    from potq.jobs.mixed import label
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    assert main(["mixed", "--run", str(run), "--budget", "0.95", "--calib", "16"]) == 0
+    assert main(["mixed", "--run", str(run), "--budget", "0.95", "--calib", "16", "--menu", "4,8"]) == 0
+    files = sorted(p.name for p in run.glob("precision_*.json"))
+    assert len(files) == 2 and "precision_mixed-energy-0.95.json" in files
+    assert label("potq", "energy", 0.95, {"menu": (4, 8)}) != label("potq", "energy", 0.95, {"menu": (2, 8)})

@@ -70,9 +70,9 @@ def mixed_run(
     options = {"method": method, "objective": objective, "menu": menu, "codes": codes, "labels": labels}
     r = search_precision(fgraph, x, settings, budget, target, dataflow, **options)
     chosen = {"scheme": settings.scheme, "bits_all": settings.bits_all, "arch": arch, "dataflow": dataflow}
-    chosen.update(menu=menu, codes=codes and tuple(c.value for c in codes), calib=calib)
+    chosen.update(menu=menu, codes=codes and tuple(c.value for c in codes))  # not --calib, as quantize's labels
     defaults = {"scheme": QuantSettings.scheme, "bits_all": False, "arch": COST_ARCH, "menu": None, "codes": None}
-    defaults.update(calib=MIXED_CALIB, dataflow=COST_DATAFLOW if arch == COST_ARCH else dataflow)
+    defaults.update(dataflow=COST_DATAFLOW if arch == COST_ARCH else dataflow)
     name = label(method, objective, budget, {k: v for k, v in chosen.items() if v != defaults[k]})
     record = {
         "label": name,
