@@ -290,3 +290,15 @@ def test_qat_below_eight_bits_ends_in_the_integer_model_exactly(bits, code):
         if not torch.equal(n.tensors["weight"], m.tensors["weight"])
     ]
     assert changed  # the steps moved some weight across a level
+
+
+def test_precision_json_is_stale_once_a_model_is_quantized_again(tiny_run, tmp_path):
+    from potq.jobs.costs import price_run, priced_change
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    assert main(["quantize", "--run", str(run), "--calib", "16", "--bits", "4/8", "--weights", "pot"]) == 0
+    assert priced_change(run) is not None  # nothing priced yet
+    price_run(run)
+    assert priced_change(run) is None
+    assert main(["quantize", "--run", str(run), "--calib", "24", "--bits", "4/8", "--weights", "pot"]) == 0
+    assert priced_change(run) == "precision.json does not price today's pot-channel-w4a8-pot"

@@ -245,6 +245,7 @@ def _steps(o: RunOptions, now: Now) -> list[Step]:
     """Every step, in order: a step is done when its artifacts are there and made from what is there now
     (potq.runs.provenance); else it runs, or runs again."""
     from potq.deploy.export import MODEL_JSON
+    from potq.jobs.costs import priced_change
     from potq.runs.provenance import derived_change, derived_inputs, summary_inputs
 
     out, head = o.out, o.headline
@@ -272,7 +273,7 @@ def _steps(o: RunOptions, now: Now) -> list[Step]:
         Step(
             "energy",
             (out / ENERGY_JSON).exists,
-            lambda: derived_change(out / ENERGY_JSON, derived_inputs(out, head)),
+            lambda: derived_change(out / ENERGY_JSON, derived_inputs(out, head)) or priced_change(out),
             partial(_energy_step, o),
         ),
         Step(

@@ -59,17 +59,28 @@ def precision_words(priced: dict) -> tuple[str, str]:
     return priced.get("bits") or "8/8", priced.get("weights") or "int"
 
 
+def _pot_records(run: Path) -> dict[str, dict]:
+    """The records of a run's power-of-two quantized models, by label (float scales have no datapath to price)."""
+    records = {label_of(p): read_json(p) for p in sorted(Path(run).glob(QUANT_GLOB))}
+    return {k: r for k, r in records.items() if SCHEMES[r["scheme"]].pot}
+
+
+def priced_change(run: Path) -> str | None:
+    """Why precision.json is not what price_run would write now (a model missing, or quantized again), or None."""
+    saved = read_json(Path(run) / PRECISION_JSON) if (Path(run) / PRECISION_JSON).exists() else {}
+    for label, record in _pot_records(run).items():
+        if saved.get(label, {}).get("quant_sha256") != record.get("quant_sha256"):
+            return f"{PRECISION_JSON} does not price today's {label}"
+    return None
+
+
 def price_run(run: Path) -> dict[str, dict]:
     """Every power-of-two quantized model of a run, priced at its own precision: precision.json (each entry with
     the quant_sha256 of the model it priced, so a model quantized again since is told apart) and precision.png
     (accuracy against energy with data movement). `potq run`'s energy step and `potq compare` call it."""
     run = Path(run)
     priced = {}
-    for path in sorted(run.glob(QUANT_GLOB)):
-        record = read_json(path)
-        if not SCHEMES[record["scheme"]].pot:
-            continue  # float scales: no integer-only datapath to price
-        label = label_of(path)
+    for label, record in _pot_records(run).items():
         graph, _ = load_quantized(run, label)
         priced[label] = {**{k: record.get(k) for k in RECORD_KEYS}, **model_costs(graph)}
     if priced:
