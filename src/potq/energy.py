@@ -38,7 +38,7 @@ from importlib import resources
 from pathlib import Path
 
 from potq.errors import UserError
-from potq.ir.codes import WeightCode, weight_bytes
+from potq.ir.codes import WeightCode, code_bytes, weight_bytes
 from potq.ir.graph import Graph, Node, OpType, window
 from potq.ir.rules import CODE_BITS
 
@@ -209,8 +209,8 @@ class LayerCost:
         if model is Arith.FP32:
             return 4 * (self.weights + self.biases + self.in_acts + self.outputs)
         w_bits, in_bits, out_bits = self.bits
-        out_bytes = 4 * self.outputs if not self.requant else _packed(self.outputs, out_bits)  # int32 logits
-        return weight_bytes(self.weights, w_bits) + 4 * self.biases + _packed(self.in_acts, in_bits) + out_bytes
+        out_bytes = 4 * self.outputs if not self.requant else code_bytes(self.outputs, out_bits)  # int32 logits
+        return weight_bytes(self.weights, w_bits) + 4 * self.biases + code_bytes(self.in_acts, in_bits) + out_bytes
 
     def memory_pj(self, model: Arith, table: Table, level: str) -> float:
         return math.ceil(self.memory_bytes(model) / 8) * table.memory[level]
@@ -218,11 +218,6 @@ class LayerCost:
     @property
     def macs(self) -> int:
         return self.k * self.outputs if self.mac else 0
-
-
-def _packed(values: int, bits: int) -> int:
-    """Bytes of `values` codes of `bits` bits, packed densely (8 bits: one byte each, as before)."""
-    return -(-values * bits // 8)
 
 
 def mac_cost(

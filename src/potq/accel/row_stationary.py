@@ -25,6 +25,7 @@ from potq.accel.arch import PJ_PER_J
 from potq.accel.systolic import cdiv
 from potq.accel.workload import spad_traffic
 from potq.errors import UserError
+from potq.ir.codes import code_bytes
 
 FIELDS = ("m", "n", "e", "p", "q", "r", "t")
 # The lab's post-processing unit: 5 cycles per output element when a max pool follows, 1 otherwise
@@ -94,19 +95,15 @@ def space_size(wl, arch) -> int:
     return size
 
 
-def _bytes(values, bits):
-    return cdiv(values * bits, 8)
-
-
 def glb_usage(wl, m, n, e, p, q, r, t) -> dict[str, Any]:
     """Global-buffer bytes one processing pass holds (handout, "GLB Usage"; psum: the m channels' e rows
     accumulate across the channel loop, so they stay for the whole pass)."""
     u = wl.stride_h
     use = {
-        "ifmap": _bytes(n * (q * r) * (u * (e - 1) + wl.R) * wl.W, wl.bits_ifmap),
-        "filter": _bytes((p * t) * (q * r) * wl.R * wl.S, wl.bits_filter),
-        "bias": _bytes(p * t, wl.bits_bias),
-        "psum": _bytes(n * m * e * wl.F, wl.bits_psum),
+        "ifmap": code_bytes(n * (q * r) * (u * (e - 1) + wl.R) * wl.W, wl.bits_ifmap),
+        "filter": code_bytes((p * t) * (q * r) * wl.R * wl.S, wl.bits_filter),
+        "bias": code_bytes(p * t, wl.bits_bias),
+        "psum": code_bytes(n * m * e * wl.F, wl.bits_psum),
     }
     use["total"] = use["ifmap"] + use["filter"] + use["bias"] + use["psum"]
     return use
@@ -198,9 +195,9 @@ def _traffic(wl, pool, m, n, e, p, q, r, t) -> dict[str, Any]:
     cblocks = cdiv(wl.C, q * r)
     mtiles = cdiv(m, p * t)  # passes per channel block: the ifmap tile's reuse in the global buffer
     use = glb_usage(wl, m, n, e, p, q, r, t)
-    psum_tile = _bytes(n * (p * t) * e * wl.F, wl.bits_psum)
+    psum_tile = code_bytes(n * (p * t) * e * wl.F, wl.bits_psum)
     rows_out, cols_out = (e // pool, wl.F // pool) if pool > 1 else (e, wl.F)
-    ofmap_tile = _bytes(n * m * rows_out * cols_out, wl.bits_ofmap)
+    ofmap_tile = code_bytes(n * m * rows_out * cols_out, wl.bits_ofmap)
     d = {
         "dram_ifmap_read": g * blocks * cblocks * use["ifmap"],
         "dram_filter_read": g * blocks * cblocks * mtiles * use["filter"],

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from potq.accel.workload import Workload, spad_traffic
-from potq.ir.codes import weight_bytes
+from potq.ir.codes import code_bytes, weight_bytes
 
 DATAFLOWS = ("ws", "os", "is")
 
@@ -99,10 +99,6 @@ def rtl_cycles(w: Workload, rows: int, cols: int) -> int:
     return rtl_gemm_cycles(w.N * w.E * w.F, w.M, w.C * w.R * w.S, rows, cols, w.groups)
 
 
-def _ceil_bytes(values: int, bits: int) -> int:
-    return cdiv(values * bits, 8)
-
-
 def traffic(w: Workload, rows: int, cols: int, dataflow: str, glb_bytes: int) -> dict[str, dict[str, int]]:
     """Bytes per level ('dram', 'glb', 'spad') and operand ('ifmap', 'filter', 'bias', 'psum', 'ofmap').
 
@@ -123,24 +119,24 @@ def traffic(w: Workload, rows: int, cols: int, dataflow: str, glb_bytes: int) ->
     fr, fc = folds(g, rows, cols)
     third = glb_bytes // 3
     bi, bf, bp, bo = w.bits_ifmap, w.bits_filter, w.bits_psum, w.bits_ofmap
-    ifmap = _ceil_bytes(w.N * w.C * w.H * w.W, bi)  # one group's raw input
+    ifmap = code_bytes(w.N * w.C * w.H * w.W, bi)  # one group's raw input
     filt = weight_bytes(g.window * g.filters, bf)  # the weight memory's words (potq.ir.codes)
-    psum_tile = _ceil_bytes(g.T * min(cols, g.Sc), bp)  # one column fold's accumulators (ws, is)
-    psums = (fr - 1) * _ceil_bytes(g.T * g.Sc, bp) if dataflow != "os" else 0  # written, then read back
+    psum_tile = code_bytes(g.T * min(cols, g.Sc), bp)  # one column fold's accumulators (ws, is)
+    psums = (fr - 1) * code_bytes(g.T * g.Sc, bp) if dataflow != "os" else 0  # written, then read back
     spill = psums if psums and psum_tile > third else 0
     dram = {
         "ifmap": ifmap * (fc if dataflow in ("ws", "os") and ifmap > third else 1),
         "filter": filt * (fc if dataflow == "is" and filt > third else 1),
-        "bias": _ceil_bytes(g.filters, w.bits_bias),
+        "bias": code_bytes(g.filters, w.bits_bias),
         "psum": 2 * spill,
-        "ofmap": _ceil_bytes(g.pixels * g.filters, bo),
+        "ofmap": code_bytes(g.pixels * g.filters, bo),
     }
-    if dataflow == "os" and _ceil_bytes(g.window * min(cols, g.Sc), bf) > third:
+    if dataflow == "os" and code_bytes(g.window * min(cols, g.Sc), bf) > third:
         dram["filter"] = filt * fr
     streamed = {
-        "ws": {"ifmap": fc * _ceil_bytes(g.T * g.Sr, bi), "filter": filt},
-        "os": {"ifmap": fc * _ceil_bytes(g.Sr * g.T, bi), "filter": fr * _ceil_bytes(g.T * g.Sc, bf)},
-        "is": {"ifmap": _ceil_bytes(g.Sr * g.Sc, bi), "filter": fc * _ceil_bytes(g.Sr * g.T, bf)},
+        "ws": {"ifmap": fc * code_bytes(g.T * g.Sr, bi), "filter": filt},
+        "os": {"ifmap": fc * code_bytes(g.Sr * g.T, bi), "filter": fr * code_bytes(g.T * g.Sc, bf)},
+        "is": {"ifmap": code_bytes(g.Sr * g.Sc, bi), "filter": fc * code_bytes(g.Sr * g.T, bf)},
     }[dataflow]
     glb = {**streamed, "bias": fc * dram["bias"], "psum": 2 * psums, "ofmap": dram["ofmap"]}
     by = {lvl: {k: v * w.groups for k, v in d.items()} for lvl, d in (("dram", dram), ("glb", glb))}

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from potq.ir.codes import weight_bytes
+from potq.ir.codes import code_bytes, weight_bytes
 from potq.ir.graph import MAC_OPS, Graph, Node, OpType, pair
 
 MAC_OP_NAMES = tuple(op.value for op in MAC_OPS)  # Workload.op is the OpType's value
@@ -88,7 +88,7 @@ class Workload:
         ]
         if operand == "filter":  # low-bit weights: packed words, as the export writes them
             return weight_bytes(values, bits)
-        return values * bits // 8
+        return code_bytes(values, bits)
 
 
 def spad_traffic(w: Workload) -> dict[str, int]:

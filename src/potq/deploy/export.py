@@ -23,7 +23,7 @@ from potq.errors import UserError
 from potq.files import check_output_dir, clear_stale, replace_dir, save_json, temp_prefix
 from potq.golden import IntegerModel
 from potq.ir import io
-from potq.ir.codes import encode_weights, pack_words, packed_bytes
+from potq.ir.codes import WORD_BITS, encode_weights, pack_words, packed_bytes
 from potq.ir.graph import OP_SPEC, POOL_OPS, Graph, Node, OpType
 from potq.ir.rules import ROUNDING_DEFINITIONS, Rounding
 
@@ -250,7 +250,7 @@ def _write_hw(graph: Graph, tmp: Path, arrays, images, labels, logits, record) -
     for n in graph.mac_nodes():
         if n.low_bit:
             words = packed_weights(n)
-            (tmp / "hex" / f"{io.tensor_name(n, 'weight')}.packed.hex").write_text(hex_lines(words, 32))
+            (tmp / "hex" / f"{io.tensor_name(n, 'weight')}.packed.hex").write_text(hex_lines(words, WORD_BITS))
     np.savez(tmp / "weights.npz", **arrays)
     vec = {graph.input: images, "labels": labels, "logits": logits}
     vec.update({v: t.numpy().astype(np.int32) for v, t in record.items()})

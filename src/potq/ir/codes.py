@@ -164,6 +164,11 @@ def packed_bytes(count: int, bits: int) -> int:
     return -(-count // codes_per_word(bits)) * (WORD_BITS // 8)
 
 
+def code_bytes(count: int, bits: int) -> int:
+    """Bytes of `count` b-bit activation codes packed densely (8 bits: one byte each): what the cost models move."""
+    return -(-count * bits // 8)
+
+
 def weight_bytes(count: int, bits: int) -> int:
     """Bytes of `count` weights as a weight memory holds them, the one rule every cost model reads: below 8 bits
     their storage codes packed into 32-bit words (what the export writes), at 8 bits one byte each (as in 0.4)."""

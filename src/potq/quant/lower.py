@@ -142,15 +142,10 @@ def bias_correction(n: Node, w: torch.Tensor, w_q: torch.Tensor, mean_in: torch.
     """The shift that quantizing the weights gives each output channel's mean, E[(W_q - W) x] = (W_q - W) E[x]
     (empirical bias correction, Nagel et al., "Data-free quantization", ICCV 2019, section 4.2): subtracted
     from the bias, so that the low-bit layer keeps its float mean. Padding's zeros are counted as E[x]."""
-    err = w_q - w  # (O, I / groups, ...) or (O, I)
-    if err.dim() == 2:
-        return err @ mean_in
-    groups = n.attrs.get("groups", 1)
-    per_group = err.shape[1]
-    means = mean_in.view(groups, per_group)  # the input channels each group reads
-    out_per_group = err.shape[0] // groups
-    summed = err.sum(dim=list(range(2, err.dim())))  # (O, I / groups)
-    return torch.stack([summed[o] @ means[o // out_per_group] for o in range(err.shape[0])])
+    err = (w_q - w).flatten(2).sum(2) if w.dim() > 2 else w_q - w  # (O, I / groups): summed over the kernel
+    groups = n.attrs.get("groups", 1)  # a linear node: one group
+    means = mean_in.view(groups, 1, -1)  # the input channels each group's outputs read
+    return (err.view(groups, -1, err.shape[1]) * means).sum(-1).reshape(-1)
 
 
 def calibrate(

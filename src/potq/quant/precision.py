@@ -92,8 +92,9 @@ def value_bits(fgraph: Graph, settings: QuantSettings) -> dict[str, int]:
     widest: dict[str, int] = {}
     for v, b in chosen.items():  # a precision file's choice wins over the defaults in its group
         widest[group[v]] = max(widest.get(group[v], 0), b)
+    chosen_groups = {group[u] for u in chosen}
     for v, b in bits.items():
-        if not any(group[u] == group[v] for u in chosen):
+        if group[v] not in chosen_groups:
             widest[group[v]] = max(widest.get(group[v], 0), b)
     return {v: widest[group[v]] for v in bits}
 
