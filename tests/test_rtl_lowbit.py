@@ -16,9 +16,9 @@ import pytest
 
 from potq.cli import main
 from potq.deploy.rtl import rtl_sources, shift_tag
-from potq.deploy.rtl.pe import pe_shift_params
+from potq.deploy.rtl.pe import pe_build, pe_shift_params
 from potq.deploy.rtl.program import build_program
-from potq.deploy.rtl_check import check_rtl, pe_build
+from potq.deploy.rtl_check import check_rtl
 from potq.errors import UserError
 from potq.ir.codes import WeightCode, encode_weights
 from tests.test_lowbit import lowbit
@@ -160,3 +160,35 @@ def test_verify_pe_kind_shift_runs_one_format_and_refuses_mixed_ones(tiny_run, t
     assert len(err) == 1 and "--pe-kind shift: node " in err[0] and "holds 8-bit int weights" in err[0], err
     assert not (tmp_path / "rtl").exists()  # nothing built
     assert main(["verify", "--run", str(tiny_run), "--scheme", "pot-channel-w4a8-pot", "--pe-kind", "shift"]) == 2
+
+
+@needs_verilator
+def test_export_format_rtl_pe_kind_shift_runs_in_the_testbench(tmp_path):
+    """`potq export --format rtl --pe-kind shift`: the folder holds the shift PE behind potq_pe's wrapper and a
+    weight memory of storage codes, and its testbench (built with those sources) finds 0 mismatches."""
+    from potq.deploy.export import write_export
+    from potq.deploy.rtl import SHIFT_PE, build_sim
+    from potq.deploy.rtl.program import rtl_cycles
+    from potq.deploy.rtl_check import run_sim
+
+    g, images = graph("tiny", "4/4", "apot", True)
+    out, picked = tmp_path / "export", images[:IMAGES].numpy()
+    write_export(g, out, picked, np.zeros(IMAGES, dtype=np.int64), ["a"] * 10, formats=("rtl",), pe_kind="shift")
+    desc = json.loads((out / "model.json").read_text())["rtl"]
+    assert (desc["pe_kind"], desc["pe_format"]) == ("shift", "4-bit apot") and SHIFT_PE in desc["build"]
+    assert "potq_pe_shift #(" in (out / "rtl" / "potq_pe.sv").read_text()  # the wrapper, not the multiplier
+    exe, _ = build_sim(4, 4, shift=pe_shift_params("apot", 4))
+    lines = run_sim(exe, out / "rtl", IMAGES, len(desc["descriptors"]), g.rounding)
+    assert all(bad == 0 for *_, bad in lines)
+    assert [c for img, _, c, _ in lines if img == 0] == [rtl_cycles(d, 4, 4) for d in desc["descriptors"]]
+
+
+def test_export_pe_kind_shift_is_refused_without_rtl_or_for_int_weights(tmp_path):
+    from potq.deploy.export import write_export
+
+    g, images = graph("tiny", "4/4", "int", True)
+    labels = np.zeros(1, dtype=np.int64)
+    for formats, message in (("hw",), "add rtl to --format"), (("rtl",), "holds 4-bit int weights"):
+        with pytest.raises(UserError, match=message):
+            write_export(g, tmp_path / "x", images[:1].numpy(), labels, ["a"] * 10, formats=formats, pe_kind="shift")
+        assert not (tmp_path / "x").exists()

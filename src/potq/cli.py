@@ -231,7 +231,7 @@ def cmd_export(a: argparse.Namespace) -> None:
     from potq.jobs.export import export_run
 
     formats = parse_formats(a.format)
-    r = export_run(a.run, a.scheme, a.out, a.vectors, a.data, a.cache, formats, a.onnx_weights)
+    r = export_run(a.run, a.scheme, a.out, a.vectors, a.data, a.cache, formats, a.onnx_weights, a.pe_kind)
     print(
         f"exported {r['nodes']} nodes, {r['tensors']} tensors and {r['vectors']} test vectors "
         f"({', '.join(r['formats'])}) -> {r['out']}"
@@ -706,7 +706,6 @@ def _mixed_parser(sub) -> None:
 
 
 def _verify_parser(sub) -> None:
-    from potq.deploy.rtl import PE_KINDS
 
     v = sub.add_parser("verify", help="integer golden model against the simulated model, bit for bit")
     _quantized_model_args(v)
@@ -735,16 +734,22 @@ def _verify_parser(sub) -> None:
         type=Path,
         help="--rtl: your PE module (a .sv file) in place of potq's: potq_pe (--pe-kind mac) or potq_pe_shift (shift)",
     )
-    v.add_argument(
+    _pe_kind_arg(v, "--rtl")
+    v.add_argument("--rtl-vectors", type=int, default=RTL_VECTORS, help="--rtl: test images to simulate")
+    v.set_defaults(func=cmd_verify)
+
+
+def _pe_kind_arg(p, applies: str) -> None:
+    from potq.deploy.rtl import PE_KINDS
+
+    p.add_argument(
         "--pe-kind",
         choices=PE_KINDS,
         default=PE_KINDS[0],
-        help="--rtl: the array's PE: mac (a multiplier fed int8 weight values; default) or shift (the shift-add PE "
-        "of one pot/apot format, fed the weights' storage codes: every conv and linear node must share that format, "
-        "as quantize --bits-all --weights pot|apot makes)",
+        help=f"{applies}: the array's PE: mac (a multiplier fed int8 weight values; default) or shift (the shift-add "
+        "PE of one pot/apot format, fed the weights' storage codes: every conv and linear node must share that "
+        "format, as quantize --bits-all --weights pot|apot makes)",
     )
-    v.add_argument("--rtl-vectors", type=int, default=RTL_VECTORS, help="--rtl: test images to simulate")
-    v.set_defaults(func=cmd_verify)
 
 
 def _export_parser(sub) -> None:
@@ -764,6 +769,7 @@ def _export_parser(sub) -> None:
         "rtl: potq's SystemVerilog, its Verilator testbench and memory images)",
     )
     _onnx_weights_arg(e)
+    _pe_kind_arg(e, "--format rtl")
     e.set_defaults(func=cmd_export)
 
 

@@ -19,6 +19,8 @@ import torch
 from potq.deploy.c_runtime import BUILD as C_BUILD
 from potq.deploy.c_runtime import c_files, c_ident
 from potq.deploy.onnx_qdq import INPUT, OPSET, OUTPUT, WEIGHTS_UINT8, to_onnx
+from potq.deploy.rtl import PE_KINDS
+from potq.deploy.rtl.pe import pe_build
 from potq.errors import UserError
 from potq.files import check_output_dir, clear_stale, replace_dir, save_json, temp_prefix
 from potq.golden import IntegerModel
@@ -170,6 +172,13 @@ def c_header(desc: dict, arrays: dict[str, np.ndarray]) -> str:
     return "\n".join(out) + "\n"
 
 
+def check_pe_kind(graph: Graph, formats: tuple[str, ...], pe_kind: str) -> None:
+    """--pe-kind is the RTL's: another kind than the default needs --format rtl and a graph its PE takes."""
+    if pe_kind != PE_KINDS[0] and "rtl" not in formats:
+        raise UserError(f"--pe-kind {pe_kind} chooses the RTL's PE: add rtl to --format")
+    pe_build(graph, pe_kind)
+
+
 def write_export(
     graph: Graph,
     out: Path,
@@ -181,11 +190,14 @@ def write_export(
     source: dict | None = None,
     indices: np.ndarray | None = None,
     onnx_weights: str = WEIGHTS_UINT8,
+    pe_kind: str = PE_KINDS[0],
 ) -> dict:
     """Write the export folder of a graph in `formats`; built in a temporary folder, then moved into
-    place whole. images: uint8 (N, C, H, W) test vectors; source: which quantized model this is."""
+    place whole. images: uint8 (N, C, H, W) test vectors; source: which quantized model this is;
+    pe_kind: the RTL array's PE (potq.deploy.rtl.PE_KINDS), with "rtl" in formats."""
     out = Path(out)
     check_output_dir(out, EXPORT_KIND, protect)
+    check_pe_kind(graph, formats, pe_kind)
     golden = IntegerModel(graph)
     # before any file: a missing extra stops here
     onnx_model = to_onnx(graph, weights=onnx_weights) if "onnx" in formats else None
@@ -208,7 +220,7 @@ def write_export(
         if "rtl" in formats:
             from potq.deploy.rtl.export import write_rtl
 
-            desc["rtl"] = write_rtl(graph, tmp / "rtl", images, record)
+            desc["rtl"] = write_rtl(graph, tmp / "rtl", images, record, pe_kind)
         if onnx_model is not None:
             (tmp / ONNX_FILE).write_bytes(onnx_model.SerializeToString())
             desc["onnx"] = {"file": ONNX_FILE, "opset": OPSET, "input": INPUT, "output": OUTPUT}

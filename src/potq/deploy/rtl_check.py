@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from potq.deploy.rtl import PE_KINDS, Params, build_sim
-from potq.deploy.rtl.pe import pe_shift_params, shift_format
+from potq.deploy.rtl import PE_KINDS, build_sim
+from potq.deploy.rtl.pe import pe_build
 from potq.deploy.rtl.program import build_program, rtl_cycles, write_image, write_program
 from potq.errors import UserError
 from potq.golden import IntegerModel
@@ -121,17 +121,6 @@ def run_sim(exe: Path, folder: Path, images: int, descriptors: int, rounding: Ro
     if r.returncode or len(rows) != images * descriptors:
         raise RuntimeError(f"the RTL simulation stopped (exit {r.returncode}): {(r.stderr or r.stdout)[-2000:]}")
     return rows
-
-
-def pe_build(graph: Graph, pe_kind: str) -> tuple[Params | None, str | None]:
-    """(potq_pe_shift's parameters, the format's words) for --pe-kind shift, from the graph's one pot/apot
-    format (UserError naming the first node that differs); (None, None) for mac. Before any build."""
-    if pe_kind not in PE_KINDS:
-        raise UserError(f"--pe-kind {pe_kind!r}: choose from {', '.join(PE_KINDS)}")
-    if pe_kind == PE_KINDS[0]:
-        return None, None
-    code, bits = shift_format(graph)
-    return pe_shift_params(code, bits), f"{bits}-bit {code.value}"
 
 
 def check_rtl(

@@ -24,7 +24,8 @@ from potq.deploy.consumers import (
 )
 from potq.deploy.onnx_qdq import EXTRA, OPSET, WEIGHTS_UINT8
 from potq.deploy.rtl import PE_KINDS, verilator
-from potq.deploy.rtl_check import check_rtl, parse_array, pe_build
+from potq.deploy.rtl.pe import pe_build
+from potq.deploy.rtl_check import check_rtl, parse_array
 from potq.errors import UserError
 from potq.files import read_json, save_json
 from potq.jobs import C_VECTORS, RTL_VECTORS, TVM_IMAGES

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from potq.deploy.rtl import PKG, Params, source_text, sv_value, verilate
+from potq.deploy.rtl import PE_KINDS, PKG, Params, source_text, sv_value, verilate
 from potq.deploy.rtl.pkg import CODE_W
 from potq.errors import UserError
 from potq.ir.codes import WeightCode, apot_fields, check_act_bits, check_weight_format
@@ -59,6 +59,17 @@ def shift_format(graph: Graph) -> tuple[WeightCode, int]:
                 "the shift-add PE takes one pot/apot format (quantize with --bits-all)"
             )
     return want
+
+
+def pe_build(graph: Graph, pe_kind: str) -> tuple[Params | None, str | None]:
+    """(potq_pe_shift's parameters, the format's words) for --pe-kind shift, from the graph's one pot/apot
+    format (UserError naming the first node that differs); (None, None) for mac. Before any build."""
+    if pe_kind not in PE_KINDS:
+        raise UserError(f"--pe-kind {pe_kind!r}: choose from {', '.join(PE_KINDS)}")
+    if pe_kind == PE_KINDS[0]:
+        return None, None
+    code, bits = shift_format(graph)
+    return pe_shift_params(code, bits), f"{bits}-bit {code.value}"
 
 
 def pe_params(code: WeightCode | str, bits: int, act_bits: int = CODE_W) -> tuple[str, Params]:
