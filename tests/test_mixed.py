@@ -17,6 +17,7 @@ from potq.accel.arch import COST_ARCH, COST_DATAFLOW, load_arch
 from potq.accel.model import accel_report
 from potq.cli import main
 from potq.errors import UserError
+from potq.ir.bounds import shared_groups
 from potq.ir.capture import capture
 from potq.ir.codes import WeightCode, packed_bytes
 from potq.ir.tensor import normalize
@@ -33,6 +34,7 @@ from potq.quant.mixed import (
     searched_nodes,
     solve,
     solve_budget,
+    solve_result,
     with_node,
 )
 from potq.quant.precision import read_precision
@@ -56,7 +58,8 @@ def tiny(n: int = 32):
 @pytest.fixture(scope="module")
 def searched():
     fgraph, x = tiny()
-    return fgraph, x, search_precision(fgraph, x, SETTINGS, 1.0, ARCH, COST_DATAFLOW, menu=MENU, codes=CODES)
+    r = search_precision(fgraph, x, SETTINGS, 1.0, ARCH, COST_DATAFLOW, menu=MENU, codes=CODES, act_menu=(8,))
+    return fgraph, x, r
 
 
 def brute_force(sensitivity: np.ndarray, cost: np.ndarray, limit: float) -> float | None:
@@ -151,7 +154,7 @@ def test_the_cost_the_program_adds_up_is_the_quantized_models_and_keeps_the_budg
     fgraph, x, r = searched
     names, alts = lowered
     ref = alts[r.choices.index(INT8)]
-    cost, int8_cost, fixed_cost = cost_table(ref, alts, names, objective, ARCH, COST_DATAFLOW)
+    cost, int8_cost, fixed_cost, _ = cost_table(ref, alts, names, objective, ARCH, COST_DATAFLOW)
     assert int8_cost == pytest.approx(model_total(quantized_with(fgraph, x, []), objective), rel=1e-12)
     budget = 0.7 if objective in ("size", "bops", "compute") else 0.95
     pick = solve_budget(r.sensitivity, cost, int8_cost, fixed_cost, budget)
@@ -231,6 +234,10 @@ def test_hutchinson_estimates_the_hessian_trace():
         (["--budget", "0"], "--budget 0.0: give a positive fraction"),
         (["--budget", "0.5", "--method", "hawq", "--menu", "4,8"], "--method hawq searches 4- and 8-bit int"),
         (["--budget", "0.5", "--dataflow", "rs"], "--dataflow rs: architecture systolic-16-45nm runs ws, os, is"),
+        (["--budget", "0.5", "--act-menu", "4"], "--act-menu 4: include 8"),
+        (["--budget", "0.5", "--act-menu", "1,8"], "--act-menu 1,8: activations take 2 to 8 bits, not 1"),
+        (["--budget", "0.5", "--act-menu", "four"], "--act-menu four: give activation bits as a comma-separated"),
+        (["--budget", "0.5", "--method", "hawq", "--act-menu", "4,8"], "--method hawq keeps 8-bit activations"),
     ],
 )
 def test_mistakes_are_one_line_exit_two_and_write_nothing(tiny_run, capsys, args, message):
@@ -255,7 +262,7 @@ def test_mixed_writes_a_precision_file_that_quantizes_and_verifies(tiny_run, tmp
     record = json.loads(path.read_text())
     entries = read_precision(path)
     assert entries == tuple((n, e["w_bits"], e["w_code"], e["a_bits"]) for n, e in sorted(record["nodes"].items()))
-    assert set(record["nodes"]) == set(record["choice"]) | set(record["fixed"])
+    assert set(record["nodes"]) >= set(record["choice"]) | set(record["fixed"])  # and the groups' producers
     assert all(
         f"{w}" in record["choice"].get(n, "int8") and c in record["choice"].get(n, "int8") for n, w, c, _ in entries
     )
@@ -282,3 +289,80 @@ def test_searches_that_differ_in_their_options_keep_their_own_files(tiny_run, tm
     files = sorted(p.name for p in run.glob("precision_*.json"))
     assert len(files) == 2 and "precision_mixed-energy-0.95.json" in files
     assert label("potq", "energy", 0.95, {"menu": (4, 8)}) != label("potq", "energy", 0.95, {"menu": (2, 8)})
+
+
+# ---- activations searched too --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def act_searched():
+    """tiny, every node searched over int/pot 2, 4, 8-bit weights and 4- or 8-bit inputs, at 0.75 of INT8's energy."""
+    fgraph, x = tiny()
+    r = search_precision(fgraph, x, SETTINGS, 0.75, ARCH, COST_DATAFLOW, menu=MENU, codes=CODES, act_menu=(4, 8))
+    return fgraph, x, r
+
+
+def brute_force_linked(r, limit: float):
+    """The least summed sensitivity (and its picks) over every assignment whose nodes read their groups' widths
+    and whose program cost is within the limit, by enumeration."""
+    p = r.program()
+    best = None
+    for widths in itertools.product(range(len(r.act_menu)), repeat=len(r.groups.names)):
+        read = {i: widths[g] for i, g in p.links}
+        columns = [
+            [j for j in range(len(r.choices)) if p.allowed[i, j] and p.width[j] == read.get(i, p.width[j])]
+            for i in range(len(r.nodes))
+        ]
+        for pick in itertools.product(*columns):
+            if r.total_cost(list(pick), list(widths)) <= limit:
+                s = r.total_sensitivity(list(pick), list(widths))
+                best = s if best is None or s < best else best
+    return best
+
+
+def test_with_activations_the_program_is_the_brute_force_optimum_of_its_tables(act_searched):
+    _, _, r = act_searched
+    assert r.groups.names and r.act_menu == (4, 8) and len(r.choices) == 10
+    for budget in (0.65, 0.75, 0.9):
+        pick, group_pick = solve_result(r, budget)
+        best = brute_force_linked(r, budget * r.int8_cost * (1 + 1e-9))
+        assert r.total_sensitivity(pick, group_pick) == pytest.approx(best, rel=1e-6, abs=1e-9)
+        p = r.program()
+        for i, g in p.links:  # every reader of a group reads its width
+            assert r.choices[pick[i]].a_bits == r.act_menu[group_pick[g]]
+
+
+def test_with_activations_the_chosen_model_and_the_front_keep_their_budgets_at_their_exact_cost(act_searched):
+    fgraph, x, r = act_searched
+    chosen = quantized_with(fgraph, x, r.entries())
+    assert model_total(chosen, "energy") == pytest.approx(r.exact_cost, rel=1e-12)
+    assert r.exact_cost <= 0.75 * r.int8_cost * (1 + 1e-9) and any(b < 8 for b in r.act_menu[: 1])
+    assert any(r.act_menu[t] == 4 for t in r.group_pick)  # narrower activations are worth it here
+    bits = {v: q.bits for v, q in chosen.q.items() if not q.accumulator}
+    for node, group in r.groups.reads.items():  # the model reads what the program chose
+        reader = next(n for n in chosen.nodes if n.name == node)
+        assert bits[reader.inputs[0]] == r.act_menu[r.group_pick[r.groups.names.index(group)]]
+    assert all(p["fraction"] <= p["budget"] * (1 + 1e-9) for p in r.front)
+    assert abs(r.total_cost() - r.exact_cost) < 0.1 * r.int8_cost  # the estimate is near
+
+
+@torch.no_grad()
+def test_each_activation_sensitivity_is_the_logit_noise_of_that_group_alone_at_that_width(act_searched):
+    fgraph, x, r = act_searched
+    y8 = simulated(quantized_with(fgraph, x, [])).forward(x).double()
+    for g, group in enumerate(r.groups.names):
+        entries = [(n, 8, "int", 4) for n in r.groups.producers[group]]
+        y = simulated(quantized_with(fgraph, x, entries))(x).double()
+        nsr = float((y - y8).pow(2).mean() / y8.pow(2).mean())
+        assert r.group_sensitivity[g, r.act_menu.index(4)] == pytest.approx(nsr, rel=1e-9), group
+        assert r.group_sensitivity[g, r.act_menu.index(8)] == 0
+
+
+def test_without_bits_all_the_image_and_the_last_layers_input_stay_eight_bits():
+    fgraph, x = tiny()
+    r = search_precision(fgraph, x, QuantSettings(), 0.95, ARCH, COST_DATAFLOW, menu=(4, 8), codes=(WeightCode.INT,))
+    macs = fgraph.mac_nodes()
+    assert r.fixed == [macs[0].name, macs[-1].name]
+    group = shared_groups(fgraph)
+    pinned = {group[fgraph.input], group[macs[-1].inputs[0]]}
+    assert r.groups.names and not pinned & set(r.groups.names)

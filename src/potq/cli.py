@@ -117,14 +117,27 @@ def cmd_mixed(a: argparse.Namespace) -> None:
     check_run_model(a)
     from potq.files import folder_lock
     from potq.jobs.mixed import mixed_lines, mixed_run
-    from potq.quant.rules import QuantSettings, parse_codes, parse_menu
+    from potq.quant.rules import QuantSettings, parse_act_menu, parse_codes, parse_menu
 
     settings = QuantSettings.parse(a.scheme, bits_all=a.bits_all)
     menu = parse_menu(a.menu) if a.menu is not None else None
     codes = parse_codes(a.codes) if a.codes is not None else None
+    act_menu = parse_act_menu(a.act_menu) if a.act_menu is not None else None
     with folder_lock(a.run, "--run"):
         r = mixed_run(
-            a.run, settings, a.objective, a.budget, a.arch, a.dataflow, menu, codes, a.method, a.calib, a.data, a.cache
+            a.run,
+            settings,
+            a.objective,
+            a.budget,
+            a.arch,
+            a.dataflow,
+            menu,
+            codes,
+            a.method,
+            act_menu=act_menu,
+            calib=a.calib,
+            data=a.data,
+            cache=a.cache,
         )
     print("\n".join(mixed_lines(r)))
 
@@ -649,6 +662,7 @@ def _mixed_parser(sub) -> None:
     from potq.accel.arch import COST_ARCH, COST_DATAFLOW
     from potq.ir.codes import WEIGHT_BITS
     from potq.quant.rules import (
+        MIXED_ACT_MENU,
         MIXED_CALIB,
         MIXED_CODES,
         MIXED_MENU,
@@ -688,6 +702,12 @@ def _mixed_parser(sub) -> None:
         metavar="CODES",
         help=f"weight codes to choose from (default: {','.join(c.value for c in MIXED_CODES)}); each width of the "
         f"menu takes those it can hold ({widths})",
+    )
+    m.add_argument(
+        "--act-menu",
+        metavar="BITS",
+        help=f"activation bits to choose from for each searched node's input, 2-8 with 8 among them (default: "
+        f"{','.join(map(str, MIXED_ACT_MENU))}; 8 alone: weights only)",
     )
     m.add_argument(
         "--method",

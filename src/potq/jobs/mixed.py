@@ -46,6 +46,7 @@ def mixed_run(
     menu: tuple[int, ...] | None = None,
     codes: tuple[WeightCode, ...] | None = None,
     method: str = MIXED_METHODS[0],
+    act_menu: tuple[int, ...] | None = None,
     calib: int = MIXED_CALIB,
     data: str | None = None,
     cache: Path | None = None,
@@ -54,7 +55,7 @@ def mixed_run(
     the architecture's first) and write precision_<label>.json; every argument is checked before the run loads,
     and nothing is written unless the search ends."""
     t0 = time.perf_counter()
-    _, objective = check_search(method, objective, budget, menu, codes)
+    _, objective, act_menu = check_search(method, objective, budget, menu, codes, act_menu)
     base_settings(settings)
     target = load_arch(arch)
     dataflow = check_dataflow(target, dataflow or (COST_DATAFLOW if arch == COST_ARCH else None))
@@ -67,11 +68,14 @@ def mixed_run(
     x = normalize(torch.from_numpy(arrays["train_x"][:calib]), cfg.mean, cfg.std)
     labels = torch.from_numpy(arrays["train_y"][:calib]).long()
     fgraph = capture(model, tuple(cfg.in_shape), cfg.mean, cfg.std)
-    options = {"method": method, "objective": objective, "menu": menu, "codes": codes, "labels": labels}
+    options = {"method": method, "objective": objective, "menu": menu, "codes": codes, "act_menu": act_menu}
+    options["labels"] = labels
     r = search_precision(fgraph, x, settings, budget, target, dataflow, **options)
     chosen = {"scheme": settings.scheme, "bits_all": settings.bits_all, "arch": arch, "dataflow": dataflow}
     chosen.update(menu=menu, codes=codes and tuple(c.value for c in codes))  # not --calib, as quantize's labels
+    chosen["act_menu"] = act_menu
     defaults = {"scheme": QuantSettings.scheme, "bits_all": False, "arch": COST_ARCH, "menu": None, "codes": None}
+    defaults["act_menu"] = check_search(method, objective, budget, None, None)[2]  # the method's own
     defaults.update(dataflow=COST_DATAFLOW if arch == COST_ARCH else dataflow)
     name = label(method, objective, budget, {k: v for k, v in chosen.items() if v != defaults[k]})
     record = {
@@ -113,10 +117,11 @@ def mixed_lines(record: dict) -> list[str]:
         costs, s = record["costs"][node], record["sensitivities"][node][choice]
         eight = f"{list(costs.values())[int8]:,.4g}" if int8 is not None else "-"
         lines.append(f"| {node} | {choice} | {costs[choice]:,.4g} | {eight} | {s:.3g} | {_sqnr(record, s)} |")
+    lines += _act_lines(record)
     lines += [
         f"kept 8-bit int: {', '.join(record['fixed']) or 'none'}",
         f"total {record['cost']:,.4g} {unit} = {record['fraction']:.4f} of the all-INT8 model's "
-        f"{record['int8_cost']:,.4g} "
+        f"{record['int8_cost']:,.4g}{_estimate(record)} "
         f"(budget {record['budget']:g}); summed sensitivity {record['sensitivity']:.3g} "
         f"(logits SQNR {_sqnr(record, record['sensitivity'])} dB); solver {record['solver_seconds']:.3f} s",
         "front (budget: fraction of all-INT8, summed sensitivity): "
@@ -124,3 +129,21 @@ def mixed_lines(record: dict) -> list[str]:
         f"-> {record['path']}",
     ]
     return lines
+
+
+def _act_lines(record: dict) -> list[str]:
+    """The activation groups' table: each group's width, its cost and sensitivity (none for a weights search)."""
+    if not record["act_choice"]:
+        return []
+    lines = ["| Activations (group) | Bits | Cost of what follows it | Sensitivity |", "|---|---:|---:|---:|"]
+    for group, bits in record["act_choice"].items():
+        cost, s = record["act_costs"][group][f"a{bits}"], record["act_sensitivities"][group][f"a{bits}"]
+        lines.append(f"| {group} | {bits} | {cost:,.4g} | {s:.3g} |")
+    return lines
+
+
+def _estimate(record: dict) -> str:
+    """The program's own sum beside the exact total, where activations were searched."""
+    if not record["act_choice"]:
+        return ""
+    return f" (the program's estimate {record['estimated_cost'] / record['int8_cost']:.4f})"

@@ -82,11 +82,8 @@ def value_bits(fgraph: Graph, settings: QuantSettings) -> dict[str, int]:
     (8 unless --bits-all); a precision file's a_bits for a node's output, over those; the widest of a group of
     values that share one QType."""
     bits = {n.output: settings.a_bits for n in fgraph.nodes}
-    macs = fgraph.mac_nodes()
-    if not settings.bits_all:
-        for n in fgraph.nodes:
-            if n.op is OpType.INPUT or (macs and n.output in macs[-1].inputs):
-                bits[n.output] = CODE_BITS
+    for v in pinned_values(fgraph, settings):
+        bits[v] = CODE_BITS
     chosen = {fgraph_node(fgraph, name).output: a for name, (_, _, a) in _overrides(fgraph, settings).items()}
     group = shared_groups(fgraph)
     widest: dict[str, int] = {}
@@ -97,6 +94,15 @@ def value_bits(fgraph: Graph, settings: QuantSettings) -> dict[str, int]:
         if group[v] not in chosen_groups:
             widest[group[v]] = max(widest.get(group[v], 0), b)
     return {v: widest[group[v]] for v in bits}
+
+
+def pinned_values(fgraph: Graph, settings: QuantSettings) -> set[str]:
+    """The values kept 8-bit codes whatever --bits says (unless --bits-all): the image's, the last MAC's input."""
+    if settings.bits_all:
+        return set()
+    macs = fgraph.mac_nodes()
+    last = set(macs[-1].inputs) if macs else set()
+    return {n.output for n in fgraph.nodes if n.op is OpType.INPUT or n.output in last}
 
 
 def fgraph_node(fgraph: Graph, name: str):

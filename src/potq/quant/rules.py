@@ -39,6 +39,7 @@ MIXED_METHODS = ("potq", "hawq")
 MIXED_OBJECTIVES = ("energy", "latency", "size", "compute", "bops")
 MIXED_OBJECTIVE = {"potq": "energy", "hawq": "bops"}
 MIXED_MENU = (2, 3, 4, 8)  # weight bits, crossed with the codes that each width can hold
+MIXED_ACT_MENU = (4, 8)  # activation bits of a searched node's input (8 alone: a search of weights only)
 MIXED_CODES = tuple(WeightCode)
 MIXED_CALIB = 256  # calibration images: the statistics, and each choice's measured sensitivity on them
 
@@ -168,6 +169,22 @@ def parse_menu(text: str) -> tuple[int, ...]:
     except ValueError:
         raise UserError(f"--menu {text}: give weight bits as a comma-separated list, e.g. 2,3,4,8") from None
     check_menu(menu)
+    return menu
+
+
+def parse_act_menu(text: str) -> tuple[int, ...]:
+    """--act-menu 4,8: the activation widths `potq mixed` may give a searched node's input, checked."""
+    try:
+        menu = tuple(sorted({int(v) for v in str(text).split(",")}))
+    except ValueError:
+        raise UserError(f"--act-menu {text}: give activation bits as a comma-separated list, e.g. 4,8") from None
+    if CODE_BITS not in menu:
+        raise UserError(f"--act-menu {text}: include 8 (the values the search leaves alone stay 8-bit codes)")
+    for b in menu:
+        try:
+            check_act_bits(b)
+        except ValueError as e:
+            raise UserError(f"--act-menu {text}: {e}") from None
     return menu
 
 
