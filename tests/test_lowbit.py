@@ -193,6 +193,59 @@ def test_the_energy_model_prices_each_format():
     assert b8 - b4 == weights // 2  # 4-bit weights move half the bytes; the 8-bit activations the same
 
 
+def test_adds_are_priced_linearly_in_their_width_through_the_tables_eight_and_thirty_two_bit_adds():
+    from potq import energy
+
+    table = energy.load_table(None)
+    assert table.add_pj(8) == table.compute["int8_add"] and table.add_pj(32) == table.compute["int32_add"]
+    assert abs(table.add_pj(16) - 0.05) < 0.004  # Horowitz's 16-bit add, 0.05 pJ, on the line
+    assert table.add_pj(4) == table.compute["int8_add"] / 2
+    widths = [table.add_pj(b) for b in range(2, 33)]
+    assert widths == sorted(widths)
+
+
+@pytest.mark.parametrize(("bits", "code"), [("8/8", "int"), ("4/8", "pot"), ("4/4", "int")])
+def test_proven_accumulators_are_as_wide_as_each_nodes_worst_case(bits, code):
+    from potq.ir.bounds import accumulator_bits, accumulator_bound
+
+    graph, _ = lowbit("resnet20", bits, code, bits_all=True)
+    for n in graph.mac_nodes():
+        b, bound = accumulator_bits(graph, n, "proven"), accumulator_bound(graph, n)
+        assert -(1 << (b - 1)) <= -bound and bound <= (1 << (b - 1)) - 1  # two's complement holds it
+        assert bound >= 1 << (b - 2) or b == 2  # and one bit fewer would not
+        assert accumulator_bits(graph, n) == 32
+
+
+def test_sized_accumulators_narrow_the_sums_and_the_partial_sums_and_nothing_else():
+    """systolic-16-45nm-sized: each MAC node's summation adds and scratchpad partial sums at its proven width;
+    every other figure as systolic-16-45nm's. A pot-weight MAC (a shift and its add) against an INT8 MAC."""
+    from potq import energy
+    from potq.accel.arch import load_arch
+    from potq.accel.model import accel_report
+    from potq.ir.bounds import accumulator_bits
+
+    table = energy.load_table(None)
+    graph, _ = lowbit("resnet20", "4/8", "pot", bits_all=True)
+    wide, sized = (accel_report(graph, load_arch(a), "os") for a in ("systolic-16-45nm", "systolic-16-45nm-sized"))
+    nodes = {n.name: n for n in graph.mac_nodes()}
+    for w, s in zip(wide["layers"], sized["layers"], strict=True):
+        assert w["cycles"] == s["cycles"] and w["bytes"]["dram"] == s["bytes"]["dram"]
+        if w["node"] in nodes:
+            b = accumulator_bits(graph, nodes[w["node"]], "proven")
+            assert s["bytes"]["spad"]["psum"] == 2 * -(-w["macs"] * b // 8) < w["bytes"]["spad"]["psum"]
+            assert s["energy"]["compute"] < w["energy"]["compute"]
+        else:
+            assert s["energy"] == w["energy"]
+    costs = {c.name: c for c in energy.graph_costs(graph, accumulator="proven")}
+    mid = nodes[graph.mac_nodes()[3].name]
+    b = accumulator_bits(graph, mid, "proven")
+    pot_mac = table.compute["shift"] + table.add_pj(b)
+    summed = [t for t in costs[mid.name].terms[energy.Arith.INT8_POT] if t.what.startswith("summation")]
+    assert summed[0].pj(table) == pytest.approx((mid.tensors["weight"][0].numel() - 1) * table.add_pj(b))
+    int8_mac = table.compute["int8_mult"] + table.add_pj(b)  # at the same accumulator
+    assert pot_mac / int8_mac < 0.4 and pot_mac < table.compute["shift"] + table.compute["int32_add"]
+
+
 def test_the_export_packs_low_bit_weights_and_the_accelerator_model_moves_those_bytes(tmp_path):
     import numpy as np
 

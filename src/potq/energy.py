@@ -23,7 +23,11 @@ Below eight bits (a quantized graph's node formats, potq.ir.codes) only the prod
   against (32 / 8)^2 x 0.2 = 3.2 pJ).
 - `pot` weights: the product is one shift of the input (a bit shift in the table), no multiply.
 - `apot` weights: two shifts and one INT8 add (the two terms' sum).
-- The summation stays an INT32 add per product, as at 8 bits: the accumulator is still int32.
+- The summation stays an INT32 add per product, as at 8 bits, while the accumulator is int32 (`accumulator
+  "int32"`, the reference report's). With `accumulator "proven"` (potq.ir.bounds.ACCUMULATORS) the summation and
+  the bias add are b-bit adds, b the node's proven accumulator width, priced linearly in b through the table's
+  INT8 and INT32 adds (a ripple-carry adder has one full-adder cell per bit; Horowitz's 16-bit add, 0.05 pJ,
+  sits on that line within 0.004 pJ), and in proportion to b below 8 bits.
 - Memory: weights at their bits, packed; activations at their codes' bits (int32 logits at 4 bytes).
 """
 
@@ -38,6 +42,7 @@ from importlib import resources
 from pathlib import Path
 
 from potq.errors import UserError
+from potq.ir.bounds import ACCUMULATORS, INT32_BITS, accumulator_bits
 from potq.ir.codes import WeightCode, code_bytes, weight_bytes
 from potq.ir.graph import Graph, Node, OpType, window
 from potq.ir.rules import CODE_BITS
@@ -72,6 +77,13 @@ class Table:
     compute: dict[str, float]
     memory: dict[str, float]
 
+    def add_pj(self, bits: int) -> float:
+        """A b-bit integer add: linear in b through the table's 8- and 32-bit adds, in proportion below 8 bits."""
+        lo, hi = self.compute["int8_add"], self.compute["int32_add"]
+        if bits <= CODE_BITS:
+            return lo * bits / CODE_BITS
+        return lo + (hi - lo) * (bits - CODE_BITS) / (INT32_BITS - CODE_BITS)
+
 
 def load_table(path: Path | None = None) -> Table:
     """The default 45 nm table, or a JSON file of the same shape."""
@@ -105,10 +117,12 @@ class Term:
     op: str
     count: int  # per output
     scale: float = 1.0  # of the table's energy for `op` (a multiplier narrower than 8 x 8 bits)
+    bits: int | None = None  # an add `bits` wide (Table.add_pj), not the table's `op` as it is
 
     def pj(self, table: Table) -> float:
         """Energy of this term for one output."""
-        return self.count * self.scale * table.compute[self.op]
+        each = table.compute[self.op] if self.bits is None else table.add_pj(self.bits)
+        return self.count * self.scale * each
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,17 @@ class Operands:
     x_bits: int = CODE_BITS
     w_bits: int = CODE_BITS
     code: WeightCode = WeightCode.INT
+    acc_bits: int = INT32_BITS  # the accumulator's width (potq.ir.bounds.accumulator_bits)
+
+    def sum_terms(self, k: int) -> list[Term]:
+        """The summation of k products and the bias add, in the accumulator's adder."""
+        if self.acc_bits == INT32_BITS:
+            return [Term("summation", "int32_add", k - 1), Term("add bias", "int32_add", 1)]
+        what = f" ({self.acc_bits}-bit accumulator)"
+        return [
+            Term("summation" + what, "int32_add", k - 1, bits=self.acc_bits),
+            Term("add bias" + what, "int32_add", 1, bits=self.acc_bits),
+        ]
 
     def product_terms(self, k: int) -> list[Term]:
         """The k products behind one output, by the weights' format (see the module's docstring)."""
@@ -153,11 +178,7 @@ def mac_terms(
             Term("add bias", "fp32_add", 1),
         ]
     terms = [Term("subtract zero point", "int8_add", k)] if in_zp else []
-    terms += [
-        *operands.product_terms(k),
-        Term("summation", "int32_add", k - 1),
-        Term("add bias", "int32_add", 1),
-    ]
+    terms += [*operands.product_terms(k), *operands.sum_terms(k)]
     return terms + (requant_terms(model, out_zp) if requant else [])
 
 
@@ -246,7 +267,7 @@ def mac_cost(
 LAYER_TYPES = {OpType.CONV: "Conv2d", OpType.LINEAR: "Linear", OpType.ADD: "Add", OpType.AVGPOOL: "AvgPool"}
 
 
-def _mac(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
+def _mac(g: Graph, n: Node, zp: dict[str, int], accumulator: str = ACCUMULATORS[0]) -> LayerCost:
     w = n.tensors["weight"]
     requant = not g.emits_accumulators(n)
     return mac_cost(
@@ -260,19 +281,19 @@ def _mac(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
         zp[n.inputs[0]] != 0,
         requant and zp[n.output] != 0,
         requant,
-        _operands(g, n),
+        _operands(g, n, accumulator),
         g.q[n.output].bits if g.quantized else CODE_BITS,
     )
 
 
-def _operands(g: Graph, n: Node) -> Operands:
-    """A MAC node's operand widths and weight format: the quantized graph's, else 8-bit int."""
+def _operands(g: Graph, n: Node, accumulator: str = ACCUMULATORS[0]) -> Operands:
+    """A MAC node's operand widths, weight format and accumulator: the quantized graph's, else 8-bit int."""
     if not g.quantized:
         return Operands()
-    return Operands(g.q[n.inputs[0]].bits, n.weight_bits, n.weight_code)
+    return Operands(g.q[n.inputs[0]].bits, n.weight_bits, n.weight_code, accumulator_bits(g, n, accumulator))
 
 
-def _add(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
+def _add(g: Graph, n: Node, zp: dict[str, int], accumulator: str = ACCUMULATORS[0]) -> LayerCost:
     align = n.tensors["align"].tolist() if "align" in n.tensors else [1, 0]  # a float graph: assume one
     terms = {
         m: add_terms(m, sum(zp[v] != 0 for v in n.inputs), sum(a > 0 for a in align), zp[n.output] != 0) for m in Arith
@@ -281,7 +302,7 @@ def _add(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
     return LayerCost(n.name, LAYER_TYPES[n.op], 2, outputs, 0, 0, 2 * outputs, terms, bits=_code_bits(g, n))
 
 
-def _avgpool(g: Graph, n: Node, zp: dict[str, int]) -> LayerCost:
+def _avgpool(g: Graph, n: Node, zp: dict[str, int], accumulator: str = ACCUMULATORS[0]) -> LayerCost:
     k = window(n)
     terms = {m: avgpool_terms(m, k, zp[n.inputs[0]] != 0, zp[n.output] != 0) for m in Arith}
     outputs, in_acts = math.prod(g.shapes[n.output]), math.prod(g.shapes[n.inputs[0]])
@@ -296,11 +317,12 @@ def _code_bits(g: Graph, n: Node) -> tuple[int, int, int]:
     return (CODE_BITS, max(g.q[v].bits for v in n.inputs), g.q[n.output].bits)
 
 
-def _free(g: Graph, n: Node, zp: dict[str, int]) -> None:
+def _free(g: Graph, n: Node, zp: dict[str, int], accumulator: str = ACCUMULATORS[0]) -> None:
     return None
 
 
-ENERGY_KERNELS: dict[OpType, Callable[[Graph, Node, dict[str, int]], LayerCost | None]] = {
+# (graph, node, zero points, accumulator) -> its cost; an add's and a pool's few sums stay int32 adds
+ENERGY_KERNELS: dict[OpType, Callable[[Graph, Node, dict[str, int], str], LayerCost | None]] = {
     OpType.INPUT: _free,  # a table lookup per pixel, outside the datapath the report counts
     OpType.CONV: _mac,
     OpType.LINEAR: _mac,
@@ -312,14 +334,17 @@ ENERGY_KERNELS: dict[OpType, Callable[[Graph, Node, dict[str, int]], LayerCost |
 }
 
 
-def graph_costs(graph: Graph, zero_points: dict[str, int] | None = None) -> list[LayerCost]:
+def graph_costs(
+    graph: Graph, zero_points: dict[str, int] | None = None, accumulator: str = ACCUMULATORS[0]
+) -> list[LayerCost]:
     """Costs of every counted node, with each value's zero point: a quantized graph's own (None), or the
-    ones given (a float graph's, by a zero-point policy: potq.quant.scheme.policy_zero_points)."""
+    ones given (a float graph's, by a zero-point policy: potq.quant.scheme.policy_zero_points); accumulator:
+    potq.ir.bounds.ACCUMULATORS."""
     if zero_points is None:
         if not graph.quantized:
             raise ValueError("a float graph is costed with the zero points of a policy: pass zero_points")
         zero_points = {v: q.zero_point for v, q in graph.q.items()}
-    costs = [ENERGY_KERNELS[n.op](graph, n, zero_points) for n in graph.nodes]
+    costs = [ENERGY_KERNELS[n.op](graph, n, zero_points, accumulator) for n in graph.nodes]
     return [c for c in costs if c is not None]
 
 

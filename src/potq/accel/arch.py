@@ -20,8 +20,17 @@ from importlib import resources
 from pathlib import Path
 
 from potq.errors import UserError
+from potq.ir.bounds import ACCUMULATORS
 
-PRESETS = ("eyeriss", "eyeriss-45nm", "systolic-8", "systolic-16", "systolic-32", "systolic-16-45nm")
+PRESETS = (
+    "eyeriss",
+    "eyeriss-45nm",
+    "systolic-8",
+    "systolic-16",
+    "systolic-32",
+    "systolic-16-45nm",
+    "systolic-16-45nm-sized",  # systolic-16-45nm with accumulators sized to each node's proven bound
+)
 DEFAULT_ARCH = "eyeriss"  # the course lab's accelerator: `potq accel` and `q.accel()` without --arch
 # the accelerator every quantized model is priced on (its record's costs, `potq mixed`'s default): a 16x16
 # output-stationary array with the 45 nm table
@@ -52,6 +61,9 @@ class Arch:
     dataflows: tuple[str, ...]
     ppu_ops_per_cycle: int  # post-processing unit: operations per cycle (requantization, add, pooling)
     energy_table: str | None = None  # price compute per potq.energy's terms from this table (see model.py)
+    # "int32" (default) or "proven": partial sums and their adds as wide as each node's proven worst case
+    # (potq.ir.bounds.ACCUMULATORS), e.g. a dataflow accelerator that sizes every layer's datapath
+    accumulator: str = ACCUMULATORS[0]
     source: str = ""  # the file it came from
 
     @property
@@ -149,6 +161,9 @@ def parse_arch(raw: object, where: str) -> Arch:
     flows = raw.get("dataflows")
     if not isinstance(flows, list) or not flows or any(f not in DATAFLOWS for f in flows):
         raise UserError(f"{where}: field 'dataflows' must be a non-empty list of {', '.join(DATAFLOWS)}, got {flows!r}")
+    accumulator = raw.get("accumulator", ACCUMULATORS[0])
+    if accumulator not in ACCUMULATORS:
+        raise UserError(f"{where}: field 'accumulator' must be one of {', '.join(ACCUMULATORS)}, got {accumulator!r}")
     known = {*Arch.__dataclass_fields__} - {"source"}
     extra = sorted(set(raw) - known - {"comment"})
     if extra:
@@ -170,6 +185,7 @@ def parse_arch(raw: object, where: str) -> Arch:
         dataflows=tuple(flows),
         ppu_ops_per_cycle=_int(where, raw, "ppu_ops_per_cycle"),
         energy_table=table,
+        accumulator=accumulator,
         source=where,
     )
 

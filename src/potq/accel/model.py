@@ -192,7 +192,7 @@ def _layer_results(graph: Graph, arch: Arch, df: str, ws: list[Workload], opts: 
     """node_result of every node; under row-stationary, a max pool fused after its conv (search.conv_blocks'
     rule) is costed with that conv and listed as fused."""
     key = _energy_key(graph)
-    costs = {c.name: c for c in energy_model.graph_costs(graph, opts["zero_points"])}
+    costs = {c.name: c for c in energy_model.graph_costs(graph, opts["zero_points"], arch.accumulator)}
     objective, compat = opts["objective"], opts["compat"]
     table = energy_model.load_table(TABLES[arch.energy_table]) if arch.energy_table else None
     fused = {}
@@ -238,7 +238,7 @@ def accel_report(
     a zero-point policy, potq.quant.scheme.policy_zero_points, which the caller reads: this interpreter
     does not import the quantizer)."""
     df = check_dataflow(arch, dataflow)
-    ws = workloads(graph, batch)
+    ws = workloads(graph, batch, arch.accumulator)
     opts = {"objective": objective, "compat": compat, "zero_points": zero_points}
     layers = _layer_results(graph, arch, df, ws, opts)
     total = {

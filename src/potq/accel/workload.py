@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from potq.ir.bounds import ACCUMULATORS, accumulator_bits
 from potq.ir.codes import code_bytes, weight_bytes
 from potq.ir.graph import MAC_OPS, Graph, Node, OpType, pair
 
@@ -189,17 +190,19 @@ WORKLOAD_KERNELS: dict[OpType, Callable[[Graph, Node, int, Bits], Workload]] = {
 }
 
 
-def node_workload(graph: Graph, n: Node, batch: int = 1) -> Workload:
-    """The loop nest of one node, its bounds and operand widths from the graph alone."""
+def node_workload(graph: Graph, n: Node, batch: int = 1, accumulator: str = ACCUMULATORS[0]) -> Workload:
+    """The loop nest of one node, its bounds and operand widths from the graph alone; its partial sums as wide
+    as `accumulator` says (potq.ir.bounds.accumulator_bits)."""
     bits = {"bits_ifmap": _bits(graph, n.inputs[0]), "bits_ofmap": _bits(graph, n.output)}
     if n.op in MAC_OPS:  # the node's weight format (potq.ir.codes): 8 in a float graph or a 0.4 graph
         bits["bits_filter"] = n.weight_bits
+        bits["bits_psum"] = accumulator_bits(graph, n, accumulator)
     return WORKLOAD_KERNELS[n.op](graph, n, batch, bits)
 
 
-def workloads(graph: Graph, batch: int = 1) -> list[Workload]:
+def workloads(graph: Graph, batch: int = 1, accumulator: str = ACCUMULATORS[0]) -> list[Workload]:
     """One Workload per node of the graph, in its topological order."""
-    return [node_workload(graph, n, batch) for n in graph.nodes]
+    return [node_workload(graph, n, batch, accumulator) for n in graph.nodes]
 
 
 def scalesim_compat(w: Workload) -> Workload:

@@ -49,6 +49,24 @@ def accumulator_bound(graph: Graph, n: Node) -> int:
     return acc
 
 
+# The accumulators a cost model prices (potq.energy's adds, potq.accel's partial sums): "int32", as the reference
+# report counts them and potq's RTL builds them, or "proven": each node's accumulator just as wide as its
+# worst case needs, two's complement (what a dataflow accelerator that sizes each layer's datapath builds, as
+# FINN does for its matrix-vector units; Colbert et al., A2Q, ICCV 2023, trains for such narrow accumulators)
+ACCUMULATORS = ("int32", "proven")
+INT32_BITS = 32
+
+
+def accumulator_bits(graph: Graph, n: Node, accumulator: str = ACCUMULATORS[0]) -> int:
+    """The width of node n's accumulator as `accumulator` prices it: 32, or the bits (sign included) that its
+    worst case (accumulator_bound) needs; 32 for a float graph, which has no proven bound."""
+    if accumulator not in ACCUMULATORS:
+        raise ValueError(f"accumulator {accumulator!r}: choose from {', '.join(ACCUMULATORS)}")
+    if accumulator == ACCUMULATORS[0] or not graph.quantized:
+        return INT32_BITS
+    return max(2, accumulator_bound(graph, n).bit_length() + 1)
+
+
 def analyse(graph: Graph) -> dict[str, int]:
     """node name -> worst-case accumulator; raises UserError where int32 can't hold it."""
     bounds = {}
