@@ -88,6 +88,7 @@ def main() -> None:
     p.add_argument("--c-vectors", type=int, default=50)
     p.add_argument("--tvm-images", type=int, default=20)
     p.add_argument("--nets", default=",".join(NETS))
+    p.add_argument("--roundings", default=",".join(ROUNDINGS), help="the C runtime and the RTL take each rule")
     a = p.parse_args()
     print(f"CPU: {cpu_name()}")
     print("| Net | Format | Rounding | PE | Golden vs simulated | C (logits) | onnxruntime | TVM | RTL 4x4 | s |")
@@ -95,7 +96,7 @@ def main() -> None:
     for net in a.nets.split(","):
         run = a.out / Path(net.split(":")[0]).stem
         train(net, run, a.data, a.train_images)
-        cases = [(b, c, r, False, "mac") for b, c in FORMATS for r in ROUNDINGS]
+        cases = [(b, c, r, False, "mac") for b, c in FORMATS for r in a.roundings.split(",")]
         cases += [(b, c, EXACT_IN_ONNX, True, "shift") for b, c in SHIFT_FORMATS]
         for bits, code, rounding, bits_all, pe_kind in cases:
             t0 = time.perf_counter()
