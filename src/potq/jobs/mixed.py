@@ -135,7 +135,7 @@ def _act_lines(record: dict) -> list[str]:
     """The activation groups' table: each group's width, its cost and sensitivity (none for a weights search)."""
     if not record["act_choice"]:
         return []
-    lines = ["| Activations (group) | Bits | Cost of what follows it | Sensitivity |", "|---|---:|---:|---:|"]
+    lines = ["| Activations (group) | Bits | Cost of the nodes it carries | Sensitivity |", "|---|---:|---:|---:|"]
     for group, bits in record["act_choice"].items():
         cost, s = record["act_costs"][group][f"a{bits}"], record["act_sensitivities"][group][f"a{bits}"]
         lines.append(f"| {group} | {bits} | {cost:,.4g} | {s:.3g} |")
