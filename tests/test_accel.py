@@ -135,6 +135,7 @@ def _breaks(edit):
         (lambda r: r["spad_bytes"].update(ifmap=0), "field 'spad_bytes.ifmap' must be at least 1"),
         (lambda r: r.update(dataflows=["zz"]), "field 'dataflows'"),
         (lambda r: r.update(clock_hz=0), "field 'clock_hz' must be positive"),
+        (lambda r: r.update(dram_cycles_per_transaction=0), "field 'dram_cycles_per_transaction' must be at least 1"),
         (lambda r: r["energy"].update(mac=float("nan")), "field 'energy.mac' must be a finite number"),
         (lambda r: r["energy"].update(mac="int8_mult"), "'energy_table' is not set"),
         (lambda r: r.update(energy_table="7nm"), "field 'energy_table'"),
@@ -337,7 +338,7 @@ def test_rs_layers_are_row_stationary_evaluate_of_the_lab_conv_blocks(graphs):
         assert lay["mapping"] == str(mapping) and lay["cycles"]["latency"] == m["latency"], w.node
         assert lay["cycles"]["ppu"] == m["cycles_ppu"] and sum(lay["bytes"]["dram"].values()) == m["dram_access"]
         assert lay["energy"]["total"] == pytest.approx(m["energy_total"], rel=1e-12)
-        assert lay["bound"] == m["bound"] and lay["balance_point"] == m["balance_point"] == 12
+        assert lay["bound"] == m["bound"] and lay["balance_point"] == m["balance_point"] == 60  # 48 PEs / 0.8 B
     fused = [lay for lay in r["layers"] if lay["dataflow"] == "fused"]
     assert [f["mapping"] for f in fused] == ["into features.0", "into features.4", "into features.14"]
     assert all(f["cycles"]["latency"] == 0 and f["energy"]["total"] == 0 for f in fused)
@@ -346,11 +347,33 @@ def test_rs_layers_are_row_stationary_evaluate_of_the_lab_conv_blocks(graphs):
     assert all(lay["dataflow"] != "fused" for lay in ws["layers"])
 
 
-def test_roofline_bound_word_is_row_stationarys():
+def test_one_dram_bandwidth_for_the_latency_the_roofline_and_the_bound():
     from potq.accel.model import roofline
+    from potq.accel.row_stationary import bound
 
-    a = load_arch("eyeriss")
-    assert [roofline(m, 4, a)["bound"] for m in (47, 48, 49)] == ["memory", "balanced", "compute"]
+    a = load_arch("eyeriss")  # 4 B per transaction of 5 cycles
+    assert a.dram_bytes_per_cycle == 0.8 and [a.dram_cycles(b) for b in (4, 5, 8)] == [5, 7, 10]
+    assert roofline(48 * 600, 480, a) == {"intensity": 60, "attainable_macs_per_cycle": 48, "balance_point": 60}
+    assert roofline(100, 10, a)["attainable_macs_per_cycle"] == 10 * 0.8
+    assert [bound(c, 10) for c in (9, 10, 11)] == ["memory", "balanced", "compute"] and bound(0, 0) == "none"
+
+
+def test_bound_label_agrees_with_the_latency_model_on_the_zoo(zoo_reports):
+    """Issue 30: the Bound column, the roofline and the latency read one DRAM bandwidth, so a node labelled
+    compute-bound spends at least as many cycles computing as moving DRAM bytes, and a memory-bound one no
+    more; a node above the roofline's ridge is compute-bound."""
+    for key, r in zoo_reports.items():
+        bw = r["dram_bytes_per_cycle"]
+        assert r["balance_point"] == r["peak_macs_per_cycle"] / bw, key
+        for lay in [*r["layers"], {**r["total"], "node": "total", "bound": r["bound"], "intensity": r["intensity"]}]:
+            c, dram_bytes = lay["cycles"], sum(lay["bytes"]["dram"].values())
+            where = (*key, lay["node"])
+            ceilings = len(r["layers"]) if lay["node"] == "total" else 1  # the DRAM cycles round up per node
+            assert dram_bytes / bw <= c["dram"] < dram_bytes / bw + ceilings, where
+            want = {"compute": c["compute"] >= c["dram"], "memory": c["compute"] <= c["dram"]}
+            assert want.get(lay["bound"], c["compute"] == c["dram"]), where
+            if lay["intensity"] > r["balance_point"]:
+                assert lay["bound"] == "compute", where
 
 
 def test_scalesim_compat_changes_only_layers_whose_stride_leaves_a_remainder(graphs):

@@ -58,6 +58,18 @@ class Arch:
     def pes(self) -> int:
         return self.pe_rows * self.pe_cols
 
+    @property
+    def dram_bytes_per_cycle(self) -> float:
+        """The one DRAM bandwidth: a transaction moves bus_bytes_per_cycle bytes in dram_cycles_per_transaction
+        cycles (eyeriss: 4 B per 5 cycles, 0.8 B/cycle). The latency's DRAM cycles (`dram_cycles`), the
+        roofline's slope and ridge and the Bound column all read it, so they cannot disagree (issue 30)."""
+        return self.bus_bytes_per_cycle / self.dram_cycles_per_transaction
+
+    def dram_cycles(self, nbytes):
+        """Cycles to move nbytes at dram_bytes_per_cycle, rounded up: ceil(bytes x cycles per transaction /
+        bus bytes), in integers so that it is exact (on an int, or numpy integer arrays: search.py's grid)."""
+        return -(-nbytes * self.dram_cycles_per_transaction // self.bus_bytes_per_cycle)
+
 
 def preset_path(name: str) -> Path:
     return Path(str(resources.files("potq.accel").joinpath("archs", f"{name}.json")))
@@ -162,7 +174,8 @@ def parse_arch(raw: object, where: str) -> Arch:
         bus_bytes_per_cycle=_int(where, raw, "bus_bytes_per_cycle"),
         noc_bytes_per_cycle=_int(where, raw, "noc_bytes_per_cycle"),
         glb_cycles_per_transaction=_int(where, raw, "glb_cycles_per_transaction", lo=0),
-        dram_cycles_per_transaction=_int(where, raw, "dram_cycles_per_transaction", lo=0),
+        # at least 1: a free DRAM would put the roofline's ridge at 0 and divide dram_bytes_per_cycle by 0
+        dram_cycles_per_transaction=_int(where, raw, "dram_cycles_per_transaction"),
         energy_unit=unit,
         energy=energy,
         clock_hz=_num(where, raw, "clock_hz", positive=True),

@@ -7,8 +7,9 @@ Eyeriss row-stationary: each of the lab's conv blocks (search.conv_blocks: a max
 conv) is row_stationary.evaluate() of its best mapping by the objective, latency and all); every node's
 requantization, residual add, pooling and input table run on the post-processing unit (PPU), whose
 operations per output are potq.energy's own terms (one home for the op counting). Cycles: the lab's
-serial sum, latency = compute + DRAM + global buffer + PPU, with DRAM = ceil(bytes x cycles per
-transaction / bus bytes per cycle) and the same for the global buffer over the NoC. Energy per level:
+serial sum, latency = compute + DRAM + global buffer + PPU, with DRAM = bytes over the architecture's one
+DRAM bandwidth (Arch.dram_cycles: ceil(bytes x cycles per transaction / bus bytes per cycle), the bandwidth
+the roofline and the bound word read too) and the same for the global buffer over the NoC. Energy per level:
 compute (MAC array), ppu, spad, glb, dram (per byte), leakage (W x latency / clock, in pJ). Under an
 architecture with `energy_table` (the 45 nm presets) the compute + ppu energy of a node is potq.energy's
 compute energy of that node, term by term. Formulas and reasons: docs/accel.md.
@@ -119,7 +120,7 @@ def node_result(
     access = {lvl: sum(by[lvl].values()) for lvl in ("dram", "glb", "spad")}
     cyc = {
         "compute": cycles_compute,
-        "dram": cdiv(access["dram"] * arch.dram_cycles_per_transaction, arch.bus_bytes_per_cycle),
+        "dram": arch.dram_cycles(access["dram"]),
         "glb": cdiv(access["glb"] * arch.glb_cycles_per_transaction, arch.noc_bytes_per_cycle),
         "ppu": cdiv(ops, arch.ppu_ops_per_cycle),
     }
@@ -151,21 +152,20 @@ def node_result(
         "bytes": by,
         "energy": en,
         **roofline(w.macs, access["dram"], arch),
+        "bound": bound(cyc["compute"], cyc["dram"]),
     }
 
 
 def roofline(macs: int, dram_bytes: int, arch: Arch) -> dict:
     """Operational intensity (MACs per DRAM byte), the attainable MACs per cycle under the roofline
-    min(peak, intensity x DRAM bytes per cycle), and which roof bounds the node: row_stationary's
-    balance_point (peak / bus bytes per cycle: the lab's 48 / 4 = 12 on eyeriss) and bound word
-    ("compute" above it, "memory" below, "balanced" on it), one definition for every dataflow."""
+    min(peak, intensity x Arch.dram_bytes_per_cycle) and row_stationary's balance_point (peak over that
+    bandwidth: 48 / 0.8 = 60 on eyeriss), one definition for every dataflow. The bound word is
+    row_stationary.bound of the node's compute and DRAM cycles, which the same bandwidth gives."""
     intensity = macs / dram_bytes if dram_bytes else 0.0
-    balance = balance_point(arch)
     return {
         "intensity": intensity,
-        "attainable_macs_per_cycle": min(arch.pes, intensity * arch.bus_bytes_per_cycle),
-        "balance_point": balance,
-        "bound": bound(intensity, balance),
+        "attainable_macs_per_cycle": min(arch.pes, intensity * arch.dram_bytes_per_cycle),
+        "balance_point": balance_point(arch),
     }
 
 
@@ -185,6 +185,7 @@ def fused_result(w: Workload, arch: Arch, into: str) -> dict:
         "bytes": {lvl: dict(zero) for lvl in ("dram", "glb", "spad")},
         "energy": {k: 0.0 for k in (*LEVELS, "total")},
         **roofline(0, 0, arch),
+        "bound": bound(0, 0),
     }
 
 
@@ -275,8 +276,9 @@ def accel_report(
         "total": total,
         "energy_share": share,
         "peak_macs_per_cycle": arch.pes,
-        "dram_bytes_per_cycle": arch.bus_bytes_per_cycle,
+        "dram_bytes_per_cycle": arch.dram_bytes_per_cycle,
         **roofline(total["macs"], sum(total["bytes"]["dram"].values()), arch),
+        "bound": bound(total["cycles"]["compute"], total["cycles"]["dram"]),
     }
 
 
