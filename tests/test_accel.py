@@ -170,7 +170,7 @@ def test_dataflow_the_architecture_lacks(capsys):
     assert main(["accel", "--model", "tiny", "--arch", "systolic-8", "--dataflow", "rs"]) == 2
     assert "runs ws, os, is" in capsys.readouterr().err
     assert main(["accel", "--model", "tiny", "--batch", "0"]) == 2
-    assert "--batch must be at least 1" in capsys.readouterr().err
+    assert "--batch must be an integer from 1 to 4096, got 0" in capsys.readouterr().err
 
 
 def test_bad_output_paths_write_nothing(tmp_path, capsys):
@@ -180,6 +180,95 @@ def test_bad_output_paths_write_nothing(tmp_path, capsys):
     assert "is a file, not a folder" in capsys.readouterr().err and not out_csv.exists()
     assert main(["accel", "--model", "tiny", "--csv", str(tmp_path / "no" / "a.csv")]) == 2
     assert "no folder" in capsys.readouterr().err
+
+
+def _arch_file(folder, edit) -> str:
+    """eyeriss's preset as a file, changed by edit(raw), or by edit(path) where edit writes the file itself."""
+    path = folder / "arch.json"
+    if isinstance(edit, dict):
+        raw = json.loads(preset_path("eyeriss").read_text())
+        raw.update(edit)
+        path.write_text(json.dumps(raw))
+    else:
+        edit(path)
+    return str(path)
+
+
+def _sparse_2gib(path):
+    with path.open("wb") as f:
+        f.truncate(2 << 30)  # 2 GiB that take no disk: the reader must refuse it from its size
+
+
+def _nested(path):
+    path.write_text("[" * 100_000 + "]" * 100_000)
+
+
+HOSTILE = {  # issue 30's "Hostile input" and their neighbours: (arguments, architecture edit or None, the line)
+    "1e9 PEs, rs": ([], {"pe_rows": 31623, "pe_cols": 31623}, "field 'pe_rows' must be at most 512, got 31623"),
+    "1e9 PEs, ws": ([], {"pe_rows": 31623, "pe_cols": 31623, "dataflows": ["ws"]}, "field 'pe_rows' must be at most"),
+    "pe_rows 10**30": ([], {"pe_rows": 10**30}, "field 'pe_rows' must be at most 512, got 1000000000000000000000"),
+    "pe_rows of 5,000 digits": (
+        [],
+        lambda p: p.write_text('{"pe_rows": 1' + "0" * 5000 + "}"),
+        "can't read it as JSON",
+    ),
+    "glb 10**30": ([], {"glb_bytes": 10**30}, "field 'glb_bytes' must be at most 1,073,741,824"),
+    "glb 1e300": ([], {"glb_bytes": 1e300}, "field 'glb_bytes' must be an integer, got 1e+300"),
+    "spad 10**6": (
+        [],
+        {"spad_bytes": {"ifmap": 10**6, "filter": 48, "psum": 16}},
+        "'spad_bytes.ifmap' must be at most",
+    ),
+    "clock 1e300": ([], {"clock_hz": 1e300}, "field 'clock_hz' must be at most 1e+11"),
+    "a dataflow 1,000 times": ([], {"dataflows": ["rs"] * 1000}, "field 'dataflows' must be a non-empty list"),
+    "deep nesting": ([], _nested, "nested deeper than 8 levels"),
+    "2 GiB file": ([], _sparse_2gib, "larger than 1024 KiB"),
+    "rs grid": (
+        [],
+        {"pe_rows": 512, "pe_cols": 512, "spad_bytes": {"ifmap": 1024, "filter": 1024, "psum": 1024}},
+        "more than 20,000,000",
+    ),
+    "batch 1e9": (["--batch", "1000000000"], None, "--batch must be an integer from 1 to 4096, got 1000000000"),
+    "dse-arrays 100000x100000": (["--dse", "--dse-arrays", "100000x100000"], None, "every side must be 1 to 512"),
+    "dse-glb inf": (["--dse", "--dse-glb", "inf"], None, "--dse-glb: every size must be from 1 B to 1048576 KiB"),
+    "dse-glb nan": (["--dse", "--dse-glb", "16,nan"], None, "--dse-glb: every size must be from 1 B"),
+    "dse-glb 1e300": (["--dse", "--dse-glb", "1e300"], None, "--dse-glb: every size must be from 1 B"),
+    "4,000 design points": (
+        [
+            "--dse",
+            "--dse-arrays",
+            ",".join(f"{i}x{i}" for i in range(1, 41)),
+            "--dse-glb",
+            ",".join(map(str, range(1, 101))),
+        ],
+        None,
+        "--dse: 4,000 design points (bases x PE arrays x buffers x dataflows), more than 64",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, case):
+    """Issue 30, item 7: each bound of potq.accel.limits through the CLI, before any output is written."""
+    extra, edit, says = HOSTILE[case]
+    (tmp_path / "in").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    arch = ["--arch", _arch_file(tmp_path / "in", edit)] if edit is not None else []
+    outs = ["--csv", str(out / "a.csv"), "--mappings-csv", str(out / "m.csv"), "--scalesim-out", str(out / "ss")]
+    outs += ["--dse-out", str(out / "d.png")] if "--dse" in extra else []
+    assert main(["accel", "--model", "tiny", *arch, *extra, *outs]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1 and err.startswith("potq: error: "), err[:300]
+    assert list(out.iterdir()) == []
+
+
+def test_json_depth_skips_strings():
+    from potq.accel.arch import json_depth
+
+    assert json_depth('{"a": [1, {"b": "[[[{"}]}') == 3
+    assert json_depth('{"a": "q\\"[[[", "b": "x\\\\", "c": [[]]}') == 3  # escaped quotes and backslashes
+    assert json_depth("[" * 9 + "]" * 9) == 9 and json_depth("{}") == 1 and json_depth("1") == 0
 
 
 def test_scalesim_export_writes_the_padded_input_and_the_array(graphs):
@@ -445,7 +534,7 @@ def test_cli_dse_and_mappings_csv(tmp_path, capsys):
     "extra, says",
     [
         (["--dse", "--dse-arrays", "6by8"], "--dse-arrays wants ROWSxCOLS"),
-        (["--dse", "--dse-glb", "0"], "every size must be positive"),
+        (["--dse", "--dse-glb", "0"], "--dse-glb: every size must be from 1 B to 1048576 KiB, got 0"),
         (["--dse-out", "{tmp}/d.png"], "needs --dse"),
         (["--dse", "--dse-out", "{tmp}/d.jpg"], "must be a .png file"),
         (["--dse", "--dse-out", "{tmp}/no/d.png"], "no folder"),

@@ -26,7 +26,8 @@ import io
 from potq import energy as energy_model
 from potq.accel import systolic
 from potq.accel.arch import PJ_PER_J, TABLES, Arch
-from potq.accel.row_stationary import balance_point, bound
+from potq.accel.limits import check_batch, check_grid_cells
+from potq.accel.row_stationary import balance_point, bound, grid_cells
 from potq.accel.search import fused_pools, search
 from potq.accel.systolic import cdiv
 from potq.accel.workload import Workload, scalesim_compat, spad_traffic, workloads
@@ -250,7 +251,9 @@ def accel_report(
     a zero-point policy, potq.quant.scheme.policy_zero_points, which the caller reads: this interpreter
     does not import the quantizer)."""
     df = check_dataflow(arch, dataflow)
-    ws = workloads(graph, batch)
+    ws = workloads(graph, check_batch(batch))
+    if df == "rs":  # the mapping search's time grows with its grids' cells: bounded before it runs
+        check_grid_cells(sum(grid_cells(w, arch) for w in ws if w.is_mac), arch.source or arch.name)
     opts = {"objective": objective, "compat": compat, "zero_points": zero_points}
     fused = fused_pools(graph) if df == "rs" else {}  # the lab's conv blocks: a max pool on the conv's way out
     layers = _layer_results(graph, arch, df, ws, opts, fused)

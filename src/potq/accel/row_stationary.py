@@ -72,21 +72,36 @@ def divisors(x: int) -> list[int]:
     return [d for d in range(1, x + 1) if x % d == 0]
 
 
+def _ends(wl, arch) -> dict[str, int]:
+    """The last candidate of e, p, q, r and t, each of which runs from 1 (the one home of the space's bounds:
+    `space` lists them, `grid_cells` only counts them)."""
+    sets_high = arch.pe_rows // wl.R
+    return {
+        "e": min(arch.pe_cols * sets_high, wl.E),
+        "p": arch.spad_bytes["psum"] * 8 // wl.bits_psum,
+        "q": arch.spad_bytes["ifmap"] * 8 // (wl.S * wl.bits_ifmap),
+        "r": sets_high,
+        "t": arch.pes // wl.R,
+    }
+
+
 def space(wl, arch) -> dict[str, list[int]]:
     """The lab's candidate values of each parameter (EyerissMapper's *_available()), at real operand
     widths: m divides M, n divides N (the lab fixes n = 1 for N = 1), e up to the PE sets' width and E,
     p up to the psums the psum scratchpad holds, q up to the ifmap rows' channels the ifmap scratchpad
     holds, r up to the PE sets stacked in the array's height, t up to the PEs over R."""
-    sets_high = arch.pe_rows // wl.R
-    return {
-        "m": divisors(wl.M),
-        "n": divisors(wl.N),
-        "e": list(range(1, min(arch.pe_cols * sets_high, wl.E) + 1)),
-        "p": list(range(1, arch.spad_bytes["psum"] * 8 // wl.bits_psum + 1)),
-        "q": list(range(1, arch.spad_bytes["ifmap"] * 8 // (wl.S * wl.bits_ifmap) + 1)),
-        "r": list(range(1, sets_high + 1)),
-        "t": list(range(1, arch.pes // wl.R + 1)),
-    }
+    ends = _ends(wl, arch)
+    return {"m": divisors(wl.M), "n": divisors(wl.N), **{k: list(range(1, ends[k] + 1)) for k in FIELDS[2:]}}
+
+
+def grid_cells(wl, arch) -> int:
+    """Cells of search.py's grid: the candidates of m, n, e, p, q and r multiplied (t is solved, not
+    enumerated), counted without listing them. The search's memory and time grow with it (limits.py)."""
+    ends = _ends(wl, arch)
+    cells = len(divisors(wl.M)) * len(divisors(wl.N))
+    for k in ("e", "p", "q", "r"):
+        cells *= max(ends[k], 0)
+    return cells
 
 
 def space_size(wl, arch) -> int:
