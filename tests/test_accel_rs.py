@@ -39,8 +39,11 @@ def test_course_example_terms_exactly():
     assert d["glb_ifmap_read"] == 40960  # ... * ceil(m/pt) = 2
     assert d["macs"] == 1_769_472
     assert round(d["intensity_kernel"], 2) == 25.16  # 1769472 / (3072 + 1728 + 65536)
-    assert d["balance_point"] == 12.0  # 48 PEs / 4 B per cycle
-    assert d["bound_kernel"] == "compute"
+    # The handout's balance point is 48 PEs / its 4 B bus = 12, which makes the kernel compute-bound; potq
+    # reads one DRAM bandwidth, the latency's 4 B per 5-cycle transaction (issue 30): 48 / 0.8 = 60, and
+    # the kernel at peak (36,864 array cycles) against its 70,336 B at 0.8 B/cycle (87,920) is memory-bound.
+    assert d["balance_point"] == 60.0
+    assert d["bound_kernel"] == "memory"
 
 
 def test_course_example_open_terms_by_hand():
@@ -64,7 +67,7 @@ def test_course_example_open_terms_by_hand():
     assert d["cycles_ppu"] == 64 * 32 * 32 * 5 // EYERISS.ppu_ops_per_cycle
     assert d["latency"] == d["cycles_dram"] + d["cycles_glb"] + d["cycles_compute"] + d["cycles_ppu"]
     assert d["utilization"] == 0.75  # q = 4 channel rows where the layer has 3
-    assert d["intensity"] == 1_769_472 / 47104 and d["bound"] == "compute"
+    assert d["intensity"] == 1_769_472 / 47104 and d["bound"] == "memory"  # DRAM 58,880 > compute 49,152 cycles
     assert d["energy_compute"] == 1_769_472 * 2
     assert d["energy_dram"] == 47104 * 200 and d["energy_glb"] == 67584 * 10
     assert d["energy_spad"] == 1_769_472 * (1 + 1 + 4 + 4)

@@ -289,42 +289,54 @@ def _costed_graph(a: argparse.Namespace):
 
 
 def _dse_sizes(a: argparse.Namespace) -> tuple[list[tuple[int, int]] | None, list[int] | None]:
-    """--dse-arrays RxC,... and --dse-glb KiB,...: checked, or None for each base's own defaults."""
+    """--dse-arrays RxC,... and --dse-glb KiB,...: checked against potq.accel.limits, or None for each base's
+    own defaults."""
+    from potq.accel.limits import MAX_GLB_BYTES, MAX_PE_SIDE
+
     arrays = glbs = None
     try:
         if a.dse_arrays:
             arrays = [(int(r), int(c)) for r, c in (x.lower().split("x") for x in a.dse_arrays.split(","))]
         if a.dse_glb:
-            glbs = [int(float(k) * 1024) for k in a.dse_glb.split(",")]
+            kib = [float(k) for k in a.dse_glb.split(",")]
     except ValueError:
         raise UserError(
             "--dse-arrays wants ROWSxCOLS,... (e.g. 6x8,12x16) and --dse-glb KiB,... (e.g. 16,64)"
         ) from None
-    if any(min(rc) < 1 for rc in arrays or []) or any(g < 1 for g in glbs or []):
-        raise UserError("--dse-arrays and --dse-glb: every size must be positive")
+    if any(not 1 <= x <= MAX_PE_SIDE for rc in arrays or [] for x in rc):
+        raise UserError(f"--dse-arrays: every side must be 1 to {MAX_PE_SIDE} PEs, got {a.dse_arrays[:60]}")
+    if a.dse_glb:  # float() takes inf, nan and 1e300: checked before they become an int
+        if not all(1 <= k * 1024 <= MAX_GLB_BYTES for k in kib):  # false for nan too
+            raise UserError(
+                f"--dse-glb: every size must be from 1 B to {MAX_GLB_BYTES >> 10} KiB, got {a.dse_glb[:60]}"
+            )
+        glbs = [int(k * 1024) for k in kib]
     return arrays, glbs
 
 
-def _accel_dse(a: argparse.Namespace, arch, graph, zero_points) -> list:
+def _accel_dse(a: argparse.Namespace, arch, graph, zero_points, sizes: tuple) -> list:
     """The design-space sweep of --dse: --arch and the --dse-with bases, each over PE arrays (default: its
     own halved, as is, doubled) x global buffers (default: its own / 4, as is, x 2) x its dataflows."""
     from potq.accel.arch import load_arch
-    from potq.accel.dse import dse
+    from potq.accel.dse import check_plan, dse
+    from potq.accel.limits import MAX_GLB_BYTES, MAX_PE_SIDE
 
     bases = [arch, *(load_arch(n) for n in (a.dse_with.split(",") if a.dse_with else []))]
-    arrays, glbs = _dse_sizes(a)
-    points = []
-    for b in bases:
+    arrays, glbs = sizes  # _dse_sizes(a)
+    plan = []
+    for b in bases:  # the defaults within the limits an architecture file has
         own = [(b.pe_rows // 2, b.pe_cols // 2), (b.pe_rows, b.pe_cols), (2 * b.pe_rows, 2 * b.pe_cols)]
-        sizes = arrays or [rc for rc in own if min(rc) >= 1]
-        buffers = glbs or [b.glb_bytes // 4, b.glb_bytes, 2 * b.glb_bytes]
-        points += dse(graph, [b], sizes, buffers, a.objective, a.batch, zero_points)
-    return points
+        sizes = arrays or [rc for rc in own if 1 <= min(rc) and max(rc) <= MAX_PE_SIDE]
+        buffers = glbs or [g for g in (b.glb_bytes // 4, b.glb_bytes, 2 * b.glb_bytes) if 1 <= g <= MAX_GLB_BYTES]
+        plan.append((b, sizes, buffers))
+    check_plan(graph, plan, a.batch)  # the whole sweep, every base: refused before any point runs
+    return [p for b, sizes, buffers in plan for p in dse(graph, [b], sizes, buffers, a.objective, a.batch, zero_points)]
 
 
 def _check_accel_outputs(a: argparse.Namespace) -> None:
-    if a.batch < 1:
-        raise UserError(f"--batch must be at least 1, got {a.batch}")
+    from potq.accel.limits import check_batch
+
+    check_batch(a.batch)
     if a.scalesim_out and a.scalesim_out.exists() and not a.scalesim_out.is_dir():
         raise UserError(f"--scalesim-out {a.scalesim_out}: is a file, not a folder")
     for flag, path in (("--csv", a.csv), ("--mappings-csv", a.mappings_csv), ("--dse-out", a.dse_out)):
@@ -345,6 +357,7 @@ def cmd_accel(a: argparse.Namespace) -> None:
 
     arch = load_arch(a.arch)
     _check_accel_outputs(a)
+    sizes = _dse_sizes(a) if a.dse else (None, None)  # checked before the model is built
     if a.mappings_csv and (a.dataflow or arch.dataflows[0]) != "rs":
         df = a.dataflow or arch.dataflows[0]
         raise UserError(f"--mappings-csv: lists row-stationary (rs) mappings; the dataflow here is {df}")
@@ -356,7 +369,7 @@ def cmd_accel(a: argparse.Namespace) -> None:
     if a.dse:
         from potq.accel.dse import format_dse, format_pareto
 
-        points = _accel_dse(a, arch, graph, zero_points)
+        points = _accel_dse(a, arch, graph, zero_points, sizes)
         dse_text = format_dse(points) + "\n" + format_pareto(points)  # refuses mixed energy units: before writing
         if a.dse_out and not any(p.fits for p in points):
             raise UserError(f"--dse-out {a.dse_out}: no design point fits, nothing to plot ({points[0].reason})")

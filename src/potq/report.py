@@ -491,7 +491,8 @@ def _deployment(run: Path, m: dict) -> list[str]:
 ACCEL_TEXT = (
     "The headline integer graph on the accelerator model (`potq accel`, docs/accel.md): per node the cycles "
     "of the course lab's serial model (compute + DRAM + global buffer + post-processing), the PE array's "
-    "utilization, whether the node sits under the memory or the compute roof, and the energy of every level "
+    "utilization, whether its compute or its DRAM cycles are the longer (one DRAM bandwidth for both, and for "
+    "the roofline), and the energy of every level "
     "(MAC array, post-processing unit, scratchpads, global buffer, DRAM, leakage; the architecture's unit). "
     "Row-stationary: each conv block's best mapping by latency, a max pool fused after its conv; the fused "
     "pool is listed with no cost of its own."
@@ -535,7 +536,8 @@ def _accelerator(run: Path) -> list[str]:
             "",
             f"Network: {t['cycles']['latency']:,} cycles ({t['seconds'] * 1e3:.3f} ms at the architecture's "
             f"clock), {t['macs']:,} MACs, {sum(t['bytes']['dram'].values()):,} DRAM bytes "
-            f"({r['intensity']:.2f} MACs/B against a balance point of {r['balance_point']:g}: {r['bound']}-bound). "
+            f"({r['intensity']:.2f} MACs/B, balance point {r['balance_point']:g}; {t['cycles']['compute']:,} compute "
+            f"against {t['cycles']['dram']:,} DRAM cycles: {r['bound']}-bound). "
             f"Share of energy by level: {share}.",
             "",
         ]

@@ -1,8 +1,10 @@
 """The accelerator's architecture as a JSON file, every field checked: a preset name or a path -> `Arch`.
 
 Claim: `load_arch` returns an `Arch` only when every field is present, of its type and in its range
-(positive array and buffer sizes, non-negative finite energies, a known dataflow); anything else is
-one `UserError` line naming the file and the field. Presets live in potq/accel/archs/*.json.
+(positive array and buffer sizes, non-negative finite energies, a known dataflow, each at most its limit in
+potq/accel/limits.py); anything else, a file over MAX_ARCH_FILE_BYTES (refused before it is read) or nested
+deeper than MAX_JSON_DEPTH included, is one `UserError` line naming the file and the field. Presets live in
+potq/accel/archs/*.json.
 Energies: `mac` and `ppu_op` per operation; `spad`, `glb`, `dram` per BYTE moved (an 8-bit operand is
 one access of the course lab's accelerator, so its per-access energies read as per-byte ones; an int32
 partial sum costs four). An energy may instead name entries of potq's energy table (`energy_table`,
@@ -15,10 +17,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import reprlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from potq.accel import limits
 from potq.errors import UserError
 from potq.ir.bounds import ACCUMULATORS
 
@@ -70,30 +75,51 @@ class Arch:
     def pes(self) -> int:
         return self.pe_rows * self.pe_cols
 
+    @property
+    def dram_bytes_per_cycle(self) -> float:
+        """The one DRAM bandwidth: a transaction moves bus_bytes_per_cycle bytes in dram_cycles_per_transaction
+        cycles (eyeriss: 4 B per 5 cycles, 0.8 B/cycle). The latency's DRAM cycles (`dram_cycles`), the
+        roofline's slope and ridge and the Bound column all read it, so they cannot disagree (issue 30)."""
+        return self.bus_bytes_per_cycle / self.dram_cycles_per_transaction
+
+    def dram_cycles(self, nbytes):
+        """Cycles to move nbytes at dram_bytes_per_cycle, rounded up: ceil(bytes x cycles per transaction /
+        bus bytes), in integers so that it is exact (on an int, or numpy integer arrays: search.py's grid)."""
+        return -(-nbytes * self.dram_cycles_per_transaction // self.bus_bytes_per_cycle)
+
 
 def preset_path(name: str) -> Path:
     return Path(str(resources.files("potq.accel").joinpath("archs", f"{name}.json")))
 
 
-def _int(where: str, raw: dict, key: str, lo: int = 1) -> int:
+def _shown(v: object) -> str:
+    """A value as an error message quotes it: a hostile one (a 1 MB string, 10**1000, deep lists) shortened."""
+    return reprlib.repr(v)
+
+
+def _int(where: str, raw: dict, key: str, hi: int, lo: int = 1) -> int:
     if key not in raw:
         raise UserError(f"{where}: missing field {key!r}")
     v = raw[key]
     if isinstance(v, bool) or not isinstance(v, int):
-        raise UserError(f"{where}: field {key!r} must be an integer, got {v!r}")
+        raise UserError(f"{where}: field {key!r} must be an integer, got {_shown(v)}")
     if v < lo:
-        raise UserError(f"{where}: field {key!r} must be at least {lo}, got {v}")
+        raise UserError(f"{where}: field {key!r} must be at least {lo}, got {_shown(v)}")
+    if v > hi:
+        raise UserError(f"{where}: field {key!r} must be at most {hi:,}, got {_shown(v)}")
     return v
 
 
-def _num(where: str, raw: dict, key: str, positive: bool = False) -> float:
+def _num(where: str, raw: dict, key: str, hi: float, positive: bool = False) -> float:
     if key not in raw:
         raise UserError(f"{where}: missing field {key!r}")
     v = raw[key]
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise UserError(f"{where}: field {key!r} must be a finite number, got {v!r}")
+        raise UserError(f"{where}: field {key!r} must be a finite number, got {_shown(v)}")
     if v < 0 or (positive and v == 0):
         raise UserError(f"{where}: field {key!r} must be {'positive' if positive else 'non-negative'}, got {v}")
+    if v > hi:
+        raise UserError(f"{where}: field {key!r} must be at most {hi:g}, got {_shown(v)}")
     return float(v)
 
 
@@ -116,7 +142,7 @@ def _table_energy(where: str, key: str, text: str, table) -> float:
             total += table.memory[part] / 8  # the table prices 64-bit accesses; the model counts bytes
         else:
             names = ", ".join([*table.compute, *table.memory])
-            raise UserError(f"{where}: field 'energy.{key}': {part!r} is not in the energy table ({names})")
+            raise UserError(f"{where}: field 'energy.{key}': {_shown(part)} is not in the energy table ({names})")
     return total
 
 
@@ -126,7 +152,8 @@ def _energies(where: str, raw: dict) -> tuple[dict[str, float], str | None]:
     table = None
     if table_name is not None:
         if table_name not in TABLES:
-            raise UserError(f"{where}: field 'energy_table' must be one of {', '.join(TABLES)}, got {table_name!r}")
+            names = ", ".join(TABLES)
+            raise UserError(f"{where}: field 'energy_table' must be one of {names}, got {_shown(table_name)}")
         from potq.energy import load_table
 
         table = load_table(TABLES[table_name])
@@ -138,10 +165,10 @@ def _energies(where: str, raw: dict) -> tuple[dict[str, float], str | None]:
                 raise UserError(f"{where}: field 'energy.{key}' names table entries but 'energy_table' is not set")
             out[key] = _table_energy(where, key, v, table)
         else:
-            out[key] = _num(where, {f"energy.{key}": v} if key in energy else {}, f"energy.{key}")
+            out[key] = _num(where, {f"energy.{key}": v} if key in energy else {}, f"energy.{key}", limits.MAX_ENERGY)
     extra = sorted(set(energy) - set(ENERGIES))
     if extra:
-        raise UserError(f"{where}: unknown field 'energy.{extra[0]}' (expected {', '.join(ENERGIES)})")
+        raise UserError(f"{where}: unknown field {_shown('energy.' + extra[0])} (expected {', '.join(ENERGIES)})")
     return out, table_name
 
 
@@ -150,44 +177,100 @@ def parse_arch(raw: object, where: str) -> Arch:
     if not isinstance(raw, dict):
         raise UserError(f"{where}: must be a JSON object")
     name = raw.get("name")
-    if not isinstance(name, str) or not name:
-        raise UserError(f"{where}: field 'name' must be a non-empty string")
+    if not isinstance(name, str) or not 0 < len(name) <= limits.MAX_NAME_CHARS:
+        raise UserError(f"{where}: field 'name' must be a string of 1 to {limits.MAX_NAME_CHARS} characters")
+    if not isinstance(raw.get("comment", ""), str):
+        raise UserError(f"{where}: field 'comment' must be a string")
     spad = _obj(where, raw, "spad_bytes")
-    spads = {k: _int(where, {f"spad_bytes.{k}": spad[k]} if k in spad else {}, f"spad_bytes.{k}") for k in SPADS}
+    spads = {
+        k: _int(where, {f"spad_bytes.{k}": spad[k]} if k in spad else {}, f"spad_bytes.{k}", limits.MAX_SPAD_BYTES)
+        for k in SPADS
+    }
     unit = raw.get("energy_unit")
     if unit not in UNITS:
-        raise UserError(f"{where}: field 'energy_unit' must be one of {', '.join(UNITS)}, got {unit!r}")
+        raise UserError(f"{where}: field 'energy_unit' must be one of {', '.join(UNITS)}, got {_shown(unit)}")
     energy, table = _energies(where, raw)
     flows = raw.get("dataflows")
-    if not isinstance(flows, list) or not flows or any(f not in DATAFLOWS for f in flows):
-        raise UserError(f"{where}: field 'dataflows' must be a non-empty list of {', '.join(DATAFLOWS)}, got {flows!r}")
+    known_flows = isinstance(flows, list) and flows and all(f in DATAFLOWS for f in flows)
+    if not known_flows or len(set(flows)) < len(flows):  # a repeat would repeat its DSE points
+        names = ", ".join(DATAFLOWS)
+        got = _shown(flows)
+        raise UserError(f"{where}: field 'dataflows' must be a non-empty list of {names}, each once, got {got}")
     accumulator = raw.get("accumulator", ACCUMULATORS[0])
     if accumulator not in ACCUMULATORS:
-        raise UserError(f"{where}: field 'accumulator' must be one of {', '.join(ACCUMULATORS)}, got {accumulator!r}")
+        choices = ", ".join(ACCUMULATORS)
+        raise UserError(f"{where}: field 'accumulator' must be one of {choices}, got {_shown(accumulator)}")
     known = {*Arch.__dataclass_fields__} - {"source"}
     extra = sorted(set(raw) - known - {"comment"})
     if extra:
-        raise UserError(f"{where}: unknown field {extra[0]!r}")
+        raise UserError(f"{where}: unknown field {_shown(extra[0])}")
+    side, per_cycle, cycles = limits.MAX_PE_SIDE, limits.MAX_BYTES_PER_CYCLE, limits.MAX_CYCLES_PER_TRANSACTION
     return Arch(
         name=name,
-        pe_rows=_int(where, raw, "pe_rows"),
-        pe_cols=_int(where, raw, "pe_cols"),
+        pe_rows=_int(where, raw, "pe_rows", side),
+        pe_cols=_int(where, raw, "pe_cols", side),
         spad_bytes=spads,
-        glb_bytes=_int(where, raw, "glb_bytes"),
-        bus_bytes_per_cycle=_int(where, raw, "bus_bytes_per_cycle"),
-        noc_bytes_per_cycle=_int(where, raw, "noc_bytes_per_cycle"),
-        glb_cycles_per_transaction=_int(where, raw, "glb_cycles_per_transaction", lo=0),
-        dram_cycles_per_transaction=_int(where, raw, "dram_cycles_per_transaction", lo=0),
+        glb_bytes=_int(where, raw, "glb_bytes", limits.MAX_GLB_BYTES),
+        bus_bytes_per_cycle=_int(where, raw, "bus_bytes_per_cycle", per_cycle),
+        noc_bytes_per_cycle=_int(where, raw, "noc_bytes_per_cycle", per_cycle),
+        glb_cycles_per_transaction=_int(where, raw, "glb_cycles_per_transaction", cycles, lo=0),
+        # at least 1: a free DRAM would put the roofline's ridge at 0 and divide dram_bytes_per_cycle by 0
+        dram_cycles_per_transaction=_int(where, raw, "dram_cycles_per_transaction", cycles),
         energy_unit=unit,
         energy=energy,
-        clock_hz=_num(where, raw, "clock_hz", positive=True),
-        leakage_w=_num(where, raw, "leakage_w"),
+        clock_hz=_num(where, raw, "clock_hz", limits.MAX_CLOCK_HZ, positive=True),
+        leakage_w=_num(where, raw, "leakage_w", limits.MAX_LEAKAGE_W),
         dataflows=tuple(flows),
-        ppu_ops_per_cycle=_int(where, raw, "ppu_ops_per_cycle"),
+        ppu_ops_per_cycle=_int(where, raw, "ppu_ops_per_cycle", limits.MAX_PPU_OPS_PER_CYCLE),
         energy_table=table,
         accumulator=accumulator,
         source=where,
     )
+
+
+def json_depth(text: str) -> int:
+    """How deep a JSON text nests its arrays and objects, brackets inside strings left out: one pass over
+    the brackets, quotes and backslashes, checked before json.loads, whose recursion a deeply nested file
+    would otherwise exhaust (a regular expression for the strings could take quadratic time)."""
+    depth = deepest = 0
+    in_string, skip = False, -1
+    for m in re.finditer(r'[\[\]{}"\\]', text):
+        c, i = m.group(), m.start()
+        if i == skip:  # the character a backslash escapes
+            continue
+        if in_string:
+            if c == "\\":
+                skip = i + 1
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
+def read_json(path: Path, where: str) -> object:
+    """The parsed file, read only up to MAX_ARCH_FILE_BYTES (a larger one is refused before it is read
+    whole) and nested at most MAX_JSON_DEPTH deep; anything else is one line."""
+    cap = limits.MAX_ARCH_FILE_BYTES
+    try:
+        with path.open("rb") as f:
+            data = f.read(cap + 1)
+    except OSError as e:
+        raise UserError(f"{where}: can't read it ({e.strerror or e})") from None
+    if len(data) > cap:
+        raise UserError(f"{where}: larger than {cap // 1024} KiB; an architecture file is a few hundred bytes")
+    try:
+        text = data.decode("utf-8")
+        if json_depth(text) > limits.MAX_JSON_DEPTH:
+            raise UserError(f"{where}: nested deeper than {limits.MAX_JSON_DEPTH} levels; the format nests 2")
+        return json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: json's, and ints of 4,300+ digits
+        raise UserError(f"{where}: can't read it as JSON ({e})") from None
 
 
 def load_arch(name_or_path: str | Path) -> Arch:
@@ -197,8 +280,4 @@ def load_arch(name_or_path: str | Path) -> Arch:
     where = f"architecture {text}" if text in PRESETS else f"--arch {text}"
     if text not in PRESETS and not path.is_file():
         raise UserError(f"{where}: no such file (presets: {', '.join(PRESETS)})")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{where}: can't read it as JSON ({e})") from None
-    return parse_arch(raw, where)
+    return parse_arch(read_json(path, where), where)

@@ -16,8 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from potq.accel.arch import Arch
+from potq.accel.limits import MAX_GLB_BYTES, MAX_PE_SIDE, check_batch, check_dse_points, check_grid_cells
 from potq.accel.model import accel_report
-from potq.accel.search import objective_key
+from potq.accel.row_stationary import grid_cells
+from potq.accel.search import conv_blocks, objective_key
 from potq.errors import UserError
 
 
@@ -46,10 +49,33 @@ class DesignPoint:
 
 
 def variant(arch, rows: int, cols: int, glb_bytes: int):
-    """The architecture with another PE array and global buffer, everything else kept."""
+    """The architecture with another PE array and global buffer, everything else kept; within the limits an
+    architecture file has (limits.py)."""
+    if not (1 <= rows <= MAX_PE_SIDE and 1 <= cols <= MAX_PE_SIDE and 1 <= glb_bytes <= MAX_GLB_BYTES):
+        raise UserError(
+            f"--dse: a {rows}x{cols} PE array with a {glb_bytes:,} B global buffer: sides must be 1 to {MAX_PE_SIDE}, "
+            f"buffers 1 B to {MAX_GLB_BYTES // 2**20} MiB"
+        )
     return replace(
         arch, name=f"{arch.name}-{rows}x{cols}-glb{glb_bytes // 1024}k", pe_rows=rows, pe_cols=cols, glb_bytes=glb_bytes
     )
+
+
+Plan = list[tuple[Arch, list[tuple[int, int]], list[int]]]  # each base with its PE arrays and buffers
+
+
+def check_plan(graph, plan: Plan, batch: int = 1) -> None:
+    """A sweep within limits.py before it runs: its number of design points, each variant's arrays and
+    buffers, and the row-stationary search's cells over every variant that runs rs."""
+    check_dse_points(sum(len(arrays) * len(glbs) * len(base.dataflows) for base, arrays, glbs in plan))
+    blocks = [w for w, _ in conv_blocks(graph, check_batch(batch))]
+    cells = 0
+    for base, arrays, glbs in plan:
+        for rows, cols in arrays:
+            for glb in glbs:
+                arch = variant(base, rows, cols, glb)
+                cells += sum(grid_cells(w, arch) for w in blocks) if "rs" in arch.dataflows else 0
+    check_grid_cells(cells, "--dse")
 
 
 def dse(
@@ -67,10 +93,14 @@ def dse(
     Defaults: each base's own array and buffer. Order: the loops' order, so the list is deterministic.
     zero_points: as model.accel_report's (a float graph's, from a zero-point policy)."""
     objective_key(objective)  # a wrong objective fails once, before any variant runs
+    plan = [
+        (base, list(pe_arrays or [(base.pe_rows, base.pe_cols)]), list(glb_sizes or [base.glb_bytes])) for base in archs
+    ]
+    check_plan(graph, plan, batch)  # too large a sweep fails once, before any variant runs
     points = []
-    for base in archs:
-        for rows, cols in pe_arrays or [(base.pe_rows, base.pe_cols)]:
-            for glb in glb_sizes or [base.glb_bytes]:
+    for base, arrays, glbs in plan:
+        for rows, cols in arrays:
+            for glb in glbs:
                 arch = variant(base, rows, cols, glb)
                 for df in arch.dataflows:
                     point = DesignPoint(arch.name, df, rows, cols, glb, energy_unit=arch.energy_unit)

@@ -7,14 +7,15 @@ Eyeriss row-stationary: each of the lab's conv blocks (search.conv_blocks: a max
 conv) is row_stationary.evaluate() of its best mapping by the objective, latency and all); every node's
 requantization, residual add, pooling and input table run on the post-processing unit (PPU), whose
 operations per output are potq.energy's own terms (one home for the op counting). Cycles: the lab's
-serial sum, latency = compute + DRAM + global buffer + PPU, with DRAM = ceil(bytes x cycles per
-transaction / bus bytes per cycle) and the same for the global buffer over the NoC. Energy per level:
+serial sum, latency = compute + DRAM + global buffer + PPU, with DRAM = bytes over the architecture's one
+DRAM bandwidth (Arch.dram_cycles: ceil(bytes x cycles per transaction / bus bytes per cycle), the bandwidth
+the roofline and the bound word read too) and the same for the global buffer over the NoC. Energy per level:
 compute (MAC array), ppu, spad, glb, dram (per byte), leakage (W x latency / clock, in pJ). Under an
 architecture with `energy_table` (the 45 nm presets) the compute + ppu energy of a node is potq.energy's
 compute energy of that node, term by term. Formulas and reasons: docs/accel.md.
 Evidence: tests/test_accel.py (45 nm energy equal to potq.energy's per node; rs blocks equal to
-evaluate(); compulsory DRAM bytes
-equal to the export's weights (at their bits), int32 biases and activations; determinism; the per-layer table).
+evaluate(); compulsory DRAM bytes equal to the export's weights (at their bits), int32 biases and the
+activations that move, and never above the modeled DRAM total on the zoo; determinism; the per-layer table).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import io
 from potq import energy as energy_model
 from potq.accel import systolic
 from potq.accel.arch import PJ_PER_J, TABLES, Arch
-from potq.accel.row_stationary import balance_point, bound
+from potq.accel.limits import check_batch, check_grid_cells
+from potq.accel.row_stationary import balance_point, bound, grid_cells
 from potq.accel.search import fused_pools, search
 from potq.accel.systolic import cdiv
 from potq.accel.workload import Workload, scalesim_compat, spad_traffic, workloads
@@ -119,7 +121,7 @@ def node_result(
     access = {lvl: sum(by[lvl].values()) for lvl in ("dram", "glb", "spad")}
     cyc = {
         "compute": cycles_compute,
-        "dram": cdiv(access["dram"] * arch.dram_cycles_per_transaction, arch.bus_bytes_per_cycle),
+        "dram": arch.dram_cycles(access["dram"]),
         "glb": cdiv(access["glb"] * arch.glb_cycles_per_transaction, arch.noc_bytes_per_cycle),
         "ppu": cdiv(ops, arch.ppu_ops_per_cycle),
     }
@@ -151,21 +153,20 @@ def node_result(
         "bytes": by,
         "energy": en,
         **roofline(w.macs, access["dram"], arch),
+        "bound": bound(cyc["compute"], cyc["dram"]),
     }
 
 
 def roofline(macs: int, dram_bytes: int, arch: Arch) -> dict:
     """Operational intensity (MACs per DRAM byte), the attainable MACs per cycle under the roofline
-    min(peak, intensity x DRAM bytes per cycle), and which roof bounds the node: row_stationary's
-    balance_point (peak / bus bytes per cycle: the lab's 48 / 4 = 12 on eyeriss) and bound word
-    ("compute" above it, "memory" below, "balanced" on it), one definition for every dataflow."""
+    min(peak, intensity x Arch.dram_bytes_per_cycle) and row_stationary's balance_point (peak over that
+    bandwidth: 48 / 0.8 = 60 on eyeriss), one definition for every dataflow. The bound word is
+    row_stationary.bound of the node's compute and DRAM cycles, which the same bandwidth gives."""
     intensity = macs / dram_bytes if dram_bytes else 0.0
-    balance = balance_point(arch)
     return {
         "intensity": intensity,
-        "attainable_macs_per_cycle": min(arch.pes, intensity * arch.bus_bytes_per_cycle),
-        "balance_point": balance,
-        "bound": bound(intensity, balance),
+        "attainable_macs_per_cycle": min(arch.pes, intensity * arch.dram_bytes_per_cycle),
+        "balance_point": balance_point(arch),
     }
 
 
@@ -185,19 +186,17 @@ def fused_result(w: Workload, arch: Arch, into: str) -> dict:
         "bytes": {lvl: dict(zero) for lvl in ("dram", "glb", "spad")},
         "energy": {k: 0.0 for k in (*LEVELS, "total")},
         **roofline(0, 0, arch),
+        "bound": bound(0, 0),
     }
 
 
-def _layer_results(graph: Graph, arch: Arch, df: str, ws: list[Workload], opts: dict) -> list:
-    """node_result of every node; under row-stationary, a max pool fused after its conv (search.conv_blocks'
-    rule) is costed with that conv and listed as fused."""
+def _layer_results(graph: Graph, arch: Arch, df: str, ws: list[Workload], opts: dict, fused: dict) -> list:
+    """node_result of every node; under row-stationary, a max pool fused after its conv (`fused`:
+    search.fused_pools, conv -> (k, pool)) is costed with that conv and listed as fused."""
     key = _energy_key(graph)
     costs = {c.name: c for c in energy_model.graph_costs(graph, opts["zero_points"], arch.accumulator)}
     objective, compat = opts["objective"], opts["compat"]
     table = energy_model.load_table(TABLES[arch.energy_table]) if arch.energy_table else None
-    fused = {}
-    if df == "rs":
-        fused = fused_pools(graph)
     into = {pool_node: conv for conv, (_, pool_node) in fused.items()}
     return [
         fused_result(w, arch, into[w.node])
@@ -207,11 +206,25 @@ def _layer_results(graph: Graph, arch: Arch, df: str, ws: list[Workload], opts: 
     ]
 
 
-def compulsory_bytes(w: Workload) -> int:
-    """Bytes that must cross DRAM once: the node's weights (packed as exported), int32 biases and its output at its
-    width (every value of the graph is written once), and the uint8 image read by the input node."""
-    image = w.bytes_of("ifmap") if w.op == OpType.INPUT.value else 0
-    return w.bytes_of("filter") + w.bytes_of("bias") + w.bytes_of("ofmap") + image
+def compulsory_bytes(ws: list[Workload], layers: list[dict], fused: dict) -> int:
+    """Bytes that must cross DRAM under the model's schedule, each once: every MAC node's weights (packed as
+    exported) and int32 biases, the image the input node reads, and every value a node writes to DRAM, at its
+    width (the logits among them). The schedule runs node by node and keeps nothing on chip between nodes,
+    so a value crosses DRAM exactly when its node writes it out; values that never move are left out:
+    flatten's view and concat's output (their producers' writes are the data), and under row-stationary a
+    conv's output, which the fused max pool (`fused`: conv -> (k, pool)) reduces on its way out, so the
+    block writes the pool's output. Every byte counted is one the model moves, so this never exceeds the
+    modeled DRAM total (tests/test_accel.py, over the zoo and every preset and dataflow)."""
+    by_node = {w.node: w for w in ws}
+    written = {conv: by_node[pool] for conv, (_, pool) in fused.items()}  # what a conv block writes
+    total = 0
+    for w, lay in zip(ws, layers, strict=True):
+        total += w.bytes_of("filter") + w.bytes_of("bias")
+        if w.op == OpType.INPUT.value:
+            total += w.bytes_of("ifmap")
+        if lay["bytes"]["dram"]["ofmap"]:
+            total += written.get(w.node, w).bytes_of("ofmap")
+    return total
 
 
 def check_dataflow(arch: Arch, dataflow: str | None) -> str:
@@ -238,9 +251,12 @@ def accel_report(
     a zero-point policy, potq.quant.scheme.policy_zero_points, which the caller reads: this interpreter
     does not import the quantizer)."""
     df = check_dataflow(arch, dataflow)
-    ws = workloads(graph, batch, arch.accumulator)
+    ws = workloads(graph, check_batch(batch), arch.accumulator)
+    if df == "rs":  # the mapping search's time grows with its grids' cells: bounded before it runs
+        check_grid_cells(sum(grid_cells(w, arch) for w in ws if w.is_mac), arch.source or arch.name)
     opts = {"objective": objective, "compat": compat, "zero_points": zero_points}
-    layers = _layer_results(graph, arch, df, ws, opts)
+    fused = fused_pools(graph) if df == "rs" else {}  # the lab's conv blocks: a max pool on the conv's way out
+    layers = _layer_results(graph, arch, df, ws, opts, fused)
     total = {
         "macs": sum(r["macs"] for r in layers),
         "cycles": {k: sum(r["cycles"][k] for r in layers) for k in layers[0]["cycles"]},
@@ -248,7 +264,7 @@ def accel_report(
         "bytes": {
             lvl: {k: sum(r["bytes"][lvl][k] for r in layers) for k in OPERANDS} for lvl in ("dram", "glb", "spad")
         },
-        "compulsory_dram_bytes": sum(compulsory_bytes(w) for w in ws),
+        "compulsory_dram_bytes": compulsory_bytes(ws, layers, fused),
     }
     total["seconds"] = total["cycles"]["latency"] / arch.clock_hz
     e_total = total["energy"]["total"]
@@ -263,8 +279,9 @@ def accel_report(
         "total": total,
         "energy_share": share,
         "peak_macs_per_cycle": arch.pes,
-        "dram_bytes_per_cycle": arch.bus_bytes_per_cycle,
+        "dram_bytes_per_cycle": arch.dram_bytes_per_cycle,
         **roofline(total["macs"], sum(total["bytes"]["dram"].values()), arch),
+        "bound": bound(total["cycles"]["compute"], total["cycles"]["dram"]),
     }
 
 

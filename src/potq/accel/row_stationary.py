@@ -9,7 +9,8 @@ processing), energy per level, operational intensity, balance point and bound. T
 sources and the terms the handout leaves open are written in docs/accel-row-stationary.md.
 Evidence: tests/test_accel_rs.py reproduces the handout's example layer exactly (global-buffer ifmap
 usage 1,280 B, DRAM ifmap reads 20,480 B, global-buffer ifmap reads 40,960 B, 1,769,472 MACs,
-intensity 25.16 MACs/B against a balance point of 12) and checks the other terms by hand.
+kernel intensity 25.16 MACs/B; its balance point of 12 is the 4 B bus alone, where potq reads one DRAM bandwidth,
+Arch.dram_bytes_per_cycle, for the latency, the roofline and the bound: 60) and checks the other terms by hand.
 
 The formulas are written once (`terms`, `RULES`) over plain ints or numpy arrays alike, so that the
 scalar `evaluate` and the vectorized search in search.py compute the same numbers by the same operations.
@@ -71,21 +72,36 @@ def divisors(x: int) -> list[int]:
     return [d for d in range(1, x + 1) if x % d == 0]
 
 
+def _ends(wl, arch) -> dict[str, int]:
+    """The last candidate of e, p, q, r and t, each of which runs from 1 (the one home of the space's bounds:
+    `space` lists them, `grid_cells` only counts them)."""
+    sets_high = arch.pe_rows // wl.R
+    return {
+        "e": min(arch.pe_cols * sets_high, wl.E),
+        "p": arch.spad_bytes["psum"] * 8 // wl.bits_psum,
+        "q": arch.spad_bytes["ifmap"] * 8 // (wl.S * wl.bits_ifmap),
+        "r": sets_high,
+        "t": arch.pes // wl.R,
+    }
+
+
 def space(wl, arch) -> dict[str, list[int]]:
     """The lab's candidate values of each parameter (EyerissMapper's *_available()), at real operand
     widths: m divides M, n divides N (the lab fixes n = 1 for N = 1), e up to the PE sets' width and E,
     p up to the psums the psum scratchpad holds, q up to the ifmap rows' channels the ifmap scratchpad
     holds, r up to the PE sets stacked in the array's height, t up to the PEs over R."""
-    sets_high = arch.pe_rows // wl.R
-    return {
-        "m": divisors(wl.M),
-        "n": divisors(wl.N),
-        "e": list(range(1, min(arch.pe_cols * sets_high, wl.E) + 1)),
-        "p": list(range(1, arch.spad_bytes["psum"] * 8 // wl.bits_psum + 1)),
-        "q": list(range(1, arch.spad_bytes["ifmap"] * 8 // (wl.S * wl.bits_ifmap) + 1)),
-        "r": list(range(1, sets_high + 1)),
-        "t": list(range(1, arch.pes // wl.R + 1)),
-    }
+    ends = _ends(wl, arch)
+    return {"m": divisors(wl.M), "n": divisors(wl.N), **{k: list(range(1, ends[k] + 1)) for k in FIELDS[2:]}}
+
+
+def grid_cells(wl, arch) -> int:
+    """Cells of search.py's grid: the candidates of m, n, e, p, q and r multiplied (t is solved, not
+    enumerated), counted without listing them. The search's memory and time grow with it (limits.py)."""
+    ends = _ends(wl, arch)
+    cells = len(divisors(wl.M)) * len(divisors(wl.N))
+    for k in ("e", "p", "q", "r"):
+        cells *= max(ends[k], 0)
+    return cells
 
 
 def space_size(wl, arch) -> int:
@@ -230,7 +246,7 @@ def terms(wl, arch, pool, m, n, e, p, q, r, t) -> dict[str, Any]:
     spad_bytes = sum(spad_traffic(wl).values())  # the rule every dataflow shares (workload.py)
     d["macs"] = macs
     d["ppu_ops"] = ppu_ops
-    d["cycles_dram"] = cdiv(d["dram_access"] * arch.dram_cycles_per_transaction, arch.bus_bytes_per_cycle)
+    d["cycles_dram"] = arch.dram_cycles(d["dram_access"])
     d["cycles_glb"] = cdiv(d["glb_access"] * arch.glb_cycles_per_transaction, arch.noc_bytes_per_cycle)
     d["cycles_compute"] = d["passes"] * n * q * p * wl.F * wl.S  # one MAC per PE per cycle
     d["cycles_ppu"] = cdiv(ppu_ops, arch.ppu_ops_per_cycle)
@@ -251,19 +267,31 @@ def terms(wl, arch, pool, m, n, e, p, q, r, t) -> dict[str, Any]:
     return d
 
 
+def kernel_bytes(wl) -> int:
+    """The convolution kernel's own DRAM bytes (handout, Lab 2 task 4.2 and its matrix example): its input,
+    weights and output, each moved once; no bias, no pooling."""
+    return wl.bytes_of("ifmap") + wl.bytes_of("filter") + wl.bytes_of("ofmap")
+
+
 def kernel_intensity(wl) -> float:
-    """The convolution kernel's own operational intensity (handout, Lab 2 task 4.2 and its matrix example):
-    MACs over the bytes of its input, weights and output, each moved once; no bias, no pooling."""
-    return wl.macs / (wl.bytes_of("ifmap") + wl.bytes_of("filter") + wl.bytes_of("ofmap"))
+    """The kernel's operational intensity: MACs over kernel_bytes."""
+    return wl.macs / kernel_bytes(wl)
 
 
 def balance_point(arch) -> float:
-    """The roofline's ridge: peak MACs per cycle (one per PE) over DRAM bytes per cycle."""
-    return arch.pes / arch.bus_bytes_per_cycle
+    """The roofline's ridge: peak MACs per cycle (one per PE) over the architecture's one DRAM bandwidth
+    (Arch.dram_bytes_per_cycle; eyeriss: 48 / 0.8 = 60, where the handout divides by the 4 B bus alone)."""
+    return arch.pes / arch.dram_bytes_per_cycle
 
 
-def bound(intensity: float, balance: float) -> str:
-    return "compute" if intensity > balance else "memory" if intensity < balance else "balanced"
+def bound(compute_cycles: float, dram_cycles: float) -> str:
+    """Which time bounds a node: "compute" where its PE-array cycles exceed its DRAM cycles, "memory" where
+    they fall short, "balanced" where equal, "none" where neither takes a cycle (a view, a fused pool). Read
+    from the latency model's own terms, so the label agrees with the latency on every node; a layer under
+    the roofline's ridge whose array runs at low utilization is compute-bound by it, as its cycles say."""
+    if compute_cycles == dram_cycles:
+        return "balanced" if compute_cycles else "none"
+    return "compute" if compute_cycles > dram_cycles else "memory"
 
 
 def evaluate(wl, arch, mapping: Mapping, pool: int = 1) -> dict[str, Any]:
@@ -273,9 +301,9 @@ def evaluate(wl, arch, mapping: Mapping, pool: int = 1) -> dict[str, Any]:
         raise UserError(f"layer {wl.node}: mapping {mapping} is not legal on {arch.name}: {ok.reason}")
     d = terms(wl, arch, pool, *astuple(mapping))
     out: dict[str, Any] = {k: (float(v) if isinstance(v, float) else int(v)) for k, v in d.items()}
-    balance = balance_point(arch)
-    out["balance_point"] = balance
-    out["bound"] = bound(out["intensity"], balance)
+    out["balance_point"] = balance_point(arch)
+    out["bound"] = bound(out["cycles_compute"], out["cycles_dram"])
     out["intensity_kernel"] = kernel_intensity(wl)
-    out["bound_kernel"] = bound(out["intensity_kernel"], balance)
+    # the kernel at the roofline's peak: its MACs at one per PE per cycle against its bytes at the bandwidth
+    out["bound_kernel"] = bound(wl.macs / arch.pes, kernel_bytes(wl) / arch.dram_bytes_per_cycle)
     return out

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from potq.accel.limits import MAX_GRID_CELLS_PER_LAYER, MAX_LEGAL_MAPPINGS_PER_LAYER, MAX_MAPPINGS_CSV_ROWS
 from potq.accel.row_stationary import (
     FIELDS,
     RULES,
@@ -33,6 +34,7 @@ from potq.accel.row_stationary import (
     check_workload,
     evaluate,
     glb_usage,
+    grid_cells,
     legal,
     space,
     terms,
@@ -76,7 +78,14 @@ def _grid(wl, arch) -> tuple[dict[str, list[int]], list[np.ndarray], np.ndarray]
     """The space as a broadcast grid over (m, n, e, p, q, r), one int64 axis each, with t solved rather
     than enumerated: the lab's rule r*t = sets(e) (the PE sets of R x e PEs the array holds) leaves at
     most one t per (e, r), t = sets(e) // r, so every other t of the product fails that rule. Returns the
-    candidate lists, the seven parameter arrays (t shaped over e and r) and where that t is a candidate."""
+    candidate lists, the seven parameter arrays (t shaped over e and r) and where that t is a candidate.
+    A grid over limits.MAX_GRID_CELLS_PER_LAYER is refused before it is built (about 12 bytes a cell)."""
+    cells = grid_cells(wl, arch)
+    if cells > MAX_GRID_CELLS_PER_LAYER:
+        raise UserError(
+            f"layer {wl.node}: {cells:,} candidate row-stationary mappings on {arch.source or arch.name}, more than "
+            f"{MAX_GRID_CELLS_PER_LAYER:,} (the PE array, the scratchpads and the batch multiply them)"
+        )
     sp = space(wl, arch)
     axes = []
     for i, k in enumerate(FIELDS[:-1]):
@@ -140,9 +149,15 @@ def legal_mappings(wl, arch, pool: int = 1) -> tuple[dict[str, np.ndarray], int]
 
 
 def ranked(wl, arch, objective: str = "latency", pool: int = 1) -> tuple[dict[str, np.ndarray], int]:
-    """All legal mappings and their terms, best first: by the objective, then by (m, n, e, p, q, r, t)."""
+    """All legal mappings and their terms, best first: by the objective, then by (m, n, e, p, q, r, t).
+    More than limits.MAX_LEGAL_MAPPINGS_PER_LAYER are refused before they are costed (750 bytes each)."""
     key = objective_key(objective)
     params, size = legal_mappings(wl, arch, pool)
+    if len(params["m"]) > MAX_LEGAL_MAPPINGS_PER_LAYER:
+        raise UserError(
+            f"layer {wl.node}: {len(params['m']):,} legal row-stationary mappings on {arch.source or arch.name}, "
+            f"more than {MAX_LEGAL_MAPPINGS_PER_LAYER:,} to cost (the PE array and the scratchpads multiply them)"
+        )
     d = terms(wl, arch, pool, *(params[k] for k in FIELDS))
     n = len(params["m"])
     cols = {k: np.broadcast_to(np.asarray(v), (n,)) for k, v in d.items()}
@@ -226,17 +241,26 @@ def mappings_csv(
 ) -> int:
     """Write every legal mapping of every layer, best first per layer, under the lab's column names
     (then potq's: rank, the objective, every term of row_stationary.terms). Nothing is written unless
-    every layer has a mapping. Returns the number of rows."""
+    every layer has a mapping, nor more than limits.MAX_MAPPINGS_CSV_ROWS rows. Returns the number of rows.
+    Each layer's table becomes text before the next is ranked, so one table at a time is held."""
     hw = [arch.pe_rows, arch.pe_cols, *(arch.spad_bytes[k] for k in ("ifmap", "filter", "psum"))]
     hw += [arch.glb_bytes, arch.bus_bytes_per_cycle, arch.noc_bytes_per_cycle]
-    tables = [ranked(wl, arch, objective, (pools or [1] * len(layers))[i])[0] for i, wl in enumerate(layers)]
     lab = set(LAB_COLUMNS)
-    extra = [k for k in tables[0] if k not in lab] if tables else []
     buf = io.StringIO()
     out = csv.writer(buf, lineterminator="\n")
-    out.writerow([*LAB_COLUMNS, "rank", "objective", *extra])
     rows = 0
-    for wl, table in zip(layers, tables, strict=True):
+    if not layers:
+        out.writerow([*LAB_COLUMNS, "rank", "objective"])
+    for j, wl in enumerate(layers):
+        table = ranked(wl, arch, objective, (pools or [1] * len(layers))[j])[0]
+        extra = [k for k in table if k not in lab]
+        if j == 0:
+            out.writerow([*LAB_COLUMNS, "rank", "objective", *extra])
+        if rows + len(table["m"]) > MAX_MAPPINGS_CSV_ROWS:
+            raise UserError(
+                f"--mappings-csv: more than {MAX_MAPPINGS_CSV_ROWS:,} legal mappings by layer {wl.node} on "
+                f"{arch.source or arch.name}; nothing written"
+            )
         for i in range(len(table["m"])):
             lab_vals = [table[k][i] for k in LAB_COLUMNS[9:]]
             out.writerow([wl.node, *hw, *map(_cell, lab_vals), i + 1, objective, *(_cell(table[k][i]) for k in extra)])
