@@ -355,3 +355,15 @@ def test_precision_json_is_stale_once_a_model_is_quantized_again(tiny_run, tmp_p
     assert priced_change(run) is None
     assert main(["quantize", "--run", str(run), "--calib", "24", "--bits", "4/8", "--weights", "pot"]) == 0
     assert priced_change(run) == "precision.json does not price today's pot-channel-w4a8-pot"
+
+
+def test_an_unknown_accumulator_is_one_line_naming_the_field():
+    import json
+
+    from potq.accel.arch import parse_arch, preset_path
+    from potq.errors import UserError
+
+    raw = json.loads(preset_path("systolic-16-45nm").read_text())
+    assert parse_arch(raw, "x").accumulator == "int32"  # the default: every preset but -sized
+    with pytest.raises(UserError, match="field 'accumulator' must be one of int32, proven, got 'wide'"):
+        parse_arch({**raw, "accumulator": "wide"}, "x")
