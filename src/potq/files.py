@@ -200,12 +200,44 @@ def folder_lock(folder: Path, what: str):
         os.close(fd)
 
 
-def read_json(path: Path) -> dict:
-    """A JSON object that potq wrote; a broken or foreign file is one line naming it."""
+def read_json(path: Path) -> Record:
+    """A JSON object that potq wrote (a record: quant_*.json, verify_*.json, deploy_*.json, ...), every object
+    in it a Record: a broken or foreign file, or a field its reader needs and does not find, is one line
+    naming the file (and the field)."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: can't read it as JSON ({type(e).__name__}); was it cut short or edited?") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: not a JSON object; was it edited?")
-    return data
+    return _checked(data, Path(path), "")
+
+
+class MissingField(UserError, KeyError):
+    """A record without a field its reader needs: a user mistake (an edited or foreign file; exit 2). Also a
+    KeyError, so that a reader which takes a missing key for "not potq's file" still catches it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # KeyError's own str() would quote the message
+
+
+class Record(dict):
+    """A JSON object read from a record file: `record[key]` on a missing key raises MissingField naming the
+    file and the field's place (`layers[2].name`) instead of a KeyError traceback. `.get` is unchanged."""
+
+    def __init__(self, data: dict, path: Path, where: str):
+        super().__init__(data)
+        self.path, self.where = path, where
+
+    def __missing__(self, key: object):
+        field = f"{self.where}.{key}" if self.where else str(key)
+        raise MissingField(f"{self.path}: no field {field!r}; was it cut short or edited?")
+
+
+def _checked(value: Any, path: Path, where: str) -> Any:
+    """Every object in a record's JSON as a Record that knows its file and its place in it."""
+    if isinstance(value, dict):
+        return Record({k: _checked(v, path, f"{where}.{k}" if where else k) for k, v in value.items()}, path, where)
+    if isinstance(value, list):
+        return [_checked(v, path, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value

@@ -65,6 +65,8 @@ h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; margin-top: 2.5rem; 
 
 
 def _read(path: Path) -> dict | None:
+    """A record, or None where there is none yet. A record that is there is read whole: an empty or cut one
+    is one line naming the field it lacks (potq.files.Record), never a section quietly left out."""
     return read_json(path) if path.exists() else None
 
 
@@ -164,7 +166,7 @@ class Records:
     @property
     def pot(self) -> dict[str, dict]:
         """The quantized models with power-of-two scales."""
-        return {k: v for k, v in self.quants.items() if (s := SCHEMES.get(v.get("scheme"))) is not None and s.pot}
+        return {k: v for k, v in self.quants.items() if (s := SCHEMES.get(v["scheme"])) is not None and s.pot}
 
     @property
     def best(self) -> str | None:
@@ -199,7 +201,7 @@ def _title(r: Records) -> list[str]:
         "",
     ]
     m = r.metrics
-    if m and (r.config.get("train_limit") or m["epochs"] < RECIPES["seed"].epochs):
+    if m is not None and (r.config.get("train_limit") or m["epochs"] < RECIPES["seed"].epochs):
         out += [
             f"> **Quick look**: {m['epochs']} epoch(s) on {m['train_images']:,} training images, not the "
             f"reference recipe's {RECIPES['seed'].epochs} epochs on the whole training set: its accuracies show "
@@ -212,7 +214,7 @@ def _title(r: Records) -> list[str]:
 def _plan_note(run: Path) -> list[str]:
     """A run sized to a time budget (`potq run --budget`): what it chose, from plan.json."""
     plan = _read(run / PLAN)
-    if not plan:
+    if plan is None:
         return []
     tp, why = plan["throughput"], plan["reasons"]
     return [
@@ -225,7 +227,7 @@ def _plan_note(run: Path) -> list[str]:
 
 def _headline(r: Records) -> list[str]:
     m, energy, best = r.metrics, r.energy, r.best
-    if not m:
+    if m is None:
         return []
     head = [
         "| | Value |",
@@ -243,7 +245,7 @@ def _headline(r: Records) -> list[str]:
             f"| Change against FP32{same} | {change(q['accuracy_drop'])} points |",
             f"| INT8 model size | {q['model_size_mb']:.6f} MB |",
         ]
-    if energy:
+    if energy is not None:
         ratios = energy["ratios"]
         head.append(f"| Compute energy FP32 / INT8 power-of-two | {ratios['compute_fp32_over_int8_pot']:.1f}x |")
         head.append(
@@ -256,7 +258,7 @@ def _headline(r: Records) -> list[str]:
 
 def _steps_table(r: Records) -> list[str]:
     steps = r.steps
-    if r.metrics and "train" not in steps:  # trained before `potq run` took over the folder
+    if r.metrics is not None and "train" not in steps:  # trained before `potq run` took over the folder
         steps = {"summary": steps.get("summary", {"seconds": 0.0}), "train": {"seconds": r.metrics["seconds"]}, **steps}
     if not steps:
         return []
@@ -269,12 +271,12 @@ def _steps_table(r: Records) -> list[str]:
 
 
 def _architecture(r: Records) -> list[str]:
-    return ["## 1. Model architecture", "", _summary_md(r.summary) if r.summary else "(no summary yet)", ""]
+    return ["## 1. Model architecture", "", _summary_md(r.summary) if r.summary is not None else "(no summary yet)", ""]
 
 
 def _training(r: Records) -> list[str]:
     m = r.metrics
-    if not m:
+    if m is None:
         return ["## 2. Training", "", "(not trained yet)", ""]
     return [
         "## 2. Training",
@@ -296,7 +298,7 @@ def _training(r: Records) -> list[str]:
 
 def _training_config(r: Records) -> list[str]:
     m = r.metrics
-    if not m:
+    if m is None:
         return ["## 3. Training configuration", ""]
     rc = m["recipe"]
     augs = (
@@ -415,7 +417,7 @@ def _golden_table(verifies: dict[str, dict]) -> list[str]:
 
 def _energy(r: Records) -> list[str]:
     energy = r.energy
-    if not energy:
+    if energy is None:
         return ["## 5. Energy", ""]
     out = ["## 5. Energy", "", f"Energy table: {energy['table']}.", "", "### Worked example: Linear 128 -> 10", ""]
     for zp, ex in energy["linear_example"].items():
@@ -522,7 +524,7 @@ def _accel_table(r: dict) -> list[str]:
 def _accelerator(run: Path) -> list[str]:
     """## 7: the accel step's results (accel.json) and its two figures."""
     acc = _read(run / ACCEL_JSON)
-    if not acc:
+    if acc is None:
         return []
     out = ["## 7. Accelerator", "", ACCEL_TEXT, "", f"Graph: `{acc['scheme']}`.", ""]
     for r in acc["reports"]:
