@@ -10,7 +10,9 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,28 @@ def file_digest(path: Path) -> str | None:
 
 def save_json(obj: Any, path: Path) -> None:
     save_text(json.dumps(obj, indent=2) + "\n", path)
+
+
+@contextlib.contextmanager
+def stderr_to_log(path: Path, title: str):
+    """Append what is written to stderr inside the block to the log `path`, under a line naming `title`: the
+    third-party libraries potq checks against (TVM's C++ LOG(WARNING), onnxruntime's) write to file descriptor 2
+    themselves, past Python's sys.stderr, and their lines ("Fast mode segfaults when ...") are theirs, not the
+    user's answer; Python's warnings inside the block (sys.stderr) go there too. An exception still reaches the
+    caller, and the CLI's one line, after stderr is restored."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a", buffering=1) as log:  # appended: one log of every check, each under its title
+        log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {title}\n")
+        log.flush()
+        os.dup2(log.fileno(), 2)
+        try:
+            with contextlib.redirect_stderr(log):
+                yield
+        finally:
+            log.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 # ---- folders that potq writes whole (export): replaced only when potq wrote them ------------------

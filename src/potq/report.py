@@ -44,6 +44,7 @@ from potq.runs.paths import (
     REPORT_MD,
     STEPS,
     SUMMARY,
+    THIRD_PARTY_LOG,
     VERIFY_GLOB,
     deploy_json,
     label_of,
@@ -54,13 +55,15 @@ CSS = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222;
        line-height: 1.45; }
 table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+.scroll { overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; }
 th { background: #f0f0f0; }
 td { text-align: right; } td:first-child { text-align: left; }
 img { max-width: 100%; }
 code { background: #f5f5f5; padding: 0 0.2rem; }
 h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; margin-top: 2.5rem; }
-@media print { body { max-width: none; margin: 0; } table, img { page-break-inside: avoid; } }
+@media print { body { max-width: none; margin: 0; } table, img { page-break-inside: avoid; }
+               .scroll { overflow: visible; } }
 """
 
 
@@ -487,6 +490,8 @@ def _deployment(run: Path, m: dict) -> list[str]:
             ]
     if "c" in formats:
         out += [f"Build and check the C runtime in `export/`: `{BUILD} && ./potq_main`.", ""]
+    if (run / THIRD_PARTY_LOG).exists():
+        out += [f"What onnxruntime and TVM printed themselves during their checks is in `{THIRD_PARTY_LOG}`.", ""]
     return out
 
 
@@ -569,10 +574,16 @@ def to_html(md: str) -> str:
     return converter.convert(md)
 
 
+def scrolling_tables(body: str) -> str:
+    """Every table in a box that scrolls sideways: a wide one (the accelerator's 14 columns) stays whole and
+    readable instead of being cut at the page's right edge."""
+    return body.replace("<table>", '<div class="scroll"><table>').replace("</table>", "</table></div>")
+
+
 def write_report(run: Path) -> None:
     md = build_markdown(run)
     save_text(md, run / REPORT_MD)
-    body = to_html(md)
+    body = scrolling_tables(to_html(md))
     title = html.escape(md.splitlines()[0].lstrip("# ").replace("`", ""))
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
