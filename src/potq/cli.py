@@ -574,7 +574,9 @@ def _run_parser(sub) -> None:
 def _summary_parser(sub) -> None:
     from potq.recipes import TrainConfig
 
-    s = sub.add_parser("summary", help="layer table, parameters and sizes of a zoo model")
+    s = sub.add_parser(
+        "summary", help="layer table, parameters and sizes of a model: a zoo model or your own (file.py:factory)"
+    )
     s.add_argument("--model", default=TrainConfig.model, help=MODEL_HELP)
     _model_input_args(s)
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -582,7 +584,9 @@ def _summary_parser(sub) -> None:
 
 
 def _train_parser(sub) -> None:
-    t = sub.add_parser("train", help="train a zoo model and write history, curves, metrics and weights")
+    t = sub.add_parser(
+        "train", help="train a model (a zoo model or your own) and write history, curves, metrics and weights"
+    )
     train = _training_options()
     _add(t, train, "--model", "--data")
     t.add_argument("--out", type=Path, required=True, help="run folder")
