@@ -461,8 +461,9 @@ def _export_section(run: Path) -> list[str]:
         f"images, weights SHA-256 {str(src.get('weights_sha256'))[:12]}...) as potq's integer graph "
         f"(format {m.get('format')} version "
         f"{m.get('version')}, documented in docs/graph-format.md): `model.json` ({len(m.get('nodes', []))} nodes: "
-        f"{', '.join(ops)}; rounding {m.get('rounding')}), `weights.npz` and `hex/` ($readmemh, two's complement) "
-        f"with {len(m.get('tensor_files', {}))} tensors, `model.h` (C arrays and zero points), and "
+        f"{', '.join(ops)}; rounding {m.get('rounding')}), `weights.npz` and `hex/` ($readmemh; two's complement, "
+        f"the input table unsigned) with {len(m.get('tensor_files', {}))} tensors, `model.h` (C arrays and zero "
+        "points), and "
         f"{m.get('vectors', {}).get('count', 0)} test vectors with every value's integers (`vectors.npz`, "
         "`vectors/`), made by the golden model.",
         "",
