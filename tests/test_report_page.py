@@ -80,3 +80,9 @@ def test_what_a_library_writes_to_stderr_itself_goes_to_the_log(tmp_path, capfd)
     assert "potq's own line" in err and "potq again" in err
     text = log.read_text()
     assert "TVM, pot-channel" in text and "Fast mode segfaults" in text and "a Python warning" in text
+
+
+def test_a_quiet_library_leaves_no_log(tmp_path, capfd):
+    with stderr_to_log(tmp_path / "third-party.log", "onnxruntime, pot-channel"):
+        print("potq's own answer")
+    assert "potq's own answer" in capfd.readouterr().out and not (tmp_path / "third-party.log").exists()

@@ -208,7 +208,7 @@ def _verify_consumers(a: argparse.Namespace) -> None:
         if c["logit_mismatches"] or c["class_mismatches"]:
             bad.append(f"the C runtime differs from the golden model in {c['logit_mismatches']} logits")
     log = Path(a.run) / THIRD_PARTY_LOG
-    libraries = f" (what onnxruntime and TVM print themselves: {log})" if a.onnx or a.tvm else ""
+    libraries = f" (what onnxruntime and TVM printed themselves: {log})" if (a.onnx or a.tvm) and log.exists() else ""
     print(f"-> {deploy_json(a.run, a.scheme)}{libraries}")
     if bad:
         raise StepFailed("verify: " + "; ".join(bad))

@@ -113,24 +113,28 @@ def save_json(obj: Any, path: Path) -> None:
 
 @contextlib.contextmanager
 def stderr_to_log(path: Path, title: str):
-    """Append what is written to stderr inside the block to the log `path`, under a line naming `title`: the
-    third-party libraries potq checks against (TVM's C++ LOG(WARNING), onnxruntime's) write to file descriptor 2
-    themselves, past Python's sys.stderr, and their lines ("Fast mode segfaults when ...") are theirs, not the
-    user's answer; Python's warnings inside the block (sys.stderr) go there too. An exception still reaches the
-    caller, and the CLI's one line, after stderr is restored."""
+    """What is written to stderr inside the block goes to the log `path` (appended under a line naming `title`),
+    not to the user's terminal: the third-party libraries potq checks against (TVM's C++ LOG(WARNING),
+    onnxruntime's) write to file descriptor 2 themselves, past Python's sys.stderr, and their lines ("Fast mode
+    segfaults when ...") are theirs, not the user's answer; Python's warnings inside the block go there too. A
+    quiet block writes nothing (no empty log). An exception still reaches the caller, and the CLI's one line,
+    after stderr is restored."""
     sys.stderr.flush()
     saved = os.dup(2)
-    with open(path, "a", buffering=1) as log:  # appended: one log of every check, each under its title
-        log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {title}\n")
-        log.flush()
-        os.dup2(log.fileno(), 2)
+    with tempfile.TemporaryFile("w+", buffering=1) as held:
+        os.dup2(held.fileno(), 2)
         try:
-            with contextlib.redirect_stderr(log):
+            with contextlib.redirect_stderr(held):
                 yield
         finally:
-            log.flush()
+            held.flush()
             os.dup2(saved, 2)
             os.close(saved)
+            held.seek(0)
+            text = held.read()
+            if text:
+                with open(path, "a") as log:
+                    log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {title}\n{text}")
 
 
 # ---- folders that potq writes whole (export): replaced only when potq wrote them ------------------

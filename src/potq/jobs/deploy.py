@@ -63,13 +63,14 @@ def check_run(
         graph, cfg = load_quantized(run, name)
         if c:
             compiler()  # before the long ONNX check: is there a compiler at all?
+        log = run / THIRD_PARTY_LOG  # what onnxruntime and TVM print themselves: theirs, not the user's answer
         if onnx:
-            _session(graph, weights=onnx_weights)
+            with stderr_to_log(log, f"onnxruntime session, {name}"):
+                _session(graph, weights=onnx_weights)
         if tvm:
             require_tvm()
         ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
         images, labels = test_subset(ds.test_x, ds.test_y, test_limit)
-        log = run / THIRD_PARTY_LOG  # what onnxruntime and TVM print themselves: theirs, not the user's answer
         if onnx:
             with stderr_to_log(log, f"onnxruntime, {name}"):
                 result["onnx"] = check_onnx(graph, images, labels, weights=onnx_weights)
