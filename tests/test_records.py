@@ -22,6 +22,22 @@ def test_a_missing_field_names_the_file_and_its_place(tmp_path):
     assert record.get("mismatches") is None and json.loads(json.dumps(record)) == json.loads(path.read_text())
 
 
+def test_a_record_copies_as_a_dict_does(tmp_path):
+    """dataclasses.asdict and copy rebuild a dict by its type (budget.Plan holds what plan.json read)."""
+    import copy
+    from dataclasses import asdict, dataclass
+
+    @dataclass
+    class Holder:
+        reasons: dict
+
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"reasons": {"train": "why"}}))
+    record = read_json(path)
+    assert asdict(Holder(record["reasons"])) == {"reasons": {"train": "why"}}
+    assert copy.deepcopy(record) == record and copy.copy(record)["reasons"]["train"] == "why"
+
+
 @pytest.fixture
 def run(tiny_run, tmp_path):
     """A copy of the trained tiny run, to plant broken records in."""

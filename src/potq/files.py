@@ -253,11 +253,13 @@ class Record(dict):
     """A JSON object read from a record file: `record[key]` on a missing key raises MissingField naming the
     file and the field's place (`layers[2].name`) instead of a KeyError traceback. `.get` is unchanged."""
 
-    def __init__(self, data: dict, path: Path, where: str):
-        super().__init__(data)
+    def __init__(self, data=(), path: Path | None = None, where: str = ""):
+        super().__init__(data)  # Record(pairs) as dict(pairs): dataclasses.asdict copies a dict by its type
         self.path, self.where = path, where
 
     def __missing__(self, key: object):
+        if self.path is None:  # such a copy knows no file: a plain dict's KeyError
+            raise KeyError(key)
         field = f"{self.where}.{key}" if self.where else str(key)
         raise MissingField(f"{self.path}: no field {field!r}; was it cut short or edited?")
 
