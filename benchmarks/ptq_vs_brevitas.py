@@ -32,6 +32,7 @@ from torch import nn
 from potq.allocator import retain_freed_memory
 from potq.data import load_dataset
 from potq.ir.tensor import normalize
+from potq.machine import cpu_facts
 from potq.quant.pipeline import quantize_graph
 from potq.quant.scheme import QuantSettings
 from potq.quant.simulate import simulated
@@ -42,7 +43,8 @@ SCHEMES = {"pot-channel": "per_channel", "pot-tensor": "per_tensor"}  # potq sch
 
 def cpu_name() -> str:
     """The CPU as /proc/cpuinfo names it, with the flags that decide int8/fp32 kernels, and what torch uses."""
-    model, flags = platform_cpu()
+    facts = cpu_facts()  # potq.machine
+    model, flags = facts["model"], set(facts["flags"])
     has = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
     isa = os.environ.get("ATEN_CPU_CAPABILITY"), os.environ.get("ONEDNN_MAX_CPU_ISA")
     limited = f"; limited to ATEN_CPU_CAPABILITY={isa[0]} ONEDNN_MAX_CPU_ISA={isa[1]}" if any(isa) else ""
@@ -51,16 +53,6 @@ def cpu_name() -> str:
         f"torch {torch.__version__} with {torch.get_num_threads()} threads, "
         f"capability {torch.backends.cpu.get_cpu_capability()}{limited})"
     )
-
-
-def platform_cpu() -> tuple[str, set[str]]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown CPU", set()
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    return fields.get("model name", "unknown CPU"), set(fields.get("flags", "").split())
 
 
 def logits(forward, x: torch.Tensor, batch: int = 500) -> torch.Tensor:

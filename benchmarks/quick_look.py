@@ -17,16 +17,15 @@ import sys
 import time
 from pathlib import Path
 
+from potq.machine import cpu_facts, cpu_text
+
 # oneDNN and ATen kernels limited to AVX2: what a CPU without AVX-512 or AMX runs (`--precision auto` -> fp32)
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 PLAN_STEPS = {"fixed": ("summary", "energy", "accel", "export", "report")}
 
 
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+    return cpu_text(cpu_facts())  # potq.machine: the CPU's model and the flags that decide its kernels
 
 
 def main() -> None:

@@ -26,16 +26,15 @@ import torch
 from potq.allocator import retain_freed_memory
 from potq.data import load_dataset
 from potq.jobs.verify import compare_models
+from potq.machine import cpu_facts
 from potq.runs.quantized import load_quantized
 from potq.train import evaluate, load_trained
 
 
 def cpu_name() -> dict:
     """model name and the flags that decide the kernels, from /proc/cpuinfo."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    lines = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = set(next((v for k, v in lines.items() if k.strip() == "flags"), "").split())
-    model = next((v.strip() for k, v in lines.items() if k.strip() == "model name"), "unknown")
+    facts = cpu_facts()
+    model, flags = facts["model"], set(facts["flags"])
     isa = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ}
     return {"cpu": model, "flags": {f: f in flags for f in ("avx2", "avx512_vnni", "amx_tile")}, "isa_limits": isa}
 

@@ -57,7 +57,8 @@ def run_from_files(folder, images: np.ndarray) -> dict[str, np.ndarray]:
 
     def tensor(name):
         meta = model["tensor_files"][name]
-        signed = meta["dtype"] != "uint8"
+        signed = meta["hex_encoding"].startswith("two's complement")  # as model.json says: the input table unsigned
+        assert signed == (meta["dtype"] != "uint8")
         return read_hex(folder / meta["hex"], meta["hex_word_bits"], signed=signed).reshape(meta["shape"])
 
     q = {v: d["q"] for v, d in model["values"].items() if "q" in d}

@@ -15,7 +15,7 @@ INTERPRETERS = ["ir", "golden.py", "energy.py", "deploy", "accel"]
 # The floors of the house, lowest first: a module may import its own floor or a lower one, never a higher one.
 # Every module of src/potq must sit on one (a prefix names a package and everything in it).
 LAYERS = [
-    ("base", ["potq.errors", "potq.allocator"]),
+    ("base", ["potq.errors", "potq.allocator", "potq.machine"]),
     ("the integer graph", ["potq.ir"]),
     ("support", ["potq.files", "potq.plots", "potq.data", "potq.models", "potq.recipes", "potq.summary"]),
     ("interpreters", ["potq.golden", "potq.energy", "potq.accel", "potq.deploy"]),

@@ -16,7 +16,7 @@ from potq.allocator import retain_freed_memory
 from potq.errors import StepFailed, UserError, one_line
 from potq.ir.rules import SIGNED_ZERO_POINT
 from potq.jobs import C_VECTORS, RTL_VECTORS, TVM_IMAGES
-from potq.runs.paths import deploy_json, quant_paths
+from potq.runs.paths import THIRD_PARTY_LOG, deploy_json, quant_paths
 
 
 class _Defaults(argparse.HelpFormatter):
@@ -177,6 +177,7 @@ def cmd_verify(a: argparse.Namespace) -> None:
 
 def _verify_consumers(a: argparse.Namespace) -> None:
     from potq.jobs.deploy import check_run
+    from potq.machine import cpu_text
 
     r = check_run(a.run, a.scheme, a.onnx, a.c, a.data, a.cache, a.c_vectors, None, a.onnx_weights, a.tvm, a.tvm_images)
     bad = []
@@ -194,7 +195,7 @@ def _verify_consumers(a: argparse.Namespace) -> None:
         print(
             f"  {o['weights']} weights on an x86-64 CPU without VNNI: "
             + (", ".join(f"{k} {v:,}" for k, v in sat.items()) + " saturating dot products" if sat else "exact")
-            + f" (potq.deploy.saturation); this CPU: {o['cpu']['model']} ({', '.join(o['cpu']['flags'])})"
+            + f" (potq.deploy.saturation); this CPU: {cpu_text(o['cpu'])}"
         )
         if o["unexplained"]:
             bad.append(f"onnxruntime differs in {o['unexplained']} values that no known cause explains")
@@ -219,7 +220,9 @@ def _verify_consumers(a: argparse.Namespace) -> None:
         )
         if c["logit_mismatches"] or c["class_mismatches"]:
             bad.append(f"the C runtime differs from the golden model in {c['logit_mismatches']} logits")
-    print(f"-> {deploy_json(a.run, a.scheme)}")
+    log = Path(a.run) / THIRD_PARTY_LOG
+    libraries = f" (what onnxruntime and TVM printed themselves: {log})" if (a.onnx or a.tvm) and log.exists() else ""
+    print(f"-> {deploy_json(a.run, a.scheme)}{libraries}")
     if bad:
         raise StepFailed("verify: " + "; ".join(bad))
 
@@ -597,7 +600,9 @@ def _run_parser(sub) -> None:
 def _summary_parser(sub) -> None:
     from potq.recipes import TrainConfig
 
-    s = sub.add_parser("summary", help="layer table, parameters and sizes of a zoo model")
+    s = sub.add_parser(
+        "summary", help="layer table, parameters and sizes of a model: a zoo model or your own (file.py:factory)"
+    )
     s.add_argument("--model", default=TrainConfig.model, help=MODEL_HELP)
     _model_input_args(s)
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -605,7 +610,9 @@ def _summary_parser(sub) -> None:
 
 
 def _train_parser(sub) -> None:
-    t = sub.add_parser("train", help="train a zoo model and write history, curves, metrics and weights")
+    t = sub.add_parser(
+        "train", help="train a model (a zoo model or your own) and write history, curves, metrics and weights"
+    )
     train = _training_options()
     _add(t, train, "--model", "--data")
     t.add_argument("--out", type=Path, required=True, help="run folder")

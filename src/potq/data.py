@@ -250,13 +250,21 @@ def _decode_dir(path: Path) -> Dataset:
         return _fashion_mnist(path)
     if (path / "train").is_dir() and (path / "test").is_dir():
         files = {
-            split: [(p.parent.name, _file_reader(p), str(p)) for p in sorted((path / split).glob("*/*"))]
+            split: [(p.parent.name, _file_reader(p), str(p)) for p in sorted((path / split).glob("*/*"), key=_order)]
             for split in ("train", "test")
         }
         return _image_folder(files, path)
     raise UserError(
         f"--data {path}: not a CIFAR-10 folder, an image folder with train/ and test/, or Fashion-MNIST IDX files"
     )
+
+
+def _order(path: Path | str) -> tuple[str, ...]:
+    """The one order of an image folder's files, plain or archived: by their path's parts, so by class folder
+    name (the labels' order), then by file name, both in code-point order (`B` before `a`, `img10.png` before
+    `img2.png`). Test image k (`vectors.test_indices`, the draws of --test-limit) is the k-th in it. Parts, not
+    the whole string: an archive sorted by its member names would put `cat-big/` before `cat/`."""
+    return Path(path).parts
 
 
 def _decode_tar(tar: tarfile.TarFile, path: Path) -> Dataset:
@@ -266,7 +274,7 @@ def _decode_tar(tar: tarfile.TarFile, path: Path) -> Dataset:
     if "data_batch_1" in batches:
         return _cifar_from_files({k: _member_reader(tar, m, path) for k, m in batches.items()}, path)
     files: dict[str, list] = {"train": [], "test": []}
-    for m in sorted(members, key=lambda m: m.name):
+    for m in sorted(members, key=lambda m: _order(m.name)):
         parts = Path(m.name).parts
         if len(parts) >= 3 and parts[-3] in files:
             files[parts[-3]].append((parts[-2], _member_reader(tar, m, path), f"{path}:{m.name}"))

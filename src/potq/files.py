@@ -10,7 +10,9 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,32 @@ def save_json(obj: Any, path: Path) -> None:
     save_text(json.dumps(obj, indent=2) + "\n", path)
 
 
+@contextlib.contextmanager
+def stderr_to_log(path: Path, title: str):
+    """What is written to stderr inside the block goes to the log `path` (appended under a line naming `title`),
+    not to the user's terminal: the third-party libraries potq checks against (TVM's C++ LOG(WARNING),
+    onnxruntime's) write to file descriptor 2 themselves, past Python's sys.stderr, and their lines ("Fast mode
+    segfaults when ...") are theirs, not the user's answer; Python's warnings inside the block go there too. A
+    quiet block writes nothing (no empty log). An exception still reaches the caller, and the CLI's one line,
+    after stderr is restored."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+", buffering=1) as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            with contextlib.redirect_stderr(held):
+                yield
+        finally:
+            held.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            text = held.read()
+            if text:
+                with open(path, "a") as log:
+                    log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {title}\n{text}")
+
+
 # ---- folders that potq writes whole (export): replaced only when potq wrote them ------------------
 
 MANIFEST = ".potq-manifest.json"
@@ -200,12 +228,46 @@ def folder_lock(folder: Path, what: str):
         os.close(fd)
 
 
-def read_json(path: Path) -> dict:
-    """A JSON object that potq wrote; a broken or foreign file is one line naming it."""
+def read_json(path: Path) -> Record:
+    """A JSON object that potq wrote (a record: quant_*.json, verify_*.json, deploy_*.json, ...), every object
+    in it a Record: a broken or foreign file, or a field its reader needs and does not find, is one line
+    naming the file (and the field)."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: can't read it as JSON ({type(e).__name__}); was it cut short or edited?") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: not a JSON object; was it edited?")
-    return data
+    return _checked(data, Path(path), "")
+
+
+class MissingField(UserError, KeyError):
+    """A record without a field its reader needs: a user mistake (an edited or foreign file; exit 2). Also a
+    KeyError, so that a reader which takes a missing key for "not potq's file" still catches it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # KeyError's own str() would quote the message
+
+
+class Record(dict):
+    """A JSON object read from a record file: `record[key]` on a missing key raises MissingField naming the
+    file and the field's place (`layers[2].name`) instead of a KeyError traceback. `.get` is unchanged."""
+
+    def __init__(self, data=(), path: Path | None = None, where: str = ""):
+        super().__init__(data)  # Record(pairs) as dict(pairs): dataclasses.asdict copies a dict by its type
+        self.path, self.where = path, where
+
+    def __missing__(self, key: object):
+        if self.path is None:  # such a copy knows no file: a plain dict's KeyError
+            raise KeyError(key)
+        field = f"{self.where}.{key}" if self.where else str(key)
+        raise MissingField(f"{self.path}: no field {field!r}; was it cut short or edited?")
+
+
+def _checked(value: Any, path: Path, where: str) -> Any:
+    """Every object in a record's JSON as a Record that knows its file and its place in it."""
+    if isinstance(value, dict):
+        return Record({k: _checked(v, path, f"{where}.{k}" if where else k) for k, v in value.items()}, path, where)
+    if isinstance(value, list):
+        return [_checked(v, path, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value

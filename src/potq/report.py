@@ -44,6 +44,7 @@ from potq.runs.paths import (
     REPORT_MD,
     STEPS,
     SUMMARY,
+    THIRD_PARTY_LOG,
     VERIFY_GLOB,
     deploy_json,
     label_of,
@@ -54,17 +55,21 @@ CSS = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222;
        line-height: 1.45; }
 table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+.scroll { overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; }
 th { background: #f0f0f0; }
 td { text-align: right; } td:first-child { text-align: left; }
 img { max-width: 100%; }
 code { background: #f5f5f5; padding: 0 0.2rem; }
 h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; margin-top: 2.5rem; }
-@media print { body { max-width: none; margin: 0; } table, img { page-break-inside: avoid; } }
+@media print { body { max-width: none; margin: 0; } table, img { page-break-inside: avoid; }
+               .scroll { overflow: visible; } }
 """
 
 
 def _read(path: Path) -> dict | None:
+    """A record, or None where there is none yet. A record that is there is read whole: an empty or cut one
+    is one line naming the field it lacks (potq.files.Record), never a section quietly left out."""
     return read_json(path) if path.exists() else None
 
 
@@ -164,7 +169,7 @@ class Records:
     @property
     def pot(self) -> dict[str, dict]:
         """The quantized models with power-of-two scales."""
-        return {k: v for k, v in self.quants.items() if (s := SCHEMES.get(v.get("scheme"))) is not None and s.pot}
+        return {k: v for k, v in self.quants.items() if (s := SCHEMES.get(v["scheme"])) is not None and s.pot}
 
     @property
     def best(self) -> str | None:
@@ -199,7 +204,7 @@ def _title(r: Records) -> list[str]:
         "",
     ]
     m = r.metrics
-    if m and (r.config.get("train_limit") or m["epochs"] < RECIPES["seed"].epochs):
+    if m is not None and (r.config.get("train_limit") or m["epochs"] < RECIPES["seed"].epochs):
         out += [
             f"> **Quick look**: {m['epochs']} epoch(s) on {m['train_images']:,} training images, not the "
             f"reference recipe's {RECIPES['seed'].epochs} epochs on the whole training set: its accuracies show "
@@ -212,7 +217,7 @@ def _title(r: Records) -> list[str]:
 def _plan_note(run: Path) -> list[str]:
     """A run sized to a time budget (`potq run --budget`): what it chose, from plan.json."""
     plan = _read(run / PLAN)
-    if not plan:
+    if plan is None:
         return []
     tp, why = plan["throughput"], plan["reasons"]
     return [
@@ -225,7 +230,7 @@ def _plan_note(run: Path) -> list[str]:
 
 def _headline(r: Records) -> list[str]:
     m, energy, best = r.metrics, r.energy, r.best
-    if not m:
+    if m is None:
         return []
     head = [
         "| | Value |",
@@ -243,7 +248,7 @@ def _headline(r: Records) -> list[str]:
             f"| Change against FP32{same} | {change(q['accuracy_drop'])} points |",
             f"| INT8 model size | {q['model_size_mb']:.6f} MB |",
         ]
-    if energy:
+    if energy is not None:
         ratios = energy["ratios"]
         head.append(f"| Compute energy FP32 / INT8 power-of-two | {ratios['compute_fp32_over_int8_pot']:.1f}x |")
         head.append(
@@ -256,7 +261,7 @@ def _headline(r: Records) -> list[str]:
 
 def _steps_table(r: Records) -> list[str]:
     steps = r.steps
-    if r.metrics and "train" not in steps:  # trained before `potq run` took over the folder
+    if r.metrics is not None and "train" not in steps:  # trained before `potq run` took over the folder
         steps = {"summary": steps.get("summary", {"seconds": 0.0}), "train": {"seconds": r.metrics["seconds"]}, **steps}
     if not steps:
         return []
@@ -269,12 +274,12 @@ def _steps_table(r: Records) -> list[str]:
 
 
 def _architecture(r: Records) -> list[str]:
-    return ["## 1. Model architecture", "", _summary_md(r.summary) if r.summary else "(no summary yet)", ""]
+    return ["## 1. Model architecture", "", _summary_md(r.summary) if r.summary is not None else "(no summary yet)", ""]
 
 
 def _training(r: Records) -> list[str]:
     m = r.metrics
-    if not m:
+    if m is None:
         return ["## 2. Training", "", "(not trained yet)", ""]
     return [
         "## 2. Training",
@@ -296,7 +301,7 @@ def _training(r: Records) -> list[str]:
 
 def _training_config(r: Records) -> list[str]:
     m = r.metrics
-    if not m:
+    if m is None:
         return ["## 3. Training configuration", ""]
     rc = m["recipe"]
     augs = (
@@ -415,7 +420,7 @@ def _golden_table(verifies: dict[str, dict]) -> list[str]:
 
 def _energy(r: Records) -> list[str]:
     energy = r.energy
-    if not energy:
+    if energy is None:
         return ["## 5. Energy", ""]
     out = ["## 5. Energy", "", f"Energy table: {energy['table']}.", "", "### Worked example: Linear 128 -> 10", ""]
     for zp, ex in energy["linear_example"].items():
@@ -456,8 +461,9 @@ def _export_section(run: Path) -> list[str]:
         f"images, weights SHA-256 {str(src.get('weights_sha256'))[:12]}...) as potq's integer graph "
         f"(format {m.get('format')} version "
         f"{m.get('version')}, documented in docs/graph-format.md): `model.json` ({len(m.get('nodes', []))} nodes: "
-        f"{', '.join(ops)}; rounding {m.get('rounding')}), `weights.npz` and `hex/` ($readmemh, two's complement) "
-        f"with {len(m.get('tensor_files', {}))} tensors, `model.h` (C arrays and zero points), and "
+        f"{', '.join(ops)}; rounding {m.get('rounding')}), `weights.npz` and `hex/` ($readmemh; two's complement, "
+        f"the input table unsigned) with {len(m.get('tensor_files', {}))} tensors, `model.h` (C arrays and zero "
+        "points), and "
         f"{m.get('vectors', {}).get('count', 0)} test vectors with every value's integers (`vectors.npz`, "
         "`vectors/`), made by the golden model.",
         "",
@@ -485,6 +491,8 @@ def _deployment(run: Path, m: dict) -> list[str]:
             ]
     if "c" in formats:
         out += [f"Build and check the C runtime in `export/`: `{BUILD} && ./potq_main`.", ""]
+    if (run / THIRD_PARTY_LOG).exists():
+        out += [f"What onnxruntime and TVM printed themselves during their checks is in `{THIRD_PARTY_LOG}`.", ""]
     return out
 
 
@@ -523,7 +531,7 @@ def _accel_table(r: dict) -> list[str]:
 def _accelerator(run: Path) -> list[str]:
     """## 7: the accel step's results (accel.json) and its two figures."""
     acc = _read(run / ACCEL_JSON)
-    if not acc:
+    if acc is None:
         return []
     out = ["## 7. Accelerator", "", ACCEL_TEXT, "", f"Graph: `{acc['scheme']}`.", ""]
     for r in acc["reports"]:
@@ -569,10 +577,16 @@ def to_html(md: str) -> str:
     return converter.convert(md)
 
 
+def scrolling_tables(body: str) -> str:
+    """Every table in a box that scrolls sideways: a wide one (the accelerator's 14 columns) stays whole and
+    readable instead of being cut at the page's right edge."""
+    return body.replace("<table>", '<div class="scroll"><table>').replace("</table>", "</table></div>")
+
+
 def write_report(run: Path) -> None:
     md = build_markdown(run)
     save_text(md, run / REPORT_MD)
-    body = to_html(md)
+    body = scrolling_tables(to_html(md))
     title = html.escape(md.splitlines()[0].lstrip("# ").replace("`", ""))
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'

@@ -10,7 +10,6 @@ import csv
 import io
 import math
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from potq.data import Dataset, augment, channel_stats, check_classes, check_dige
 from potq.errors import UserError
 from potq.files import file_digest, save_json, save_text, save_torch
 from potq.ir.tensor import nhwc, normalize
+from potq.machine import cpu_facts, cpu_text
 from potq.models import build_model, check_model, source_digest, source_file
 from potq.plots import plot_curves
 from potq.recipes import PRECISIONS, RECIPES, Recipe, TrainConfig  # noqa: F401  (TrainConfig: re-exported)
@@ -494,9 +494,10 @@ def write_history(history: list[dict], out: Path) -> None:
 
 
 def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    """The machine that trained, in words (metrics.json's `machine`, the report's Machine row): the GPU where one
+    trained, and the CPU's model and flags always (potq.machine: they decide the kernels and bf16 autocast)."""
+    gpu = f"{torch.cuda.get_device_name(device)}; " if device.type == "cuda" else ""
+    return f"{gpu}{cpu_text(cpu_facts())}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
 
 
 def load_trained(run: Path) -> tuple[nn.Module, TrainConfig]:

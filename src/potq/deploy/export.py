@@ -4,7 +4,8 @@ test vectors keyed by value name.
 model.json is the graph's own format (potq.ir.io; every field in docs/graph-format.md) with each tensor
 named by its files, and the integer rule of every op written out, so that another program rebuilds
 the golden model without potq (tests/test_export.py does, with numpy alone, for every op). Hex files
-hold one value per line in two's complement (2 digits for 8-bit, 8 for 32-bit tensors).
+hold one value per line (2 digits for 8-bit, 8 for 32-bit tensors): two's complement, except the uint8 input
+table, which reads unsigned (hex_encoding).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ TENSOR_LAYOUTS = {  # by tensor key, all row-major (C order)
     "lut": "(channels, 256): the code of pixel value p of channel c is lut[c, p]",
 }
 FORMAT_NOTE = (
-    "potq-graph version 2: nodes in topological order, values by name with their QType, integer tensors "
-    "per node; every field is in docs/graph-format.md. A reader of version 2 needs nothing else."
+    f"{io.FORMAT} version {io.VERSION}: nodes in topological order, values by name with their QType, integer "
+    f"tensors per node; every field is in docs/graph-format.md. A reader of version {io.VERSION} needs nothing else."
 )
 PACKED_ENCODING = (
     "the weights' storage codes (w_bits wide: docs/graph-format.md, 'Weight formats'), row-major, LSB first, "
@@ -75,6 +76,13 @@ def read_hex(path: Path, bits: int, signed: bool = True) -> np.ndarray:
 
 def _bits(array: np.ndarray) -> int:
     return 8 if array.dtype in (np.int8, np.uint8) else 32
+
+
+def hex_encoding(array: np.ndarray) -> str:
+    """How a tensor's hex file reads (model.json's `hex_encoding`): the words hold the value's low bits either way,
+    and a uint8 tensor (the input table, codes 0..255) is read unsigned, every other tensor as two's complement."""
+    kind = "unsigned" if array.dtype == np.uint8 else "two's complement"
+    return f"{kind}, one value per line, row-major (C) order of shape"
 
 
 def _as_array(t: torch.Tensor) -> np.ndarray:
@@ -120,7 +128,7 @@ def build_model_json(graph: Graph, golden: IntegerModel, in_shape, classes) -> t
                 "npz": "weights.npz",
                 "hex": f"hex/{k}.hex",
                 "hex_word_bits": _bits(v),
-                "hex_encoding": "two's complement, one value per line, row-major (C) order of shape",
+                "hex_encoding": hex_encoding(v),
             }
             for k, v in arrays.items()
         },

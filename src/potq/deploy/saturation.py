@@ -33,13 +33,13 @@ as well, so the count is the model's prediction of the values that differ (an up
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from potq.ir.rules import ACT_MAX, INT32_MAX
+from potq.machine import cpu_facts
 
 
 @dataclass(frozen=True)
@@ -212,13 +212,7 @@ def predict(model, record: dict[str, torch.Tensor]) -> dict[str, dict]:
 
 
 def this_cpu() -> dict:
-    """The CPU's model name and the flags that decide onnxruntime's int8 kernels (Linux /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"model": "unknown", "flags": []}
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    have = [f for f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    """The CPU's model name and flags (potq.machine) and whether onnxruntime's u8 x s8 kernels saturate on it."""
+    facts = cpu_facts()
     exact = {"avx512_vnni", "avx_vnni", "amx_int8"}  # int32 dot products: VPDPBUSD, AMX
-    return {"model": model, "flags": have, "u8s8_saturates": "avx2" in have and not exact & set(have)}
+    return {**facts, "u8s8_saturates": "avx2" in facts["flags"] and not exact & set(facts["flags"])}

@@ -27,9 +27,10 @@ from potq.deploy.rtl import PE_KINDS, verilator
 from potq.deploy.rtl.pe import pe_build
 from potq.deploy.rtl_check import check_rtl, parse_array
 from potq.errors import UserError
-from potq.files import read_json, save_json
+from potq.files import read_json, save_json, stderr_to_log
 from potq.jobs import C_VECTORS, RTL_VECTORS, TVM_IMAGES
-from potq.runs.paths import deploy_json
+from potq.machine import cpu_text
+from potq.runs.paths import THIRD_PARTY_LOG, deploy_json
 from potq.runs.provenance import derived_inputs
 from potq.runs.quantized import load_quantized
 
@@ -63,17 +64,22 @@ def check_run(
         graph, cfg = load_quantized(run, name)
         if c:
             compiler()  # before the long ONNX check: is there a compiler at all?
+        log = run / THIRD_PARTY_LOG  # what onnxruntime and TVM print themselves: theirs, not the user's answer
         if onnx:
-            _session(graph, weights=onnx_weights)
+            with stderr_to_log(log, f"onnxruntime session, {name}"):
+                _session(graph, weights=onnx_weights)
         if tvm:
             require_tvm()
         ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
         images, labels = test_subset(ds.test_x, ds.test_y, test_limit)
         if onnx:
-            result["onnx"] = check_onnx(graph, images, labels, weights=onnx_weights)
+            with stderr_to_log(log, f"onnxruntime, {name}"):
+                result["onnx"] = check_onnx(graph, images, labels, weights=onnx_weights)
         if tvm:  # TVM's untuned llvm build runs a few images per second: the class-spread draw, as for C
             picked = vector_indices(labels, min(tvm_images, len(labels)))
-            result["tvm"] = {**check_tvm(graph, images[picked], labels[picked]), "test_indices": picked.tolist()}
+            with stderr_to_log(log, f"TVM, {name}"):
+                checked = check_tvm(graph, images[picked], labels[picked])
+            result["tvm"] = {**checked, "test_indices": picked.tolist()}
         if c:  # the class-spread test images that `potq export` draws as its vectors
             picked = vector_indices(labels, min(c_vectors, len(labels)))
             result["c"] = {**check_c(graph, images[picked]), "test_indices": picked.tolist()}
@@ -152,7 +158,7 @@ def deploy_summary(r: dict) -> list[str]:
             lines.append(
                 f"ONNX weights {o['weights']}: on an x86-64 CPU without VNNI onnxruntime's kernels "
                 + (f"would get {sat:,} dot products wrong (int16 pair sums saturate)" if sat else "are exact")
-                + f" (potq.deploy.saturation); checked on {o['cpu']['model']} ({', '.join(o['cpu']['flags'])})"
+                + f" (potq.deploy.saturation); checked on {cpu_text(o['cpu'])}"
             )
     if "tvm" in r:
         t = r["tvm"]

@@ -27,6 +27,8 @@ STEPS = "steps.json"
 RUN_OPTIONS = "run.json"
 PLAN = "plan.json"  # what `potq run --budget` measured and chose (potq.budget)
 EXPORT_DIR = "export"
+# what the consumers' libraries print themselves while potq checks them (TVM's and onnxruntime's own warnings)
+THIRD_PARTY_LOG = "third-party.log"
 QUANT_GLOB = "quant_*.json"  # the records of quant_paths
 VERIFY_GLOB = "verify_*.json"
 
@@ -53,6 +55,7 @@ POTQ_FILES = (
     STEPS,
     RUN_OPTIONS,
     PLAN,
+    THIRD_PARTY_LOG,
 )
 # quant_paths, verify_json, deploy_json, precision_json
 PER_MODEL_GLOBS = ("quant_*", "verify_*", "deploy_*", "precision_*")
