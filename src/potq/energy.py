@@ -42,10 +42,10 @@ from importlib import resources
 from pathlib import Path
 
 from potq.errors import UserError
-from potq.ir.bounds import ACCUMULATORS, INT32_BITS, accumulator_bits
+from potq.ir.bounds import accumulator_bits
 from potq.ir.codes import WeightCode, code_bytes, weight_bytes
 from potq.ir.graph import Graph, Node, OpType, window
-from potq.ir.rules import CODE_BITS
+from potq.ir.rules import ACCUMULATORS, CODE_BITS, INT32_BITS
 
 OPS = ("fp32_mult", "fp32_add", "int32_mult", "int32_add", "int8_mult", "int8_add", "shift")
 OP_NAMES = {

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from potq.accel import limits
 from potq.errors import UserError
-from potq.ir.bounds import ACCUMULATORS
+from potq.ir.rules import ACCUMULATORS
 
 PRESETS = (
     "eyeriss",

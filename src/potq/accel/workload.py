@@ -17,9 +17,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from potq.ir.bounds import ACCUMULATORS, accumulator_bits
+from potq.ir.bounds import accumulator_bits
 from potq.ir.codes import code_bytes, weight_bytes
 from potq.ir.graph import MAC_OPS, Graph, Node, OpType, pair
+from potq.ir.rules import ACCUMULATORS
 
 MAC_OP_NAMES = tuple(op.value for op in MAC_OPS)  # Workload.op is the OpType's value
 

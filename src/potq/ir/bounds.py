@@ -21,7 +21,7 @@ import torch
 
 from potq.errors import UserError
 from potq.ir.graph import MAC_OPS, SHARED_QTYPE_OPS, SIGN_KEEPING_OPS, Graph, Node, OpType, window
-from potq.ir.rules import FLOAT32_EXACT, INT32_MAX
+from potq.ir.rules import ACCUMULATORS, FLOAT32_EXACT, INT32_BITS, INT32_MAX
 
 
 def input_range(graph: Graph, value: str) -> int:
@@ -49,12 +49,6 @@ def accumulator_bound(graph: Graph, n: Node) -> int:
     return acc
 
 
-# The accumulators a cost model prices (potq.energy's adds, potq.accel's partial sums): "int32", as the reference
-# report counts them and potq's RTL builds them, or "proven": each node's accumulator just as wide as its
-# worst case needs, two's complement (what a dataflow accelerator that sizes each layer's datapath builds, as
-# FINN does for its matrix-vector units; Colbert et al., A2Q, ICCV 2023, trains for such narrow accumulators)
-ACCUMULATORS = ("int32", "proven")
-INT32_BITS = 32
 
 
 def accumulator_bits(graph: Graph, n: Node, accumulator: str = ACCUMULATORS[0]) -> int:

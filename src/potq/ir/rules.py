@@ -67,3 +67,10 @@ ACT_MIN, ACT_MAX = act_range(CODE_BITS)  # uint8 codes
 SIGNED_ZERO_POINT = act_zero_point(CODE_BITS, signed=True)  # 128: a value that can be negative
 W_MAX = (1 << (CODE_BITS - 1)) - 1  # int8 weights in [-127, 127]: symmetric, never -128
 W_MIN = -W_MAX
+
+# The accumulators a cost model prices (potq.energy's adds, potq.accel's partial sums): "int32", as the reference
+# report counts them and potq's RTL builds them, or "proven": each node's accumulator just as wide as its
+# worst case needs, two's complement (what a dataflow accelerator that sizes each layer's datapath builds, as
+# FINN does for its matrix-vector units; Colbert et al., A2Q, ICCV 2023, trains for such narrow accumulators)
+ACCUMULATORS = ("int32", "proven")
+INT32_BITS = 32
