@@ -129,6 +129,9 @@ def test_quantize_a_run_below_eight_bits(tiny_run, tmp_path, capsys):
     eight = json.loads((tiny_run / "quant_pot-channel.json").read_text())
     assert record["packed_weights_mb"] < eight["packed_weights_mb"]
     assert main(["compare", "--run", str(tiny_run)]) == 0 and (tiny_run / "precision.png").exists()
+    rows = {r.split(" | ")[0].strip("| "): r for r in (tiny_run / "compare.md").read_text().splitlines()}
+    assert f"| {record['packed_weights_mb']:.6f} | half-up | ceil, mse below 8 bits |" in rows["pot-channel-w4a4-apot"]
+    assert f"| {eight['packed_weights_mb']:.6f} | half-up | ceil |" in rows["pot-channel"]
     priced = json.loads((tiny_run / "precision.json").read_text())
     low, high = priced["pot-channel-w4a4-apot"], priced["pot-channel"]
     assert 0 < low["compute_pj"] < high["compute_pj"] and low["dram_bytes"] < high["dram_bytes"]

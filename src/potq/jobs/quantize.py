@@ -183,7 +183,9 @@ def change(drop: float) -> str:
 def _exponent_rule(result: dict) -> str:
     """The record's exponent rule (QuantSettings.exponent_rule: None for float scales, "seed" for pot-seed)
     as the comparison table words it."""
-    return {None: "float scale", "seed": "seed rule"}.get(result["exponent"], result["exponent"])
+    rule = {None: "float scale", "seed": "seed rule"}.get(result["exponent"], result["exponent"])
+    low_bit = result.get("bits", "8/8") != "8/8" or result.get("weights", "int") != "int" or result.get("precision")
+    return f"{rule}, mse below 8 bits" if low_bit and result["exponent"] not in (None, "seed", "mse") else rule
 
 
 def compare(run: Path) -> str:
@@ -201,14 +203,16 @@ def compare(run: Path) -> str:
         if stale:
             raise UserError(f"--run {run}: {r['label']}: {stale}; run {quantize_command(run, r['label'])} again")
     lines = [
-        "| Model | Test accuracy | Change vs FP32 (points) | Test loss | Size (MB) | Rounding | Exponent |",
-        "|---|---:|---:|---:|---:|---|---|",
-        f"| FP32 | {fp['test_accuracy']:.4f} | - | {fp['test_loss']:.4f} | {fp['model_size_mb']:.6f} | - | - |",
+        "| Model | Test accuracy | Change vs FP32 (points) | Test loss | File (MB) | Packed weights (MB) | Rounding "
+        "| Exponent |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+        f"| FP32 | {fp['test_accuracy']:.4f} | - | {fp['test_loss']:.4f} | {fp['model_size_mb']:.6f} | - | - | - |",
     ]
     for r in results:
+        packed = f"{r['packed_weights_mb']:.6f}" if "packed_weights_mb" in r else "-"  # records before potq 0.5
         lines.append(
             f"| {r['label']} | {r['test_accuracy']:.4f} | {change(r['accuracy_drop'])} | {r['test_loss']:.4f} | "
-            f"{r['model_size_mb']:.6f} | {r['rounding']} | {_exponent_rule(r)} |"
+            f"{r['model_size_mb']:.6f} | {packed} | {r['rounding']} | {_exponent_rule(r)} |"
         )
     table = "\n".join(lines)
     save_text(table + "\n", run / COMPARE_MD)
