@@ -366,3 +366,13 @@ def test_without_bits_all_the_image_and_the_last_layers_input_stay_eight_bits():
     group = shared_groups(fgraph)
     pinned = {group[fgraph.input], group[macs[-1].inputs[0]]}
     assert r.groups.names and not pinned & set(r.groups.names)
+
+
+def test_another_architecture_is_priced_output_stationary_where_it_runs_it(tiny_run, tmp_path):
+    from potq.jobs.mixed import mixed_run
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    r = mixed_run(run, QuantSettings(), "energy", 0.99, "systolic-16-45nm-sized", calib=16, act_menu=(8,))
+    assert (r["arch"], r["dataflow"]) == ("systolic-16-45nm-sized", COST_DATAFLOW)
+    r = mixed_run(run, QuantSettings(), "energy", 0.99, "eyeriss", calib=16, act_menu=(8,))
+    assert r["dataflow"] == "rs"  # eyeriss runs row-stationary alone

@@ -713,7 +713,7 @@ def _mixed_parser(sub) -> None:
         "--budget", type=float, required=True, help="the cost allowed, a fraction of the all-INT8 model's, e.g. 0.5"
     )
     m.add_argument("--arch", default=COST_ARCH, help="the accelerator that prices energy and latency (preset or JSON)")
-    m.add_argument("--dataflow", help=f"default: {COST_DATAFLOW} on {COST_ARCH}, else the architecture's first")
+    m.add_argument("--dataflow", help=f"default: {COST_DATAFLOW} where --arch runs it, else the architecture's first")
     m.add_argument(
         "--menu", help=f"weight bits to choose from, 2-8 (default: {','.join(map(str, MIXED_MENU))})", metavar="BITS"
     )

@@ -51,14 +51,15 @@ def mixed_run(
     data: str | None = None,
     cache: Path | None = None,
 ) -> dict:
-    """Search the run's model (objective None: the method's own; dataflow None: COST_DATAFLOW on COST_ARCH, else
-    the architecture's first) and write precision_<label>.json; every argument is checked before the run loads,
-    and nothing is written unless the search ends."""
+    """Search the run's model (objective None: the method's own; dataflow None: COST_DATAFLOW where the
+    architecture runs it, else its first) and write precision_<label>.json; every argument is checked before the
+    run loads, and nothing is written unless the search ends."""
     t0 = time.perf_counter()
     _, objective, act_menu = check_search(method, objective, budget, menu, codes, act_menu)
     base_settings(settings)
     target = load_arch(arch)
-    dataflow = check_dataflow(target, dataflow or (COST_DATAFLOW if arch == COST_ARCH else None))
+    own = COST_DATAFLOW if COST_DATAFLOW in target.dataflows else target.dataflows[0]  # as models are priced
+    dataflow = check_dataflow(target, dataflow or own)
     if calib < 1:
         raise UserError(f"--calib must be at least 1, got {calib}")
     model, cfg = load_trained(run)
@@ -76,7 +77,7 @@ def mixed_run(
     chosen["act_menu"] = act_menu
     defaults = {"scheme": QuantSettings.scheme, "bits_all": False, "arch": COST_ARCH, "menu": None, "codes": None}
     defaults["act_menu"] = check_search(method, objective, budget, None, None)[2]  # the method's own
-    defaults.update(dataflow=COST_DATAFLOW if arch == COST_ARCH else dataflow)
+    defaults.update(dataflow=own)
     name = label(method, objective, budget, {k: v for k, v in chosen.items() if v != defaults[k]})
     record = {
         "label": name,
