@@ -19,7 +19,15 @@ from potq.files import save_json
 from potq.ir.capture import capture
 from potq.ir.codes import WeightCode
 from potq.ir.tensor import normalize
-from potq.quant.mixed import ACCEL_OBJECTIVES, base_settings, check_search, search_precision, search_record, sqnr_db
+from potq.quant.mixed import (
+    ACCEL_OBJECTIVES,
+    base_settings,
+    check_search,
+    default_act_menu,
+    search_precision,
+    search_record,
+    sqnr_db,
+)
 from potq.quant.rules import MIXED_CALIB, MIXED_METHODS, QuantSettings
 from potq.runs.paths import precision_json
 from potq.runs.provenance import quantized_inputs
@@ -76,7 +84,7 @@ def mixed_run(
     chosen.update(menu=menu, codes=codes and tuple(c.value for c in codes))  # not --calib, as quantize's labels
     chosen["act_menu"] = act_menu
     defaults = {"scheme": QuantSettings.scheme, "bits_all": False, "arch": COST_ARCH, "menu": None, "codes": None}
-    defaults["act_menu"] = check_search(method, objective, budget, None, None)[2]  # the method's own
+    defaults["act_menu"] = default_act_menu(method)
     defaults.update(dataflow=own)
     name = label(method, objective, budget, {k: v for k, v in chosen.items() if v != defaults[k]})
     record = {

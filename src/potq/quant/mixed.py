@@ -78,8 +78,8 @@ from potq.quant.rules import (
     MIXED_OBJECTIVES,
     POT_SCHEMES,
     QuantSettings,
+    check_act_menu,
     check_menu,
-    parse_act_menu,
 )
 from potq.quant.scheme import needs_sample
 from potq.quant.simulate import SIM_KERNELS, SimNet, dequantize, simulated
@@ -150,12 +150,16 @@ def check_search(
         raise UserError(f"--objective {objective}: choose from {', '.join(MIXED_OBJECTIVES)}")
     if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget < math.inf:
         raise UserError(f"--budget {budget}: give a positive fraction of the all-INT8 model's {objective}, e.g. 0.5")
-    if method == "hawq":
-        if act_menu is not None and tuple(act_menu) != (CODE_BITS,):
-            raise UserError("--act-menu: --method hawq keeps 8-bit activations (HAWQ-V3's weight search)")
-        return choices, objective, (CODE_BITS,)
-    act_menu = parse_act_menu(",".join(map(str, MIXED_ACT_MENU if act_menu is None else act_menu)))
+    if method == "hawq" and act_menu is not None and tuple(act_menu) != (CODE_BITS,):
+        raise UserError("--act-menu: --method hawq keeps 8-bit activations (HAWQ-V3's weight search)")
+    act_menu = default_act_menu(method) if act_menu is None else tuple(sorted(set(act_menu)))
+    check_act_menu(act_menu)
     return choices, objective, act_menu
+
+
+def default_act_menu(method: str) -> tuple[int, ...]:
+    """The activation widths a method searches unless told: potq's MIXED_ACT_MENU, hawq's 8 alone."""
+    return (CODE_BITS,) if method == "hawq" else MIXED_ACT_MENU
 
 
 def base_settings(settings: QuantSettings) -> QuantSettings:
@@ -318,13 +322,12 @@ def run_from(net: SimNet, env: dict[str, torch.Tensor], start: int) -> torch.Ten
 
 
 @torch.no_grad()
-def logit_noise(ref: Graph, alts: list[Graph], names: list[str], x: torch.Tensor) -> np.ndarray:
+def logit_noise(ref: Graph, alts: list[Graph], names: list[str], x: torch.Tensor, y8=None) -> np.ndarray:
     """Per searched node and choice, the logits' NSR on images x with that node alone at that choice against the
     all-INT8 graph `ref` (0 where alt is ref). One run of ref walks the graph; at each searched node every
     candidate runs from there on; a value is dropped once no later node reads it."""
     net = simulated(ref)
-    y8 = net(x).double()
-    power = max(float(y8.pow(2).mean()), torch.finfo(torch.float64).tiny)
+    y8 = net(x).double() if y8 is None else y8  # the all-INT8 logits, where the caller has them
     last = {v: i for i, n in enumerate(ref.nodes) for v in n.inputs}  # the last reader of each value
     row = {name: i for i, name in enumerate(names)}
     out = np.zeros((len(names), len(alts)))
@@ -333,7 +336,7 @@ def logit_noise(ref: Graph, alts: list[Graph], names: list[str], x: torch.Tensor
         for j, alt in enumerate(alts):
             if n.name in row and alt is not ref:
                 y = run_from(simulated(with_node(ref, alt, n.name)), env, i).double()
-                out[row[n.name], j] = float((y - y8).pow(2).mean()) / power
+                out[row[n.name], j] = noise_ratio(y, y8)
         env[n.output] = SIM_KERNELS[n.op](net, n, [env[v] for v in n.inputs])
         for v in [v for v in env if last.get(v, -1) <= i]:
             del env[v]
@@ -341,18 +344,21 @@ def logit_noise(ref: Graph, alts: list[Graph], names: list[str], x: torch.Tensor
 
 
 @torch.no_grad()
-def act_noise(fgraph: Graph, x: torch.Tensor, base: QuantSettings, groups: ActGroups, act_menu, stats, means, ref):
+def act_noise(fgraph: Graph, x: torch.Tensor, base: QuantSettings, groups: ActGroups, act_menu, stats, means, y8):
     """Per searched group and width, the logits' NSR on images x with that group alone at that width (every
-    weight 8-bit int) against the all-INT8 graph `ref` (0 at 8 bits)."""
-    y8 = simulated(ref)(x).double()
-    power = max(float(y8.pow(2).mean()), torch.finfo(torch.float64).tiny)
+    weight 8-bit int) against the all-INT8 model's logits y8 (float64; 0 at 8 bits)."""
     out = np.zeros((len(groups.names), len(act_menu)))
     for i, g in enumerate(groups.names):
         for j, a in enumerate(act_menu):
             if a != CODE_BITS:
                 alone = lower_entries(fgraph, x, base, entries_of({}, {g: a}, groups), stats, means)
-                out[i, j] = float((simulated(alone)(x).double() - y8).pow(2).mean()) / power
+                out[i, j] = noise_ratio(simulated(alone)(x).double(), y8)
     return out
+
+
+def noise_ratio(y: torch.Tensor, y8: torch.Tensor) -> float:
+    """The noise-to-signal ratio of logits y (float64) against the all-INT8 model's y8."""
+    return float((y - y8).pow(2).mean()) / max(float(y8.pow(2).mean()), torch.finfo(torch.float64).tiny)
 
 
 def sqnr_db(nsr: float) -> float:
@@ -650,9 +656,10 @@ def search_precision(
         group_sensitivity=np.zeros_like(group_cost), group_cost=group_cost,
     )  # fmt: skip
     check_budget(r)
-    r.sensitivity = _weight_sensitivity(method, fgraph, x, labels, names, ref, alts, choices)
+    y8 = simulated(ref)(x).double() if method != "hawq" else None  # the all-INT8 logits, run once
+    r.sensitivity = _weight_sensitivity(method, fgraph, x, labels, names, ref, alts, choices, y8)
     if groups.names:
-        r.group_sensitivity = act_noise(fgraph, x, base, groups, act_menu, stats, means, ref)
+        r.group_sensitivity = act_noise(fgraph, x, base, groups, act_menu, stats, means, y8)
     exact = _exact_pricer(fgraph, x, base, stats, means, objective, arch, dataflow) if groups.names else None
     _answer(r, exact)
     r.front = front(r, exact=exact)
@@ -671,7 +678,7 @@ def _answer(r: MixedResult, exact) -> None:
     r.exact_cost = None if exact is None else total
 
 
-def _weight_sensitivity(method, fgraph, x, labels, names, ref, alts, choices) -> np.ndarray:
+def _weight_sensitivity(method, fgraph, x, labels, names, ref, alts, choices, y8=None) -> np.ndarray:
     """Per node and column, its weights' measured sensitivity (the column's input width does not enter it: each
     column takes that of its weights at 8-bit inputs, a column of the menu since the act menu holds 8)."""
     weights = list(dict.fromkeys(c.weights for c in choices))
@@ -680,7 +687,7 @@ def _weight_sensitivity(method, fgraph, x, labels, names, ref, alts, choices) ->
         labels = float_labels(fgraph, x) if labels is None else labels
         noise = hessian_traces(fgraph, x, labels, names)[:, None] * weight_errors(fgraph, at8, names)
     else:
-        noise = logit_noise(ref, at8, names, x)
+        noise = logit_noise(ref, at8, names, x, y8)
     return noise[:, [weights.index(c.weights) for c in choices]]
 
 

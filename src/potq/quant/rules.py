@@ -178,6 +178,13 @@ def parse_act_menu(text: str) -> tuple[int, ...]:
         menu = tuple(sorted({int(v) for v in str(text).split(",")}))
     except ValueError:
         raise UserError(f"--act-menu {text}: give activation bits as a comma-separated list, e.g. 4,8") from None
+    check_act_menu(menu)
+    return menu
+
+
+def check_act_menu(menu: tuple[int, ...]) -> None:
+    """--act-menu: activation widths, 8 among them (the values a search leaves alone stay 8-bit codes)."""
+    text = ",".join(map(str, menu))
     if CODE_BITS not in menu:
         raise UserError(f"--act-menu {text}: include 8 (the values the search leaves alone stay 8-bit codes)")
     for b in menu:
@@ -185,7 +192,6 @@ def parse_act_menu(text: str) -> tuple[int, ...]:
             check_act_bits(b)
         except ValueError as e:
             raise UserError(f"--act-menu {text}: {e}") from None
-    return menu
 
 
 def parse_codes(text: str) -> tuple[WeightCode, ...]:
