@@ -7,6 +7,7 @@ import fnmatch
 import itertools
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -369,10 +370,11 @@ def test_without_bits_all_the_image_and_the_last_layers_input_stay_eight_bits():
 
 
 def test_another_architecture_is_priced_output_stationary_where_it_runs_it(tiny_run, tmp_path):
-    from potq.jobs.mixed import mixed_run
+    from potq.jobs.mixed import Search, mixed_run
 
     run = shutil.copytree(tiny_run, tmp_path / "run")
-    r = mixed_run(run, QuantSettings(), "energy", 0.99, "systolic-16-45nm-sized", calib=16, act_menu=(8,))
+    search = Search(QuantSettings(), "energy", 0.99, "systolic-16-45nm-sized", act_menu=(8,))
+    r = mixed_run(run, search, calib=16)
     assert (r["arch"], r["dataflow"]) == ("systolic-16-45nm-sized", COST_DATAFLOW)
-    r = mixed_run(run, QuantSettings(), "energy", 0.99, "eyeriss", calib=16, act_menu=(8,))
+    r = mixed_run(run, replace(search, arch="eyeriss"), calib=16)
     assert r["dataflow"] == "rs"  # eyeriss runs row-stationary alone

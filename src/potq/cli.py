@@ -116,7 +116,7 @@ def cmd_quantize(a: argparse.Namespace) -> None:
 def cmd_mixed(a: argparse.Namespace) -> None:
     check_run_model(a)
     from potq.files import folder_lock
-    from potq.jobs.mixed import mixed_lines, mixed_run
+    from potq.jobs.mixed import Search, mixed_lines, mixed_run
     from potq.quant.rules import QuantSettings, parse_act_menu, parse_codes, parse_menu
 
     settings = QuantSettings.parse(a.scheme, bits_all=a.bits_all)
@@ -124,21 +124,8 @@ def cmd_mixed(a: argparse.Namespace) -> None:
     codes = parse_codes(a.codes) if a.codes is not None else None
     act_menu = parse_act_menu(a.act_menu) if a.act_menu is not None else None
     with folder_lock(a.run, "--run"):
-        r = mixed_run(
-            a.run,
-            settings,
-            a.objective,
-            a.budget,
-            a.arch,
-            a.dataflow,
-            menu,
-            codes,
-            a.method,
-            act_menu=act_menu,
-            calib=a.calib,
-            data=a.data,
-            cache=a.cache,
-        )
+        search = Search(settings, a.objective, a.budget, a.arch, a.dataflow, menu, codes, a.method, act_menu)
+        r = mixed_run(a.run, search, a.calib, a.data, a.cache)
     print("\n".join(mixed_lines(r)))
 
 

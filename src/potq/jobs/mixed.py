@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -44,30 +45,52 @@ def label(method: str, objective: str, budget: float, options: dict | None = Non
     return name
 
 
-def mixed_run(
-    run: Path,
-    settings: QuantSettings,
-    objective: str | None,
-    budget: float,
-    arch: str = COST_ARCH,
-    dataflow: str | None = None,
-    menu: tuple[int, ...] | None = None,
-    codes: tuple[WeightCode, ...] | None = None,
-    method: str = MIXED_METHODS[0],
-    act_menu: tuple[int, ...] | None = None,
-    calib: int = MIXED_CALIB,
-    data: str | None = None,
-    cache: Path | None = None,
-) -> dict:
-    """Search the run's model (objective None: the method's own; dataflow None: COST_DATAFLOW where the
-    architecture runs it, else its first) and write precision_<label>.json; every argument is checked before the
-    run loads, and nothing is written unless the search ends."""
+@dataclass(frozen=True)
+class Search:
+    """One `potq mixed` question, every argument checked (check): what the label and the search read."""
+
+    settings: QuantSettings
+    objective: str | None
+    budget: float
+    arch: str = COST_ARCH
+    dataflow: str | None = None
+    menu: tuple[int, ...] | None = None
+    codes: tuple[WeightCode, ...] | None = None
+    method: str = MIXED_METHODS[0]
+    act_menu: tuple[int, ...] | None = None
+
+    def check(self) -> Search:
+        """The search with its defaults resolved (objective None: the method's own; dataflow None: COST_DATAFLOW
+        where the architecture runs it, else its first); one UserError line naming a bad argument."""
+        m = self
+        _, objective, act_menu = check_search(m.method, m.objective, m.budget, m.menu, m.codes, m.act_menu)
+        base_settings(self.settings)
+        target = load_arch(self.arch)
+        dataflow = check_dataflow(target, self.dataflow or _own_dataflow(target))
+        return replace(self, objective=objective, act_menu=act_menu, dataflow=dataflow)
+
+    def label(self) -> str:
+        """label() of this checked search: the options that differ from the defaults fingerprinted (not --calib,
+        as quantize's labels)."""
+        chosen = {"scheme": self.settings.scheme, "bits_all": self.settings.bits_all, "arch": self.arch}
+        chosen.update(dataflow=self.dataflow, menu=self.menu, codes=self.codes and tuple(c.value for c in self.codes))
+        chosen["act_menu"] = self.act_menu
+        defaults = {"scheme": QuantSettings.scheme, "bits_all": False, "arch": COST_ARCH, "menu": None, "codes": None}
+        defaults["act_menu"] = default_act_menu(self.method)
+        defaults.update(dataflow=_own_dataflow(load_arch(self.arch)))
+        return label(self.method, self.objective, self.budget, {k: v for k, v in chosen.items() if v != defaults[k]})
+
+
+def _own_dataflow(target) -> str:
+    """The dataflow models are priced at: COST_DATAFLOW where the architecture runs it, else its first."""
+    return COST_DATAFLOW if COST_DATAFLOW in target.dataflows else target.dataflows[0]
+
+
+def mixed_run(run: Path, search: Search, calib: int = MIXED_CALIB, data: str | None = None, cache=None) -> dict:
+    """Search the run's model and write precision_<label>.json; every argument is checked before the run loads,
+    and nothing is written unless the search ends."""
     t0 = time.perf_counter()
-    _, objective, act_menu = check_search(method, objective, budget, menu, codes, act_menu)
-    base_settings(settings)
-    target = load_arch(arch)
-    own = COST_DATAFLOW if COST_DATAFLOW in target.dataflows else target.dataflows[0]  # as models are priced
-    dataflow = check_dataflow(target, dataflow or own)
+    q = search.check()
     if calib < 1:
         raise UserError(f"--calib must be at least 1, got {calib}")
     model, cfg = load_trained(run)
@@ -77,23 +100,18 @@ def mixed_run(
     x = normalize(torch.from_numpy(arrays["train_x"][:calib]), cfg.mean, cfg.std)
     labels = torch.from_numpy(arrays["train_y"][:calib]).long()
     fgraph = capture(model, tuple(cfg.in_shape), cfg.mean, cfg.std)
-    options = {"method": method, "objective": objective, "menu": menu, "codes": codes, "act_menu": act_menu}
-    options["labels"] = labels
-    r = search_precision(fgraph, x, settings, budget, target, dataflow, **options)
-    chosen = {"scheme": settings.scheme, "bits_all": settings.bits_all, "arch": arch, "dataflow": dataflow}
-    chosen.update(menu=menu, codes=codes and tuple(c.value for c in codes))  # not --calib, as quantize's labels
-    chosen["act_menu"] = act_menu
-    defaults = {"scheme": QuantSettings.scheme, "bits_all": False, "arch": COST_ARCH, "menu": None, "codes": None}
-    defaults["act_menu"] = default_act_menu(method)
-    defaults.update(dataflow=own)
-    name = label(method, objective, budget, {k: v for k, v in chosen.items() if v != defaults[k]})
+    options = {"method": q.method, "objective": q.objective, "menu": q.menu, "codes": q.codes}
+    options.update(act_menu=q.act_menu, labels=labels)
+    target = load_arch(q.arch)
+    r = search_precision(fgraph, x, q.settings, q.budget, target, q.dataflow, **options)
+    name = q.label()
     record = {
         "label": name,
         **search_record(r),
-        "scheme": settings.scheme,
-        "bits_all": settings.bits_all,
+        "scheme": q.settings.scheme,
+        "bits_all": q.settings.bits_all,
         "arch": target.name,
-        "dataflow": dataflow,
+        "dataflow": q.dataflow,
         "calib_images": calib,
         "seconds": time.perf_counter() - t0,
         "inputs": quantized_inputs(run, cfg.data_digest),  # the weights and the data it was searched on
