@@ -193,7 +193,7 @@ def test_each_sensitivity_is_the_logit_noise_of_the_model_with_that_node_alone_a
 
 def test_hawq_keeps_to_four_and_eight_bit_int_and_prices_bit_operations():
     fgraph, x = tiny()
-    r = search_precision(fgraph, x, QuantSettings(), 0.8, ARCH, method="hawq")
+    r = search_precision(fgraph, x, QuantSettings(), 0.8, ARCH, method="hawq", act_menu=(8,))
     assert [c.label for c in r.choices] == ["int4", "int8"] and r.objective == "bops"
     assert (r.sensitivity > 0).all() and (r.sensitivity[:, 0] > r.sensitivity[:, 1]).all()
     macs = [n.name for n in fgraph.mac_nodes()]
@@ -202,6 +202,21 @@ def test_hawq_keeps_to_four_and_eight_bit_int_and_prices_bit_operations():
     assert r.total_cost() <= 0.8 * r.int8_cost
     nodes = r.precision()["nodes"]
     assert {(e["w_bits"], e["w_code"]) for e in nodes.values()} <= {(4, "int"), (8, "int")}
+
+
+def test_hawq_takes_a_layer_at_four_or_eight_bits_weights_and_input_alike():
+    """HAWQ-V3's layer precision: W4A4 or W8A8 where the search sizes the node's input; no activation term."""
+    fgraph, x = tiny()
+    r = search_precision(fgraph, x, SETTINGS, 0.75, ARCH, method="hawq", objective="energy")
+    assert r.groups.names and not r.group_sensitivity.any()
+    widths = dict(zip(r.groups.names, (r.act_menu[t] for t in r.group_pick), strict=True))
+    for name, j in zip(r.nodes, r.pick, strict=True):
+        c = r.choices[j]
+        if name in r.groups.reads:
+            assert c.bits == c.a_bits == widths[r.groups.reads[name]], name
+        else:
+            assert c.a_bits == 8, name
+    assert any(r.choices[j].bits == 4 for j in r.pick) and r.exact_cost <= 0.75 * r.int8_cost * (1 + 1e-9)
 
 
 def test_hutchinson_estimates_the_hessian_trace():
@@ -238,7 +253,7 @@ def test_hutchinson_estimates_the_hessian_trace():
         (["--budget", "0.5", "--act-menu", "4"], "--act-menu 4: include 8"),
         (["--budget", "0.5", "--act-menu", "1,8"], "--act-menu 1,8: activations take 2 to 8 bits, not 1"),
         (["--budget", "0.5", "--act-menu", "four"], "--act-menu four: give activation bits as a comma-separated"),
-        (["--budget", "0.5", "--method", "hawq", "--act-menu", "4,8"], "--method hawq keeps 8-bit activations"),
+        (["--budget", "0.5", "--method", "hawq", "--act-menu", "2,8"], "--method hawq reads 4- or 8-bit codes"),
     ],
 )
 def test_mistakes_are_one_line_exit_two_and_write_nothing(tiny_run, capsys, args, message):
@@ -278,7 +293,7 @@ def test_mixed_writes_a_precision_file_that_quantizes_and_verifies(tiny_run, tmp
     assert "0 mismatching values" in capsys.readouterr().out
     assert main(["mixed", "--run", str(run), "--budget", "0.8", "--method", "hawq", "--calib", "32"]) == 0
     hawq = read_precision(precision_json(run, "hawq-bops-0.8"))
-    assert {(w, c, a) for _, w, c, a in hawq} <= {(4, "int", 8), (8, "int", 8)}
+    assert {(w, c) for _, w, c, _ in hawq} <= {(4, "int"), (8, "int")} and {a for *_, a in hawq} <= {4, 8}
 
 
 def test_searches_that_differ_in_their_options_keep_their_own_files(tiny_run, tmp_path):

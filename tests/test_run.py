@@ -207,6 +207,8 @@ def test_run_bad_input(tmp_path, capsys):
         (["--vectors", "181"], "--vectors 181 is more than the 180 test images"),
         (["--val-size", "360"], "--val-size must be in [0, 359]"),
         (["--cache", ""], "--cache: must name a folder"),
+        (["--mixed", "0"], "--budget 0.0: give a positive fraction"),
+        (["--mixed", "0.5", "--qat-scheme", "pot-tensor", "--quick"], "--mixed: --quick does not size"),
     ],
 )
 def test_options_of_later_steps_are_checked_before_training(learnable_data, tmp_path, capsys, bad, message):
@@ -393,3 +395,39 @@ def test_export_on_a_full_disk_is_one_line_and_keeps_the_old_export(tiny_run, tm
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert last.startswith(f"potq: error: --out {out}: can't write the export (File too large"), last
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["run"]  # no temporary folder left
+
+
+def test_run_mixed_searches_both_methods_and_deploys_potqs_choice(learnable_data, tmp_path, capsys):
+    """`potq run --mixed F`: potq's search and HAWQ-V3's at F of the all-INT8 model's energy, both models
+    quantized and verified, potq's the headline that energy, accel, export and deploy take; the report lists
+    both searches and the front. HAWQ-V3's cheapest lies above F here: it is searched at its cheapest."""
+    from potq.workflow import RunOptions, mixed_label
+
+    out = tmp_path / "run"
+    args = small_run_args(learnable_data, out, "--schemes", "pot-channel", "--vectors", "2", "--mixed", "0.7")
+    assert main(args) == 0
+    o = RunOptions(data=str(learnable_data), out=out, mixed=0.7)
+    potq, hawq = mixed_label(o, "potq"), mixed_label(o, "hawq")
+    assert potq and hawq and potq != hawq and o.headline == potq
+    for label in (potq, hawq):
+        assert json.loads((out / f"verify_{label}.json").read_text())["mismatches"] == 0
+    assert json.loads((out / "export" / "model.json").read_text())["quantized_model"]["label"] == potq
+    deploy = json.loads((out / f"deploy_{potq}.json").read_text())
+    assert deploy["c"]["logit_mismatches"] == 0 and all(deploy[k]["unexplained"] == 0 for k in ("onnx", "tvm"))
+    assert "rtl" not in deploy or deploy["rtl"]["mismatches"] == 0  # where Verilator is installed
+    priced = json.loads((out / "precision.json").read_text())
+    assert priced[potq]["energy_pj"] <= 0.7 * priced["pot-channel"]["energy_pj"] * 1.001
+    assert priced[hawq]["energy_pj"] > 0.7 * priced["pot-channel"]["energy_pj"]  # its cheapest is above 0.7
+    md = (out / "report.md").read_text()
+    assert "### Mixed precision: the searches" in md and "| potq | energy | 0.7 |" in md
+    assert re.search(r"\| hawq \| energy \| 0.7 \(its cheapest: 0\.\d+\) \|", md)
+    assert f"| {potq} | mixed | per node |" in md and "| Latency (cycles) |" in md
+    capsys.readouterr()
+    assert main(args) == 0  # resumed: nothing redone
+    assert "mixed: already done" in capsys.readouterr().out
+    args[args.index("0.7")] = "0.01"
+    assert main(args) == 2  # a question this folder does not answer
+    assert "--mixed 0.7, not 0.01" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "low")]) == 2  # below potq's cheapest: one line, after training
+    err = capsys.readouterr().err
+    assert "step mixed failed: --budget 0.01: below the cheapest assignment" in err and err.count("\n") == 1

@@ -33,14 +33,20 @@ def plot_curves(history: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_points(points: dict[str, tuple[float, float]], xlabel: str, ylabel: str, title: str, path: Path) -> None:
-    """One labelled point per entry: (x, y), e.g. a quantized model's energy and accuracy."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, (x, y) in points.items():
-        ax.plot([x], [y], "o")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3)
+def plot_fronts(
+    points: dict[str, tuple[float, ...]], xlabels: list[str], ylabel: str, fronts: list[list[str]], path: Path
+) -> None:
+    """One panel per cost: each entry's (cost_1, ..., cost_k, y) as a labelled point, and the panel's front (the
+    labels in `fronts[i]`, by cost) joined by a line."""
+    fig, axes = plt.subplots(1, len(xlabels), figsize=(6 * len(xlabels), 4.5), squeeze=False)
+    for i, (ax, xlabel) in enumerate(zip(axes[0], xlabels, strict=True)):
+        for label, p in points.items():
+            ax.plot([p[i]], [p[-1]], "o")
+            ax.annotate(label, (p[i], p[-1]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        front = sorted(fronts[i], key=lambda k: points[k][i])
+        ax.plot([points[k][i] for k in front], [points[k][-1] for k in front], "-", color="gray", alpha=0.6)
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        ax.grid(alpha=0.3)
     save_figure(fig, path)
 
 

@@ -19,9 +19,9 @@ from potq.deploy.export import MODEL_JSON
 from potq.energy import MODELS, fmt
 from potq.files import read_json, save_text
 from potq.ir.rules import Rounding
-from potq.jobs.costs import precision_words
+from potq.jobs.costs import front, precision_words
 from potq.jobs.quantize import change
-from potq.quant.rules import SCHEMES
+from potq.quant.rules import SCHEMES, QuantSettings
 from potq.recipes import RECIPES
 from potq.runs.paths import (
     ACCEL_ENERGY_PNG,
@@ -42,6 +42,7 @@ from potq.runs.paths import (
     QUANT_GLOB,
     REPORT_HTML,
     REPORT_MD,
+    SEARCH_GLOB,
     STEPS,
     SUMMARY,
     THIRD_PARTY_LOG,
@@ -173,7 +174,8 @@ class Records:
 
     @property
     def best(self) -> str | None:
-        pot = self.pot
+        """The most accurate power-of-two model at 8-bit int weights and activations throughout."""
+        pot = {k: v for k, v in self.pot.items() if precision_words(v) == ("8/8", "int")}
         return max(pot, key=lambda k: pot[k]["test_accuracy"]) if pot else None
 
 
@@ -250,7 +252,8 @@ def _headline(r: Records) -> list[str]:
         ]
     if energy is not None:
         ratios = energy["ratios"]
-        head.append(f"| Compute energy FP32 / INT8 power-of-two | {ratios['compute_fp32_over_int8_pot']:.1f}x |")
+        model = energy.get("scheme", "INT8 power-of-two")  # the headline model it costed (--mixed: not 8-bit)
+        head.append(f"| Compute energy FP32 / {model} | {ratios['compute_fp32_over_int8_pot']:.1f}x |")
         head.append(
             f"| Total energy with memory ({energy['memory_level']}) | {ratios['total_fp32_over_int8_pot']:.1f}x |"
         )
@@ -373,30 +376,76 @@ def _precision(r: Records) -> list[str]:
     priced = {
         k: p for k, p in saved.items() if k in r.quants and p.get("quant_sha256") == r.quants[k].get("quant_sha256")
     }
-    if not priced:
+    if not priced or any(not isinstance(p.get("cycles"), int) for p in priced.values()):  # priced before 0.5
         return []
     arch = next(iter(priced.values()))["arch"]
+    on_front = {cost: set(front(priced, cost)) for cost in ("energy_pj", "cycles")}
     out = [
-        "### Precision: accuracy against size and energy",
+        "### Precision: accuracy against size, energy and latency",
         "",
         "Every power-of-two quantized model of this run at its bits and weight format (docs/graph-format.md): its "
-        "packed weights and int32 biases, its compute energy (45 nm table, its own formats) and its energy per "
-        f"image with data movement on {arch} (the accelerator model, every level's bytes at the values' bits).",
+        "packed weights and int32 biases, its compute energy (45 nm table, its own formats), its energy and "
+        f"latency per image on {arch} (the accelerator model, every level's bytes at the values' bits), whether it "
+        "is on the front of accuracy against either (no other model as cheap and as accurate), and what the "
+        "golden model found (verify).",
         "",
         "| Model | Bits (W/A) | Weights | Test accuracy | Packed weights (kB) | Compute (uJ) | With data movement (uJ) "
-        "| DRAM bytes |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| Latency (cycles) | DRAM bytes | Front (energy, latency) | Golden mismatches |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for label, p in priced.items():
+        marks = ", ".join(("yes" if label in on_front[c] else "no") for c in ("energy_pj", "cycles"))
+        golden = f"{r.verifies[label]['mismatches']:,}" if label in r.verifies else "-"
         out.append(
             f"| {label} | {' | '.join(precision_words(p))} | {p['test_accuracy']:.4f} | "
             f"{1e3 * p['packed_weights_mb']:.1f} | {p['compute_pj'] / 1e6:.3f} | {p['energy_pj'] / 1e6:.3f} | "
-            f"{p['dram_bytes']:,} |"
+            f"{p['cycles']:,} | {p['dram_bytes']:,} | {marks} | {golden} |"
         )
     out.append("")
     if (r.run / PRECISION_PNG).exists():
-        out += [f"![Accuracy against energy]({PRECISION_PNG})", ""]
-    return out
+        out += [f"![Accuracy against energy and latency]({PRECISION_PNG})", ""]
+    return out + _searches(r, priced)
+
+
+def _searches(r: Records, priced: dict[str, dict]) -> list[str]:
+    """Each mixed-precision search of the run (precision_*.json) and the model quantized from its choice: its
+    budget, the fraction of the all-INT8 model's cost it reached, and that model's accuracy and energy against
+    the 8-bit pot-channel model's."""
+    made = {tuple(map(tuple, q.get("precision") or ())): k for k, q in r.quants.items()}
+    rows = []
+    base = priced.get(QuantSettings.scheme)
+    for path in sorted(r.run.glob(SEARCH_GLOB)):
+        s = read_json(path)
+        entries = tuple(sorted((n, e["w_bits"], e["w_code"], e["a_bits"]) for n, e in s.get("nodes", {}).items()))
+        label = made.get(entries)
+        if label is None or label not in priced:
+            continue
+        p, asked = priced[label], s.get("budget_asked") or s["budget"]
+        budget = f"{asked:g}" + (f" (its cheapest: {s['budget']:.3f})" if s["budget"] > asked else "")
+        vs = (
+            f"{100 * (p['test_accuracy'] - base['test_accuracy']):+.2f} | {p['energy_pj'] / base['energy_pj']:.3f}"
+            if base
+            else "- | -"
+        )
+        rows.append(
+            f"| {s['method']} | {s['objective']} | {budget} | {s['fraction']:.3f} | {s['solver_seconds']:.3f} | "
+            f"{label} | {p['test_accuracy']:.4f} | {vs} |"
+        )
+    if not rows:
+        return []
+    return [
+        "### Mixed precision: the searches",
+        "",
+        "Each search (`potq mixed`; `potq run --mixed`: potq's and HAWQ-V3's at one budget, on the same weights) "
+        "with its budget and the fraction of the all-INT8 model's cost it reached (its objective, priced exactly), "
+        f"and the model quantized from its choice against `{QuantSettings.scheme}` (8-bit): accuracy change in "
+        "points and energy with data movement as a fraction.",
+        "",
+        "| Method | Objective | Budget | Reached | Solver (s) | Model | Test accuracy | Change (points) | Energy |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|",
+        *rows,
+        "",
+    ]
 
 
 def _golden_table(verifies: dict[str, dict]) -> list[str]:

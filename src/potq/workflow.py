@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from potq.errors import StepFailed, UserError
 from potq.ir.rules import SIGNED_ZERO_POINT
 from potq.jobs import EXPORT_VECTORS
-from potq.quant.rules import CALIB_IMAGES, SCHEMES, QuantSettings
+from potq.quant.rules import CALIB_IMAGES, MIXED_METHODS, SCHEMES, QuantSettings
 from potq.recipes import TrainConfig
 from potq.runs.paths import (
     ACCEL_ENERGY_PNG,
@@ -37,6 +37,7 @@ from potq.runs.paths import (
     STEPS,
     SUMMARY,
     deploy_json,
+    precision_json,
     quant_paths,
     verify_json,
 )
@@ -47,6 +48,9 @@ if TYPE_CHECKING:  # potq.data imports torch, which --help must not wait for
 PTQ_SCHEMES = tuple(SCHEMES)  # `potq run` quantizes in every scheme
 # the accelerators the `accel` step models the headline graph on: (architecture preset, dataflow)
 ACCEL_RUNS = (("eyeriss", "rs"), ("systolic-16", "os"))
+# --mixed F: potq's search and the HAWQ-V3-style baseline, each under F of the all-INT8 model's energy with data
+# movement (potq.jobs.mixed: COST_ARCH, the architecture every model of a run is priced on), on the same weights
+MIXED_OBJECTIVE = "energy"
 
 
 @dataclass
@@ -72,11 +76,40 @@ class RunOptions:
     test_limit: int | None = None  # the steps after training evaluate N test images (across the classes)
     budget: str | None = None  # "3m": size the run to this time on this machine (potq.budget)
     plan: dict | None = None  # what the budget chose (potq.budget.Plan.to_dict), filled in by run_all
+    mixed: float | None = None  # search each node's precision under this fraction of INT8's energy (potq mixed)
+
+    @property
+    def qat_label(self) -> str:
+        return QuantSettings(self.qat_scheme).label(qat=True)
 
     @property
     def headline(self) -> str:
-        """The quantized model that the report, verify and export lead with."""
-        return QuantSettings(self.qat_scheme).label(qat=True) if self.qat else QuantSettings.scheme
+        """The quantized model that the report, energy, accel, export and deploy lead with: potq's mixed model
+        with --mixed (once its search has run), else the QAT model with --qat, else the default scheme's."""
+        if self.mixed is not None:
+            return mixed_label(self, MIXED_METHODS[0]) or QuantSettings.scheme
+        return self.qat_label if self.qat else QuantSettings.scheme
+
+
+def mixed_search(o: RunOptions, method: str):
+    """--mixed's question to `potq mixed` for one method (potq.jobs.mixed.Search; the scheme: --qat-scheme)."""
+    from potq.jobs.mixed import Search
+
+    baseline = method != MIXED_METHODS[0]  # searched at its cheapest where the budget is below it
+    return Search(
+        QuantSettings(o.qat_scheme), MIXED_OBJECTIVE, o.mixed, method=method, raise_to_cheapest=baseline
+    ).check()
+
+
+def mixed_label(o: RunOptions, method: str) -> str | None:
+    """The label of the model quantized at one method's chosen precision (QAT'd as --qat), None before its
+    search has written precision_<label>.json."""
+    from potq.quant.precision import read_precision
+
+    path = precision_json(o.out, mixed_search(o, method).label())
+    if not path.exists():
+        return None
+    return QuantSettings(o.qat_scheme, precision=read_precision(path)).label(qat=bool(o.qat))
 
 
 @dataclass
@@ -130,20 +163,51 @@ def _quantize_step(o: RunOptions, now: Now) -> None:
                 out, QuantSettings(scheme), o.calib, cache=o.cache, stats_cache=stats, test_limit=o.test_limit
             )
             print(f"{scheme}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
-    if o.qat and _quant_stale(o, now, o.headline):
+    if o.qat and _quant_stale(o, now, o.qat_label):
         r = quantize_run(
             out, QuantSettings(o.qat_scheme), o.calib, o.qat, o.qat_lr, cache=o.cache, test_limit=o.test_limit
         )
-        print(f"{o.headline}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
+        print(f"{o.qat_label}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
     print(compare(out))
 
 
-def _quant_stale(o: RunOptions, now: Now, label: str) -> str | None:
+def _mixed_step(o: RunOptions, now: Now) -> None:
+    """Each method's search (again where its file is not of today's weights and data), then its chosen precision
+    quantized as the run's other models (QAT as --qat): `potq mixed` and `potq quantize --precision` in one."""
+    from potq.jobs.mixed import mixed_lines, mixed_run
+    from potq.jobs.quantize import quantize_run
+    from potq.quant.precision import read_precision
+
+    for method in MIXED_METHODS:
+        search = mixed_search(o, method)
+        if _search_stale(o, now, method):
+            print("\n".join(mixed_lines(mixed_run(o.out, search, cache=o.cache))))
+        label = mixed_label(o, method)
+        if _quant_stale(o, now, label):
+            settings = QuantSettings(o.qat_scheme, precision=read_precision(precision_json(o.out, search.label())))
+            r = quantize_run(o.out, settings, o.calib, o.qat, o.qat_lr, cache=o.cache, test_limit=o.test_limit)
+            print(f"{label}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
+
+
+def _search_stale(o: RunOptions, now: Now, method: str) -> str | None:
+    """Why a method's precision file must be searched (again): missing, or not of today's weights and data."""
+    from potq.runs.provenance import derived_change, quantized_inputs
+
+    return derived_change(precision_json(o.out, mixed_search(o, method).label()), quantized_inputs(o.out, now.data))
+
+
+def _mixed_labels(o: RunOptions) -> list[str | None]:
+    return [mixed_label(o, m) for m in MIXED_METHODS] if o.mixed is not None else []
+
+
+def _quant_stale(o: RunOptions, now: Now, label: str | None) -> str | None:
     """Why quant_<label> must be made (again): see potq.runs.provenance.quantized_change."""
     from potq.runs.provenance import quantized_change
 
+    if label is None:  # a mixed model whose search has not run
+        return "its precision is not searched yet"
     options = {"--calib": ("calib_images", o.calib)}
-    if o.qat and label == o.headline:
+    if o.qat and (label == o.qat_label or label in _mixed_labels(o)):
         options["--qat"] = ("qat_epochs", o.qat)
     return quantized_change(o.out, label, now.data, options)
 
@@ -248,7 +312,11 @@ def _steps(o: RunOptions, now: Now) -> list[Step]:
     from potq.jobs.costs import priced_change
     from potq.runs.provenance import derived_change, derived_inputs, summary_inputs
 
-    out, head = o.out, o.headline
+    out = o.out
+
+    def head() -> str:  # the headline is known once the mixed step has searched
+        return o.headline
+
     pot = _pot_labels(o)
     return [
         Step(
@@ -264,6 +332,7 @@ def _steps(o: RunOptions, now: Now) -> list[Step]:
             lambda: _first(_quant_stale(o, now, s) for s in _all_labels(o)),
             partial(_quantize_step, o, now),
         ),
+        *_mixed_steps(o, now),
         Step(
             "verify",
             lambda: all(verify_json(out, s).exists() for s in pot),
@@ -273,31 +342,47 @@ def _steps(o: RunOptions, now: Now) -> list[Step]:
         Step(
             "energy",
             (out / ENERGY_JSON).exists,
-            lambda: derived_change(out / ENERGY_JSON, derived_inputs(out, head)) or priced_change(out),
+            lambda: derived_change(out / ENERGY_JSON, derived_inputs(out, head())) or priced_change(out),
             partial(_energy_step, o),
         ),
         Step(
             "accel",
             (out / ACCEL_JSON).exists,
-            lambda: derived_change(out / ACCEL_JSON, derived_inputs(out, head)),
+            lambda: derived_change(out / ACCEL_JSON, derived_inputs(out, head())),
             partial(_accel_step, o),
         ),
         Step(
             "export",
             (out / EXPORT_DIR / MODEL_JSON).exists,
             lambda: derived_change(
-                out / EXPORT_DIR / MODEL_JSON, derived_inputs(out, head, now.data), ("quantized_model",)
+                out / EXPORT_DIR / MODEL_JSON, derived_inputs(out, head(), now.data), ("quantized_model",)
             ),
             partial(_export_step, o),
         ),
         Step(
             "deploy",
-            deploy_json(out, head).exists,
-            lambda: derived_change(deploy_json(out, head), derived_inputs(out, head, now.data)),
+            lambda: deploy_json(out, head()).exists(),
+            lambda: derived_change(deploy_json(out, head()), derived_inputs(out, head(), now.data)),
             partial(_deploy_step, o),
         ),
         Step("report", lambda: False, lambda: None, partial(_report_step, o)),
     ]
+
+
+def _mixed_steps(o: RunOptions, now: Now) -> list[Step]:
+    """--mixed: the search and the chosen models, after the other quantized models, before the golden check."""
+    if o.mixed is None:
+        return []
+
+    def present() -> bool:
+        return all(label and quant_paths(o.out, label)[1].exists() for label in _mixed_labels(o))
+
+    def stale() -> str | None:
+        return _first(_search_stale(o, now, m) for m in MIXED_METHODS) or _first(
+            _quant_stale(o, now, label) for label in _mixed_labels(o)
+        )
+
+    return [Step("mixed", present, stale, partial(_mixed_step, o, now))]
 
 
 def _first(reasons) -> str | None:
@@ -315,12 +400,16 @@ def _training_stale(o: RunOptions, now: Now) -> None:
 
 
 def _all_labels(o: RunOptions) -> list[str]:
-    return list(o.schemes) + ([o.headline] if o.qat else [])
+    """The quantize step's models (the mixed step's are its own)."""
+    return list(o.schemes) + ([o.qat_label] if o.qat else [])
 
 
 def _pot_labels(o: RunOptions) -> list[str]:
-    """The power-of-two models: the golden model checks these (QAT fine-tunes one: check_options)."""
-    return [s for s in o.schemes if SCHEMES[s].pot] + ([o.headline] if o.qat else [])
+    """The power-of-two models: the golden model checks these (QAT fine-tunes one, --mixed searches over one:
+    check_options); a mixed model whose search has not run yet is left out."""
+    return [s for s in _all_labels(o) if s == o.qat_label or SCHEMES[s].pot] + [
+        label for label in _mixed_labels(o) if label
+    ]
 
 
 def check_options(o: RunOptions) -> None:
@@ -338,8 +427,10 @@ def check_options(o: RunOptions) -> None:
     unknown = [s for s in o.schemes if s not in SCHEMES]
     if unknown or not o.schemes:
         raise UserError(f"--schemes: {', '.join(unknown) or 'none given'}; choose from {', '.join(PTQ_SCHEMES)}")
-    if not o.qat and o.headline not in o.schemes:
+    if not o.qat and o.mixed is None and o.headline not in o.schemes:
         raise UserError(f"--schemes must include {o.headline}: the energy, export and deploy steps use it")
+    if o.mixed is not None:
+        mixed_search(o, MIXED_METHODS[0])  # the budget and the scheme, checked before the first step
     if o.qat_lr is not None and not o.qat_lr > 0:
         raise UserError(f"--qat-lr must be positive, got {o.qat_lr}")
     from potq.energy import load_table
@@ -384,6 +475,7 @@ RESULT_OPTIONS = (
     "memory",
     "schemes",
     "test_limit",
+    "mixed",
 )
 
 

@@ -16,7 +16,7 @@ from potq.accel.model import accel_report
 from potq.files import read_json, save_json
 from potq.ir.capture import capture
 from potq.ir.graph import Graph
-from potq.plots import plot_points
+from potq.plots import plot_fronts
 from potq.quant.rules import SCHEMES
 from potq.quant.scheme import policy_zero_points
 from potq.runs.paths import PRECISION_JSON, PRECISION_PNG, QUANT_GLOB, label_of
@@ -44,6 +44,7 @@ def model_costs(graph: Graph) -> dict:
     return {
         "compute_pj": compute,
         "energy_pj": accel["energy"]["total"],
+        "cycles": accel["cycles"]["latency"],
         "dram_bytes": sum(accel["bytes"]["dram"].values()),
         "arch": f"{COST_ARCH} ({COST_DATAFLOW})",
     }
@@ -69,7 +70,9 @@ def priced_change(run: Path) -> str | None:
     """Why precision.json is not what price_run would write now (a model missing, or quantized again), or None."""
     saved = read_json(Path(run) / PRECISION_JSON) if (Path(run) / PRECISION_JSON).exists() else {}
     for label, record in _pot_records(run).items():
-        if saved.get(label, {}).get("quant_sha256") != record.get("quant_sha256"):
+        entry = saved.get(label, {})
+        latency = isinstance(entry.get("cycles"), int)  # priced since potq 0.5
+        if entry.get("quant_sha256") != record.get("quant_sha256") or not latency:
             return f"{PRECISION_JSON} does not price today's {label}"
     return None
 
@@ -86,15 +89,27 @@ def price_run(run: Path) -> dict[str, dict]:
     if priced:
         save_json(priced, run / PRECISION_JSON)
         arch = next(iter(priced.values()))["arch"]
-        points = {k: (p["energy_pj"] / 1e6, 100 * p["test_accuracy"]) for k, p in priced.items()}
-        plot_points(
-            points,
-            f"energy per image with data movement (uJ, {arch})",
-            "test accuracy (%)",
-            "Accuracy against modeled energy",
-            run / PRECISION_PNG,
-        )
+        points = {k: (p["energy_pj"] / 1e6, p["cycles"], 100 * p["test_accuracy"]) for k, p in priced.items()}
+        xlabels = [f"energy per image with data movement (uJ, {arch})", f"latency per image (cycles, {arch})"]
+        fronts = [front(priced, "energy_pj"), front(priced, "cycles")]
+        plot_fronts(points, xlabels, "test accuracy (%)", fronts, run / PRECISION_PNG)
     return priced
+
+
+def front(priced: dict[str, dict], cost: str) -> list[str]:
+    """The models on the front of accuracy against `cost` (a key of their prices): none of the others is at
+    most as costly and at least as accurate, and better in one."""
+
+    def point(p: dict) -> tuple[float, float]:
+        return p[cost], -p["test_accuracy"]
+
+    def dominated(p: dict) -> bool:
+        return any(
+            all(a <= b for a, b in zip(point(q), point(p), strict=True)) and point(q) != point(p)
+            for q in priced.values()
+        )
+
+    return [k for k, p in priced.items() if not dominated(p)]
 
 
 def compare_and_price(run: Path) -> str:

@@ -58,6 +58,7 @@ class Search:
     codes: tuple[WeightCode, ...] | None = None
     method: str = MIXED_METHODS[0]
     act_menu: tuple[int, ...] | None = None
+    raise_to_cheapest: bool = False  # a budget below the cheapest assignment: search at that, not refuse
 
     def check(self) -> Search:
         """The search with its defaults resolved (objective None: the method's own; dataflow None: COST_DATAFLOW
@@ -77,6 +78,7 @@ class Search:
         chosen["act_menu"] = self.act_menu
         defaults = {"scheme": QuantSettings.scheme, "bits_all": False, "arch": COST_ARCH, "menu": None, "codes": None}
         defaults["act_menu"] = default_act_menu(self.method)
+        chosen["raise_to_cheapest"], defaults["raise_to_cheapest"] = self.raise_to_cheapest, False
         defaults.update(dataflow=_own_dataflow(load_arch(self.arch)))
         return label(self.method, self.objective, self.budget, {k: v for k, v in chosen.items() if v != defaults[k]})
 
@@ -101,7 +103,7 @@ def mixed_run(run: Path, search: Search, calib: int = MIXED_CALIB, data: str | N
     labels = torch.from_numpy(arrays["train_y"][:calib]).long()
     fgraph = capture(model, tuple(cfg.in_shape), cfg.mean, cfg.std)
     options = {"method": q.method, "objective": q.objective, "menu": q.menu, "codes": q.codes}
-    options.update(act_menu=q.act_menu, labels=labels)
+    options.update(act_menu=q.act_menu, labels=labels, raise_to_cheapest=q.raise_to_cheapest)
     target = load_arch(q.arch)
     r = search_precision(fgraph, x, q.settings, q.budget, target, q.dataflow, **options)
     name = q.label()
@@ -149,13 +151,20 @@ def mixed_lines(record: dict) -> list[str]:
         f"kept 8-bit int: {', '.join(record['fixed']) or 'none'}",
         f"total {record['cost']:,.4g} {unit} = {record['fraction']:.4f} of the all-INT8 model's "
         f"{record['int8_cost']:,.4g}{_estimate(record)} "
-        f"(budget {record['budget']:g}); summed sensitivity {record['sensitivity']:.3g} "
+        f"(budget {_budget(record)}); summed sensitivity {record['sensitivity']:.3g} "
         f"(logits SQNR {_sqnr(record, record['sensitivity'])} dB); solver {record['solver_seconds']:.3f} s",
         "front (budget: fraction of all-INT8, summed sensitivity): "
         + "; ".join(f"{p['budget']:g}: {p['fraction']:.3f}, {p['sensitivity']:.3g}" for p in record["front"]),
         f"-> {record['path']}",
     ]
     return lines
+
+
+def _budget(record: dict) -> str:
+    asked = record.get("budget_asked")
+    if asked is None or asked == record["budget"]:
+        return f"{record['budget']:g}"
+    return f"{record['budget']:.4f}, the cheapest assignment: {asked:g} was below it"
 
 
 def _act_lines(record: dict) -> list[str]:

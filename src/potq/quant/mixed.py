@@ -20,10 +20,12 @@ QTypes come from one set of calibration statistics, collected once), so the grap
 with every node at it, a candidate takes one node from there (`with_node`), and the simulated model
 (potq.quant.simulate) runs from that node on, the values before it taken from one run of the all-INT8 model.
 
-Sensitivity, method hawq (HAWQ-V3, Yao et al., ICML 2021): 4- and 8-bit int only; per node the average Hessian
-trace (trace / weights) of the float model's cross-entropy on the calibration images in the node's weights
-(Hutchinson's estimator, Rademacher probes; the images' labels where given, else the float model's own argmax)
-times ||W_q - W||^2 of its weights at the choice.
+Sensitivity, method hawq (HAWQ-V3, Yao et al., ICML 2021): a layer at 4 or at 8 bits, its int weights and the
+codes it reads alike (W4A4 or W8A8; a node whose input the search leaves at 8 bits: W4A8 or W8A8; --act-menu 8:
+weights alone); per node the average Hessian trace (trace / weights) of the float model's cross-entropy on the
+calibration images in the node's weights (Hutchinson's estimator, Rademacher probes; the images' labels where
+given, else the float model's own argmax) times ||W_q - W||^2 of its weights at the choice. As HAWQ-V3's, its
+objective has no term for the activations' error: a group's sensitivity is 0, its width follows its readers'.
 
 Sensitivity of a group at a width: the logits' NSR with that group alone at that width, every weight 8-bit int;
 summed with the weights' as independent errors.
@@ -114,6 +116,7 @@ class Choice:
 
 INT8 = Choice(CODE_BITS, WeightCode.INT)
 HAWQ_CHOICES = (Choice(4, WeightCode.INT), INT8)
+HAWQ_ACT_MENU = tuple(c.bits for c in HAWQ_CHOICES)  # a HAWQ-V3 layer reads codes of its weights' width
 SENSITIVITY_MEASURES = {  # what each method's sensitivity is (the module docstring says why)
     "potq": "the logits' noise-to-signal ratio against the all-INT8 model, that node alone at that choice",
     "hawq": "average Hessian trace of the float model's cross-entropy x ||W_q - W||^2 (HAWQ-V3)",
@@ -150,16 +153,16 @@ def check_search(
         raise UserError(f"--objective {objective}: choose from {', '.join(MIXED_OBJECTIVES)}")
     if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget < math.inf:
         raise UserError(f"--budget {budget}: give a positive fraction of the all-INT8 model's {objective}, e.g. 0.5")
-    if method == "hawq" and act_menu is not None and tuple(act_menu) != (CODE_BITS,):
-        raise UserError("--act-menu: --method hawq keeps 8-bit activations (HAWQ-V3's weight search)")
     act_menu = default_act_menu(method) if act_menu is None else tuple(sorted(set(act_menu)))
+    if method == "hawq" and act_menu not in ((CODE_BITS,), HAWQ_ACT_MENU):
+        raise UserError("--act-menu: --method hawq reads 4- or 8-bit codes as its weights' (4,8), or 8 alone")
     check_act_menu(act_menu)
     return choices, objective, act_menu
 
 
 def default_act_menu(method: str) -> tuple[int, ...]:
-    """The activation widths a method searches unless told: potq's MIXED_ACT_MENU, hawq's 8 alone."""
-    return (CODE_BITS,) if method == "hawq" else MIXED_ACT_MENU
+    """The activation widths a method searches unless told: potq's MIXED_ACT_MENU, hawq's its weights' widths."""
+    return HAWQ_ACT_MENU if method == "hawq" else MIXED_ACT_MENU
 
 
 def base_settings(settings: QuantSettings) -> QuantSettings:
@@ -490,15 +493,22 @@ class MixedResult:
     group_cost: np.ndarray = field(default_factory=lambda: np.zeros((0, 1)))
     group_pick: list[int] = field(default_factory=list)  # the width chosen per group (a column of act_menu)
     exact_cost: float | None = None  # the chosen model's own total, where the program's is an estimate
+    budget_asked: float | None = None  # the budget given, where it was below the cheapest (raise_to_cheapest)
 
     def program(self) -> Program:
         width = [self.act_menu.index(c.a_bits) for c in self.choices]
         row = {name: i for i, name in enumerate(self.nodes)}
         links = [(row[n], self.groups.names.index(g)) for n, g in self.groups.reads.items()]
-        allowed = np.array(
-            [[c.a_bits == CODE_BITS or n in self.groups.reads for c in self.choices] for n in self.nodes]
-        )
+        allowed = np.array([[self.allows(n, c) for c in self.choices] for n in self.nodes])
         return Program(self.sensitivity, self.cost, allowed, self.group_sensitivity, self.group_cost, links, width)
+
+    def allows(self, node: str, c: Choice) -> bool:
+        """Can the node take column c? A width below 8 only for an input the search sizes; hawq's layer there
+        reads its weights' width (W4A4 or W8A8)."""
+        searched = node in self.groups.reads
+        if self.method == "hawq" and searched:
+            return c.bits == c.a_bits
+        return c.a_bits == CODE_BITS or searched
 
     def total_cost(self, pick: list[int] | None = None, group_pick: list[int] | None = None) -> float:
         """The program's total: exact where no activation is searched (else the chosen model's is exact_cost)."""
@@ -537,6 +547,7 @@ def search_record(r: MixedResult) -> dict:
         "objective": r.objective,
         "unit": r.unit,
         "budget": r.budget,
+        "budget_asked": r.budget_asked,
         "sensitivity_measure": SENSITIVITY_MEASURES[r.method],
         "menu": labels,
         "act_menu": list(r.act_menu),
@@ -631,11 +642,14 @@ def search_precision(
     codes: tuple[WeightCode, ...] | None = None,
     act_menu: tuple[int, ...] | None = None,
     labels: torch.Tensor | None = None,
+    raise_to_cheapest: bool = False,
 ) -> MixedResult:
     """Each searched node's format and each searched activation group's width (module docstring) for the float
     graph of a model, on normalized calibration images x (labels: hawq's, else the float model's argmax);
     settings: the scheme and rules (its bits and precision are the search's). Costs are checked against the
-    budget before any sensitivity is measured."""
+    budget before any sensitivity is measured: one below the cheapest assignment is refused, or with
+    raise_to_cheapest searched at the cheapest (`budget_asked` keeps the one given: a baseline beside another
+    method's search that reaches lower)."""
     weights, objective, act_menu = check_search(method, objective, budget, menu, codes, act_menu)
     base = base_settings(settings)
     names, fixed = searched_nodes(fgraph, base)
@@ -655,10 +669,13 @@ def search_precision(
         int8_cost, fixed_cost, pick=[], solver_seconds=0.0, act_menu=act_menu, groups=groups,
         group_sensitivity=np.zeros_like(group_cost), group_cost=group_cost,
     )  # fmt: skip
+    r.budget_asked = budget
+    if raise_to_cheapest:
+        r.budget = max(budget, cheapest(r))
     check_budget(r)
     y8 = simulated(ref)(x).double() if method != "hawq" else None  # the all-INT8 logits, run once
     r.sensitivity = _weight_sensitivity(method, fgraph, x, labels, names, ref, alts, choices, y8)
-    if groups.names:
+    if groups.names and method != "hawq":  # HAWQ-V3's objective has no activation term
         r.group_sensitivity = act_noise(fgraph, x, base, groups, act_menu, stats, means, y8)
     exact = _exact_pricer(fgraph, x, base, stats, means, objective, arch, dataflow) if groups.names else None
     _answer(r, exact)

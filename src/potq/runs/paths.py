@@ -79,6 +79,9 @@ def deploy_json(run: Path, label: str) -> Path:
     return Path(run) / f"deploy_{label}.json"
 
 
+SEARCH_GLOB = "precision_*.json"
+
+
 def precision_json(run: Path, label: str) -> Path:
     """What `potq mixed` chose: a precision file (`potq quantize --precision` reads it) and its search."""
     return Path(run) / f"precision_{label}.json"
