@@ -393,3 +393,12 @@ def test_another_architecture_is_priced_output_stationary_where_it_runs_it(tiny_
     assert (r["arch"], r["dataflow"]) == ("systolic-16-45nm-sized", COST_DATAFLOW)
     r = mixed_run(run, replace(search, arch="eyeriss"), calib=16)
     assert r["dataflow"] == "rs"  # eyeriss runs row-stationary alone
+
+
+@pytest.mark.parametrize("objective", ["bops", "size"])
+def test_objectives_of_mac_nodes_alone_search_activations_too(objective):
+    """bops and size price MAC nodes alone: a group's other nodes (a max pool) cost nothing by them."""
+    fgraph, x = tiny()
+    r = search_precision(fgraph, x, SETTINGS, 0.9, ARCH, objective=objective)
+    assert r.groups.names and r.group_cost.shape == (len(r.groups.names), 2)
+    assert r.total_cost() <= 0.9 * r.int8_cost * (1 + 1e-9)

@@ -276,8 +276,9 @@ def cost_table(
     groups = groups or ActGroups()
     at = [node_costs(w, objective, arch, dataflow) for w in widths or []]
     owned = [[k for k, g in groups.owner.items() if g == group] for group in groups.names]
-    group_cost = np.array([[sum(w[k] for k in ks) for w in at] for ks in owned]).reshape(len(owned), len(at))
-    outside = total - sum(int8[n] for n in names) - sum(int8[k] for k in groups.owner)
+    # a node that an objective does not price (bops, size: MAC nodes alone) costs nothing by it
+    group_cost = np.array([[sum(w.get(k, 0.0) for k in ks) for w in at] for ks in owned]).reshape(len(owned), len(at))
+    outside = total - sum(int8[n] for n in names) - sum(int8.get(k, 0.0) for k in groups.owner)
     return np.array([[p[name] for p in per] for name in names]), total, outside, group_cost
 
 
