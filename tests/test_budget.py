@@ -75,6 +75,19 @@ def test_small_data_bounds_every_size():
     assert p.epochs == budget.MAX_EPOCHS
 
 
+@pytest.mark.parametrize("train_total, test_total", [(42, 21), (150, 60)])
+@pytest.mark.parametrize("tp", [SLOW, IDLE, AMX])
+def test_every_count_stays_within_the_data(tp, train_total, test_total):
+    """Folders of 40 and 150 training images (issue 31): calibration within the images trained on, the vectors
+    and the C and TVM checks within the test images evaluated, the printed reasons saying the same."""
+    p = plan(tp, 60, train_total=train_total, test_total=test_total, deploy={"onnx", "c", "tvm"})
+    test = p.test_limit or test_total
+    assert p.val_size + p.train_limit <= train_total and p.calib <= p.train_limit
+    assert max(p.vectors, p.c_vectors, p.tvm_images) <= test
+    text = "\n".join(p.lines())
+    assert f"{p.calib} calibration images" in text and f"C runtime on {p.c_vectors} images" in text
+
+
 def test_the_plan_survives_json():
     p = plan(IDLE, 180, **CIFAR)
     assert Plan.from_dict(json.loads(json.dumps(p.to_dict()))) == p

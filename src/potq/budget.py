@@ -155,6 +155,7 @@ def plan(tp: Throughput, budget_s: float, train_total: int, test_total: int, dep
     post = _post_training(tp, max(smallest, min(POST_SHARE * left, left - need)), test_total, deploy)
     train_s = left - sum(post["predicted"].values())
     epochs, limit, train_reason = _training(tp, train_s, train_total - val, val, test_total)
+    _within_data(post, tp, limit, test_total)
     train_pred = epochs * (limit / (SUSTAINED * tp.train) + val / tp.evaluate) + test_total / tp.evaluate
     predicted = {"measure": tp.seconds, "train": train_pred, **post.pop("predicted")}
     predicted["deploy"] += BUILD_EVAL_IMAGES / tp.evaluate
@@ -229,6 +230,23 @@ def _post_training(tp: Throughput, seconds: float, test_total: int, deploy: set[
         tvm_images=TVM_IMAGES,
         predicted=predicted,
         reasons=reasons,
+    )
+
+
+def _within_data(post: dict, tp: Throughput, trained: int, test_total: int) -> None:
+    """Every count within the data it draws from: the calibration images within the `trained` training images,
+    the exported vectors and the C and TVM checks' images within the test images the run evaluates (a folder of
+    a few dozen images plans no more than it has); the calibration's predicted seconds and the reasons follow."""
+    test = post["test_limit"] or test_total
+    if post["calib"] > trained:
+        post["predicted"]["quantize"] -= (post["calib"] - trained) * CALIB_COST / tp.evaluate
+        post["calib"] = trained
+        post["reasons"]["calib"] = f"{trained} calibration images: every training image of this run"
+    for key in ("vectors", "c_vectors", "tvm_images"):
+        post[key] = min(post[key], test)
+    post["reasons"]["deploy"] = (
+        f"C runtime on {post['c_vectors']} images, TVM on {post['tvm_images']} (where installed), RTL on 1: "
+        + ("their builds cost more than these images" if post["c_vectors"] < test else "every test image")
     )
 
 
