@@ -28,7 +28,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (CI installs gcc)")
 ROUNDINGS = ["half-up", "half-even", "floor"]
-LABEL = "pot-channel-half-even"  # the label of pot-channel quantized with --rounding half-even
+LABEL = "pot-channel"  # pot-channel quantized with --rounding half-even: the default rule, no label part
 
 
 def graph_of(

@@ -11,6 +11,7 @@ import torch
 from potq.cli import main
 from potq.deploy.export import hex_lines, read_hex, write_export
 from potq.ir.capture import capture
+from potq.ir.rules import Rounding
 from potq.ir.tensor import normalize
 from potq.models import build_model
 from potq.quant.lower import calibrate, lower
@@ -122,7 +123,7 @@ def check_export(out, count: int) -> None:
 def test_exported_files_reproduce_the_test_vectors(tiny_run, tmp_path, capsys):
     assert (
         main(
-            ["quantize", "--run", str(tiny_run), "--scheme", "pot-channel", "--calib", "50", "--rounding", "half-even"]
+            ["quantize", "--run", str(tiny_run), "--scheme", "pot-channel", "--calib", "50", "--rounding", "half-up"]
         )
         == 0
     )
@@ -130,7 +131,7 @@ def test_exported_files_reproduce_the_test_vectors(tiny_run, tmp_path, capsys):
     # a rounding other than the default is part of the label
     assert (
         main(
-            ["export", "--run", str(tiny_run), "--scheme", "pot-channel-half-even", "--out", str(out), "--vectors", "4"]
+            ["export", "--run", str(tiny_run), "--scheme", "pot-channel-half-up", "--out", str(out), "--vectors", "4"]
         )
         == 0
     )
@@ -180,7 +181,8 @@ def test_c_header_compiles(tiny_run, tmp_path):
     subprocess.run(["cc", "-I", str(out), "-o", str(tmp_path / "m"), str(src)], check=True)
     got = subprocess.run([str(tmp_path / "m")], capture_output=True, text=True, check=True).stdout.split()
     w = np.load(out / "weights.npz")["features.0.weight"]
-    assert int(got[0]) == int(w.astype(np.int64).sum()) and int(got[1]) == 128 and int(got[2]) == 0  # half-up
+    assert int(got[0]) == int(w.astype(np.int64).sum()) and int(got[1]) == 128
+    assert int(got[2]) == Rounding.HALF_EVEN.value  # the default rule's code (docs/graph-format.md)
 
 
 def test_export_bad_input(tiny_run, tmp_path, capsys):

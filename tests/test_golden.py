@@ -150,18 +150,25 @@ def test_accumulator_overflow_is_refused_naming_the_node():
 
 def test_verify_command(tiny_run, capsys):
     assert (
-        main(["quantize", "--run", str(tiny_run), "--scheme", "pot-tensor", "--calib", "50", "--rounding", "half-even"])
+        main(["quantize", "--run", str(tiny_run), "--scheme", "pot-tensor", "--calib", "50", "--rounding", "half-up"])
         == 0
     )
     capsys.readouterr()
-    assert main(["verify", "--run", str(tiny_run), "--scheme", "pot-tensor-half-even"]) == 0
+    assert main(["verify", "--run", str(tiny_run), "--scheme", "pot-tensor-half-up"]) == 0
     out = capsys.readouterr().out
-    assert "pot-tensor-half-even: 0 mismatching values" in out and "int32 headroom" in out
+    assert "pot-tensor-half-up: 0 mismatching values" in out and "int32 headroom" in out
 
 
 def test_verify_without_quantized_model(tiny_run, capsys):
     assert main(["verify", "--run", str(tiny_run), "--scheme", "pot-nothing"]) == 2
     assert "no quantized model" in capsys.readouterr().err
+
+
+def test_a_label_of_potq_04_for_todays_default_rounding_names_the_new_one(tiny_run, capsys):
+    assert main(["quantize", "--run", str(tiny_run), "--scheme", "pot-tensor", "--calib", "50"]) == 0
+    capsys.readouterr()
+    assert main(["verify", "--run", str(tiny_run), "--scheme", "pot-tensor-half-even"]) == 2
+    assert "half-even is the default rounding since potq 0.5: its label is pot-tensor" in capsys.readouterr().err
 
 
 def test_count_mismatches_counts_integers_across_dtypes():

@@ -130,8 +130,9 @@ def test_quantize_a_run_below_eight_bits(tiny_run, tmp_path, capsys):
     assert record["packed_weights_mb"] < eight["packed_weights_mb"]
     assert main(["compare", "--run", str(tiny_run)]) == 0 and (tiny_run / "precision.png").exists()
     rows = {r.split(" | ")[0].strip("| "): r for r in (tiny_run / "compare.md").read_text().splitlines()}
-    assert f"| {record['packed_weights_mb']:.6f} | half-up | ceil, mse below 8 bits |" in rows["pot-channel-w4a4-apot"]
-    assert f"| {eight['packed_weights_mb']:.6f} | half-up | ceil |" in rows["pot-channel"]
+    low = rows["pot-channel-w4a4-apot"]
+    assert f"| {record['packed_weights_mb']:.6f} | half-even | ceil, mse below 8 bits |" in low
+    assert f"| {eight['packed_weights_mb']:.6f} | half-even | ceil |" in rows["pot-channel"]
     priced = json.loads((tiny_run / "precision.json").read_text())
     low, high = priced["pot-channel-w4a4-apot"], priced["pot-channel"]
     assert 0 < low["compute_pj"] < high["compute_pj"] and low["dram_bytes"] < high["dram_bytes"]
@@ -139,7 +140,7 @@ def test_quantize_a_run_below_eight_bits(tiny_run, tmp_path, capsys):
     from potq.report import build_markdown
 
     md = build_markdown(tiny_run)
-    assert "### Precision: accuracy against size and energy" in md
+    assert "### Precision: accuracy against size, energy and latency" in md
     assert "| pot-channel-w4a4-apot | 4/4 | apot |" in md
 
 

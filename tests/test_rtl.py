@@ -238,7 +238,7 @@ def test_a_user_pe_replaces_potqs_and_a_bad_file_is_one_line(tmp_path):
 @needs_verilator
 def test_verify_rtl_cli_exit_status_and_report(tiny_run, capsys):
     assert main(["quantize", "--run", str(tiny_run), "--calib", "64", "--rounding", "half-even"]) == 0
-    label = "pot-channel-half-even"
+    label = "pot-channel"  # half-even: the default rule
     assert main(["verify", "--run", str(tiny_run), "--scheme", label, "--rtl", "--array", "4x4"]) == 0
     out = capsys.readouterr().out
     assert "0 mismatching values" in out and "| Node | Op | Cycles |" in out

@@ -206,7 +206,7 @@ def _quant_stale(o: RunOptions, now: Now, label: str | None) -> str | None:
 
     if label is None:  # a mixed model whose search has not run
         return "its precision is not searched yet"
-    options = {"--calib": ("calib_images", o.calib)}
+    options = {"--calib": ("calib_images", o.calib), "--rounding": ("rounding", QuantSettings.rounding.label)}
     if o.qat and (label == o.qat_label or label in _mixed_labels(o)):
         options["--qat"] = ("qat_epochs", o.qat)
     return quantized_change(o.out, label, now.data, options)

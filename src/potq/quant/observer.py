@@ -21,7 +21,7 @@ from torch.ao.quantization.observer import MinMaxObserver
 from potq.ir.rules import ACT_MAX, ACT_MIN, SIGNED_ZERO_POINT, W_MAX, W_MIN
 from potq.quant.arith import choose_exponent, seed_exponent
 from potq.quant.lower import Stats
-from potq.quant.rules import Rounding
+from potq.quant.rules import QuantSettings, Rounding
 
 
 class PowerOfTwoObserver(MinMaxObserver):
@@ -30,7 +30,7 @@ class PowerOfTwoObserver(MinMaxObserver):
         dtype=torch.quint8,
         qscheme=torch.per_tensor_symmetric,
         rule: str = "seed",
-        rounding: str = Rounding.HALF_UP.label,
+        rounding: str = QuantSettings.rounding.label,  # potq's default rule
         **kwargs,
     ):
         if dtype == torch.qint8:

@@ -51,7 +51,7 @@ class QuantSettings:
 
     scheme: str = "pot-channel"
     exponent: str = "ceil"  # ceil | round | mse; ceil measured best (benchmarks/RESULTS.md)
-    rounding: Rounding = Rounding.HALF_UP
+    rounding: Rounding = Rounding.HALF_EVEN  # what onnxruntime, TVM and torch do: every consumer exact
     max_shift: int | None = None
     w_bits: int = CODE_BITS  # --bits W/A: the weights' and the activations' widths (2-8)
     a_bits: int = CODE_BITS

@@ -46,10 +46,16 @@ def quantize_command(run: Path, label: str) -> str:
     return f"`potq quantize --run {run} {' '.join(flags)}`"
 
 
+LEGACY_DEFAULT_PART = "-half-even"  # potq 0.4's label part for the rounding that is the default since 0.5
+
+
 def load_quantized(run: Path, name: str) -> tuple[Graph, TrainConfig]:
     """The integer graph and the training config of a quantized model of a run."""
     path, _ = quant_paths(Path(run), name)
     if not path.exists():
+        renamed = name.replace(LEGACY_DEFAULT_PART, "")
+        if renamed != name and quant_paths(Path(run), renamed)[0].exists():
+            raise UserError(f"--run {run}: half-even is the default rounding since potq 0.5: its label is {renamed}")
         raise UserError(f"--run {run}: no quantized model {path.name}; make it with {quantize_command(run, name)}")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
