@@ -24,7 +24,7 @@ import csv
 import io
 
 from potq import energy as energy_model
-from potq.accel import systolic
+from potq.accel import rtl, systolic
 from potq.accel.arch import PJ_PER_J, TABLES, Arch
 from potq.accel.limits import check_batch, check_grid_cells
 from potq.accel.row_stationary import balance_point, bound, grid_cells
@@ -105,6 +105,22 @@ def _ppu_traffic(w: Workload) -> dict:
     return {"dram": dict(d), "glb": dict(d), "spad": {k: 0 for k in OPERANDS}}
 
 
+def _cycles(w: Workload, arch: Arch, compute: int, access: dict[str, int], ops: int) -> dict[str, int]:
+    """A node's cycles by level, summed into its latency. Serial timing (the lab's): the dataflow's compute
+    cycles, the DRAM and GLB bytes over their bandwidths, the PPU's operations at its rate. potq-rtl timing:
+    potq's RTL's own count (potq.accel.rtl): the array's cycles with the columns' PPUs on its output path,
+    the vector unit's for every other node, and no memory cycles (its memories are read inside those)."""
+    if arch.timing == rtl.RTL_TIMING:
+        array, vector = rtl.node_cycles(w, arch.pe_rows, arch.pe_cols)
+        return {"compute": array, "dram": 0, "glb": 0, "ppu": vector}
+    return {
+        "compute": compute,
+        "dram": arch.dram_cycles(access["dram"]),
+        "glb": cdiv(access["glb"] * arch.glb_cycles_per_transaction, arch.noc_bytes_per_cycle),
+        "ppu": cdiv(ops, arch.ppu_ops_per_cycle),
+    }
+
+
 def node_result(
     w: Workload, arch: Arch, dataflow: str, cost, key: Arith, table, compat: bool, objective: str, pool: int = 1
 ) -> dict:
@@ -118,13 +134,11 @@ def node_result(
         cycles_compute, by = _systolic_traffic(w, arch, dataflow, compat)
     else:
         cycles_compute, by = 0, _ppu_traffic(w)
+    if arch.timing == rtl.RTL_TIMING:  # the model lives in the RTL's memories: nothing crosses DRAM
+        by["dram"] = {k: 0 for k in OPERANDS}
     access = {lvl: sum(by[lvl].values()) for lvl in ("dram", "glb", "spad")}
-    cyc = {
-        "compute": cycles_compute,
-        "dram": arch.dram_cycles(access["dram"]),
-        "glb": cdiv(access["glb"] * arch.glb_cycles_per_transaction, arch.noc_bytes_per_cycle),
-        "ppu": cdiv(ops, arch.ppu_ops_per_cycle),
-    }
+    cyc = _cycles(w, arch, cycles_compute, access, ops)
+    cycles_compute = cyc["compute"]
     latency = sum(cyc.values())
     e = arch.energy
     if table is not None:
@@ -251,6 +265,8 @@ def accel_report(
     a zero-point policy, potq.quant.scheme.policy_zero_points, which the caller reads: this interpreter
     does not import the quantizer)."""
     df = check_dataflow(arch, dataflow)
+    if compat and arch.timing == rtl.RTL_TIMING:
+        raise UserError(f"--scalesim-compat: {arch.name} is timed as potq's RTL, which has PyTorch's output sizes")
     ws = workloads(graph, check_batch(batch), arch.accumulator)
     if df == "rs":  # the mapping search's time grows with its grids' cells: bounded before it runs
         check_grid_cells(sum(grid_cells(w, arch) for w in ws if w.is_mac), arch.source or arch.name)
@@ -264,7 +280,8 @@ def accel_report(
         "bytes": {
             lvl: {k: sum(r["bytes"][lvl][k] for r in layers) for k in OPERANDS} for lvl in ("dram", "glb", "spad")
         },
-        "compulsory_dram_bytes": compulsory_bytes(ws, layers, fused),
+        # potq's RTL holds the whole model in its memories: nothing must cross DRAM
+        "compulsory_dram_bytes": 0 if arch.timing == rtl.RTL_TIMING else compulsory_bytes(ws, layers, fused),
     }
     total["seconds"] = total["cycles"]["latency"] / arch.clock_hz
     e_total = total["energy"]["total"]
