@@ -12,7 +12,7 @@ import torch
 import potq
 from potq import energy
 from potq.accel import systolic
-from potq.accel.arch import PRESETS, load_arch, parse_arch, preset_path
+from potq.accel.arch import PRESETS, RTL_TIMING, load_arch, parse_arch, preset_path
 from potq.accel.model import accel_report, format_table, to_csv
 from potq.accel.peers import scalesim_topology
 from potq.accel.workload import Workload, scalesim_compat, scalesim_out_size, workloads
@@ -394,7 +394,7 @@ def zoo_reports():
 def test_compulsory_traffic_never_exceeds_the_modeled_dram_total_on_the_zoo(zoo_reports):
     for key, r in zoo_reports.items():
         t = r["total"]
-        on_chip = load_arch(key[1]).timing == "potq-rtl"  # potq's RTL holds the whole model: no DRAM at all
+        on_chip = load_arch(key[1]).timing == RTL_TIMING  # potq's RTL holds the whole model: no DRAM at all
         assert (0 if on_chip else 1) <= t["compulsory_dram_bytes"] <= sum(t["bytes"]["dram"].values()), key
         assert on_chip == (sum(t["bytes"]["dram"].values()) == 0), key
 

@@ -25,7 +25,7 @@ import io
 
 from potq import energy as energy_model
 from potq.accel import rtl, systolic
-from potq.accel.arch import PJ_PER_J, TABLES, Arch
+from potq.accel.arch import PJ_PER_J, RTL_TIMING, TABLES, Arch
 from potq.accel.limits import check_batch, check_grid_cells
 from potq.accel.row_stationary import balance_point, bound, grid_cells
 from potq.accel.search import fused_pools, search
@@ -110,7 +110,7 @@ def _cycles(w: Workload, arch: Arch, compute: int, access: dict[str, int], ops: 
     cycles, the DRAM and GLB bytes over their bandwidths, the PPU's operations at its rate. potq-rtl timing:
     potq's RTL's own count (potq.accel.rtl): the array's cycles with the columns' PPUs on its output path,
     the vector unit's for every other node, and no memory cycles (its memories are read inside those)."""
-    if arch.timing == rtl.RTL_TIMING:
+    if arch.timing == RTL_TIMING:
         array, vector = rtl.node_cycles(w, arch.pe_rows, arch.pe_cols)
         return {"compute": array, "dram": 0, "glb": 0, "ppu": vector}
     return {
@@ -134,7 +134,7 @@ def node_result(
         cycles_compute, by = _systolic_traffic(w, arch, dataflow, compat)
     else:
         cycles_compute, by = 0, _ppu_traffic(w)
-    if arch.timing == rtl.RTL_TIMING:  # the model lives in the RTL's memories: nothing crosses DRAM
+    if arch.timing == RTL_TIMING:  # the model lives in the RTL's memories: nothing crosses DRAM
         by["dram"] = {k: 0 for k in OPERANDS}
     access = {lvl: sum(by[lvl].values()) for lvl in ("dram", "glb", "spad")}
     cyc = _cycles(w, arch, cycles_compute, access, ops)
@@ -265,7 +265,7 @@ def accel_report(
     a zero-point policy, potq.quant.scheme.policy_zero_points, which the caller reads: this interpreter
     does not import the quantizer)."""
     df = check_dataflow(arch, dataflow)
-    if compat and arch.timing == rtl.RTL_TIMING:
+    if compat and arch.timing == RTL_TIMING:
         raise UserError(f"--scalesim-compat: {arch.name} is timed as potq's RTL, which has PyTorch's output sizes")
     ws = workloads(graph, check_batch(batch), arch.accumulator)
     if df == "rs":  # the mapping search's time grows with its grids' cells: bounded before it runs
@@ -281,7 +281,7 @@ def accel_report(
             lvl: {k: sum(r["bytes"][lvl][k] for r in layers) for k in OPERANDS} for lvl in ("dram", "glb", "spad")
         },
         # potq's RTL holds the whole model in its memories: nothing must cross DRAM
-        "compulsory_dram_bytes": 0 if arch.timing == rtl.RTL_TIMING else compulsory_bytes(ws, layers, fused),
+        "compulsory_dram_bytes": 0 if arch.timing == RTL_TIMING else compulsory_bytes(ws, layers, fused),
     }
     total["seconds"] = total["cycles"]["latency"] / arch.clock_hz
     e_total = total["energy"]["total"]

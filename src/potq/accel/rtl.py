@@ -23,8 +23,6 @@ from potq.accel.systolic import rtl_gemm_cycles
 from potq.accel.workload import Workload
 from potq.ir.graph import POOL_OPS
 
-TIMINGS = ("serial", "potq-rtl")  # an architecture's `timing`: the lab's serial sum, or potq's RTL (this module)
-RTL_TIMING = TIMINGS[1]
 POOL_OP_NAMES = tuple(op.value for op in POOL_OPS)
 DESCRIPTOR_LATCH = 1  # cycles the controller takes to latch a node's descriptor before its work
 
