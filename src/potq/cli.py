@@ -838,7 +838,7 @@ def _energy_parser(sub) -> None:
 
 
 def _accel_parser(sub) -> None:
-    from potq.accel.arch import DEFAULT_ARCH  # torch-free
+    from potq.accel.arch import DEFAULT_ARCH, PRESETS  # torch-free
     from potq.quant.rules import QuantSettings
     from potq.recipes import TrainConfig
 
@@ -848,7 +848,7 @@ def _accel_parser(sub) -> None:
     ac.add_argument("--scheme", default=QuantSettings.scheme, help="with --run: the quantized model's label")
     _model_input_args(ac)
     ac.add_argument(
-        "--arch", default=DEFAULT_ARCH, help="eyeriss, eyeriss-45nm, systolic-8/16/32, systolic-16-45nm or a JSON file"
+        "--arch", default=DEFAULT_ARCH, help=f"a preset ({', '.join(PRESETS)}) or a JSON file (docs/accel.md)"
     )
     ac.add_argument("--dataflow", help="rs, ws, os or is (default: the architecture's first)")
     ac.add_argument(

@@ -28,7 +28,8 @@ from potq.errors import UserError
 from potq.ir.rules import ACCUMULATORS
 
 PRESETS = (
-    "eyeriss",
+    "eyeriss",  # the course lab's (AOC 2025 Lab 2), its PPU included: 1 operation per cycle
+    "eyeriss-ppu8",  # potq's faster variant: the same with an 8-operation PPU (`eyeriss` before issue 30)
     "eyeriss-45nm",
     "systolic-8",
     "systolic-16",
