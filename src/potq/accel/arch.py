@@ -50,6 +50,9 @@ PJ_PER_J = 1e12  # leakage W x s -> the energy unit (pJ; the lab's relative unit
 # an architecture's `timing`: the lab's serial sum, or potq's RTL as Verilator counts it (potq.accel.rtl)
 TIMINGS = ("serial", "potq-rtl")
 RTL_TIMING = TIMINGS[1]
+# an architecture's `overlap` (and `potq accel --overlap`): "none", the lab's serial sum of the levels, or
+# "double-buffered", each level working on one tile while the next streams in (potq.accel.model.overlapped)
+OVERLAPS = ("none", "double-buffered")
 TABLES = {"potq-45nm": None}  # name -> path (None: potq's own table, potq.energy.load_table())
 
 
@@ -77,6 +80,7 @@ class Arch:
     # "serial" (default): latency = compute + DRAM + GLB + PPU, the course lab's sum; "potq-rtl": each node's
     # cycles are potq's RTL's (potq.accel.rtl: its array, its vector unit, its memories inside those cycles)
     timing: str = TIMINGS[0]
+    overlap: str = OVERLAPS[0]  # "double-buffered": a node takes its slowest level plus one tile of the others
     source: str = ""  # the file it came from
 
     @property
@@ -180,8 +184,9 @@ def _energies(where: str, raw: dict) -> tuple[dict[str, float], str | None]:
     return out, table_name
 
 
-def _modes(where: str, raw: dict) -> tuple[list[str], str, str]:
-    """The fields that choose a model: dataflows, accumulator, timing (potq-rtl: the RTL's one os array)."""
+def _modes(where: str, raw: dict) -> tuple[list[str], str, str, str]:
+    """The fields that choose a model: dataflows, accumulator, timing (potq-rtl: the RTL's one os array),
+    overlap."""
     flows = raw.get("dataflows")
     known_flows = isinstance(flows, list) and flows and all(f in DATAFLOWS for f in flows)
     if not known_flows or len(set(flows)) < len(flows):  # a repeat would repeat its DSE points
@@ -197,7 +202,17 @@ def _modes(where: str, raw: dict) -> tuple[list[str], str, str]:
         raise UserError(f"{where}: field 'timing' must be one of {', '.join(TIMINGS)}, got {_shown(timing)}")
     if timing == RTL_TIMING and flows != ["os"]:  # the RTL is one output-stationary array
         raise UserError(f"{where}: field 'dataflows' must be [\"os\"] with timing {RTL_TIMING}, got {_shown(flows)}")
-    return flows, accumulator, timing
+    overlap = raw.get("overlap", OVERLAPS[0])
+    if overlap not in OVERLAPS:
+        raise UserError(f"{where}: field 'overlap' must be one of {', '.join(OVERLAPS)}, got {_shown(overlap)}")
+    check_overlap(where, timing, overlap)
+    return flows, accumulator, timing, overlap
+
+
+def check_overlap(where: str, timing: str, overlap: str) -> None:
+    """potq's RTL has its own count (its memories inside its cycles): no levels to overlap."""
+    if timing == RTL_TIMING and overlap != OVERLAPS[0]:
+        raise UserError(f"{where}: overlap {overlap} does not apply to timing {RTL_TIMING}, the RTL's own count")
 
 
 def parse_arch(raw: object, where: str) -> Arch:
@@ -218,7 +233,7 @@ def parse_arch(raw: object, where: str) -> Arch:
     if unit not in UNITS:
         raise UserError(f"{where}: field 'energy_unit' must be one of {', '.join(UNITS)}, got {_shown(unit)}")
     energy, table = _energies(where, raw)
-    flows, accumulator, timing = _modes(where, raw)
+    flows, accumulator, timing, overlap = _modes(where, raw)
     known = {*Arch.__dataclass_fields__} - {"source"}
     extra = sorted(set(raw) - known - {"comment"})
     if extra:
@@ -244,6 +259,7 @@ def parse_arch(raw: object, where: str) -> Arch:
         energy_table=table,
         accumulator=accumulator,
         timing=timing,
+        overlap=overlap,
         source=where,
     )
 
