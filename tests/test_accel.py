@@ -12,7 +12,7 @@ import torch
 import potq
 from potq import energy
 from potq.accel import systolic
-from potq.accel.arch import PRESETS, load_arch, parse_arch, preset_path
+from potq.accel.arch import PRESETS, RTL_TIMING, load_arch, parse_arch, preset_path
 from potq.accel.model import accel_report, format_table, to_csv
 from potq.accel.peers import scalesim_topology
 from potq.accel.workload import Workload, scalesim_compat, scalesim_out_size, workloads
@@ -141,6 +141,9 @@ def _breaks(edit):
         (lambda r: r.update(energy_table="7nm"), "field 'energy_table'"),
         (lambda r: r.update(pe_rowz=3), "unknown field 'pe_rowz'"),
         (lambda r: r.update(energy_unit="eV"), "field 'energy_unit'"),
+        (lambda r: r.update(timing="fast"), "field 'timing' must be one of serial, potq-rtl"),
+        (lambda r: r.update(overlap="triple"), "field 'overlap' must be one of none, double-buffered"),
+        (lambda r: r.update(timing="potq-rtl"), "field 'dataflows' must be [\"os\"] with timing potq-rtl"),
     ],
 )
 def test_bad_architecture_is_one_line_naming_file_and_field(edit, field):
@@ -392,7 +395,9 @@ def zoo_reports():
 def test_compulsory_traffic_never_exceeds_the_modeled_dram_total_on_the_zoo(zoo_reports):
     for key, r in zoo_reports.items():
         t = r["total"]
-        assert 0 < t["compulsory_dram_bytes"] <= sum(t["bytes"]["dram"].values()), key
+        on_chip = load_arch(key[1]).timing == RTL_TIMING  # potq's RTL holds the whole model: no DRAM at all
+        assert (0 if on_chip else 1) <= t["compulsory_dram_bytes"] <= sum(t["bytes"]["dram"].values()), key
+        assert on_chip == (sum(t["bytes"]["dram"].values()) == 0), key
 
 
 def test_report_is_deterministic_and_complete(tiny_q, graphs):
@@ -463,6 +468,63 @@ def test_bound_label_agrees_with_the_latency_model_on_the_zoo(zoo_reports):
             assert want.get(lay["bound"], c["compute"] == c["dram"]), where
             if lay["intensity"] > r["balance_point"]:
                 assert lay["bound"] == "compute", where
+
+
+def test_overlapped_latency_by_hand():
+    from potq.accel.model import overlapped
+
+    cyc = {"compute": 100, "dram": 300, "glb": 50, "ppu": 10}
+    # the slowest level whole, one tile of the others (fill and drain); the array waits 200 cycles for DRAM
+    assert overlapped(cyc, 10, "double-buffered") == (300 + 16, 200)
+    assert overlapped(cyc, 1, "double-buffered") == (460, 0) == overlapped(cyc, 10, "none")
+    assert overlapped({"compute": 0, "dram": 40, "glb": 8, "ppu": 20}, 4, "double-buffered") == (40 + 7, 20)
+
+
+@pytest.mark.parametrize("name", ["seed", "mobilenet-cifar"])
+def test_double_buffering_overlaps_the_levels_and_moves_the_same_bytes(graphs, name):
+    """Issue 30, item 1: with double buffering a node takes between its slowest level and the serial sum,
+    the slowest level plus ceil((sum - slowest) / tiles); its levels' cycles, bytes and every energy but
+    leakage are the serial model's; `none` is the serial sum."""
+    g = graphs[name]
+    for preset, df in (("eyeriss", "rs"), ("systolic-16", "os"), ("systolic-8", "ws")):
+        a = load_arch(preset)
+        serial = accel_report(g, a, df, zero_points=_zp(g))
+        db = accel_report(g, a, df, zero_points=_zp(g), overlap="double-buffered")
+        assert (serial["overlap"], db["overlap"]) == ("none", "double-buffered")
+        for s, d in zip(serial["layers"], db["layers"], strict=True):
+            levels = [d["cycles"][k] for k in ("compute", "dram", "glb", "ppu")]
+            assert levels == [s["cycles"][k] for k in ("compute", "dram", "glb", "ppu")], s["node"]
+            assert s["cycles"]["latency"] == sum(levels) and s["cycles"]["stall"] == 0
+            slow = max(levels)
+            one = d["tiles"] <= 1  # a single tile (or a fused pool's none) overlaps nothing
+            want = sum(levels) if one else slow + math.ceil((sum(levels) - slow) / d["tiles"])
+            assert d["cycles"]["latency"] == want, s["node"]
+            assert slow <= d["cycles"]["latency"] <= s["cycles"]["latency"], s["node"]
+            engine = levels[0] or levels[3]
+            assert d["cycles"]["stall"] == (0 if one else slow - engine), s["node"]
+            assert s["bytes"] == d["bytes"] and s["bound"] == d["bound"]
+            assert {k: v for k, v in s["energy"].items() if k not in ("leakage", "total")} == {
+                k: v for k, v in d["energy"].items() if k not in ("leakage", "total")
+            }
+        assert db["total"]["cycles"]["latency"] < serial["total"]["cycles"]["latency"], (preset, df)
+
+
+def test_overlap_from_the_file_or_the_cli(tmp_path, capsys):
+    raw = _raw()
+    raw["overlap"] = "double-buffered"
+    (tmp_path / "db.json").write_text(json.dumps(raw))
+    assert main(["accel", "--model", "tiny", "--arch", str(tmp_path / "db.json"), "--dataflow", "os", "--json"]) == 0
+    from_file = json.loads(capsys.readouterr().out)
+    argv = ["accel", "--model", "tiny", "--arch", "systolic-16", "--dataflow", "os", "--overlap", "double-buffered"]
+    assert main([*argv, "--json"]) == 0
+    from_cli = json.loads(capsys.readouterr().out)
+    assert from_file["layers"] == from_cli["layers"] and from_cli["overlap"] == "double-buffered"
+    assert main(argv) == 0 and ", double-buffered (" in capsys.readouterr().out
+    assert main([*argv[:6], str(tmp_path / "db.json"), "--dataflow", "os", "--overlap", "none", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["overlap"] == "none"
+    assert main(["accel", "--model", "tiny", "--arch", "potq-rtl", "--overlap", "double-buffered"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not apply to timing potq-rtl" in err and "\n" not in err
 
 
 def test_scalesim_compat_changes_only_layers_whose_stride_leaves_a_remainder(graphs):

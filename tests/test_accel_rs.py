@@ -64,14 +64,24 @@ def test_course_example_open_terms_by_hand():
     assert d["cycles_dram"] == 47104 * 5 // 4
     assert d["cycles_glb"] == 67584 * 2 // 4
     assert d["cycles_compute"] == passes * 1 * 4 * 4 * 32 * 3  # per pass a PE does n*q*p*F*S MACs
-    assert d["cycles_ppu"] == 64 * 32 * 32 * 5 // EYERISS.ppu_ops_per_cycle
-    assert d["latency"] == d["cycles_dram"] + d["cycles_glb"] + d["cycles_compute"] + d["cycles_ppu"]
+    assert d["cycles_ppu"] == 64 * 32 * 32 * 5  # the lab's PPU: 1 operation per cycle, 5 per pooled output
+    assert d["latency"] == d["cycles_dram"] + d["cycles_glb"] + d["cycles_compute"] + d["cycles_ppu"] == 469_504
     assert d["utilization"] == 0.75  # q = 4 channel rows where the layer has 3
     assert d["intensity"] == 1_769_472 / 47104 and d["bound"] == "memory"  # DRAM 58,880 > compute 49,152 cycles
     assert d["energy_compute"] == 1_769_472 * 2
     assert d["energy_dram"] == 47104 * 200 and d["energy_glb"] == 67584 * 10
     assert d["energy_spad"] == 1_769_472 * (1 + 1 + 4 + 4)
     assert d["energy_leakage"] == pytest.approx(50e-6 * d["latency"] / 200e6 * 1e12)
+
+
+def test_the_lab_preset_has_the_labs_ppu_and_the_faster_one_says_so():
+    """Issue 30, item 6: `eyeriss` is the lab's accelerator, PPU included; potq's 8-operation PPU is
+    `eyeriss-ppu8`, otherwise the same (the handout's layer: 469,504 against 182,784 cycles)."""
+    fast = load_arch("eyeriss-ppu8")
+    assert EYERISS.ppu_ops_per_cycle == load_arch("eyeriss-45nm").ppu_ops_per_cycle == 1
+    assert replace(fast, name="eyeriss", ppu_ops_per_cycle=1, source=EYERISS.source) == EYERISS
+    d = evaluate(EXAMPLE, fast, EXAMPLE_MAPPING, pool=2)
+    assert (d["cycles_ppu"], d["latency"]) == (40_960, 182_784)
 
 
 def test_psums_round_trip_when_channels_split():

@@ -114,22 +114,57 @@ def test_program_describes_every_node():
     assert sum(d.get("CHK_SIZE", 0) for d in prog.desc) == sum(math.prod(graph.shapes[n.output]) for n in graph.nodes)
 
 
-@pytest.mark.parametrize("name", ["mobilenet-cifar", EXAMPLE])
-def test_accelerator_model_predicts_every_mac_nodes_rtl_cycles(name):
-    """The accelerator model (potq.accel, read from the graph's workloads) and the RTL's descriptors give the
-    same cycles for every MAC node, grouped and depthwise included, on square, tall and wide arrays; the
-    Verilator tests hold the descriptors' count equal to the simulation's."""
-    from potq.accel.systolic import rtl_cycles as accel_rtl_cycles
-    from potq.accel.workload import workloads
+def rtl_preset(rows: int = 16, cols: int = 16):
+    """The `potq-rtl` preset on an R x C array (the preset is 16x16, verify --rtl's default)."""
+    from dataclasses import replace
 
-    graph, _ = graph_of(name, rounding="half-even", n=1)
+    from potq.accel.arch import load_arch
+
+    return replace(load_arch("potq-rtl"), pe_rows=rows, pe_cols=cols)
+
+
+def accel_cycles(graph, arch) -> dict[str, int]:
+    """`potq accel`'s latency of every node on `arch` (one image)."""
+    from potq.accel.model import accel_report
+
+    return {lay["node"]: lay["cycles"]["latency"] for lay in accel_report(graph, arch)["layers"]}
+
+
+def descriptor_cycles(graph, rows: int, cols: int) -> dict[str, int]:
+    """The RTL's closed form (what verify --rtl predicts and Verilator counts), summed over each node's descriptors."""
     prog = build_program(graph)
-    macs = [w for w in workloads(graph) if w.is_mac]
-    assert macs and any(w.groups > 1 for w in macs) == (name == "mobilenet-cifar")
-    for rows, cols in ((4, 4), (16, 16), (8, 2), (2, 8)):
-        for w in macs:
-            (d,) = (prog.desc[i] for i, node in enumerate(prog.node_of) if node == w.node)
-            assert accel_rtl_cycles(w, rows, cols) == rtl_cycles(d, rows, cols), (w.node, rows, cols)
+    out: dict[str, int] = {}
+    for d, node in zip(prog.desc, prog.node_of, strict=True):
+        out[node] = out.get(node, 0) + rtl_cycles(d, rows, cols)
+    return out
+
+
+@pytest.mark.parametrize("name", ["seed", "resnet20", "mobilenet-cifar", EXAMPLE])
+def test_accel_on_the_rtl_preset_equals_the_rtls_cycles_on_every_node(name):
+    """Issue 30, item 5: `potq accel --arch potq-rtl` gives every node (MAC, depthwise, vector unit) the RTL's
+    cycles, on square, tall and wide arrays; the Verilator tests hold the closed form equal to the simulation."""
+    graph, _ = graph_of(name, rounding="half-even", n=1)
+    ops = {n.op for n in graph.nodes}
+    assert {OpType.CONV, OpType.LINEAR, OpType.INPUT} <= ops
+    assert any(n.attrs.get("groups", 1) > 1 for n in graph.nodes) == (name == "mobilenet-cifar")
+    for rows, cols in ((16, 16), (4, 4), (8, 2), (2, 8)):
+        assert accel_cycles(graph, rtl_preset(rows, cols)) == descriptor_cycles(graph, rows, cols), (rows, cols)
+
+
+def test_accel_rtl_preset_is_os_only_and_one_image_at_a_time(capsys):
+    graph, _ = tiny_graph("half-even", n=1)
+    from potq.accel.model import accel_report
+
+    one, four = accel_report(graph, rtl_preset()), accel_report(graph, rtl_preset(), batch=4)
+    assert four["total"]["cycles"]["latency"] == 4 * one["total"]["cycles"]["latency"]
+    assert one["total"]["compulsory_dram_bytes"] == 0 == sum(one["total"]["bytes"]["dram"].values())
+    # the depthwise conv: 6 groups of 25 pixels, 2 folds each of K + R + C - 2 cycles, ONE latch and ONE drain
+    dw = next(n.name for n in graph.nodes if n.attrs.get("groups", 1) == 6)
+    assert {lay["node"]: lay for lay in one["layers"]}[dw]["cycles"]["compute"] == 1 + 6 * 2 * (9 + 16 + 16 - 2) + 16
+    assert main(["accel", "--model", "tiny", "--arch", "potq-rtl", "--dataflow", "ws"]) == 2
+    assert "runs os" in capsys.readouterr().err
+    assert main(["accel", "--model", "tiny", "--arch", "potq-rtl", "--scalesim-compat"]) == 2
+    assert "potq's RTL" in capsys.readouterr().err
 
 
 def test_causes_name_a_wrong_rounding_and_a_clamp():
@@ -182,7 +217,10 @@ def test_tiny_net_is_bit_and_cycle_exact(rounding, array):
     graph, images = tiny_graph(rounding)
     ops = {n.op for n in graph.nodes}
     assert ops == set(OpType)
-    assert_exact(graph, check_rtl(graph, images, *array), len(images))
+    r = check_rtl(graph, images, *array)
+    assert_exact(graph, r, len(images))
+    # potq accel on the RTL's preset gives every node Verilator's own count
+    assert accel_cycles(graph, rtl_preset(*array)) == {n["node"]: n["cycles"] for n in r["nodes"]}
 
 
 @needs_verilator

@@ -55,14 +55,20 @@ class Quantized:
         return energy.report(energy.graph_costs(self.graph), energy.load_table(table), memory)
 
     def accel(
-        self, arch: str | Path = DEFAULT_ARCH, dataflow: str | None = None, batch: int = 1, objective: str = "latency"
+        self,
+        arch: str | Path = DEFAULT_ARCH,
+        dataflow: str | None = None,
+        batch: int = 1,
+        objective: str = "latency",
+        overlap: str | None = None,
     ) -> dict:
         """Cycles, traffic and energy per node on an accelerator (a preset name or a JSON file); see
-        potq.accel.model.format_table for the per-layer table and docs/accel.md for the model."""
+        potq.accel.model.format_table for the per-layer table and docs/accel.md for the model. overlap:
+        "none" or "double-buffered" in place of the architecture's own."""
         from potq.accel.arch import load_arch
         from potq.accel.model import accel_report
 
-        return accel_report(self.graph, load_arch(arch), dataflow, batch=batch, objective=objective)
+        return accel_report(self.graph, load_arch(arch), dataflow, batch=batch, objective=objective, overlap=overlap)
 
     def export(
         self,

@@ -310,8 +310,10 @@ def _accel_dse(a: argparse.Namespace, arch, graph, zero_points, sizes: tuple) ->
     from potq.accel.arch import load_arch
     from potq.accel.dse import check_plan, dse
     from potq.accel.limits import MAX_GLB_BYTES, MAX_PE_SIDE
+    from potq.accel.model import with_overlap
 
-    bases = [arch, *(load_arch(n) for n in (a.dse_with.split(",") if a.dse_with else []))]
+    more = (with_overlap(load_arch(n), a.overlap) for n in (a.dse_with.split(",") if a.dse_with else []))
+    bases = [arch, *more]
     arrays, glbs = sizes  # _dse_sizes(a)
     plan = []
     for b in bases:  # the defaults within the limits an architecture file has
@@ -342,7 +344,7 @@ def cmd_accel(a: argparse.Namespace) -> None:
     """The accelerator model (potq.accel; docs/accel.md): every input is checked and every result computed
     before anything is written."""
     from potq.accel.arch import load_arch
-    from potq.accel.model import accel_report, format_table, to_csv
+    from potq.accel.model import accel_report, format_table, to_csv, with_overlap
     from potq.files import save_text
 
     arch = load_arch(a.arch)
@@ -353,8 +355,16 @@ def cmd_accel(a: argparse.Namespace) -> None:
         raise UserError(f"--mappings-csv: lists row-stationary (rs) mappings; the dataflow here is {df}")
     graph, zero_points = _costed_graph(a)
     r = accel_report(
-        graph, arch, a.dataflow, batch=a.batch, compat=a.scalesim_compat, objective=a.objective, zero_points=zero_points
+        graph,
+        arch,
+        a.dataflow,
+        batch=a.batch,
+        compat=a.scalesim_compat,
+        objective=a.objective,
+        zero_points=zero_points,
+        overlap=a.overlap,
     )
+    arch = with_overlap(arch, a.overlap)  # the sweep's bases overlap as the report does
     points, dse_text = [], ""
     if a.dse:
         from potq.accel.dse import format_dse, format_pareto
@@ -837,7 +847,7 @@ def _energy_parser(sub) -> None:
 
 
 def _accel_parser(sub) -> None:
-    from potq.accel.arch import DEFAULT_ARCH  # torch-free
+    from potq.accel.arch import DEFAULT_ARCH, OVERLAPS, PRESETS  # torch-free
     from potq.quant.rules import QuantSettings
     from potq.recipes import TrainConfig
 
@@ -847,7 +857,7 @@ def _accel_parser(sub) -> None:
     ac.add_argument("--scheme", default=QuantSettings.scheme, help="with --run: the quantized model's label")
     _model_input_args(ac)
     ac.add_argument(
-        "--arch", default=DEFAULT_ARCH, help="eyeriss, eyeriss-45nm, systolic-8/16/32, systolic-16-45nm or a JSON file"
+        "--arch", default=DEFAULT_ARCH, help=f"a preset ({', '.join(PRESETS)}) or a JSON file (docs/accel.md)"
     )
     ac.add_argument("--dataflow", help="rs, ws, os or is (default: the architecture's first)")
     ac.add_argument(
@@ -858,6 +868,12 @@ def _accel_parser(sub) -> None:
     )
     ac.add_argument("--batch", type=int, default=1, help="images per inference (N)")
     ac.add_argument("--scalesim-compat", action="store_true", help="SCALE-Sim 3.0.0's output-size rule for the cycles")
+    ac.add_argument(
+        "--overlap",
+        choices=OVERLAPS,
+        help="none: the levels' serial sum (the lab's); double-buffered: each node's slowest level plus one tile "
+        "of the others (default: the architecture's `overlap`, none on every preset)",
+    )
     ac.add_argument("--csv", type=Path, help="write the per-layer results as CSV")
     ac.add_argument("--scalesim-out", type=Path, help="write a SCALE-Sim topology, layout and configs into this folder")
     ac.add_argument("--mappings-csv", type=Path, help="rs: every legal mapping of every conv block (the lab's columns)")

@@ -28,13 +28,15 @@ from potq.errors import UserError
 from potq.ir.rules import ACCUMULATORS
 
 PRESETS = (
-    "eyeriss",
+    "eyeriss",  # the course lab's (AOC 2025 Lab 2), its PPU included: 1 operation per cycle
+    "eyeriss-ppu8",  # potq's faster variant: the same with an 8-operation PPU (`eyeriss` before issue 30)
     "eyeriss-45nm",
     "systolic-8",
     "systolic-16",
     "systolic-32",
     "systolic-16-45nm",
     "systolic-16-45nm-sized",  # systolic-16-45nm with accumulators sized to each node's proven bound
+    "potq-rtl",  # potq's own RTL as built, timed as Verilator counts it (potq.accel.rtl)
 )
 DEFAULT_ARCH = "eyeriss"  # the course lab's accelerator: `potq accel` and `q.accel()` without --arch
 # the accelerator every quantized model is priced on (its record's costs, `potq mixed`'s default): a 16x16
@@ -45,6 +47,12 @@ SPADS = ("ifmap", "filter", "psum")
 ENERGIES = ("mac", "spad", "glb", "dram", "ppu_op")
 UNITS = ("relative", "pJ")
 PJ_PER_J = 1e12  # leakage W x s -> the energy unit (pJ; the lab's relative units are pJ too)
+# an architecture's `timing`: the lab's serial sum, or potq's RTL as Verilator counts it (potq.accel.rtl)
+TIMINGS = ("serial", "potq-rtl")
+RTL_TIMING = TIMINGS[1]
+# an architecture's `overlap` (and `potq accel --overlap`): "none", the lab's serial sum of the levels, or
+# "double-buffered", each level working on one tile while the next streams in (potq.accel.model.overlapped)
+OVERLAPS = ("none", "double-buffered")
 TABLES = {"potq-45nm": None}  # name -> path (None: potq's own table, potq.energy.load_table())
 
 
@@ -69,6 +77,10 @@ class Arch:
     # "int32" (default) or "proven": partial sums and their adds as wide as each node's proven worst case
     # (potq.ir.bounds.ACCUMULATORS), e.g. a dataflow accelerator that sizes every layer's datapath
     accumulator: str = ACCUMULATORS[0]
+    # "serial" (default): latency = compute + DRAM + GLB + PPU, the course lab's sum; "potq-rtl": each node's
+    # cycles are potq's RTL's (potq.accel.rtl: its array, its vector unit, its memories inside those cycles)
+    timing: str = TIMINGS[0]
+    overlap: str = OVERLAPS[0]  # "double-buffered": a node takes its slowest level plus one tile of the others
     source: str = ""  # the file it came from
 
     @property
@@ -172,6 +184,37 @@ def _energies(where: str, raw: dict) -> tuple[dict[str, float], str | None]:
     return out, table_name
 
 
+def _modes(where: str, raw: dict) -> tuple[list[str], str, str, str]:
+    """The fields that choose a model: dataflows, accumulator, timing (potq-rtl: the RTL's one os array),
+    overlap."""
+    flows = raw.get("dataflows")
+    known_flows = isinstance(flows, list) and flows and all(f in DATAFLOWS for f in flows)
+    if not known_flows or len(set(flows)) < len(flows):  # a repeat would repeat its DSE points
+        names = ", ".join(DATAFLOWS)
+        got = _shown(flows)
+        raise UserError(f"{where}: field 'dataflows' must be a non-empty list of {names}, each once, got {got}")
+    accumulator = raw.get("accumulator", ACCUMULATORS[0])
+    if accumulator not in ACCUMULATORS:
+        choices = ", ".join(ACCUMULATORS)
+        raise UserError(f"{where}: field 'accumulator' must be one of {choices}, got {_shown(accumulator)}")
+    timing = raw.get("timing", TIMINGS[0])
+    if timing not in TIMINGS:
+        raise UserError(f"{where}: field 'timing' must be one of {', '.join(TIMINGS)}, got {_shown(timing)}")
+    if timing == RTL_TIMING and flows != ["os"]:  # the RTL is one output-stationary array
+        raise UserError(f"{where}: field 'dataflows' must be [\"os\"] with timing {RTL_TIMING}, got {_shown(flows)}")
+    overlap = raw.get("overlap", OVERLAPS[0])
+    if overlap not in OVERLAPS:
+        raise UserError(f"{where}: field 'overlap' must be one of {', '.join(OVERLAPS)}, got {_shown(overlap)}")
+    check_overlap(where, timing, overlap)
+    return flows, accumulator, timing, overlap
+
+
+def check_overlap(where: str, timing: str, overlap: str) -> None:
+    """potq's RTL has its own count (its memories inside its cycles): no levels to overlap."""
+    if timing == RTL_TIMING and overlap != OVERLAPS[0]:
+        raise UserError(f"{where}: overlap {overlap} does not apply to timing {RTL_TIMING}, the RTL's own count")
+
+
 def parse_arch(raw: object, where: str) -> Arch:
     """Check every field of an architecture (a parsed JSON object) and build the Arch."""
     if not isinstance(raw, dict):
@@ -190,16 +233,7 @@ def parse_arch(raw: object, where: str) -> Arch:
     if unit not in UNITS:
         raise UserError(f"{where}: field 'energy_unit' must be one of {', '.join(UNITS)}, got {_shown(unit)}")
     energy, table = _energies(where, raw)
-    flows = raw.get("dataflows")
-    known_flows = isinstance(flows, list) and flows and all(f in DATAFLOWS for f in flows)
-    if not known_flows or len(set(flows)) < len(flows):  # a repeat would repeat its DSE points
-        names = ", ".join(DATAFLOWS)
-        got = _shown(flows)
-        raise UserError(f"{where}: field 'dataflows' must be a non-empty list of {names}, each once, got {got}")
-    accumulator = raw.get("accumulator", ACCUMULATORS[0])
-    if accumulator not in ACCUMULATORS:
-        choices = ", ".join(ACCUMULATORS)
-        raise UserError(f"{where}: field 'accumulator' must be one of {choices}, got {_shown(accumulator)}")
+    flows, accumulator, timing, overlap = _modes(where, raw)
     known = {*Arch.__dataclass_fields__} - {"source"}
     extra = sorted(set(raw) - known - {"comment"})
     if extra:
@@ -224,6 +258,8 @@ def parse_arch(raw: object, where: str) -> Arch:
         ppu_ops_per_cycle=_int(where, raw, "ppu_ops_per_cycle", limits.MAX_PPU_OPS_PER_CYCLE),
         energy_table=table,
         accumulator=accumulator,
+        timing=timing,
+        overlap=overlap,
         source=where,
     )
 

@@ -7,12 +7,13 @@ Eyeriss row-stationary: each of the lab's conv blocks (search.conv_blocks: a max
 conv) is row_stationary.evaluate() of its best mapping by the objective, latency and all); every node's
 requantization, residual add, pooling and input table run on the post-processing unit (PPU), whose
 operations per output are potq.energy's own terms (one home for the op counting). Cycles: the lab's
-serial sum, latency = compute + DRAM + global buffer + PPU, with DRAM = bytes over the architecture's one
-DRAM bandwidth (Arch.dram_cycles: ceil(bytes x cycles per transaction / bus bytes per cycle), the bandwidth
-the roofline and the bound word read too) and the same for the global buffer over the NoC. Energy per level:
-compute (MAC array), ppu, spad, glb, dram (per byte), leakage (W x latency / clock, in pJ). Under an
-architecture with `energy_table` (the 45 nm presets) the compute + ppu energy of a node is potq.energy's
-compute energy of that node, term by term. Formulas and reasons: docs/accel.md.
+serial sum, latency = compute + DRAM + global buffer + PPU (or, double-buffered, the slowest level plus one
+tile of the others: `overlapped`; or potq's RTL's own count: potq.accel.rtl), with DRAM = bytes over the
+architecture's one DRAM bandwidth (Arch.dram_cycles: ceil(bytes x cycles per transaction / bus bytes per
+cycle), the bandwidth the roofline and the bound word read too) and the same for the global buffer over the
+NoC. Energy per level: compute (MAC array), ppu, spad, glb, dram (per byte), leakage (W x latency / clock,
+in pJ). Under an architecture with `energy_table` (the 45 nm presets) the compute + ppu energy of a node is
+potq.energy's compute energy of that node, term by term. Formulas and reasons: docs/accel.md.
 Evidence: tests/test_accel.py (45 nm energy equal to potq.energy's per node; rs blocks equal to
 evaluate(); compulsory DRAM bytes equal to the export's weights (at their bits), int32 biases and the
 activations that move, and never above the modeled DRAM total on the zoo; determinism; the per-layer table).
@@ -22,10 +23,11 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 
 from potq import energy as energy_model
-from potq.accel import systolic
-from potq.accel.arch import PJ_PER_J, TABLES, Arch
+from potq.accel import rtl, systolic
+from potq.accel.arch import OVERLAPS, PJ_PER_J, RTL_TIMING, TABLES, Arch, check_overlap
 from potq.accel.limits import check_batch, check_grid_cells
 from potq.accel.row_stationary import balance_point, bound, grid_cells
 from potq.accel.search import fused_pools, search
@@ -35,7 +37,8 @@ from potq.energy import Arith
 from potq.errors import UserError
 from potq.ir.graph import Graph, OpType
 
-LEVELS = ("compute", "ppu", "spad", "glb", "dram", "leakage")
+LEVELS = ("compute", "ppu", "spad", "glb", "dram", "leakage")  # energy
+LEVEL_CYCLES = ("compute", "dram", "glb", "ppu")  # the levels that take a node's cycles
 OPERANDS = ("ifmap", "filter", "bias", "psum", "ofmap")
 # potq.energy's MAC terms, by how their words begin: a product below 8 bits is "input times weight (8 x 4-bit
 # multiply)", "input times weight: one shift (pot weight)", or apot's two shifts and "add the two shifted terms"
@@ -79,22 +82,25 @@ def _table_energy(w: Workload, cost, key: Arith, table) -> tuple[float, float]:
     return cost.outputs * array, cost.outputs * ppu
 
 
-def _systolic_traffic(w: Workload, arch: Arch, dataflow: str, compat: bool) -> tuple[int, dict]:
+def _systolic_traffic(w: Workload, arch: Arch, dataflow: str, compat: bool) -> tuple[int, dict, int]:
+    """Compute cycles, traffic and tiles (the folds of every group) of a MAC node on a systolic array."""
     cyc = systolic.compute_cycles(scalesim_compat(w) if compat else w, arch.pe_rows, arch.pe_cols, dataflow)
-    return cyc, systolic.traffic(w, arch.pe_rows, arch.pe_cols, dataflow, arch.glb_bytes)
+    fr, fc = systolic.folds(systolic.gemm(w, dataflow), arch.pe_rows, arch.pe_cols)
+    return cyc, systolic.traffic(w, arch.pe_rows, arch.pe_cols, dataflow, arch.glb_bytes), w.groups * fr * fc
 
 
-def _rs_traffic(w: Workload, arch: Arch, objective: str, pool: int) -> tuple[int, dict, str, int]:
+def _rs_traffic(w: Workload, arch: Arch, objective: str, pool: int) -> tuple[int, dict, str, int, int]:
     """The row-stationary best mapping of a conv block (the conv, and the k x k max pool fused after it:
-    search.conv_blocks), taken whole from row_stationary.evaluate(): compute cycles, traffic, and the
-    lab's PPU operations (1 per output, 5 with a fused pool). Its latency is evaluate()'s."""
+    search.conv_blocks), taken whole from row_stationary.evaluate(): compute cycles, traffic, the lab's PPU
+    operations (1 per output, 5 with a fused pool) and its passes (the tiles). Its serial latency is
+    evaluate()'s."""
     mapping, m = search(w, arch, objective, pool)
     by = {
         "dram": {k: int(m.get(f"dram_{k}_read", 0)) + int(m.get(f"dram_{k}_write", 0)) for k in OPERANDS},
         "glb": {k: int(m.get(f"glb_{k}_read", 0)) + int(m.get(f"glb_{k}_write", 0)) for k in OPERANDS},
         "spad": spad_traffic(w),
     }
-    return int(m["cycles_compute"]), by, str(mapping), int(m["ppu_ops"])
+    return int(m["cycles_compute"]), by, str(mapping), int(m["ppu_ops"]), int(m["passes"])
 
 
 def _ppu_traffic(w: Workload) -> dict:
@@ -105,27 +111,40 @@ def _ppu_traffic(w: Workload) -> dict:
     return {"dram": dict(d), "glb": dict(d), "spad": {k: 0 for k in OPERANDS}}
 
 
-def node_result(
-    w: Workload, arch: Arch, dataflow: str, cost, key: Arith, table, compat: bool, objective: str, pool: int = 1
-) -> dict:
-    """Every term of one node; see the module docstring and docs/accel.md. pool: the k x k max pool fused
-    after a row-stationary conv (1: none)."""
-    mapping = ""
-    ops = ppu_ops(w, cost, key)
-    if w.is_mac and dataflow == "rs":
-        cycles_compute, by, mapping, ops = _rs_traffic(w, arch, objective, pool)
-    elif w.is_mac:
-        cycles_compute, by = _systolic_traffic(w, arch, dataflow, compat)
-    else:
-        cycles_compute, by = 0, _ppu_traffic(w)
-    access = {lvl: sum(by[lvl].values()) for lvl in ("dram", "glb", "spad")}
-    cyc = {
-        "compute": cycles_compute,
+def _cycles(w: Workload, arch: Arch, compute: int, access: dict[str, int], ops: int) -> dict[str, int]:
+    """A node's cycles by level, summed into its latency. Serial timing (the lab's): the dataflow's compute
+    cycles, the DRAM and GLB bytes over their bandwidths, the PPU's operations at its rate. potq-rtl timing:
+    potq's RTL's own count (potq.accel.rtl): the array's cycles with the columns' PPUs on its output path,
+    the vector unit's for every other node, and no memory cycles (its memories are read inside those)."""
+    if arch.timing == RTL_TIMING:
+        array, vector = rtl.node_cycles(w, arch.pe_rows, arch.pe_cols)
+        return {"compute": array, "dram": 0, "glb": 0, "ppu": vector}
+    return {
+        "compute": compute,
         "dram": arch.dram_cycles(access["dram"]),
         "glb": cdiv(access["glb"] * arch.glb_cycles_per_transaction, arch.noc_bytes_per_cycle),
         "ppu": cdiv(ops, arch.ppu_ops_per_cycle),
     }
-    latency = sum(cyc.values())
+
+
+def overlapped(cyc: dict[str, int], tiles: int, overlap: str) -> tuple[int, int]:
+    """(latency, stall) of a node from its levels' cycles (compute, dram, glb, ppu). "none": the lab's serial
+    sum, nothing stalls. "double-buffered": the node runs in `tiles` tiles (a systolic fold, a row-stationary
+    pass, a half-buffer of a PPU node's stream), each level working on one tile while the next level works
+    on the one before, so the node takes its slowest level whole plus one tile of every other level (the
+    first tile's fill and the last one's drain): slowest + ceil((sum - slowest) / tiles), between the
+    slowest level and the serial sum (a single tile overlaps nothing). Stall: the cycles the engine that
+    does the node's work (the array; the PPU on a node without MACs) waits for a slower level."""
+    total = sum(cyc[k] for k in LEVEL_CYCLES)
+    if overlap == OVERLAPS[0] or tiles <= 1:
+        return total, 0
+    slowest = max(cyc[k] for k in LEVEL_CYCLES)
+    engine = cyc["compute"] if cyc["compute"] else cyc["ppu"]
+    return slowest + cdiv(total - slowest, tiles), slowest - engine
+
+
+def _energy(w: Workload, arch: Arch, cost, key: Arith, table, ops: int, access: dict, latency: int) -> dict:
+    """Energy by level (LEVELS) and its total; see the module docstring."""
     e = arch.energy
     if table is not None:
         e_compute, e_ppu = _table_energy(w, cost, key, table)
@@ -141,6 +160,28 @@ def node_result(
         "leakage": arch.leakage_w * latency / arch.clock_hz * PJ_PER_J,
     }
     en["total"] = sum(en[k] for k in LEVELS)
+    return en
+
+
+def node_result(
+    w: Workload, arch: Arch, dataflow: str, cost, key: Arith, table, compat: bool, objective: str, pool: int = 1
+) -> dict:
+    """Every term of one node; see the module docstring and docs/accel.md. pool: the k x k max pool fused
+    after a row-stationary conv (1: none)."""
+    mapping = ""
+    ops = ppu_ops(w, cost, key)
+    if w.is_mac and dataflow == "rs":
+        cycles_compute, by, mapping, ops, tiles = _rs_traffic(w, arch, objective, pool)
+    elif w.is_mac:
+        cycles_compute, by, tiles = _systolic_traffic(w, arch, dataflow, compat)
+    else:
+        cycles_compute, by = 0, _ppu_traffic(w)
+        tiles = cdiv(sum(by["glb"].values()), max(1, arch.glb_bytes // 2)) or 1  # half the buffer streams in
+    if arch.timing == RTL_TIMING:  # the model lives in the RTL's memories: nothing crosses DRAM
+        by["dram"] = {k: 0 for k in OPERANDS}
+    access = {lvl: sum(by[lvl].values()) for lvl in ("dram", "glb", "spad")}
+    cyc = _cycles(w, arch, cycles_compute, access, ops)
+    latency, stall = overlapped(cyc, tiles, arch.overlap)
     return {
         "node": w.node,
         "op": w.op,
@@ -148,10 +189,11 @@ def node_result(
         "mapping": mapping,
         "macs": w.macs,
         "ppu_ops": ops,
-        "cycles": {**cyc, "latency": latency},
-        "utilization": w.macs / (cycles_compute * arch.pes) if cycles_compute else 0.0,
+        "tiles": tiles,
+        "cycles": {**cyc, "stall": stall, "latency": latency},
+        "utilization": w.macs / (cyc["compute"] * arch.pes) if cyc["compute"] else 0.0,
         "bytes": by,
-        "energy": en,
+        "energy": _energy(w, arch, cost, key, table, ops, access, latency),
         **roofline(w.macs, access["dram"], arch),
         "bound": bound(cyc["compute"], cyc["dram"]),
     }
@@ -181,7 +223,8 @@ def fused_result(w: Workload, arch: Arch, into: str) -> dict:
         "mapping": f"into {into}",
         "macs": 0,
         "ppu_ops": 0,
-        "cycles": {k: 0 for k in ("compute", "dram", "glb", "ppu", "latency")},
+        "tiles": 0,
+        "cycles": {k: 0 for k in (*LEVEL_CYCLES, "stall", "latency")},
         "utilization": 0.0,
         "bytes": {lvl: dict(zero) for lvl in ("dram", "glb", "spad")},
         "energy": {k: 0.0 for k in (*LEVELS, "total")},
@@ -235,6 +278,16 @@ def check_dataflow(arch: Arch, dataflow: str | None) -> str:
     return df
 
 
+def with_overlap(arch: Arch, overlap: str | None) -> Arch:
+    """The architecture with `overlap` in place of its own (None: as it is), checked as its file's field is."""
+    if overlap is None:
+        return arch
+    if overlap not in OVERLAPS:
+        raise UserError(f"--overlap must be one of {', '.join(OVERLAPS)}, got {overlap!r}")
+    check_overlap(f"--overlap on {arch.name}", arch.timing, overlap)
+    return replace(arch, overlap=overlap)
+
+
 def accel_report(
     graph: Graph,
     arch: Arch,
@@ -244,13 +297,18 @@ def accel_report(
     compat: bool = False,
     objective: str = "latency",
     zero_points: dict[str, int] | None = None,
+    overlap: str | None = None,
 ) -> dict:
     """Per node results and network totals of `graph` on `arch` (a quantized graph, or a float graph taken
     at 8 bits). compat: SCALE-Sim's output-size rule for the compute cycles (scalesim_compat).
     zero_points: potq.energy.graph_costs' (None for a quantized graph: its own; a float graph's come from
     a zero-point policy, potq.quant.scheme.policy_zero_points, which the caller reads: this interpreter
-    does not import the quantizer)."""
+    does not import the quantizer). overlap: "none" or "double-buffered" in place of the architecture's
+    (`overlapped`; None: the architecture's own)."""
     df = check_dataflow(arch, dataflow)
+    arch = with_overlap(arch, overlap)
+    if compat and arch.timing == RTL_TIMING:
+        raise UserError(f"--scalesim-compat: {arch.name} is timed as potq's RTL, which has PyTorch's output sizes")
     ws = workloads(graph, check_batch(batch), arch.accumulator)
     if df == "rs":  # the mapping search's time grows with its grids' cells: bounded before it runs
         check_grid_cells(sum(grid_cells(w, arch) for w in ws if w.is_mac), arch.source or arch.name)
@@ -264,7 +322,8 @@ def accel_report(
         "bytes": {
             lvl: {k: sum(r["bytes"][lvl][k] for r in layers) for k in OPERANDS} for lvl in ("dram", "glb", "spad")
         },
-        "compulsory_dram_bytes": compulsory_bytes(ws, layers, fused),
+        # potq's RTL holds the whole model in its memories: nothing must cross DRAM
+        "compulsory_dram_bytes": 0 if arch.timing == RTL_TIMING else compulsory_bytes(ws, layers, fused),
     }
     total["seconds"] = total["cycles"]["latency"] / arch.clock_hz
     e_total = total["energy"]["total"]
@@ -272,6 +331,7 @@ def accel_report(
     return {
         "arch": arch.name,
         "dataflow": df,
+        "overlap": arch.overlap,
         "energy_unit": arch.energy_unit,
         "batch": batch,
         "scalesim_compat": compat,
@@ -293,11 +353,18 @@ def _bound_cell(lay: dict) -> str:
     return f"fused {lay['mapping']}" if lay["dataflow"] == "fused" else lay["bound"]
 
 
+def _overlap_words(r: dict) -> str:
+    """', double-buffered (N stall cycles)' where the levels overlap; nothing for the serial sum."""
+    if r["overlap"] == OVERLAPS[0]:
+        return ""
+    return f", {r['overlap']} ({r['total']['cycles']['stall']:,} stall cycles)"
+
+
 def format_table(r: dict) -> str:
     """The per-layer table (markdown), then the totals and the share of energy by level."""
     unit = r["energy_unit"]
     lines = [
-        f"Accelerator {r['arch']}, dataflow {r['dataflow']}, batch {r['batch']} (energy in {unit})",
+        f"Accelerator {r['arch']}, dataflow {r['dataflow']}, batch {r['batch']}{_overlap_words(r)} (energy in {unit})",
         "",
         "| Node | Op | MACs | Compute cyc | DRAM cyc | GLB cyc | PPU cyc | Latency | Util | DRAM B | "
         f"MACs/B | Bound | Energy ({unit}) |",
@@ -327,8 +394,8 @@ def format_table(r: dict) -> str:
 
 
 CSV_COLUMNS = (
-    ["node", "op", "dataflow", "mapping", "macs", "ppu_ops"]
-    + [f"cycles_{k}" for k in ("compute", "dram", "glb", "ppu", "latency")]
+    ["node", "op", "dataflow", "mapping", "macs", "ppu_ops", "tiles"]
+    + [f"cycles_{k}" for k in (*LEVEL_CYCLES, "stall", "latency")]
     + ["utilization"]
     + [f"{lvl}_{k}_bytes" for lvl in ("dram", "glb", "spad") for k in OPERANDS]
     + [f"energy_{k}" for k in (*LEVELS, "total")]
@@ -339,7 +406,7 @@ CSV_COLUMNS = (
 def csv_rows(r: dict) -> list[dict]:
     rows = []
     for lay in r["layers"]:
-        row = {k: lay[k] for k in ("node", "op", "dataflow", "mapping", "macs", "ppu_ops", "utilization")}
+        row = {k: lay[k] for k in ("node", "op", "dataflow", "mapping", "macs", "ppu_ops", "tiles", "utilization")}
         row.update({f"cycles_{k}": v for k, v in lay["cycles"].items()})
         row.update({f"{lvl}_{k}_bytes": lay["bytes"][lvl][k] for lvl in ("dram", "glb", "spad") for k in OPERANDS})
         row.update({f"energy_{k}": v for k, v in lay["energy"].items()})

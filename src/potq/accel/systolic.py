@@ -94,11 +94,6 @@ def rtl_gemm_cycles(pixels: int, filters: int, window: int, rows: int, cols: int
     return 1 + groups * fr * fc * period + (fold + rows - period)
 
 
-def rtl_cycles(w: Workload, rows: int, cols: int) -> int:
-    """`rtl_gemm_cycles` of a conv/linear workload: per group N*E*F pixels, M filters, a C*R*S window."""
-    return rtl_gemm_cycles(w.N * w.E * w.F, w.M, w.C * w.R * w.S, rows, cols, w.groups)
-
-
 def traffic(w: Workload, rows: int, cols: int, dataflow: str, glb_bytes: int) -> dict[str, dict[str, int]]:
     """Bytes per level ('dram', 'glb', 'spad') and operand ('ifmap', 'filter', 'bias', 'psum', 'ofmap').
 

@@ -49,6 +49,7 @@ class Workload:
     bits_psum: int = 32
     bits_ofmap: int = 8
     inputs: int = 1  # operands read per output position: 2 for an add, the input count of a concat
+    sources: int = 1  # values the output is assembled from: a concat's inputs (potq's RTL copies each in turn)
 
     @property
     def is_mac(self) -> bool:
@@ -176,7 +177,7 @@ def _flatten(graph: Graph, n: Node, batch: int, bits: Bits) -> Workload:
 def _concat(graph: Graph, n: Node, batch: int, bits: Bits) -> Workload:
     """The inputs' channels add up; each output value is read from one input (inputs = 1)."""
     channels, (h, w_), (e, f) = _maps(graph, n)
-    return Workload(n.name, n.op.value, batch, 1, 1, channels, h, w_, 1, 1, e, f, **bits)
+    return Workload(n.name, n.op.value, batch, 1, 1, channels, h, w_, 1, 1, e, f, **bits, sources=len(n.inputs))
 
 
 WORKLOAD_KERNELS: dict[OpType, Callable[[Graph, Node, int, Bits], Workload]] = {

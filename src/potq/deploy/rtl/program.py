@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from potq.accel.rtl import vector_unit_cycles
 from potq.accel.systolic import os_gemm_cycles, rtl_gemm_cycles
 from potq.deploy.rtl.pkg import DESC_FIELDS, DESC_WORDS, OPCODES
 from potq.errors import UserError
@@ -209,4 +210,4 @@ def rtl_cycles(d: dict[str, int], rows: int, cols: int) -> int:
         k = d["C"] // g * d["KH"] * d["KW"]
         return mac_cycles(d["OH"] * d["OW"], d["O"] // g, k, rows, cols, g)
     taps = d["KH"] * d["KW"] if d["OP"] in POOL_OPCODES else 1
-    return 1 + d["SIZE"] * taps  # the vector unit: one window tap (or element) per cycle
+    return vector_unit_cycles(d["SIZE"], taps)  # the vector unit: one window tap (or element) per cycle
