@@ -28,14 +28,16 @@ def export_run(
     formats: tuple[str, ...] = ("hw",),
     onnx_weights: str = WEIGHTS_UINT8,
     pe_kind: str = PE_KINDS[0],
+    force: bool | None = None,
 ) -> dict:
     """Export a run's quantized model, with `vectors` test images (across the classes) as test vectors;
     onnx_weights: the ONNX model's stored weight type (potq.deploy.onnx_qdq.WEIGHT_FORMS); pe_kind: the
-    RTL's PE (potq.deploy.rtl.PE_KINDS)."""
+    RTL's PE (potq.deploy.rtl.PE_KINDS); force: replace the files of an earlier export that the user
+    changed (None: `potq run`, which offers no such option for its export folder)."""
     if vectors < 1:
         raise UserError(f"--vectors must be at least 1, got {vectors}")
     out, run = Path(out), Path(run)
-    check_output_dir(out, EXPORT_KIND, protect=(run,))
+    check_output_dir(out, EXPORT_KIND, protect=(run,), force=force)
     graph, cfg = load_quantized(run, name)
     check_pe_kind(graph, formats, pe_kind)  # before the data
     ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
@@ -45,5 +47,5 @@ def export_run(
     images, labels = np.array(ds.test_x[indices]), np.array(ds.test_y[indices])
     source = {**quantized_model_record(run, name), "inputs": derived_inputs(run, name, ds.digest)}
     return write_export(
-        graph, out, images, labels, cfg.classes, (run,), formats, source, indices, onnx_weights, pe_kind
+        graph, out, images, labels, cfg.classes, (run,), formats, source, indices, onnx_weights, pe_kind, force
     )
