@@ -202,3 +202,32 @@ def test_a_run_of_potq_0_3_is_brought_up_to_date_not_refused(run, capsys):
     assert status == 0 and "train: already done" in out, err
     assert "quantize ... again: it records no inputs (an older potq wrote it)" in out
     assert "quant_sha256" in json.loads((folder / "quant_pot-tensor.json").read_text())
+
+
+# ---- issue 32, item 1: every answer fingerprints what it read, when it read it -----------------------
+
+
+def test_a_model_quantized_again_during_verify_is_not_paired_with_its_results(run, capsys, monkeypatch):
+    """`potq quantize --run R &` then `potq verify --run R`: the verify record names the model it compared, not
+    the one that replaced it meanwhile, so `potq run` verifies the new model again (on potq 0.4 the record
+    carried the new model's SHA-256 with the old model's results, and `potq run` called verify done)."""
+    from potq.files import file_digest
+    from potq.jobs import verify
+
+    root, args = run
+    folder = root / "run"
+    read = file_digest(folder / "quant_pot-channel.pt")
+    compare_models = verify.compare_models
+
+    def quantized_again_meanwhile(*a, **k):  # the concurrent writer, between verify's read and its save
+        assert main(["quantize", "--run", str(folder), "--scheme", "pot-channel", "--calib", "20"]) == 0
+        return compare_models(*a, **k)
+
+    monkeypatch.setattr(verify, "compare_models", quantized_again_meanwhile)
+    assert main(["verify", "--run", str(folder), "--scheme", "pot-channel"]) == 0
+    monkeypatch.undo()
+    record = json.loads((folder / "verify_pot-channel.json").read_text())
+    assert file_digest(folder / "quant_pot-channel.pt") != read
+    assert record["inputs"]["quantized model"] == read
+    status, out, _ = rerun(args, capsys)
+    assert status == 0 and "verify ... again: the quantized model changed since it was made" in out

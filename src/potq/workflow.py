@@ -174,13 +174,13 @@ def _energy_step(o: RunOptions) -> None:
     from potq import energy as en
     from potq.files import save_json
     from potq.runs.provenance import derived_inputs
-    from potq.runs.quantized import load_quantized
+    from potq.runs.quantized import read_quantized
 
     table = en.load_table()
-    graph, _ = load_quantized(o.out, o.headline)
+    graph, _, quant_sha256 = read_quantized(o.out, o.headline)
     r = en.report(en.graph_costs(graph), table, o.memory)
     r["scheme"] = o.headline
-    r["inputs"] = derived_inputs(o.out, o.headline)
+    r["inputs"] = derived_inputs(o.out, o.headline, quant_sha256=quant_sha256)
     r["linear_example"] = {str(zp): en.linear_example(128, 10, zp, table) for zp in (SIGNED_ZERO_POINT, 0)}
     r["markdown"] = en.format_report(r)
     en.plot_report(r, o.out / ENERGY_PNG)
@@ -197,14 +197,15 @@ def _accel_step(o: RunOptions) -> None:
     from potq.accel.plots import plot_energy_levels, plot_roofline
     from potq.files import save_json
     from potq.runs.provenance import derived_inputs
-    from potq.runs.quantized import load_quantized
+    from potq.runs.quantized import read_quantized
 
     out = o.out
-    graph, _ = load_quantized(out, o.headline)
+    graph, _, quant_sha256 = read_quantized(out, o.headline)
     reports = [accel_report(graph, load_arch(arch), df) for arch, df in ACCEL_RUNS]
     plot_roofline(reports, out / ACCEL_ROOFLINE_PNG)
     plot_energy_levels(reports, out / ACCEL_ENERGY_PNG)
-    record = {"scheme": o.headline, "reports": reports, "inputs": derived_inputs(out, o.headline)}
+    inputs = derived_inputs(out, o.headline, quant_sha256=quant_sha256)
+    record = {"scheme": o.headline, "reports": reports, "inputs": inputs}
     save_json(record, out / ACCEL_JSON)  # last: the step's done mark
     for r in reports:
         print(format_table(r) + "\n")

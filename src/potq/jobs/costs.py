@@ -20,7 +20,7 @@ from potq.plots import plot_points
 from potq.quant.rules import SCHEMES
 from potq.quant.scheme import policy_zero_points
 from potq.runs.paths import PRECISION_JSON, PRECISION_PNG, QUANT_GLOB, label_of
-from potq.runs.quantized import load_quantized
+from potq.runs.quantized import load_quantized, read_quantized
 
 
 def model_graph(model: nn.Module, in_shape: tuple[int, ...], act_zero_point: int | None = None):
@@ -81,8 +81,8 @@ def price_run(run: Path) -> dict[str, dict]:
     run = Path(run)
     priced = {}
     for label, record in _pot_records(run).items():
-        graph, _ = load_quantized(run, label)
-        priced[label] = {**{k: record.get(k) for k in RECORD_KEYS}, **model_costs(graph)}
+        graph, _, sha256 = read_quantized(run, label)  # the model priced, as read: a later one is told apart
+        priced[label] = {**{k: record.get(k) for k in RECORD_KEYS}, **model_costs(graph), "quant_sha256": sha256}
     if priced:
         save_json(priced, run / PRECISION_JSON)
         arch = next(iter(priced.values()))["arch"]

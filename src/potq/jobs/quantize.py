@@ -13,7 +13,7 @@ from torch import nn
 
 from potq.data import load_dataset, test_subset
 from potq.errors import UserError
-from potq.files import file_digest, read_json, save_json, save_text
+from potq.files import read_json, save_json, save_text
 from potq.ir.codes import weight_bytes
 from potq.ir.graph import Graph
 from potq.ir.tensor import normalize
@@ -120,7 +120,7 @@ def quantize_run(
     q_loss, q_acc = evaluate(simulated(graph), test_x, test_y, cfg.mean, cfg.std)
     name = label(settings, qat_epochs)
     model_path, json_path = quant_paths(run, name)
-    save_quantized(graph, cfg, model_path, weights_digest(run))
+    quant_sha256 = save_quantized(graph, cfg, model_path, weights_digest(run))
     q_in = graph.q[graph.nodes[0].output]
     result = {
         "label": name,
@@ -142,7 +142,7 @@ def quantize_run(
         "layers": layer_table(graph),
         "seconds": time.perf_counter() - t0,
         "inputs": quantized_inputs(run, cfg.data_digest),  # potq.runs.provenance
-        "quant_sha256": file_digest(model_path),
+        "quant_sha256": quant_sha256,
     }
     save_json(result, json_path)
     return result

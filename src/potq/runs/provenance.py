@@ -116,10 +116,11 @@ def summary_inputs(model: str, data_digest: str) -> dict:
     return {DATA_INPUT: data_digest, MODEL_INPUT: source_digest(model)}
 
 
-def derived_inputs(run: Path, label: str, data_digest: str | None = None) -> dict:
-    """What a result of quant_<label> is made from: the quantized model's file, and the data where the
-    result reads images (verify, export, deploy; not energy and accel)."""
-    inputs = {QUANT_INPUT: file_digest(quant_paths(run, label)[0])}
+def derived_inputs(run: Path, label: str, data_digest: str | None = None, quant_sha256: str | None = None) -> dict:
+    """What a result of quant_<label> is made from: the quantized model (`quant_sha256`, the bytes the result
+    was computed from, potq.runs.quantized.read_quantized; else the file as it is now, for a check), and the
+    data where the result reads images (verify, export, deploy; not energy and accel)."""
+    inputs = {QUANT_INPUT: quant_sha256 or file_digest(quant_paths(run, label)[0])}
     return inputs if data_digest is None else {**inputs, DATA_INPUT: data_digest}
 
 
