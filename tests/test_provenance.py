@@ -231,3 +231,52 @@ def test_a_model_quantized_again_during_verify_is_not_paired_with_its_results(ru
     assert record["inputs"]["quantized model"] == read
     status, out, _ = rerun(args, capsys)
     assert status == 0 and "verify ... again: the quantized model changed since it was made" in out
+
+
+def test_images_replaced_behind_a_symlinked_class_folder_are_other_data(run, capsys):
+    """Class folders that are symbolic links: the link pointed at other images, or an image replaced behind it,
+    is other data (on potq 0.4 the cache key did not look through the link: every step said `already done`)."""
+    root, args = run
+    link = root / "data" / "test" / "cat"
+    real, changed = root / "real", root / "changed"
+    shutil.move(link, real)
+    shutil.copytree(real, changed)
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(sorted(changed.iterdir())[0])
+
+    def point_at(target) -> tuple[int, str, str]:
+        link.unlink(missing_ok=True)
+        link.symlink_to(target, target_is_directory=True)
+        return rerun(args, capsys)
+
+    status, out, _ = point_at(real)
+    assert status == 0 and "train: already done" in out  # the same content through a link: the same data
+    status, _, err = point_at(changed)
+    assert status == 2 and err.count("\n") == 1 and "its content changed" in err, err
+    status, out, _ = point_at(real)
+    assert status == 0 and "train: already done" in out
+    _replace_an_image(root / "data")  # behind the link
+    status, _, err = rerun(args, capsys)
+    assert status == 2 and err.count("\n") == 1 and "its content changed" in err, err
+
+
+def test_a_cache_entry_changed_in_place_is_not_used(learnable_data, tmp_path, capsys):
+    """A cached test_x.npy overwritten in place with arrays of the same size: the cache entry's content is
+    checked when it is used, the data decoded again (on potq 0.4 the run trained on the changed images)."""
+    import numpy as np
+
+    from potq.data import load_dataset
+
+    data = shutil.copytree(learnable_data, tmp_path / "data")
+    cache = tmp_path / "cache"
+    digest = load_dataset(str(data), cache).digest
+    (entry,) = [p for p in cache.iterdir() if (p / "test_x.npy").exists()]
+    test_x = np.load(entry / "test_x.npy")
+    size = (entry / "test_x.npy").stat().st_size
+    np.save(entry / "test_x.npy", 255 - test_x)
+    assert (entry / "test_x.npy").stat().st_size == size
+    capsys.readouterr()
+    again = load_dataset(str(data), cache)
+    assert again.digest == digest and np.array_equal(again.test_x, test_x)
+    assert "fails its check" in capsys.readouterr().err
+    assert load_dataset(str(data), cache).digest == digest  # the entry written again: a hit, no warning
+    assert capsys.readouterr().err == ""
