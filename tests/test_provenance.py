@@ -192,7 +192,8 @@ def test_a_run_of_potq_0_3_is_brought_up_to_date_not_refused(run, capsys):
     results read from them are made again, saying why."""
     root, args = run
     folder = root / "run"
-    for name, keys in (("config.json", ("data_digest", "model_digest")), ("metrics.json", ("weights_sha256",))):
+    older = (("config.json", ("data_digest", "model_digest")), ("metrics.json", ("weights_sha256", "config_sha256")))
+    for name, keys in older:
         record = json.loads((folder / name).read_text())
         (folder / name).write_text(json.dumps({k: v for k, v in record.items() if k not in keys}))
     for path in folder.glob("quant_*.json"):
@@ -280,3 +281,25 @@ def test_a_cache_entry_changed_in_place_is_not_used(learnable_data, tmp_path, ca
     assert "fails its check" in capsys.readouterr().err
     assert load_dataset(str(data), cache).digest == digest  # the entry written again: a hit, no warning
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: {**c, "mean": [m + 0.1 for m in c["mean"]], "std": [s * 2 for s in c["std"]]},
+        lambda c: {**c, "val_size": c["val_size"] + 1},
+        lambda c: {**c, "classes": list(reversed(c["classes"]))},
+    ],
+    ids=["mean-std", "val_size", "class-order"],
+)
+def test_an_edited_config_is_refused_by_the_run_and_quantize(run, capsys, edit):
+    """config.json's fields that change a result, edited after training: refused in one line, as the README
+    says (on potq 0.4 every step said `already done`, and quantize used the edited normalization silently)."""
+    root, args = run
+    config = root / "run" / "config.json"
+    config.write_text(json.dumps(edit(json.loads(config.read_text()))))
+    status, _, err = rerun(args, capsys)
+    assert status == 2 and err.count("\n") == 1 and "config.json was edited after training" in err, err
+    quantize = ["quantize", "--run", str(root / "run"), "--scheme", "pot-channel", "--data", str(root / "data")]
+    status, _, err = rerun(quantize, capsys)
+    assert status == 2 and err.count("\n") == 1 and "config.json was edited after training" in err, err

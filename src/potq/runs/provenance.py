@@ -3,7 +3,7 @@
 The records (every fingerprint a SHA-256):
 - config.json (TrainConfig): `data_digest`, the data's content (potq.data.Dataset.digest, never its path), and
   `model_digest`, the user's model file (None for a zoo model); metrics.json: `weights_sha256`, the weights.pt
-  its figures are of;
+  its figures are of, and `config_sha256`, config.json's fields that change a result (config_digest);
 - quant_<label>.json: `inputs` {weights, data} and `quant_sha256`, its quant_<label>.pt's own fingerprint (the
   .pt itself keeps the training config and `weights_sha256`);
 - verify_/deploy_<label>.json, energy.json, accel.json and export/model.json's `quantized_model`: `inputs`
@@ -18,6 +18,9 @@ kind of change, each failing on potq 0.3.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 from potq.errors import UserError
@@ -58,19 +61,49 @@ def same_model(a: TrainConfig, b: TrainConfig) -> bool:
     return factory and a.model_digest is not None and a.model_digest == b.model_digest
 
 
-def read_config(run: Path) -> TrainConfig:
+# config.json's fields that name a place, not a result: the data's content and the model file's are
+# fingerprinted on their own (data_digest, model_digest), so a run moved with its data still answers
+PLACE_FIELDS = ("data", "model")
+
+
+def config_digest(cfg: TrainConfig) -> str:
+    """SHA-256 of every config.json field that changes a result (the normalization's mean and std, the class
+    order, val_size, the seed, the recipe, ...: all but PLACE_FIELDS); metrics.json records it at training."""
+    fields = {k: v for k, v in asdict(cfg).items() if k not in PLACE_FIELDS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def config_change(run: Path, cfg: TrainConfig) -> str | None:
+    """Why config.json is not the one its training recorded (an edit), or None (a run of potq 0.4 or older
+    recorded none: nothing to compare)."""
+    metrics = Path(run) / METRICS
+    recorded = read_json(metrics).get("config_sha256") if metrics.exists() else None
+    if recorded is not None and config_digest(cfg) != recorded:
+        return f"{CONFIG} was edited after training (a field that changes results, e.g. mean, std or the classes)"
+    return None
+
+
+def read_config(run: Path, checked: bool = True) -> TrainConfig:
+    """A run's training config; `checked`: refused where it was edited after training (config_change)."""
     try:
-        return TrainConfig(**read_json(run / CONFIG))
+        cfg = TrainConfig(**read_json(run / CONFIG))
     except TypeError as e:
         raise UserError(f"{run / CONFIG}: not a potq training config ({e})") from None
+    reason = config_change(run, cfg) if checked else None
+    if reason:
+        raise UserError(f"--run {run}: {reason}; restore it, or train anew")
+    return cfg
 
 
 def training_change(run: Path, model: str, data_digest: str) -> str | None:
     """What changed since `run` was trained, in words, or None: config.json naming another model, a
     replaced or missing weights.pt, other data at the same path, an edited model file."""
-    cfg = read_config(run)
+    cfg = read_config(run, checked=False)
     if cfg.model != model:
         return f"{CONFIG} names model {cfg.model!r}, but the run is of {model!r} (edited?)"
+    edited = config_change(run, cfg)
+    if edited:
+        return edited
     weights = file_digest(run / WEIGHTS)
     if weights is None:
         return f"{WEIGHTS} is missing"
