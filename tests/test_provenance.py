@@ -303,3 +303,35 @@ def test_an_edited_config_is_refused_by_the_run_and_quantize(run, capsys, edit):
     quantize = ["quantize", "--run", str(root / "run"), "--scheme", "pot-channel", "--data", str(root / "data")]
     status, _, err = rerun(quantize, capsys)
     assert status == 2 and err.count("\n") == 1 and "config.json was edited after training" in err, err
+
+
+def test_a_helper_module_of_the_users_model_is_part_of_its_fingerprint(learnable_data, tmp_path, capsys, monkeypatch):
+    """`--model pkg.net:make` whose pkg/layers.py changes (ReLU to ReLU6) after training: a changed model, refused
+    (on potq 0.4 only pkg/net.py was fingerprinted, and every step said `already done`)."""
+    from potq.models import source_digest, source_file, source_modules
+
+    pkg = tmp_path / "src" / "potq_h32pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "layers.py").write_text("from torch import nn\n\ndef act():\n    return nn.ReLU()\n")
+    (pkg / "net.py").write_text(
+        "from torch import nn\nfrom .layers import act\n\n"
+        "def make(shape, classes):\n"
+        "    return nn.Sequential(nn.Conv2d(shape[0], 4, 3, padding=1), act(), nn.MaxPool2d(8), nn.Flatten(),\n"
+        "                         nn.Linear(4 * (shape[1] // 8) * (shape[2] // 8), classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    spec = "potq_h32pkg.net:make"
+    assert set(source_modules(source_file(spec), "potq_h32pkg.net")) == {"", "potq_h32pkg", "potq_h32pkg.layers"}
+    run = tmp_path / "run"
+    data = ["--data", str(learnable_data)]
+    train = ["train", "--model", spec, *data, "--out", str(run), "--epochs", "1", "--val-size", "60"]
+    assert main(train) == 0
+    before = source_digest(spec)
+    (pkg / "layers.py").write_text("from torch import nn\n\ndef act():\n    return nn.ReLU6()\n")
+    assert source_digest(spec) != before
+    status, _, err = rerun(["quantize", "--run", str(run), "--scheme", "pot-channel", "--calib", "20"], capsys)
+    assert status == 2 and err.count("\n") == 1 and "a module of yours that it imports" in err, err
+    again = ["run", "--model", spec, *data, "--out", str(run), "--epochs", "1", "--val-size", "60", "--calib", "20"]
+    status, _, err = rerun(again, capsys)
+    assert status == 2 and err.count("\n") == 1 and "net.py changed since" in err, err

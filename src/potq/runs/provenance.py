@@ -48,7 +48,8 @@ def check_model_file(cfg: TrainConfig, where: Path) -> None:
     """The user's model file is the one the weights were trained with (a zoo model records nothing)."""
     if cfg.model_digest and source_digest(cfg.model) != cfg.model_digest:
         raise UserError(
-            f"{where}: trained with another version of the model file {source_file(cfg.model)} (edited since); "
+            f"{where}: trained with another version of the model file {source_file(cfg.model)} (edited since, "
+            "or a module of yours that it imports); "
             "train anew, or restore the file"
         )
 
@@ -112,7 +113,7 @@ def training_change(run: Path, model: str, data_digest: str) -> str | None:
     if cfg.data_digest not in (None, data_digest):
         return f"the data at {cfg.data} is not what it was trained on (its content changed)"
     if cfg.model_digest not in (None, source_digest(model)):
-        return f"the model file {source_file(model)} changed since"
+        return f"the model file {source_file(model)} changed since (or a module of yours that it imports)"
     return None
 
 
