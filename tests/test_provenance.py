@@ -335,3 +335,59 @@ def test_a_helper_module_of_the_users_model_is_part_of_its_fingerprint(learnable
     again = ["run", "--model", spec, *data, "--out", str(run), "--epochs", "1", "--val-size", "60", "--calib", "20"]
     status, _, err = rerun(again, capsys)
     assert status == 2 and err.count("\n") == 1 and "net.py changed since" in err, err
+
+
+def _edit_record(path, **fields) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}, indent=2))
+
+
+def test_a_hand_edited_figure_is_never_shown_as_potqs(run, capsys):
+    """A record's accuracy edited by hand (0.99): the report and compare refuse it in one line, `potq run` makes
+    a derived record again and refuses an edited training record (on potq 0.4 the report printed 0.99)."""
+    from potq.errors import UserError
+    from potq.report import build_markdown
+
+    root, args = run
+    folder = root / "run"
+    _edit_record(folder / "quant_pot-channel.json", test_accuracy=0.99)
+    with pytest.raises(UserError, match="quant_pot-channel.json: edited after potq wrote it"):
+        build_markdown(folder)
+    status, _, err = rerun(["compare", "--run", str(folder)], capsys)
+    assert status == 2 and err.count("\n") == 1 and "edited after potq wrote it" in err
+    _edit_record(folder / "verify_pot-channel.json", golden_accuracy=0.99)
+    status, out, err = rerun(args, capsys)
+    assert status == 0, err
+    assert "quantize ... again: quant_pot-channel.json was edited after potq wrote it" in out
+    assert json.loads((folder / "quant_pot-channel.json").read_text())["test_accuracy"] != 0.99
+    assert "0.9900" not in (folder / "report.md").read_text()
+    _edit_record(folder / "metrics.json", test_accuracy=0.99)
+    status, _, err = rerun(args, capsys)
+    assert status == 2 and err.count("\n") == 1 and "metrics.json was edited after training wrote it" in err
+
+
+def test_a_step_whose_output_files_are_missing_is_not_done(run, capsys):
+    """Deleted accel_*.png, energy.png or a file of the export: that step is done again (on potq 0.4 it was
+    `already done` and the report pointed at missing figures)."""
+    root, args = run
+    folder = root / "run"
+    for name in ("accel_roofline.png", "energy.png", "compare.png", "export/model.h"):
+        (folder / name).unlink()
+    status, out, _ = rerun(args, capsys)
+    assert status == 0
+    assert "accel ... again: accel_roofline.png is missing" in out
+    assert "energy ... again: energy.png is missing" in out
+    assert "quantize ... again: compare.png is missing" in out
+    assert "export ... again: export/model.h is missing" in out
+    for name in ("accel_roofline.png", "energy.png", "compare.png", "export/model.h"):
+        assert (folder / name).exists()
+
+
+def test_a_forced_run_keeps_an_edited_export_file(run, capsys):
+    """`potq run --force` with export/model.h edited by the user: refused in one line, the edit kept (on potq 0.4
+    the edit was gone, exit 0)."""
+    root, args = run
+    header = root / "run" / "export" / "model.h"
+    header.write_text(header.read_text() + "// mine\n")
+    status, _, err = rerun([*args, "--force"], capsys)
+    assert status == 2 and err.count("\n") == 1 and "model.h was changed since potq wrote it" in err, err
+    assert header.read_text().endswith("// mine\n") and (root / "run" / "weights.pt").exists()

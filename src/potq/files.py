@@ -111,6 +111,41 @@ def save_json(obj: Any, path: Path) -> None:
     save_text(json.dumps(obj, indent=2) + "\n", path)
 
 
+# ---- records that carry their own fingerprint: a hand edit is told from potq's figures ------------
+
+RECORD_DIGEST = "record_sha256"
+
+
+def record_digest(record: dict) -> str:
+    """SHA-256 of a record's content without its own fingerprint, as JSON reads it back (canonical: keys
+    sorted, tuples as lists)."""
+    content = json.loads(json.dumps({k: v for k, v in record.items() if k != RECORD_DIGEST}))
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def save_record(record: dict, path: Path) -> None:
+    """save_json of a result record (metrics, quant_, verify_, deploy_, energy, accel, summary), with the
+    fingerprint of its content: a figure edited by hand no longer matches it (record_edited)."""
+    save_json({**record, RECORD_DIGEST: record_digest(record)}, path)
+
+
+def record_edited(record: dict) -> bool:
+    """A record whose content is not what potq wrote (its fingerprint no longer matches). A record without
+    one (potq 0.4's, or a file potq does not fingerprint) can't tell, and counts as not edited."""
+    return RECORD_DIGEST in record and record[RECORD_DIGEST] != record_digest(record)
+
+
+def read_record(path: Path) -> Record:
+    """read_json of a result record that is shown as potq's answer (the report): an edited one is one line."""
+    record = read_json(path)
+    if record_edited(record):
+        raise UserError(
+            f"{path}: edited after potq wrote it (its content no longer matches its {RECORD_DIGEST}); "
+            "make it again (potq run redoes it) or restore it"
+        )
+    return record
+
+
 @contextlib.contextmanager
 def stderr_to_log(path: Path, title: str):
     """What is written to stderr inside the block goes to the log `path` (appended under a line naming `title`),
@@ -198,6 +233,12 @@ def _manifest(out: Path, kind: str) -> dict[str, str | None] | None:
         return {str(f): digests.get(f) for f in manifest["files"]}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def missing_written(out: Path, kind: str) -> str | None:
+    """The first file potq's manifest lists in `out` that is no longer there, in words, or None."""
+    written = _manifest(Path(out), kind) or {}
+    return next((f"{Path(out).name}/{rel} is missing" for rel in written if not (Path(out) / rel).is_file()), None)
 
 
 def replace_dir(

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from potq.data import Dataset, augment, channel_stats, check_classes, check_digest, load_dataset, split_train_val
 from potq.errors import UserError
-from potq.files import file_digest, save_json, save_text, save_torch
+from potq.files import file_digest, save_json, save_record, save_text, save_torch
 from potq.ir.tensor import nhwc, normalize
 from potq.machine import cpu_facts, cpu_text
 from potq.models import build_model, check_model, source_digest, source_file
@@ -482,7 +482,7 @@ def finish(s: Session, out: Path, seconds: float) -> dict:
         "recipe": asdict(s.recipe),
         "training_arithmetic": "bf16 autocast" if autocast_bf16(s.recipe.precision, d.device) else "fp32",
     }
-    save_json(metrics, out / METRICS)
+    save_record(metrics, out / METRICS)
     return metrics
 
 

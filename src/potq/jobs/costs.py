@@ -13,7 +13,7 @@ from torch import nn
 from potq import energy
 from potq.accel.arch import COST_ARCH, COST_DATAFLOW, load_arch
 from potq.accel.model import accel_report
-from potq.files import read_json, save_json
+from potq.files import read_json, record_edited, save_record
 from potq.ir.capture import capture
 from potq.ir.graph import Graph
 from potq.plots import plot_points
@@ -68,6 +68,8 @@ def _pot_records(run: Path) -> dict[str, dict]:
 def priced_change(run: Path) -> str | None:
     """Why precision.json is not what price_run would write now (a model missing, or quantized again), or None."""
     saved = read_json(Path(run) / PRECISION_JSON) if (Path(run) / PRECISION_JSON).exists() else {}
+    if record_edited(saved):
+        return f"{PRECISION_JSON} was edited after potq wrote it"
     for label, record in _pot_records(run).items():
         if saved.get(label, {}).get("quant_sha256") != record.get("quant_sha256"):
             return f"{PRECISION_JSON} does not price today's {label}"
@@ -84,7 +86,7 @@ def price_run(run: Path) -> dict[str, dict]:
         graph, _, sha256 = read_quantized(run, label)  # the model priced, as read: a later one is told apart
         priced[label] = {**{k: record.get(k) for k in RECORD_KEYS}, **model_costs(graph), "quant_sha256": sha256}
     if priced:
-        save_json(priced, run / PRECISION_JSON)
+        save_record(priced, run / PRECISION_JSON)
         arch = next(iter(priced.values()))["arch"]
         points = {k: (p["energy_pj"] / 1e6, 100 * p["test_accuracy"]) for k, p in priced.items()}
         plot_points(

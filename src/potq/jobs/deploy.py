@@ -27,7 +27,7 @@ from potq.deploy.rtl import PE_KINDS, verilator
 from potq.deploy.rtl.pe import pe_build
 from potq.deploy.rtl_check import check_rtl, parse_array
 from potq.errors import UserError
-from potq.files import read_json, save_json, stderr_to_log
+from potq.files import RECORD_DIGEST, read_json, record_edited, save_record, stderr_to_log
 from potq.jobs import C_VECTORS, RTL_VECTORS, TVM_IMAGES
 from potq.machine import cpu_text
 from potq.runs.paths import THIRD_PARTY_LOG, deploy_json
@@ -95,10 +95,10 @@ def save_deploy_record(run: Path, name: str, checks: dict) -> dict:
 
     path = deploy_json(run, name)
     saved = read_json(path) if path.exists() else {}
-    if "inputs" in checks and saved.get("inputs") != checks["inputs"]:
-        saved = {}
-    record = {"label": name, **saved, **checks}
-    save_json(record, path)
+    if "inputs" in checks and saved.get("inputs") != checks["inputs"] or record_edited(saved):
+        saved = {}  # an edited record's figures are not carried into a new fingerprint
+    record = {"label": name, **{k: v for k, v in saved.items() if k != RECORD_DIGEST}, **checks}
+    save_record(record, path)
     return record
 
 

@@ -23,7 +23,7 @@ import torch
 
 from potq.data import load_dataset, test_subset
 from potq.errors import UserError
-from potq.files import save_json
+from potq.files import save_record
 from potq.golden import IntegerModel
 from potq.ir.tensor import normalize
 from potq.quant.simulate import simulated
@@ -146,5 +146,5 @@ def verify_run(
     images, labels = (torch.from_numpy(a) for a in test_subset(ds.test_x, ds.test_y, test_limit))
     result = {"label": name, **compare_models(graph, cfg, images, labels, batch)}
     result["inputs"] = derived_inputs(run, name, ds.digest, quant_sha256)  # potq.runs.provenance
-    save_json(result, verify_json(run, name))
+    save_record(result, verify_json(run, name))
     return result

@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from potq.errors import UserError
-from potq.files import file_digest, read_json
+from potq.files import file_digest, read_json, record_edited
 from potq.models import source_digest, source_file
 from potq.recipes import TrainConfig
 from potq.runs.paths import CONFIG, METRICS, WEIGHTS, quant_paths
@@ -108,8 +108,11 @@ def training_change(run: Path, model: str, data_digest: str) -> str | None:
     weights = file_digest(run / WEIGHTS)
     if weights is None:
         return f"{WEIGHTS} is missing"
-    if read_json(run / METRICS).get("weights_sha256") not in (None, weights):
+    metrics = read_json(run / METRICS)
+    if metrics.get("weights_sha256") not in (None, weights):
         return f"{WEIGHTS} is not the file that training wrote (replaced?)"
+    if record_edited(metrics):
+        return f"{METRICS} was edited after training wrote it (its figures are not training's)"
     if cfg.data_digest not in (None, data_digest):
         return f"the data at {cfg.data} is not what it was trained on (its content changed)"
     if cfg.model_digest not in (None, source_digest(model)):
@@ -142,7 +145,8 @@ def quantized_change(run: Path, label: str, data_digest: str | None, options: di
     for flag, (key, wanted) in (options or {}).items():
         if saved.get(key) != wanted:
             return f"{record.name} was made with {flag} {saved.get(key)}, not {wanted}"
-    return first_change(saved.get("inputs"), quantized_inputs(run, data_digest))
+    changed = first_change(saved.get("inputs"), quantized_inputs(run, data_digest))
+    return changed or (f"{record.name} was edited after potq wrote it" if record_edited(saved) else None)
 
 
 def summary_inputs(model: str, data_digest: str) -> dict:
@@ -166,6 +170,8 @@ def derived_change(path: Path, current: dict, key: tuple[str, ...] = ()) -> str 
         record: object = read_json(path)
     except UserError:
         return f"{path.name} is unreadable"
+    whole = record
     for k in key:
         record = record.get(k) if isinstance(record, dict) else None
-    return first_change(record.get("inputs") if isinstance(record, dict) else None, current)
+    changed = first_change(record.get("inputs") if isinstance(record, dict) else None, current)
+    return changed or (f"{path.name} was edited after potq wrote it" if record_edited(whole) else None)
