@@ -13,7 +13,13 @@ Who checks: `potq run` calls a step done only when its artifacts are there and t
 now (a stale step is redone; a stale training, the user's work, is refused with one line naming what changed);
 every command that reads a trained or quantized model refuses one whose inputs changed (load_trained,
 load_quantized, and potq.data.load_dataset for the data). Evidence: tests/test_provenance.py, one test per
-kind of change, each failing on potq 0.3.
+kind of change, each failing on potq 0.3 (issue 21) or 0.4 (issue 32).
+
+When (issue 32): each fingerprint is taken as its input is read: the quantized model's from the bytes parsed
+(potq.runs.quantized.read_quantized), the data's from the arrays loaded (a cache entry's checked against the
+fingerprint recorded beside it, potq.data). The result records carry their own fingerprint too
+(potq.files.save_record): one edited by hand is redone here, and refused where it is shown (the report,
+`compare`); an edited metrics.json, the training's, is refused.
 """
 
 from __future__ import annotations
