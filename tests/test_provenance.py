@@ -192,13 +192,17 @@ def test_a_run_of_potq_0_3_is_brought_up_to_date_not_refused(run, capsys):
     results read from them are made again, saying why."""
     root, args = run
     folder = root / "run"
-    older = (("config.json", ("data_digest", "model_digest")), ("metrics.json", ("weights_sha256", "config_sha256")))
+    older = (
+        ("config.json", ("data_digest", "model_digest")),
+        ("metrics.json", ("weights_sha256", "config_sha256", "record_sha256")),
+    )
     for name, keys in older:
         record = json.loads((folder / name).read_text())
         (folder / name).write_text(json.dumps({k: v for k, v in record.items() if k not in keys}))
     for path in folder.glob("quant_*.json"):
         record = json.loads(path.read_text())
-        path.write_text(json.dumps({k: v for k, v in record.items() if k not in ("inputs", "quant_sha256")}))
+        newer = ("inputs", "quant_sha256", "record_sha256")
+        path.write_text(json.dumps({k: v for k, v in record.items() if k not in newer}))
     status, out, err = rerun(args, capsys)
     assert status == 0 and "train: already done" in out, err
     assert "quantize ... again: it records no inputs (an older potq wrote it)" in out
