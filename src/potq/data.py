@@ -20,6 +20,7 @@ import io
 import os
 import pickle
 import shutil
+import stat
 import sys
 import tarfile
 import urllib.request
@@ -442,18 +443,17 @@ def _cache_key(path: Path) -> str:
     or the link pointed elsewhere, gives a new key). The stat holds the inode and the change time, which
     no copy or `touch` sets back: a file overwritten in place with the same size and mtime is a new key too."""
     h = hashlib.sha1(f"{CACHE_VERSION}:{path}".encode())
-    for rel, real in _files_through_links(path):
-        st = real.stat()
+    for rel, real, st in _files_through_links(path):
         stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}"
         h.update(f"\n{rel}:{real}:{stamp}".encode())
     return h.hexdigest()[:16]
 
 
-def _files_through_links(path: Path) -> list[tuple[str, Path]]:
-    """(path relative to `path`, resolved path) of every file under `path` (itself, if a file), following
+def _files_through_links(path: Path) -> list[tuple[str, str, os.stat_result]]:
+    """(path relative to `path`, resolved path, stat) of every file under `path` (itself, if a file), following
     symbolic links to folders and files, each folder once (a link loop ends there), in sorted order."""
     if not path.is_dir():
-        return [("", path.resolve())]
+        return [("", os.path.realpath(path), path.stat())]
     found, seen = [], set()
     for folder, dirs, names in os.walk(path, followlinks=True):
         st = os.stat(folder)
@@ -461,12 +461,17 @@ def _files_through_links(path: Path) -> list[tuple[str, Path]]:
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirs.sort()
+        real_folder = os.path.realpath(folder)  # once per folder: 60,000 images need no 60,000 realpaths
         for name in names:
-            f = Path(folder) / name
-            if f.is_file():
-                found.append((f.relative_to(path).as_posix(), f.resolve()))
-    return sorted(found)
+            f = os.path.join(folder, name)
+            try:
+                st = os.stat(f)
+            except OSError:  # a dangling link: no file, as the decoder sees it
+                continue
+            if stat.S_ISREG(st.st_mode):
+                real = os.path.realpath(f) if os.path.islink(f) else os.path.join(real_folder, name)
+                found.append((os.path.relpath(f, path), real, st))
+    return sorted(found, key=lambda t: t[0])
 
 
 def _warn(message: str) -> None:
