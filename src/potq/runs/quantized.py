@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 from potq.errors import UserError
-from potq.files import file_digest, read_json, save_bytes
+from potq.files import file_digest, read_json, read_record, save_bytes
 from potq.ir import io
 from potq.ir.graph import Graph
 from potq.runs.paths import CONFIG, WEIGHTS, quant_paths
@@ -104,7 +104,7 @@ def quantized_model_record(run: Path, name: str, sha256: str | None = None) -> d
     """Which quantized model an export holds: its label and settings, and the weights it came from; `sha256`,
     the model as read (read_quantized), which its record must describe (not a model quantized again since)."""
     _, meta_path = quant_paths(run, name)
-    meta = read_json(meta_path) if meta_path.exists() else {}
+    meta = read_record(meta_path) if meta_path.exists() else {}  # its figures go into the export: unedited
     if sha256 is not None and meta.get("quant_sha256") not in (None, sha256):
         raise UserError(
             f"{meta_path}: describes another {name} than the one read (quantized again meanwhile?); run it again"
