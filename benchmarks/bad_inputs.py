@@ -283,6 +283,7 @@ def run_cases(cases: list[tuple], tmp: Path) -> int:
         else:  # exit 0, a fault that costs speed only: its one warning line; the rest is tqdm's progress
             ok = ok and len(warnings) == 1 and "potq: error" not in err
         ok = ok and not (expected == 2 and fresh and out.exists()) and rss < o.get("rss_mb", float("inf"))
+        ok = ok and o.get("kept", lambda: True)()  # the user's file the case planted is as the user left it
         failed += not ok
         shown = warnings[0] if expected == 0 and warnings else lines[-1] if lines else ""
         shown = shown.replace("|", "\\|").replace(str(tmp), "TMP")[:150]
@@ -476,7 +477,7 @@ def provenance_cases(tmp: Path, data: Path) -> list[tuple]:
         (root / "run" / "run.json").write_text("[1, 2]\n")
 
     redo = {"code": 0}
-    return [
+    return issue32_cases(tmp, changed, args_of) + [
         ("run: an image of the data replaced after training", changed("p1", new_image)),
         ("run: a class added to the data after training", changed("p2", new_class)),
         ("verify: an image of the data replaced", changed("p3", new_image, "verify", "--scheme", "pot-channel")),
@@ -517,6 +518,110 @@ def provenance_cases(tmp: Path, data: Path) -> list[tuple]:
             {"fsize": 4096},
         ),
         ("summary --input 3,4096,4096", lambda: ["summary", "--input", "3,4096,4096"], {"rss_mb": BOMB_RSS_MB * 2}),
+    ]
+
+
+def issue32_cases(tmp: Path, changed: Callable, args_of: Callable[[Path], list[str]]) -> list[tuple]:
+    """Issue 32, items 1 and 2, on copies of provenance_cases' finished run: every answer fingerprints what it
+    depends on (data through symlinks, config.json's fields, the cache entry's content, the records the report
+    prints, a step's output files) and nothing the user owns is overwritten (edited export files, a
+    --scalesim-out folder of the user's, a symbolic link as --out)."""
+    import numpy as np
+
+    def linked_then_replaced(root: Path) -> None:  # a class folder that is a link: an image replaced behind it
+        cat = root / "data" / "test" / "cat"
+        shutil.move(cat, root / "real_cat")
+        cat.symlink_to(root / "real_cat", target_is_directory=True)
+        code, _, err, _ = potq(*args_of(root))  # through the link: the same data, cached under the link's key
+        assert code == 0, err
+        Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(sorted((root / "real_cat").iterdir())[0])
+
+    def config_edit(**fields) -> Callable[[Path], None]:
+        def edit(root: Path) -> None:
+            path = root / "run" / "config.json"
+            config = json.loads(path.read_text())
+            path.write_text(json.dumps({**config, **{k: f(config[k]) for k, f in fields.items()}}))
+
+        return edit
+
+    def cache_overwritten(root: Path) -> None:  # test_x.npy of the run's data overwritten in place, same size
+        code, _, err, _ = potq("verify", "--run", str(root / "run"), "--data", str(root / "data"))  # cached
+        assert code == 0, err
+        for entry in Path(CACHE["POTQ_CACHE"]).iterdir():
+            if (entry / "classes.txt").exists() and str(root / "data") in (entry / "classes.txt").read_text():
+                x = np.load(entry / "test_x.npy")
+                np.save(entry / "test_x.npy", 255 - x)
+
+    def edit(rel: str, **fields) -> Callable[[Path], None]:
+        def change(root: Path) -> None:
+            path = root / "run" / rel
+            if fields:
+                path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+            else:
+                path.write_text(path.read_text() + "// mine\n")
+
+        return change
+
+    def unlink(rel: str) -> Callable[[Path], None]:
+        return lambda root: (root / "run" / rel).unlink()
+
+    def mine_kept(case: str, rel: str) -> Callable[[], bool]:
+        return lambda: (tmp / case / "run" / rel).read_text().endswith("// mine\n")
+
+    scalesim = tmp / "scalesim-mine"
+    link = tmp / "export-link"
+
+    def scalesim_of_the_user() -> list[str]:
+        scalesim.mkdir(exist_ok=True)
+        (scalesim / "topology.csv").write_text("my topology\n")
+        return ["accel", "--model", "tiny", "--arch", "systolic-16", "--scalesim-out", str(scalesim)]
+
+    def symlinked_out() -> list[str]:
+        run = changed("q14", lambda root: None)()[4]  # `potq run`'s arguments: --out RUN
+        link.symlink_to(Path(run) / "export", target_is_directory=True)
+        return ["export", "--run", run, "--out", str(link)]
+
+    def compare_edited() -> list[str]:
+        return ["compare", "--run", changed("q6", edit("quant_pot-channel.json", test_accuracy=0.99))()[4]]
+
+    redo = {"code": 0}
+    return [
+        ("run: an image replaced behind a symlinked class folder", changed("q1", linked_then_replaced)),
+        ("run: config.json mean and std edited", changed("q2", config_edit(mean=lambda m: [v + 0.1 for v in m]))),
+        ("run: config.json val_size edited", changed("q3", config_edit(val_size=lambda v: v + 1))),
+        ("quantize: config.json class order edited", changed("q4", config_edit(classes=lambda c: c[::-1]), "quantize")),
+        (
+            "verify: a cached test_x.npy overwritten in place (decoded again)",
+            changed("q5", cache_overwritten, "verify", "--scheme", "pot-channel"),
+            {"code": 0},
+        ),
+        (
+            "compare: a hand-edited accuracy in quant_pot-channel.json",
+            compare_edited,
+        ),
+        (
+            "run: a hand-edited accuracy in quant_pot-channel.json (made again)",
+            changed("q7", edit("quant_pot-channel.json", test_accuracy=0.99)),
+            {**redo, "redo": "quant_pot-channel.json was edited after potq wrote it"},
+        ),
+        ("run: a hand-edited accuracy in metrics.json", changed("q8", edit("metrics.json", test_accuracy=0.99))),
+        (
+            "run: accel_roofline.png deleted (made again)",
+            changed("q9", unlink("accel_roofline.png")),
+            {**redo, "redo": "accel ... again: accel_roofline.png is missing"},
+        ),
+        (
+            "run --force: export/model.h edited by the user",
+            lambda: [*changed("q10", edit("export/model.h"))(), "--force"],
+            {"kept": mine_kept("q10", "export/model.h")},
+        ),
+        (
+            "export: an export's model.h edited by the user, exported again",
+            lambda: [*changed("q11", edit("export/model.h"), "export")()[:-2], "--out", str(tmp / "q11/run/export")],
+            {"kept": mine_kept("q11", "export/model.h"), "keeps_out": True},
+        ),
+        ("accel: --scalesim-out a folder of the user's with topology.csv", scalesim_of_the_user),
+        ("export: --out a symbolic link to an earlier export", symlinked_out, {"keeps_out": True}),
     ]
 
 

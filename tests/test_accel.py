@@ -550,6 +550,7 @@ def test_cli_and_api(tiny_q, tmp_path, capsys):
     rows = out_csv.read_text().splitlines()
     assert rows[0].startswith("node,op,dataflow,mapping,macs") and len(rows) == 1 + len(q.graph.nodes)
     assert sorted(p.name for p in out_dir.iterdir()) == [
+        ".potq-manifest.json",
         "layout.csv",
         "scale_is.cfg",
         "scale_os.cfg",

@@ -234,7 +234,9 @@ def cmd_export(a: argparse.Namespace) -> None:
     from potq.jobs.export import export_run
 
     formats = parse_formats(a.format)
-    r = export_run(a.run, a.scheme, a.out, a.vectors, a.data, a.cache, formats, a.onnx_weights, a.pe_kind)
+    r = export_run(
+        a.run, a.scheme, a.out, a.vectors, a.data, a.cache, formats, a.onnx_weights, a.pe_kind, force=a.force
+    )
     print(
         f"exported {r['nodes']} nodes, {r['tensors']} tensors and {r['vectors']} test vectors "
         f"({', '.join(r['formats'])}) -> {r['out']}"
@@ -329,8 +331,10 @@ def _check_accel_outputs(a: argparse.Namespace) -> None:
     from potq.accel.limits import check_batch
 
     check_batch(a.batch)
-    if a.scalesim_out and a.scalesim_out.exists() and not a.scalesim_out.is_dir():
-        raise UserError(f"--scalesim-out {a.scalesim_out}: is a file, not a folder")
+    if a.scalesim_out:
+        from potq.accel.peers import check_scalesim_out
+
+        check_scalesim_out(a.scalesim_out)  # before any work, as an export's --out
     for flag, path in (("--csv", a.csv), ("--mappings-csv", a.mappings_csv), ("--dse-out", a.dse_out)):
         if path and not path.parent.is_dir():
             raise UserError(f"{flag} {path}: no folder {path.parent}")
@@ -819,6 +823,11 @@ def _export_parser(sub) -> None:
     )
     _onnx_weights_arg(e)
     _pe_kind_arg(e, "--format rtl")
+    e.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out even where a file potq wrote there was changed since (never a folder potq did not write)",
+    )
     e.set_defaults(func=cmd_export)
 
 

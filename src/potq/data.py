@@ -20,6 +20,7 @@ import io
 import os
 import pickle
 import shutil
+import stat
 import sys
 import tarfile
 import urllib.request
@@ -437,23 +438,54 @@ def _fashion_mnist(path: Path) -> Dataset:
 
 
 def _cache_key(path: Path) -> str:
-    """What determines the decoded arrays: a file's size and modification time, or for a folder those of
-    every file in it (a class added, an image replaced: a new key)."""
+    """What determines the decoded arrays: a file's resolved path and stat, or for a folder those of every
+    file in it, reached through symbolic links (a class folder that is a link: an image replaced behind it,
+    or the link pointed elsewhere, gives a new key). The stat holds the inode and the change time, which
+    no copy or `touch` sets back: a file overwritten in place with the same size and mtime is a new key too."""
     h = hashlib.sha1(f"{CACHE_VERSION}:{path}".encode())
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        st = f.stat()
-        h.update(f"\n{f.relative_to(path) if f != path else ''}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for rel, real, st in _files_through_links(path):
+        stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}"
+        h.update(f"\n{rel}:{real}:{stamp}".encode())
     return h.hexdigest()[:16]
+
+
+def _files_through_links(path: Path) -> list[tuple[str, str, os.stat_result]]:
+    """(path relative to `path`, resolved path, stat) of every file under `path` (itself, if a file), following
+    symbolic links to folders and files, each folder once (a link loop ends there), in sorted order."""
+    if not path.is_dir():
+        return [("", os.path.realpath(path), path.stat())]
+    found, seen = [], set()
+    for folder, dirs, names in os.walk(path, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        real_folder = os.path.realpath(folder)  # once per folder: 60,000 images need no 60,000 realpaths
+        for name in names:
+            f = os.path.join(folder, name)
+            try:
+                st = os.stat(f)
+            except OSError:  # a dangling link: no file, as the decoder sees it
+                continue
+            if stat.S_ISREG(st.st_mode):
+                real = os.path.realpath(f) if os.path.islink(f) else os.path.join(real_folder, name)
+                found.append((os.path.relpath(f, path), real, st))
+    return sorted(found, key=lambda t: t[0])
 
 
 def _warn(message: str) -> None:
     print(f"potq: warning: {message}", file=sys.stderr)
 
 
+DIGEST_FILE = "sha256.txt"  # a cache entry's content fingerprint (Dataset.digest), checked when it is used
+
+
 def _read_cache(folder: Path, spec: str) -> Dataset | None:
-    """A complete cache entry that passes check_dataset, else None (decode the source again): a cache
-    entry is derived data, so one that is broken or edited is not the user's mistake, only lost speed."""
+    """A complete cache entry that passes check_dataset and whose arrays are still those written (their
+    Dataset.digest the one recorded beside them: an array overwritten in place is not the data), else None
+    (decode the source again): a cache entry is derived data, so one that is broken or edited is not the
+    user's mistake, only lost speed."""
     done = folder / "classes.txt"
     try:
         if not done.exists():
@@ -462,6 +494,11 @@ def _read_cache(folder: Path, spec: str) -> Dataset | None:
         lines = done.read_text().splitlines()
         data = Dataset(**arrays, classes=lines[1:], source=lines[0])
         check_dataset(data, spec)
+        recorded = (folder / DIGEST_FILE).read_text().strip() if (folder / DIGEST_FILE).exists() else None
+        if recorded is None:  # an entry of potq 0.4 or older: not checkable, made again once
+            return None
+        if data.digest != recorded:
+            raise UserError("its arrays are not those written there (changed since)")
     except (OSError, ValueError, IndexError, UserError) as e:
         _warn(f"cache entry {folder} is unreadable or fails its check ({one_line(e)}); decoding --data again")
         return None
@@ -478,6 +515,7 @@ def _write_cache(folder: Path, data: Dataset) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for k in ("train_x", "train_y", "test_x", "test_y"):  # atomic: torchrun's ranks may race here
             atomic_write(folder / f"{k}.npy", lambda tmp, k=k: _save_npy(tmp, getattr(data, k)))
+        save_text(data.digest + "\n", folder / DIGEST_FILE)  # what _read_cache checks the arrays against
         # written last: its presence marks a complete cache entry
         save_text("\n".join([data.source, *data.classes]), folder / "classes.txt")
     except (OSError, UserError) as e:  # a full or read-only cache only costs speed

@@ -111,6 +111,41 @@ def save_json(obj: Any, path: Path) -> None:
     save_text(json.dumps(obj, indent=2) + "\n", path)
 
 
+# ---- records that carry their own fingerprint: a hand edit is told from potq's figures ------------
+
+RECORD_DIGEST = "record_sha256"
+
+
+def record_digest(record: dict) -> str:
+    """SHA-256 of a record's content without its own fingerprint, as JSON reads it back (canonical: keys
+    sorted, tuples as lists)."""
+    content = json.loads(json.dumps({k: v for k, v in record.items() if k != RECORD_DIGEST}))
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def save_record(record: dict, path: Path) -> None:
+    """save_json of a result record (metrics, quant_, verify_, deploy_, energy, accel, summary), with the
+    fingerprint of its content: a figure edited by hand no longer matches it (record_edited)."""
+    save_json({**record, RECORD_DIGEST: record_digest(record)}, path)
+
+
+def record_edited(record: dict) -> bool:
+    """A record whose content is not what potq wrote (its fingerprint no longer matches). A record without
+    one (potq 0.4's, or a file potq does not fingerprint) can't tell, and counts as not edited."""
+    return RECORD_DIGEST in record and record[RECORD_DIGEST] != record_digest(record)
+
+
+def read_record(path: Path) -> Record:
+    """read_json of a result record that is shown as potq's answer (the report): an edited one is one line."""
+    record = read_json(path)
+    if record_edited(record):
+        raise UserError(
+            f"{path}: edited after potq wrote it (its content no longer matches its {RECORD_DIGEST}); "
+            "make it again (potq run redoes it) or restore it"
+        )
+    return record
+
+
 @contextlib.contextmanager
 def stderr_to_log(path: Path, title: str):
     """What is written to stderr inside the block goes to the log `path` (appended under a line naming `title`),
@@ -147,38 +182,76 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def check_output_dir(out: Path, kind: str, protect: tuple[Path, ...] = ()) -> None:
-    """Refuse, before any work, an --out that potq may not replace: a file, the current folder or a
-    folder holding it or one of `protect` (the run being exported), or a non-empty folder with
-    anything potq did not write there (it lists what it wrote in its manifest)."""
+def check_output_dir(
+    out: Path, kind: str, protect: tuple[Path, ...] = (), flag: str = "--out", force: bool | None = None
+) -> None:
+    """Refuse, before any work, an --out that potq may not replace: a file or a symbolic link, the current
+    folder or a folder holding it or one of `protect` (the run being exported), a non-empty folder with
+    anything potq did not write there (it lists what it wrote in its manifest), or one where a file potq
+    wrote was changed since (its SHA-256 no longer the manifest's: the user's edit, kept). `force`: True
+    replaces such edited files (the user said so for this folder), False offers --force in the message,
+    None (a command without that option) does not."""
     out = Path(out)
+    if out.is_symlink():  # replacing it would replace the link, not the folder it names: refused, untouched
+        raise UserError(
+            f"{flag} {out}: a symbolic link (to {os.readlink(out)}); potq replaces {flag} whole: "
+            "give the folder itself, or another path"
+        )
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a folder")
+        raise UserError(f"{flag} {out}: is a file, not a folder")
     for p in (Path.cwd(), *protect):
         if _inside(p, out):
-            raise UserError(f"--out {out}: holds {p}; potq replaces the --out folder whole, choose another path")
+            raise UserError(f"{flag} {out}: holds {p}; potq replaces the {flag} folder whole, choose another path")
     if not out.is_dir() or not any(out.iterdir()):
         return
-    try:
-        manifest = json.loads((out / MANIFEST).read_text())
-        written = set(manifest["files"]) if manifest.get("tool") == "potq" and manifest.get("kind") == kind else None
-    except (OSError, ValueError, KeyError, TypeError):
-        written = None
+    written = _manifest(out, kind)
     if written is None:
-        raise UserError(f"--out {out}: a non-empty folder that potq did not write; choose another path or empty it")
+        raise UserError(f"{flag} {out}: a non-empty folder that potq did not write; choose another path or empty it")
     for p in sorted(out.rglob("*")):
         rel = p.relative_to(out).as_posix()
         if p.is_file() and rel != MANIFEST and rel not in written or p.is_symlink():
-            raise UserError(f"--out {out}: holds {rel}, which potq did not write; move it or choose another path")
+            raise UserError(f"{flag} {out}: holds {rel}, which potq did not write; move it or choose another path")
+    if force:
+        return
+    for rel, digest in written.items():
+        if digest is not None and (out / rel).is_file() and file_digest(out / rel) != digest:
+            hint = ", or pass --force to replace it" if force is False else ""
+            raise UserError(
+                f"{flag} {out}: {rel} was changed since potq wrote it (its SHA-256 is not the manifest's); "
+                f"it is kept: move it elsewhere{hint}"
+            )
 
 
-def replace_dir(tmp: Path, out: Path, kind: str, protect: tuple[Path, ...] = ()) -> None:
-    """Move the finished folder `tmp` to `out`, after writing its manifest; an old `out` goes only
-    if check_output_dir allows it (checked again: the folder may have changed meanwhile)."""
+def _manifest(out: Path, kind: str) -> dict[str, str | None] | None:
+    """What potq wrote into `out` by its manifest: each file's SHA-256 (None where a manifest of potq 0.4 or
+    older records none), or None where `out` holds no manifest of this kind."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+        if manifest.get("tool") != "potq" or manifest.get("kind") != kind:
+            return None
+        digests = manifest.get("sha256") or {}
+        return {str(f): digests.get(f) for f in manifest["files"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def missing_written(out: Path, kind: str) -> str | None:
+    """The first file potq's manifest lists in `out` that is no longer there, in words, or None."""
+    written = _manifest(Path(out), kind) or {}
+    return next((f"{Path(out).name}/{rel} is missing" for rel in written if not (Path(out) / rel).is_file()), None)
+
+
+def replace_dir(
+    tmp: Path, out: Path, kind: str, protect: tuple[Path, ...] = (), flag: str = "--out", force: bool | None = None
+) -> None:
+    """Move the finished folder `tmp` to `out`, after writing its manifest (every file and its SHA-256); an
+    old `out` goes only if check_output_dir allows it (checked again: the folder may have changed meanwhile)."""
     files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-    (tmp / MANIFEST).write_text(json.dumps({"tool": "potq", "kind": kind, "files": files}, indent=1) + "\n")
+    digests = {f: file_digest(tmp / f) for f in files}
+    manifest = {"tool": "potq", "kind": kind, "files": files, "sha256": digests}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual permissions
-    check_output_dir(out, kind, protect)
+    check_output_dir(out, kind, protect, flag, force)
     old = None
     if out.exists():
         old = out.with_name(f"{temp_prefix(out.name)}old")

@@ -16,6 +16,8 @@ what happened (exit 2), never potq ending with the user's status and no word; Ct
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -249,11 +251,111 @@ def source_file(spec: str) -> Path | None:
 
 
 def source_digest(spec: str) -> str | None:
-    """SHA-256 of the user's model file (None for a zoo model): what a run's weights were trained from."""
+    """The user's model code's fingerprint (None for a zoo model): what a run's weights were trained from. The
+    SHA-256 of the model's file where it imports no module of the user's (so a run of potq 0.4 still matches),
+    else of every such module's name and content (source_modules): a helper module edited is a changed model."""
     from potq.files import file_digest
 
     path = source_file(spec)
-    return file_digest(path) if path is not None else None
+    if path is None:
+        return None
+    modules = source_modules(path, spec.rpartition(":")[0])
+    if len(modules) == 1:
+        return file_digest(path)
+    h = hashlib.sha256()
+    for name, file in sorted(modules.items()):
+        h.update(f"{name}\0{file_digest(file)}\n".encode())
+    return h.hexdigest()
+
+
+MAX_SOURCE_MODULES = 1000  # a model's own code: a bound, not a limit anyone should meet
+
+
+def source_modules(path: Path, where: str) -> dict[str, Path]:
+    """The model's file (as "") and every module of the user's that it imports, directly or through another
+    such module, by name: found statically (each file's import statements, resolved on sys.path without
+    running anything), so the list is the same in every process. A module of the user's: a .py file outside
+    the standard library, the installed packages and potq itself."""
+    if where.endswith(".py") or Path(where).is_file():
+        package = ""  # a file loaded by its path: no package, no relative imports
+    else:
+        package = where if path.name == "__init__.py" else where.rpartition(".")[0]
+    found: dict[str, Path] = {"": path}
+    todo = [(path, package)]
+    while todo and len(found) < MAX_SOURCE_MODULES:
+        file, pkg = todo.pop()
+        for name in _imported_names(file, pkg):
+            if name in found:
+                continue
+            origin = _module_file(name)
+            if origin is not None and _users(origin):
+                found[name] = origin
+                todo.append((origin, name if origin.name == "__init__.py" else name.rpartition(".")[0]))
+    return found
+
+
+def _imported_names(file: Path, package: str) -> list[str]:
+    """Every module an `import` or `from ... import` in `file` may load (each package on the way, and the
+    names imported from a package, which may be its submodules); relative imports resolved in `package`."""
+    try:
+        tree = ast.parse(file.read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return []  # importing it reports the error itself
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            bases = [a.name for a in node.names]
+            subs: list[str] = []
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node.module or "", node.level, package)
+            if base is None:
+                continue
+            bases, subs = ([base] if base else []), [f"{base}.{a.name}" if base else a.name for a in node.names]
+        else:
+            continue
+        for name in bases:
+            parts = name.split(".")
+            names += [".".join(parts[: i + 1]) for i in range(len(parts))]
+        names += subs
+    return names
+
+
+def _absolute(module: str, level: int, package: str) -> str | None:
+    """`from ..x import y`'s module as an absolute name; None where it reaches above `package`."""
+    if not level:
+        return module
+    parts = package.split(".") if package else []
+    if level - 1 > len(parts) or not package:
+        return None
+    base = ".".join(parts[: len(parts) - (level - 1)])
+    return f"{base}.{module}" if module and base else base or module
+
+
+def _module_file(name: str) -> Path | None:
+    """The file of module `name` as an import would find it on sys.path, without importing anything."""
+    from importlib.machinery import PathFinder
+
+    search, origin, parts = None, None, name.split(".")
+    for i in range(len(parts)):
+        try:
+            spec = PathFinder.find_spec(".".join(parts[: i + 1]), search)
+        except (ImportError, ValueError):
+            return None
+        if spec is None:
+            return None
+        origin, search = spec.origin, spec.submodule_search_locations
+    return Path(origin) if origin and origin.endswith(".py") and Path(origin).is_file() else None
+
+
+def _users(file: Path) -> bool:
+    """A module of the user's: not in the standard library, an installed package's or potq's own."""
+    import sysconfig
+
+    file = file.resolve()
+    if {"site-packages", "dist-packages"} & set(file.parts):
+        return False
+    system = [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib")] + [str(Path(__file__).parent)]
+    return not any(file.is_relative_to(Path(p).resolve()) for p in system)
 
 
 def load_factory(spec: str) -> Callable:

@@ -17,7 +17,7 @@ import markdown
 
 from potq.deploy.export import MODEL_JSON
 from potq.energy import MODELS, fmt
-from potq.files import read_json, save_text
+from potq.files import read_json, read_record, save_text
 from potq.ir.rules import Rounding
 from potq.jobs.costs import front, precision_words
 from potq.jobs.quantize import change
@@ -27,7 +27,6 @@ from potq.runs.paths import (
     ACCEL_ENERGY_PNG,
     ACCEL_JSON,
     ACCEL_ROOFLINE_PNG,
-    COMPARE_MD,
     COMPARE_PNG,
     CONFIG,
     CURVES,
@@ -70,8 +69,9 @@ h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; margin-top: 2.5rem; 
 
 def _read(path: Path) -> dict | None:
     """A record, or None where there is none yet. A record that is there is read whole: an empty or cut one
-    is one line naming the field it lacks (potq.files.Record), never a section quietly left out."""
-    return read_json(path) if path.exists() else None
+    is one line naming the field it lacks (potq.files.Record), never a section quietly left out; one edited
+    after potq wrote it is one line too (potq.files.read_record), never a figure shown as potq's."""
+    return read_record(path) if path.exists() else None
 
 
 def overfitting(history: list[dict]) -> str:
@@ -162,8 +162,8 @@ class Records:
             _read(run / METRICS),
             _read(run / CONFIG) or {},
             _read(run / STEPS) or {},
-            {label_of(p): read_json(p) for p in sorted(run.glob(QUANT_GLOB))},
-            {label_of(p): read_json(p) for p in sorted(run.glob(VERIFY_GLOB))},
+            {label_of(p): read_record(p) for p in sorted(run.glob(QUANT_GLOB))},
+            {label_of(p): read_record(p) for p in sorted(run.glob(VERIFY_GLOB))},
             _read(run / ENERGY_JSON),
         )
 
@@ -287,8 +287,7 @@ def _training(r: Records) -> list[str]:
     return [
         "## 2. Training",
         "",
-        "![Loss and accuracy curves](curves.png)",
-        "",
+        *([f"![Loss and accuracy curves]({CURVES})", ""] if (r.run / CURVES).exists() else []),
         "| Metric | Value |",
         "|---|---:|",
         f"| Test loss | {m['test_loss']:.4f} |",
@@ -354,9 +353,11 @@ QUANTIZATION_TEXT = [
 
 def _quantization(r: Records) -> list[str]:
     out = ["## 4. Power-of-two quantization", "", *QUANTIZATION_TEXT]
-    if r.quants:
-        compare_md = (r.run / COMPARE_MD).read_text() if (r.run / COMPARE_MD).exists() else ""
-        out += ["### Scheme comparison", "", compare_md, "", "![Scheme comparison](compare.png)", ""]
+    if r.quants and r.metrics is not None:  # the table made from the records, as compare.md was
+        from potq.jobs.quantize import compare_table
+
+        table = compare_table(r.metrics, list(r.quants.values()))
+        out += ["### Scheme comparison", "", table, "", "![Scheme comparison](compare.png)", ""]
     if r.best:
         q = r.pot[r.best]
         out += [
@@ -529,7 +530,7 @@ def _deployment(run: Path, m: dict) -> list[str]:
     out = ["### Deployment", "", f"Formats exported: {', '.join(formats)}.", ""]
     path = deploy_json(run, m.get("quantized_model", {}).get("label", m.get("scheme")))
     if path.exists():
-        d = read_json(path)
+        d = read_record(path)
         out += [f"- {line}" for line in deploy_summary(d)] + [""]
         onnx = d.get("onnx", {})
         if onnx.get("mismatches") and onnx.get("rounding") != Rounding.HALF_EVEN.label:

@@ -22,14 +22,14 @@ from tqdm import tqdm
 
 from potq.data import Dataset, augment, channel_stats, check_classes, check_digest, load_dataset, split_train_val
 from potq.errors import UserError
-from potq.files import file_digest, save_json, save_text, save_torch
+from potq.files import file_digest, save_json, save_record, save_text, save_torch
 from potq.ir.tensor import nhwc, normalize
 from potq.machine import cpu_facts, cpu_text
 from potq.models import build_model, check_model, source_digest, source_file
 from potq.plots import plot_curves
 from potq.recipes import PRECISIONS, RECIPES, Recipe, TrainConfig  # noqa: F401  (TrainConfig: re-exported)
 from potq.runs.paths import CHECKPOINT, CONFIG, CURVES, HISTORY, METRICS, WEIGHTS
-from potq.runs.provenance import check_model_file, read_config
+from potq.runs.provenance import check_model_file, config_digest, read_config
 
 # the epoch generators seed torch with seed * 1,000,003 + epoch * 101 + rank, which must fit its 64 bits; 32 bits
 # leave that room and are what other seeds take (numpy's legacy seed, DataLoader workers)
@@ -470,6 +470,7 @@ def finish(s: Session, out: Path, seconds: float) -> dict:
         "test_accuracy": test_acc,
         "model_size_mb": (out / WEIGHTS).stat().st_size / 1e6,
         "weights_sha256": file_digest(out / WEIGHTS),  # the weights these figures are of (potq.runs.provenance)
+        "config_sha256": config_digest(s.cfg),  # the config.json they were trained with: an edit is refused
         "epochs": s.recipe.epochs,
         "seconds": seconds,
         "train_images": len(t["train_x"]),
@@ -481,7 +482,7 @@ def finish(s: Session, out: Path, seconds: float) -> dict:
         "recipe": asdict(s.recipe),
         "training_arithmetic": "bf16 autocast" if autocast_bf16(s.recipe.precision, d.device) else "fp32",
     }
-    save_json(metrics, out / METRICS)
+    save_record(metrics, out / METRICS)
     return metrics
 
 

@@ -26,6 +26,8 @@ from potq.runs.paths import (
     ACCEL_ENERGY_PNG,
     ACCEL_JSON,
     ACCEL_ROOFLINE_PNG,
+    COMPARE_MD,
+    COMPARE_PNG,
     CONFIG,
     ENERGY_JSON,
     ENERGY_PNG,
@@ -33,6 +35,7 @@ from potq.runs.paths import (
     METRICS,
     PER_MODEL_GLOBS,
     POTQ_FILES,
+    PRECISION_PNG,
     RUN_OPTIONS,
     STEPS,
     SUMMARY,
@@ -125,7 +128,7 @@ class Now:
 
 
 def _summary_step(o: RunOptions, now: Now) -> None:
-    from potq.files import save_json
+    from potq.files import save_record
     from potq.ir.capture import capture
     from potq.models import build_model
     from potq.runs.provenance import summary_inputs
@@ -139,7 +142,7 @@ def _summary_step(o: RunOptions, now: Now) -> None:
     print(format_summary(s))
     inputs = summary_inputs(o.model, now.data)
     record = {**s.to_dict(), "model": o.model, "input_shape": list(ds.shape), "inputs": inputs}
-    save_json(record, o.out / SUMMARY)
+    save_record(record, o.out / SUMMARY)
 
 
 def _train_step(o: RunOptions) -> None:
@@ -236,19 +239,19 @@ def _verify_step(o: RunOptions, now: Now) -> None:
 
 def _energy_step(o: RunOptions) -> None:
     from potq import energy as en
-    from potq.files import save_json
+    from potq.files import save_record
     from potq.runs.provenance import derived_inputs
-    from potq.runs.quantized import load_quantized
+    from potq.runs.quantized import read_quantized
 
     table = en.load_table()
-    graph, _ = load_quantized(o.out, o.headline)
+    graph, _, quant_sha256 = read_quantized(o.out, o.headline)
     r = en.report(en.graph_costs(graph), table, o.memory)
     r["scheme"] = o.headline
-    r["inputs"] = derived_inputs(o.out, o.headline)
+    r["inputs"] = derived_inputs(o.out, o.headline, quant_sha256=quant_sha256)
     r["linear_example"] = {str(zp): en.linear_example(128, 10, zp, table) for zp in (SIGNED_ZERO_POINT, 0)}
     r["markdown"] = en.format_report(r)
     en.plot_report(r, o.out / ENERGY_PNG)
-    save_json(r, o.out / ENERGY_JSON)
+    save_record(r, o.out / ENERGY_JSON)
     print(r["markdown"])
     from potq.jobs.costs import price_run
 
@@ -259,17 +262,18 @@ def _accel_step(o: RunOptions) -> None:
     from potq.accel.arch import load_arch
     from potq.accel.model import accel_report, format_table
     from potq.accel.plots import plot_energy_levels, plot_roofline
-    from potq.files import save_json
+    from potq.files import save_record
     from potq.runs.provenance import derived_inputs
-    from potq.runs.quantized import load_quantized
+    from potq.runs.quantized import read_quantized
 
     out = o.out
-    graph, _ = load_quantized(out, o.headline)
+    graph, _, quant_sha256 = read_quantized(out, o.headline)
     reports = [accel_report(graph, load_arch(arch), df) for arch, df in ACCEL_RUNS]
     plot_roofline(reports, out / ACCEL_ROOFLINE_PNG)
     plot_energy_levels(reports, out / ACCEL_ENERGY_PNG)
-    record = {"scheme": o.headline, "reports": reports, "inputs": derived_inputs(out, o.headline)}
-    save_json(record, out / ACCEL_JSON)  # last: the step's done mark
+    inputs = derived_inputs(out, o.headline, quant_sha256=quant_sha256)
+    record = {"scheme": o.headline, "reports": reports, "inputs": inputs}
+    save_record(record, out / ACCEL_JSON)  # last: the step's done mark
     for r in reports:
         print(format_table(r) + "\n")
 
@@ -308,7 +312,8 @@ class Step:
 def _steps(o: RunOptions, now: Now) -> list[Step]:
     """Every step, in order: a step is done when its artifacts are there and made from what is there now
     (potq.runs.provenance); else it runs, or runs again."""
-    from potq.deploy.export import MODEL_JSON
+    from potq.deploy.export import EXPORT_KIND, MODEL_JSON
+    from potq.files import missing_written
     from potq.jobs.costs import priced_change
     from potq.runs.provenance import derived_change, derived_inputs, summary_inputs
 
@@ -317,7 +322,7 @@ def _steps(o: RunOptions, now: Now) -> list[Step]:
     def head() -> str:  # the headline is known once the mixed step has searched
         return o.headline
 
-    pot = _pot_labels(o)
+    missing = partial(_missing, out)
     return [
         Step(
             "summary",
@@ -329,33 +334,43 @@ def _steps(o: RunOptions, now: Now) -> list[Step]:
         Step(
             "quantize",
             lambda: all(quant_paths(out, s)[1].exists() for s in _all_labels(o)),
-            lambda: _first(_quant_stale(o, now, s) for s in _all_labels(o)),
+            lambda: _first(_quant_stale(o, now, s) for s in _all_labels(o)) or missing(COMPARE_MD, COMPARE_PNG),
             partial(_quantize_step, o, now),
         ),
         *_mixed_steps(o, now),
         Step(
             "verify",
-            lambda: all(verify_json(out, s).exists() for s in pot),
-            lambda: _first(_verify_stale(o, now, s) for s in pot),
+            lambda: all(verify_json(out, s).exists() for s in _pot_labels(o)),  # --mixed's, once searched
+            lambda: _first(_verify_stale(o, now, s) for s in _pot_labels(o)),
             partial(_verify_step, o, now),
         ),
         Step(
             "energy",
             (out / ENERGY_JSON).exists,
-            lambda: derived_change(out / ENERGY_JSON, derived_inputs(out, head())) or priced_change(out),
+            lambda: (
+                derived_change(out / ENERGY_JSON, derived_inputs(out, head()))
+                or priced_change(out)
+                or missing(ENERGY_PNG, PRECISION_PNG)
+            ),
             partial(_energy_step, o),
         ),
         Step(
             "accel",
             (out / ACCEL_JSON).exists,
-            lambda: derived_change(out / ACCEL_JSON, derived_inputs(out, head())),
+            lambda: (
+                derived_change(out / ACCEL_JSON, derived_inputs(out, head()))
+                or missing(ACCEL_ROOFLINE_PNG, ACCEL_ENERGY_PNG)
+            ),
             partial(_accel_step, o),
         ),
         Step(
             "export",
             (out / EXPORT_DIR / MODEL_JSON).exists,
-            lambda: derived_change(
-                out / EXPORT_DIR / MODEL_JSON, derived_inputs(out, head(), now.data), ("quantized_model",)
+            lambda: (
+                derived_change(
+                    out / EXPORT_DIR / MODEL_JSON, derived_inputs(out, head(), now.data), ("quantized_model",)
+                )
+                or missing_written(out / EXPORT_DIR, EXPORT_KIND)
             ),
             partial(_export_step, o),
         ),
@@ -387,6 +402,11 @@ def _mixed_steps(o: RunOptions, now: Now) -> list[Step]:
 
 def _first(reasons) -> str | None:
     return next((r for r in reasons if r), None)
+
+
+def _missing(out: Path, *names: str) -> str | None:
+    """A step whose output files are not all there is not done (its record alone does not make it so)."""
+    return next((f"{name} is missing" for name in names if not (out / name).exists()), None)
 
 
 def _training_stale(o: RunOptions, now: Now) -> None:

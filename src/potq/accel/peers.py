@@ -111,11 +111,35 @@ def scalesim_files(graph: Graph, arch: Arch, name: str = "potq") -> dict[str, st
     return files
 
 
-def write_scalesim(files: dict[str, str], out: Path) -> list[Path]:
-    """Write scalesim_files(...) into out/ (each file atomically)."""
-    from potq.files import save_text
+SCALESIM_KIND = "potq-scalesim/1"  # the manifest's kind of a --scalesim-out folder (potq.files)
 
-    out.mkdir(parents=True, exist_ok=True)
-    for fname, text in files.items():
-        save_text(text, out / fname)
+
+def check_scalesim_out(out: Path) -> None:
+    """--scalesim-out follows the export's rule (potq.files.check_output_dir): a folder potq wrote is replaced
+    whole, a file the user changed there is kept and the write refused, any other non-empty folder refused."""
+    from potq.files import check_output_dir
+
+    check_output_dir(out, SCALESIM_KIND, flag="--scalesim-out")
+
+
+def write_scalesim(files: dict[str, str], out: Path) -> list[Path]:
+    """Write scalesim_files(...) into out/: built in a temporary folder beside it, then moved into place whole
+    with its manifest (potq.files.replace_dir), so that the user's files are never overwritten."""
+    import shutil
+    import tempfile
+
+    from potq.files import clear_stale, replace_dir, temp_prefix
+
+    out = Path(out)
+    check_scalesim_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale(out.parent, f".{out.name}.")
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), dir=out.parent))
+    try:
+        for fname, text in files.items():
+            (tmp / fname).write_text(text)
+        replace_dir(tmp, out, SCALESIM_KIND, flag="--scalesim-out")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return [out / f for f in files]

@@ -199,12 +199,14 @@ def write_export(
     indices: np.ndarray | None = None,
     onnx_weights: str = WEIGHTS_UINT8,
     pe_kind: str = PE_KINDS[0],
+    force: bool | None = None,
 ) -> dict:
     """Write the export folder of a graph in `formats`; built in a temporary folder, then moved into
     place whole. images: uint8 (N, C, H, W) test vectors; source: which quantized model this is;
-    pe_kind: the RTL array's PE (potq.deploy.rtl.PE_KINDS), with "rtl" in formats."""
+    pe_kind: the RTL array's PE (potq.deploy.rtl.PE_KINDS), with "rtl" in formats; force: replace files
+    potq wrote there that the user changed since (potq.files.check_output_dir)."""
     out = Path(out)
-    check_output_dir(out, EXPORT_KIND, protect)
+    check_output_dir(out, EXPORT_KIND, protect, force=force)
     check_pe_kind(graph, formats, pe_kind)
     golden = IntegerModel(graph)
     # before any file: a missing extra stops here
@@ -241,7 +243,7 @@ def write_export(
                 del t["npz"], t["hex"]
                 t.pop("packed_hex", None)  # written with the hex files only
         save_json(desc, tmp / MODEL_JSON)
-        replace_dir(tmp, out, EXPORT_KIND, protect)
+        replace_dir(tmp, out, EXPORT_KIND, protect, force=force)
     except OSError as e:  # a full disk: numpy's and zipfile's writers name no file
         size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,14 +13,14 @@ from torch import nn
 from potq import energy
 from potq.accel.arch import COST_ARCH, COST_DATAFLOW, load_arch
 from potq.accel.model import accel_report
-from potq.files import read_json, save_json
+from potq.files import read_json, record_edited, save_record
 from potq.ir.capture import capture
 from potq.ir.graph import Graph
 from potq.plots import plot_fronts
 from potq.quant.rules import SCHEMES
 from potq.quant.scheme import policy_zero_points
 from potq.runs.paths import PRECISION_JSON, PRECISION_PNG, QUANT_GLOB, label_of
-from potq.runs.quantized import load_quantized
+from potq.runs.quantized import load_quantized, read_quantized
 
 
 def model_graph(model: nn.Module, in_shape: tuple[int, ...], act_zero_point: int | None = None):
@@ -69,6 +69,8 @@ def _pot_records(run: Path) -> dict[str, dict]:
 def priced_change(run: Path) -> str | None:
     """Why precision.json is not what price_run would write now (a model missing, or quantized again), or None."""
     saved = read_json(Path(run) / PRECISION_JSON) if (Path(run) / PRECISION_JSON).exists() else {}
+    if record_edited(saved):
+        return f"{PRECISION_JSON} was edited after potq wrote it"
     for label, record in _pot_records(run).items():
         entry = saved.get(label, {})
         latency = isinstance(entry.get("cycles"), int)  # priced since potq 0.5
@@ -84,10 +86,10 @@ def price_run(run: Path) -> dict[str, dict]:
     run = Path(run)
     priced = {}
     for label, record in _pot_records(run).items():
-        graph, _ = load_quantized(run, label)
-        priced[label] = {**{k: record.get(k) for k in RECORD_KEYS}, **model_costs(graph)}
+        graph, _, sha256 = read_quantized(run, label)  # the model priced, as read: a later one is told apart
+        priced[label] = {**{k: record.get(k) for k in RECORD_KEYS}, **model_costs(graph), "quant_sha256": sha256}
     if priced:
-        save_json(priced, run / PRECISION_JSON)
+        save_record(priced, run / PRECISION_JSON)
         arch = next(iter(priced.values()))["arch"]
         points = {k: (p["energy_pj"] / 1e6, p["cycles"], 100 * p["test_accuracy"]) for k, p in priced.items()}
         xlabels = [f"energy per image with data movement (uJ, {arch})", f"latency per image (cycles, {arch})"]

@@ -27,12 +27,12 @@ from potq.deploy.rtl import PE_KINDS, verilator
 from potq.deploy.rtl.pe import pe_build
 from potq.deploy.rtl_check import check_rtl, parse_array
 from potq.errors import UserError
-from potq.files import read_json, save_json, stderr_to_log
+from potq.files import RECORD_DIGEST, read_json, record_edited, save_record, stderr_to_log
 from potq.jobs import C_VECTORS, RTL_VECTORS, TVM_IMAGES
 from potq.machine import cpu_text
 from potq.runs.paths import THIRD_PARTY_LOG, deploy_json
 from potq.runs.provenance import derived_inputs
-from potq.runs.quantized import load_quantized
+from potq.runs.quantized import read_quantized
 
 RUN_ARRAY = "4x4"  # `potq run`'s deploy step: the array that builds quickest
 
@@ -61,7 +61,7 @@ def check_run(
     run = Path(run)
     result: dict = {}
     if onnx or c or tvm:
-        graph, cfg = load_quantized(run, name)
+        graph, cfg, quant_sha256 = read_quantized(run, name)
         if c:
             compiler()  # before the long ONNX check: is there a compiler at all?
         log = run / THIRD_PARTY_LOG  # what onnxruntime and TVM print themselves: theirs, not the user's answer
@@ -83,7 +83,7 @@ def check_run(
         if c:  # the class-spread test images that `potq export` draws as its vectors
             picked = vector_indices(labels, min(c_vectors, len(labels)))
             result["c"] = {**check_c(graph, images[picked]), "test_indices": picked.tolist()}
-        result["inputs"] = derived_inputs(run, name, ds.digest)
+        result["inputs"] = derived_inputs(run, name, ds.digest, quant_sha256)
     if skipped is not None:
         result["skipped"] = skipped
     return save_deploy_record(run, name, result)
@@ -95,10 +95,10 @@ def save_deploy_record(run: Path, name: str, checks: dict) -> dict:
 
     path = deploy_json(run, name)
     saved = read_json(path) if path.exists() else {}
-    if "inputs" in checks and saved.get("inputs") != checks["inputs"]:
-        saved = {}
-    record = {"label": name, **saved, **checks}
-    save_json(record, path)
+    if "inputs" in checks and saved.get("inputs") != checks["inputs"] or record_edited(saved):
+        saved = {}  # an edited record's figures are not carried into a new fingerprint
+    record = {"label": name, **{k: v for k, v in saved.items() if k != RECORD_DIGEST}, **checks}
+    save_record(record, path)
     return record
 
 
@@ -214,14 +214,14 @@ def check_rtl_run(
             raise UserError(f"{flag} {path}: no such file")
     verilator()  # before anything slow: is it installed?
     run = Path(run)
-    graph, cfg = load_quantized(run, name)
+    graph, cfg, quant_sha256 = read_quantized(run, name)
     pe_build(graph, pe_kind)  # a format the shift PE can't take: refused before the data and the build
     ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
     labels = np.array(ds.test_y)
     picked = vector_indices(labels, min(vectors, len(labels)))
     result = check_rtl(graph, np.array(ds.test_x[picked]), rows, cols, ppu, pe, pe_kind)
     result["test_indices"] = picked.tolist()
-    save_deploy_record(run, name, {"rtl": result, "inputs": derived_inputs(run, name, ds.digest)})
+    save_deploy_record(run, name, {"rtl": result, "inputs": derived_inputs(run, name, ds.digest, quant_sha256)})
     return result
 
 

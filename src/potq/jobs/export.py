@@ -15,7 +15,7 @@ from potq.errors import UserError
 from potq.files import check_output_dir
 from potq.jobs import EXPORT_VECTORS
 from potq.runs.provenance import derived_inputs
-from potq.runs.quantized import load_quantized, quantized_model_record
+from potq.runs.quantized import quantized_model_record, read_quantized
 
 
 def export_run(
@@ -28,22 +28,25 @@ def export_run(
     formats: tuple[str, ...] = ("hw",),
     onnx_weights: str = WEIGHTS_UINT8,
     pe_kind: str = PE_KINDS[0],
+    force: bool | None = None,
 ) -> dict:
     """Export a run's quantized model, with `vectors` test images (across the classes) as test vectors;
     onnx_weights: the ONNX model's stored weight type (potq.deploy.onnx_qdq.WEIGHT_FORMS); pe_kind: the
-    RTL's PE (potq.deploy.rtl.PE_KINDS)."""
+    RTL's PE (potq.deploy.rtl.PE_KINDS); force: replace the files of an earlier export that the user
+    changed (None: `potq run`, which offers no such option for its export folder)."""
     if vectors < 1:
         raise UserError(f"--vectors must be at least 1, got {vectors}")
     out, run = Path(out), Path(run)
-    check_output_dir(out, EXPORT_KIND, protect=(run,))
-    graph, cfg = load_quantized(run, name)
+    check_output_dir(out, EXPORT_KIND, protect=(run,), force=force)
+    graph, cfg, quant_sha256 = read_quantized(run, name)
     check_pe_kind(graph, formats, pe_kind)  # before the data
     ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
     if vectors > len(ds.test_x):
         raise UserError(f"--vectors {vectors} is more than the {len(ds.test_x)} test images")
     indices = vector_indices(np.asarray(ds.test_y), vectors)
     images, labels = np.array(ds.test_x[indices]), np.array(ds.test_y[indices])
-    source = {**quantized_model_record(run, name), "inputs": derived_inputs(run, name, ds.digest)}
+    record = quantized_model_record(run, name, quant_sha256)
+    source = {**record, "inputs": derived_inputs(run, name, ds.digest, quant_sha256)}
     return write_export(
-        graph, out, images, labels, cfg.classes, (run,), formats, source, indices, onnx_weights, pe_kind
+        graph, out, images, labels, cfg.classes, (run,), formats, source, indices, onnx_weights, pe_kind, force
     )

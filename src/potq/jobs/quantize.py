@@ -13,7 +13,7 @@ from torch import nn
 
 from potq.data import load_dataset, test_subset
 from potq.errors import UserError
-from potq.files import file_digest, read_json, save_json, save_text
+from potq.files import read_record, save_record, save_text
 from potq.ir.codes import weight_bytes
 from potq.ir.graph import Graph
 from potq.ir.tensor import normalize
@@ -120,7 +120,7 @@ def quantize_run(
     q_loss, q_acc = evaluate(simulated(graph), test_x, test_y, cfg.mean, cfg.std)
     name = label(settings, qat_epochs)
     model_path, json_path = quant_paths(run, name)
-    save_quantized(graph, cfg, model_path, weights_digest(run))
+    quant_sha256 = save_quantized(graph, cfg, model_path, weights_digest(run))
     q_in = graph.q[graph.nodes[0].output]
     result = {
         "label": name,
@@ -142,9 +142,9 @@ def quantize_run(
         "layers": layer_table(graph),
         "seconds": time.perf_counter() - t0,
         "inputs": quantized_inputs(run, cfg.data_digest),  # potq.runs.provenance
-        "quant_sha256": file_digest(model_path),
+        "quant_sha256": quant_sha256,
     }
-    save_json(result, json_path)
+    save_record(result, json_path)
     return result
 
 
@@ -188,20 +188,9 @@ def _exponent_rule(result: dict) -> str:
     return f"{rule}, mse below 8 bits" if low_bit and result["exponent"] not in (None, "seed", "mse") else rule
 
 
-def compare(run: Path) -> str:
-    """The table of every quantized model in `run` against FP32; writes compare.md and compare.png."""
-    metrics_path = run / METRICS
-    if not metrics_path.exists():
-        raise UserError(f"--run {run}: no metrics.json; train a model there first")
-    fp = read_json(metrics_path)
-    results = [read_json(p) for p in sorted(run.glob(QUANT_GLOB))]
-    if not results:
-        raise UserError(f"--run {run}: no quantized models yet; run `potq quantize` first")
-    data_digest = read_config(run).data_digest  # what quantize checked the data against
-    for r in results:
-        stale = quantized_change(run, r["label"], data_digest)
-        if stale:
-            raise UserError(f"--run {run}: {r['label']}: {stale}; run {quantize_command(run, r['label'])} again")
+def compare_table(fp: dict, results: list[dict]) -> str:
+    """The comparison of quantized models against FP32 (metrics.json's figures and each quant_<label>.json's),
+    as compare.md and the report show it: made from the records, never read back from compare.md."""
     lines = [
         "| Model | Test accuracy | Change vs FP32 (points) | Test loss | File (MB) | Packed weights (MB) | Rounding "
         "| Exponent |",
@@ -214,7 +203,24 @@ def compare(run: Path) -> str:
             f"| {r['label']} | {r['test_accuracy']:.4f} | {change(r['accuracy_drop'])} | {r['test_loss']:.4f} | "
             f"{r['model_size_mb']:.6f} | {packed} | {r['rounding']} | {_exponent_rule(r)} |"
         )
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def compare(run: Path) -> str:
+    """The table of every quantized model in `run` against FP32; writes compare.md and compare.png."""
+    metrics_path = run / METRICS
+    if not metrics_path.exists():
+        raise UserError(f"--run {run}: no metrics.json; train a model there first")
+    fp = read_record(metrics_path)  # the table shows their figures: an edited record is refused, not shown
+    results = [read_record(p) for p in sorted(run.glob(QUANT_GLOB))]
+    if not results:
+        raise UserError(f"--run {run}: no quantized models yet; run `potq quantize` first")
+    data_digest = read_config(run).data_digest  # what quantize checked the data against
+    for r in results:
+        stale = quantized_change(run, r["label"], data_digest)
+        if stale:
+            raise UserError(f"--run {run}: {r['label']}: {stale}; run {quantize_command(run, r['label'])} again")
+    table = compare_table(fp, results)
     save_text(table + "\n", run / COMPARE_MD)
     accs = [100 * fp["test_accuracy"]] + [100 * r["test_accuracy"] for r in results]
     plot_bars(

@@ -23,13 +23,13 @@ import torch
 
 from potq.data import load_dataset, test_subset
 from potq.errors import UserError
-from potq.files import save_json
+from potq.files import save_record
 from potq.golden import IntegerModel
 from potq.ir.tensor import normalize
 from potq.quant.simulate import simulated
 from potq.runs.paths import verify_json
 from potq.runs.provenance import derived_inputs
-from potq.runs.quantized import load_quantized
+from potq.runs.quantized import read_quantized
 
 
 def compare_models(
@@ -141,10 +141,10 @@ def verify_run(
     """`potq verify`: compare_models on the whole test set (or `test_limit` images drawn across its classes), saved as
     verify_<label>.json."""
     run = Path(run)
-    graph, cfg = load_quantized(run, name)
+    graph, cfg, quant_sha256 = read_quantized(run, name)  # fingerprinted as read, not when the result is saved
     ds = load_dataset(data or cfg.data, cache, cfg.classes, cfg.data_digest)
     images, labels = (torch.from_numpy(a) for a in test_subset(ds.test_x, ds.test_y, test_limit))
     result = {"label": name, **compare_models(graph, cfg, images, labels, batch)}
-    result["inputs"] = derived_inputs(run, name, ds.digest)  # potq.runs.provenance
-    save_json(result, verify_json(run, name))
+    result["inputs"] = derived_inputs(run, name, ds.digest, quant_sha256)  # potq.runs.provenance
+    save_record(result, verify_json(run, name))
     return result
