@@ -93,9 +93,10 @@ def pe_accumulators(graph: Graph, n: Node, xs: list[torch.Tensor]) -> Labelled:
     b = _bias(n, dot)
     need = worst_dot(graph, n).bit_length() + 1
     out = []
+    largest = int(dot.abs().max())
     for bits in range(ACC_W - 1, 1, -1):
-        if int(dot.abs().max()) < 1 << (bits - 1):  # no product sum reaches this width: wrapping changes nothing
-            break
+        if largest < 1 << (bits - 1):  # no dot product reaches this width: wrapping there changes nothing
+            continue
         wrapped = ((dot + (1 << (bits - 1))) % (1 << bits)) - (1 << (bits - 1))
         label = f"an accumulator overflow: the PE's accumulator wraps at {bits} bits"
         out.append((f"{label} (this node's worst case needs {need})", wrapped + b))

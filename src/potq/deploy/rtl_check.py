@@ -26,7 +26,7 @@ from potq.deploy.rtl.bounded import Ran, pid_folder, run_bounded
 from potq.deploy.rtl.pe import pe_build
 from potq.deploy.rtl.program import Program, build_program, rtl_cycles, write_image, write_program
 from potq.deploy.rtl_causes import Requant, causes, rounding_candidates, value_causes
-from potq.deploy.rtl_stress import stress_images
+from potq.deploy.rtl_stress import Stress, stress_images
 from potq.errors import UserError
 from potq.golden import IntegerModel
 from potq.ir.arith import shift_round
@@ -126,14 +126,7 @@ def check_rtl(
     t0 = time.perf_counter()
     exe, built = build_sim(rows, cols, ppu, pe, shift=shift)
     t_build = time.perf_counter() - t0
-    record: dict[str, torch.Tensor] = {}
-    IntegerModel(graph).run(torch.from_numpy(np.ascontiguousarray(images)), record)
-    record[graph.input] = torch.from_numpy(np.ascontiguousarray(images)).to(torch.int32)
-    todo = Images([{v: t[k] for v, t in record.items()} for k in range(len(images))], [None] * len(images))
-    stressed = stress_images(graph, todo.values[0]) if pe is not None else []
-    for values, nodes in stressed:
-        todo.values.append(values)
-        todo.counted.append({s.node for s in nodes})
+    todo, stressed = _images(graph, images, stress=pe is not None)
     prog = build_program(graph, codes=shift is not None)
     with pid_folder(TMP) as folder:
         write_program(prog, folder)
@@ -145,7 +138,7 @@ def check_rtl(
         t_sim = time.perf_counter() - t1
         nodes = _per_node(graph, prog, lines, todo, folder, rows, cols)
     vectors = [n for n in nodes if n["image_kind"] == "vector"]
-    stress = _stress_rows(nodes, [s for _, group in stressed for s in group])
+    stress = _stress_rows(nodes, stressed)
     bad = sum(n["mismatches"] for n in vectors)
     extra = sum(n["mismatches"] for n in stress) + (sweep[graph.rounding.label]["ppu_mismatches"] if sweep else 0)
     return {
@@ -169,6 +162,22 @@ def check_rtl(
         "build_seconds": t_build if built else 0.0,
         "simulation_seconds": t_sim,
     }
+
+
+def _images(graph: Graph, images: np.ndarray, stress: bool) -> tuple[Images, list[Stress]]:
+    """The vectors' memory images (every value of each, the golden model's) and, with `stress`, the PE's
+    stress images after them (potq.deploy.rtl_stress); the stressed nodes in graph order."""
+    record: dict[str, torch.Tensor] = {}
+    IntegerModel(graph).run(torch.from_numpy(np.ascontiguousarray(images)), record)
+    record[graph.input] = torch.from_numpy(np.ascontiguousarray(images)).to(torch.int32)
+    todo = Images([{v: t[k] for v, t in record.items()} for k in range(len(images))], [None] * len(images))
+    stressed: list[Stress] = []
+    for values, group in stress_images(graph, todo.values[0]) if stress else []:
+        todo.values.append(values)
+        todo.counted.append({s.node for s in group})
+        stressed += group
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    return todo, sorted(stressed, key=lambda s: order[s.node])
 
 
 def _per_node(graph: Graph, prog: Program, lines, todo: Images, folder: Path, rows: int, cols: int) -> list[dict]:
@@ -208,7 +217,7 @@ def _causes_of(graph: Graph, n, values: dict[str, torch.Tensor], out_hex: Path) 
     return list(causes(graph, n, [values[v][None] for v in n.inputs], got, want).items())
 
 
-def _stress_rows(rows: list[dict], stressed) -> list[dict]:
+def _stress_rows(rows: list[dict], stressed: list[Stress]) -> list[dict]:
     """The stress test's result per MAC node: the worst case, what the synthetic input reached, the verdict."""
     by_node = {r["node"]: r for r in rows if r["image_kind"] == "stress"}
     out = []

@@ -1,10 +1,12 @@
 """The PE's stress test (`potq verify --rtl --pe`): test vectors rarely come near a node's worst-case
 accumulator (on the README's user net the largest is 156,101 while the bound analysis allows 4,832,567), so a
-PE whose accumulator is too narrow passes them. Here every MAC node gets a synthetic input that drives one
-output to its largest |dot product|: for the output channel and sign that give the most, every input of that
-output's window at the end of its code range [lo, hi] that the weight's sign calls for (the bound analysis,
-potq.ir.bounds, takes max |x - zp| over the same range; where the zero point sits off centre, the reachable
-worst case is that much below the bound, and this reaches it).
+PE whose accumulator is too narrow passes them. Here every MAC node gets a synthetic input that drives outputs
+to their largest |dot product|: for an output channel and a sign, every input of an output's window at the end
+of its code range [lo, hi] that the weight's sign calls for; the most extreme channel first, then the others
+(both signs), one per window where windows do not overlap, and in later windows only part of the inputs, so
+that the PE's accumulator is seen all along its range (a wrapped value near the worst case clamps like the right
+one). The bound analysis (potq.ir.bounds) takes max |x - zp| over the same range; where the zero point sits
+off centre, the reachable worst case is that much below the bound, and this reaches it.
 
 Each synthetic input and the golden output of it go into a memory image of their own beside the vectors'. The
 testbench runs every node of every image, but in a stress image only the stressed nodes count: each node reads
@@ -32,46 +34,72 @@ class Stress:
     reached_dot: int  # the largest |dot product| of x
 
 
-def _extremes(graph: Graph, n: Node, w: torch.Tensor) -> tuple[int, int, torch.Tensor]:
-    """(output channel, sign, the codes for its weights' shape) that give the largest |dot product|."""
+def _picks(graph: Graph, n: Node, w: torch.Tensor) -> list[list[torch.Tensor]]:
+    """Per group of output channels, the input codes (the weights' shape less the output axis) that drive one
+    of its outputs to an extreme dot product, most extreme first: each channel's largest and smallest."""
     q = graph.q[n.inputs[0]]
     up, down = q.hi - q.zero_point, q.lo - q.zero_point
     top = torch.where(w > 0, w * up, w * down).flatten(1).sum(1)  # each channel's largest dot product
     bottom = torch.where(w > 0, w * down, w * up).flatten(1).sum(1)  # and its smallest
-    o_top, o_bottom = int(top.argmax()), int(bottom.argmin())
-    o, sign = (o_top, 1) if int(top[o_top]) >= -int(bottom[o_bottom]) else (o_bottom, -1)
-    hi, lo = (q.hi, q.lo) if sign > 0 else (q.lo, q.hi)
-    codes = torch.where(w[o] > 0, hi, torch.where(w[o] < 0, lo, q.zero_point))
-    return o, sign, codes
+    per_group = w.shape[0] // (n.attrs.get("groups", 1) if n.op is OpType.CONV else 1)
+    groups: list[list[tuple[int, torch.Tensor]]] = [[] for _ in range(w.shape[0] // per_group)]
+    for o in range(w.shape[0]):
+        for extreme, (high, low) in ((int(top[o]), (q.hi, q.lo)), (-int(bottom[o]), (q.lo, q.hi))):
+            codes = torch.where(w[o] > 0, high, torch.where(w[o] < 0, low, q.zero_point))
+            groups[o // per_group].append((extreme, codes))
+    return [[codes for _, codes in sorted(g, key=lambda t: -t[0])] for g in groups]
 
 
-def _window_start(size: int, k: int, stride: int, pad: int, out: int) -> int:
-    """The input row (or column) where the first output's window lies wholly inside; the padded edge if none."""
+def _starts(size: int, k: int, stride: int, pad: int, out: int) -> list[int]:
+    """Input rows (or columns) where windows lie wholly inside and overlap no other; the padded edge if none."""
+    starts: list[int] = []
     for o in range(out):
         start = o * stride - pad
-        if start >= 0 and start + k <= size:
-            return start
-    return -pad
+        if start >= 0 and start + k <= size and (not starts or start >= starts[-1] + k):
+            starts.append(start)
+    return starts or [-pad]
+
+
+def _place(x: torch.Tensor, codes: torch.Tensor, c0: int, y0: int, x0: int) -> None:
+    """Write a window's codes (C, KH, KW) into x (1, C', H, W) at channel c0 and (y0, x0), clipped at the edge."""
+    _, kh, kw = codes.shape
+    h, w = x.shape[2:]
+    ys, xs = slice(max(y0, 0), min(y0 + kh, h)), slice(max(x0, 0), min(x0 + kw, w))
+    x[0, c0 : c0 + codes.shape[0], ys, xs] = codes[:, ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+
+
+def _part(codes: torch.Tensor, k: int, zp: int) -> torch.Tensor:
+    """Window k's codes: the first window all of them (the worst case), later ones the first part of them
+    (the rest at the zero point), a part spread over (0.1, 1] by the golden ratio: dot products all along the
+    range, so that a wrapped accumulator lands inside [lo, hi] somewhere instead of clamping like the right one."""
+    if k == 0:
+        return codes
+    keep = max(1, round(codes.numel() * (1 - 0.9 * ((k * 0.6180339887) % 1))))
+    flat = codes.flatten().clone()
+    flat[keep:] = zp
+    return flat.view(codes.shape)
 
 
 def stress_input(graph: Graph, n: Node) -> Stress:
-    """The synthetic input of MAC node n (see the module docstring)."""
+    """The synthetic input of MAC node n (see the module docstring): a convolution gets, in each group's
+    channels, one window per place where windows do not overlap, the most extreme channel's first."""
     q, shape = graph.q[n.inputs[0]], graph.shapes[n.inputs[0]]
     w = n.tensors["weight"].to(torch.int64)
-    o, _, codes = _extremes(graph, n, w)
-    x = torch.full((1, *shape), q.zero_point, dtype=torch.int64)
+    picks = _picks(graph, n, w)
     if n.op is OpType.LINEAR:
-        x = codes.reshape(1, *shape)
+        x = picks[0][0].reshape(1, *shape)
     else:
+        x = torch.full((1, *shape), q.zero_point, dtype=torch.int64)
         out_shape = graph.shapes[n.output]
-        group = o // (w.shape[0] // n.attrs["groups"])
-        c0 = group * w.shape[1]
         (kh, kw), (sh, sw), (ph, pw) = (pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
-        y0 = _window_start(shape[1], kh, sh, ph, out_shape[1])
-        x0 = _window_start(shape[2], kw, sw, pw, out_shape[2])
-        ys, xs = slice(max(y0, 0), min(y0 + kh, shape[1])), slice(max(x0, 0), min(x0 + kw, shape[2]))
-        kys, kxs = slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0)
-        x[0, c0 : c0 + w.shape[1], ys, xs] = codes[:, kys, kxs]
+        places = [
+            (y0, x0)
+            for y0 in _starts(shape[1], kh, sh, ph, out_shape[1])
+            for x0 in _starts(shape[2], kw, sw, pw, out_shape[2])
+        ]
+        for g, group in enumerate(picks):
+            for k, (y0, x0) in enumerate(places):
+                _place(x, _part(group[k % len(group)], k, q.zero_point), g * w.shape[1], y0, x0)
     dot = mac(n, x.to(torch.float64) - q.zero_point, w.to(torch.float64))
     return Stress(n.name, x.to(torch.int32), worst_dot(graph, n), int(dot.abs().max()))
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 # the watchdog: blocks on the pipe until potq's end closes it, then kills its own process group
 WATCHDOG = "import os, signal, sys; sys.stdin.buffer.read(); os.killpg(0, signal.SIGKILL)"
+OUT = "potq-out-"  # the output files' folder in the system's temporary folder: potq-out-<pid>.<random>
 
 
 @dataclass
@@ -60,8 +61,8 @@ def run_bounded(
     dog = subprocess.Popen([sys.executable, "-c", WATCHDOG], stdin=read_end, preexec_fn=os.setpgrp)
     os.close(read_end)
     try:
-        with tempfile.TemporaryDirectory(prefix="potq-out-") as tmp:
-            out_path, err_path = Path(tmp) / "out", Path(tmp) / "err"
+        with pid_folder(OUT) as tmp:
+            out_path, err_path = tmp / "out", tmp / "err"
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
                 p = subprocess.Popen(
                     cmd,
