@@ -262,7 +262,7 @@ def test_export_format_rtl_runs_in_the_testbench(tmp_path):
     assert {"potq_pkg.sv", *SOURCES, "potq_tb.sv", "tb_main.cpp", "desc.hex", "img0.hex", "img1.hex"} <= names
     exe, _ = build_sim(4, 4)
     cycles = len(images) * sum(rtl_cycles(d, 4, 4) for d in desc["descriptors"])
-    lines = run_sim(exe, out / "rtl", len(images), len(desc["descriptors"]), Rounding.HALF_UP, cycles)
+    lines = run_sim(exe, out / "rtl", len(images), len(desc["descriptors"]), Rounding.HALF_UP, cycles, 16)
     assert all(bad == 0 for *_, bad in lines)
     assert [c for img, _, c, _ in lines if img == 0] == [rtl_cycles(d, 4, 4) for d in desc["descriptors"]]
     assert subprocess.run(["verilator", "--version"], capture_output=True).returncode == 0

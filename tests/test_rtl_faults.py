@@ -247,7 +247,7 @@ def test_hostile_modules_are_one_line_exit_2(tiny_run, monkeypatch, capsys):
     # the time limit, shortened: the loop in an initial block never reaches the first clock edge
     monkeypatch.setattr(rtl_check, "SIM_START_S", 0.5)
     monkeypatch.setattr(rtl_check, "SIM_IMAGE_S", 0.0)
-    monkeypatch.setattr(rtl_check, "SIM_CYCLES_PER_S", 1e12)
+    monkeypatch.setattr(rtl_check, "SIM_PE_CYCLES_PER_S", 1e12)
     assert main([*base, str(FIXTURES / "looping_pe.sv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "looping_pe.sv" in err[0] and "time limit" in err[0], err

@@ -34,9 +34,10 @@ from potq.ir.graph import Graph
 from potq.ir.rules import Rounding
 
 # The simulation's time limit: SIM_START_S to load the memories, then SIM_IMAGE_S per image and the cycles it
-# should take at SIM_CYCLES_PER_S, about a twentieth of what Verilator runs a 16x16 array at on the shared
-# 2-core machine when it is busy; a module that loops is stopped there instead of running for ever.
-SIM_START_S, SIM_IMAGE_S, SIM_CYCLES_PER_S = 60.0, 5.0, 20_000
+# should take, each costing one PE-cycle per PE and SIM_CYCLE_OVERHEAD for the rest, at SIM_PE_CYCLES_PER_S:
+# about a tenth of the speed Verilator ran resnet20 at here with the load at 10 on 2 cores (a 16x16 array
+# 139,000 cycles/s, 4x4 1.5 million); a module that loops is stopped there instead of running for ever.
+SIM_START_S, SIM_IMAGE_S, SIM_CYCLE_OVERHEAD, SIM_PE_CYCLES_PER_S = 60.0, 5.0, 64, 4e6
 SIM_LINE_BYTES = 200  # the output kept per line the simulation should print (a module that $displays: stopped)
 TMP = "potq-rtl-"  # the simulation's folder in the system's temporary folder: potq-rtl-<pid>.<random>
 
@@ -52,9 +53,9 @@ def parse_array(text: str) -> tuple[int, int]:
 LINE = re.compile(r"img (\d+) desc (\d+) cycles (\d+) mismatches (\d+)")
 
 
-def sim_seconds(cycles: int, images: int) -> float:
-    """The time limit of a simulation of `images` images that should take `cycles` cycles in all."""
-    return SIM_START_S + SIM_IMAGE_S * images + cycles / SIM_CYCLES_PER_S
+def sim_seconds(cycles: int, images: int, pes: int) -> float:
+    """The time limit of a simulation of `images` images on an array of `pes` PEs, `cycles` cycles in all."""
+    return SIM_START_S + SIM_IMAGE_S * images + cycles * (pes + SIM_CYCLE_OVERHEAD) / SIM_PE_CYCLES_PER_S
 
 
 def check_ran(r: Ran, what: str, limit: float, lines: int, expected: int, who: str) -> None:
@@ -81,11 +82,13 @@ def run_sim(
     descriptors: int,
     rounding: Rounding,
     cycles: int,
+    pes: int,
     who: str = "potq's RTL",
 ) -> list[tuple[int, ...]]:
-    """Run the Verilator model over a written program, bounded (sim_seconds of the `cycles` it should take in
-    all; SIM_LINE_BYTES per expected line); (image, descriptor, cycles, mismatches) per line."""
-    expected, limit = images * descriptors, sim_seconds(cycles, images)
+    """Run the Verilator model of an array of `pes` PEs over a written program, bounded (sim_seconds of the
+    `cycles` it should take in all; SIM_LINE_BYTES per expected line); (image, descriptor, cycles, mismatches)
+    per line."""
+    expected, limit = images * descriptors, sim_seconds(cycles, images, pes)
     cmd = [str(exe), f"+dir={folder}", str(images), str(descriptors), str(int(rounding))]
     r = run_bounded(cmd, limit, max(1 << 20, SIM_LINE_BYTES * expected))
     rows = [tuple(int(v) for v in m.groups()) for m in LINE.finditer(r.stdout)]
@@ -134,7 +137,7 @@ def check_rtl(
             write_image(graph, prog, {v: t.numpy() for v, t in values.items()}, folder, k)
         cycles = len(todo.values) * sum(rtl_cycles(d, rows, cols) for d in prog.desc)
         t1 = time.perf_counter()
-        lines = run_sim(exe, folder, len(todo.values), len(prog.desc), graph.rounding, cycles, who)
+        lines = run_sim(exe, folder, len(todo.values), len(prog.desc), graph.rounding, cycles, rows * cols, who)
         t_sim = time.perf_counter() - t1
         nodes = _per_node(graph, prog, lines, todo, folder, rows, cols)
     vectors = [n for n in nodes if n["image_kind"] == "vector"]
@@ -262,7 +265,7 @@ def ppu_sweep(ppu: Path | None = None, who: str = "potq's RTL") -> dict:
     exe, _ = build_sim(0, 0, ppu=ppu, sweep=True)
     cases = sweep_cases()
     text = "\n".join(" ".join(str(int(v)) for v in row) for row in cases) + "\n"
-    limit = sim_seconds(0, 0) + len(cases) / 1000
+    limit = sim_seconds(0, 0, 0) + len(cases) / 1000
     r = run_bounded([str(exe)], limit, SIM_LINE_BYTES * len(cases), stdin=text.encode())
     lines = [line.split() for line in r.stdout.splitlines()]
     ok = [row for row in lines if len(row) == 2 * len(Rounding) and all(re.fullmatch(r"-?\d+", v) for v in row)]
