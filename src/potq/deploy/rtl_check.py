@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from potq.deploy.rtl import PE_KINDS, build_sim
+from potq.deploy.rtl import PE_KINDS, build_sim, in_user_files, user_files
 from potq.deploy.rtl.bounded import Ran, pid_folder, run_bounded
 from potq.deploy.rtl.pe import pe_build
 from potq.deploy.rtl.program import Program, build_program, rtl_cycles, write_image, write_program
@@ -58,8 +58,10 @@ def sim_seconds(cycles: int, images: int, pes: int) -> float:
     return SIM_START_S + SIM_IMAGE_S * images + cycles * (pes + SIM_CYCLE_OVERHEAD) / SIM_PE_CYCLES_PER_S
 
 
-def check_ran(r: Ran, what: str, limit: float, lines: int, expected: int, who: str) -> None:
-    """One line (UserError) when a bounded simulation ran past its limit, flooded its output or stopped early."""
+def check_ran(r: Ran, what: str, limit: float, lines: int, expected: int, users: dict[str, Path]) -> None:
+    """One line (UserError) when a bounded simulation ran past its limit, flooded its output or stopped early,
+    naming the user's files (`users`: potq.deploy.rtl.user_files) where they were in it."""
+    who = _who(users)
     if r.timed_out:
         raise UserError(
             f"{what} with {who} ran past its time limit of {limit:.0f} s (from the cycles it should take) and was "
@@ -71,7 +73,7 @@ def check_ran(r: Ran, what: str, limit: float, lines: int, expected: int, who: s
         last = (r.stderr.strip() or r.stdout.strip()).splitlines()[-1:]
         raise UserError(
             f"{what} with {who} stopped after {lines} of {expected} results (exit {r.returncode})"
-            + (f": {last[0][:200]}" if last else "")
+            + (f": {in_user_files(last[0][:200], users)}" if last else "")
         )
 
 
@@ -83,7 +85,7 @@ def run_sim(
     rounding: Rounding,
     cycles: int,
     pes: int,
-    who: str = "potq's RTL",
+    users: dict[str, Path] | None = None,
 ) -> list[tuple[int, ...]]:
     """Run the Verilator model of an array of `pes` PEs over a written program, bounded (sim_seconds of the
     `cycles` it should take in all; SIM_LINE_BYTES per expected line); (image, descriptor, cycles, mismatches)
@@ -92,13 +94,14 @@ def run_sim(
     cmd = [str(exe), f"+dir={folder}", str(images), str(descriptors), str(int(rounding))]
     r = run_bounded(cmd, limit, max(1 << 20, SIM_LINE_BYTES * expected))
     rows = [tuple(int(v) for v in m.groups()) for m in LINE.finditer(r.stdout)]
-    check_ran(r, "the RTL simulation", limit, len(rows), expected, who)
+    check_ran(r, "the RTL simulation", limit, len(rows), expected, users or {})
     return rows
 
 
-def _who(ppu: Path | None, pe: Path | None) -> str:
-    users = [f"{flag} {path}" for flag, path in (("--ppu", ppu), ("--pe", pe)) if path is not None]
-    return "your " + " and ".join(users) if users else "potq's RTL"
+def _who(users: dict[str, Path]) -> str:
+    """Whose modules a simulation runs, for its messages: "your --pe FILE" (and --ppu), or potq's RTL."""
+    flags = [f"{'--ppu' if name == 'potq_ppu.sv' else '--pe'} {path}" for name, path in users.items()]
+    return "your " + " and ".join(flags) if flags else "potq's RTL"
 
 
 @dataclass
@@ -124,8 +127,8 @@ def check_rtl(
     weights' storage codes); `pe` replaces that kind's module file, and adds the stress test; `ppu` replaces
     potq_ppu.sv, and runs the edge sweep first."""
     shift, pe_format = pe_build(graph, pe_kind)  # a graph the shift PE can't take is refused before the build
-    who = _who(ppu, pe)
-    sweep = ppu_sweep(ppu, who) if ppu is not None else None
+    users = user_files(ppu, pe, shift)
+    sweep = ppu_sweep(ppu) if ppu is not None else None
     t0 = time.perf_counter()
     exe, built = build_sim(rows, cols, ppu, pe, shift=shift)
     t_build = time.perf_counter() - t0
@@ -137,7 +140,7 @@ def check_rtl(
             write_image(graph, prog, {v: t.numpy() for v, t in values.items()}, folder, k)
         cycles = len(todo.values) * sum(rtl_cycles(d, rows, cols) for d in prog.desc)
         t1 = time.perf_counter()
-        lines = run_sim(exe, folder, len(todo.values), len(prog.desc), graph.rounding, cycles, rows * cols, who)
+        lines = run_sim(exe, folder, len(todo.values), len(prog.desc), graph.rounding, cycles, rows * cols, users)
         t_sim = time.perf_counter() - t1
         nodes = _per_node(graph, prog, lines, todo, folder, rows, cols)
     vectors = [n for n in nodes if n["image_kind"] == "vector"]
@@ -258,7 +261,7 @@ def sweep_cases(seed: int = 0) -> np.ndarray:
     return np.array(rows, dtype=np.int64)
 
 
-def ppu_sweep(ppu: Path | None = None, who: str = "potq's RTL") -> dict:
+def ppu_sweep(ppu: Path | None = None) -> dict:
     """Run the edge cases through potq_shift_round and the PPU (potq's, or `ppu`) under each rounding rule;
     count the results that differ from potq.ir.arith.shift_round (then + zp, clamp; or the accumulator
     itself when requant = 0) and name the PPU's causes (potq.deploy.rtl_causes)."""
@@ -269,7 +272,8 @@ def ppu_sweep(ppu: Path | None = None, who: str = "potq's RTL") -> dict:
     r = run_bounded([str(exe)], limit, SIM_LINE_BYTES * len(cases), stdin=text.encode())
     lines = [line.split() for line in r.stdout.splitlines()]
     ok = [row for row in lines if len(row) == 2 * len(Rounding) and all(re.fullmatch(r"-?\d+", v) for v in row)]
-    check_ran(r, "the PPU's edge sweep", limit, len(ok), len(cases), who)
+    users = user_files(ppu, None)  # potq's PPU, or the user's
+    check_ran(r, "the PPU's edge sweep", limit, len(ok), len(cases), users)
     out = torch.tensor([[int(v) for v in row] for row in ok], dtype=torch.int64)
     acc, shift = torch.from_numpy(cases[:, 0]), torch.from_numpy(cases[:, 1]).clamp(min=-31)
     zp, lo, hi, requant = (torch.from_numpy(cases[:, i]) for i in (2, 3, 4, 5))

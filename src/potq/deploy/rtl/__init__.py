@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from importlib.resources import files
@@ -218,10 +219,20 @@ def build_sim(
     try:  # a user's module: lint warnings are theirs to weigh, errors still stop the build
         return verilate(top, texts, args, tag, lenient=bool(ppu or pe))
     except VerilatorError as e:
-        first = str(e)
-        pe_file = SHIFT_PE if shift is not None else "potq_pe.sv"
-        users = [(name, user) for name, user in (("potq_ppu.sv", ppu), (pe_file, pe)) if user is not None]
-        for name, user in users:
-            first = first.replace(f" {name}:", f" {user}:")
-        where = f"your {' and '.join(str(u) for _, u in users)}" if users else "potq's RTL"
-        raise UserError(f"Verilator rejects {where}: {first}") from None
+        users = user_files(ppu, pe, shift)
+        where = f"your {' and '.join(str(u) for u in users.values())}" if users else "potq's RTL"
+        raise UserError(f"Verilator rejects {where}: {in_user_files(str(e), users)}") from None
+
+
+def user_files(ppu: Path | None, pe: Path | None, shift: Params | None = None) -> dict[str, Path]:
+    """The build's file names that hold a user's module -> the user's file (the PE's: potq_pe_shift.sv for
+    --pe-kind shift)."""
+    pe_file = SHIFT_PE if shift is not None else "potq_pe.sv"
+    return {name: Path(user) for name, user in (("potq_ppu.sv", ppu), (pe_file, pe)) if user is not None}
+
+
+def in_user_files(message: str, users: dict[str, Path]) -> str:
+    """A Verilator message with `potq_pe.sv:LINE` (a build's name for a user's file) as the user's path."""
+    for name, user in users.items():
+        message = re.sub(rf"(?<![\w/.-]){re.escape(name)}:", f"{user}:", message)
+    return message
