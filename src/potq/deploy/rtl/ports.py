@@ -45,7 +45,7 @@ def port_names(text: str, module: str) -> list[str] | None:
             if ";" not in text[i:]:
                 raise Unparsed
             i = text.index(";", i) + 1
-        elif rest.startswith("#"):
+        elif rest.startswith("#") and "(" in rest:
             i = _group_end(text, text.index("(", i))
         else:
             break
