@@ -125,6 +125,7 @@ def main() -> None:
     assert code == 0, err
     assert potq("quantize", "--run", str(run), "--scheme", "pot-channel", "--calib", "20")[0] == 0
     cases = command_and_step_cases(tmp, data, run) + issue21_cases(tmp, data, run) + provenance_cases(tmp, data)
+    cases += rtl_cases(tmp, run)
     assert potq("quantize", "--run", str(run), "--scheme", "float-channel", "--calib", "20")[0] == 0
     failed = run_cases(cases, tmp)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -627,3 +628,29 @@ def issue32_cases(tmp: Path, changed: Callable, args_of: Callable[[Path], list[s
 
 if __name__ == "__main__":
     main()
+
+
+def rtl_cases(tmp: Path, run: Path) -> list[tuple]:
+    """Broken and hostile modules given to `verify --rtl` (issue 32), where Verilator is installed: each one
+    line, exit 2; a module that loops or floods its output stopped by the simulation's time limit or output cap."""
+    if shutil.which("verilator") is None:
+        return []
+    fixtures = Path(__file__).parents[1] / "tests" / "fixtures" / "rtl"
+    v = ["verify", "--run", str(run), "--scheme", "pot-channel", "--rtl", "--array", "4x4"]
+
+    def file(name: str, data: bytes) -> Path:
+        (tmp / name).write_bytes(data)
+        return tmp / name
+
+    return [
+        ("verify --rtl --pe: an initial block that loops", lambda: [*v, "--pe", str(fixtures / "looping_pe.sv")]),
+        ("verify --rtl --pe: a $display every cycle", lambda: [*v, "--pe", str(fixtures / "chatty_pe.sv")]),
+        ("verify --rtl --pe: initial $finish", lambda: [*v, "--pe", str(fixtures / "finishing_pe.sv")]),
+        ("verify --rtl --pe: a renamed port", lambda: [*v, "--pe", str(fixtures / "renamed_port_pe.sv")]),
+        ("verify --rtl --ppu: a binary file", lambda: [*v, "--ppu", str(file("ppu.bin", bytes(range(256))))]),
+        ("verify --rtl --pe: an empty file", lambda: [*v, "--pe", str(file("empty.sv", b""))]),
+        (
+            "verify --rtl --pe: a misnamed module",
+            lambda: [*v, "--pe", str(file("pe2.sv", b"module potq_pe2;\nendmodule\n"))],
+        ),
+    ]

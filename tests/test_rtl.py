@@ -168,7 +168,7 @@ def test_accel_rtl_preset_is_os_only_and_one_image_at_a_time(capsys):
 
 
 def test_causes_name_a_wrong_rounding_and_a_clamp():
-    from potq.deploy.rtl_check import accumulator, candidates, causes
+    from potq.deploy.rtl_causes import accumulator, candidates, causes
     from potq.golden import IntegerModel
 
     graph, images = tiny_graph("half-even", n=1)
@@ -207,7 +207,7 @@ def test_ppu_edge_sweep_matches_shift_round():
     r = ppu_sweep()
     assert r["cases"] > 5000
     for rule in ROUNDINGS:
-        assert r[rule] == {"shifter_mismatches": 0, "ppu_mismatches": 0}, (rule, r)
+        assert r[rule] == {"shifter_mismatches": 0, "ppu_mismatches": 0, "causes": {}}, (rule, r)
 
 
 @needs_verilator
@@ -269,7 +269,7 @@ def test_a_user_pe_replaces_potqs_and_a_bad_file_is_one_line(tmp_path):
     assert {n["op"] for n in r["mismatching_nodes"]} <= {"conv", "linear"}
     bad = tmp_path / "bad.sv"
     bad.write_text("module potq_ppu(; endmodule\n")
-    with pytest.raises(UserError, match=f"Verilator rejects your --ppu/--pe file: %Error: {bad}:1"):
+    with pytest.raises(UserError, match=f"Verilator rejects your {bad}: %Error: {bad}:1"):
         check_rtl(graph, images, 4, 4, ppu=bad)
 
 
@@ -299,7 +299,8 @@ def test_export_format_rtl_runs_in_the_testbench(tmp_path):
     names = {p.name for p in (out / "rtl").iterdir()}
     assert {"potq_pkg.sv", *SOURCES, "potq_tb.sv", "tb_main.cpp", "desc.hex", "img0.hex", "img1.hex"} <= names
     exe, _ = build_sim(4, 4)
-    lines = run_sim(exe, out / "rtl", len(images), len(desc["descriptors"]), Rounding.HALF_UP)
+    cycles = len(images) * sum(rtl_cycles(d, 4, 4) for d in desc["descriptors"])
+    lines = run_sim(exe, out / "rtl", len(images), len(desc["descriptors"]), Rounding.HALF_UP, cycles, 16)
     assert all(bad == 0 for *_, bad in lines)
     assert [c for img, _, c, _ in lines if img == 0] == [rtl_cycles(d, 4, 4) for d in desc["descriptors"]]
     assert subprocess.run(["verilator", "--version"], capture_output=True).returncode == 0

@@ -178,7 +178,8 @@ def test_export_format_rtl_pe_kind_shift_runs_in_the_testbench(tmp_path):
     assert (desc["pe_kind"], desc["pe_format"]) == ("shift", "4-bit apot") and SHIFT_PE in desc["build"]
     assert "potq_pe_shift #(" in (out / "rtl" / "potq_pe.sv").read_text()  # the wrapper, not the multiplier
     exe, _ = build_sim(4, 4, shift=pe_shift_params("apot", 4))
-    lines = run_sim(exe, out / "rtl", IMAGES, len(desc["descriptors"]), g.rounding)
+    cycles = IMAGES * sum(rtl_cycles(d, 4, 4) for d in desc["descriptors"])
+    lines = run_sim(exe, out / "rtl", IMAGES, len(desc["descriptors"]), g.rounding, cycles, 16)
     assert all(bad == 0 for *_, bad in lines)
     assert [c for img, _, c, _ in lines if img == 0] == [rtl_cycles(d, 4, 4) for d in desc["descriptors"]]
 

@@ -226,10 +226,19 @@ def check_rtl_run(
 
 
 def rtl_lines(r: dict) -> list[str]:
-    """What `potq verify --rtl` prints: the totals, then one row per node (cycles, mismatches by cause)."""
+    """What `potq verify --rtl` prints: a user's PPU's edge sweep, the totals and one row per node (cycles,
+    mismatches by cause), then a user's PE's stress test, one row per MAC node."""
     kind = r.get("pe_kind", PE_KINDS[0])  # records saved before --pe-kind: the multiplier PE
     pe = f"{r['pe']} ({kind}" + (f", {r['pe_format']} storage codes)" if r.get("pe_format") else ", weight values)")
-    lines = [
+    lines = []
+    sweep = r.get("ppu_sweep")
+    if sweep:
+        causes = "; ".join(f"{c}: {k:,}" for c, k in sweep["causes"].items())
+        lines.append(
+            f"PPU edge sweep ({r['ppu']}): {sweep['mismatches']:,} mismatching values of {sweep['cases']:,} edge "
+            f"cases, rounding {sweep['rounding']}" + (f"; causes: {causes}" if causes else "")
+        )
+    lines += [
         f"RTL (Verilator; {r['array']} output-stationary array; PPU {r['ppu']}; PE {pe}): {r['mismatches']:,} "
         f"mismatching values of {r['compared_values']:,} ({r['images']} images, every value of every node), "
         f"rounding {r['rounding']}; {r['cycles_per_image']:,} cycles per image (closed form "
@@ -240,4 +249,25 @@ def rtl_lines(r: dict) -> list[str]:
     for n in r["nodes"]:
         causes = "; ".join(f"{c}: {k:,}" for c, k in n["causes"].items()) or "-"
         lines.append(f"| {n['node']} | {n['op']} | {n['cycles']:,} | {n['mismatches']:,} | {causes} |")
+    return lines + _stress_lines(r.get("stress") or [], r["pe"])
+
+
+def _stress_lines(stress: list[dict], pe: str) -> list[str]:
+    """The PE's stress test (potq.deploy.rtl_stress): per MAC node its worst case, what the synthetic input
+    reached, and the mismatches with their causes."""
+    if not stress:
+        return []
+    bad = sum(s["mismatches"] for s in stress)
+    lines = [
+        f"PE stress test ({pe}; each MAC node at its worst-case accumulator, synthetic inputs): {bad:,} mismatching "
+        f"values of {sum(s['values'] for s in stress):,}",
+        "| Node | Op | Worst-case dot product | Reached | Mismatches | Causes |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for s in stress:
+        causes = "; ".join(f"{c}: {k:,}" for c, k in s["causes"].items()) or "-"
+        lines.append(
+            f"| {s['node']} | {s['op']} | {s['worst_case_dot']:,} | {s['reached_dot']:,} | {s['mismatches']:,} "
+            f"| {causes} |"
+        )
     return lines

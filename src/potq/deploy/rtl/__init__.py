@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
-import tempfile
 from importlib.resources import files
 from pathlib import Path
 
+from potq.deploy.rtl.bounded import pid_folder, run_bounded
 from potq.deploy.rtl.pkg import package_text
+from potq.deploy.rtl.ports import user_module_text
 from potq.errors import UserError
 
 PKG = "potq_pkg.sv"
@@ -74,15 +76,30 @@ def shift_wrapper(params: Params) -> str:
 
 
 def _user_or_potq(name: str, user: Path | None) -> str:
-    """The text of design file `name`: the user's file in its place, else potq's."""
+    """The text of design file `name`: the user's file in its place (checked: potq.deploy.rtl.ports), else potq's."""
     if user is None:
         return source_text(name)
-    if not Path(user).is_file():
-        raise UserError(f"{user}: no such SystemVerilog file")
-    text = Path(user).read_text()
+    flag = "--ppu" if name == "potq_ppu.sv" else "--pe"
+    text = user_module_text(Path(user), name.removesuffix(".sv"), flag, source_text(name))
     if name == "potq_ppu.sv" and "module potq_shift_round" not in text:
         text += "\n" + _shift_round_only()  # the sweep harness uses potq's shifter beside the user's PPU
     return text
+
+
+def source_texts(
+    ppu: Path | None = None, pe: Path | None = None, extra: tuple[str, ...] = TB, shift: Params | None = None
+) -> dict[str, str]:
+    """File name -> text of one build: potq_pkg.sv, the design (a user's PPU or PE file in place of potq's)
+    and `extra`. shift: potq_pe_shift's parameters, for --pe-kind shift: potq_pe.sv is then the wrapper
+    (shift_wrapper), and a user's PE file takes potq_pe_shift.sv's place."""
+    texts = {}
+    for name in (PKG, *SOURCES, *extra):
+        if name == "potq_pe.sv" and shift is not None:
+            texts[SHIFT_PE] = _user_or_potq(SHIFT_PE, pe)
+            texts[name] = shift_wrapper(shift)
+        else:
+            texts[name] = _user_or_potq(name, {"potq_ppu.sv": ppu, "potq_pe.sv": pe}.get(name))
+    return texts
 
 
 def rtl_sources(
@@ -92,19 +109,10 @@ def rtl_sources(
     extra: tuple[str, ...] = TB,
     shift: Params | None = None,
 ) -> list[Path]:
-    """Write potq_pkg.sv, the design (a user's PPU or PE file in place of potq's) and `extra` into folder.
-    shift: potq_pe_shift's parameters, for --pe-kind shift: potq_pe.sv is then the wrapper (shift_wrapper),
-    and a user's PE file takes potq_pe_shift.sv's place."""
+    """Write source_texts(ppu, pe, extra, shift) into folder; their paths."""
     folder.mkdir(parents=True, exist_ok=True)
-    texts = {}
-    for name in (PKG, *SOURCES, *extra):
-        if name == "potq_pe.sv" and shift is not None:
-            texts[SHIFT_PE] = _user_or_potq(SHIFT_PE, pe)
-            texts[name] = shift_wrapper(shift)
-        else:
-            texts[name] = _user_or_potq(name, {"potq_ppu.sv": ppu, "potq_pe.sv": pe}.get(name))
     out = []
-    for name, text in texts.items():
+    for name, text in source_texts(ppu, pe, extra, shift).items():
         (folder / name).write_text(text)
         out.append(folder / name)
     return out
@@ -125,37 +133,65 @@ class VerilatorError(Exception):
     """Verilator rejected the sources; the message is its first error line."""
 
 
-def verilate(top: str, srcs: list[Path], args: list[str], tag: str, lenient: bool = False) -> tuple[Path, bool]:
-    """The Verilator model of `srcs` (top module `top`, extra Verilator `args`), built once per source text
-    and arguments into the cache folder `<top>-<tag>-<key>`; returns (the executable, whether it was built
-    now). `lenient`: lint warnings do not stop the build (a user's module). Raises VerilatorError."""
+BUILT = "potq_sim.sha256"  # beside obj_dir/: the SHA-256 of the executable potq built there
+WORK = ".build-"  # a build's work folder in the cache: .build-<pid>.<random>, renamed into place when done
+BUILD_SECONDS = 1800  # a Verilator build past this is stopped (about 13 s for 16x16 here, 80 s when busy)
+BUILD_OUTPUT = 16 << 20  # bytes of Verilator's and the compiler's messages kept
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cached_model(cached: Path) -> Path | None:
+    """The cache entry's executable if it is the one potq built there (its hash recorded at the build), else
+    None: an entry replaced, truncated or half-removed is moved aside and removed, to be built again."""
+    exe, stamp = cached / "obj_dir" / "potq_sim", cached / BUILT
+    if exe.is_file() and stamp.is_file() and stamp.read_text().strip() == _sha256(exe):
+        return exe
+    if cached.exists():
+        aside = cached.with_name(f"{WORK}{os.getpid()}.stale.{cached.name}")
+        try:
+            cached.rename(aside)
+        except OSError:
+            return None
+        shutil.rmtree(aside, ignore_errors=True)
+    return None
+
+
+def verilate(top: str, texts: dict[str, str], args: list[str], tag: str, lenient: bool = False) -> tuple[Path, bool]:
+    """The Verilator model of the sources `texts` (file name -> text; top module `top`, extra Verilator `args`),
+    built once per source text and arguments into the cache folder `<top>-<tag>-<key>` and verified there
+    (cached_model) before each use; returns (the executable, whether it was built now). `lenient`: lint warnings
+    do not stop the build (a user's module). The build runs bounded (potq.deploy.rtl.bounded). Raises
+    VerilatorError."""
     exe_tool = verilator()
     version = subprocess.run([exe_tool, "--version"], capture_output=True, text=True).stdout.strip()
     key = hashlib.sha256(f"{version} {tag} {args} {LINT} {MAKE} {lenient}".encode())
-    for s in srcs:
-        key.update(s.name.encode() + s.read_bytes())
+    for name, text in texts.items():
+        key.update(name.encode() + text.encode())
     cached = cache_root() / f"{top}-{tag}-{key.hexdigest()[:16]}"
-    exe = cached / "obj_dir" / "potq_sim"
-    if exe.exists():
+    exe = cached_model(cached)
+    if exe is not None:
         return exe, False
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
-    try:
-        for s in srcs:
-            shutil.copy(s, work / s.name)
+    with pid_folder(WORK, cached.parent) as work:
+        for name, text in texts.items():
+            (work / name).write_text(text)
         cmd = [exe_tool, "--cc", "--exe", "--build", "-j", "2", *MAKE, *LINT, "--top-module", top, "-o", "potq_sim"]
-        cmd += [*args, *(["-Wno-fatal"] if lenient else []), *(s.name for s in srcs)]
-        r = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
-        if r.returncode:
+        cmd += [*args, *(["-Wno-fatal"] if lenient else []), *texts]
+        r = run_bounded(cmd, BUILD_SECONDS, BUILD_OUTPUT, cwd=work)
+        if r.returncode or r.timed_out:
             errors = [line for line in (r.stderr + r.stdout).splitlines() if line.startswith("%")]
-            raise VerilatorError((errors or ["(no message)"])[0])
+            late = [f"the build ran past {BUILD_SECONDS} s and was stopped"] if r.timed_out else []
+            raise VerilatorError((late or errors or [f"the build failed (exit {r.returncode})"])[0])
+        (work / BUILT).write_text(_sha256(work / "obj_dir" / "potq_sim"))
         try:
             work.rename(cached)
-        except OSError:  # another process built the same model meanwhile
-            shutil.rmtree(work, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        except OSError:  # another process built the same model meanwhile: pid_folder removes ours
+            pass
+    exe = cached_model(cached)
+    if exe is None:
+        raise VerilatorError(f"the built model in {cached} vanished or changed at once")
     return exe, True
 
 
@@ -179,15 +215,24 @@ def build_sim(
     top = "potq_ppu_sweep" if sweep else "potq_tb"
     args = [] if sweep else [f"-GR={rows}", f"-GC={cols}"]
     tag = f"{rows}x{cols}" + (f"-{shift_tag(shift)}" if shift is not None else "")
-    with tempfile.TemporaryDirectory(prefix="potq-rtl-src-") as tmp:
-        srcs = rtl_sources(Path(tmp), ppu, pe, extra, shift)
-        try:  # a user's module: lint warnings are theirs to weigh, errors still stop the build
-            return verilate(top, srcs, args, tag, lenient=bool(ppu or pe))
-        except VerilatorError as e:
-            first = str(e)
-            pe_file = SHIFT_PE if shift is not None else "potq_pe.sv"
-            for name, user in (("potq_ppu.sv", ppu), (pe_file, pe)):
-                if user is not None:
-                    first = first.replace(f" {name}:", f" {user}:")
-            where = "your --ppu/--pe file" if (ppu or pe) else "potq's RTL"
-            raise UserError(f"Verilator rejects {where}: {first}") from None
+    texts = source_texts(ppu, pe, extra, shift)
+    try:  # a user's module: lint warnings are theirs to weigh, errors still stop the build
+        return verilate(top, texts, args, tag, lenient=bool(ppu or pe))
+    except VerilatorError as e:
+        users = user_files(ppu, pe, shift)
+        where = f"your {' and '.join(str(u) for u in users.values())}" if users else "potq's RTL"
+        raise UserError(f"Verilator rejects {where}: {in_user_files(str(e), users)}") from None
+
+
+def user_files(ppu: Path | None, pe: Path | None, shift: Params | None = None) -> dict[str, Path]:
+    """The build's file names that hold a user's module -> the user's file (the PE's: potq_pe_shift.sv for
+    --pe-kind shift)."""
+    pe_file = SHIFT_PE if shift is not None else "potq_pe.sv"
+    return {name: Path(user) for name, user in (("potq_ppu.sv", ppu), (pe_file, pe)) if user is not None}
+
+
+def in_user_files(message: str, users: dict[str, Path]) -> str:
+    """A Verilator message with `potq_pe.sv:LINE` (a build's name for a user's file) as the user's path."""
+    for name, user in users.items():
+        message = re.sub(rf"(?<![\w/.-]){re.escape(name)}:", f"{user}:", message)
+    return message

@@ -20,9 +20,7 @@ BUILD = (
 )
 
 
-def write_rtl(
-    graph: Graph, folder: Path, images, record: dict[str, torch.Tensor], pe_kind: str = PE_KINDS[0]
-) -> dict:
+def write_rtl(graph: Graph, folder: Path, images, record: dict[str, torch.Tensor], pe_kind: str = PE_KINDS[0]) -> dict:
     """Write rtl/ for `images` (uint8, (N, C, H, W)) and the golden model's `record` of them, on the array of
     `pe_kind`'s PE (potq.deploy.rtl.PE_KINDS: shift needs one pot/apot format, checked by pe_build before any
     file); model.json's "rtl" entry."""

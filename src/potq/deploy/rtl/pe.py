@@ -13,7 +13,6 @@ benchmarks/pe_area.py counts their Yosys cells."""
 from __future__ import annotations
 
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -132,11 +131,7 @@ def build_pe_tb(pes: list[tuple[str, Params]], shift_pe: Path | None = None) -> 
     texts["potq_pe_tb.sv"] = pe_testbench(pes)
     if shift_pe is not None:
         texts["potq_pe_shift.sv"] = Path(shift_pe).read_text()
-    with tempfile.TemporaryDirectory(prefix="potq-pe-src-") as tmp:
-        srcs = [Path(tmp) / name for name in texts]
-        for path, text in zip(srcs, texts.values(), strict=True):
-            path.write_text(text)
-        return verilate("potq_pe_tb", srcs, [], "pe")
+    return verilate("potq_pe_tb", texts, [], "pe")
 
 
 def run_pe_tb(exe: Path, x: np.ndarray, last: np.ndarray, out_in: np.ndarray, w: np.ndarray) -> dict:

@@ -14,6 +14,10 @@ int main(int argc, char **argv) {
         top.shift = (uint8_t)(int8_t)shift;
         top.zp = zp; top.lo = lo; top.hi = hi; top.requant = requant;
         top.eval();
+        if (Verilated::gotFinish()) {  // a module's $finish: the results stop here
+            fprintf(stderr, "a module called $finish: the sweep stopped\n");
+            return 3;
+        }
         for (int k = 0; k < 3; k++) printf("%lld ", (long long)(int64_t)top.r[k]);
         for (int k = 0; k < 3; k++) printf("%d ", (int)(int32_t)top.y[k]);
         printf("\n");

@@ -11,6 +11,10 @@ static void tick(Vpotq_tb &top) {
     top.eval();
     top.clk = 1;
     top.eval();
+    if (Verilated::gotFinish()) {  // a module's $finish: the run is over, and potq must not read it as done
+        fprintf(stderr, "a module called $finish: the simulation stopped\n");
+        exit(3);
+    }
 }
 
 int main(int argc, char **argv) {
@@ -23,6 +27,11 @@ int main(int argc, char **argv) {
         return 2;
     }
     Vpotq_tb *top = new Vpotq_tb;
+    top->eval();  // the initial blocks run here
+    if (Verilated::gotFinish()) {
+        fprintf(stderr, "a module called $finish: the simulation stopped\n");
+        return 3;
+    }
     top->rounding = pos[2];
     top->rst = 1;
     tick(*top);
