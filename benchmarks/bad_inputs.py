@@ -626,10 +626,6 @@ def issue32_cases(tmp: Path, changed: Callable, args_of: Callable[[Path], list[s
     ]
 
 
-if __name__ == "__main__":
-    main()
-
-
 def rtl_cases(tmp: Path, run: Path) -> list[tuple]:
     """Broken and hostile modules given to `verify --rtl` (issue 32), where Verilator is installed: each one
     line, exit 2; a module that loops or floods its output stopped by the simulation's time limit or output cap."""
@@ -654,3 +650,7 @@ def rtl_cases(tmp: Path, run: Path) -> list[tuple]:
             lambda: [*v, "--pe", str(file("pe2.sv", b"module potq_pe2;\nendmodule\n"))],
         ),
     ]
+
+
+if __name__ == "__main__":
+    main()
