@@ -53,7 +53,7 @@ PTQ_SCHEMES = tuple(SCHEMES)  # `potq run` quantizes in every scheme
 ACCEL_RUNS = (("eyeriss", "rs"), ("systolic-16", "os"))
 # --mixed F: potq's search and the HAWQ-V3-style baseline, each under F of the all-INT8 model's energy with data
 # movement (potq.jobs.mixed: COST_ARCH, the architecture every model of a run is priced on), on the same weights
-MIXED_OBJECTIVE = "energy"
+RUN_MIXED_OBJECTIVE = "energy"
 
 
 @dataclass
@@ -100,7 +100,7 @@ def mixed_search(o: RunOptions, method: str):
 
     baseline = method != MIXED_METHODS[0]  # searched at its cheapest where the budget is below it
     return Search(
-        QuantSettings(o.qat_scheme), MIXED_OBJECTIVE, o.mixed, method=method, raise_to_cheapest=baseline
+        QuantSettings(o.qat_scheme), RUN_MIXED_OBJECTIVE, o.mixed, method=method, raise_to_cheapest=baseline
     ).check()
 
 
