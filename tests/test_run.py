@@ -106,6 +106,12 @@ def test_report_has_every_section_with_numbers(full_run):
         assert re.search(r"- TVM \S+ \(Relax ONNX frontend, llvm\): 0 of [\d,]+ values differ", md)
     assert re.search(r"- C99 runtime .*: 0 mismatching logits and 0 differing classes in 200 test images", md)
     assert "= 5,888 pJ" in md and "= 422.8 pJ" in md
+    # time read three ways (issue 30): the serial sum, double-buffered levels, potq's own RTL
+    timings = json.loads((out / "accel.json").read_text())["timings"]
+    serial, overlapped = timings["systolic-16 (os), none"], timings["systolic-16 (os), double-buffered"]
+    assert overlapped["latency"] < serial["latency"] and serial["stall"] == 0 and timings["potq-rtl (os)"]["latency"]
+    assert "### Time: serial, overlapped, and potq's RTL" in md
+    assert f"| potq-rtl (os) | {timings['potq-rtl (os)']['latency']:,} | 0 |" in md
     assert re.search(r"Validation loss is lowest at epoch \d", md)
     assert "| Scheduler | `CosineAnnealingLR(T_max=2, eta_min=1e-06)`, per epoch |" in md
     assert "| Training arithmetic | fp32 (weights and evaluation float32) |" in md

@@ -599,10 +599,31 @@ def _accelerator(run: Path) -> list[str]:
             f"Share of energy by level: {share}.",
             "",
         ]
-    return out + [
+    return out + _timings(acc) + [
         f"![Roofline]({ACCEL_ROOFLINE_PNG})",
         "",
         f"![Energy by level]({ACCEL_ENERGY_PNG})",
+        "",
+    ]
+
+
+def _timings(acc: dict) -> list[str]:
+    """The network's cycles under each reading of time (the accel step's `timings`; none before potq 0.5)."""
+    timings = acc.get("timings")
+    if not timings:
+        return []
+    rows = [f"| {name} | {t['latency']:,} | {t['stall']:,} |" for name, t in timings.items()]
+    return [
+        "### Time: serial, overlapped, and potq's RTL",
+        "",
+        "The whole network's cycles per image: each architecture above as the lab reads it (`none`: compute, "
+        "DRAM, global buffer and post-processing one after another) and with its levels double-buffered (the "
+        "slowest level plus one tile of each other; stall: cycles the array waits), and `potq-rtl`, potq's own "
+        "RTL as an architecture (16x16: the cycles `potq verify --rtl --array 16x16` counts under Verilator).",
+        "",
+        "| Architecture (dataflow), overlap | Cycles | Stall |",
+        "|---|---:|---:|",
+        *rows,
         "",
     ]
 

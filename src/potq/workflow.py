@@ -51,6 +51,8 @@ if TYPE_CHECKING:  # potq.data imports torch, which --help must not wait for
 PTQ_SCHEMES = tuple(SCHEMES)  # `potq run` quantizes in every scheme
 # the accelerators the `accel` step models the headline graph on: (architecture preset, dataflow)
 ACCEL_RUNS = (("eyeriss", "rs"), ("systolic-16", "os"))
+ACCEL_RTL = ("potq-rtl", "os")  # potq's own RTL as an architecture: its cycles are the RTL's
+OVERLAP = "double-buffered"  # the report's second reading of each ACCEL_RUNS architecture's time
 # --mixed F: potq's search and the HAWQ-V3-style baseline, each under F of the all-INT8 model's energy with data
 # movement (potq.jobs.mixed: COST_ARCH, the architecture every model of a run is priced on), on the same weights
 RUN_MIXED_OBJECTIVE = "energy"
@@ -272,10 +274,30 @@ def _accel_step(o: RunOptions) -> None:
     plot_roofline(reports, out / ACCEL_ROOFLINE_PNG)
     plot_energy_levels(reports, out / ACCEL_ENERGY_PNG)
     inputs = derived_inputs(out, o.headline, quant_sha256=quant_sha256)
-    record = {"scheme": o.headline, "reports": reports, "inputs": inputs}
+    record = {"scheme": o.headline, "reports": reports, "inputs": inputs, "timings": _accel_timings(graph)}
     save_record(record, out / ACCEL_JSON)  # last: the step's done mark
     for r in reports:
         print(format_table(r) + "\n")
+
+
+def _accel_timings(graph) -> dict[str, dict[str, int]]:
+    """The whole network's cycles under each reading of time (issue 30): each ACCEL_RUNS architecture's serial sum
+    of its levels (the lab's) and with its levels double-buffered (the slowest level plus one tile of the others,
+    and the array's stall), and potq's own RTL (ACCEL_RTL: the cycles `verify --rtl` counts)."""
+    from dataclasses import replace
+
+    from potq.accel.arch import load_arch
+    from potq.accel.model import accel_report
+
+    out = {}
+    for arch, df in ACCEL_RUNS:
+        serial = load_arch(arch)
+        for a in (serial, replace(serial, overlap=OVERLAP)):
+            cycles = accel_report(graph, a, df)["total"]["cycles"]
+            out[f"{arch} ({df}), {a.overlap}"] = {"latency": cycles["latency"], "stall": cycles["stall"]}
+    rtl = accel_report(graph, load_arch(ACCEL_RTL[0]), ACCEL_RTL[1])["total"]["cycles"]
+    out[f"{ACCEL_RTL[0]} ({ACCEL_RTL[1]})"] = {"latency": rtl["latency"], "stall": rtl["stall"]}
+    return out
 
 
 def _export_step(o: RunOptions) -> None:
