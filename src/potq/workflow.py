@@ -106,15 +106,19 @@ def mixed_search(o: RunOptions, method: str):
     ).check()
 
 
-def mixed_label(o: RunOptions, method: str) -> str | None:
-    """The label of the model quantized at one method's chosen precision (QAT'd as --qat), None before its
-    search has written precision_<label>.json."""
+def mixed_settings(o: RunOptions, method: str) -> QuantSettings | None:
+    """The settings of one method's chosen precision, None before its search has written precision_<label>.json."""
     from potq.quant.precision import read_precision
 
     path = precision_json(o.out, mixed_search(o, method).label())
-    if not path.exists():
-        return None
-    return QuantSettings(o.qat_scheme, precision=read_precision(path)).label(qat=bool(o.qat))
+    return QuantSettings(o.qat_scheme, precision=read_precision(path)) if path.exists() else None
+
+
+def mixed_label(o: RunOptions, method: str) -> str | None:
+    """The label of the model quantized at one method's chosen precision (QAT'd as --qat), None before its
+    search has run."""
+    settings = mixed_settings(o, method)
+    return settings.label(qat=bool(o.qat)) if settings else None
 
 
 @dataclass
@@ -181,15 +185,13 @@ def _mixed_step(o: RunOptions, now: Now) -> None:
     quantized as the run's other models (QAT as --qat): `potq mixed` and `potq quantize --precision` in one."""
     from potq.jobs.mixed import mixed_lines, mixed_run
     from potq.jobs.quantize import quantize_run
-    from potq.quant.precision import read_precision
 
     for method in MIXED_METHODS:
-        search = mixed_search(o, method)
         if _search_stale(o, now, method):
-            print("\n".join(mixed_lines(mixed_run(o.out, search, cache=o.cache))))
-        label = mixed_label(o, method)
+            print("\n".join(mixed_lines(mixed_run(o.out, mixed_search(o, method), cache=o.cache))))
+        settings = mixed_settings(o, method)
+        label = settings.label(qat=bool(o.qat))
         if _quant_stale(o, now, label):
-            settings = QuantSettings(o.qat_scheme, precision=read_precision(precision_json(o.out, search.label())))
             r = quantize_run(o.out, settings, o.calib, o.qat, o.qat_lr, cache=o.cache, test_limit=o.test_limit)
             print(f"{label}: test accuracy {r['test_accuracy']:.4f} (drop {r['accuracy_drop']:+.2f} points)")
 
@@ -274,29 +276,30 @@ def _accel_step(o: RunOptions) -> None:
     plot_roofline(reports, out / ACCEL_ROOFLINE_PNG)
     plot_energy_levels(reports, out / ACCEL_ENERGY_PNG)
     inputs = derived_inputs(out, o.headline, quant_sha256=quant_sha256)
-    record = {"scheme": o.headline, "reports": reports, "inputs": inputs, "timings": _accel_timings(graph)}
+    record = {"scheme": o.headline, "reports": reports, "inputs": inputs, "timings": _accel_timings(graph, reports)}
     save_record(record, out / ACCEL_JSON)  # last: the step's done mark
     for r in reports:
         print(format_table(r) + "\n")
 
 
-def _accel_timings(graph) -> dict[str, dict[str, int]]:
+def _accel_timings(graph, reports: list[dict]) -> dict[str, dict[str, int]]:
     """The whole network's cycles under each reading of time (issue 30): each ACCEL_RUNS architecture's serial sum
-    of its levels (the lab's) and with its levels double-buffered (the slowest level plus one tile of the others,
-    and the array's stall), and potq's own RTL (ACCEL_RTL: the cycles `verify --rtl` counts)."""
+    of its levels (the lab's: `reports`, made as the presets say) and with its levels double-buffered (the slowest
+    level plus one tile of the others, and the array's stall), and potq's own RTL (ACCEL_RTL: the cycles
+    `verify --rtl` counts)."""
     from dataclasses import replace
 
     from potq.accel.arch import load_arch
     from potq.accel.model import accel_report
 
+    def cycles(r: dict) -> dict[str, int]:
+        return {k: r["total"]["cycles"][k] for k in ("latency", "stall")}
+
     out = {}
-    for arch, df in ACCEL_RUNS:
-        serial = load_arch(arch)
-        for a in (serial, replace(serial, overlap=OVERLAP)):
-            cycles = accel_report(graph, a, df)["total"]["cycles"]
-            out[f"{arch} ({df}), {a.overlap}"] = {"latency": cycles["latency"], "stall": cycles["stall"]}
-    rtl = accel_report(graph, load_arch(ACCEL_RTL[0]), ACCEL_RTL[1])["total"]["cycles"]
-    out[f"{ACCEL_RTL[0]} ({ACCEL_RTL[1]})"] = {"latency": rtl["latency"], "stall": rtl["stall"]}
+    for (arch, df), serial in zip(ACCEL_RUNS, reports, strict=True):
+        out[f"{arch} ({df}), {load_arch(arch).overlap}"] = cycles(serial)
+        out[f"{arch} ({df}), {OVERLAP}"] = cycles(accel_report(graph, replace(load_arch(arch), overlap=OVERLAP), df))
+    out[f"{ACCEL_RTL[0]} ({ACCEL_RTL[1]})"] = cycles(accel_report(graph, load_arch(ACCEL_RTL[0]), ACCEL_RTL[1]))
     return out
 
 
